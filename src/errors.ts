@@ -1,0 +1,105 @@
+/** Troupe's named errors: one class per failure, each with a stable `code` and an optional `cause`. */
+
+/** Base class of every error Troupe throws or sends between actors. */
+export class TroupeError extends Error {
+  /** A stable, machine-readable name of the failure. */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A received frame is malformed: bad header, wrong byte length, unknown phase or dtype, oversize. */
+export class FrameError extends TroupeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('FRAME', message, options);
+  }
+}
+
+/** A frame belongs to a step that is already over. */
+export class StaleStepError extends TroupeError {
+  constructor(message: string) {
+    super('STALE_STEP', message);
+  }
+}
+
+/** A frame repeats a key that was already received in this step. */
+export class DuplicateKeyError extends TroupeError {
+  constructor(message: string) {
+    super('DUPLICATE_KEY', message);
+  }
+}
+
+/** A frame arrived that this stage has no use for (wrong stage, microbatch out of range, wrong phase). */
+export class UnexpectedFrameError extends TroupeError {
+  constructor(message: string) {
+    super('UNEXPECTED_FRAME', message);
+  }
+}
+
+/** A tensor's shape or dtype does not match what the receiving stage expects. */
+export class ShapeError extends TroupeError {
+  constructor(message: string) {
+    super('SHAPE', message);
+  }
+}
+
+/** Invalid configuration passed by the user (pipeline options, stage boundaries, loss names). */
+export class ConfigError extends TroupeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CONFIG', message, options);
+  }
+}
+
+/** A model cannot be cut into the requested stages. */
+export class PartitionError extends TroupeError {
+  constructor(message: string) {
+    super('PARTITION', message);
+  }
+}
+
+/** A schedule would deadlock, misses an action or breaks a dependency. */
+export class ScheduleError extends TroupeError {
+  constructor(message: string) {
+    super('SCHEDULE', message);
+  }
+}
+
+/** The NATS connection failed or a request got no answer. */
+export class TransportError extends TroupeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('TRANSPORT', message, options);
+  }
+}
+
+/** A stage's computation failed; `key` names the action's message key. */
+export class StageError extends TroupeError {
+  readonly rank: number;
+  readonly key: string;
+  constructor(rank: number, key: string, message: string, options?: { cause?: unknown }) {
+    super('STAGE', `stage ${rank} failed at ${key}: ${message}`, options);
+    this.rank = rank;
+    this.key = key;
+  }
+}
+
+/** A step made no progress before its deadline. */
+export class StepTimeoutError extends TroupeError {
+  constructor(message: string) {
+    super('STEP_TIMEOUT', message);
+  }
+}
+
+/** A message arrived in a state that cannot take it (for example a step while another runs). */
+export class StateError extends TroupeError {
+  constructor(message: string) {
+    super('STATE', message);
+  }
+}
+
+/** Turns anything thrown into a message string. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,87 @@
+/** Small JSON messages between the scheduler and the stages: step plans, acks and events. */
+import { FrameError } from '../errors.js';
+
+/** Body of a `ctl.<rank>.step` request: what a stage must do in one step. */
+export interface StepPlan {
+  readonly step: number;
+  readonly microbatches: number;
+  /** Examples in the whole batch: the last stage scales each microbatch's loss by 1/batchSize. */
+  readonly batchSize: number;
+  readonly forwardOnly: boolean;
+  /** This stage's actions in order, as `F0 F1 B0 ...`. */
+  readonly actions: string;
+}
+
+/** Answer to every control request. */
+export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
+
+/** Events the stages publish on `troupe.<job>.sched.<event>`. */
+export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly ms: number }
+export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
+export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
+export interface UpdatedEvent { readonly rank: number; readonly step: number }
+export interface ErrorEvent { readonly rank: number; readonly step: number; readonly key: string; readonly code: string; readonly message: string }
+export interface RejectEvent { readonly rank: number; readonly subject: string; readonly code: string; readonly message: string }
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** JSON-encodes a control message. */
+export function encodeJson(v: unknown): Uint8Array {
+  return enc.encode(JSON.stringify(v));
+}
+
+type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null'>;
+
+function check<T>(what: string, v: unknown, shape: Shape): T {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
+  const o = v as Record<string, unknown>;
+  for (const [k, t] of Object.entries(shape)) {
+    const x = o[k];
+    const ok = t === 'number|null' ? x === null || (typeof x === 'number' && Number.isFinite(x)) : typeof x === t && (t !== 'number' || Number.isFinite(x));
+    if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
+  }
+  for (const k of Object.keys(o)) if (!(k in shape)) throw new FrameError(`${what}: unknown field "${k}"`);
+  return o as T;
+}
+
+function parse(what: string, data: Uint8Array): unknown {
+  try {
+    return JSON.parse(dec.decode(data));
+  } catch (cause) {
+    throw new FrameError(`${what}: body is not JSON`, { cause });
+  }
+}
+
+const SHAPES = {
+  plan: { step: 'number', microbatches: 'number', batchSize: 'number', forwardOnly: 'boolean', actions: 'string' },
+  action: { rank: 'number', step: 'number', action: 'string', ms: 'number' },
+  loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
+  done: { rank: 'number', step: 'number', peakHeld: 'number' },
+  updated: { rank: 'number', step: 'number' },
+  error: { rank: 'number', step: 'number', key: 'string', code: 'string', message: 'string' },
+  reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
+} as const satisfies Record<string, Shape>;
+
+/** Message kinds and their TypeScript types. */
+export interface MessageTypes {
+  plan: StepPlan;
+  action: ActionEvent;
+  loss: LossEvent;
+  done: DoneEvent;
+  updated: UpdatedEvent;
+  error: ErrorEvent;
+  reject: RejectEvent;
+}
+
+/** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */
+export function decodeMessage<K extends keyof MessageTypes>(kind: K, data: Uint8Array): MessageTypes[K] {
+  return check<MessageTypes[K]>(kind, parse(kind, data), SHAPES[kind]);
+}
+
+/** Parses an ack; anything else is a FrameError. */
+export function decodeAck(data: Uint8Array): Ack {
+  const v = parse('ack', data) as Record<string, unknown>;
+  if (v && v['ok'] === true) return { ok: true };
+  return check<Ack>('ack', v, { ok: 'boolean', code: 'string', message: 'string' });
+}

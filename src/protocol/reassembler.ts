@@ -1,0 +1,68 @@
+/** Reassembles chunked frames into one preallocated buffer per frame. */
+import { DuplicateKeyError, FrameError } from '../errors.js';
+import { chunkLength, decodeSingle, tensorsFromBody, type Frame, type FrameHeader } from './frame.js';
+import { formatKey } from './key.js';
+
+interface Partial {
+  readonly header: FrameHeader;
+  readonly body: Uint8Array;
+  readonly got: Uint8Array;
+  count: number;
+}
+
+/**
+ * Collects the chunks of frames. `accept` returns the whole frame when its last chunk
+ * arrives, `null` while chunks are missing, and throws a FrameError or DuplicateKeyError
+ * for a chunk that does not fit. At most `maxPartial` frames are assembled at once.
+ */
+export class Reassembler {
+  private readonly partial = new Map<string, Partial>();
+
+  constructor(private readonly maxPartial = 64) {}
+
+  /** Number of frames with chunks still missing. */
+  get pending(): number {
+    return this.partial.size;
+  }
+
+  accept(h: FrameHeader, data: Uint8Array): Frame | null {
+    const len = chunkLength(h);
+    if (data.byteLength !== len) {
+      throw new FrameError(`chunk ${h.chunk}/${h.chunks} of ${formatKey(h.key)} has ${data.byteLength} bytes, expected ${len}`);
+    }
+    if (h.chunks === 1) return decodeSingle(h, data);
+    const id = formatKey(h.key);
+    let p = this.partial.get(id);
+    if (!p) {
+      if (this.partial.size >= this.maxPartial) {
+        throw new FrameError(`${this.maxPartial} frames are already being reassembled; ${id} refused`);
+      }
+      p = { header: h, body: new Uint8Array(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
+      this.partial.set(id, p);
+    } else if (
+      p.header.chunks !== h.chunks ||
+      p.header.chunkSize !== h.chunkSize ||
+      p.header.tensorsSpec !== h.tensorsSpec ||
+      p.header.from !== h.from
+    ) {
+      throw new FrameError(`chunk ${h.chunk} of ${id} disagrees with the frame's earlier chunks`);
+    }
+    if (p.got[h.chunk]) throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${id} received twice`);
+    p.body.set(data, h.chunk * h.chunkSize);
+    p.got[h.chunk] = 1;
+    p.count++;
+    if (p.count < h.chunks) return null;
+    this.partial.delete(id);
+    return { key: h.key, from: h.from, tensors: tensorsFromBody(p.header, p.body) };
+  }
+
+  /** Forgets the partial frames of steps before `step` (their chunks will never complete). */
+  dropBefore(step: number): void {
+    for (const [id, p] of this.partial) if (p.header.key.step < step) this.partial.delete(id);
+  }
+
+  /** Forgets every partial frame. */
+  clear(): void {
+    this.partial.clear();
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Every NATS subject Troupe uses, built here and nowhere else.
+ *
+ * ```
+ * troupe.<job>.stage.<rank>.<PHASE>   frames for stage <rank>: INPUT, FORWARD, BACKWARD, UPDATE
+ * troupe.<job>.ctl.<rank>.<verb>      requests to stage <rank>, answered with an ack: step, abort, stop
+ * troupe.<job>.sched.<event>          events from stages to the scheduler: action, loss, done,
+ *                                     updated, error, reject
+ * troupe.<job>.inspect.<actor>        inspection events of one actor
+ * ```
+ *
+ * `<job>` is one token of letters, digits, `_` and `-`; `<rank>` a non-negative integer.
+ * A stage subscribes to `troupe.<job>.stage.<rank>.*` and `troupe.<job>.ctl.<rank>.*`;
+ * the scheduler to `troupe.<job>.sched.*`.
+ */
+import { ConfigError } from '../errors.js';
+import type { Phase } from './phase.js';
+
+const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Control verbs a stage answers. */
+export const CtlVerb = { STEP: 'step', ABORT: 'abort', STOP: 'stop' } as const;
+export type CtlVerb = (typeof CtlVerb)[keyof typeof CtlVerb];
+
+/** Events stages publish to the scheduler. */
+export const SchedEvent = {
+  ACTION: 'action',
+  LOSS: 'loss',
+  DONE: 'done',
+  UPDATED: 'updated',
+  ERROR: 'error',
+  REJECT: 'reject',
+} as const;
+export type SchedEvent = (typeof SchedEvent)[keyof typeof SchedEvent];
+
+/** Throws a ConfigError unless `job` can be a subject token. */
+export function checkJobId(job: string): string {
+  if (!TOKEN.test(job)) {
+    throw new ConfigError(`job id "${job}" must be 1-64 letters, digits, "_" or "-"`);
+  }
+  return job;
+}
+
+function checkRank(rank: number): number {
+  if (!Number.isInteger(rank) || rank < 0) throw new ConfigError(`rank ${rank} is not a non-negative integer`);
+  return rank;
+}
+
+/** Subject of frames of `phase` sent to stage `rank`. */
+export function stageSubject(job: string, rank: number, phase: Phase): string {
+  return `troupe.${checkJobId(job)}.stage.${checkRank(rank)}.${phase}`;
+}
+
+/** Wildcard a stage subscribes to for its frames. */
+export function stageWildcard(job: string, rank: number): string {
+  return `troupe.${checkJobId(job)}.stage.${checkRank(rank)}.*`;
+}
+
+/** Subject of control requests `verb` to stage `rank`. */
+export function ctlSubject(job: string, rank: number, verb: CtlVerb): string {
+  return `troupe.${checkJobId(job)}.ctl.${checkRank(rank)}.${verb}`;
+}
+
+/** Wildcard a stage subscribes to for control requests. */
+export function ctlWildcard(job: string, rank: number): string {
+  return `troupe.${checkJobId(job)}.ctl.${checkRank(rank)}.*`;
+}
+
+/** Subject of a scheduler event. */
+export function schedSubject(job: string, event: SchedEvent): string {
+  return `troupe.${checkJobId(job)}.sched.${event}`;
+}
+
+/** Wildcard the scheduler subscribes to. */
+export function schedWildcard(job: string): string {
+  return `troupe.${checkJobId(job)}.sched.*`;
+}
+
+/** Subject of one actor's inspection events. */
+export function inspectSubject(job: string, actor: string): string {
+  return `troupe.${checkJobId(job)}.inspect.${actor.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+}
+
+/** The last token of a subject (the phase, verb or event). */
+export function lastToken(subject: string): string {
+  return subject.slice(subject.lastIndexOf('.') + 1);
+}

@@ -1,0 +1,24 @@
+/** The consume constraint: how many microbatches a stage holds at most, derived from its action list. */
+import type { Action, Schedule } from './action.js';
+
+/**
+ * Peak number of microbatches whose activations a stage holds (forward done, backward not
+ * yet) while it walks `actions`. In a forward-only list nothing is held past its forward,
+ * so the bound is 1.
+ */
+export function maxInFlight(actions: readonly Action[]): number {
+  let held = 0;
+  let peak = 0;
+  const training = actions.some((a) => a.kind === 'B');
+  for (const a of actions) {
+    if (a.kind === 'F') held += 1;
+    peak = Math.max(peak, held);
+    if (a.kind === 'B' || !training) held -= 1;
+  }
+  return peak;
+}
+
+/** The bound of every stage. */
+export function inFlightBounds(s: Schedule): number[] {
+  return s.map(maxInFlight);
+}

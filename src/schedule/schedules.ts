@@ -1,0 +1,36 @@
+/** Schedules by name, and the forward-only form used for evaluation. */
+import { ConfigError } from '../errors.js';
+import type { Schedule } from './action.js';
+import { checkSize, gpipe } from './gpipe.js';
+import { oneFOneB } from './oneFOneB.js';
+import { validateSchedule } from './validate.js';
+
+/** Names of the built-in schedules. */
+export const ScheduleName = { GPIPE: 'gpipe', ONE_F_ONE_B: '1f1b' } as const;
+export type ScheduleName = (typeof ScheduleName)[keyof typeof ScheduleName];
+
+const BUILDERS: Record<ScheduleName, (p: number, m: number) => Schedule> = {
+  gpipe,
+  '1f1b': oneFOneB,
+};
+
+/** True when `s` names a built-in schedule. */
+export function isScheduleName(s: string): s is ScheduleName {
+  return Object.prototype.hasOwnProperty.call(BUILDERS, s);
+}
+
+/** Builds and validates the named schedule, or throws a ConfigError listing the known names. */
+export function buildSchedule(name: string, p: number, m: number): Schedule {
+  if (!isScheduleName(name)) {
+    throw new ConfigError(`unknown schedule "${name}"; known: ${Object.keys(BUILDERS).join(', ')}`);
+  }
+  const s = BUILDERS[name](p, m);
+  validateSchedule(s, p, m);
+  return s;
+}
+
+/** Evaluation: every stage runs F0..F(m-1), holding nothing for a backward. */
+export function forwardOnlySchedule(p: number, m: number): Schedule {
+  checkSize(p, m);
+  return Array.from({ length: p }, (_, stage) => Array.from({ length: m }, (_, i) => ({ stage, kind: 'F' as const, microbatch: i })));
+}

@@ -1,0 +1,73 @@
+/** Checks that a schedule is complete and runs to the end without deadlock. */
+import { ScheduleError } from '../errors.js';
+import { formatAction, type Action, type Schedule } from './action.js';
+
+/** Options of `validateSchedule`. */
+export interface ValidateOptions {
+  /** Evaluation: forwards only, and no backward may appear. */
+  readonly forwardOnly?: boolean;
+}
+
+/**
+ * Throws a ScheduleError naming the action at fault unless every stage of `s` has exactly
+ * one F (and, in training, one B) per microbatch, each B after its F, and the stages can
+ * run their lists in order to the end. Dependencies: F(s,i) needs F(s-1,i); B(s,i) needs
+ * F(s,i) and B(s+1,i).
+ */
+export function validateSchedule(s: Schedule, p: number, m: number, opts: ValidateOptions = {}): void {
+  if (s.length !== p) throw new ScheduleError(`schedule has ${s.length} stages, expected ${p}`);
+  s.forEach((row, stage) => checkRow(row, stage, m, opts.forwardOnly ?? false));
+  simulate(s, m);
+}
+
+function checkRow(row: readonly Action[], stage: number, m: number, forwardOnly: boolean): void {
+  const seen = new Set<string>();
+  for (const a of row) {
+    const name = formatAction(a);
+    if (a.stage !== stage) throw new ScheduleError(`action ${name} is listed under stage ${stage}`);
+    if (!Number.isInteger(a.microbatch) || a.microbatch < 0 || a.microbatch >= m) {
+      throw new ScheduleError(`action ${name}: microbatch out of range 0..${m - 1}`);
+    }
+    if (forwardOnly && a.kind === 'B') throw new ScheduleError(`action ${name}: backward in a forward-only schedule`);
+    if (seen.has(name)) throw new ScheduleError(`action ${name} appears twice`);
+    if (a.kind === 'B' && !seen.has(`${stage}F${a.microbatch}`)) {
+      throw new ScheduleError(`action ${name} comes before ${stage}F${a.microbatch}`);
+    }
+    seen.add(name);
+  }
+  for (let i = 0; i < m; i++) {
+    if (!seen.has(`${stage}F${i}`)) throw new ScheduleError(`action ${stage}F${i} is missing`);
+    if (!forwardOnly && !seen.has(`${stage}B${i}`)) throw new ScheduleError(`action ${stage}B${i} is missing`);
+  }
+}
+
+/** The actions action `a` waits for on other stages. */
+export function dependencies(a: Action, p: number): Action[] {
+  if (a.kind === 'F') return a.stage > 0 ? [{ stage: a.stage - 1, kind: 'F', microbatch: a.microbatch }] : [];
+  return a.stage < p - 1 ? [{ stage: a.stage + 1, kind: 'B', microbatch: a.microbatch }] : [];
+}
+
+function simulate(s: Schedule, m: number): void {
+  const p = s.length;
+  const done = new Set<string>();
+  const cursor = s.map(() => 0);
+  let progressed = true;
+  while (progressed) {
+    progressed = false;
+    for (let st = 0; st < p; st++) {
+      const row = s[st]!;
+      while (cursor[st]! < row.length) {
+        const a = row[cursor[st]!]!;
+        if (!dependencies(a, p).every((d) => done.has(formatAction(d)))) break;
+        done.add(formatAction(a));
+        cursor[st]!++;
+        progressed = true;
+      }
+    }
+  }
+  const stuck = s.flatMap((row, st) => (cursor[st]! < row.length ? [row[cursor[st]!]!] : []));
+  if (stuck.length > 0) {
+    const why = stuck.map((a) => `${formatAction(a)} waits for ${dependencies(a, p).map(formatAction).join(', ')}`);
+    throw new ScheduleError(`schedule deadlocks (m=${m}): ${why.join('; ')}`);
+  }
+}

@@ -1,0 +1,223 @@
+/** The NATS connection of one actor host: publish with bounded in-flight bytes, subscribe, request, drain. */
+import { connect } from '@nats-io/transport-node';
+import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { TransportError, messageOf } from '../errors.js';
+import { encodeFrame, type Frame, type WireMessage } from '../protocol/frame.js';
+
+/** Options of a bus connection. */
+export interface BusOptions {
+  /** One or more `nats://host:port` URLs. */
+  readonly servers: string | readonly string[];
+  /** Connection name shown by the server (`troupe-stage-1`). */
+  readonly name?: string;
+  /** Bytes published without a server round trip before `publish` waits (default 32 MiB). */
+  readonly maxInFlightBytes?: number;
+  /** Reconnect attempts after a lost connection; -1 forever (default). */
+  readonly maxReconnectAttempts?: number;
+  /** Milliseconds between reconnect attempts (default 250). */
+  readonly reconnectTimeWait?: number;
+  /** User and password, when the server asks for them. */
+  readonly user?: string;
+  readonly pass?: string;
+}
+
+/** A received message, as the rest of Troupe sees it. */
+export interface BusMessage {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  header(name: string): string | undefined;
+  /** Answers a request; false when the message was not one. */
+  respond(data: Uint8Array): boolean;
+}
+
+/** Connection events: `disconnect`, `reconnect`, `reconnecting`, `error`, `close` and others from nats.js. */
+export interface BusStatus {
+  readonly type: string;
+  readonly detail: string;
+}
+
+/** Headers room left below max_payload when frames are chunked. */
+const HEADER_ROOM = 4096;
+
+/**
+ * A NATS connection. Core NATS has no flow control, so `publish` counts the bytes sent
+ * since the last server round trip and waits for a flush once `maxInFlightBytes` are out.
+ *
+ * @example
+ * const bus = await Bus.connect({ servers: 'nats://127.0.0.1:4222', name: 'troupe-sched' });
+ * await bus.publishFrame(stageSubject(job, 0, Phase.INPUT), frame);
+ * await bus.close();
+ */
+export class Bus {
+  private inFlight = 0;
+  private flushing: Promise<void> | undefined;
+  private readonly statusListeners = new Set<(s: BusStatus) => void>();
+  private readonly subs = new Set<Subscription>();
+  /** Bytes published and received, headers excluded. */
+  bytesOut = 0;
+  bytesIn = 0;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly maxInFlight: number,
+  ) {
+    void this.watchStatus();
+  }
+
+  /** Connects, or throws a TransportError naming the servers. */
+  static async connect(opts: BusOptions): Promise<Bus> {
+    const servers = typeof opts.servers === 'string' ? [opts.servers] : [...opts.servers];
+    try {
+      const nc = await connect({
+        servers,
+        name: opts.name ?? 'troupe',
+        maxReconnectAttempts: opts.maxReconnectAttempts ?? -1,
+        reconnectTimeWait: opts.reconnectTimeWait ?? 250,
+        ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? '' } : {}),
+      });
+      return new Bus(nc, opts.maxInFlightBytes ?? 32 * 1024 * 1024);
+    } catch (cause) {
+      throw new TransportError(`cannot connect to NATS at ${servers.join(', ')}: ${messageOf(cause)}`, { cause });
+    }
+  }
+
+  /** The server's max_payload (headers included). */
+  get maxPayload(): number {
+    return this.nc.info?.max_payload ?? 1024 * 1024;
+  }
+
+  /** Largest frame chunk body this connection sends. */
+  get maxChunkBytes(): number {
+    return Math.max(4, this.maxPayload - HEADER_ROOM);
+  }
+
+  /** Publishes one message; waits first when too many bytes are unacknowledged. */
+  async publish(subject: string, data: Uint8Array, headers?: Record<string, string>): Promise<void> {
+    if (this.inFlight >= this.maxInFlight) await this.flushInFlight();
+    try {
+      this.nc.publish(subject, data, headers ? { headers: toNatsHeaders(headers) } : undefined);
+    } catch (cause) {
+      throw new TransportError(`publish to ${subject} failed: ${messageOf(cause)}`, { cause });
+    }
+    this.inFlight += data.byteLength;
+    this.bytesOut += data.byteLength;
+  }
+
+  /** Publishes a frame, chunked below max_payload; resolves to the body bytes sent. */
+  async publishFrame(subject: string, frame: Frame): Promise<number> {
+    const msgs = encodeFrame(frame, this.maxChunkBytes);
+    return this.publishMessages(subject, msgs);
+  }
+
+  /** Publishes already-encoded frame messages in order; resolves to the body bytes sent. */
+  async publishMessages(subject: string, msgs: readonly WireMessage[]): Promise<number> {
+    let n = 0;
+    for (const m of msgs) {
+      await this.publish(subject, m.data, m.headers);
+      n += m.data.byteLength;
+    }
+    return n;
+  }
+
+  private async flushInFlight(): Promise<void> {
+    if (!this.flushing) {
+      this.inFlight = 0;
+      this.flushing = this.nc.flush().finally(() => {
+        this.flushing = undefined;
+      });
+    }
+    try {
+      await this.flushing;
+    } catch (cause) {
+      throw new TransportError(`flush failed: ${messageOf(cause)}`, { cause });
+    }
+  }
+
+  /** Waits until the server has every message published so far. */
+  async flush(): Promise<void> {
+    this.inFlight = 0;
+    await this.nc.flush();
+  }
+
+  /** Calls `handler` for every message on `subject` (wildcards allowed); errors in the handler are the handler's. */
+  subscribe(subject: string, handler: (m: BusMessage) => void): { drain(): Promise<void> } {
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) {
+          this.emit({ type: 'error', detail: `subscription ${subject}: ${messageOf(err)}` });
+          return;
+        }
+        this.bytesIn += msg.data.byteLength;
+        handler(wrap(msg));
+      },
+    });
+    this.subs.add(sub);
+    return {
+      drain: async () => {
+        this.subs.delete(sub);
+        if (!sub.isClosed()) await sub.drain();
+      },
+    };
+  }
+
+  /** Sends a request and resolves to the reply's body, or throws a TransportError naming the subject. */
+  async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    try {
+      const m = await this.nc.request(subject, data, { timeout: timeoutMs });
+      return m.data;
+    } catch (cause) {
+      throw new TransportError(`request to ${subject} failed: ${messageOf(cause)}`, { cause });
+    }
+  }
+
+  /** Registers a listener of connection events; returns its remover. */
+  onStatus(listener: (s: BusStatus) => void): () => void {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  private emit(s: BusStatus): void {
+    for (const l of this.statusListeners) l(s);
+  }
+
+  private async watchStatus(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      const detail = 'server' in s ? String(s.server) : 'error' in s ? messageOf(s.error) : '';
+      this.emit({ type: s.type, detail });
+    }
+  }
+
+  /** True once the connection is closed. */
+  get isClosed(): boolean {
+    return this.nc.isClosed();
+  }
+
+  /** Drains every subscription and the connection, then closes it. */
+  async close(): Promise<void> {
+    if (this.nc.isClosed()) return;
+    try {
+      await this.nc.drain();
+    } catch (cause) {
+      if (!this.nc.isClosed()) throw new TransportError(`drain failed: ${messageOf(cause)}`, { cause });
+    }
+    this.subs.clear();
+  }
+}
+
+function toNatsHeaders(h: Record<string, string>) {
+  const out = natsHeaders();
+  for (const [k, v] of Object.entries(h)) out.set(k, v);
+  return out;
+}
+
+function wrap(msg: Msg): BusMessage {
+  return {
+    subject: msg.subject,
+    data: msg.data,
+    header: (name) => {
+      const v = msg.headers?.get(name);
+      return v === undefined || v === '' ? undefined : v;
+    },
+    respond: (data) => msg.respond(data),
+  };
+}

@@ -1,0 +1,99 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { ShapeError, StateError } from '../../src/errors.js';
+import { resolveLoss } from '../../src/compute/loss.js';
+import { partitionModel } from '../../src/compute/partition.js';
+import { StageCompute } from '../../src/compute/stageCompute.js';
+import { fromTensor } from '../../src/compute/wire.js';
+import { sliceRows } from '../../src/protocol/rows.js';
+import { microbatchOffsets, microbatchSizes } from '../../src/schedule/microbatch.js';
+import { copyWeights, data, maxRelDiff, mlp, skipModel } from '../helpers/models.js';
+
+/** Runs stages in one process with no transport: all forwards, then all backwards, then update. */
+function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number): number {
+  const B = x.shape[0]!;
+  const sizes = microbatchSizes(B, m);
+  const offs = microbatchOffsets(sizes);
+  const xw = fromTensor(x, 'x0');
+  const yw = fromTensor(y, 'y0');
+  let loss = 0;
+  const last = stages.length - 1;
+  for (let i = 0; i < m; i++) {
+    let acts = [sliceRows(xw, offs[i]!, sizes[i]!)];
+    const labels = [sliceRows(yw, offs[i]!, sizes[i]!)];
+    stages.forEach((s, r) => {
+      acts = s.forward(i, acts, r === last ? labels : [], sizes[i]!, B, true).tensors;
+    });
+  }
+  for (let i = 0; i < m; i++) {
+    let grads: ReturnType<StageCompute['backward']>['tensors'] = [];
+    for (let r = last; r >= 0; r--) {
+      const res = stages[r]!.backward(i, grads, B);
+      if (r === last) loss += res.loss!;
+      grads = res.tensors;
+    }
+  }
+  stages.forEach((s) => s.update());
+  return loss;
+}
+
+function stagesOf(model: tf.LayersModel, spec: number | string[], opt: () => tf.Optimizer): StageCompute[] {
+  const { loss } = resolveLoss('categoricalCrossentropy');
+  return partitionModel(model, spec).map((partition) => new StageCompute({ partition, optimizer: opt(), loss }));
+}
+
+describe('StageCompute', () => {
+  it('2 stages x 4 microbatches, 3 SGD steps equal trainOnBatch on the whole batch', async () => {
+    const model = mlp([10, 16, 12, 3]);
+    const ref = mlp([10, 16, 12, 3], 2);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy' });
+    const stages = stagesOf(model, 2, () => tf.train.sgd(0.1));
+    const { x, y } = data(24, 10, 3);
+    for (let step = 0; step < 3; step++) {
+      const l = trainInProcess(stages, x, y, 4);
+      const refLoss = (await ref.trainOnBatch(x, y)) as number;
+      expect(l).toBeCloseTo(refLoss, 5);
+    }
+    expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+  });
+
+  it('a skip connection crossing the cut trains like the whole model (Adam)', async () => {
+    const model = skipModel();
+    const ref = skipModel(8);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+    const stages = stagesOf(model, ['skip_b', 'skip_c'], () => tf.train.adam(0.01));
+    const { x, y } = data(12, 6, 3);
+    for (let step = 0; step < 3; step++) {
+      trainInProcess(stages, x, y, 3);
+      await ref.trainOnBatch(x, y);
+    }
+    expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+  });
+
+  it('keeps tf.memory flat across steps', () => {
+    const model = mlp([10, 16, 3]);
+    const stages = stagesOf(model, 2, () => tf.train.adam(0.01));
+    const { x, y } = data(16, 10, 3);
+    trainInProcess(stages, x, y, 4);
+    trainInProcess(stages, x, y, 4);
+    const after2 = tf.memory().numTensors;
+    for (let i = 0; i < 8; i++) trainInProcess(stages, x, y, 4);
+    expect(tf.memory().numTensors).toBe(after2);
+  });
+
+  it('refuses a wrong input shape with a ShapeError and holds nothing', () => {
+    const [s0] = stagesOf(mlp([10, 16, 3]), 2, () => tf.train.sgd(0.1));
+    const bad = fromTensor(tf.zeros([4, 9]), 'x0');
+    const before = tf.memory().numTensors;
+    expect(() => s0!.forward(0, [bad], [], 4, 4, true)).toThrow(ShapeError);
+    expect(s0!.held).toBe(0);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('refuses a backward without its forward', () => {
+    const [s0] = stagesOf(mlp([10, 16, 3]), 2, () => tf.train.sgd(0.1));
+    expect(() => s0!.backward(3, [], 4)).toThrow(StateError);
+  });
+});
