@@ -240,5 +240,6 @@ export function decodeSingle(h: FrameHeader, data: Uint8Array): Frame {
   if (data.byteLength !== h.totalBytes) {
     throw new FrameError(`${data.byteLength} bytes received, the headers announce ${h.totalBytes}`);
   }
-  return { key: h.key, from: h.from, tensors: tensorsFromBody(h, data.slice()) };
+  // new Uint8Array(...) copies; Buffer#slice (NATS hands out Buffers) would only make a view.
+  return { key: h.key, from: h.from, tensors: tensorsFromBody(h, new Uint8Array(data)) };
 }

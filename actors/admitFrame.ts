@@ -1,0 +1,76 @@
+/** Decides whether a stage takes a received frame: right job, step, phase, microbatch, shapes, first time. */
+import { DuplicateKeyError, ShapeError, StaleStepError, UnexpectedFrameError, type TroupeError } from '../src/errors.js';
+import type { Frame, WireTensor } from '../src/protocol/frame.js';
+import { formatKey, slotOf } from '../src/protocol/key.js';
+import { Phase } from '../src/protocol/phase.js';
+import type { StepPlan } from '../src/protocol/messages.js';
+import type { CutTensor } from '../src/compute/partition.js';
+import { microbatchSizes } from '../src/schedule/microbatch.js';
+import { receives } from '../src/schedule/needs.js';
+
+/** What a stage knows when it judges a frame. */
+export interface AdmitContext {
+  readonly job: string;
+  readonly rank: number;
+  readonly stages: number;
+  /** Tensors the stage takes and sends (after the batch dimension). */
+  readonly inputs: readonly CutTensor[];
+  readonly outputs: readonly CutTensor[];
+  readonly step: number;
+  /** The running step's plan; null when no step runs. */
+  readonly plan: StepPlan | null;
+  readonly inbox: Readonly<Record<string, Frame>>;
+  readonly consumed: readonly string[];
+}
+
+function checkTensors(what: string, got: readonly WireTensor[], want: readonly CutTensor[], batch: number): void {
+  if (got.length !== want.length) throw new ShapeError(`${what}: ${got.length} tensors, expected ${want.length}`);
+  got.forEach((t, i) => {
+    const w = want[i]!;
+    const shape = [batch, ...w.shape];
+    if (t.dtype !== w.dtype || t.shape.length !== shape.length || t.shape.some((d, j) => d !== shape[j])) {
+      throw new ShapeError(`${what} tensor ${i}: got ${t.dtype}[${t.shape.join(',')}], expected ${w.dtype}[${shape.join(',')}]`);
+    }
+  });
+}
+
+/** Splits an INPUT frame's tensors into model inputs (x*) and labels (y*). */
+export function splitInput(f: Frame): { xs: WireTensor[]; ys: WireTensor[] } {
+  return { xs: f.tensors.filter((t) => t.name.startsWith('x')), ys: f.tensors.filter((t) => t.name.startsWith('y')) };
+}
+
+/** Null when the stage takes `f`; otherwise the typed error saying why not. */
+export function admitFrame(c: AdmitContext, f: Frame): TroupeError | null {
+  const k = f.key;
+  const id = formatKey(k);
+  if (k.job !== c.job) return new UnexpectedFrameError(`${id} from ${f.from}: job ${k.job} is not ${c.job}`);
+  if (k.step < c.step) return new StaleStepError(`${id} from ${f.from}: step ${k.step} is over (now ${c.step})`);
+  const plan = c.plan;
+  if (k.step > c.step || !plan) return new UnexpectedFrameError(`${id} from ${f.from}: step ${k.step} is not running on stage ${c.rank}`);
+  const slot = slotOf(k.phase, k.microbatch);
+  if (c.inbox[slot] || c.consumed.includes(slot)) return new DuplicateKeyError(`${id} from ${f.from}: received twice`);
+  if (k.microbatch >= plan.microbatches) {
+    return new UnexpectedFrameError(`${id} from ${f.from}: microbatch ${k.microbatch} is outside 0..${plan.microbatches - 1}`);
+  }
+  if (!receives(k.phase, c.rank, c.stages, plan.forwardOnly)) {
+    return new UnexpectedFrameError(`${id} from ${f.from}: stage ${c.rank} of ${c.stages} takes no ${k.phase} frames`);
+  }
+  const batch = microbatchSizes(plan.batchSize, plan.microbatches)[k.microbatch]!;
+  try {
+    if (k.phase === Phase.FORWARD) checkTensors(id, f.tensors, c.inputs, batch);
+    else if (k.phase === Phase.BACKWARD) checkTensors(id, f.tensors, c.outputs, batch);
+    else {
+      const { xs, ys } = splitInput(f);
+      if (xs.length + ys.length !== f.tensors.length) throw new ShapeError(`${id}: INPUT tensors must be named x<i> or y<i>`);
+      if (c.rank === 0) checkTensors(`${id} inputs`, xs, c.inputs, batch);
+      else if (xs.length > 0) throw new ShapeError(`${id}: stage ${c.rank} takes labels only`);
+      const last = c.rank === c.stages - 1;
+      if (!last && ys.length > 0) throw new ShapeError(`${id}: stage ${c.rank} takes no labels`);
+      if (last && ys.length === 0) throw new ShapeError(`${id}: the last stage needs labels`);
+      for (const y of ys) if (y.shape[0] !== batch) throw new ShapeError(`${id} label ${y.name}: batch ${String(y.shape[0])}, expected ${batch}`);
+    }
+  } catch (err) {
+    return err as TroupeError;
+  }
+  return null;
+}

@@ -1,0 +1,276 @@
+/**
+ * The scheduler actor: runs one step at a time across the stages. It starts the step on
+ * every stage, feeds INPUT within the schedule's consume constraint, collects per-microbatch
+ * losses, closes a training step with UPDATE, and on the first stage error or a timeout
+ * aborts the step on every stage and reports that error instead of hanging.
+ *
+ * ```
+ * idle -START-> starting -> feeding -(all fed)-> draining -(losses + done)-> updating -> finished -> idle
+ *                 \__________\____________________\___________ STAGE_ERROR / timeout -> aborting -> idle
+ * ```
+ */
+import { and, assign, fromPromise, setup } from 'xstate';
+import type { StageFailure } from './stageMachine.js';
+
+/** One step to run. */
+export interface StepRequest {
+  readonly step: number;
+  readonly microbatches: number;
+  readonly forwardOnly: boolean;
+  /** Most microbatches stage 0 may hold, from the schedule (GPipe: m, 1F1B: p). */
+  readonly feedBound: number;
+  /** Milliseconds the whole step may take before it is aborted. */
+  readonly timeoutMs: number;
+}
+
+/** Outcome of a step. */
+export interface StepOutcome {
+  readonly step: number;
+  /** Shares of the batch-mean loss per microbatch; they add up to the step's loss. */
+  readonly lossShares: readonly number[];
+  readonly metricShares: readonly (number | null)[];
+  readonly peakHeld: readonly number[];
+  readonly rejected: number;
+}
+
+/** The first failure of a step. */
+export interface StepFailure extends StageFailure {
+  readonly rank: number;
+}
+
+export interface SchedulerContext {
+  readonly stages: number;
+  req: StepRequest | null;
+  fed: number;
+  stage0Done: number;
+  losses: (number | null)[];
+  metrics: (number | null)[];
+  done: boolean[];
+  updated: boolean[];
+  peakHeld: number[];
+  rejected: number;
+  failure: StepFailure | null;
+}
+
+export type SchedulerEvent =
+  | { type: 'START'; req: StepRequest }
+  | { type: 'ACTION'; rank: number; step: number; action: string }
+  | { type: 'LOSS'; step: number; microbatch: number; loss: number; metric: number | null }
+  | { type: 'DONE'; rank: number; step: number; peakHeld: number }
+  | { type: 'UPDATED'; rank: number; step: number }
+  | { type: 'STAGE_ERROR'; rank: number; step: number; failure: StageFailure }
+  | { type: 'REJECT'; rank: number };
+
+type StepEvent = Extract<SchedulerEvent, { step: number }>;
+
+const isStepEvent = (e: SchedulerEvent): e is StepEvent => 'step' in e;
+
+function allLossesIn(c: SchedulerContext): boolean {
+  return c.losses.every((l) => l !== null);
+}
+
+/** Microbatches stage 0 may have been fed by now: its completed ones plus the schedule's bound. */
+function feedLimit(c: SchedulerContext): number {
+  return Math.max(c.fed, Math.min(c.req!.microbatches, c.stage0Done + c.req!.feedBound));
+}
+
+/** Feeds the microbatches the consume constraint now allows. */
+const feed = {
+  type: 'feedInputs',
+  params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, from: context.fed, to: feedLimit(context) }),
+} as const;
+
+/** The scheduler machine; hosts `provide` the I/O actors and actions. */
+export const schedulerMachine = setup({
+  types: {
+    context: {} as SchedulerContext,
+    events: {} as SchedulerEvent,
+    input: {} as { stages: number },
+  },
+  actors: {
+    /** Sends the step's plan to every stage and waits for every ack. */
+    beginStep: fromPromise<void, StepRequest>(async () => {
+      throw new Error('scheduler machine: beginStep is not provided');
+    }),
+    /** Aborts the step on every stage and waits until each is idle again. */
+    abortStep: fromPromise<void, { step: number }>(async () => {
+      throw new Error('scheduler machine: abortStep is not provided');
+    }),
+  },
+  actions: {
+    /** Publish the INPUT frames of microbatches [from, to). */
+    feedInputs: (_, _params: { step: number; from: number; to: number }) => {},
+    /** Publish UPDATE to every stage. */
+    sendUpdate: (_, _params: { step: number }) => {},
+    /** Hand the outcome to whoever asked for the step. */
+    resolveStep: (_, _params: StepOutcome) => {},
+    /** Hand the first failure to whoever asked for the step. */
+    rejectStep: (_, _params: { step: number; failure: StepFailure }) => {},
+    markFed: assign({ fed: ({ context }) => feedLimit(context) }),
+    countStage0: assign(({ context, event }) => {
+      if (event.type !== 'ACTION' || event.rank !== 0) return {};
+      // Stage 0 frees a microbatch at its backward (at its forward when evaluating).
+      const frees = context.req!.forwardOnly ? event.action.startsWith('F') : event.action.startsWith('B');
+      return frees ? { stage0Done: context.stage0Done + 1 } : {};
+    }),
+    keepFirstFailure: assign(({ context, event }) => {
+      if (context.failure || event.type !== 'STAGE_ERROR') return {};
+      return { failure: { rank: event.rank, ...event.failure } };
+    }),
+  },
+  guards: {
+    thisStep: ({ context, event }) => isStepEvent(event) && context.req !== null && event.step === context.req.step,
+    allFed: ({ context }) => context.fed >= context.req!.microbatches,
+    drained: ({ context }) => allLossesIn(context) && context.done.every(Boolean),
+    forwardOnly: ({ context }) => context.req!.forwardOnly,
+    allUpdated: ({ context }) => context.updated.every(Boolean),
+  },
+  delays: {
+    stepTimeout: ({ context }) => context.req?.timeoutMs ?? 60_000,
+  },
+}).createMachine({
+  id: 'scheduler',
+  context: ({ input }) => ({
+    stages: input.stages,
+    req: null,
+    fed: 0,
+    stage0Done: 0,
+    losses: [],
+    metrics: [],
+    done: [],
+    updated: [],
+    peakHeld: [],
+    rejected: 0,
+    failure: null,
+  }),
+  initial: 'idle',
+  on: {
+    REJECT: { actions: assign({ rejected: ({ context }) => context.rejected + 1 }) },
+  },
+  states: {
+    idle: {
+      on: {
+        START: {
+          target: 'active',
+          actions: assign(({ context, event }) => ({
+            req: event.req,
+            fed: 0,
+            stage0Done: 0,
+            losses: new Array<number | null>(event.req.microbatches).fill(null),
+            metrics: new Array<number | null>(event.req.microbatches).fill(null),
+            done: new Array<boolean>(context.stages).fill(false),
+            updated: new Array<boolean>(context.stages).fill(false),
+            peakHeld: new Array<number>(context.stages).fill(0),
+            rejected: 0,
+            failure: null,
+          })),
+        },
+      },
+    },
+    active: {
+      initial: 'starting',
+      on: {
+        STAGE_ERROR: { guard: 'thisStep', target: '.aborting', actions: 'keepFirstFailure' },
+        ACTION: { guard: 'thisStep', actions: 'countStage0' },
+        LOSS: {
+          guard: 'thisStep',
+          actions: assign(({ context, event }) => {
+            const losses = [...context.losses];
+            const metrics = [...context.metrics];
+            losses[event.microbatch] = event.loss;
+            metrics[event.microbatch] = event.metric;
+            return { losses, metrics };
+          }),
+        },
+        DONE: {
+          guard: 'thisStep',
+          actions: assign(({ context, event }) => {
+            const done = [...context.done];
+            const peakHeld = [...context.peakHeld];
+            done[event.rank] = true;
+            peakHeld[event.rank] = event.peakHeld;
+            return { done, peakHeld };
+          }),
+        },
+      },
+      states: {
+        starting: {
+          invoke: {
+            src: 'beginStep',
+            input: ({ context }) => context.req!,
+            onDone: 'feeding',
+            onError: {
+              target: 'aborting',
+              actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: String((event.error as Error)?.message ?? event.error) }) }),
+            },
+          },
+        },
+        feeding: {
+          entry: [feed, 'markFed'],
+          on: { ACTION: { guard: 'thisStep', actions: ['countStage0', feed, 'markFed'] } },
+          always: { guard: 'allFed', target: 'draining' },
+        },
+        draining: {
+          always: [
+            { guard: and(['drained', 'forwardOnly']), target: 'finished' },
+            { guard: 'drained', target: 'updating' },
+          ],
+        },
+        updating: {
+          entry: { type: 'sendUpdate', params: ({ context }) => ({ step: context.req!.step }) },
+          on: {
+            UPDATED: {
+              guard: 'thisStep',
+              actions: assign(({ context, event }) => {
+                const updated = [...context.updated];
+                updated[event.rank] = true;
+                return { updated };
+              }),
+            },
+          },
+          always: { guard: 'allUpdated', target: 'finished' },
+        },
+        finished: {
+          always: {
+            target: '#scheduler.idle',
+            actions: {
+              type: 'resolveStep',
+              params: ({ context }) => ({
+                step: context.req!.step,
+                lossShares: context.losses as number[],
+                metricShares: context.metrics,
+                peakHeld: context.peakHeld,
+                rejected: context.rejected,
+              }),
+            },
+          },
+        },
+        aborting: {
+          invoke: {
+            src: 'abortStep',
+            input: ({ context }) => ({ step: context.req!.step }),
+            onDone: { target: '#scheduler.idle', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
+            onError: {
+              target: '#scheduler.idle',
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) },
+            },
+          },
+          on: { STAGE_ERROR: { actions: [] } },
+        },
+      },
+      after: {
+        stepTimeout: {
+          target: '.aborting',
+          actions: assign(({ context }) => ({
+            failure: context.failure ?? {
+              rank: context.done.findIndex((d) => !d),
+              key: `step ${context.req!.step}`,
+              code: 'STEP_TIMEOUT',
+              message: `step ${context.req!.step} did not finish within ${context.req!.timeoutMs} ms; stages not done: ${context.done.flatMap((d, r) => (d ? [] : [r])).join(', ') || 'none'}; microbatches without loss: ${context.losses.flatMap((l, i) => (l === null ? [i] : [])).join(', ') || 'none'}`,
+            },
+          })),
+        },
+      },
+    },
+  },
+});

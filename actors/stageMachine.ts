@@ -1,0 +1,270 @@
+/**
+ * The stage actor: walks its action list for each step, waiting for the frame each action
+ * needs, runs compute through the `execute` actor, and after its last action awaits UPDATE.
+ *
+ * ```
+ * booting -> idle -STEP-> running -(last action)-> awaitingUpdate -UPDATE-> updating -> idle
+ *                          running: next -> waiting -FRAME-> next -> computing -> next ...
+ * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
+ * ```
+ * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
+ * the stage carries on with its step.
+ */
+import { assign, fromPromise, setup } from 'xstate';
+import type { TroupeError } from '../src/errors.js';
+import type { CutTensor } from '../src/compute/partition.js';
+import type { Frame } from '../src/protocol/frame.js';
+import type { StepPlan } from '../src/protocol/messages.js';
+import { formatAction, parseStageActions, type Action } from '../src/schedule/action.js';
+import { needs } from '../src/schedule/needs.js';
+import { admitFrame } from './admitFrame.js';
+
+/** Input of a stage actor. */
+export interface StageInput {
+  readonly job: string;
+  readonly rank: number;
+  readonly stages: number;
+  readonly inputs: readonly CutTensor[];
+  readonly outputs: readonly CutTensor[];
+}
+
+/** What `execute` gets: the action and the frames it needs, in `needs` order. */
+export interface ExecuteInput {
+  readonly action: Action;
+  readonly frames: readonly Frame[];
+  readonly plan: StepPlan;
+}
+
+/** A stage error as it travels: the key or action where it happened, and why. */
+export interface StageFailure {
+  readonly key: string;
+  readonly code: string;
+  readonly message: string;
+}
+
+export interface StageContext extends StageInput {
+  step: number;
+  plan: StepPlan | null;
+  actions: Action[];
+  cursor: number;
+  inbox: Record<string, Frame>;
+  consumed: string[];
+  held: number;
+  peakHeld: number;
+  abortRequested: boolean;
+  rejected: number;
+  error: StageFailure | null;
+}
+
+export type StageEvent =
+  | { type: 'STEP'; plan: StepPlan }
+  | { type: 'FRAME'; frame: Frame }
+  | { type: 'UPDATE'; step: number }
+  | { type: 'ABORT' }
+  | { type: 'STOP' };
+
+function current(c: StageContext): Action | undefined {
+  return c.actions[c.cursor];
+}
+
+function missing(c: StageContext): string[] {
+  const a = current(c);
+  return a ? needs(a, c.rank, c.stages).filter((s) => !c.inbox[s]) : [];
+}
+
+const notProvided = (name: string) => () => {
+  throw new Error(`stage machine: ${name} is not provided`);
+};
+
+/** The stage machine; hosts `provide` the actors and the report actions. */
+export const stageMachine = setup({
+  types: {
+    context: {} as StageContext,
+    events: {} as StageEvent,
+    input: {} as StageInput,
+  },
+  actors: {
+    boot: fromPromise<void, void>(async () => {}),
+    execute: fromPromise<void, ExecuteInput>(async () => notProvided('execute')()),
+    update: fromPromise<void, { step: number }>(async () => notProvided('update')()),
+  },
+  actions: {
+    /** Tell the scheduler a frame was refused. */
+    reportReject: (_, _params: { error: TroupeError; frame: Frame }) => {},
+    /** Tell the scheduler the stage finished its action list. */
+    reportDone: (_, _params: { step: number; peakHeld: number }) => {},
+    /** Tell the scheduler the update is applied. */
+    reportUpdated: (_, _params: { step: number }) => {},
+    /** Tell the scheduler an action failed. */
+    reportError: (_, _params: { step: number; failure: StageFailure }) => {},
+    /** Drop the step's cached tensors and gradients. */
+    resetCompute: () => {},
+    stash: assign(({ context, event }) => {
+      if (event.type !== 'FRAME') return {};
+      const f = event.frame;
+      return { inbox: { ...context.inbox, [`${f.key.phase}:${f.key.microbatch}`]: f } };
+    }),
+    countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
+    advance: assign(({ context }) => {
+      const a = current(context)!;
+      const used = needs(a, context.rank, context.stages);
+      const inbox = { ...context.inbox };
+      for (const s of used) delete inbox[s];
+      const training = !context.plan!.forwardOnly;
+      const held = context.held + (a.kind === 'F' ? (training ? 1 : 0) : -1);
+      return { inbox, consumed: [...context.consumed, ...used], cursor: context.cursor + 1, held, peakHeld: Math.max(context.peakHeld, held) };
+    }),
+    clearStep: assign({ plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false }),
+  },
+  guards: {
+    frameRefused: ({ context, event }) => event.type === 'FRAME' && admitFrame(context, event.frame) !== null,
+    aborting: ({ context }) => context.abortRequested,
+    allDone: ({ context }) => context.cursor >= context.actions.length,
+    forwardOnly: ({ context }) => context.plan?.forwardOnly ?? false,
+    ready: ({ context }) => missing(context).length === 0,
+    updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
+  },
+}).createMachine({
+  id: 'stage',
+  context: ({ input }) => ({
+    ...input,
+    step: -1,
+    plan: null,
+    actions: [],
+    cursor: 0,
+    inbox: {},
+    consumed: [],
+    held: 0,
+    peakHeld: 0,
+    abortRequested: false,
+    rejected: 0,
+    error: null,
+  }),
+  initial: 'booting',
+  on: {
+    FRAME: [
+      {
+        guard: 'frameRefused',
+        actions: [
+          'countReject',
+          {
+            type: 'reportReject',
+            params: ({ context, event }) => ({ error: admitFrame(context, event.frame)!, frame: event.frame }),
+          },
+        ],
+      },
+      { actions: 'stash' },
+    ],
+    STOP: { target: '.stopped', actions: 'resetCompute' },
+  },
+  states: {
+    booting: {
+      invoke: {
+        src: 'boot',
+        onDone: 'idle',
+        onError: {
+          target: 'failed',
+          actions: assign({ error: ({ event }) => ({ key: 'boot', code: 'BOOT', message: String(event.error) }) }),
+        },
+      },
+    },
+    idle: {
+      on: {
+        STEP: {
+          target: 'running',
+          actions: assign(({ event, context }) => ({
+            step: event.plan.step,
+            plan: event.plan,
+            actions: parseStageActions(event.plan.actions, context.rank),
+            cursor: 0,
+            inbox: {},
+            consumed: [],
+            held: 0,
+            peakHeld: 0,
+            abortRequested: false,
+            error: null,
+          })),
+        },
+      },
+    },
+    running: {
+      initial: 'next',
+      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] } },
+      states: {
+        next: {
+          always: [
+            { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep'] },
+            {
+              guard: 'allDone',
+              target: '#stage.awaitingUpdate',
+              actions: { type: 'reportDone', params: ({ context }) => ({ step: context.step, peakHeld: context.peakHeld }) },
+            },
+            { guard: 'ready', target: 'computing' },
+            { target: 'waiting' },
+          ],
+        },
+        waiting: {
+          on: {
+            FRAME: [
+              { guard: 'frameRefused', actions: ['countReject', { type: 'reportReject', params: ({ context, event }) => ({ error: admitFrame(context, event.frame)!, frame: event.frame }) }] },
+              { actions: 'stash', target: 'next' },
+            ],
+          },
+        },
+        computing: {
+          on: { ABORT: { actions: assign({ abortRequested: true }) } },
+          invoke: {
+            src: 'execute',
+            input: ({ context }) => {
+              const a = current(context)!;
+              return { action: a, frames: needs(a, context.rank, context.stages).map((s) => context.inbox[s]!), plan: context.plan! };
+            },
+            onDone: { target: 'next', actions: 'advance' },
+            onError: {
+              target: '#stage.failed',
+              actions: [
+                assign({
+                  error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, event.error),
+                }),
+                { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
+              ],
+            },
+          },
+        },
+      },
+    },
+    awaitingUpdate: {
+      always: { guard: 'forwardOnly', target: 'idle', actions: 'clearStep' },
+      on: {
+        UPDATE: { guard: 'updateOfThisStep', target: 'updating' },
+        ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] },
+      },
+    },
+    updating: {
+      invoke: {
+        src: 'update',
+        input: ({ context }) => ({ step: context.step }),
+        onDone: {
+          target: 'idle',
+          actions: [{ type: 'reportUpdated', params: ({ context }) => ({ step: context.step }) }, 'clearStep'],
+        },
+        onError: {
+          target: 'failed',
+          actions: [
+            assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, event.error) }),
+            { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
+          ],
+        },
+      },
+    },
+    failed: {
+      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] } },
+    },
+    stopped: { type: 'final' },
+  },
+});
+
+function failureOf(key: string, err: unknown): StageFailure {
+  const e = err as { code?: unknown; message?: unknown };
+  return { key, code: typeof e?.code === 'string' ? e.code : 'COMPUTE', message: typeof e?.message === 'string' ? e.message : String(err) };
+}

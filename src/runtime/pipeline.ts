@@ -1,0 +1,216 @@
+/** The public pipeline: cut a model into stage actors on NATS and train or evaluate it step by step. */
+import * as tf from '@tensorflow/tfjs';
+import { ConfigError, StateError, messageOf } from '../errors.js';
+import { selectBackend, type BackendName } from '../compute/backend.js';
+import { resolveLoss, type LossSpec } from '../compute/loss.js';
+import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
+import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
+import { StageCompute } from '../compute/stageCompute.js';
+import { fromTensor } from '../compute/wire.js';
+import type { Frame, WireTensor } from '../protocol/frame.js';
+import { Phase } from '../protocol/phase.js';
+import { sliceRows } from '../protocol/rows.js';
+import { checkJobId } from '../protocol/subjects.js';
+import { formatStageActions, type Schedule } from '../schedule/action.js';
+import { maxInFlight } from '../schedule/constraint.js';
+import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
+import { buildSchedule, forwardOnlySchedule } from '../schedule/schedules.js';
+import { Bus, type BusOptions } from '../transport/bus.js';
+import { SchedulerHost } from './schedulerHost.js';
+import { StageHost, type StageStats } from './stageHost.js';
+
+/** Options of `createPipeline`. */
+export interface PipelineOptions {
+  /** The model to train; its layers (and so its weights) are shared by the stages. */
+  readonly model: tf.LayersModel;
+  /** Number of stages (even split by parameter count) or the first layer (index or name) of stages 1..p-1. */
+  readonly stages: StageSpec;
+  /** Microbatches per step. */
+  readonly microbatches: number;
+  /** `'1f1b'` (default) or `'gpipe'`. */
+  readonly schedule?: string;
+  /** Each stage gets its own optimizer made from this. */
+  readonly optimizer: OptimizerSpec;
+  /** A tfjs loss name or a function of (labels, predictions). */
+  readonly loss: LossSpec;
+  /** Optional metric (`'accuracy'`, any tfjs metric name, or a function). */
+  readonly metric?: LossSpec;
+  /** The NATS servers; every stage and the scheduler get their own connection. */
+  readonly nats: Pick<BusOptions, 'servers'> & Partial<BusOptions>;
+  /** Job id used in subjects (default a random one). */
+  readonly job?: string;
+  /** Backend order (default: TROUPE_BACKEND, else node-gpu > node > wasm > cpu). */
+  readonly backend?: BackendName | readonly BackendName[];
+  /** Milliseconds a step may take before it is aborted (default 120 s). */
+  readonly stepTimeoutMs?: number;
+}
+
+/** What a training or evaluation step returns. */
+export interface StepResult {
+  readonly step: number;
+  /** Mean loss over the whole batch. */
+  readonly loss: number;
+  /** Mean metric over the whole batch, when a metric was given. */
+  readonly metric: number | null;
+  /** Mean loss of each microbatch. */
+  readonly microbatchLosses: readonly number[];
+  /** Most microbatches each stage held for a backward during the step. */
+  readonly peakHeld: readonly number[];
+  /** Frames the stages refused during the step. */
+  readonly rejected: number;
+}
+
+/** A running pipeline. */
+export interface Pipeline {
+  readonly job: string;
+  readonly stages: number;
+  readonly microbatches: number;
+  readonly schedule: Schedule;
+  /** The layers of each stage. */
+  readonly partitions: readonly StagePartition[];
+  /** One optimizer step over all microbatches of (x, y): equal to one single-process step on the whole batch. */
+  trainStep(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
+  /** Forward only: loss and metric of (x, y), weights untouched. */
+  evaluate(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
+  /** Counters of every stage. */
+  stats(): StageStats[];
+  /** Stops the actors, drains every subscription and connection. The model stays usable. */
+  close(): Promise<void>;
+}
+
+function checkOptions(o: PipelineOptions): void {
+  if (!o || typeof o !== 'object') throw new ConfigError('createPipeline needs an options object');
+  if (!(o.model instanceof tf.LayersModel)) throw new ConfigError('model must be a tf.LayersModel');
+  if (!Number.isInteger(o.microbatches) || o.microbatches < 1) throw new ConfigError(`microbatches must be a positive integer, got ${String(o.microbatches)}`);
+  if (o.loss === undefined) throw new ConfigError('loss is required');
+  if (o.optimizer === undefined) throw new ConfigError('optimizer is required');
+  if (!o.nats || (typeof o.nats.servers !== 'string' && !Array.isArray(o.nats.servers))) throw new ConfigError('nats.servers must be a URL or a list of URLs');
+  if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
+}
+
+function asList(t: tf.Tensor | tf.Tensor[], what: string): tf.Tensor[] {
+  const l = Array.isArray(t) ? t : [t];
+  if (l.length === 0 || l.some((x) => !(x instanceof tf.Tensor))) throw new ConfigError(`${what} must be a tensor or a non-empty list of tensors`);
+  return l;
+}
+
+/**
+ * Cuts `model` into stages, starts one stage actor per stage and a scheduler actor, each on
+ * its own NATS connection, and returns the pipeline.
+ *
+ * @example
+ * const pipe = await createPipeline({
+ *   model, stages: 2, microbatches: 4, schedule: '1f1b',
+ *   optimizer: tf.train.adam(1e-3), loss: 'categoricalCrossentropy',
+ *   nats: { servers: 'nats://127.0.0.1:4222' },
+ * });
+ * const { loss } = await pipe.trainStep(xs, ys);
+ * await pipe.close();
+ */
+export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
+  checkOptions(o);
+  await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
+  const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
+  const partitions = partitionModel(o.model, o.stages);
+  const p = partitions.length;
+  const m = o.microbatches;
+  const schedule = buildSchedule(o.schedule ?? '1f1b', p, m);
+  const evalSchedule = forwardOnlySchedule(p, m);
+  const { loss, metric } = resolveLoss(o.loss, o.metric);
+  const makeOptimizer = optimizerFactory(o.optimizer);
+
+  const buses: Bus[] = [];
+  const hosts: StageHost[] = [];
+  const computes: StageCompute[] = [];
+  let sched: SchedulerHost | undefined;
+  const connect = async (name: string) => {
+    const bus = await Bus.connect({ ...o.nats, name: `troupe-${job}-${name}` });
+    buses.push(bus);
+    return bus;
+  };
+  const closeAll = async () => {
+    await sched?.close();
+    await Promise.all(hosts.map((h) => h.close()));
+    for (const c of computes) c.dispose();
+    await Promise.all(buses.map((b) => b.close()));
+  };
+  try {
+    for (const partition of partitions) {
+      const last = partition.rank === p - 1;
+      const compute = new StageCompute({ partition, optimizer: makeOptimizer(), ...(last ? { loss, metric } : {}) });
+      computes.push(compute);
+      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute }));
+    }
+    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p });
+  } catch (err) {
+    await closeAll().catch(() => {});
+    throw err;
+  }
+  const scheduler = sched;
+  let step = 0;
+  let closed = false;
+
+  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
+    if (closed) throw new StateError(`pipeline ${job} is closed`);
+    const xs = asList(x, 'x');
+    const ys = asList(y, 'y');
+    if (xs.length !== partitions[0]!.inputs.length) throw new ConfigError(`the model takes ${partitions[0]!.inputs.length} inputs, got ${xs.length}`);
+    const batch = xs[0]!.shape[0];
+    for (const t of [...xs, ...ys]) {
+      if (t.rank === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${String(batch)}, got [${t.shape.join(',')}]`);
+    }
+    const sizes = microbatchSizes(batch!, m);
+    const offsets = microbatchOffsets(sizes);
+    const xw = xs.map((t, i) => fromTensor(t, `x${i}`));
+    const yw = ys.map((t, i) => fromTensor(t, `y${i}`));
+    const rows = (ws: WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
+    const s = ++step;
+    const sch = forwardOnly ? evalSchedule : schedule;
+    const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });
+    const outcome = await scheduler.run({
+      step: s,
+      microbatches: m,
+      forwardOnly,
+      feedBound: maxInFlight(sch[0]!),
+      timeoutMs: o.stepTimeoutMs ?? 120_000,
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch!, forwardOnly, actions: formatStageActions(sch[r]!) }),
+      inputs: (mb) =>
+        p === 1
+          ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]
+          : [
+              { rank: 0, frame: inputFrame(mb, rows(xw, mb)) },
+              { rank: p - 1, frame: inputFrame(mb, rows(yw, mb)) },
+            ],
+    });
+    const lossSum = outcome.lossShares.reduce((a, b) => a + b, 0);
+    const metricSum = metric ? outcome.metricShares.reduce<number>((a, b) => a + (b ?? 0), 0) : null;
+    return {
+      step: s,
+      loss: lossSum,
+      metric: metricSum,
+      microbatchLosses: outcome.lossShares.map((l, i) => (l * batch!) / sizes[i]!),
+      peakHeld: outcome.peakHeld,
+      rejected: outcome.rejected,
+    };
+  };
+
+  return {
+    job,
+    stages: p,
+    microbatches: m,
+    schedule,
+    partitions,
+    trainStep: (x, y) => run(x, y, false),
+    evaluate: (x, y) => run(x, y, true),
+    stats: () => hosts.map((h) => h.stats()),
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      try {
+        await closeAll();
+      } catch (err) {
+        throw new ConfigError(`closing pipeline ${job} failed: ${messageOf(err)}`, { cause: err });
+      }
+    },
+  };
+}

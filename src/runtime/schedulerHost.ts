@@ -1,0 +1,167 @@
+/** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
+import { createActor, fromPromise, type Actor } from 'xstate';
+import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import { FrameError, StageError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
+import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
+import { decodeAck, decodeMessage, encodeJson, type StepPlan } from '../protocol/messages.js';
+import { Phase } from '../protocol/phase.js';
+import { CtlVerb, SchedEvent, ctlSubject, lastToken, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import type { Bus, BusMessage } from '../transport/bus.js';
+import { deferred, type Deferred } from './deferred.js';
+
+/** Options of the scheduler host. */
+export interface SchedulerHostOptions {
+  readonly bus: Bus;
+  readonly job: string;
+  readonly stages: number;
+  /** Milliseconds a control request may wait for its ack (default 10 s). */
+  readonly requestTimeoutMs?: number;
+}
+
+/** One step as the pipeline hands it to the scheduler. */
+export interface StepWork extends StepRequest {
+  /** Each stage's plan. */
+  plan(rank: number): StepPlan;
+  /** INPUT frames of microbatch `mb`, each with the rank it goes to. */
+  inputs(mb: number): readonly { readonly rank: number; readonly frame: Frame }[];
+}
+
+type SchedulerActor = Actor<typeof schedulerMachine>;
+
+/** Turns a step failure into the error the caller sees. */
+export function errorOf(f: StepFailure): TroupeError {
+  if (f.code === 'STEP_TIMEOUT') return new StepTimeoutError(f.message);
+  if (f.rank < 0) return new TransportError(`${f.key}: ${f.message}`);
+  return new StageError(f.rank, f.key, `${f.code}: ${f.message}`);
+}
+
+/**
+ * The scheduler actor and its subscription to stage events. One step runs at a time.
+ *
+ * @example
+ * const sched = await SchedulerHost.start({ bus, job, stages: 2 });
+ * const outcome = await sched.run(work);
+ */
+export class SchedulerHost {
+  readonly actor: SchedulerActor;
+  private readonly sub: { drain(): Promise<void> };
+  private pending: Deferred<StepOutcome> | undefined;
+  private work: StepWork | undefined;
+  private feeding: Promise<void> = Promise.resolve();
+  /** Scheduler events that could not be parsed. */
+  malformedEvents = 0;
+
+  private constructor(private readonly o: SchedulerHostOptions) {
+    const timeout = o.requestTimeoutMs ?? 10_000;
+    const machine = schedulerMachine.provide({
+      actors: {
+        beginStep: fromPromise<void, StepRequest>(async () => {
+          const w = this.work!;
+          await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), timeout);
+        }),
+        abortStep: fromPromise<void, { step: number }>(async () => {
+          await this.requestAll(CtlVerb.ABORT, () => encodeJson({}), timeout);
+        }),
+      },
+      actions: {
+        feedInputs: (_, { from, to }) => {
+          for (let mb = from; mb < to; mb++) this.feed(mb);
+        },
+        sendUpdate: (_, { step }) => {
+          for (let r = 0; r < o.stages; r++) {
+            const m = encodeKeyOnly({ job: o.job, step, microbatch: 0, phase: Phase.UPDATE }, 'sched');
+            void this.o.bus.publish(stageSubject(o.job, r, Phase.UPDATE), m.data, m.headers).catch((err: unknown) => this.transportFailed(step, err));
+          }
+        },
+        resolveStep: (_, outcome) => this.pending?.resolve(outcome),
+        rejectStep: (_, { failure }) => this.pending?.reject(errorOf(failure)),
+      },
+    });
+    this.actor = createActor(machine, { input: { stages: o.stages }, id: 'scheduler' });
+    this.sub = o.bus.subscribe(schedWildcard(o.job), (m) => this.onEvent(m));
+  }
+
+  /** Starts the actor and subscribes to stage events. */
+  static async start(o: SchedulerHostOptions): Promise<SchedulerHost> {
+    const h = new SchedulerHost(o);
+    h.actor.start();
+    await o.bus.flush();
+    return h;
+  }
+
+  private async requestAll(verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number): Promise<void> {
+    const acks = await Promise.all(
+      Array.from({ length: this.o.stages }, async (_, r) => ({ r, ack: decodeAck(await this.o.bus.request(ctlSubject(this.o.job, r, verb), body(r), timeoutMs)) })),
+    );
+    const bad = acks.find((a) => !a.ack.ok);
+    if (bad && !bad.ack.ok) throw new TransportError(`stage ${bad.r} refused ${verb}: ${bad.ack.code}: ${bad.ack.message}`);
+  }
+
+  private feed(mb: number): void {
+    const w = this.work!;
+    // Chained so microbatches go out in order even when a publish waits for the server.
+    this.feeding = this.feeding.then(async () => {
+      for (const { rank, frame } of w.inputs(mb)) await this.o.bus.publishFrame(stageSubject(this.o.job, rank, Phase.INPUT), frame);
+    }).catch((err: unknown) => this.transportFailed(w.step, err));
+  }
+
+  private transportFailed(step: number, err: unknown): void {
+    this.actor.send({ type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } });
+  }
+
+  private onEvent(m: BusMessage): void {
+    try {
+      switch (lastToken(m.subject)) {
+        case SchedEvent.ACTION: {
+          const e = decodeMessage('action', m.data);
+          return this.actor.send({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
+        }
+        case SchedEvent.LOSS:
+          return this.actor.send({ type: 'LOSS', ...decodeMessage('loss', m.data) });
+        case SchedEvent.DONE:
+          return this.actor.send({ type: 'DONE', ...decodeMessage('done', m.data) });
+        case SchedEvent.UPDATED:
+          return this.actor.send({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
+        case SchedEvent.ERROR: {
+          const e = decodeMessage('error', m.data);
+          return this.actor.send({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
+        }
+        case SchedEvent.REJECT: {
+          const e = decodeMessage('reject', m.data);
+          this.lastRejects.push(e);
+          if (this.lastRejects.length > 100) this.lastRejects.shift();
+          return this.actor.send({ type: 'REJECT', rank: e.rank });
+        }
+        default:
+          throw new FrameError(`unknown scheduler event subject ${m.subject}`);
+      }
+    } catch {
+      this.malformedEvents++;
+    }
+  }
+
+  /** The latest frames the stages refused (at most 100), newest last. */
+  readonly lastRejects: { rank: number; subject: string; code: string; message: string }[] = [];
+
+  /** Runs one step; resolves with its outcome or rejects with the step's first error. */
+  async run(work: StepWork): Promise<StepOutcome> {
+    if (!this.actor.getSnapshot().matches('idle')) throw new TransportError('a step is already running');
+    this.work = work;
+    this.pending = deferred<StepOutcome>();
+    const { plan: _p, inputs: _i, ...req } = work;
+    this.actor.send({ type: 'START', req });
+    try {
+      return await this.pending.promise;
+    } finally {
+      await this.feeding;
+      this.pending = undefined;
+      this.work = undefined;
+    }
+  }
+
+  /** Stops the actor and drains the subscription. The bus stays open. */
+  async close(): Promise<void> {
+    this.actor.stop();
+    await this.sub.drain();
+  }
+}

@@ -1,0 +1,223 @@
+/** Binds a stage actor to NATS: frames and control requests in, activations, gradients and events out. */
+import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { splitInput } from '../../actors/admitFrame.js';
+import { stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
+import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
+import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
+import type { StagePartition } from '../compute/partition.js';
+import { parseHeader, type WireTensor } from '../protocol/frame.js';
+import { formatKey } from '../protocol/key.js';
+import { decodeMessage, encodeJson, type Ack, type StepPlan } from '../protocol/messages.js';
+import { Phase } from '../protocol/phase.js';
+import { Reassembler } from '../protocol/reassembler.js';
+import { CtlVerb, SchedEvent, ctlWildcard, lastToken, schedSubject, stageSubject, stageWildcard } from '../protocol/subjects.js';
+import { parseStageActions } from '../schedule/action.js';
+import { microbatchSizes } from '../schedule/microbatch.js';
+import type { Bus, BusMessage } from '../transport/bus.js';
+
+/** Options of a stage host. */
+export interface StageHostOptions {
+  readonly bus: Bus;
+  readonly job: string;
+  readonly partition: StagePartition;
+  readonly compute: StageCompute;
+  /** Largest frame accepted, in bytes (default 256 MiB). */
+  readonly maxFrameBytes?: number;
+  /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
+  readonly abortTimeoutMs?: number;
+}
+
+/** Counters of one stage, as the runtime reports them. */
+export interface StageStats {
+  readonly rank: number;
+  /** Milliseconds spent in compute and publishing results. */
+  readonly busyMs: number;
+  readonly forwards: number;
+  readonly backwards: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  /** Highest number of microbatches held for a backward in any step. */
+  readonly peakHeld: number;
+  /** Frames refused on arrival. */
+  readonly rejected: number;
+}
+
+type StageActor = Actor<typeof stageMachine>;
+
+/**
+ * One stage actor and its NATS subscriptions.
+ *
+ * @example
+ * const host = await StageHost.start({ bus, job: 'mnist', partition, compute });
+ * ...
+ * await host.close();
+ */
+export class StageHost {
+  readonly actor: StageActor;
+  private readonly reassembler = new Reassembler();
+  private readonly subs: { drain(): Promise<void> }[] = [];
+  private busyMs = 0;
+  private forwards = 0;
+  private backwards = 0;
+  private peakHeld = 0;
+  /** Frames refused before they reached the actor (bad headers, chunks). */
+  private refusedOnArrival = 0;
+  private readonly from: string;
+
+  private constructor(private readonly o: StageHostOptions) {
+    const { partition: part, job, bus, compute } = o;
+    this.from = `stage.${part.rank}`;
+    const machine = stageMachine.provide({
+      actors: {
+        execute: fromPromise<void, ExecuteInput>(({ input }) => this.execute(input)),
+        update: fromPromise<void, { step: number }>(async () => compute.update()),
+      },
+      actions: {
+        reportReject: (_, { error, frame }) => this.reject(`frame ${formatKey(frame.key)}`, error),
+        reportDone: (_, { step, peakHeld }) => {
+          this.peakHeld = Math.max(this.peakHeld, peakHeld);
+          this.emit(SchedEvent.DONE, { rank: part.rank, step, peakHeld });
+        },
+        reportUpdated: (_, { step }) => this.emit(SchedEvent.UPDATED, { rank: part.rank, step }),
+        reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
+        resetCompute: () => compute.reset(),
+      },
+    });
+    this.actor = createActor(machine, {
+      input: { job, rank: part.rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs },
+      id: `stage-${part.rank}`,
+    });
+    this.subs.push(bus.subscribe(stageWildcard(job, part.rank), (m) => this.onFrame(m)));
+    this.subs.push(bus.subscribe(ctlWildcard(job, part.rank), (m) => void this.onCtl(m)));
+  }
+
+  /** Starts the actor and its subscriptions; resolves once the stage is idle and subscribed. */
+  static async start(o: StageHostOptions): Promise<StageHost> {
+    const host = new StageHost(o);
+    host.actor.start();
+    await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
+    await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
+    return host;
+  }
+
+  get rank(): number {
+    return this.o.partition.rank;
+  }
+
+  /** The stage's counters. */
+  stats(): StageStats {
+    return {
+      rank: this.rank,
+      busyMs: this.busyMs,
+      forwards: this.forwards,
+      backwards: this.backwards,
+      bytesIn: this.o.bus.bytesIn,
+      bytesOut: this.o.bus.bytesOut,
+      peakHeld: this.peakHeld,
+      rejected: this.actor.getSnapshot().context.rejected + this.refusedOnArrival,
+    };
+  }
+
+  private emit(event: SchedEvent, body: object): void {
+    this.o.bus.publish(schedSubject(this.o.job, event), encodeJson(body)).catch((err: unknown) => {
+      process.stderr.write(`troupe: stage ${this.rank} could not publish ${event}: ${messageOf(err)}\n`);
+    });
+  }
+
+  private reject(what: string, err: unknown): void {
+    const e = err instanceof TroupeError ? err : new FrameError(messageOf(err), { cause: err });
+    this.emit(SchedEvent.REJECT, { rank: this.rank, subject: what, code: e.code, message: e.message });
+  }
+
+  private onFrame(m: BusMessage): void {
+    const phase = lastToken(m.subject);
+    try {
+      const h = parseHeader(m.header, phase, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
+      if (h.key.phase === Phase.UPDATE) return this.onUpdate(h.key.job, h.key.step);
+      const frame = this.reassembler.accept(h, m.data);
+      if (frame) this.actor.send({ type: 'FRAME', frame });
+    } catch (err) {
+      this.refusedOnArrival++;
+      this.reject(m.subject, err);
+    }
+  }
+
+  private onUpdate(job: string, step: number): void {
+    const s = this.actor.getSnapshot();
+    if (job !== this.o.job) throw new UnexpectedFrameError(`UPDATE for job ${job}, not ${this.o.job}`);
+    if (step < s.context.step) throw new StaleStepError(`UPDATE for step ${step}, which is over (now ${s.context.step})`);
+    if (!s.matches('awaitingUpdate') || step !== s.context.step) {
+      throw new UnexpectedFrameError(`UPDATE for step ${step} while stage ${this.rank} is ${JSON.stringify(s.value)}`);
+    }
+    this.actor.send({ type: 'UPDATE', step });
+  }
+
+  private async onCtl(m: BusMessage): Promise<void> {
+    let ack: Ack = { ok: true };
+    try {
+      const verb = lastToken(m.subject);
+      if (verb === CtlVerb.STEP) this.beginStep(decodeMessage('plan', m.data));
+      else if (verb === CtlVerb.ABORT) await this.abort();
+      else if (verb === CtlVerb.STOP) this.actor.send({ type: 'STOP' });
+      else throw new FrameError(`unknown control verb "${verb}"`);
+    } catch (err) {
+      const e = err instanceof TroupeError ? err : new StateError(messageOf(err));
+      ack = { ok: false, code: e.code, message: e.message };
+      this.reject(m.subject, e);
+    }
+    m.respond(encodeJson(ack));
+  }
+
+  private beginStep(plan: StepPlan): void {
+    const s = this.actor.getSnapshot();
+    if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
+    if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
+    microbatchSizes(plan.batchSize, plan.microbatches);
+    parseStageActions(plan.actions, this.rank);
+    this.reassembler.dropBefore(plan.step);
+    this.actor.send({ type: 'STEP', plan });
+  }
+
+  private async abort(): Promise<void> {
+    this.actor.send({ type: 'ABORT' });
+    await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
+    this.reassembler.clear();
+  }
+
+  private async execute({ action, frames, plan }: ExecuteInput): Promise<void> {
+    const { job, bus, compute, partition } = this.o;
+    const t0 = performance.now();
+    const rank = partition.rank;
+    const last = rank === partition.stages - 1;
+    const mb = action.microbatch;
+    const key = (phase: Phase) => ({ job, step: plan.step, microbatch: mb, phase });
+    let res: ActionResult;
+    if (action.kind === 'F') {
+      const first = frames[0]!;
+      let inputs: readonly WireTensor[] = first.tensors;
+      let labels: readonly WireTensor[] = [];
+      if (rank === 0) ({ xs: inputs, ys: labels } = splitInput(first));
+      else if (last) labels = splitInput(frames[1]!).ys;
+      const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
+      res = compute.forward(mb, inputs, labels, size, plan.batchSize, !plan.forwardOnly);
+      if (!last) await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
+      this.forwards++;
+    } else {
+      res = compute.backward(mb, last ? [] : frames[0]!.tensors, plan.batchSize);
+      if (rank > 0) await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
+      this.backwards++;
+    }
+    if (res.loss !== undefined) this.emit(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
+    const ms = performance.now() - t0;
+    this.busyMs += ms;
+    this.emit(SchedEvent.ACTION, { rank, step: plan.step, action: `${action.kind}${mb}`, ms });
+  }
+
+  /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */
+  async close(): Promise<void> {
+    this.actor.send({ type: 'STOP' });
+    this.actor.stop();
+    await Promise.all(this.subs.map((s) => s.drain()));
+    this.o.compute.reset();
+  }
+}

@@ -1,0 +1,49 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { createPipeline } from '../../src/index.js';
+import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { useNatsServer } from '../helpers/nats.js';
+
+const nats = useNatsServer();
+
+const SIZES = [12, 16, 16, 12, 3];
+const CASES = [1, 2, 4].flatMap((stages) =>
+  (['gpipe', '1f1b'] as const).flatMap((schedule) => (['sgd', 'adam'] as const).map((opt) => ({ stages, schedule, opt }))),
+);
+
+const optimizer = (name: 'sgd' | 'adam') => (name === 'sgd' ? tf.train.sgd(0.1) : tf.train.adam(0.01));
+
+describe('pipeline over a real nats-server', () => {
+  it.each(CASES)('$stages stages, $schedule, $opt: 3 steps equal single-process training', async ({ stages, schedule, opt }) => {
+    const model = mlp(SIZES, 5);
+    const ref = mlp(SIZES, 6);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: optimizer(opt), loss: 'categoricalCrossentropy' });
+    const m = 4;
+    const pipe = await createPipeline({
+      model,
+      stages,
+      microbatches: m,
+      schedule,
+      optimizer: optimizer(opt),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
+    const { x, y } = data(20, SIZES[0]!, 3, stages * 7);
+    try {
+      for (let s = 0; s < 3; s++) {
+        const r = await pipe.trainStep(x, y);
+        const refLoss = (await ref.trainOnBatch(x, y)) as number;
+        expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+        // The consume constraint, as the stages recorded it: 1F1B holds at most p - rank, GPipe m.
+        r.peakHeld.forEach((h, rank) => expect(h).toBeLessThanOrEqual(schedule === '1f1b' ? stages - rank : m));
+        if (schedule === 'gpipe') expect(r.peakHeld).toEqual(new Array(stages).fill(m));
+        else expect(r.peakHeld).toEqual(Array.from({ length: stages }, (_, rank) => Math.min(m, stages - rank)));
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+});
