@@ -1,0 +1,57 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from 'xstate';
+import { Bus, partitionModel, resolveLoss, SchedulerHost, StageCompute, StageHost, StepTimeoutError, subjects } from '../../src/index.js';
+import { fromTensor } from '../../src/compute/wire.js';
+import { Phase } from '../../src/protocol/phase.js';
+import { formatStageActions } from '../../src/schedule/action.js';
+import { oneFOneB } from '../../src/schedule/oneFOneB.js';
+import { data, mlp } from '../helpers/models.js';
+import { useNatsServer } from '../helpers/nats.js';
+
+const nats = useNatsServer();
+
+describe('a hung stage', () => {
+  it('ends the step with StepTimeoutError naming the stages not done, and stage 0 is aborted clean', async () => {
+    const job = 'hung';
+    const parts = partitionModel(mlp([4, 8, 2], 41), 2);
+    const { loss } = resolveLoss('categoricalCrossentropy');
+    const busA = await Bus.connect({ servers: nats.server.url });
+    const busB = await Bus.connect({ servers: nats.server.url });
+    const busC = await Bus.connect({ servers: nats.server.url });
+    const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
+    const stage0 = await StageHost.start({ bus: busA, job, partition: parts[0]!, compute });
+    // Rank 1 answers control requests but never computes: a hung stage.
+    busC.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(new TextEncoder().encode('{"ok":true}')));
+    await busC.flush();
+    const sched = await SchedulerHost.start({ bus: busB, job, stages: 2 });
+    const { x, y } = data(4, 4, 2);
+    const xw = fromTensor(x, 'x0');
+    const yw = fromTensor(y, 'y0');
+    const s = oneFOneB(2, 2);
+    try {
+      const err = await sched
+        .run({
+          step: 1, microbatches: 2, forwardOnly: false, feedBound: 2, timeoutMs: 400,
+          plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, forwardOnly: false, actions: formatStageActions(s[r]!) }),
+          inputs: (mb) => [
+            { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
+            { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
+          ],
+        })
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StepTimeoutError);
+      expect((err as Error).message).toMatch(/stages not done: 0, 1/);
+      expect((err as Error).message).toMatch(/microbatches without loss: 0, 1/);
+      // The abort reached stage 0: idle again, nothing held.
+      await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
+      expect(compute.held).toBe(0);
+    } finally {
+      await sched.close();
+      await stage0.close();
+      compute.dispose();
+      await Promise.all([busA.close(), busB.close(), busC.close()]);
+      tf.dispose([x, y]);
+    }
+  });
+});
