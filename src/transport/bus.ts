@@ -56,6 +56,8 @@ export class Bus {
   /** Bytes published and received, headers excluded. */
   bytesOut = 0;
   bytesIn = 0;
+  /** Times `publish` waited for the server because `maxInFlightBytes` were out. */
+  inFlightWaits = 0;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -93,7 +95,10 @@ export class Bus {
 
   /** Publishes one message; waits first when too many bytes are unacknowledged. */
   async publish(subject: string, data: Uint8Array, headers?: Record<string, string>): Promise<void> {
-    if (this.inFlight >= this.maxInFlight) await this.flushInFlight();
+    if (this.inFlight >= this.maxInFlight) {
+      this.inFlightWaits++;
+      await this.flushInFlight();
+    }
     try {
       this.nc.publish(subject, data, headers ? { headers: toNatsHeaders(headers) } : undefined);
     } catch (cause) {
