@@ -6,6 +6,7 @@
  * booting -> idle -STEP-> running -(last action)-> awaitingUpdate -UPDATE-> updating -> idle
  *                          running: next -> waiting -FRAME-> next -> computing -> next ...
  * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
+ * ABORT while computing or updating waits for that to end, then idle (even when it fails)
  * ```
  * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
  * the stage carries on with its step.
@@ -220,15 +221,19 @@ export const stageMachine = setup({
               return { action: a, frames: needs(a, context.rank, context.stages).map((s) => context.inbox[s]!), plan: context.plan! };
             },
             onDone: { target: 'next', actions: 'advance' },
-            onError: {
-              target: '#stage.failed',
-              actions: [
-                assign({
-                  error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, event.error),
-                }),
-                { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
-              ],
-            },
+            onError: [
+              // An ABORT came while computing: the step is dropped anyway, so end idle, not failed.
+              { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep'] },
+              {
+                target: '#stage.failed',
+                actions: [
+                  assign({
+                    error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, event.error),
+                  }),
+                  { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
+                ],
+              },
+            ],
           },
         },
       },
@@ -241,6 +246,8 @@ export const stageMachine = setup({
       },
     },
     updating: {
+      // An update is not interrupted; an ABORT during it is honoured if the update fails.
+      on: { ABORT: { actions: assign({ abortRequested: true }) } },
       invoke: {
         src: 'update',
         input: ({ context }) => ({ step: context.step }),
@@ -248,13 +255,16 @@ export const stageMachine = setup({
           target: 'idle',
           actions: [{ type: 'reportUpdated', params: ({ context }) => ({ step: context.step }) }, 'clearStep'],
         },
-        onError: {
-          target: 'failed',
-          actions: [
-            assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, event.error) }),
-            { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
-          ],
-        },
+        onError: [
+          { guard: 'aborting', target: 'idle', actions: ['resetCompute', 'clearStep'] },
+          {
+            target: 'failed',
+            actions: [
+              assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, event.error) }),
+              { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
+            ],
+          },
+        ],
       },
     },
     failed: {

@@ -82,7 +82,8 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
       return { name, tfName, skipped };
     } catch (err) {
-      skipped.push(`${name}: ${messageOf(err).split('\n')[0]}`);
+      const notInstalled = (err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND';
+      skipped.push(`${name}: ${notInstalled ? 'not installed' : messageOf(err).split('\n')[0]}`);
     }
   }
   throw new ConfigError(`no TensorFlow.js backend could start: ${skipped.join('; ')}`);

@@ -30,7 +30,8 @@ export function sizeOf(shape: readonly number[]): number {
 /** Byte length of a tensor's data, rounded up to a multiple of 4 so the next tensor stays aligned. */
 export function paddedByteLength(dtype: DType, shape: readonly number[]): number {
   const raw = sizeOf(shape) * SIZE[dtype];
-  return (raw + 3) & ~3;
+  // Arithmetic, not `(raw + 3) & ~3`: bitwise operators wrap above 2^31 bytes.
+  return Math.ceil(raw / 4) * 4;
 }
 
 /** A typed-array view of `length` elements of `dtype` over `buffer` at an aligned `offset`. */

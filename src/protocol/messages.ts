@@ -41,7 +41,8 @@ function check<T>(what: string, v: unknown, shape: Shape): T {
     const ok = t === 'number|null' ? x === null || (typeof x === 'number' && Number.isFinite(x)) : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
-  for (const k of Object.keys(o)) if (!(k in shape)) throw new FrameError(`${what}: unknown field "${k}"`);
+  // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
+  for (const k of Object.keys(o)) if (!Object.hasOwn(shape, k)) throw new FrameError(`${what}: unknown field "${k}"`);
   return o as T;
 }
 

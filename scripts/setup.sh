@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Troupe needs on a fresh Debian/Ubuntu machine, and nothing that is already there:
+# npm dependencies (the native TensorFlow.js backends are optional and skipped when their
+# download fails) and nats-server from Debian's package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_node="20.19.0"
+have_node="$(node -p 'process.versions.node' 2>/dev/null || echo 0)"
+if [ "$(printf '%s\n%s\n' "$need_node" "$have_node" | sort -V | head -n1)" != "$need_node" ]; then
+  echo "setup: Node.js >= $need_node is required, found $have_node" >&2
+  exit 1
+fi
+
+# npm dependencies: reinstall when node_modules is missing or older than the lockfile.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# nats-server: from PATH, or Debian's package.
+find_nats() {
+  command -v nats-server 2>/dev/null && return 0
+  for d in /usr/sbin /usr/bin /usr/local/bin; do [ -x "$d/nats-server" ] && { echo "$d/nats-server"; return 0; }; done
+  return 1
+}
+if ! find_nats >/dev/null; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing nats-server (Debian package nats-server)"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server >/dev/null
+  fi
+  if ! find_nats >/dev/null; then
+    echo "setup: nats-server is missing. Install the Debian/Ubuntu package 'nats-server' (apt-get install nats-server) or put a nats-server binary on PATH." >&2
+    exit 1
+  fi
+fi
+echo "setup: ready ($(node -v), $("$(find_nats)" --version))"
