@@ -1,0 +1,68 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { createPipeline } from '../../src/index.js';
+import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { useNatsServer } from '../helpers/nats.js';
+
+const nats = useNatsServer();
+
+const OPTIMIZERS: Record<string, () => tf.Optimizer> = {
+  momentum: () => tf.train.momentum(0.05, 0.9, true),
+  rmsprop: () => tf.train.rmsprop(0.01, 0.9, 0.1),
+  adagrad: () => tf.train.adagrad(0.1),
+  adamax: () => tf.train.adamax(0.01),
+};
+
+describe('any tf.train optimizer, any tfjs loss', () => {
+  it.each(Object.keys(OPTIMIZERS))('%s: 3 steps on 2 stages equal single-process training', async (name) => {
+    const SIZES = [8, 12, 12, 3];
+    const model = mlp(SIZES, 51);
+    const ref = mlp(SIZES, 52);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: OPTIMIZERS[name]!(), loss: 'categoricalCrossentropy' });
+    const pipe = await createPipeline({
+      model, stages: 2, microbatches: 3, optimizer: OPTIMIZERS[name]!(), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    });
+    const { x, y } = data(9, SIZES[0]!, 3, 2);
+    try {
+      for (let s = 0; s < 3; s++) {
+        await pipe.trainStep(x, y);
+        await ref.trainOnBatch(x, y);
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('meanSquaredError regression with uneven microbatches (10 = 4 + 3 + 3) and an optimizer factory', async () => {
+    const build = (seed: number) => {
+      const m = tf.sequential();
+      m.add(tf.layers.dense({ units: 6, inputShape: [4], activation: 'tanh', kernelInitializer: tf.initializers.glorotUniform({ seed }) }));
+      m.add(tf.layers.dense({ units: 2, kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 1 }) }));
+      return m;
+    };
+    const model = build(60);
+    const ref = build(70);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: tf.train.sgd(0.05), loss: 'meanSquaredError' });
+    const pipe = await createPipeline({
+      model, stages: 2, microbatches: 3, schedule: 'gpipe', optimizer: () => tf.train.sgd(0.05), loss: 'meanSquaredError', nats: { servers: nats.server.url },
+    });
+    const x = tf.linspace(-1, 1, 40).reshape([10, 4]);
+    const y = tf.concat([tf.sum(x, 1, true), tf.sin(tf.slice(x, [0, 0], [10, 1]))], 1);
+    try {
+      for (let s = 0; s < 3; s++) {
+        const r = await pipe.trainStep(x, y);
+        const refLoss = (await ref.trainOnBatch(x, y)) as number;
+        expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+        expect(r.microbatchLosses).toHaveLength(3);
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+});
