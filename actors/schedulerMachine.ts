@@ -9,7 +9,7 @@
  *                 \__________\____________________\___________ STAGE_ERROR / timeout -> aborting -> idle
  * ```
  */
-import { and, assign, fromPromise, setup } from 'xstate';
+import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
 import type { StageFailure } from './stageMachine.js';
 
 /** One step to run. */
@@ -260,6 +260,8 @@ export const schedulerMachine = setup({
       },
       after: {
         stepTimeout: {
+          // Already aborting (after a stage error): re-entering would start a second abortStep.
+          guard: not(stateIn('#scheduler.active.aborting')),
           target: '.aborting',
           actions: assign(({ context }) => ({
             failure: context.failure ?? {

@@ -1,0 +1,535 @@
+/**
+ * The stage actor in memory: no NATS, no tensors. `execute` and `update` are fakes that
+ * record what they are asked to do, frames are plain objects, and every report is logged
+ * so the exact interleaving of compute and reports can be asserted.
+ */
+import { describe, expect, it } from 'vitest';
+import { createActor, fromPromise, waitFor, type Actor, type SnapshotFrom } from 'xstate';
+import { DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
+import type { CutTensor } from '../../src/compute/partition.js';
+import type { DType } from '../../src/protocol/dtype.js';
+import type { Frame, WireTensor } from '../../src/protocol/frame.js';
+import type { StepPlan } from '../../src/protocol/messages.js';
+import { Phase } from '../../src/protocol/phase.js';
+import { deferred, type Deferred } from '../../src/runtime/deferred.js';
+import { formatAction } from '../../src/schedule/action.js';
+import { stageMachine, type ExecuteInput, type StageFailure, type StageInput } from '../../actors/stageMachine.js';
+
+const JOB = 'j';
+const WAIT = { timeout: 2000 };
+/** Stage inputs [3] and outputs [2] (after the batch dimension), float32. */
+const IN: CutTensor[] = [{ shape: [3], dtype: 'float32' }];
+const OUT: CutTensor[] = [{ shape: [2], dtype: 'float32' }];
+
+type StageMachine = typeof stageMachine;
+type Snap = SnapshotFrom<StageMachine>;
+
+function tensor(name: string, shape: number[], dtype: DType = 'float32'): WireTensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = dtype === 'float32' ? new Float32Array(n).fill(0.5) : dtype === 'int32' ? new Int32Array(n) : new Uint8Array(n);
+  return { name, dtype, shape, data };
+}
+
+function frame(phase: Phase, microbatch: number, tensors: WireTensor[], step = 1, job = JOB): Frame {
+  return { key: { job, step, microbatch, phase }, from: 'test', tensors };
+}
+
+/** Frames a stage of these specs expects, for microbatches of 2 rows (batch 8, m 4). */
+const fwd = (mb: number, step = 1, rows = 2) => frame(Phase.FORWARD, mb, [tensor('t0', [rows, 3])], step);
+const bwd = (mb: number, step = 1, rows = 2) => frame(Phase.BACKWARD, mb, [tensor('t0', [rows, 2])], step);
+const xInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('x0', [2, 3])], step);
+const yInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('y0', [2, 4])], step);
+
+function plan(actions: string, opts: Partial<StepPlan> = {}): StepPlan {
+  return { step: 1, microbatches: 4, batchSize: 8, forwardOnly: false, actions, ...opts };
+}
+
+interface Rejection {
+  readonly error: TroupeError;
+  readonly frame: Frame;
+}
+
+interface Harness {
+  readonly actor: Actor<StageMachine>;
+  /** Everything the stage did, in order: `exec 1F0`, `done 1 peak 2`, `update 1`, `updated 1`, `reject CODE`, `error KEY`, `reset`. */
+  readonly log: string[];
+  readonly executed: ExecuteInput[];
+  readonly rejects: Rejection[];
+  readonly errors: { step: number; failure: StageFailure }[];
+  send(...frames: Frame[]): void;
+  /** Waits until the stage waits for a frame with `cursor` actions done. */
+  waitingAt(cursor: number): Promise<Snap>;
+}
+
+interface HarnessOptions {
+  /** Replaces the default execute, which resolves at once. */
+  readonly execute?: (input: ExecuteInput) => Promise<void>;
+  readonly update?: (step: number) => Promise<void>;
+}
+
+async function harness(input: Partial<StageInput> & { rank: number; stages: number }, o: HarnessOptions = {}): Promise<Harness> {
+  const log: string[] = [];
+  const executed: ExecuteInput[] = [];
+  const rejects: Rejection[] = [];
+  const errors: { step: number; failure: StageFailure }[] = [];
+  const machine = stageMachine.provide({
+    actors: {
+      execute: fromPromise<void, ExecuteInput>(async ({ input: ex }) => {
+        log.push(`exec ${formatAction(ex.action)}`);
+        executed.push(ex);
+        await o.execute?.(ex);
+      }),
+      update: fromPromise<void, { step: number }>(async ({ input: u }) => {
+        log.push(`update ${u.step}`);
+        await o.update?.(u.step);
+      }),
+    },
+    actions: {
+      reportReject: (_, { error, frame: f }) => {
+        log.push(`reject ${error.code}`);
+        rejects.push({ error, frame: f });
+      },
+      reportDone: (_, { step, peakHeld }) => void log.push(`done ${step} peak ${peakHeld}`),
+      reportUpdated: (_, { step }) => void log.push(`updated ${step}`),
+      reportError: (_, e) => {
+        log.push(`error ${e.failure.key}`);
+        errors.push(e);
+      },
+      resetCompute: () => void log.push('reset'),
+    },
+  });
+  const actor = createActor(machine, { input: { job: JOB, inputs: IN, outputs: OUT, ...input } });
+  actor.start();
+  await waitFor(actor, (s) => s.matches('idle'), WAIT);
+  return {
+    actor,
+    log,
+    executed,
+    rejects,
+    errors,
+    send: (...frames) => frames.forEach((f) => actor.send({ type: 'FRAME', frame: f })),
+    waitingAt: (cursor) => waitFor(actor, (s) => s.matches({ running: 'waiting' }) && s.context.cursor === cursor, WAIT),
+  };
+}
+
+const execs = (h: Harness) => h.log.filter((l) => l.startsWith('exec ')).map((l) => l.slice(5));
+
+/** 1F1B, p=3, m=4, the middle stage: one warm-up forward, then F/B pairs, then the last backward. */
+const MIDDLE_1F1B = 'F0 F1 B0 F2 B1 F3 B2 B3';
+
+describe('stageMachine: a step', () => {
+  it('runs a middle 1F1B stage (p=3, m=4) in action-list order, waiting for each missing frame', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    await h.waitingAt(0);
+    expect(execs(h)).toEqual([]);
+
+    // B0 and F1 arrive before F0: they are kept, and nothing runs until F0 is there.
+    const b0 = bwd(0);
+    const f1 = fwd(1);
+    h.send(b0, f1);
+    let s = await h.waitingAt(0);
+    expect(Object.keys(s.context.inbox).sort()).toEqual(['BACKWARD:0', 'FORWARD:1']);
+    expect(execs(h)).toEqual([]);
+
+    const f0 = fwd(0);
+    h.send(f0);
+    s = await h.waitingAt(3); // F0 F1 B0 ran; F2 needs FORWARD:2
+    expect(execs(h)).toEqual(['1F0', '1F1', '1B0']);
+    expect(h.executed.map((e) => e.frames)).toEqual([[f0], [f1], [b0]]);
+    expect(h.executed[0]!.frames[0]).toBe(f0);
+    expect(s.context.held).toBe(1);
+    expect(s.context.consumed).toEqual(['FORWARD:0', 'FORWARD:1', 'BACKWARD:0']);
+
+    h.send(fwd(2), fwd(3));
+    await h.waitingAt(4); // F2 ran; B1 is missing (F3 waits in the inbox behind it)
+    expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2']);
+
+    h.send(bwd(2));
+    s = await h.waitingAt(4);
+    expect(execs(h)).toHaveLength(4);
+    expect(Object.keys(s.context.inbox).sort()).toEqual(['BACKWARD:2', 'FORWARD:3']);
+
+    h.send(bwd(1));
+    await h.waitingAt(7); // B1 F3 B2 ran; B3 is missing
+    expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2', '1B1', '1F3', '1B2']);
+    expect(h.log).not.toContain('done 1 peak 2');
+
+    h.send(bwd(3));
+    s = await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    expect(execs(h)).toEqual(MIDDLE_1F1B.split(' ').map((a) => `1${a}`));
+    expect(s.context.peakHeld).toBe(2); // p - r for 1F1B
+    expect(h.log.at(-1)).toBe('done 1 peak 2');
+
+    // An UPDATE of another step is ignored.
+    h.actor.send({ type: 'UPDATE', step: 0 });
+    h.actor.send({ type: 'UPDATE', step: 2 });
+    expect(h.actor.getSnapshot().value).toBe('awaitingUpdate');
+    expect(h.log).not.toContain('update 1');
+
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log.slice(-3)).toEqual(['done 1 peak 2', 'update 1', 'updated 1']);
+    expect(s.context).toMatchObject({ step: 1, plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0 });
+    expect(h.rejects).toEqual([]);
+    expect(h.log).not.toContain('reset');
+  });
+
+  it('runs the action list order whatever order the frames come in', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    // Every frame of the step, in reverse.
+    h.send(bwd(3), bwd(2), bwd(1), bwd(0), fwd(3), fwd(2), fwd(1), fwd(0));
+    await waitFor(h.actor, (s) => s.matches('awaitingUpdate'), WAIT);
+    expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2', '1B1', '1F3', '1B2', '1B3']);
+    expect(h.executed.map((e) => e.frames.map((f) => `${f.key.phase}:${f.key.microbatch}`))).toEqual([
+      ['FORWARD:0'], ['FORWARD:1'], ['BACKWARD:0'], ['FORWARD:2'], ['BACKWARD:1'], ['FORWARD:3'], ['BACKWARD:2'], ['BACKWARD:3'],
+    ]);
+    expect(h.log.at(-1)).toBe('done 1 peak 2');
+  });
+
+  it('GPipe last stage: F needs FORWARD and the INPUT labels (in needs order), B needs nothing new', async () => {
+    const h = await harness({ rank: 2, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan('F0 F1 B0 B1', { microbatches: 2, batchSize: 4 }) });
+    const f0 = fwd(0);
+    h.send(f0);
+    await h.waitingAt(0); // the labels of microbatch 0 are missing
+    const y0 = yInput(0);
+    h.send(y0, yInput(1));
+    await h.waitingAt(1);
+    h.send(fwd(1));
+    const s = await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    expect(execs(h)).toEqual(['2F0', '2F1', '2B0', '2B1']);
+    expect(h.executed[0]!.frames).toEqual([f0, y0]);
+    expect(h.executed[2]!.frames).toEqual([]);
+    expect(s.context.peakHeld).toBe(2); // GPipe holds m
+    expect(h.rejects).toEqual([]);
+  });
+
+  it('a forward-only plan goes back to idle after its last action, without UPDATE', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan('F0 F1', { microbatches: 2, batchSize: 4, forwardOnly: true }) });
+    h.send(fwd(0), fwd(1));
+    const s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log).toEqual(['exec 1F0', 'exec 1F1', 'done 1 peak 0']);
+    expect(s.context.plan).toBeNull();
+    // Then the next step starts normally.
+    h.actor.send({ type: 'STEP', plan: plan('F0', { step: 2, microbatches: 1, batchSize: 2, forwardOnly: true }) });
+    h.send(fwd(0, 2));
+    await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
+    expect(h.log.slice(3)).toEqual(['exec 1F0', 'done 2 peak 0']);
+  });
+});
+
+describe('stageMachine: refused frames', () => {
+  /** Starts step 1 of the middle stage and returns the harness. */
+  async function middle(p: StepPlan = plan(MIDDLE_1F1B)): Promise<Harness> {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: p });
+    await h.waitingAt(0);
+    return h;
+  }
+
+  /** Feeds every frame the middle stage needs in step `step` (skipping `skip`) and waits for the end of the action list. */
+  async function finish(h: Harness, skip: string[] = [], step = 1): Promise<void> {
+    for (let mb = 0; mb < 4; mb++) {
+      if (!skip.includes(`FORWARD:${mb}`)) h.send(fwd(mb, step));
+      if (!skip.includes(`BACKWARD:${mb}`)) h.send(bwd(mb, step));
+    }
+    await waitFor(h.actor, (s) => s.matches('awaitingUpdate') && s.context.step === step, WAIT);
+    expect(execs(h).slice(-8)).toEqual(MIDDLE_1F1B.split(' ').map((a) => `1${a}`));
+  }
+
+  function expectRejects(h: Harness, classes: (new (m: string) => TroupeError)[], frames: Frame[]): void {
+    expect(h.rejects.map((r) => r.error.constructor)).toEqual(classes);
+    h.rejects.forEach((r, i) => {
+      expect(r.error).toBeInstanceOf(classes[i]!);
+      expect(r.frame).toBe(frames[i]);
+    });
+    expect(h.actor.getSnapshot().context.rejected).toBe(classes.length);
+  }
+
+  it('a duplicate key, still in the inbox or already consumed (DuplicateKeyError)', async () => {
+    const h = await middle();
+    const f1 = fwd(1);
+    const dupInbox = fwd(1);
+    h.send(f1, dupInbox);
+    h.send(fwd(0));
+    await h.waitingAt(2); // F0 F1 ran, B0 missing
+    const dupConsumed = fwd(0);
+    h.send(dupConsumed);
+    expectRejects(h, [DuplicateKeyError, DuplicateKeyError], [dupInbox, dupConsumed]);
+    expect(h.rejects.map((r) => r.error.code)).toEqual(['DUPLICATE_KEY', 'DUPLICATE_KEY']);
+    expect(h.executed[1]!.frames[0]).toBe(f1); // the first copy is the one used
+    expect(h.actor.getSnapshot().matches({ running: 'waiting' })).toBe(true);
+    await finish(h, ['FORWARD:0', 'FORWARD:1']);
+  });
+
+  it('a frame of an earlier step (StaleStepError), of a later step or another job (UnexpectedFrameError)', async () => {
+    const h = await middle();
+    await finish(h);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B, { step: 2 }) });
+    await h.waitingAt(0);
+    const stale = fwd(0, 1);
+    const future = fwd(0, 3);
+    const otherJob = frame(Phase.FORWARD, 0, [tensor('t0', [2, 3])], 2, 'other');
+    h.send(stale, future, otherJob);
+    expectRejects(h, [StaleStepError, UnexpectedFrameError, UnexpectedFrameError], [stale, future, otherJob]);
+    expect(h.rejects[0]!.error.code).toBe('STALE_STEP');
+    expect(h.rejects[0]!.error.message).toContain('j/1/0/FORWARD');
+    await finish(h, [], 2);
+  });
+
+  it('a frame while no step runs is refused', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    const f = fwd(0);
+    h.send(f);
+    expectRejects(h, [UnexpectedFrameError], [f]);
+    expect(h.actor.getSnapshot().value).toBe('idle');
+  });
+
+  it('a microbatch out of range (UnexpectedFrameError)', async () => {
+    const h = await middle();
+    const out = fwd(4);
+    h.send(out);
+    expectRejects(h, [UnexpectedFrameError], [out]);
+    expect(h.rejects[0]!.error.message).toMatch(/outside 0\.\.3/);
+    await finish(h);
+  });
+
+  it('a phase the rank never receives (UnexpectedFrameError)', async () => {
+    // BACKWARD to the last stage.
+    const last = await harness({ rank: 2, stages: 3 });
+    last.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    const b = bwd(0);
+    last.send(b);
+    expectRejects(last, [UnexpectedFrameError], [b]);
+    last.send(fwd(0), yInput(0));
+    await waitFor(last.actor, (s) => s.matches('awaitingUpdate'), WAIT);
+    expect(execs(last)).toEqual(['2F0', '2B0']);
+
+    // FORWARD to stage 0.
+    const first = await harness({ rank: 0, stages: 3, inputs: IN, outputs: IN });
+    first.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    const f = fwd(0);
+    first.send(f);
+    expectRejects(first, [UnexpectedFrameError], [f]);
+    first.send(xInput(0), frame(Phase.BACKWARD, 0, [tensor('t0', [2, 3])]));
+    await waitFor(first.actor, (s) => s.matches('awaitingUpdate'), WAIT);
+    expect(execs(first)).toEqual(['0F0', '0B0']);
+
+    // INPUT to a middle stage, BACKWARD when evaluating.
+    const mid = await middle(plan('F0', { microbatches: 1, batchSize: 2, forwardOnly: true }));
+    const i = xInput(0);
+    const bEval = bwd(0);
+    mid.send(i, bEval);
+    expectRejects(mid, [UnexpectedFrameError, UnexpectedFrameError], [i, bEval]);
+    mid.send(fwd(0));
+    await waitFor(mid.actor, (s) => s.matches('idle'), WAIT);
+    expect(execs(mid)).toEqual(['1F0']);
+  });
+
+  it('wrong shape, dtype, tensor count or batch (ShapeError); the right frame for the slot is still taken', async () => {
+    const h = await middle();
+    const bad = [
+      frame(Phase.FORWARD, 0, [tensor('t0', [2, 4])]), // wrong width
+      frame(Phase.FORWARD, 0, [tensor('t0', [2, 3], 'int32')]), // wrong dtype
+      frame(Phase.FORWARD, 0, [tensor('t0', [2, 3]), tensor('t1', [2, 3])]), // two tensors
+      frame(Phase.FORWARD, 0, []), // none
+      frame(Phase.FORWARD, 0, [tensor('t0', [3, 3])]), // wrong batch
+      frame(Phase.FORWARD, 0, [tensor('t0', [6])]), // wrong rank
+      frame(Phase.BACKWARD, 0, [tensor('t0', [2, 3])]), // gradient shaped like the input
+    ];
+    h.send(...bad);
+    expectRejects(h, bad.map(() => ShapeError), bad);
+    expect(h.rejects.every((r) => r.error.code === 'SHAPE')).toBe(true);
+    const s = await h.waitingAt(0);
+    expect(s.context.inbox).toEqual({});
+    expect(s.context.consumed).toEqual([]);
+    // Nothing was lost: the well-formed frames of the same slots are accepted.
+    await finish(h);
+    expect(h.rejects).toHaveLength(bad.length);
+  });
+
+  it('INPUT frames: stage 0 takes no labels, the last stage needs labels', async () => {
+    const first = await harness({ rank: 0, stages: 2 });
+    first.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    const withLabels = frame(Phase.INPUT, 0, [tensor('x0', [2, 3]), tensor('y0', [2, 4])]);
+    const badName = frame(Phase.INPUT, 0, [tensor('z0', [2, 3])]);
+    first.send(withLabels, badName);
+    expectRejects(first, [ShapeError, ShapeError], [withLabels, badName]);
+
+    const last = await harness({ rank: 1, stages: 2 });
+    last.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    const noLabels = frame(Phase.INPUT, 0, [tensor('x0', [2, 3])]);
+    const wrongBatch = frame(Phase.INPUT, 0, [tensor('y0', [3, 4])]);
+    last.send(noLabels, wrongBatch);
+    expectRejects(last, [ShapeError, ShapeError], [noLabels, wrongBatch]);
+    last.send(yInput(0), fwd(0));
+    await waitFor(last.actor, (s) => s.matches('awaitingUpdate'), WAIT);
+    expect(execs(last)).toEqual(['1F0', '1B0']);
+  });
+
+  it('frames refused while an action computes are reported too, and accepted ones kept', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const dup = fwd(0);
+    const f1 = fwd(1);
+    h.send(dup, f1);
+    expectRejects(h, [DuplicateKeyError], [dup]);
+    expect(h.actor.getSnapshot().context.inbox['FORWARD:1']).toBe(f1);
+    gate.resolve();
+    await h.waitingAt(2);
+    expect(execs(h)).toEqual(['1F0', '1F1']);
+  });
+});
+
+describe('stageMachine: failures and aborts', () => {
+  it('an execute that rejects: failed, reportError names the action; ABORT resets and returns to idle', async () => {
+    const h = await harness(
+      { rank: 1, stages: 3 },
+      {
+        execute: async (ex) => {
+          if (formatAction(ex.action) === '1F2') throw new ShapeError('boom');
+        },
+      },
+    );
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0), fwd(1), bwd(0), fwd(2));
+    const s = await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
+    expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2']);
+    expect(h.errors).toHaveLength(1);
+    expect(h.errors[0]!.step).toBe(1);
+    expect(h.errors[0]!.failure).toEqual({ key: 'j/1/1F2', code: 'SHAPE', message: 'boom' });
+    expect(h.errors[0]!.failure.key).toContain('/1F2');
+    expect(s.context.error).toEqual(h.errors[0]!.failure);
+    expect(h.log).not.toContain('reset');
+
+    // Frames keep being judged in the failed state; the actor stays up.
+    h.send(bwd(1));
+    expect(h.actor.getSnapshot().value).toBe('failed');
+
+    h.actor.send({ type: 'ABORT' });
+    const idle = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log.slice(-2)).toEqual(['error j/1/1F2', 'reset']);
+    expect(idle.context).toMatchObject({ plan: null, inbox: {}, consumed: [], cursor: 0, held: 0 });
+
+    // The next step runs from a clean slate.
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 2, microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0, 2), bwd(0, 2));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate') && x.context.step === 2, WAIT);
+    expect(execs(h).slice(-2)).toEqual(['1F0', '1B0']);
+  });
+
+  it('an error without a code is reported as COMPUTE with its message', async () => {
+    const h = await harness({ rank: 2, stages: 3 }, { execute: () => Promise.reject(new Error('nan loss')) });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 5, microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0, 5), yInput(0, 5));
+    await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
+    expect(h.errors).toEqual([{ step: 5, failure: { key: 'j/5/2F0', code: 'COMPUTE', message: 'nan loss' } }]);
+  });
+
+  it('a failing update: failed with key .../UPDATE', async () => {
+    const h = await harness({ rank: 2, stages: 3 }, { update: () => Promise.reject(new Error('optimizer')) });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0), yInput(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
+    expect(h.errors).toEqual([{ step: 1, failure: { key: 'j/1/UPDATE', code: 'COMPUTE', message: 'optimizer' } }]);
+    expect(h.log).not.toContain('updated 1');
+  });
+
+  it('ABORT while an action computes waits for it, then resets and goes idle without running more', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F1' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0), fwd(1), bwd(0), fwd(2));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }) && s.context.cursor === 1, WAIT);
+    h.actor.send({ type: 'ABORT' });
+    let s = h.actor.getSnapshot();
+    expect(s.matches({ running: 'computing' })).toBe(true);
+    expect(s.context.abortRequested).toBe(true);
+    expect(h.log).not.toContain('reset');
+
+    gate.resolve();
+    s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log).toEqual(['exec 1F0', 'exec 1F1', 'reset']); // B0 and F2 were ready but not run
+    expect(s.context).toMatchObject({ abortRequested: false, inbox: {}, consumed: [], plan: null });
+  });
+
+  it('ABORT while computing, then the action fails: still ends idle (the abort is not lost)', async () => {
+    const gate: Deferred<void> = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: () => gate.promise });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    h.actor.send({ type: 'ABORT' });
+    gate.reject(new Error('late failure'));
+    const s = await waitFor(h.actor, (x) => x.matches('idle') || x.matches('failed'), WAIT);
+    expect(s.value).toBe('idle');
+    expect(h.log).toContain('reset');
+    expect(s.context.abortRequested).toBe(false);
+  });
+
+  it('ABORT while updating: a successful update still ends idle and reported; a failing one ends idle too', async () => {
+    for (const fails of [false, true]) {
+      const gate = deferred<void>();
+      const h = await harness({ rank: 2, stages: 3 }, { update: () => gate.promise });
+      h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+      h.send(fwd(0), yInput(0));
+      await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+      h.actor.send({ type: 'UPDATE', step: 1 });
+      expect(h.actor.getSnapshot().value).toBe('updating');
+      h.actor.send({ type: 'ABORT' });
+      expect(h.actor.getSnapshot().value).toBe('updating');
+      if (fails) gate.reject(new Error('update failed'));
+      else gate.resolve();
+      const s = await waitFor(h.actor, (x) => x.matches('idle') || x.matches('failed'), WAIT);
+      expect(s.value).toBe('idle');
+      expect(s.context.abortRequested).toBe(false);
+      expect(h.log.slice(-1)).toEqual([fails ? 'reset' : 'updated 1']);
+      expect(h.errors).toEqual([]);
+    }
+  });
+
+  it('ABORT while waiting or awaiting UPDATE resets and returns to idle', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(1));
+    await h.waitingAt(0);
+    h.actor.send({ type: 'ABORT' });
+    let s = h.actor.getSnapshot();
+    expect(s.value).toBe('idle');
+    expect(s.context.inbox).toEqual({});
+    expect(h.log).toEqual(['reset']);
+
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 2, microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0, 2), bwd(0, 2));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'ABORT' });
+    s = h.actor.getSnapshot();
+    expect(s.value).toBe('idle');
+    expect(h.log).toEqual(['reset', 'exec 1F0', 'exec 1B0', 'done 2 peak 1', 'reset']);
+    // A late UPDATE of the aborted step does nothing.
+    h.actor.send({ type: 'UPDATE', step: 2 });
+    expect(h.actor.getSnapshot().value).toBe('idle');
+    expect(h.log).not.toContain('update 2');
+  });
+
+  it('STOP ends the actor from any state and resets compute', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    await h.waitingAt(0);
+    h.actor.send({ type: 'STOP' });
+    const s = h.actor.getSnapshot();
+    expect(s.status).toBe('done');
+    expect(s.value).toBe('stopped');
+    expect(h.log).toEqual(['reset']);
+  });
+});
