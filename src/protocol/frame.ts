@@ -84,6 +84,18 @@ function specString(tensors: readonly TensorSpec[]): string {
   return tensors.map((t) => `${t.name}:${t.dtype}:${t.shape.join(',')}`).join(';');
 }
 
+/** Byte-swaps the 4-byte elements (float32, int32) of each tensor in `body`; bool bytes stay. */
+function swapWords(specs: readonly TensorSpec[], body: Uint8Array): void {
+  let off = 0;
+  for (const t of specs) {
+    const len = paddedByteLength(t.dtype, t.shape);
+    if (t.dtype !== 'bool') swap32(body.subarray(off, off + len));
+    off += len;
+  }
+}
+
+const ARRAY_OF: Record<DType, new (n: number) => WireArray> = { float32: Float32Array, int32: Int32Array, bool: Uint8Array };
+
 function bytesOf(a: WireArray): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
@@ -100,6 +112,8 @@ export function encodeFrame(frame: Frame, maxChunkBytes: number): WireMessage[] 
   }
   for (const t of frame.tensors) {
     if (!NAME.test(t.name)) throw new FrameError(`tensor name "${t.name}" must be 1-64 letters, digits or "_"`);
+    if (!t.shape.every((d) => Number.isInteger(d) && d >= 0)) throw new FrameError(`tensor ${t.name}: shape [${t.shape.join(',')}] has a dimension that is not a non-negative integer`);
+    if (!(t.data instanceof ARRAY_OF[t.dtype])) throw new FrameError(`tensor ${t.name}: ${t.data.constructor.name} cannot carry ${t.dtype}`);
     if (t.data.length !== sizeOf(t.shape)) {
       throw new FrameError(`tensor ${t.name}: ${t.data.length} elements do not fill shape [${t.shape.join(',')}]`);
     }
@@ -116,7 +130,7 @@ export function encodeFrame(frame: Frame, maxChunkBytes: number): WireMessage[] 
       body.set(bytesOf(t.data), off);
       off += paddedByteLength(t.dtype, t.shape);
     }
-    if (!HOST_IS_LITTLE_ENDIAN) swap32(body);
+    if (!HOST_IS_LITTLE_ENDIAN) swapWords(frame.tensors, body);
   }
   const chunks = Math.max(1, Math.ceil(total / maxChunkBytes));
   const size = chunks === 1 ? total : maxChunkBytes;
@@ -187,6 +201,8 @@ export function parseHeader(get: HeaderGetter, subjectPhase: string, maxFrameByt
   const from = need(get, H.from);
   const tensorsSpec = get(H.tensors) ?? '';
   const specs = parseSpecs(tensorsSpec);
+  const names = new Set(specs.map((t) => t.name));
+  if (names.size !== specs.length) throw new FrameError(`${H.tensors} names a tensor twice: "${tensorsSpec}"`);
   const totalBytes = uint(get, H.bytes);
   if (totalBytes !== frameByteLength(specs)) {
     throw new FrameError(`${H.bytes} ${totalBytes} does not match the ${frameByteLength(specs)} bytes its tensors need`);
@@ -221,7 +237,7 @@ export function tensorsFromBody(h: FrameHeader, body: Uint8Array): WireTensor[] 
   if (body.byteLength !== h.totalBytes) {
     throw new FrameError(`body of ${body.byteLength} bytes, expected ${h.totalBytes}`);
   }
-  if (!HOST_IS_LITTLE_ENDIAN) swap32(body);
+  if (!HOST_IS_LITTLE_ENDIAN) swapWords(h.specs, body);
   const out: WireTensor[] = [];
   let off = body.byteOffset;
   for (const s of h.specs) {

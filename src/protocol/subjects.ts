@@ -78,6 +78,7 @@ export function schedWildcard(job: string): string {
 
 /** Subject of one actor's inspection events. */
 export function inspectSubject(job: string, actor: string): string {
+  if (actor === '') throw new ConfigError('an inspected actor needs a non-empty name');
   return `troupe.${checkJobId(job)}.inspect.${actor.replace(/[^A-Za-z0-9_-]/g, '_')}`;
 }
 

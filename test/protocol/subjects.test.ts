@@ -1,0 +1,139 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../src/errors.js';
+import { Phase } from '../../src/protocol/phase.js';
+import {
+  CtlVerb,
+  SchedEvent,
+  checkJobId,
+  ctlSubject,
+  ctlWildcard,
+  inspectSubject,
+  lastToken,
+  schedSubject,
+  schedWildcard,
+  stageSubject,
+  stageWildcard,
+} from '../../src/protocol/subjects.js';
+
+/** NATS subject matching: `*` matches exactly one token, `>` one or more trailing tokens. */
+function matches(wildcard: string, subject: string): boolean {
+  const w = wildcard.split('.');
+  const s = subject.split('.');
+  for (let i = 0; i < w.length; i++) {
+    if (w[i] === '>') return s.length > i;
+    if (i >= s.length) return false;
+    if (w[i] !== '*' && w[i] !== s[i]) return false;
+  }
+  return w.length === s.length;
+}
+
+/** A valid NATS subject: non-empty tokens with no space or wildcard characters. */
+function isPlainSubject(s: string): boolean {
+  return s.split('.').every((t) => t.length > 0 && !/[\s*>]/.test(t));
+}
+
+describe('subject builders', () => {
+  it('build the documented scheme', () => {
+    expect(stageSubject('mnist', 0, Phase.INPUT)).toBe('troupe.mnist.stage.0.INPUT');
+    expect(stageSubject('mnist', 3, Phase.FORWARD)).toBe('troupe.mnist.stage.3.FORWARD');
+    expect(stageSubject('a-b_9', 12, Phase.BACKWARD)).toBe('troupe.a-b_9.stage.12.BACKWARD');
+    expect(stageSubject('mnist', 1, Phase.UPDATE)).toBe('troupe.mnist.stage.1.UPDATE');
+    expect(stageWildcard('mnist', 2)).toBe('troupe.mnist.stage.2.*');
+    expect(ctlSubject('mnist', 0, CtlVerb.STEP)).toBe('troupe.mnist.ctl.0.step');
+    expect(ctlSubject('mnist', 4, CtlVerb.ABORT)).toBe('troupe.mnist.ctl.4.abort');
+    expect(ctlSubject('mnist', 4, CtlVerb.STOP)).toBe('troupe.mnist.ctl.4.stop');
+    expect(ctlWildcard('mnist', 4)).toBe('troupe.mnist.ctl.4.*');
+    expect(schedSubject('mnist', SchedEvent.ACTION)).toBe('troupe.mnist.sched.action');
+    expect(schedSubject('mnist', SchedEvent.LOSS)).toBe('troupe.mnist.sched.loss');
+    expect(schedSubject('mnist', SchedEvent.DONE)).toBe('troupe.mnist.sched.done');
+    expect(schedSubject('mnist', SchedEvent.UPDATED)).toBe('troupe.mnist.sched.updated');
+    expect(schedSubject('mnist', SchedEvent.ERROR)).toBe('troupe.mnist.sched.error');
+    expect(schedSubject('mnist', SchedEvent.REJECT)).toBe('troupe.mnist.sched.reject');
+    expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*');
+    expect(inspectSubject('mnist', 'stage-1')).toBe('troupe.mnist.inspect.stage-1');
+  });
+
+  it('inspectSubject turns characters a token cannot hold into "_"', () => {
+    expect(inspectSubject('mnist', 'stage.1 x*>y')).toBe('troupe.mnist.inspect.stage_1_x__y');
+    expect(isPlainSubject(inspectSubject('mnist', 'a.b.c'))).toBe(true);
+  });
+
+  it('each wildcard takes its own subjects and no one else\'s', () => {
+    for (const phase of Object.values(Phase)) {
+      const s = stageSubject('j', 1, phase);
+      expect(matches(stageWildcard('j', 1), s)).toBe(true);
+      expect(matches(stageWildcard('j', 0), s)).toBe(false);
+      expect(matches(stageWildcard('j', 11), s)).toBe(false);
+      expect(matches(stageWildcard('k', 1), s)).toBe(false);
+      expect(matches(ctlWildcard('j', 1), s)).toBe(false);
+      expect(matches(schedWildcard('j'), s)).toBe(false);
+      expect(lastToken(s)).toBe(phase);
+    }
+    for (const verb of Object.values(CtlVerb)) {
+      const s = ctlSubject('j', 2, verb);
+      expect(matches(ctlWildcard('j', 2), s)).toBe(true);
+      expect(matches(stageWildcard('j', 2), s)).toBe(false);
+      expect(lastToken(s)).toBe(verb);
+    }
+    for (const ev of Object.values(SchedEvent)) {
+      const s = schedSubject('j', ev);
+      expect(matches(schedWildcard('j'), s)).toBe(true);
+      expect(matches(schedWildcard('j-2'), s)).toBe(false);
+      expect(lastToken(s)).toBe(ev);
+    }
+  });
+
+  it('lastToken returns what follows the last dot', () => {
+    expect(lastToken('a.b.c')).toBe('c');
+    expect(lastToken('abc')).toBe('abc');
+    expect(lastToken('a.b.')).toBe('');
+  });
+});
+
+describe('job ids', () => {
+  const good = ['a', 'mnist', 'A-b_9', '-', '_', 'x'.repeat(64)];
+  const bad = ['', 'a.b', '.', 'a*', '*', 'a>', '>', 'a b', ' a', 'a ', 'a\tb', 'a\n', 'x'.repeat(65), 'é', 'a/b', 'a:b'];
+
+  it.each(good)('accepts %j', (job) => {
+    expect(checkJobId(job)).toBe(job);
+    expect(isPlainSubject(stageSubject(job, 0, Phase.INPUT))).toBe(true);
+    expect(stageSubject(job, 0, Phase.INPUT).split('.')).toHaveLength(5);
+  });
+
+  it.each(bad)('refuses %j in every builder with a ConfigError', (job) => {
+    const calls: Array<() => string> = [
+      () => checkJobId(job),
+      () => stageSubject(job, 0, Phase.INPUT),
+      () => stageWildcard(job, 0),
+      () => ctlSubject(job, 0, CtlVerb.STEP),
+      () => ctlWildcard(job, 0),
+      () => schedSubject(job, SchedEvent.LOSS),
+      () => schedWildcard(job),
+      () => inspectSubject(job, 'x'),
+    ];
+    for (const call of calls) {
+      expect(call).toThrow(ConfigError);
+      expect(call).toThrow(/job id "[\s\S]*" must be 1-64 letters, digits, "_" or "-"/);
+    }
+  });
+});
+
+describe('ranks', () => {
+  it.each([-1, -0.5, 1.5, NaN, Infinity, -Infinity])('refuses rank %s with a ConfigError', (rank) => {
+    const calls: Array<() => string> = [
+      () => stageSubject('j', rank, Phase.FORWARD),
+      () => stageWildcard('j', rank),
+      () => ctlSubject('j', rank, CtlVerb.STEP),
+      () => ctlWildcard('j', rank),
+    ];
+    for (const call of calls) {
+      expect(call).toThrow(ConfigError);
+      expect(call).toThrow(new RegExp(`rank ${String(rank)} is not a non-negative integer`));
+    }
+  });
+
+  it('takes 0 and large integers', () => {
+    expect(stageSubject('j', 0, Phase.FORWARD)).toBe('troupe.j.stage.0.FORWARD');
+    expect(ctlWildcard('j', 1000)).toBe('troupe.j.ctl.1000.*');
+  });
+});
