@@ -73,9 +73,29 @@ function missing(c: StageContext): string[] {
   return a ? needs(a, c.rank, c.stages).filter((s) => !c.inbox[s]) : [];
 }
 
+/** The per-step part of the context, as it is between steps. */
+function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'inbox' | 'consumed' | 'held' | 'abortRequested'> {
+  return { plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false };
+}
+
 const notProvided = (name: string) => () => {
   throw new Error(`stage machine: ${name} is not provided`);
 };
+
+/** The transition that drops a frame `admitFrame` refuses, counting and reporting it. */
+const refuseFrame = {
+  guard: 'frameRefused',
+  actions: [
+    'countReject',
+    {
+      type: 'reportReject',
+      params: ({ context, event }: { context: StageContext; event: StageEvent }) => {
+        const frame = (event as Extract<StageEvent, { type: 'FRAME' }>).frame;
+        return { error: admitFrame(context, frame)!, frame };
+      },
+    },
+  ],
+} as const;
 
 /** The stage machine; hosts `provide` the actors and the report actions. */
 export const stageMachine = setup({
@@ -115,7 +135,7 @@ export const stageMachine = setup({
       const held = context.held + (a.kind === 'F' ? (training ? 1 : 0) : -1);
       return { inbox, consumed: [...context.consumed, ...used], cursor: context.cursor + 1, held, peakHeld: Math.max(context.peakHeld, held) };
     }),
-    clearStep: assign({ plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false }),
+    clearStep: assign(noStep),
   },
   guards: {
     frameRefused: ({ context, event }) => event.type === 'FRAME' && admitFrame(context, event.frame) !== null,
@@ -127,35 +147,10 @@ export const stageMachine = setup({
   },
 }).createMachine({
   id: 'stage',
-  context: ({ input }) => ({
-    ...input,
-    step: -1,
-    plan: null,
-    actions: [],
-    cursor: 0,
-    inbox: {},
-    consumed: [],
-    held: 0,
-    peakHeld: 0,
-    abortRequested: false,
-    rejected: 0,
-    error: null,
-  }),
+  context: ({ input }) => ({ ...input, ...noStep(), step: -1, peakHeld: 0, rejected: 0, error: null }),
   initial: 'booting',
   on: {
-    FRAME: [
-      {
-        guard: 'frameRefused',
-        actions: [
-          'countReject',
-          {
-            type: 'reportReject',
-            params: ({ context, event }) => ({ error: admitFrame(context, event.frame)!, frame: event.frame }),
-          },
-        ],
-      },
-      { actions: 'stash' },
-    ],
+    FRAME: [refuseFrame, { actions: 'stash' }],
     STOP: { target: '.stopped', actions: 'resetCompute' },
   },
   states: {
@@ -174,15 +169,11 @@ export const stageMachine = setup({
         STEP: {
           target: 'running',
           actions: assign(({ event, context }) => ({
+            ...noStep(),
             step: event.plan.step,
             plan: event.plan,
             actions: parseStageActions(event.plan.actions, context.rank),
-            cursor: 0,
-            inbox: {},
-            consumed: [],
-            held: 0,
             peakHeld: 0,
-            abortRequested: false,
             error: null,
           })),
         },
@@ -207,7 +198,7 @@ export const stageMachine = setup({
         waiting: {
           on: {
             FRAME: [
-              { guard: 'frameRefused', actions: ['countReject', { type: 'reportReject', params: ({ context, event }) => ({ error: admitFrame(context, event.frame)!, frame: event.frame }) }] },
+              refuseFrame,
               { actions: 'stash', target: 'next' },
             ],
           },
