@@ -1,6 +1,7 @@
 /** Troupe's public API: everything a user imports comes from here. */
 export { createPipeline } from './runtime/pipeline.js';
-export type { Pipeline, PipelineOptions, StepResult } from './runtime/pipeline.js';
+export type { Pipeline, PipelineOptions } from './runtime/pipeline.js';
+export type { StepResult } from './runtime/stepRunner.js';
 export type { StageStats } from './runtime/stageHost.js';
 export { StageHost } from './runtime/stageHost.js';
 export { SchedulerHost } from './runtime/schedulerHost.js';

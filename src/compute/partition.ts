@@ -25,6 +25,8 @@ export interface StagePartition {
   readonly stages: number;
   /** Names of the original model's layers in this stage, in order. */
   readonly layerNames: readonly string[];
+  /** The original model's layer objects in this stage (shared, not copies). */
+  readonly layers: readonly tf.layers.Layer[];
   /** Tensors this stage receives (model inputs for stage 0), in wire order. */
   readonly inputs: readonly CutTensor[];
   /** Tensors this stage sends on (model outputs for the last stage), in wire order. */
@@ -178,6 +180,7 @@ function buildStage(
     rank,
     stages: p,
     layerNames: layers.map((l) => l.name),
+    layers,
     inputs: ins.map((t) => cutOf(t, where)),
     outputs: outs.map((t) => cutOf(t, where)),
     variables,

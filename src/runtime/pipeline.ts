@@ -6,17 +6,12 @@ import { resolveLoss, type LossSpec } from '../compute/loss.js';
 import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
 import { StageCompute } from '../compute/stageCompute.js';
-import { fromTensor } from '../compute/wire.js';
-import type { Frame, WireTensor } from '../protocol/frame.js';
-import { Phase } from '../protocol/phase.js';
-import { sliceRows } from '../protocol/rows.js';
 import { checkJobId } from '../protocol/subjects.js';
-import { formatStageActions, type Schedule } from '../schedule/action.js';
-import { maxInFlight } from '../schedule/constraint.js';
-import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
-import { buildSchedule, forwardOnlySchedule } from '../schedule/schedules.js';
+import type { Schedule } from '../schedule/action.js';
+import { buildSchedule } from '../schedule/schedules.js';
 import { Bus, type BusOptions } from '../transport/bus.js';
 import { SchedulerHost } from './schedulerHost.js';
+import { StepRunner, type StepResult } from './stepRunner.js';
 import { StageHost, type StageStats } from './stageHost.js';
 
 /** Options of `createPipeline`. */
@@ -43,21 +38,6 @@ export interface PipelineOptions {
   readonly backend?: BackendName | readonly BackendName[];
   /** Milliseconds a step may take before it is aborted (default 120 s). */
   readonly stepTimeoutMs?: number;
-}
-
-/** What a training or evaluation step returns. */
-export interface StepResult {
-  readonly step: number;
-  /** Mean loss over the whole batch. */
-  readonly loss: number;
-  /** Mean metric over the whole batch, when a metric was given. */
-  readonly metric: number | null;
-  /** Mean loss of each microbatch. */
-  readonly microbatchLosses: readonly number[];
-  /** Most microbatches each stage held for a backward during the step. */
-  readonly peakHeld: readonly number[];
-  /** Frames the stages refused during the step. */
-  readonly rejected: number;
 }
 
 /** A running pipeline. */
@@ -88,12 +68,6 @@ function checkOptions(o: PipelineOptions): void {
   if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
 }
 
-function asList(t: tf.Tensor | tf.Tensor[], what: string): tf.Tensor[] {
-  const l = Array.isArray(t) ? t : [t];
-  if (l.length === 0 || l.some((x) => !(x instanceof tf.Tensor))) throw new ConfigError(`${what} must be a tensor or a non-empty list of tensors`);
-  return l;
-}
-
 /**
  * Cuts `model` into stages, starts one stage actor per stage and a scheduler actor, each on
  * its own NATS connection, and returns the pipeline.
@@ -115,7 +89,6 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const p = partitions.length;
   const m = o.microbatches;
   const schedule = buildSchedule(o.schedule ?? '1f1b', p, m);
-  const evalSchedule = forwardOnlySchedule(p, m);
   const { loss, metric } = resolveLoss(o.loss, o.metric);
   const makeOptimizer = optimizerFactory(o.optimizer);
 
@@ -146,52 +119,19 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     await closeAll().catch(() => {});
     throw err;
   }
-  const scheduler = sched;
-  let step = 0;
+  const runner = new StepRunner({
+    scheduler: sched,
+    job,
+    schedule,
+    microbatches: m,
+    inputs: partitions[0]!.inputs.length,
+    hasMetric: metric !== null,
+    stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
+  });
   let closed = false;
-
-  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
-    if (closed) throw new StateError(`pipeline ${job} is closed`);
-    const xs = asList(x, 'x');
-    const ys = asList(y, 'y');
-    if (xs.length !== partitions[0]!.inputs.length) throw new ConfigError(`the model takes ${partitions[0]!.inputs.length} inputs, got ${xs.length}`);
-    const batch = xs[0]!.shape[0];
-    for (const t of [...xs, ...ys]) {
-      if (t.rank === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${String(batch)}, got [${t.shape.join(',')}]`);
-    }
-    const sizes = microbatchSizes(batch!, m);
-    const offsets = microbatchOffsets(sizes);
-    const xw = xs.map((t, i) => fromTensor(t, `x${i}`));
-    const yw = ys.map((t, i) => fromTensor(t, `y${i}`));
-    const rows = (ws: WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
-    const s = ++step;
-    const sch = forwardOnly ? evalSchedule : schedule;
-    const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });
-    const outcome = await scheduler.run({
-      step: s,
-      microbatches: m,
-      forwardOnly,
-      feedBound: maxInFlight(sch[0]!),
-      timeoutMs: o.stepTimeoutMs ?? 120_000,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch!, forwardOnly, actions: formatStageActions(sch[r]!) }),
-      inputs: (mb) =>
-        p === 1
-          ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]
-          : [
-              { rank: 0, frame: inputFrame(mb, rows(xw, mb)) },
-              { rank: p - 1, frame: inputFrame(mb, rows(yw, mb)) },
-            ],
-    });
-    const lossSum = outcome.lossShares.reduce((a, b) => a + b, 0);
-    const metricSum = metric ? outcome.metricShares.reduce<number>((a, b) => a + (b ?? 0), 0) : null;
-    return {
-      step: s,
-      loss: lossSum,
-      metric: metricSum,
-      microbatchLosses: outcome.lossShares.map((l, i) => (l * batch!) / sizes[i]!),
-      peakHeld: outcome.peakHeld,
-      rejected: outcome.rejected,
-    };
+  const run = (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
+    if (closed) return Promise.reject(new StateError(`pipeline ${job} is closed`));
+    return runner.run(x, y, forwardOnly);
   };
 
   return {

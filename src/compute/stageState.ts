@@ -1,0 +1,58 @@
+/**
+ * A stage's state as wire tensors: its layers' weights (`w0..`) and its optimizer's slots
+ * (`o0..`), with their names, for checkpoints and for moving weights between processes.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { ShapeError } from '../errors.js';
+import type { WireTensor } from '../protocol/frame.js';
+import type { StagePartition } from './partition.js';
+import { fromTensor, toTensor } from './wire.js';
+
+/** A stage's weights and optimizer state, ready to send or save. */
+export interface StageState {
+  /** Names of `w<i>`: the variables' original names (`dense_Dense1/kernel`). */
+  readonly weightNames: readonly string[];
+  /** Names of `o<i>`: the optimizer's slot names (`iter`, `.../m`, ...). */
+  readonly optimizerNames: readonly string[];
+  readonly tensors: readonly WireTensor[];
+}
+
+/** Every weight of the stage's layers (trainable or not), in a stable order. */
+export function stageWeights(part: StagePartition): tf.LayerVariable[] {
+  return part.layers.flatMap((l) => l.weights);
+}
+
+/** Reads the stage's weights and its optimizer's state. */
+export async function exportStageState(part: StagePartition, optimizer: tf.Optimizer): Promise<StageState> {
+  const weights = stageWeights(part);
+  const slots = await optimizer.getWeights();
+  const tensors = [
+    ...weights.map((w, i) => {
+      const t = w.read();
+      return fromTensor(t, `w${i}`);
+    }),
+    ...slots.map((s, i) => fromTensor(s.tensor, `o${i}`)),
+  ];
+  tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
+  return { weightNames: weights.map((w) => w.originalName), optimizerNames: slots.map((s) => s.name), tensors };
+}
+
+/** Writes weights (and, when present, optimizer state) into the stage; checks count and shapes. */
+export async function importStageState(part: StagePartition, optimizer: tf.Optimizer, state: StageState): Promise<void> {
+  const weights = stageWeights(part);
+  const ws = state.tensors.filter((t) => t.name.startsWith('w'));
+  const os = state.tensors.filter((t) => t.name.startsWith('o'));
+  if (ws.length !== weights.length) throw new ShapeError(`stage ${part.rank} has ${weights.length} weights, the state has ${ws.length}`);
+  if (os.length !== state.optimizerNames.length) throw new ShapeError(`optimizer state has ${os.length} tensors for ${state.optimizerNames.length} names`);
+  ws.forEach((w, i) => {
+    const v = weights[i]!;
+    const same = w.shape.length === v.shape.length && w.shape.every((d, j) => d === v.shape[j]);
+    if (!same) throw new ShapeError(`weight ${state.weightNames[i] ?? i} has shape [${w.shape.join(',')}], stage ${part.rank}'s ${v.originalName} is [${v.shape.join(',')}]`);
+  });
+  tf.tidy(() => ws.forEach((w, i) => weights[i]!.write(toTensor(w, undefined, undefined, `weight ${i}`))));
+  if (os.length > 0) {
+    const named = os.map((o, i) => ({ name: state.optimizerNames[i]!, tensor: toTensor(o, undefined, undefined, `optimizer slot ${i}`) }));
+    await optimizer.setWeights(named);
+    tf.dispose(named.map((n) => n.tensor));
+  }
+}

@@ -1,0 +1,103 @@
+/** Turns a batch into one scheduled step: microbatch split, INPUT frames, plans, and the step's result. */
+import * as tf from '@tensorflow/tfjs';
+import { ConfigError } from '../errors.js';
+import { fromTensor } from '../compute/wire.js';
+import type { Frame, WireTensor } from '../protocol/frame.js';
+import { Phase } from '../protocol/phase.js';
+import { sliceRows } from '../protocol/rows.js';
+import { formatStageActions, type Schedule } from '../schedule/action.js';
+import { maxInFlight } from '../schedule/constraint.js';
+import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
+import { forwardOnlySchedule } from '../schedule/schedules.js';
+import type { SchedulerHost } from './schedulerHost.js';
+
+/** What a training or evaluation step returns. */
+export interface StepResult {
+  readonly step: number;
+  /** Mean loss over the whole batch. */
+  readonly loss: number;
+  /** Mean metric over the whole batch, when a metric was given. */
+  readonly metric: number | null;
+  /** Mean loss of each microbatch. */
+  readonly microbatchLosses: readonly number[];
+  /** Most microbatches each stage held for a backward during the step. */
+  readonly peakHeld: readonly number[];
+  /** Frames the stages refused during the step. */
+  readonly rejected: number;
+}
+
+/** Options of a step runner. */
+export interface StepRunnerOptions {
+  readonly scheduler: SchedulerHost;
+  readonly job: string;
+  readonly schedule: Schedule;
+  readonly microbatches: number;
+  /** Number of model inputs stage 0 takes. */
+  readonly inputs: number;
+  readonly hasMetric: boolean;
+  readonly stepTimeoutMs: number;
+  /** Id of the last step already taken (0 for a fresh job; a checkpoint's step on resume). */
+  readonly lastStep?: number;
+}
+
+function asList(t: tf.Tensor | tf.Tensor[], what: string): tf.Tensor[] {
+  const l = Array.isArray(t) ? t : [t];
+  if (l.length === 0 || l.some((x) => !(x instanceof tf.Tensor))) throw new ConfigError(`${what} must be a tensor or a non-empty list of tensors`);
+  return l;
+}
+
+/** Runs steps one at a time through a scheduler, wherever the stages live. */
+export class StepRunner {
+  /** Id of the last step started. */
+  step: number;
+  private readonly evalSchedule: Schedule;
+
+  constructor(private readonly o: StepRunnerOptions) {
+    this.step = o.lastStep ?? 0;
+    this.evalSchedule = forwardOnlySchedule(o.schedule.length, o.microbatches);
+  }
+
+  /** One training step (or, with `forwardOnly`, one evaluation) of the batch (x, y). */
+  async run(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> {
+    const { job, microbatches: m } = this.o;
+    const p = this.o.schedule.length;
+    const xs = asList(x, 'x');
+    const ys = asList(y, 'y');
+    if (xs.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xs.length}`);
+    const batch = xs[0]!.shape[0]!;
+    for (const t of [...xs, ...ys]) {
+      if (t.rank === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
+    }
+    const sizes = microbatchSizes(batch, m);
+    const offsets = microbatchOffsets(sizes);
+    const xw = xs.map((t, i) => fromTensor(t, `x${i}`));
+    const yw = ys.map((t, i) => fromTensor(t, `y${i}`));
+    const rows = (ws: WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
+    const s = ++this.step;
+    const sch = forwardOnly ? this.evalSchedule : this.o.schedule;
+    const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });
+    const outcome = await this.o.scheduler.run({
+      step: s,
+      microbatches: m,
+      forwardOnly,
+      feedBound: maxInFlight(sch[0]!),
+      timeoutMs: this.o.stepTimeoutMs,
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, forwardOnly, actions: formatStageActions(sch[r]!) }),
+      inputs: (mb) =>
+        p === 1
+          ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]
+          : [
+              { rank: 0, frame: inputFrame(mb, rows(xw, mb)) },
+              { rank: p - 1, frame: inputFrame(mb, rows(yw, mb)) },
+            ],
+    });
+    return {
+      step: s,
+      loss: outcome.lossShares.reduce((a, b) => a + b, 0),
+      metric: this.o.hasMetric ? outcome.metricShares.reduce<number>((a, b) => a + (b ?? 0), 0) : null,
+      microbatchLosses: outcome.lossShares.map((l, i) => (l * batch) / sizes[i]!),
+      peakHeld: outcome.peakHeld,
+      rejected: outcome.rejected,
+    };
+  }
+}
