@@ -62,7 +62,9 @@ export type StageEvent =
   | { type: 'FRAME'; frame: Frame }
   | { type: 'UPDATE'; step: number }
   | { type: 'ABORT' }
-  | { type: 'STOP' };
+  | { type: 'STOP' }
+  /** Weights of step `step` were loaded (resume): frames of that step and earlier are stale. */
+  | { type: 'LOADED'; step: number };
 
 function current(c: StageContext): Action | undefined {
   return c.actions[c.cursor];
@@ -166,6 +168,7 @@ export const stageMachine = setup({
     },
     idle: {
       on: {
+        LOADED: { actions: assign({ step: ({ event }) => event.step }) },
         STEP: {
           target: 'running',
           actions: assign(({ event, context }) => ({

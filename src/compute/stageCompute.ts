@@ -49,6 +49,16 @@ export class StageCompute {
     this.acc = this.part.variables.map(() => null);
   }
 
+  /** This stage's optimizer (for checkpoints). */
+  get optimizer(): tf.Optimizer {
+    return this.opts.optimizer;
+  }
+
+  /** This stage's partition. */
+  get partition(): StagePartition {
+    return this.part;
+  }
+
   /** Microbatches whose inputs are held for a backward. */
   get held(): number {
     return this.cache.size;

@@ -1,5 +1,5 @@
 /** Small JSON messages between the scheduler and the stages: step plans, acks and events. */
-import { FrameError } from '../errors.js';
+import { FrameError, TroupeError } from '../errors.js';
 
 /** Body of a `ctl.<rank>.step` request: what a stage must do in one step. */
 export interface StepPlan {
@@ -23,6 +23,26 @@ export interface UpdatedEvent { readonly rank: number; readonly step: number }
 export interface ErrorEvent { readonly rank: number; readonly step: number; readonly key: string; readonly code: string; readonly message: string }
 export interface RejectEvent { readonly rank: number; readonly subject: string; readonly code: string; readonly message: string }
 
+/** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */
+export interface StateInfo { readonly step: number; readonly weightNames: readonly string[]; readonly optimizerNames: readonly string[] }
+
+/** A stage's answer to `ping`. */
+export interface Hello { readonly rank: number; readonly stages: number; readonly pid: number; readonly host: string; readonly backend: string; readonly device: string }
+
+/** A stage's counters (answer to `stats`, and published after every step). */
+export interface StatsMessage {
+  readonly rank: number;
+  readonly step: number;
+  readonly busyMs: number;
+  readonly idleMs: number;
+  readonly forwards: number;
+  readonly backwards: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly peakHeld: number;
+  readonly rejected: number;
+}
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -31,14 +51,19 @@ export function encodeJson(v: unknown): Uint8Array {
   return enc.encode(JSON.stringify(v));
 }
 
-type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null'>;
+type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string[]'>;
 
 function check<T>(what: string, v: unknown, shape: Shape): T {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
   const o = v as Record<string, unknown>;
   for (const [k, t] of Object.entries(shape)) {
     const x = o[k];
-    const ok = t === 'number|null' ? x === null || (typeof x === 'number' && Number.isFinite(x)) : typeof x === t && (t !== 'number' || Number.isFinite(x));
+    const ok =
+      t === 'string[]'
+        ? Array.isArray(x) && x.every((e) => typeof e === 'string')
+        : t === 'number|null'
+          ? x === null || (typeof x === 'number' && Number.isFinite(x))
+          : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
   // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
@@ -62,6 +87,9 @@ const SHAPES = {
   updated: { rank: 'number', step: 'number' },
   error: { rank: 'number', step: 'number', key: 'string', code: 'string', message: 'string' },
   reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
+  state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
+  hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */
@@ -73,11 +101,27 @@ export interface MessageTypes {
   updated: UpdatedEvent;
   error: ErrorEvent;
   reject: RejectEvent;
+  state: StateInfo;
+  hello: Hello;
+  stats: StatsMessage;
 }
 
 /** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */
 export function decodeMessage<K extends keyof MessageTypes>(kind: K, data: Uint8Array): MessageTypes[K] {
   return check<MessageTypes[K]>(kind, parse(kind, data), SHAPES[kind]);
+}
+
+/**
+ * Parses the reply to a control request that answers with a message of kind `kind`
+ * (`{ ok: false, code, message }` on failure), throwing the failure as a TroupeError.
+ */
+export function decodeReply<K extends keyof MessageTypes>(kind: K, data: Uint8Array): MessageTypes[K] {
+  const v = parse(kind, data) as Record<string, unknown> | null;
+  if (v && v['ok'] === false) {
+    const a = check<{ code: string; message: string }>('reply', v, { ok: 'boolean', code: 'string', message: 'string' });
+    throw new TroupeError(a.code, a.message);
+  }
+  return check<MessageTypes[K]>(kind, v, SHAPES[kind]);
 }
 
 /** Parses an ack; anything else is a FrameError. */

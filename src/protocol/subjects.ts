@@ -6,6 +6,9 @@
  * troupe.<job>.ctl.<rank>.<verb>      requests to stage <rank>, answered with an ack: step, abort, stop
  * troupe.<job>.sched.<event>          events from stages to the scheduler: action, loss, done,
  *                                     updated, error, reject
+ * troupe.<job>.state.<rank>           a stage's weights and optimizer state sent to it (a frame)
+ * troupe.<job>.snapshot.<rank>        a stage's weights and optimizer state sent by it (a frame)
+ * troupe.<job>.stats.<rank>           a stage's counters after every step (JSON)
  * troupe.<job>.inspect.<actor>        inspection events of one actor
  * ```
  *
@@ -19,7 +22,19 @@ import type { Phase } from './phase.js';
 const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Control verbs a stage answers. */
-export const CtlVerb = { STEP: 'step', ABORT: 'abort', STOP: 'stop' } as const;
+export const CtlVerb = {
+  STEP: 'step',
+  ABORT: 'abort',
+  STOP: 'stop',
+  /** Who are you: rank, process, backend, device. */
+  PING: 'ping',
+  /** Apply the state frame just sent on `troupe.<job>.state.<rank>`. */
+  LOAD: 'load',
+  /** Publish your state on `troupe.<job>.snapshot.<rank>`. */
+  DUMP: 'dump',
+  /** Your counters. */
+  STATS: 'stats',
+} as const;
 export type CtlVerb = (typeof CtlVerb)[keyof typeof CtlVerb];
 
 /** Events stages publish to the scheduler. */
@@ -74,6 +89,26 @@ export function schedSubject(job: string, event: SchedEvent): string {
 /** Wildcard the scheduler subscribes to. */
 export function schedWildcard(job: string): string {
   return `troupe.${checkJobId(job)}.sched.*`;
+}
+
+/** Subject of state frames sent to stage `rank`. */
+export function stateSubject(job: string, rank: number): string {
+  return `troupe.${checkJobId(job)}.state.${checkRank(rank)}`;
+}
+
+/** Subject of state frames stage `rank` sends. */
+export function snapshotSubject(job: string, rank: number): string {
+  return `troupe.${checkJobId(job)}.snapshot.${checkRank(rank)}`;
+}
+
+/** Wildcard of every stage's snapshots. */
+export function snapshotWildcard(job: string): string {
+  return `troupe.${checkJobId(job)}.snapshot.*`;
+}
+
+/** Subject of stage `rank`'s counters. */
+export function statsSubject(job: string, rank: number): string {
+  return `troupe.${checkJobId(job)}.stats.${checkRank(rank)}`;
 }
 
 /** Subject of one actor's inspection events. */

@@ -1,16 +1,30 @@
 /** Binds a stage actor to NATS: frames and control requests in, activations, gradients and events out. */
+import { hostname } from 'node:os';
+import * as tf from '@tensorflow/tfjs';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { splitInput } from '../../actors/admitFrame.js';
 import { stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
-import { parseHeader, type WireTensor } from '../protocol/frame.js';
+import { exportStageState, importStageState } from '../compute/stageState.js';
+import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
-import { decodeMessage, encodeJson, type Ack, type StepPlan } from '../protocol/messages.js';
+import { decodeMessage, encodeJson, type Ack, type Hello, type StateInfo, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
-import { CtlVerb, SchedEvent, ctlWildcard, lastToken, schedSubject, stageSubject, stageWildcard } from '../protocol/subjects.js';
+import {
+  CtlVerb,
+  SchedEvent,
+  ctlWildcard,
+  lastToken,
+  schedSubject,
+  snapshotSubject,
+  stageSubject,
+  stageWildcard,
+  stateSubject,
+  statsSubject,
+} from '../protocol/subjects.js';
 import { parseStageActions } from '../schedule/action.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
@@ -25,13 +39,19 @@ export interface StageHostOptions {
   readonly maxFrameBytes?: number;
   /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
   readonly abortTimeoutMs?: number;
+  /** What `ping` answers about the process: backend and device (default the current backend, cpu). */
+  readonly identity?: { readonly backend: string; readonly device: string };
 }
 
 /** Counters of one stage, as the runtime reports them. */
 export interface StageStats {
   readonly rank: number;
+  /** Last step the stage started. */
+  readonly step: number;
   /** Milliseconds spent in compute and publishing results. */
   readonly busyMs: number;
+  /** Milliseconds inside steps spent waiting for messages (the bubble). */
+  readonly idleMs: number;
   readonly forwards: number;
   readonly backwards: number;
   readonly bytesIn: number;
@@ -57,6 +77,11 @@ export class StageHost {
   private readonly reassembler = new Reassembler();
   private readonly subs: { drain(): Promise<void> }[] = [];
   private busyMs = 0;
+  private idleMs = 0;
+  private stepStartedAt = 0;
+  private busyAtStepStart = 0;
+  /** A state frame received on the state subject, applied by the next `load`. */
+  private pendingState: Frame | undefined;
   private forwards = 0;
   private backwards = 0;
   private peakHeld = 0;
@@ -70,13 +95,19 @@ export class StageHost {
     const machine = stageMachine.provide({
       actors: {
         execute: fromPromise<void, ExecuteInput>(({ input }) => this.execute(input)),
-        update: fromPromise<void, { step: number }>(async () => compute.update()),
+        update: fromPromise<void, { step: number }>(async () => {
+          const t0 = performance.now();
+          compute.update();
+          this.busyMs += performance.now() - t0;
+        }),
       },
       actions: {
         reportReject: (_, { error, frame }) => this.reject(`frame ${formatKey(frame.key)}`, error),
         reportDone: (_, { step, peakHeld }) => {
           this.peakHeld = Math.max(this.peakHeld, peakHeld);
+          this.idleMs += performance.now() - this.stepStartedAt - (this.busyMs - this.busyAtStepStart);
           this.emit(SchedEvent.DONE, { rank: part.rank, step, peakHeld });
+          void this.o.bus.publish(statsSubject(job, part.rank), encodeJson(this.stats())).catch(() => {});
         },
         reportUpdated: (_, { step }) => this.emit(SchedEvent.UPDATED, { rank: part.rank, step }),
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
@@ -89,6 +120,7 @@ export class StageHost {
     });
     this.subs.push(bus.subscribe(stageWildcard(job, part.rank), (m) => this.onFrame(m)));
     this.subs.push(bus.subscribe(ctlWildcard(job, part.rank), (m) => void this.onCtl(m)));
+    this.subs.push(bus.subscribe(stateSubject(job, part.rank), (m) => this.onState(m)));
   }
 
   /** Starts the actor and its subscriptions; resolves once the stage is idle and subscribed. */
@@ -108,7 +140,9 @@ export class StageHost {
   stats(): StageStats {
     return {
       rank: this.rank,
+      step: this.actor.getSnapshot().context.step,
       busyMs: this.busyMs,
+      idleMs: this.idleMs,
       forwards: this.forwards,
       backwards: this.backwards,
       bytesIn: this.o.bus.bytesIn,
@@ -153,19 +187,68 @@ export class StageHost {
   }
 
   private async onCtl(m: BusMessage): Promise<void> {
-    let ack: Ack = { ok: true };
+    let reply: object = { ok: true } satisfies Ack;
     try {
       const verb = lastToken(m.subject);
       if (verb === CtlVerb.STEP) this.beginStep(decodeMessage('plan', m.data));
       else if (verb === CtlVerb.ABORT) await this.abort();
       else if (verb === CtlVerb.STOP) this.actor.send({ type: 'STOP' });
+      else if (verb === CtlVerb.PING) reply = this.hello();
+      else if (verb === CtlVerb.STATS) reply = this.stats();
+      else if (verb === CtlVerb.LOAD) await this.load(decodeMessage('state', m.data));
+      else if (verb === CtlVerb.DUMP) reply = await this.dump();
       else throw new FrameError(`unknown control verb "${verb}"`);
     } catch (err) {
       const e = err instanceof TroupeError ? err : new StateError(messageOf(err));
-      ack = { ok: false, code: e.code, message: e.message };
+      reply = { ok: false, code: e.code, message: e.message } satisfies Ack;
       this.reject(m.subject, e);
     }
-    m.respond(encodeJson(ack));
+    m.respond(encodeJson(reply));
+  }
+
+  private hello(): Hello {
+    const part = this.o.partition;
+    const id = this.o.identity ?? { backend: tf.getBackend(), device: 'cpu' };
+    return { rank: part.rank, stages: part.stages, pid: process.pid, host: hostname(), ...id };
+  }
+
+  private requireIdle(what: string): void {
+    const s = this.actor.getSnapshot();
+    if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot ${what}: it is ${JSON.stringify(s.value)}`);
+  }
+
+  private onState(m: BusMessage): void {
+    try {
+      const h = parseHeader(m.header, Phase.UPDATE, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
+      if (h.key.job !== this.o.job) throw new UnexpectedFrameError(`state for job ${h.key.job}, not ${this.o.job}`);
+      const frame = this.reassembler.accept(h, m.data);
+      if (frame) this.pendingState = frame;
+    } catch (err) {
+      this.refusedOnArrival++;
+      this.reject(m.subject, err);
+    }
+  }
+
+  /** Applies the state frame received last; its step becomes the stage's step. */
+  private async load(info: StateInfo): Promise<void> {
+    this.requireIdle('load state');
+    const f = this.pendingState;
+    if (!f || f.key.step !== info.step) {
+      throw new StateError(`stage ${this.rank} has no state frame of step ${info.step}${f ? ` (it has step ${f.key.step})` : ''}`);
+    }
+    this.pendingState = undefined;
+    await importStageState(this.o.partition, this.o.compute.optimizer, { ...info, tensors: f.tensors });
+    this.actor.send({ type: 'LOADED', step: info.step });
+  }
+
+  /** Publishes the stage's state on its snapshot subject and answers with the names. */
+  private async dump(): Promise<StateInfo> {
+    this.requireIdle('dump state');
+    const step = this.actor.getSnapshot().context.step;
+    const state = await exportStageState(this.o.partition, this.o.compute.optimizer);
+    const key = { job: this.o.job, step, microbatch: 0, phase: Phase.UPDATE };
+    await this.o.bus.publishFrame(snapshotSubject(this.o.job, this.rank), { key, from: this.from, tensors: state.tensors });
+    return { step, weightNames: state.weightNames, optimizerNames: state.optimizerNames };
   }
 
   private beginStep(plan: StepPlan): void {
@@ -175,6 +258,8 @@ export class StageHost {
     microbatchSizes(plan.batchSize, plan.microbatches);
     parseStageActions(plan.actions, this.rank);
     this.reassembler.dropBefore(plan.step);
+    this.stepStartedAt = performance.now();
+    this.busyAtStepStart = this.busyMs;
     this.actor.send({ type: 'STEP', plan });
   }
 

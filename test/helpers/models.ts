@@ -57,3 +57,9 @@ export function maxRelDiff(a: tf.LayersModel, b: tf.LayersModel): number {
   });
   return worst;
 }
+
+/** Largest absolute difference between the weights of two models. */
+export function maxAbsDiff(a: tf.LayersModel, b: tf.LayersModel): number {
+  const wb = b.getWeights();
+  return Math.max(...a.getWeights().map((t, i) => tf.tidy(() => tf.max(tf.abs(tf.sub(t, wb[i]!))).dataSync()[0]!)));
+}

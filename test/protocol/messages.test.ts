@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { FrameError } from '../../src/errors.js';
-import { decodeAck, decodeMessage, encodeJson, type MessageTypes } from '../../src/protocol/messages.js';
+import { decodeAck, decodeMessage, decodeReply, encodeJson, type MessageTypes } from '../../src/protocol/messages.js';
+import { TroupeError } from '../../src/errors.js';
 
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -13,6 +14,9 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   updated: { rank: 2, step: 3 },
   error: { rank: 1, step: 3, key: 'mnist/3/2/FORWARD', code: 'SHAPE', message: 'bad shape' },
   reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'FRAME', message: 'bad header' },
+  state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
+  hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
+  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
 
@@ -127,5 +131,19 @@ describe('decodeAck', () => {
     ['', /ack: body is not JSON/],
   ])('refuses %s', (body, re) => {
     frameError(() => decodeAck(text(body)), re);
+  });
+});
+
+describe('decodeReply', () => {
+  it('returns the message of a successful reply', () => {
+    expect(decodeReply('hello', encodeJson(VALID.hello))).toEqual(VALID.hello);
+  });
+  it('throws the failure of an ok:false reply with its code', () => {
+    const fn = () => decodeReply('state', encodeJson({ ok: false, code: 'STATE', message: 'stage 1 is running' }));
+    expect(fn).toThrow(TroupeError);
+    expect(fn).toThrow(/stage 1 is running/);
+  });
+  it('refuses a state reply whose names are not strings', () => {
+    expect(() => decodeReply('state', encodeJson({ ...VALID.state, weightNames: [1] }))).toThrow(/weightNames/);
   });
 });

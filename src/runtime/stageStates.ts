@@ -1,0 +1,60 @@
+/** Moving stages' weights and optimizer state over NATS: dump from running stages, load into them. */
+import { StateError, TransportError } from '../errors.js';
+import type { StageState } from '../compute/stageState.js';
+import { parseHeader, type Frame } from '../protocol/frame.js';
+import { decodeAck, decodeReply, encodeJson } from '../protocol/messages.js';
+import { Phase } from '../protocol/phase.js';
+import { Reassembler } from '../protocol/reassembler.js';
+import { CtlVerb, ctlSubject, lastToken, snapshotWildcard, stateSubject } from '../protocol/subjects.js';
+import type { Bus } from '../transport/bus.js';
+
+/** One stage's state and the step it belongs to. */
+export interface RankState extends StageState {
+  readonly rank: number;
+  readonly step: number;
+}
+
+/**
+ * Asks every stage for its state and collects the frames they publish. Replies come after
+ * the frames on the same connection, so each reply finds its frame already assembled.
+ */
+export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000): Promise<RankState[]> {
+  const frames = new Map<number, Frame>();
+  const errors: string[] = [];
+  const r = new Reassembler(stages * 2);
+  const sub = bus.subscribe(snapshotWildcard(job), (m) => {
+    try {
+      const f = r.accept(parseHeader(m.header, Phase.UPDATE, Number.MAX_SAFE_INTEGER), m.data);
+      if (f) frames.set(Number(lastToken(m.subject)), f);
+    } catch (err) {
+      errors.push(`${m.subject}: ${String(err)}`);
+    }
+  });
+  try {
+    await bus.flush();
+    return await Promise.all(
+      Array.from({ length: stages }, async (_, rank) => {
+        const info = decodeReply('state', await bus.request(ctlSubject(job, rank, CtlVerb.DUMP), encodeJson({}), timeoutMs));
+        const f = frames.get(rank);
+        if (!f || f.key.step !== info.step) {
+          throw new TransportError(`stage ${rank} answered dump for step ${info.step} but its state frame ${f ? `is of step ${f.key.step}` : 'did not arrive'}${errors.length ? ` (${errors.join('; ')})` : ''}`);
+        }
+        return { rank, step: info.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: f.tensors };
+      }),
+    );
+  } finally {
+    await sub.drain();
+  }
+}
+
+/** Sends each state to its stage and waits until every stage has applied it. */
+export async function loadStates(bus: Bus, job: string, states: readonly RankState[], timeoutMs = 30_000): Promise<void> {
+  await Promise.all(
+    states.map(async (s) => {
+      await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: 'driver', tensors: s.tensors });
+      const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
+      const ack = decodeAck(reply);
+      if (!ack.ok) throw new StateError(`stage ${s.rank} could not load state of step ${s.step}: ${ack.code}: ${ack.message}`);
+    }),
+  );
+}
