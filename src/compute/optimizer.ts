@@ -16,12 +16,25 @@ export function describeOptimizer(opt: tf.Optimizer): OptimizerDescription {
   return { className: opt.getClassName(), config: opt.getConfig() };
 }
 
-/** A new optimizer from a description, or a ConfigError naming the unknown class. */
+/** Defaults of tf.train's optimizers (their constructors' defaults), so a description may give only what it changes. */
+const DEFAULTS: Record<string, tf.serialization.ConfigDict> = {
+  SGD: {},
+  Momentum: { useNesterov: false },
+  Adam: { learningRate: 0.001, beta1: 0.9, beta2: 0.999 },
+  Adamax: { learningRate: 0.002, beta1: 0.9, beta2: 0.999, decay: 0 },
+  RMSProp: { decay: 0.9, momentum: 0, centered: false },
+  Adagrad: { initialAccumulatorValue: 0.1 },
+  Adadelta: { learningRate: 0.001, rho: 0.95 },
+};
+
+/** A new optimizer from a description, or a ConfigError naming the unknown class or the missing setting. */
 export function createOptimizer(d: OptimizerDescription): tf.Optimizer {
   const entry = tf.serialization.SerializationMap.getMap().classNameMap[d.className];
-  if (!entry) throw new ConfigError(`unknown optimizer class "${d.className}"`);
+  if (!entry) throw new ConfigError(`unknown optimizer class "${d.className}"; known: ${Object.keys(DEFAULTS).join(', ')}`);
   const [cls, fromConfig] = entry;
-  return fromConfig(cls, d.config) as tf.Optimizer;
+  const config = { ...DEFAULTS[d.className], ...d.config };
+  if (typeof config['learningRate'] !== 'number') throw new ConfigError(`optimizer ${d.className} needs a numeric learningRate`);
+  return fromConfig(cls, config) as tf.Optimizer;
 }
 
 /**

@@ -9,6 +9,7 @@
  * troupe.<job>.state.<rank>           a stage's weights and optimizer state sent to it (a frame)
  * troupe.<job>.snapshot.<rank>        a stage's weights and optimizer state sent by it (a frame)
  * troupe.<job>.stats.<rank>           a stage's counters after every step (JSON)
+ * troupe.<job>.hello                  a stage announcing itself when it starts (JSON)
  * troupe.<job>.inspect.<actor>        inspection events of one actor
  * ```
  *
@@ -109,6 +110,11 @@ export function snapshotWildcard(job: string): string {
 /** Subject of stage `rank`'s counters. */
 export function statsSubject(job: string, rank: number): string {
   return `troupe.${checkJobId(job)}.stats.${checkRank(rank)}`;
+}
+
+/** Subject on which starting stages announce themselves. */
+export function helloSubject(job: string): string {
+  return `troupe.${checkJobId(job)}.hello`;
 }
 
 /** Subject of one actor's inspection events. */

@@ -17,6 +17,7 @@ import {
   CtlVerb,
   SchedEvent,
   ctlWildcard,
+  helloSubject,
   lastToken,
   schedSubject,
   snapshotSubject,
@@ -129,6 +130,7 @@ export class StageHost {
     host.actor.start();
     await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
     await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
+    await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));
     return host;
   }
 

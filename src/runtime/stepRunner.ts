@@ -59,20 +59,27 @@ export class StepRunner {
 
   /** One training step (or, with `forwardOnly`, one evaluation) of the batch (x, y). */
   async run(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> {
+    const xs = asList(x, 'x').map((t, i) => fromTensor(t, `x${i}`));
+    const ys = asList(y, 'y').map((t, i) => fromTensor(t, `y${i}`));
+    return this.runWire(xs, ys, forwardOnly);
+  }
+
+  /**
+   * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
+   * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
+   */
+  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
     const p = this.o.schedule.length;
-    const xs = asList(x, 'x');
-    const ys = asList(y, 'y');
-    if (xs.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xs.length}`);
-    const batch = xs[0]!.shape[0]!;
-    for (const t of [...xs, ...ys]) {
-      if (t.rank === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
+    if (xw.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xw.length}`);
+    if (yw.length === 0) throw new ConfigError('y must hold at least one label tensor');
+    const batch = xw[0]!.shape[0]!;
+    for (const t of [...xw, ...yw]) {
+      if (t.shape.length === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
     }
     const sizes = microbatchSizes(batch, m);
     const offsets = microbatchOffsets(sizes);
-    const xw = xs.map((t, i) => fromTensor(t, `x${i}`));
-    const yw = ys.map((t, i) => fromTensor(t, `y${i}`));
-    const rows = (ws: WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
+    const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
     const s = ++this.step;
     const sch = forwardOnly ? this.evalSchedule : this.o.schedule;
     const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });

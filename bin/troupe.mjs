@@ -1,0 +1,7 @@
+#!/usr/bin/env node
+// The `troupe` command: runs the TypeScript CLI through tsx's loader (job configs may be TypeScript too).
+import { register } from 'tsx/esm/api';
+
+register();
+const { main } = await import('../src/fleet/cli.ts');
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,127 @@
+/**
+ * Checkpoints: every stage's weights and optimizer state after a step, written atomically.
+ *
+ * ```
+ * <dir>/LATEST                  "step-12"  (replaced by rename once step-12 is complete)
+ * <dir>/step-12/meta.json       step, stages, job, schedule, microbatches, time
+ * <dir>/step-12/stage-<r>.json  the state frame's headers and the weight / optimizer slot names
+ * <dir>/step-12/stage-<r>.bin   the state frame's body (raw little-endian tensor bytes)
+ * ```
+ * A step directory is written under a temporary name, synced and renamed into place, and
+ * only then does LATEST move: a crash at any moment leaves the previous checkpoint whole.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, open, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TroupeError, messageOf } from '../errors.js';
+import { decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
+import { Phase } from '../protocol/phase.js';
+import type { RankState } from '../runtime/stageStates.js';
+
+/** A checkpoint is missing, incomplete or corrupt. */
+export class CheckpointError extends TroupeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CHECKPOINT', message, options);
+  }
+}
+
+/** What a checkpoint records besides the states. */
+export interface CheckpointMeta {
+  readonly step: number;
+  readonly stages: number;
+  readonly job: string;
+  readonly schedule: string;
+  readonly microbatches: number;
+  readonly savedAt: string;
+}
+
+/** A loaded checkpoint. */
+export interface Checkpoint {
+  readonly meta: CheckpointMeta;
+  readonly states: readonly RankState[];
+}
+
+async function writeSynced(path: string, data: string | Uint8Array): Promise<void> {
+  const f = await open(path, 'w');
+  try {
+    await f.writeFile(data);
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+}
+
+async function syncDir(path: string): Promise<void> {
+  const d = await open(path, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+/** Writes a checkpoint of `states` (one per stage, all of step `meta.step`) and keeps the newest `keep`. */
+export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep = 2): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const name = `step-${meta.step}`;
+  const tmp = join(dir, `.${name}.tmp-${process.pid}`);
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp);
+  await writeSynced(join(tmp, 'meta.json'), JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
+  for (const s of states) {
+    const [msg] = encodeFrame({ key: { job: meta.job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
+    await writeSynced(join(tmp, `stage-${s.rank}.json`), JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames }, null, 1));
+    await writeSynced(join(tmp, `stage-${s.rank}.bin`), msg!.data);
+  }
+  await syncDir(tmp);
+  const final = join(dir, name);
+  await rm(final, { recursive: true, force: true });
+  await rename(tmp, final);
+  await writeSynced(join(dir, '.LATEST.tmp'), name);
+  await rename(join(dir, '.LATEST.tmp'), join(dir, 'LATEST'));
+  await syncDir(dir);
+  const old = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n)).sort((a, b) => Number(b.slice(5)) - Number(a.slice(5))).slice(keep);
+  await Promise.all(old.map((n) => rm(join(dir, n), { recursive: true, force: true })));
+  return final;
+}
+
+/** True when `dir` holds a complete checkpoint. */
+export function hasCheckpoint(dir: string): boolean {
+  return existsSync(join(dir, 'LATEST'));
+}
+
+/** Reads the checkpoint LATEST names, checking every file; CheckpointError on any fault. */
+export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+  let name: string;
+  try {
+    name = (await readFile(join(dir, 'LATEST'), 'utf8')).trim();
+  } catch (cause) {
+    throw new CheckpointError(`no checkpoint in ${dir}: ${messageOf(cause)}`, { cause });
+  }
+  if (!/^step-\d+$/.test(name)) throw new CheckpointError(`${dir}/LATEST names "${name}", not a step directory`);
+  const at = join(dir, name);
+  try {
+    const meta = JSON.parse(await readFile(join(at, 'meta.json'), 'utf8')) as CheckpointMeta;
+    if (!Number.isInteger(meta.step) || !Number.isInteger(meta.stages) || meta.stages < 1) throw new Error('meta.json lacks step or stages');
+    const states: RankState[] = [];
+    for (let rank = 0; rank < meta.stages; rank++) {
+      const info = JSON.parse(await readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[] };
+      const body = new Uint8Array(await readFile(join(at, `stage-${rank}.bin`)));
+      const h = parseHeader((k) => info.headers[k], Phase.UPDATE, Number.MAX_SAFE_INTEGER);
+      const frame = decodeSingle(h, body);
+      if (h.key.step !== meta.step) throw new Error(`stage-${rank} is of step ${h.key.step}, meta says ${meta.step}`);
+      states.push({ rank, step: meta.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: frame.tensors });
+    }
+    return { meta, states };
+  } catch (cause) {
+    if (cause instanceof CheckpointError) throw cause;
+    throw new CheckpointError(`checkpoint ${at} is unreadable: ${messageOf(cause)}`, { cause });
+  }
+}
+
+/** Writes `data` next to `path` and renames it into place. */
+export async function writeAtomically(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}

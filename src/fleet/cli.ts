@@ -1,0 +1,159 @@
+/** The `troupe` command line: `up`, `worker`, and `--help` for each. */
+import { parseArgs } from 'node:util';
+import { ConfigError, TroupeError, messageOf } from '../errors.js';
+import { BackendName } from '../compute/backend.js';
+import { InterruptedError, runJob } from './runJob.js';
+import { runWorker } from './worker.js';
+
+const HELP: Record<string, string> = {
+  main: `troupe: pipeline-parallel training with xstate actors over NATS
+
+usage: troupe <command> [options]
+
+commands:
+  up <job-config>     run a job: nats-server, one worker process per stage, training, summary
+  worker              join a job's fleet as one stage (on this or another host)
+
+troupe <command> --help shows a command's options.`,
+  up: `usage: troupe up <job-config> [options]
+
+Starts nats-server from nats.conf on a free port (unless --nats names a running one), forks
+one worker process per stage, trains with a progress bar, evaluates the held-out data and
+prints a summary. Ctrl-C stops every process it started; the last checkpoint stays whole.
+
+options:
+  --nats <url>            use a running NATS server
+  --job <id>              job id in subjects (default: the config's job, else its file name)
+  --checkpoint-dir <dir>  save every stage's weights and optimizer state after every step
+  --resume                continue from the checkpoint in --checkpoint-dir
+  --steps <n>             stop after step n (default: all epochs)
+  --save <dir>            write the trained model as model.json + weights.bin
+  --no-spawn              start no workers: wait for 'troupe worker' processes to join
+  --ready-timeout <s>     seconds to wait for every worker (default 60)
+  --backend <name>        node-gpu, node, wasm or cpu (default: best available)
+  -h, --help              this text`,
+  worker: `usage: troupe worker --nats <url> --job <id> --rank <r> --config <job-config> [--backend <name>]
+
+Builds stage <r> of the job from the config module and serves it on NATS until the driver
+stops it (or SIGTERM). The driver waits for every rank and sends the weights.
+
+options:
+  --nats <url>        the job's NATS server
+  --job <id>          the job id the driver printed
+  --rank <r>          which stage this process runs (0-based)
+  --config <file>     the job config module (the same file as the driver's)
+  --backend <name>    node-gpu, node, wasm or cpu (default: best available)
+  -h, --help          this text`,
+};
+
+/** A command line that cannot run: wrong flags or values. */
+export class UsageError extends TroupeError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
+
+function backendOf(v: string | undefined): BackendName | undefined {
+  if (v === undefined) return undefined;
+  if (!Object.values(BackendName).includes(v as BackendName)) throw new UsageError(`--backend must be one of ${Object.values(BackendName).join(', ')}, got "${v}"`);
+  return v as BackendName;
+}
+
+function intOf(flag: string, v: string | undefined, min: number): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`${flag} must be an integer >= ${min}, got "${v}"`);
+  return Number(v);
+}
+
+async function up(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      nats: { type: 'string' },
+      job: { type: 'string' },
+      'checkpoint-dir': { type: 'string' },
+      resume: { type: 'boolean' },
+      steps: { type: 'string' },
+      save: { type: 'string' },
+      'no-spawn': { type: 'boolean' },
+      'ready-timeout': { type: 'string' },
+      backend: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return print(HELP['up']!);
+  if (positionals.length !== 1) throw new UsageError('troupe up takes exactly one job config file');
+  const ac = new AbortController();
+  const onSigint = () => {
+    process.stderr.write('\ntroupe up: interrupted, stopping every process\n');
+    ac.abort();
+  };
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  try {
+    const steps = intOf('--steps', values.steps, 1);
+    const ready = intOf('--ready-timeout', values['ready-timeout'], 1);
+    const backend = backendOf(values.backend);
+    await runJob({
+      config: positionals[0]!,
+      ...(values.nats ? { nats: values.nats } : {}),
+      ...(values.job ? { job: values.job } : {}),
+      ...(values['checkpoint-dir'] ? { checkpointDir: values['checkpoint-dir'] } : {}),
+      resume: values.resume ?? false,
+      ...(steps ? { steps } : {}),
+      ...(values.save ? { save: values.save } : {}),
+      spawn: !values['no-spawn'],
+      ...(ready ? { readyTimeoutMs: ready * 1000 } : {}),
+      ...(backend ? { backend } : {}),
+      signal: ac.signal,
+    });
+    return 0;
+  } catch (err) {
+    if (err instanceof InterruptedError) return 130;
+    throw err;
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+  }
+}
+
+async function worker(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      nats: { type: 'string' },
+      job: { type: 'string' },
+      rank: { type: 'string' },
+      config: { type: 'string' },
+      backend: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return print(HELP['worker']!);
+  if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
+  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
+  const backend = backendOf(values.backend);
+  await runWorker({ nats: values.nats!, job: values.job!, rank: intOf('--rank', values.rank, 0)!, config: values.config!, ...(backend ? { backend } : {}) });
+  return 0;
+}
+
+function print(text: string): number {
+  process.stdout.write(`${text}\n`);
+  return 0;
+}
+
+/** Runs the command line; resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return print(HELP['main']!);
+    if (cmd === 'up') return await up(rest);
+    if (cmd === 'worker') return await worker(rest);
+    throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);
+  } catch (err) {
+    const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    process.stderr.write(`troupe: ${err instanceof ConfigError || err instanceof TroupeError || usage ? messageOf(err) : (err as Error)?.stack ?? String(err)}\n`);
+    return usage ? 2 : 1;
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * `troupe up`: runs a job on a fleet of worker processes, one stage each, joined only by
+ * NATS. Starts nats-server (unless given a URL), forks the workers, trains with a progress
+ * bar, checkpoints, evaluates held-out data, prints a summary, and ends every process it
+ * started on success, failure or interruption.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { ConfigError, StateError, TroupeError, messageOf } from '../errors.js';
+import { selectBackend, type BackendName } from '../compute/backend.js';
+import { resolveLoss } from '../compute/loss.js';
+import { optimizerFactory } from '../compute/optimizer.js';
+import { partitionModel, type StagePartition } from '../compute/partition.js';
+import { exportStageState, importStageState } from '../compute/stageState.js';
+import { fromTensor } from '../compute/wire.js';
+import type { WireTensor } from '../protocol/frame.js';
+import { sliceRows } from '../protocol/rows.js';
+import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
+import { CtlVerb, checkJobId, ctlSubject } from '../protocol/subjects.js';
+import { buildSchedule } from '../schedule/schedules.js';
+import { deferred } from '../runtime/deferred.js';
+import { SchedulerHost } from '../runtime/schedulerHost.js';
+import { dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
+import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
+import { Bus } from '../transport/bus.js';
+import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
+import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
+import { startNatsServer, type NatsServer } from './natsServer.js';
+import { Progress } from './progress.js';
+import { Supervisor } from './supervisor.js';
+import { waitForWorkers } from './waitForWorkers.js';
+
+/** Options of `runJob` (the flags of `troupe up`). */
+export interface RunJobOptions {
+  /** Path of the job config module. */
+  readonly config: string;
+  /** A running NATS server to use instead of starting one from nats.conf. */
+  readonly nats?: string;
+  readonly job?: string;
+  /** Save every stage's weights and optimizer state here after every step. */
+  readonly checkpointDir?: string;
+  /** Continue from the checkpoint in `checkpointDir`. */
+  readonly resume?: boolean;
+  /** Stop after this many steps in all (default: every step of every epoch). */
+  readonly steps?: number;
+  /** Write the trained model (model.json + weights.bin) to this directory. */
+  readonly save?: string;
+  /** Fork one worker per stage (default true); false waits for `troupe worker` processes to join. */
+  readonly spawn?: boolean;
+  /** Milliseconds to wait for every rank (default 60 s). */
+  readonly readyTimeoutMs?: number;
+  readonly backend?: BackendName;
+  /** Where progress and the summary go (default stdout). */
+  readonly out?: NodeJS.WritableStream & { isTTY?: boolean };
+  /** Aborts the run (Ctrl-C). */
+  readonly signal?: AbortSignal;
+}
+
+/** What a finished run reports. */
+export interface RunJobResult {
+  readonly job: string;
+  readonly steps: number;
+  readonly last: StepResult | null;
+  readonly heldOut: StepResult | null;
+  readonly workers: readonly Hello[];
+  readonly stats: readonly StatsMessage[];
+  /** The driver's copy of the model, holding the trained weights. */
+  readonly model: tf.LayersModel;
+  readonly natsPid: number | null;
+  readonly seconds: number;
+}
+
+/** The run was interrupted (Ctrl-C). */
+export class InterruptedError extends TroupeError {
+  constructor(message: string) {
+    super('INTERRUPTED', message);
+  }
+}
+
+interface Prepared {
+  readonly cfg: JobConfig;
+  readonly job: string;
+  readonly model: tf.LayersModel;
+  readonly partitions: StagePartition[];
+  readonly data: JobData;
+  readonly stepsPerEpoch: number;
+  readonly total: number;
+}
+
+/** Everything that can be checked before a process starts: config, model, cut, data. */
+export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
+  const cfg = await loadJobConfig(o.config);
+  const where = `job config ${o.config}`;
+  const job = checkJobId(o.job ?? jobIdOf(cfg, o.config));
+  await selectBackend({ ...(o.backend ? { prefer: o.backend } : {}), log: null });
+  const model = await cfg.model();
+  if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
+  let partitions: StagePartition[];
+  try {
+    partitions = partitionModel(model, cfg.stages);
+  } catch (cause) {
+    throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
+  }
+  buildSchedule(cfg.schedule ?? '1f1b', partitions.length, cfg.microbatches);
+  resolveLoss(cfg.loss, cfg.metric);
+  optimizerFactory(cfg.optimizer)().dispose();
+  const data = await cfg.data();
+  const check = (e: { x?: unknown; y?: unknown } | undefined, what: string) => {
+    if (!e || !(e.x instanceof tf.Tensor) || !(e.y instanceof tf.Tensor) || e.x.shape[0] !== e.y.shape[0]) {
+      throw new ConfigError(`${where}: field "data" must give ${what}.x and ${what}.y tensors with the same first dimension`);
+    }
+  };
+  check(data?.train, 'train');
+  if (data.test !== undefined) check(data.test, 'test');
+  const stepsPerEpoch = Math.floor(data.train.x.shape[0]! / cfg.batchSize);
+  if (stepsPerEpoch < 1) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is larger than the ${data.train.x.shape[0]} training examples`);
+  if (cfg.batchSize < cfg.microbatches) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is smaller than microbatches ${cfg.microbatches}`);
+  const all = stepsPerEpoch * cfg.epochs;
+  if (o.steps !== undefined && !(Number.isInteger(o.steps) && o.steps > 0)) throw new ConfigError(`--steps must be a positive integer, got ${o.steps}`);
+  return { cfg, job, model, partitions, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
+}
+
+async function initialStates(p: Prepared): Promise<RankState[]> {
+  return Promise.all(
+    p.partitions.map(async (part) => {
+      const opt = optimizerFactory(p.cfg.optimizer)();
+      const s = await exportStageState(part, opt);
+      opt.dispose();
+      return { rank: part.rank, step: 0, ...s };
+    }),
+  );
+}
+
+async function saveModel(model: tf.LayersModel, dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await model.save(
+    tf.io.withSaveHandler(async (a) => {
+      const weights = a.weightData === undefined ? new ArrayBuffer(0) : tf.io.concatenateArrayBuffers(Array.isArray(a.weightData) ? a.weightData : [a.weightData]);
+      await writeFile(join(dir, 'weights.bin'), new Uint8Array(weights));
+      const json = { modelTopology: a.modelTopology, format: a.format, generatedBy: a.generatedBy, convertedBy: a.convertedBy, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }] };
+      await writeFile(join(dir, 'model.json'), JSON.stringify(json));
+      return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(a) };
+    }),
+  );
+}
+
+/** Runs a job end to end; see the module comment. */
+export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
+  const t0 = performance.now();
+  const out = o.out ?? process.stdout;
+  const say = (l: string) => out.write(`${l}\n`);
+  const prep = await prepareJob(o);
+  const { cfg, job, partitions, data } = prep;
+  const p = partitions.length;
+  if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
+  const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
+  if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
+  if (ckpt && ckpt.meta.stages !== p) throw new ConfigError(`checkpoint has ${ckpt.meta.stages} stages, the job has ${p}`);
+
+  const failure = deferred<never>();
+  failure.promise.catch(() => {});
+  const onAbort = () => failure.reject(new InterruptedError(`job ${job} interrupted`));
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  let server: NatsServer | undefined;
+  let bus: Bus | undefined;
+  let sched: SchedulerHost | undefined;
+  const supervisor = new Supervisor((e) => failure.reject(new StateError(`worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`} during the run`)));
+  try {
+    const url = o.nats ?? (server = await startNatsServer()).url;
+    bus = await Bus.connect({ servers: url, name: `troupe-${job}-driver` });
+    say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.length + ' layers').join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}`);
+    if (o.spawn ?? true) {
+      const gpuBackend = gpuBackendInstalled();
+      const gpus = gpuBackend ? countGpus() : 0;
+      for (let r = 0; r < p; r++) {
+        const args = ['--nats', url, '--job', job, '--rank', String(r), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : [])];
+        supervisor.spawn(r, args, deviceEnv(r, gpus, gpuBackend));
+      }
+    } else say(`troupe up: waiting for ${p} workers: troupe worker --nats ${url} --job ${job} --rank <r> --config ${o.config}`);
+    const workers = await waitForWorkers(bus, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
+    for (const w of workers) say(`  rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);
+
+    await Promise.race([loadStates(bus, job, ckpt ? ckpt.states : await initialStates(prep)), failure.promise]);
+    const lastStep = ckpt?.meta.step ?? 0;
+    if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);
+    sched = await SchedulerHost.start({ bus, job, stages: p });
+    const runner = new StepRunner({
+      scheduler: sched, job, schedule: buildSchedule(cfg.schedule ?? '1f1b', p, cfg.microbatches), microbatches: cfg.microbatches,
+      inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
+    });
+    const progress = new Progress(out);
+    let last: StepResult | null = null;
+    // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
+    const trainX = fromTensor(data.train.x, 'x0');
+    const trainY = fromTensor(data.train.y, 'y0');
+    for (let s = lastStep + 1; s <= prep.total; s++) {
+      const at = ((s - 1) % prep.stepsPerEpoch) * cfg.batchSize;
+      const batch = (w: WireTensor) => sliceRows(w, at, cfg.batchSize);
+      last = await Promise.race([runner.runWire([batch(trainX)], [batch(trainY)], false), failure.promise]);
+      progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
+      if (o.checkpointDir) {
+        const states = await Promise.race([dumpStates(bus, job, p), failure.promise]);
+        await saveCheckpoint(o.checkpointDir, { step: s, stages: p, job, schedule: cfg.schedule ?? '1f1b', microbatches: cfg.microbatches }, states);
+        if (!out.isTTY) say(`checkpoint step ${s} saved in ${o.checkpointDir}`);
+      }
+    }
+    // The driver's model takes the trained weights, for held-out evaluation and saving.
+    const final = await Promise.race([dumpStates(bus, job, p), failure.promise]);
+    for (const st of final) {
+      const ws = st.tensors.filter((t) => t.name.startsWith('w'));
+      const opt = optimizerFactory(cfg.optimizer)();
+      await importStageState(partitions[st.rank]!, opt, { weightNames: st.weightNames, optimizerNames: [], tensors: ws });
+      opt.dispose();
+    }
+    const heldOut = data.test ? await Promise.race([runner.run(data.test.x, data.test.y, true), failure.promise]) : null;
+    const stats = await Promise.all(workers.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(job, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))));
+    if (o.save) await saveModel(prep.model, o.save);
+    const seconds = (performance.now() - t0) / 1000;
+    say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);
+    if (heldOut) say(`  held-out: loss ${heldOut.loss.toFixed(4)}${heldOut.metric !== null ? `, metric ${(heldOut.metric * 100).toFixed(2)}%` : ''} on ${data.test!.x.shape[0]} examples`);
+    for (const st of stats) {
+      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
+    }
+    if (o.save) say(`  model saved in ${o.save}`);
+    return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds };
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+    await sched?.close().catch(() => {});
+    if (bus && !bus.isClosed) {
+      await Promise.all(partitions.map((_, r) => bus!.request(ctlSubject(job, r, CtlVerb.STOP), encodeJson({}), 2_000).catch(() => {})));
+    }
+    if (o.signal?.aborted) await supervisor.killAll();
+    else await supervisor.stopAll();
+    await bus?.close().catch(() => {});
+    await server?.stop();
+  }
+}

@@ -1,0 +1,75 @@
+/** Worker processes of a local fleet: started together, watched, and ended by whoever started them. */
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+/** The `troupe` executable the workers run. */
+export const TROUPE_BIN = fileURLToPath(new URL('../../bin/troupe.mjs', import.meta.url));
+
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
+/** A worker that ended while the fleet still needed it. */
+export interface WorkerExit {
+  readonly rank: number;
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/**
+ * Starts `troupe worker` processes (one per rank), reports an exit nobody asked for, and
+ * ends them all on `stopAll` (SIGTERM, then SIGKILL after a grace period).
+ */
+export class Supervisor {
+  private readonly children = new Map<number, ChildProcess>();
+  private readonly exits = new Map<number, Promise<void>>();
+  private stopping = false;
+
+  constructor(private readonly onUnexpectedExit: (e: WorkerExit) => void) {}
+
+  /** Forks `troupe worker <args>` for `rank` with extra environment variables. */
+  spawn(rank: number, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
+    const child = fork(TROUPE_BIN, ['worker', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    live.add(child);
+    this.children.set(rank, child);
+    this.exits.set(
+      rank,
+      new Promise<void>((resolve) =>
+        child.once('exit', (code, signal) => {
+          live.delete(child);
+          if (!this.stopping) this.onUnexpectedExit({ rank, code, signal });
+          resolve();
+        }),
+      ),
+    );
+    return child;
+  }
+
+  /** Process ids by rank. */
+  get pids(): number[] {
+    return [...this.children.entries()].sort((a, b) => a[0] - b[0]).map(([, c]) => c.pid!);
+  }
+
+  /** Waits for every worker to exit after the driver told them to stop; signals the ones that do not. */
+  async stopAll(graceMs = 5_000): Promise<void> {
+    this.stopping = true;
+    const all = [...this.exits.values()];
+    const timer = setTimeout(() => {
+      for (const c of this.children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    }, graceMs);
+    const killer = setTimeout(() => {
+      for (const c of this.children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }, graceMs * 2);
+    await Promise.all(all);
+    clearTimeout(timer);
+    clearTimeout(killer);
+  }
+
+  /** Signals every worker now (Ctrl-C), then waits as `stopAll` does. */
+  async killAll(graceMs = 5_000): Promise<void> {
+    this.stopping = true;
+    for (const c of this.children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    await this.stopAll(graceMs);
+  }
+}
