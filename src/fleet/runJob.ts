@@ -170,7 +170,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   try {
     const url = o.nats ?? (server = await startNatsServer()).url;
     bus = await Bus.connect({ servers: url, name: `troupe-${job}-driver` });
-    say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.length + ' layers').join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}`);
+    say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}`);
     if (o.spawn ?? true) {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;

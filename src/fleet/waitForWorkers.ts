@@ -10,7 +10,7 @@ import type { Bus } from '../transport/bus.js';
  * `timeoutMs` naming the missing ranks, or as soon as `failed` rejects (a worker died).
  */
 export async function waitForWorkers(bus: Bus, job: string, stages: number, timeoutMs: number, failed: Promise<never>): Promise<Hello[]> {
-  const hellos: (Hello | undefined)[] = new Array(stages);
+  const hellos: (Hello | undefined)[] = Array.from({ length: stages }, () => undefined);
   let resolveAll!: () => void;
   const all = new Promise<void>((r) => (resolveAll = r));
   const take = (h: Hello) => {

@@ -1,0 +1,61 @@
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { useNatsServer } from '../helpers/nats.js';
+import { alive, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+
+const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
+const nats = useNatsServer();
+
+describe('troupe command line', () => {
+  it('prints help for itself and every subcommand', async () => {
+    for (const args of [['--help'], ['up', '--help'], ['worker', '--help']]) {
+      const { code, output } = await troupeToEnd(args);
+      expect(code).toBe(0);
+      expect(output).toMatch(/usage: troupe/);
+    }
+  });
+
+  it('refuses unknown commands and flags with exit code 2', async () => {
+    expect(await troupeToEnd(['fly'])).toMatchObject({ code: 2, output: expect.stringMatching(/unknown command "fly"/) });
+    expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '--bogus'])).toMatchObject({ code: 2, output: expect.stringMatching(/--bogus/) });
+    expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '--steps', 'many'])).toMatchObject({ code: 2, output: expect.stringMatching(/--steps must be an integer/) });
+    expect(await troupeToEnd(['worker', '--nats', nats.server.url, '--job', 'x', '--rank', '0'])).toMatchObject({ code: 2, output: expect.stringMatching(/needs --config/) });
+  });
+
+  it.each([
+    ['bad-no-model.job.ts', /field "model" must be a function/],
+    ['bad-stages.job.ts', /field "stages": cannot cut 3 layers into 7 stages/],
+    ['bad-schedule.job.ts', /field "schedule" must be "1f1b" or "gpipe", got "zigzag"/],
+  ])('%s fails before any process starts, naming the field', async (file, message) => {
+    const { code, output } = await troupeToEnd(['up', fixture(file)]);
+    expect(code).toBe(1);
+    expect(output).toMatch(message);
+    expect(output).not.toMatch(/nats-server pid|rank \d: pid/);
+  });
+
+  it('--no-spawn waits for workers and names the missing ranks on timeout', async () => {
+    const { code, output } = await troupeToEnd(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'lonely', '--no-spawn', '--ready-timeout', '1']);
+    expect(code).toBe(1);
+    expect(output).toMatch(/job lonely: no worker for rank 0, 1 after 1000 ms/);
+  });
+
+  it('workers started separately (as on other hosts) join a --no-spawn fleet and are stopped at the end', async () => {
+    const driver = troupe(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'joined', '--no-spawn', '--steps', '3']);
+    await driver.waitFor(/waiting for 2 workers/);
+    const workers = [0, 1].map((rank) => troupe(['worker', '--nats', nats.server.url, '--job', 'joined', '--rank', String(rank), '--config', fixture('tiny.job.ts')]));
+    const { code } = await driver.exit;
+    expect(code, driver.output()).toBe(0);
+    expect(driver.output()).toMatch(/step 3\/3/);
+    for (const w of workers) {
+      expect((await w.exit).code, w.output()).toBe(0);
+      expect(w.output()).toMatch(/stopping \(stop requested\)/);
+      expect(alive(w.child.pid!)).toBe(false);
+    }
+  });
+
+  it('a worker for a rank the job does not have says so', async () => {
+    const { code, output } = await troupeToEnd(['worker', '--nats', nats.server.url, '--job', 'tiny', '--rank', '5', '--config', fixture('tiny.job.ts')]);
+    expect(code).toBe(1);
+    expect(output).toMatch(/rank 5 does not exist: job tiny has 2 stages/);
+  });
+});

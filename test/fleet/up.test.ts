@@ -1,0 +1,94 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createPipeline, loadCheckpoint } from '../../src/index.js';
+import job from '../fixtures/tiny.job.js';
+import { maxAbsDiff } from '../helpers/models.js';
+import { useNatsServer } from '../helpers/nats.js';
+import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+
+const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
+const nats = useNatsServer();
+const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** Loads a model saved by `troupe up --save`. */
+async function loadSaved(dir: string): Promise<tf.LayersModel> {
+  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
+  const weights = readFileSync(join(dir, 'weights.bin'));
+  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
+}
+
+/** The same job in one process: createPipeline with the stages on this process's NATS connections. */
+async function inProcess(steps: number): Promise<tf.LayersModel> {
+  const model = await job.model();
+  const { train } = await job.data();
+  const pipe = await createPipeline({
+    model, stages: job.stages, microbatches: job.microbatches, schedule: job.schedule!, optimizer: job.optimizer,
+    loss: job.loss, metric: job.metric!, nats: { servers: nats.server.url },
+  });
+  const perEpoch = Math.floor(train.x.shape[0]! / job.batchSize);
+  try {
+    for (let s = 0; s < steps; s++) {
+      const at = (s % perEpoch) * job.batchSize;
+      const [x, y] = [train.x.slice(at, job.batchSize), train.y.slice(at, job.batchSize)];
+      await pipe.trainStep(x, y);
+      tf.dispose([x, y]);
+    }
+  } finally {
+    await pipe.close();
+  }
+  return model;
+}
+
+describe('troupe up with 2 worker processes', () => {
+  it('trains to the in-process pipeline weights and leaves no process behind', async () => {
+    const save = join(tmp, 'full');
+    const { code, output } = await troupeToEnd(['up', CONFIG, '--save', save]);
+    expect(code, output).toBe(0);
+    expect(output).toMatch(/rank 0: pid \d+ on .*backend wasm, device cpu/);
+    expect(output).toMatch(/rank 1: pid \d+ on .*backend wasm, device cpu/);
+    expect(output).toMatch(/step 12\/12 epoch 2\/2/);
+    expect(output).toMatch(/held-out: loss [\d.]+, metric [\d.]+% on 30 examples/);
+    expect(output).toMatch(/stage 1: busy [\d.]+ s, idle [\d.]+ s, 52 F \/ 48 B, in [\d.]+ MB, out [\d.]+ MB, peak in flight 1/);
+    const pids = printedPids(output);
+    expect(pids).toHaveLength(3); // nats-server and two workers
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+    const fleet = await loadSaved(save);
+    const local = await inProcess(12);
+    expect(maxAbsDiff(fleet, local)).toBeLessThan(1e-6);
+  });
+
+  it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
+    const dir = join(tmp, 'ckpt');
+    const first = await troupeToEnd(['up', CONFIG, '--steps', '2', '--checkpoint-dir', dir]);
+    expect(first.code, first.output).toBe(0);
+    expect((await loadCheckpoint(dir)).meta.step).toBe(2);
+    const resumed = await troupeToEnd(['up', CONFIG, '--steps', '4', '--checkpoint-dir', dir, '--resume', '--save', join(tmp, 'resumed')]);
+    expect(resumed.code, resumed.output).toBe(0);
+    expect(resumed.output).toMatch(/resumed from .* at step 2/);
+    expect(resumed.output).toMatch(/2 steps in/);
+    const straight = await troupeToEnd(['up', CONFIG, '--steps', '4', '--save', join(tmp, 'straight')]);
+    expect(straight.code, straight.output).toBe(0);
+    expect(maxAbsDiff(await loadSaved(join(tmp, 'resumed')), await loadSaved(join(tmp, 'straight')))).toBeLessThan(1e-6);
+  });
+
+  it('SIGINT mid-run: non-zero exit, every process gone, the last checkpoint loads', async () => {
+    const dir = join(tmp, 'sigint');
+    // 10,000 epochs: the run cannot end before the signal.
+    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' });
+    await run.waitFor(/checkpoint step 3 saved/);
+    const pids = printedPids(run.output());
+    expect(pids).toHaveLength(3);
+    run.child.kill('SIGINT');
+    const { code } = await run.exit;
+    expect(code).toBe(130);
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+    const ckpt = await loadCheckpoint(dir);
+    expect(ckpt.meta.step).toBeGreaterThanOrEqual(3);
+    expect(ckpt.states).toHaveLength(2);
+  });
+});
