@@ -91,4 +91,16 @@ describe('troupe up with 2 worker processes', () => {
     expect(ckpt.meta.step).toBeGreaterThanOrEqual(3);
     expect(ckpt.states).toHaveLength(2);
   });
+
+  it('a worker killed mid-run fails the run with a clear message and leaves no process behind', async () => {
+    const run = troupe(['up', CONFIG], { TINY_EPOCHS: '10000' });
+    await run.waitFor(/step \d+\/\d+ epoch/);
+    const pids = printedPids(run.output());
+    const victim = Number(/rank 1: pid (\d+)/.exec(run.output())![1]);
+    process.kill(victim, 'SIGKILL');
+    const { code } = await run.exit;
+    expect(code).toBe(1);
+    expect(run.output()).toMatch(/worker 1 exited with SIGKILL during the run/);
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+  });
 });
