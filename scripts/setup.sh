@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Troupe needs on a fresh Debian/Ubuntu machine, and nothing that is already there:
 # npm dependencies (the native TensorFlow.js backends are optional and skipped when their
-# download fails) and nats-server from Debian's package.
+# download fails), nats-server and chromium from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,19 @@ if ! find_nats >/dev/null; then
   fi
   if ! find_nats >/dev/null; then
     echo "setup: nats-server is missing. Install the Debian/Ubuntu package 'nats-server' (apt-get install nats-server) or put a nats-server binary on PATH." >&2
+    exit 1
+  fi
+fi
+# Chromium for the inspector's browser test: Debian's package, driven by playwright-core (never a downloaded browser).
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (Debian package chromium)"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium is missing; install Debian's 'chromium' package for the browser test" >&2
     exit 1
   fi
 fi

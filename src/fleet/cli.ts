@@ -4,6 +4,7 @@ import { ConfigError, TroupeError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
 import { runWorker } from './worker.js';
+import { startInspector } from '../inspect/inspectorServer.js';
 
 const HELP: Record<string, string> = {
   main: `troupe: pipeline-parallel training with xstate actors over NATS
@@ -13,6 +14,7 @@ usage: troupe <command> [options]
 commands:
   up <job-config>     run a job: nats-server, one worker process per stage, training, summary
   worker              join a job's fleet as one stage (on this or another host)
+  inspect             serve a live inspector page (and the Stately relay) for a job
 
 troupe <command> --help shows a command's options.`,
   up: `usage: troupe up <job-config> [options]
@@ -31,6 +33,8 @@ options:
   --no-spawn              start no workers: wait for 'troupe worker' processes to join
   --ready-timeout <s>     seconds to wait for every worker (default 60)
   --backend <name>        node-gpu, node, wasm or cpu (default: best available)
+  --inspect               publish every actor's inspection events (see troupe inspect)
+  --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   -h, --help              this text`,
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r> --config <job-config> [--backend <name>]
 
@@ -43,6 +47,21 @@ options:
   --rank <r>          which stage this process runs (0-based)
   --config <file>     the job config module (the same file as the driver's)
   --backend <name>    node-gpu, node, wasm or cpu (default: best available)
+  --inspect           publish the stage actor's inspection events
+  -h, --help          this text`,
+  inspect: `usage: troupe inspect --nats <url> --job <id> [--port <n>] [--stately]
+
+Serves on 127.0.0.1 a page that works offline: every actor's state machine with its current
+state highlighted live, the pipeline timeline of the current and last steps with the
+measured and theoretical bubble, each stage's counters and the first error. Run the job
+with 'troupe up --inspect' so its actors publish their inspection events.
+
+options:
+  --nats <url>        the job's NATS server
+  --job <id>          the job id
+  --port <n>          HTTP port (default: a free one, printed)
+  --stately           also relay the events in the @statelyai/inspect WebSocket format on
+                      /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
 };
 
@@ -79,6 +98,8 @@ async function up(argv: string[]): Promise<number> {
       'no-spawn': { type: 'boolean' },
       'ready-timeout': { type: 'string' },
       backend: { type: 'string' },
+      inspect: { type: 'boolean' },
+      trace: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -106,6 +127,8 @@ async function up(argv: string[]): Promise<number> {
       spawn: !values['no-spawn'],
       ...(ready ? { readyTimeoutMs: ready * 1000 } : {}),
       ...(backend ? { backend } : {}),
+      inspect: values.inspect ?? false,
+      ...(values.trace ? { trace: values.trace } : {}),
       signal: ac.signal,
     });
     return 0;
@@ -127,6 +150,7 @@ async function worker(argv: string[]): Promise<number> {
       rank: { type: 'string' },
       config: { type: 'string' },
       backend: { type: 'string' },
+      inspect: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -134,7 +158,32 @@ async function worker(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, rank: intOf('--rank', values.rank, 0)!, config: values.config!, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: values.nats!, job: values.job!, rank: intOf('--rank', values.rank, 0)!, config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  return 0;
+}
+
+async function inspect(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      nats: { type: 'string' },
+      job: { type: 'string' },
+      port: { type: 'string' },
+      stately: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return print(HELP['inspect']!);
+  if (positionals.length > 0) throw new UsageError(`troupe inspect takes no positional arguments, got ${positionals.join(' ')}`);
+  for (const f of ['nats', 'job'] as const) if (!values[f]) throw new UsageError(`troupe inspect needs --${f}`);
+  const port = intOf('--port', values.port, 0);
+  const insp = await startInspector({ nats: values.nats!, job: values.job!, stately: values.stately ?? false, ...(port !== undefined ? { port } : {}) });
+  process.stdout.write(`troupe inspect: job ${values.job} at ${insp.url}${insp.wsUrl ? `\n  Stately relay: ${insp.wsUrl} (open ${insp.url}stately)` : ''}\n`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await insp.close();
   return 0;
 }
 
@@ -150,6 +199,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return print(HELP['main']!);
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
+    if (cmd === 'inspect') return await inspect(rest);
     throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);
   } catch (err) {
     const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');

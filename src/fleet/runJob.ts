@@ -23,6 +23,7 @@ import { deferred } from '../runtime/deferred.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
+import { TraceRecorder } from '../inspect/trace.js';
 import { Bus } from '../transport/bus.js';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
@@ -52,6 +53,10 @@ export interface RunJobOptions {
   /** Milliseconds to wait for every rank (default 60 s). */
   readonly readyTimeoutMs?: number;
   readonly backend?: BackendName;
+  /** Publish every actor's inspection events (workers too) for `troupe inspect`. */
+  readonly inspect?: boolean;
+  /** Write every step's timeline to this file in the Chrome trace event format. */
+  readonly trace?: string;
   /** Where progress and the summary go (default stdout). */
   readonly out?: NodeJS.WritableStream & { isTTY?: boolean };
   /** Aborts the run (Ctrl-C). */
@@ -166,6 +171,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
+  let trace: TraceRecorder | undefined;
   const supervisor = new Supervisor((e) => failure.reject(new StateError(`worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`} during the run`)));
   try {
     const url = o.nats ?? (server = await startNatsServer()).url;
@@ -175,7 +181,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;
       for (let r = 0; r < p; r++) {
-        const args = ['--nats', url, '--job', job, '--rank', String(r), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : [])];
+        const args = ['--nats', url, '--job', job, '--rank', String(r), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
         supervisor.spawn(r, args, deviceEnv(r, gpus, gpuBackend));
       }
     } else say(`troupe up: waiting for ${p} workers: troupe worker --nats ${url} --job ${job} --rank <r> --config ${o.config}`);
@@ -185,7 +191,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await Promise.race([loadStates(bus, job, ckpt ? ckpt.states : await initialStates(prep)), failure.promise]);
     const lastStep = ckpt?.meta.step ?? 0;
     if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);
-    sched = await SchedulerHost.start({ bus, job, stages: p });
+    sched = await SchedulerHost.start({ bus, job, stages: p, inspect: o.inspect ?? false });
+    if (o.trace) trace = await TraceRecorder.start(bus, job);
     const runner = new StepRunner({
       scheduler: sched, job, schedule: buildSchedule(cfg.schedule ?? '1f1b', p, cfg.microbatches), microbatches: cfg.microbatches,
       inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
@@ -224,9 +231,15 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
     }
     if (o.save) say(`  model saved in ${o.save}`);
+    if (trace) {
+      await bus.flush(); // the last step's action events are in
+      await trace.write(o.trace!);
+      say(`  trace of ${trace.count} actions in ${o.trace} (Chrome trace event format: Perfetto, chrome://tracing)`);
+    }
     return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds };
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
+    await trace?.close().catch(() => {});
     await sched?.close().catch(() => {});
     if (bus && !bus.isClosed) {
       await Promise.all(partitions.map((_, r) => bus!.request(ctlSubject(job, r, CtlVerb.STOP), encodeJson({}), 2_000).catch(() => {})));

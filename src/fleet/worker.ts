@@ -19,6 +19,8 @@ export interface WorkerOptions {
   /** The job config module, the same file the driver runs. */
   readonly config: string;
   readonly backend?: BackendName;
+  /** Publish the stage actor's inspection events. */
+  readonly inspect?: boolean;
   readonly log?: (line: string) => void;
 }
 
@@ -39,7 +41,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const { loss, metric } = resolveLoss(cfg.loss, cfg.metric);
   const compute = new StageCompute({ partition, optimizer: optimizerFactory(cfg.optimizer)(), ...(last ? { loss, metric } : {}) });
   const bus = await Bus.connect({ servers: o.nats, name: `troupe-${o.job}-worker-${o.rank}` });
-  const host = await StageHost.start({ bus, job: o.job, partition, compute, identity: { backend: choice.name, device } });
+  const host = await StageHost.start({ bus, job: o.job, partition, compute, identity: { backend: choice.name, device }, inspect: o.inspect ?? false });
   log(`troupe worker: job ${o.job} rank ${o.rank}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
 
   let stopping: Promise<void> | undefined;

@@ -16,7 +16,8 @@ export interface StepPlan {
 export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
 
 /** Events the stages publish on `troupe.<job>.sched.<event>`. */
-export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly ms: number }
+/** An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its duration. */
+export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly t0: number; readonly ms: number }
 export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
 export interface UpdatedEvent { readonly rank: number; readonly step: number }
@@ -41,6 +42,8 @@ export interface StatsMessage {
   readonly bytesOut: number;
   readonly peakHeld: number;
   readonly rejected: number;
+  /** Tensors alive in the stage's process (tf.memory().numTensors). */
+  readonly tensors: number;
 }
 
 const enc = new TextEncoder();
@@ -81,7 +84,7 @@ function parse(what: string, data: Uint8Array): unknown {
 
 const SHAPES = {
   plan: { step: 'number', microbatches: 'number', batchSize: 'number', forwardOnly: 'boolean', actions: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', ms: 'number' },
+  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
@@ -89,7 +92,7 @@ const SHAPES = {
   reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */

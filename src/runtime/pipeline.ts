@@ -38,6 +38,8 @@ export interface PipelineOptions {
   readonly backend?: BackendName | readonly BackendName[];
   /** Milliseconds a step may take before it is aborted (default 120 s). */
   readonly stepTimeoutMs?: number;
+  /** Publish every actor's inspection events on troupe.<job>.inspect.<actor> (default off). */
+  readonly inspect?: boolean;
 }
 
 /** A running pipeline. */
@@ -112,9 +114,9 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
       const last = partition.rank === p - 1;
       const compute = new StageCompute({ partition, optimizer: makeOptimizer(), ...(last ? { loss, metric } : {}) });
       computes.push(compute);
-      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute }));
+      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false }));
     }
-    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p });
+    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p, inspect: o.inspect ?? false });
   } catch (err) {
     await closeAll().catch(() => {});
     throw err;

@@ -6,6 +6,7 @@ import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
 import { decodeAck, decodeMessage, encodeJson, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { CtlVerb, SchedEvent, ctlSubject, lastToken, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import { busInspector } from '../inspect/busInspector.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
 
@@ -16,6 +17,8 @@ export interface SchedulerHostOptions {
   readonly stages: number;
   /** Milliseconds a control request may wait for its ack (default 10 s). */
   readonly requestTimeoutMs?: number;
+  /** Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off). */
+  readonly inspect?: boolean;
 }
 
 /** One step as the pipeline hands it to the scheduler. */
@@ -77,7 +80,11 @@ export class SchedulerHost {
         rejectStep: (_, { failure }) => this.pending?.reject(errorOf(failure)),
       },
     });
-    this.actor = createActor(machine, { input: { stages: o.stages }, id: 'scheduler' });
+    this.actor = createActor(machine, {
+      input: { stages: o.stages },
+      id: 'scheduler',
+      ...(o.inspect ? { inspect: busInspector(o.bus, o.job, 'scheduler') } : {}),
+    });
     this.sub = o.bus.subscribe(schedWildcard(o.job), (m) => this.onEvent(m));
   }
 

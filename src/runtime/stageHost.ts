@@ -8,6 +8,7 @@ import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameErr
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
 import { exportStageState, importStageState } from '../compute/stageState.js';
+import { busInspector } from '../inspect/busInspector.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
 import { decodeMessage, encodeJson, type Ack, type Hello, type StateInfo, type StepPlan } from '../protocol/messages.js';
@@ -40,6 +41,8 @@ export interface StageHostOptions {
   readonly maxFrameBytes?: number;
   /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
   readonly abortTimeoutMs?: number;
+  /** Publish the actor's inspection events on troupe.<job>.inspect.stage-<rank> (default off). */
+  readonly inspect?: boolean;
   /** What `ping` answers about the process: backend and device (default the current backend, cpu). */
   readonly identity?: { readonly backend: string; readonly device: string };
 }
@@ -61,6 +64,8 @@ export interface StageStats {
   readonly peakHeld: number;
   /** Frames refused on arrival. */
   readonly rejected: number;
+  /** Tensors alive in the stage's process. */
+  readonly tensors: number;
 }
 
 type StageActor = Actor<typeof stageMachine>;
@@ -118,6 +123,7 @@ export class StageHost {
     this.actor = createActor(machine, {
       input: { job, rank: part.rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs },
       id: `stage-${part.rank}`,
+      ...(o.inspect ? { inspect: busInspector(bus, job, `stage-${part.rank}`) } : {}),
     });
     this.subs.push(bus.subscribe(stageWildcard(job, part.rank), (m) => this.onFrame(m)));
     this.subs.push(bus.subscribe(ctlWildcard(job, part.rank), (m) => void this.onCtl(m)));
@@ -151,6 +157,7 @@ export class StageHost {
       bytesOut: this.o.bus.bytesOut,
       peakHeld: this.peakHeld,
       rejected: this.actor.getSnapshot().context.rejected + this.refusedOnArrival,
+      tensors: tf.memory().numTensors,
     };
   }
 
@@ -297,7 +304,7 @@ export class StageHost {
     if (res.loss !== undefined) this.emit(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
     const ms = performance.now() - t0;
     this.busyMs += ms;
-    this.emit(SchedEvent.ACTION, { rank, step: plan.step, action: `${action.kind}${mb}`, ms });
+    this.emit(SchedEvent.ACTION, { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms });
   }
 
   /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */

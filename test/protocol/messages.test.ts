@@ -8,7 +8,7 @@ const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 /** One valid body of each kind. */
 const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   plan: { step: 3, microbatches: 4, batchSize: 32, forwardOnly: false, actions: 'F0 F1 B0 F2 B1 F3 B2 B3' },
-  action: { rank: 1, step: 3, action: '1F2', ms: 0.75 },
+  action: { rank: 1, step: 3, action: '1F2', t0: 1763900000000.25, ms: 0.75 },
   loss: { step: 3, microbatch: 2, loss: 0.125, metric: 0.5 },
   done: { rank: 0, step: 3, peakHeld: 2 },
   updated: { rank: 2, step: 3 },
@@ -16,7 +16,7 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'FRAME', message: 'bad header' },
   state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
   hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
-  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0 },
+  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, tensors: 12 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
 
