@@ -2,6 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError, messageOf } from '../errors.js';
 import { installFastWasmMatMul } from './wasmMatMul.js';
+import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -78,7 +79,10 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
       const tfName = await tryBackend(name);
       if (!(await tf.setBackend(tfName))) throw new Error(`tf.setBackend('${tfName}') returned false`);
       await tf.ready();
-      if (tfName === 'wasm') installFastWasmMatMul();
+      if (tfName === 'wasm') {
+        installFastWasmMatMul();
+        installWasmConvFilterGrad();
+      }
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
       return { name, tfName, skipped };
     } catch (err) {

@@ -57,6 +57,8 @@ export interface RunJobOptions {
   readonly inspect?: boolean;
   /** Write every step's timeline to this file in the Chrome trace event format. */
   readonly trace?: string;
+  /** Print the progress bar (default true). */
+  readonly progress?: boolean;
   /** Where progress and the summary go (default stdout). */
   readonly out?: NodeJS.WritableStream & { isTTY?: boolean };
   /** Aborts the run (Ctrl-C). */
@@ -75,6 +77,8 @@ export interface RunJobResult {
   readonly model: tf.LayersModel;
   readonly natsPid: number | null;
   readonly seconds: number;
+  /** Wall time of each training step, in milliseconds (checkpoints excluded). */
+  readonly stepMs: readonly number[];
 }
 
 /** The run was interrupted (Ctrl-C). */
@@ -199,14 +203,17 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     });
     const progress = new Progress(out);
     let last: StepResult | null = null;
+    const stepMs: number[] = [];
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
     const trainX = fromTensor(data.train.x, 'x0');
     const trainY = fromTensor(data.train.y, 'y0');
     for (let s = lastStep + 1; s <= prep.total; s++) {
       const at = ((s - 1) % prep.stepsPerEpoch) * cfg.batchSize;
       const batch = (w: WireTensor) => sliceRows(w, at, cfg.batchSize);
+      const started = performance.now();
       last = await Promise.race([runner.runWire([batch(trainX)], [batch(trainY)], false), failure.promise]);
-      progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
+      stepMs.push(performance.now() - started);
+      if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir) {
         const states = await Promise.race([dumpStates(bus, job, p), failure.promise]);
         await saveCheckpoint(o.checkpointDir, { step: s, stages: p, job, schedule: cfg.schedule ?? '1f1b', microbatches: cfg.microbatches }, states);
@@ -236,7 +243,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       await trace.write(o.trace!);
       say(`  trace of ${trace.count} actions in ${o.trace} (Chrome trace event format: Perfetto, chrome://tracing)`);
     }
-    return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds };
+    return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds, stepMs };
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await trace?.close().catch(() => {});

@@ -1,0 +1,51 @@
+/**
+ * The benchmark job, shaped by environment variables so every process of the fleet builds
+ * the same thing: BENCH_MODEL (mlp | conv), BENCH_STAGES, BENCH_M, BENCH_SCHEDULE,
+ * BENCH_BATCH, BENCH_STEPS. Data are random: speed does not depend on the values.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { defineJob } from '../../src/index.js';
+
+const env = (k: string, d: string) => process.env[k] ?? d;
+export const MODEL = env('BENCH_MODEL', 'mlp');
+export const BATCH = Number(env('BENCH_BATCH', '256'));
+const STEPS = Number(env('BENCH_STEPS', '12'));
+
+/** The reference MLP 784-1024-1024-10, or a small conv net on 28x28x1. */
+export function benchModel(kind = MODEL): tf.LayersModel {
+  const init = (seed: number) => tf.initializers.glorotUniform({ seed });
+  const m = tf.sequential();
+  if (kind === 'conv') {
+    m.add(tf.layers.conv2d({ inputShape: [28, 28, 1], filters: 16, kernelSize: 3, activation: 'relu', kernelInitializer: init(1) }));
+    m.add(tf.layers.maxPooling2d({ poolSize: 2 }));
+    m.add(tf.layers.conv2d({ filters: 32, kernelSize: 3, activation: 'relu', kernelInitializer: init(2) }));
+    m.add(tf.layers.maxPooling2d({ poolSize: 2 }));
+    m.add(tf.layers.flatten());
+    m.add(tf.layers.dense({ units: 128, activation: 'relu', kernelInitializer: init(3) }));
+    m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(4) }));
+  } else {
+    m.add(tf.layers.dense({ units: 1024, activation: 'relu', inputShape: [784], kernelInitializer: init(1) }));
+    m.add(tf.layers.dense({ units: 1024, activation: 'relu', kernelInitializer: init(2) }));
+    m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(3) }));
+  }
+  return m;
+}
+
+/** Random inputs and one-hot labels for `n` examples of the model's input shape. */
+export function benchData(n: number, kind = MODEL): { x: tf.Tensor; y: tf.Tensor } {
+  const shape = kind === 'conv' ? [n, 28, 28, 1] : [n, 784];
+  return { x: tf.randomUniform(shape, 0, 1, 'float32', 7), y: tf.oneHot(tf.randomUniform([n], 0, 10, 'int32', 8), 10).toFloat() };
+}
+
+export default defineJob({
+  model: () => benchModel(),
+  data: () => ({ train: benchData(BATCH * STEPS) }),
+  stages: Number(env('BENCH_STAGES', '2')),
+  microbatches: Number(env('BENCH_M', '4')),
+  schedule: env('BENCH_SCHEDULE', '1f1b'),
+  optimizer: { className: 'SGD', config: { learningRate: 0.01 } },
+  loss: 'categoricalCrossentropy',
+  epochs: 1,
+  batchSize: BATCH,
+  job: 'bench',
+});

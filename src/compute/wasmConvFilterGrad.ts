@@ -1,0 +1,72 @@
+/**
+ * Conv2DBackpropFilter for the wasm backend, which has none (so stock TensorFlow.js cannot
+ * train a conv net on wasm at all). The filter gradient is an im2col product:
+ *
+ *   dW[kh,kw,ci,co] = sum over (b,oh,ow) of x[b, oh*sh + kh*dh - top, ow*sw + kw*dw - left, ci] * dy[b,oh,ow,co]
+ *                   = P^T . dY,  P = patches of x: [B*OH*OW, KH*KW*CI],  dY: [B*OH*OW, CO]
+ *
+ * P is gathered with typed-array copies, the product runs in wasm's BatchMatMul (through
+ * Troupe's transposing wrapper, so XNNPACK does it). The cpu backend's kernel, the obvious
+ * fallback, takes seconds per step: it reads every element through a TensorBuffer.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { KernelBackend, TensorInfo } from '@tensorflow/tfjs';
+
+let installed = false;
+
+/** Registers the kernel for wasm once per process, unless wasm already has one. */
+export function installWasmConvFilterGrad(): boolean {
+  if (installed || tf.getKernel('Conv2DBackpropFilter', 'wasm')) return false;
+  const matMul = tf.getKernel('BatchMatMul', 'wasm');
+  if (!matMul) return false;
+  installed = true;
+  tf.registerKernel({
+    kernelName: 'Conv2DBackpropFilter',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const wasm = backend as KernelBackend;
+      const x = inputs['x'] as TensorInfo;
+      const dy = inputs['dy'] as TensorInfo;
+      const a = attrs as { strides: number | [number, number]; pad: 'valid' | 'same' | number; dataFormat: 'NHWC' | 'NCHW'; dimRoundingMode?: 'floor' | 'round' | 'ceil'; filterShape: [number, number, number, number] };
+      if (a.dataFormat !== 'NHWC') throw new Error(`Conv2DBackpropFilter on wasm: only NHWC is supported, got ${a.dataFormat}`);
+      const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], a.filterShape, a.strides, 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
+      const [B, H, W, CI] = x.shape as [number, number, number, number];
+      const { outHeight: OH, outWidth: OW, filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = info;
+      const CO = info.outChannels;
+      const top = info.padInfo.top;
+      const left = info.padInfo.left;
+      const xs = wasm.readSync(x.dataId) as Float32Array;
+      const K = KH * KW * CI;
+      const N = B * OH * OW;
+      const P = new Float32Array(N * K); // zeros where the window leaves the image
+      for (let b = 0; b < B; b++) {
+        for (let oh = 0; oh < OH; oh++) {
+          for (let ow = 0; ow < OW; ow++) {
+            const row = ((b * OH + oh) * OW + ow) * K;
+            for (let kh = 0; kh < KH; kh++) {
+              const ih = oh * sh + kh * dh - top;
+              if (ih < 0 || ih >= H) continue;
+              for (let kw = 0; kw < KW; kw++) {
+                const iw = ow * sw + kw * dw - left;
+                if (iw < 0 || iw >= W) continue;
+                const src = ((b * H + ih) * W + iw) * CI;
+                P.set(xs.subarray(src, src + CI), row + (kh * KW + kw) * CI);
+              }
+            }
+          }
+        }
+      }
+      const p: TensorInfo = { dataId: wasm.write(P, [1, N, K], 'float32'), shape: [1, N, K], dtype: 'float32' };
+      const g: TensorInfo = { dataId: dy.dataId, shape: [1, N, CO], dtype: 'float32' };
+      try {
+        const out = matMul.kernelFunc({ inputs: { a: p, b: g }, backend, attrs: { transposeA: true, transposeB: false } }) as TensorInfo;
+        const values = wasm.readSync(out.dataId) as Float32Array;
+        wasm.disposeData(out.dataId);
+        return { dataId: wasm.write(values, [KH, KW, CI, CO], 'float32'), shape: [KH, KW, CI, CO], dtype: 'float32' };
+      } finally {
+        wasm.disposeData(p.dataId);
+      }
+    },
+  });
+  return true;
+}
