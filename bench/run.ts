@@ -1,14 +1,24 @@
 /** `npm run bench`: every benchmark, printed and written to bench/RESULTS.md with the date and command. */
 import { writeFile } from 'node:fs/promises';
 import { benchInspect } from './inspect.js';
+import { benchProfile } from './profile.js';
+import { benchSteps } from './steps.js';
+import { benchTransport } from './transport.js';
 
-const sections = [await benchInspect()];
+const only = process.argv[2];
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, profile: benchProfile, transport: benchTransport, inspect: benchInspect };
+const sections: string[] = [];
+for (const [name, run] of Object.entries(all)) {
+  if (only && only !== name) continue;
+  process.stderr.write(`bench: ${name}\n`);
+  sections.push(await run());
+}
 const doc = [
   '# Benchmark results',
   '',
-  `Produced by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}. Every ratio is measured side by side in one run.`,
+  `Produced by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}. Every ratio is measured side by side in one run; see bench/README.md.`,
   '',
   ...sections.flatMap((s) => [s, '']),
 ].join('\n');
 console.log(doc);
-await writeFile(new URL('./RESULTS.md', import.meta.url), doc);
+if (!only) await writeFile(new URL('./RESULTS.md', import.meta.url), doc);

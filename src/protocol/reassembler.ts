@@ -31,23 +31,24 @@ export class Reassembler {
       throw new FrameError(`chunk ${h.chunk}/${h.chunks} of ${formatKey(h.key)} has ${data.byteLength} bytes, expected ${len}`);
     }
     if (h.chunks === 1) return decodeSingle(h, data);
-    const id = formatKey(h.key);
+    const name = formatKey(h.key);
+    // Keyed by sender too: two stages may send frames of the same key at once (state dumps).
+    const id = `${name} from ${h.from}`;
     let p = this.partial.get(id);
     if (!p) {
       if (this.partial.size >= this.maxPartial) {
-        throw new FrameError(`${this.maxPartial} frames are already being reassembled; ${id} refused`);
+        throw new FrameError(`${this.maxPartial} frames are already being reassembled; ${name} refused`);
       }
       p = { header: h, body: new Uint8Array(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
       this.partial.set(id, p);
     } else if (
       p.header.chunks !== h.chunks ||
       p.header.chunkSize !== h.chunkSize ||
-      p.header.tensorsSpec !== h.tensorsSpec ||
-      p.header.from !== h.from
+      p.header.tensorsSpec !== h.tensorsSpec
     ) {
-      throw new FrameError(`chunk ${h.chunk} of ${id} disagrees with the frame's earlier chunks`);
+      throw new FrameError(`chunk ${h.chunk} of ${name} disagrees with the frame's earlier chunks`);
     }
-    if (p.got[h.chunk]) throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${id} received twice`);
+    if (p.got[h.chunk]) throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${name} received twice`);
     p.body.set(data, h.chunk * h.chunkSize);
     p.got[h.chunk] = 1;
     p.count++;

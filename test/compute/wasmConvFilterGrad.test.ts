@@ -8,7 +8,7 @@ function filterGrad(x: number[], xs: number[], k: number[], ks: number[], dy: (s
     const kt = tf.tensor4d(k, ks as [number, number, number, number]);
     const y = tf.conv2d(xt, kt, strides, pad, 'NHWC', dilation);
     const up = dy(y.shape);
-    return tf.grad((kk: tf.Tensor4D) => tf.sum(tf.mul(tf.conv2d(xt, kk, strides, pad, 'NHWC', dilation), up)))(kt).dataSync() as Float32Array;
+    return tf.grad((kk: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(xt, kk as tf.Tensor4D, strides, pad, 'NHWC', dilation), up)))(kt).dataSync() as Float32Array;
   });
 }
 

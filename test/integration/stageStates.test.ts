@@ -44,4 +44,23 @@ describe('stage state over NATS', () => {
       tf.dispose([x, y]);
     }
   });
+
+  it('collects chunked states of several stages at once (each stage over max_payload)', async () => {
+    const model = mlp([784, 640, 640, 10], 83); // ~2 MB of weights per stage: several chunks each
+    const pipe = await createPipeline({ model, stages: 2, microbatches: 2, optimizer: tf.train.adam(0.001), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url }, job: 'state-big' });
+    const bus = await Bus.connect({ servers: nats.server.url });
+    const { x, y } = data(4, 784, 10, 2);
+    try {
+      await pipe.trainStep(x, y);
+      const states = await dumpStates(bus, 'state-big', 2);
+      const bytes = states.map((s) => s.tensors.reduce((n, t) => n + t.data.byteLength, 0));
+      for (const b of bytes) expect(b).toBeGreaterThan(2 * bus.maxPayload);
+      const w = model.layers[0]!.getWeights()[0]!.dataSync();
+      expect(Array.from(states[0]!.tensors[0]!.data.subarray(0, 50))).toEqual(Array.from(w.subarray(0, 50)));
+    } finally {
+      await bus.close();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
 });
