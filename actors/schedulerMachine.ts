@@ -17,7 +17,7 @@ export interface StepRequest {
   readonly step: number;
   readonly microbatches: number;
   readonly forwardOnly: boolean;
-  /** Most microbatches stage 0 may hold, from the schedule (GPipe: m, 1F1B: p). */
+  /** Microbatches fed beyond those stage 0 has finished: its schedule's bound plus one prefetched. */
   readonly feedBound: number;
   /** Milliseconds the whole step may take before it is aborted. */
   readonly timeoutMs: number;

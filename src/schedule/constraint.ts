@@ -22,3 +22,13 @@ export function maxInFlight(actions: readonly Action[]): number {
 export function inFlightBounds(s: Schedule): number[] {
   return s.map(maxInFlight);
 }
+
+/**
+ * How many INPUT microbatches the scheduler may have handed stage 0 beyond those it has
+ * finished: the activations it holds stay within `maxInFlight` because it runs its list in
+ * order, and one more input waits in its inbox so it never idles a round trip to the
+ * scheduler between a backward and its next forward (as hivemind's runtime prefetches).
+ */
+export function feedBound(actions: readonly Action[]): number {
+  return maxInFlight(actions) + 1;
+}
