@@ -50,7 +50,9 @@ export function installWasmConvFilterGrad(): boolean {
                 const iw = ow * sw + kw * dw - left;
                 if (iw < 0 || iw >= W) continue;
                 const src = ((b * H + ih) * W + iw) * CI;
-                P.set(xs.subarray(src, src + CI), row + (kh * KW + kw) * CI);
+                const dst = row + (kh * KW + kw) * CI;
+                // A plain loop: for the few channels of early conv layers, subarray().set() costs more than it copies.
+                for (let c = 0; c < CI; c++) P[dst + c] = xs[src + c]!;
               }
             }
           }
