@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ConfigError, messageOf } from '../errors.js';
 import { installFastWasmMatMul } from './wasmMatMul.js';
 import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
+import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -82,6 +83,7 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
       if (tfName === 'wasm') {
         installFastWasmMatMul();
         installWasmConvFilterGrad();
+        installWasmConvInputGrad();
       }
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
       return { name, tfName, skipped };
