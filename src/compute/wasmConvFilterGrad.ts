@@ -11,6 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelBackend, TensorInfo } from '@tensorflow/tfjs';
+import { convWindows } from './convWindows.js';
 
 let installed = false;
 
@@ -29,34 +30,15 @@ export function installWasmConvFilterGrad(): boolean {
       const dy = inputs['dy'] as TensorInfo;
       const a = attrs as { strides: number | [number, number]; pad: 'valid' | 'same' | number; dataFormat: 'NHWC' | 'NCHW'; dimRoundingMode?: 'floor' | 'round' | 'ceil'; filterShape: [number, number, number, number] };
       if (a.dataFormat !== 'NHWC') throw new Error(`Conv2DBackpropFilter on wasm: only NHWC is supported, got ${a.dataFormat}`);
-      const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], a.filterShape, a.strides, 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
-      const [B, H, W, CI] = x.shape as [number, number, number, number];
-      const { outHeight: OH, outWidth: OW, filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = info;
-      const CO = info.outChannels;
-      const top = info.padInfo.top;
-      const left = info.padInfo.left;
+      const { g: geo, offsets } = convWindows(x.shape, a.filterShape, a);
+      const { CI, CO, KH, KW, N, K } = geo;
       const xs = wasm.readSync(x.dataId) as Float32Array;
-      const K = KH * KW * CI;
-      const N = B * OH * OW;
       const P = new Float32Array(N * K); // zeros where the window leaves the image
-      for (let b = 0; b < B; b++) {
-        for (let oh = 0; oh < OH; oh++) {
-          for (let ow = 0; ow < OW; ow++) {
-            const row = ((b * OH + oh) * OW + ow) * K;
-            for (let kh = 0; kh < KH; kh++) {
-              const ih = oh * sh + kh * dh - top;
-              if (ih < 0 || ih >= H) continue;
-              for (let kw = 0; kw < KW; kw++) {
-                const iw = ow * sw + kw * dw - left;
-                if (iw < 0 || iw >= W) continue;
-                const src = ((b * H + ih) * W + iw) * CI;
-                const dst = row + (kh * KW + kw) * CI;
-                // A plain loop: for the few channels of early conv layers, subarray().set() costs more than it copies.
-                for (let c = 0; c < CI; c++) P[dst + c] = xs[src + c]!;
-              }
-            }
-          }
-        }
+      for (let i = 0; i < offsets.length; i++) {
+        const src = offsets[i]!;
+        if (src < 0) continue;
+        // A plain loop: for the few channels of early conv layers, subarray().set() costs more than it copies.
+        for (let c = 0, dst = i * CI; c < CI; c++) P[dst + c] = xs[src + c]!;
       }
       const p: TensorInfo = { dataId: wasm.write(P, [1, N, K], 'float32'), shape: [1, N, K], dtype: 'float32' };
       const g: TensorInfo = { dataId: dy.dataId, shape: [1, N, CO], dtype: 'float32' };

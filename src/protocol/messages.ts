@@ -33,14 +33,20 @@ export interface Hello { readonly rank: number; readonly stages: number; readonl
 /** A stage's counters (answer to `stats`, and published after every step). */
 export interface StatsMessage {
   readonly rank: number;
+  /** Last step the stage started. */
   readonly step: number;
+  /** Milliseconds spent in compute, publishing results and updates. */
   readonly busyMs: number;
+  /** Milliseconds inside steps spent waiting for messages (the bubble). */
   readonly idleMs: number;
   readonly forwards: number;
   readonly backwards: number;
+  /** Bytes received and sent, headers excluded. */
   readonly bytesIn: number;
   readonly bytesOut: number;
+  /** Highest number of microbatches held for a backward in any step. */
   readonly peakHeld: number;
+  /** Frames refused on arrival. */
   readonly rejected: number;
   /** Tensors alive in the stage's process (tf.memory().numTensors). */
   readonly tensors: number;

@@ -11,7 +11,7 @@ import { exportStageState, importStageState } from '../compute/stageState.js';
 import { busInspector } from '../inspect/busInspector.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
-import { decodeMessage, encodeJson, type Ack, type Hello, type StateInfo, type StepPlan } from '../protocol/messages.js';
+import { decodeMessage, encodeJson, type Ack, type Hello, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import {
@@ -47,26 +47,8 @@ export interface StageHostOptions {
   readonly identity?: { readonly backend: string; readonly device: string };
 }
 
-/** Counters of one stage, as the runtime reports them. */
-export interface StageStats {
-  readonly rank: number;
-  /** Last step the stage started. */
-  readonly step: number;
-  /** Milliseconds spent in compute and publishing results. */
-  readonly busyMs: number;
-  /** Milliseconds inside steps spent waiting for messages (the bubble). */
-  readonly idleMs: number;
-  readonly forwards: number;
-  readonly backwards: number;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  /** Highest number of microbatches held for a backward in any step. */
-  readonly peakHeld: number;
-  /** Frames refused on arrival. */
-  readonly rejected: number;
-  /** Tensors alive in the stage's process. */
-  readonly tensors: number;
-}
+/** Counters of one stage, as the runtime reports them (and publishes after every step). */
+export type StageStats = StatsMessage;
 
 type StageActor = Actor<typeof stageMachine>;
 
