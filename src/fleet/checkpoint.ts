@@ -11,7 +11,7 @@
  * only then does LATEST move: a crash at any moment leaves the previous checkpoint whole.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TroupeError, messageOf } from '../errors.js';
 import { decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
@@ -117,11 +117,4 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     if (cause instanceof CheckpointError) throw cause;
     throw new CheckpointError(`checkpoint ${at} is unreadable: ${messageOf(cause)}`, { cause });
   }
-}
-
-/** Writes `data` next to `path` and renames it into place. */
-export async function writeAtomically(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
 }

@@ -1,5 +1,5 @@
 /** Chrome trace event export of the pipeline timeline: one complete event per stage action. */
-import { writeFile, rename } from 'node:fs/promises';
+import { writeAtomically } from '../writeAtomically.js';
 import { decodeMessage, type ActionEvent } from '../protocol/messages.js';
 import { SchedEvent, schedSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
@@ -74,9 +74,7 @@ export class TraceRecorder {
   /** Writes the trace (atomically) to `file`. */
   async write(file: string): Promise<void> {
     const doc = { traceEvents: this.actions.length ? toTraceEvents(this.job, this.actions) : [], displayTimeUnit: 'ms', otherData: { job: this.job, actions: this.actions.length } };
-    const tmp = `${file}.tmp-${process.pid}`;
-    await writeFile(tmp, JSON.stringify(doc));
-    await rename(tmp, file);
+    await writeAtomically(file, JSON.stringify(doc));
   }
 
   async close(): Promise<void> {

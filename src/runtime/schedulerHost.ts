@@ -3,7 +3,7 @@ import { createActor, fromPromise, type Actor } from 'xstate';
 import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { FrameError, StageError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
 import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
-import { decodeAck, decodeMessage, encodeJson, type StepPlan } from '../protocol/messages.js';
+import { decodeAck, decodeMessage, encodeJson, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { CtlVerb, SchedEvent, ctlSubject, lastToken, schedWildcard, stageSubject } from '../protocol/subjects.js';
 import { busInspector } from '../inspect/busInspector.js';
@@ -53,6 +53,8 @@ export class SchedulerHost {
   private feeding: Promise<void> = Promise.resolve();
   /** Scheduler events that could not be parsed. */
   malformedEvents = 0;
+  /** The latest frames the stages refused (at most 100), newest last. */
+  readonly lastRejects: RejectEvent[] = [];
 
   private constructor(private readonly o: SchedulerHostOptions) {
     const timeout = o.requestTimeoutMs ?? 10_000;
@@ -146,9 +148,6 @@ export class SchedulerHost {
       this.malformedEvents++;
     }
   }
-
-  /** The latest frames the stages refused (at most 100), newest last. */
-  readonly lastRejects: { rank: number; subject: string; code: string; message: string }[] = [];
 
   /** Runs one step; resolves with its outcome or rejects with the step's first error. */
   async run(work: StepWork): Promise<StepOutcome> {
