@@ -4,7 +4,7 @@
  * across microbatches, and the optimizer update.
  */
 import * as tf from '@tensorflow/tfjs';
-import { ShapeError, StateError } from '../errors.js';
+import { ConfigError, ShapeError, StateError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
 import { shareOfBatch, type LossFn } from './loss.js';
 import type { StagePartition } from './partition.js';
@@ -46,6 +46,9 @@ export class StageCompute {
     this.part = opts.partition;
     this.isLast = this.part.rank === this.part.stages - 1;
     if (this.isLast && !opts.loss) throw new StateError(`stage ${this.part.rank} is the last and needs a loss`);
+    if (this.isLast && this.part.outputs.length !== 1) {
+      throw new ConfigError(`the model has ${this.part.outputs.length} outputs; a pipeline trains models with one output`);
+    }
     this.acc = this.part.variables.map(() => null);
   }
 

@@ -96,4 +96,13 @@ describe('StageCompute', () => {
     const [s0] = stagesOf(mlp([10, 16, 3]), 2, () => tf.train.sgd(0.1));
     expect(() => s0!.backward(3, [], 4)).toThrow(StateError);
   });
+
+  it('refuses a model with two outputs at the last stage, naming the count', () => {
+    const x = tf.input({ shape: [4] });
+    const a = tf.layers.dense({ units: 2 }).apply(x) as tf.SymbolicTensor;
+    const b = tf.layers.dense({ units: 3 }).apply(x) as tf.SymbolicTensor;
+    const [part] = partitionModel(tf.model({ inputs: x, outputs: [a, b] }), 1);
+    const { loss } = resolveLoss('meanSquaredError');
+    expect(() => new StageCompute({ partition: part!, optimizer: tf.train.sgd(0.1), loss })).toThrow(/2 outputs; a pipeline trains models with one output/);
+  });
 });
