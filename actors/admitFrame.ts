@@ -5,17 +5,12 @@ import { formatKey, slotOf } from '../src/protocol/key.js';
 import { Phase } from '../src/protocol/phase.js';
 import type { StepPlan } from '../src/protocol/messages.js';
 import type { CutTensor } from '../src/compute/partition.js';
+import type { StageInput } from './stageMachine.js';
 import { microbatchSizes } from '../src/schedule/microbatch.js';
 import { receives } from '../src/schedule/needs.js';
 
 /** What a stage knows when it judges a frame. */
-export interface AdmitContext {
-  readonly job: string;
-  readonly rank: number;
-  readonly stages: number;
-  /** Tensors the stage takes and sends (after the batch dimension). */
-  readonly inputs: readonly CutTensor[];
-  readonly outputs: readonly CutTensor[];
+export interface AdmitContext extends StageInput {
   readonly step: number;
   /** The running step's plan; null when no step runs. */
   readonly plan: StepPlan | null;

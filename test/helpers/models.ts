@@ -63,3 +63,9 @@ export function maxAbsDiff(a: tf.LayersModel, b: tf.LayersModel): number {
   const wb = b.getWeights();
   return Math.max(...a.getWeights().map((t, i) => tf.tidy(() => tf.max(tf.abs(tf.sub(t, wb[i]!))).dataSync()[0]!)));
 }
+
+/** One pipeline step and one single-process `trainOnBatch` on the same batch: the step's result and the reference loss. */
+export async function stepBoth<R>(pipe: { trainStep(x: tf.Tensor, y: tf.Tensor): Promise<R> }, ref: tf.LayersModel, x: tf.Tensor, y: tf.Tensor): Promise<[R, number]> {
+  const r = await pipe.trainStep(x, y);
+  return [r, (await ref.trainOnBatch(x, y)) as number];
+}

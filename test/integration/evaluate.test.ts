@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createPipeline } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -28,8 +28,7 @@ describe('evaluate (forward only)', () => {
       expect(r.peakHeld).toEqual([0, 0]); // nothing is held for a backward when evaluating
       model.getWeights().forEach((w, i) => expect(tf.max(tf.abs(tf.sub(w, before[i]!))).dataSync()[0]).toBe(0));
       // Train, then evaluate again: still the reference's numbers.
-      await pipe.trainStep(x, y);
-      await ref.trainOnBatch(x, y);
+      await stepBoth(pipe, ref, x, y);
       const again = await pipe.evaluate(x, y);
       const [l2] = ref.evaluate(x, y, { batchSize: 30 }) as tf.Scalar[];
       expect(again.loss).toBeCloseTo(l2!.dataSync()[0]!, 5);

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, createPipeline, StageError } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -24,8 +24,7 @@ describe('a failing stage', () => {
     });
     const { x, y } = data(12, SIZES[0]!, 3, 4);
     try {
-      await pipe.trainStep(x, y);
-      await ref.trainOnBatch(x, y);
+      await stepBoth(pipe, ref, x, y);
       armed = true;
       const err = await pipe.trainStep(x, y).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(StageError);
@@ -33,8 +32,7 @@ describe('a failing stage', () => {
       expect((err as StageError).key).toBe('failing/2/2B0');
       expect((err as Error).message).toMatch(/loss exploded/);
       armed = false;
-      await pipe.trainStep(x, y);
-      await ref.trainOnBatch(x, y);
+      await stepBoth(pipe, ref, x, y);
       // The failed step left no gradient behind: two good steps equal two reference steps.
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
     } finally {
