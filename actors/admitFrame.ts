@@ -1,7 +1,7 @@
 /** Decides whether a stage takes a received frame: right job, step, phase, microbatch, shapes, first time. */
 import { DuplicateKeyError, ShapeError, StaleStepError, UnexpectedFrameError, type TroupeError } from '../src/errors.js';
 import type { Frame, WireTensor } from '../src/protocol/frame.js';
-import { formatKey, slotOf } from '../src/protocol/key.js';
+import { formatKey, slotOf, type Key } from '../src/protocol/key.js';
 import { Phase } from '../src/protocol/phase.js';
 import type { StepPlan } from '../src/protocol/messages.js';
 import type { CutTensor } from '../src/compute/partition.js';
@@ -34,14 +34,25 @@ export function splitInput(f: Frame): { xs: WireTensor[]; ys: WireTensor[] } {
   return { xs: f.tensors.filter((t) => t.name.startsWith('x')), ys: f.tensors.filter((t) => t.name.startsWith('y')) };
 }
 
+/**
+ * Null when a frame of key `k` belongs to the step this stage is running; otherwise why not.
+ * Checked on a chunk's headers before any bytes are assembled, and again on whole frames.
+ */
+export function admitStep(c: Pick<AdmitContext, 'job' | 'rank' | 'step' | 'plan'>, k: Key, from: string): TroupeError | null {
+  const id = formatKey(k);
+  if (k.job !== c.job) return new UnexpectedFrameError(`${id} from ${from}: job ${k.job} is not ${c.job}`);
+  if (k.step < c.step) return new StaleStepError(`${id} from ${from}: step ${k.step} is over (now ${c.step})`);
+  if (k.step > c.step || !c.plan) return new UnexpectedFrameError(`${id} from ${from}: step ${k.step} is not running on stage ${c.rank}`);
+  return null;
+}
+
 /** Null when the stage takes `f`; otherwise the typed error saying why not. */
 export function admitFrame(c: AdmitContext, f: Frame): TroupeError | null {
   const k = f.key;
   const id = formatKey(k);
-  if (k.job !== c.job) return new UnexpectedFrameError(`${id} from ${f.from}: job ${k.job} is not ${c.job}`);
-  if (k.step < c.step) return new StaleStepError(`${id} from ${f.from}: step ${k.step} is over (now ${c.step})`);
-  const plan = c.plan;
-  if (k.step > c.step || !plan) return new UnexpectedFrameError(`${id} from ${f.from}: step ${k.step} is not running on stage ${c.rank}`);
+  const wrongStep = admitStep(c, k, f.from);
+  if (wrongStep) return wrongStep;
+  const plan = c.plan!;
   const slot = slotOf(k.phase, k.microbatch);
   if (c.inbox[slot] || c.consumed.includes(slot)) return new DuplicateKeyError(`${id} from ${f.from}: received twice`);
   if (k.microbatch >= plan.microbatches) {

@@ -69,6 +69,13 @@ function allLossesIn(c: SchedulerContext): boolean {
   return c.losses.every((l) => l !== null);
 }
 
+/** A stage event names a real rank, a loss a real microbatch (rank -1 is the scheduler's own transport). */
+function inRange(c: SchedulerContext, e: StepEvent): boolean {
+  if (e.type === 'LOSS') return Number.isInteger(e.microbatch) && e.microbatch >= 0 && e.microbatch < c.req!.microbatches;
+  const minRank = e.type === 'STAGE_ERROR' ? -1 : 0;
+  return Number.isInteger(e.rank) && e.rank >= minRank && e.rank < c.stages;
+}
+
 /** Microbatches stage 0 may have been fed by now: its completed ones plus the schedule's bound. */
 function feedLimit(c: SchedulerContext): number {
   return Math.max(c.fed, Math.min(c.req!.microbatches, c.stage0Done + c.req!.feedBound));
@@ -119,7 +126,7 @@ export const schedulerMachine = setup({
     }),
   },
   guards: {
-    thisStep: ({ context, event }) => isStepEvent(event) && context.req !== null && event.step === context.req.step,
+    thisStep: ({ context, event }) => isStepEvent(event) && context.req !== null && event.step === context.req.step && inRange(context, event),
     allFed: ({ context }) => context.fed >= context.req!.microbatches,
     drained: ({ context }) => allLossesIn(context) && context.done.every(Boolean),
     forwardOnly: ({ context }) => context.req!.forwardOnly,
@@ -227,6 +234,22 @@ export const schedulerMachine = setup({
                 return { updated };
               }),
             },
+            // Some stages may have applied the update already: an abort cannot take it back, so
+            // the step fails as it is and says the stages' weights may now disagree.
+            STAGE_ERROR: {
+              guard: 'thisStep',
+              target: '#scheduler.idle',
+              actions: [
+                'keepFirstFailure',
+                {
+                  type: 'rejectStep',
+                  params: ({ context }) => ({
+                    step: context.req!.step,
+                    failure: { ...context.failure!, message: `${context.failure!.message} (during UPDATE: stages ${context.updated.flatMap((u, r) => (u ? [r] : [])).join(', ') || 'none'} had applied it; restore a checkpoint)` },
+                  }),
+                },
+              ],
+            },
           },
           always: { guard: 'allUpdated', target: 'finished' },
         },
@@ -261,7 +284,8 @@ export const schedulerMachine = setup({
       after: {
         stepTimeout: {
           // Already aborting (after a stage error): re-entering would start a second abortStep.
-          guard: not(stateIn('#scheduler.active.aborting')),
+          // Updating: stages apply the update in a moment; an abort would leave them disagreeing.
+          guard: and([not(stateIn('#scheduler.active.aborting')), not(stateIn('#scheduler.active.updating'))]),
           target: '.aborting',
           actions: assign(({ context }) => ({
             failure: context.failure ?? {

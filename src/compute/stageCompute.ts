@@ -139,22 +139,38 @@ export class StageCompute {
       if (dy.length !== this.part.outputs.length) {
         throw new ShapeError(`microbatch ${mb} gradient: ${dy.length} tensors received, stage ${this.part.rank} sends ${this.part.outputs.length}`);
       }
-      dy.forEach((w, i) => dys.push(toTensor(w, this.part.outputs[i], c.size, `microbatch ${mb} gradient ${i}`)));
+      try {
+        dy.forEach((w, i) => dys.push(toTensor(w, this.part.outputs[i], c.size, `microbatch ${mb} gradient ${i}`)));
+      } catch (err) {
+        tf.dispose(dys);
+        throw err;
+      }
     }
     const needInputGrads = this.part.rank > 0;
     const wrt = [...(needInputGrads ? c.inputs : []), ...this.part.variables];
     let metric: tf.Tensor | null = null;
-    const { value, grads } = tf.engine().gradients(
-      () => {
-        const outs = this.part.run(c.inputs, true);
-        if (!this.isLast) return tf.addN(outs.map((o, i) => tf.sum(tf.mul(o, dys[i]!))));
-        if (this.opts.metric) metric = tf.keep(shareOfBatch(this.opts.metric(c.labels[0]!, outs[0]!), c.size, batchSize));
-        return shareOfBatch(this.opts.loss!(c.labels[0]!, outs[0]!), c.size, batchSize);
-      },
-      wrt,
-      undefined,
-      true,
-    );
+    let taped: { value: tf.Scalar; grads: tf.Tensor[] };
+    try {
+      taped = tf.engine().gradients(
+        () => {
+          const outs = this.part.run(c.inputs, true);
+          if (!this.isLast) return tf.addN(outs.map((o, i) => tf.sum(tf.mul(o, dys[i]!))));
+          if (this.opts.metric) metric = tf.keep(shareOfBatch(this.opts.metric(c.labels[0]!, outs[0]!), c.size, batchSize));
+          return shareOfBatch(this.opts.loss!(c.labels[0]!, outs[0]!), c.size, batchSize);
+        },
+        wrt,
+        undefined,
+        true,
+      ) as { value: tf.Scalar; grads: tf.Tensor[] };
+    } catch (err) {
+      // The cached inputs stay for reset(); what this call made goes now. tfjs frees the tensors
+      // its tape saved only after a backward pass, so a forward that throws leaves them: free them here.
+      const tape = (tf.engine() as unknown as { state: { activeTape?: { saved?: tf.Tensor[] }[] } }).state.activeTape ?? [];
+      for (const node of tape) tf.dispose(node.saved ?? []);
+      tf.dispose([...dys, metric ?? []]);
+      throw err;
+    }
+    const { value, grads } = taped;
     const nIn = needInputGrads ? c.inputs.length : 0;
     this.part.variables.forEach((_, i) => {
       const g = grads[nIn + i];

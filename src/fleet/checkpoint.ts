@@ -80,8 +80,11 @@ export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'sa
   await writeSynced(join(dir, '.LATEST.tmp'), name);
   await rename(join(dir, '.LATEST.tmp'), join(dir, 'LATEST'));
   await syncDir(dir);
-  const old = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n)).sort((a, b) => Number(b.slice(5)) - Number(a.slice(5))).slice(keep);
-  await Promise.all(old.map((n) => rm(join(dir, n), { recursive: true, force: true })));
+  // Keep the new one and the newest keep-1 before it; later steps are left from an older run and go too.
+  const others = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n) && n !== name).map((n) => ({ n, step: Number(n.slice(5)) }));
+  const earlier = others.filter((o) => o.step < meta.step).sort((a, b) => b.step - a.step);
+  const drop = [...earlier.slice(Math.max(0, keep - 1)), ...others.filter((o) => o.step > meta.step)];
+  await Promise.all(drop.map((o) => rm(join(dir, o.n), { recursive: true, force: true })));
   return final;
 }
 

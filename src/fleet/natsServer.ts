@@ -58,7 +58,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   if (!existsSync(config)) throw new ConfigError(`NATS configuration ${config} does not exist`);
   const bin = findNatsServer();
   const args = ['-c', config, '-p', String(opts.port && opts.port > 0 ? opts.port : -1), ...(opts.args ?? [])];
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group: a terminal's Ctrl-C reaches the driver, which stops the server last.
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   live.add(child);
   let out = '';
   const exited = new Promise<void>((resolve) => child.once('exit', () => {

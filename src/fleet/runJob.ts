@@ -162,6 +162,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const say = (l: string) => out.write(`${l}\n`);
   const prep = await prepareJob(o);
   const { cfg, job, partitions, data } = prep;
+  if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted before it started`);
   const p = partitions.length;
   if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
   const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
@@ -172,6 +173,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   failure.promise.catch(() => {});
   const onAbort = () => failure.reject(new InterruptedError(`job ${job} interrupted`));
   o.signal?.addEventListener('abort', onAbort, { once: true });
+  if (o.signal?.aborted) onAbort(); // Ctrl-C while the job was being prepared
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
@@ -230,6 +232,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     }
     const heldOut = data.test ? await Promise.race([runner.run(data.test.x, data.test.y, true), failure.promise]) : null;
     const stats = await Promise.all(workers.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(job, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))));
+    if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted`);
     if (o.save) await saveModel(prep.model, o.save);
     const seconds = (performance.now() - t0) / 1000;
     say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);

@@ -35,13 +35,16 @@ export class Supervisor {
     this.children.set(rank, child);
     this.exits.set(
       rank,
-      new Promise<void>((resolve) =>
-        child.once('exit', (code, signal) => {
+      new Promise<void>((resolve) => {
+        const ended = (code: number | null, signal: NodeJS.Signals | null) => {
           live.delete(child);
           if (!this.stopping) this.onUnexpectedExit({ rank, code, signal });
           resolve();
-        }),
-      ),
+        };
+        child.once('exit', ended);
+        // A fork that fails (EAGAIN, ENOMEM) never exits: it errors.
+        child.once('error', () => child.exitCode === null && child.signalCode === null && ended(null, null));
+      }),
     );
     return child;
   }

@@ -13,6 +13,7 @@ import { WebSocketServer, WebSocket } from 'ws';
 import { decodeMessage } from '../protocol/messages.js';
 import { lastToken } from '../protocol/subjects.js';
 import { checkJobId } from '../protocol/subjects.js';
+import { TransportError, messageOf } from '../errors.js';
 import { Bus } from '../transport/bus.js';
 import { InspectorModel, type ModelUpdate } from './model.js';
 import { inspectorPage, statelyBridgePage } from './page.js';
@@ -97,8 +98,16 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
   ];
   await bus.flush();
 
+  let port = 0;
+  // Only this machine's pages: a Host or Origin of another name (DNS rebinding, a foreign page) is refused.
+  const local = (host: string | undefined) => host === `127.0.0.1:${port}` || host === `localhost:${port}`;
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
+    if (!local(req.headers.host)) {
+      res.writeHead(403, { 'content-type': 'text/plain' });
+      res.end('troupe inspect answers 127.0.0.1 and localhost only\n');
+      return;
+    }
     if (path === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
       res.end(inspectorPage(job));
@@ -119,13 +128,30 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
     }
   });
   if (o.stately) {
-    wss = new WebSocketServer({ server, path: '/ws' });
+    wss = new WebSocketServer({
+      server,
+      path: '/ws',
+      // Node clients send no Origin; browsers must come from this server's own pages.
+      verifyClient: ({ origin, req }: { origin: string | undefined; req: IncomingMessage }) => local(req.headers.host) && (origin === undefined || origin === '' || local(origin.replace(/^https?:\/\//, ''))),
+    });
     wss.on('connection', (ws) => {
       for (const text of relayed) ws.send(text);
     });
   }
-  await new Promise<void>((resolve) => server.listen(o.port ?? 0, '127.0.0.1', resolve));
-  const port = (server.address() as AddressInfo).port;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(o.port ?? 0, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (cause) {
+    await Promise.all(subs.map((s) => s.drain()));
+    await bus.close();
+    throw new TransportError(`troupe inspect cannot listen on 127.0.0.1:${o.port ?? 0}: ${messageOf(cause)}`, { cause });
+  }
+  port = (server.address() as AddressInfo).port;
   return {
     url: `http://127.0.0.1:${port}/`,
     wsUrl: o.stately ? `ws://127.0.0.1:${port}/ws` : null,

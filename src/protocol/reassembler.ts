@@ -17,8 +17,16 @@ interface Partial {
  */
 export class Reassembler {
   private readonly partial = new Map<string, Partial>();
+  private pendingBytes = 0;
 
-  constructor(private readonly maxPartial = 64) {}
+  /**
+   * @param maxPartial frames assembled at once
+   * @param maxPendingBytes bytes all partial frames may hold together (each is allocated whole on its first chunk)
+   */
+  constructor(
+    private readonly maxPartial = 64,
+    private readonly maxPendingBytes = 1024 * 1024 * 1024,
+  ) {}
 
   /** Number of frames with chunks still missing. */
   get pending(): number {
@@ -39,8 +47,12 @@ export class Reassembler {
       if (this.partial.size >= this.maxPartial) {
         throw new FrameError(`${this.maxPartial} frames are already being reassembled; ${name} refused`);
       }
+      if (this.pendingBytes + h.totalBytes > this.maxPendingBytes) {
+        throw new FrameError(`${name} needs ${h.totalBytes} bytes and ${this.pendingBytes} are already held by partial frames (limit ${this.maxPendingBytes})`);
+      }
       p = { header: h, body: new Uint8Array(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
       this.partial.set(id, p);
+      this.pendingBytes += h.totalBytes;
     } else if (
       p.header.chunks !== h.chunks ||
       p.header.chunkSize !== h.chunkSize ||
@@ -53,17 +65,30 @@ export class Reassembler {
     p.got[h.chunk] = 1;
     p.count++;
     if (p.count < h.chunks) return null;
-    this.partial.delete(id);
+    this.forget(id);
     return { key: h.key, from: h.from, tensors: tensorsFromBody(p.header, p.body) };
   }
 
-  /** Forgets the partial frames of steps before `step` (their chunks will never complete). */
-  dropBefore(step: number): void {
-    for (const [id, p] of this.partial) if (p.header.key.step < step) this.partial.delete(id);
+  private forget(id: string): void {
+    const p = this.partial.get(id);
+    if (!p) return;
+    this.pendingBytes -= p.header.totalBytes;
+    this.partial.delete(id);
+  }
+
+  /** Bytes held by partial frames. */
+  get heldBytes(): number {
+    return this.pendingBytes;
+  }
+
+  /** Forgets the partial frames of every step but `step` (older ones will never complete, later ones are not due). */
+  keepOnly(step: number): void {
+    for (const [id, p] of this.partial) if (p.header.key.step !== step) this.forget(id);
   }
 
   /** Forgets every partial frame. */
   clear(): void {
     this.partial.clear();
+    this.pendingBytes = 0;
   }
 }

@@ -1,7 +1,7 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
 import { createActor, fromPromise, type Actor } from 'xstate';
 import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
-import { FrameError, StageError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
+import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
 import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
 import { decodeAck, decodeMessage, encodeJson, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
@@ -153,20 +153,24 @@ export class SchedulerHost {
   async run(work: StepWork): Promise<StepOutcome> {
     if (!this.actor.getSnapshot().matches('idle')) throw new TransportError('a step is already running');
     this.work = work;
-    this.pending = deferred<StepOutcome>();
+    const pending = deferred<StepOutcome>();
+    this.pending = pending;
     const { plan: _p, inputs: _i, ...req } = work;
     this.actor.send({ type: 'START', req });
     try {
-      return await this.pending.promise;
+      return await pending.promise;
     } finally {
       await this.feeding;
-      this.pending = undefined;
-      this.work = undefined;
+      if (this.pending === pending) {
+        this.pending = undefined;
+        this.work = undefined;
+      }
     }
   }
 
   /** Stops the actor and drains the subscription. The bus stays open. */
   async close(): Promise<void> {
+    this.pending?.reject(new StateError('the scheduler was closed during the step'));
     this.actor.stop();
     await this.sub.drain();
   }

@@ -2,7 +2,7 @@
 import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { splitInput } from '../../actors/admitFrame.js';
+import { admitStep, splitInput } from '../../actors/admitFrame.js';
 import { stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
@@ -159,6 +159,9 @@ export class StageHost {
     try {
       const h = parseHeader(m.header, phase, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
       if (h.key.phase === Phase.UPDATE) return this.onUpdate(h.key.job, h.key.step);
+      // Judge the key before assembling: a chunk of another step or job allocates nothing.
+      const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
+      if (wrongStep) throw wrongStep;
       const frame = this.reassembler.accept(h, m.data);
       if (frame) this.actor.send({ type: 'FRAME', frame });
     } catch (err) {
@@ -248,7 +251,7 @@ export class StageHost {
     if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
     parseStageActions(plan.actions, this.rank);
-    this.reassembler.dropBefore(plan.step);
+    this.reassembler.keepOnly(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
     this.actor.send({ type: 'STEP', plan });

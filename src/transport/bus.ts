@@ -202,8 +202,9 @@ export class Bus {
     if (this.nc.isClosed()) return;
     try {
       await this.nc.drain();
-    } catch (cause) {
-      if (!this.nc.isClosed()) throw new TransportError(`drain failed: ${messageOf(cause)}`, { cause });
+    } catch {
+      // Draining needs the server; when it is gone, close outright (or reconnects would keep the process alive).
+      if (!this.nc.isClosed()) await this.nc.close();
     }
     this.subs.clear();
   }

@@ -286,17 +286,31 @@ describe('schedulerMachine: failures', () => {
     expect(h.failures).toEqual([{ step: 1, failure: { rank: 0, key: 'j/1/UPDATE', code: 'COMPUTE', message: 'x' } }]);
   });
 
-  it('a STAGE_ERROR while updating aborts too', async () => {
-    const h = harness({ stages: 1 });
+  it('a STAGE_ERROR while updating rejects without an abort, naming the stages that had updated', async () => {
+    const h = harness({ stages: 2 });
     h.actor.send({ type: 'START', req: req({ microbatches: 1, feedBound: 1 }) });
     await inState(h, 'draining');
     h.actor.send({ type: 'LOSS', step: 1, microbatch: 0, loss: 1, metric: null });
     h.actor.send({ type: 'DONE', rank: 0, step: 1, peakHeld: 1 });
+    h.actor.send({ type: 'DONE', rank: 1, step: 1, peakHeld: 1 });
     await inState(h, 'updating');
-    h.actor.send({ type: 'STAGE_ERROR', rank: 0, step: 1, failure: { key: 'j/1/UPDATE', code: 'COMPUTE', message: 'nan' } });
+    h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
+    h.actor.send({ type: 'STAGE_ERROR', rank: 1, step: 1, failure: { key: 'j/1/UPDATE', code: 'COMPUTE', message: 'nan' } });
     await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
-    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'update 1', 'abort 1', 'reject 1 COMPUTE']);
+    // An abort cannot take back stage 0's update: the step fails as it is.
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'update 1', 'reject 1 COMPUTE']);
+    expect(h.failures[0]!.failure.message).toMatch(/during UPDATE: stages 0 had applied it; restore a checkpoint/);
     expect(h.outcomes).toEqual([]);
+  });
+
+  it('ignores events naming a rank or microbatch the step does not have', async () => {
+    const h = harness({ stages: 2 });
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'LOSS', step: 1, microbatch: 5, loss: 100, metric: null });
+    h.actor.send({ type: 'DONE', rank: 7, step: 1, peakHeld: 1 });
+    expect(h.actor.getSnapshot().context.losses).toEqual([null, null]);
+    expect(h.actor.getSnapshot().context.done).toEqual([false, false]);
   });
 
   it('a beginStep that fails aborts and rejects with TRANSPORT', async () => {

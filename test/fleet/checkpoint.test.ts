@@ -45,6 +45,16 @@ describe('checkpoints', () => {
     expect(readFileSync(join(dir, 'LATEST'), 'utf8')).toBe('step-4');
   });
 
+  it('a new run in an old directory never prunes the checkpoint it just wrote', async () => {
+    fresh();
+    for (let s = 1; s <= 5; s++) await saveCheckpoint(dir, meta(s), states(s));
+    await saveCheckpoint(dir, meta(1), states(1, 3)); // a fresh run from step 1, same directory
+    const c = await loadCheckpoint(dir);
+    expect(c.meta.step).toBe(1);
+    expect(Array.from(c.states[0]!.tensors[0]!.data)).toEqual([3, 6, 9, 12, 15, 18]);
+    expect(readdirSync(dir).filter((n) => n.startsWith('step-'))).toEqual(['step-1']);
+  });
+
   it('a crash before LATEST moves leaves the previous checkpoint in force', async () => {
     fresh();
     await saveCheckpoint(dir, meta(4), states(4));

@@ -76,14 +76,15 @@ describe('troupe up with 2 worker processes', () => {
     expect(maxAbsDiff(await loadSaved(join(tmp, 'resumed')), await loadSaved(join(tmp, 'straight')))).toBeLessThan(1e-6);
   });
 
-  it('SIGINT mid-run: non-zero exit, every process gone, the last checkpoint loads', async () => {
+  it('Ctrl-C mid-run (SIGINT to the whole process group): non-zero exit, every process gone, the last checkpoint loads', async () => {
     const dir = join(tmp, 'sigint');
     // 10,000 epochs: the run cannot end before the signal.
-    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' });
+    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' }, true);
     await run.waitFor(/checkpoint step 3 saved/);
     const pids = printedPids(run.output());
     expect(pids).toHaveLength(3);
-    run.child.kill('SIGINT');
+    // As a terminal does: the driver and the workers it forked all get SIGINT.
+    process.kill(-run.child.pid!, 'SIGINT');
     const { code } = await run.exit;
     expect(code).toBe(130);
     for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);

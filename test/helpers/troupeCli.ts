@@ -14,9 +14,12 @@ export interface CliRun {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Starts `troupe <args>` (with extra environment variables). */
-export function troupe(args: readonly string[], env: Record<string, string> = {}): CliRun {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TROUPE_BACKEND: 'wasm', ...env } });
+/**
+ * Starts `troupe <args>` (with extra environment variables). With `group`, it leads a process
+ * group of its own, as a terminal's foreground job does, so a test can signal the whole group.
+ */
+export function troupe(args: readonly string[], env: Record<string, string> = {}, group = false): CliRun {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TROUPE_BACKEND: 'wasm', ...env }, detached: group });
   let out = '';
   const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void }[] = [];
   const onData = (b: Buffer) => {

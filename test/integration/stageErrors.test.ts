@@ -25,6 +25,7 @@ describe('a failing stage', () => {
     const { x, y } = data(12, SIZES[0]!, 3, 4);
     try {
       await stepBoth(pipe, ref, x, y);
+      const tensorsBefore = tf.memory().numTensors;
       armed = true;
       const err = await pipe.trainStep(x, y).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(StageError);
@@ -35,6 +36,8 @@ describe('a failing stage', () => {
       await stepBoth(pipe, ref, x, y);
       // The failed step left no gradient behind: two good steps equal two reference steps.
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+      // Nor any tensor (the reference model's optimizer made its slots before the first count).
+      expect(tf.memory().numTensors).toBe(tensorsBefore);
     } finally {
       await pipe.close();
       tf.dispose([x, y]);

@@ -636,13 +636,15 @@ describe('Reassembler refusals and bookkeeping', () => {
     expect(r.accept(headerOf(single), single.data)).not.toBeNull();
   });
 
-  it('dropBefore forgets older steps only; clear forgets all', () => {
+  it('keepOnly forgets other steps, older and later; clear forgets all', () => {
     const at = (step: number): WireMessage[] => encodeFrame(frameOf([x], { ...KEY, step }), 16);
-    const [s4, s5, s6] = [at(4), at(5), at(6)];
+    const [s4, s5, s6, s7] = [at(4), at(5), at(6), at(7)];
     const r = new Reassembler();
-    for (const m of [s4[0]!, s5[0]!, s6[0]!]) expect(r.accept(headerOf(m), m.data)).toBeNull();
-    r.dropBefore(6);
+    for (const m of [s4[0]!, s5[0]!, s6[0]!, s7[0]!]) expect(r.accept(headerOf(m), m.data)).toBeNull();
+    expect(r.heldBytes).toBe(4 * 40);
+    r.keepOnly(6);
     expect(r.pending).toBe(1);
+    expect(r.heldBytes).toBe(40);
     // Step 6 survives and completes.
     expect(r.accept(headerOf(s6[1]!), s6[1]!.data)).toBeNull();
     expect(r.accept(headerOf(s6[2]!), s6[2]!.data)?.key.step).toBe(6);
@@ -666,5 +668,18 @@ describe('encode-side checks', () => {
     const [m] = encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'int32', shape: [1], data: new Int32Array(1) }, { name: 'a1', dtype: 'int32', shape: [1], data: new Int32Array(1) }] }, 1024);
     const h: Record<string, string> = { ...m!.headers, 'Troupe-Tensors': 'a0:int32:1;a0:int32:1' };
     expect(() => parseHeader((k) => h[k], 'FORWARD', 1 << 20)).toThrow(/names a tensor twice/);
+  });
+
+  it('refuses a partial frame that would take the held bytes over the limit, and frees them when frames complete', () => {
+    const x: WireTensor = { name: 'x', dtype: 'float32', shape: [10], data: new Float32Array(10) };
+    const at = (mb: number): WireMessage[] => encodeFrame(frameOf([x], { ...KEY, microbatch: mb }), 16);
+    const r = new Reassembler(64, 100); // 40-byte frames: two fit, a third does not
+    const [a, b, c] = [at(0), at(1), at(2)];
+    expect(r.accept(headerOf(a[0]!), a[0]!.data)).toBeNull();
+    expect(r.accept(headerOf(b[0]!), b[0]!.data)).toBeNull();
+    frameError(() => r.accept(headerOf(c[0]!), c[0]!.data), /needs 40 bytes and 80 are already held by partial frames \(limit 100\)/);
+    for (const m of a.slice(1)) r.accept(headerOf(m), m.data);
+    expect(r.heldBytes).toBe(40);
+    expect(r.accept(headerOf(c[0]!), c[0]!.data)).toBeNull();
   });
 });
