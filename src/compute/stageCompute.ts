@@ -42,6 +42,12 @@ export class StageCompute {
   private readonly part: StagePartition;
   private readonly isLast: boolean;
 
+  /** The compute of one partition: the loss and metric go to the last stage only. */
+  static forPartition(partition: StagePartition, optimizer: tf.Optimizer, objective: { loss: LossFn; metric: LossFn | null }): StageCompute {
+    const last = partition.rank === partition.stages - 1;
+    return new StageCompute({ partition, optimizer, ...(last ? objective : {}) });
+  }
+
   constructor(private readonly opts: StageComputeOptions) {
     this.part = opts.partition;
     this.isLast = this.part.rank === this.part.stages - 1;

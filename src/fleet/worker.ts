@@ -37,9 +37,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const parts = partitionModel(model, cfg.stages);
   const partition = parts[o.rank];
   if (!partition) throw new ConfigError(`rank ${o.rank} does not exist: job ${o.job} has ${parts.length} stages`);
-  const last = o.rank === parts.length - 1;
-  const { loss, metric } = resolveLoss(cfg.loss, cfg.metric);
-  const compute = new StageCompute({ partition, optimizer: optimizerFactory(cfg.optimizer)(), ...(last ? { loss, metric } : {}) });
+  const compute = StageCompute.forPartition(partition, optimizerFactory(cfg.optimizer)(), resolveLoss(cfg.loss, cfg.metric));
   const bus = await Bus.connect({ servers: o.nats, name: `troupe-${o.job}-worker-${o.rank}` });
   const host = await StageHost.start({ bus, job: o.job, partition, compute, identity: { backend: choice.name, device }, inspect: o.inspect ?? false });
   log(`troupe worker: job ${o.job} rank ${o.rank}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);

@@ -111,8 +111,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   };
   try {
     for (const partition of partitions) {
-      const last = partition.rank === p - 1;
-      const compute = new StageCompute({ partition, optimizer: makeOptimizer(), ...(last ? { loss, metric } : {}) });
+      const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric });
       computes.push(compute);
       hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false }));
     }
