@@ -193,9 +193,9 @@ export class StageHost {
       else if (verb === CtlVerb.DUMP) reply = await this.dump();
       else throw new FrameError(`unknown control verb "${verb}"`);
     } catch (err) {
+      // The requester reads the refusal in the reply; frames refused are counted apart.
       const e = err instanceof TroupeError ? err : new StateError(messageOf(err));
       reply = { ok: false, code: e.code, message: e.message } satisfies Ack;
-      this.reject(m.subject, e);
     }
     m.respond(encodeJson(reply));
   }
@@ -266,6 +266,7 @@ export class StageHost {
   private async execute({ action, frames, plan }: ExecuteInput): Promise<void> {
     const { job, bus, compute, partition } = this.o;
     const t0 = performance.now();
+    const waitedBefore = bus.inFlightWaitMs;
     const rank = partition.rank;
     const last = rank === partition.stages - 1;
     const mb = action.microbatch;
@@ -288,7 +289,8 @@ export class StageHost {
     }
     if (res.loss !== undefined) this.emit(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
     const ms = performance.now() - t0;
-    this.busyMs += ms;
+    // Busy is compute and sending; time spent waiting for the server to take bytes is not.
+    this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
     this.emit(SchedEvent.ACTION, { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms });
   }
 

@@ -56,8 +56,9 @@ export class Bus {
   /** Bytes published and received, headers excluded. */
   bytesOut = 0;
   bytesIn = 0;
-  /** Times `publish` waited for the server because `maxInFlightBytes` were out. */
+  /** Times, and milliseconds in all, `publish` waited for the server because `maxInFlightBytes` were out. */
   inFlightWaits = 0;
+  inFlightWaitMs = 0;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -97,7 +98,9 @@ export class Bus {
   async publish(subject: string, data: Uint8Array, headers?: Record<string, string>): Promise<void> {
     if (this.inFlight >= this.maxInFlight) {
       this.inFlightWaits++;
+      const t0 = performance.now();
       await this.flushInFlight();
+      this.inFlightWaitMs += performance.now() - t0;
     }
     try {
       this.nc.publish(subject, data, headers ? { headers: toNatsHeaders(headers) } : undefined);
