@@ -7,7 +7,9 @@ import type { Bus } from '../transport/bus.js';
 /** One event of the trace event format (the subset Troupe writes). */
 export interface TraceEvent {
   readonly name: string;
-  readonly ph: 'X' | 'M';
+  readonly ph: 'X' | 'M' | 's' | 'f';
+  readonly id?: number;
+  readonly bp?: 'e';
   readonly pid: number;
   readonly tid: number;
   readonly ts?: number;
@@ -18,9 +20,31 @@ export interface TraceEvent {
 
 const CATEGORY: Record<string, string> = { F: 'forward', B: 'backward', W: 'weight' };
 
+/**
+ * Flow arrows (Perfetto draws them): activations from F on stage r to F on stage r+1, and
+ * gradients from B on stage r+1 to B on stage r, for each step and microbatch.
+ */
+function flows(actions: readonly ActionEvent[], us: (t: number) => number): TraceEvent[] {
+  const at = new Map(actions.map((a) => [`${a.step}/${a.rank}/${a.action}`, a]));
+  const out: TraceEvent[] = [];
+  let id = 0;
+  for (const a of actions) {
+    const kind = a.action[0];
+    const next = kind === 'F' ? a.rank + 1 : a.rank - 1;
+    const to = at.get(`${a.step}/${next}/${a.action}`);
+    if (!to || (kind !== 'F' && kind !== 'B')) continue;
+    id++;
+    const name = kind === 'F' ? 'activation' : 'gradient';
+    out.push({ name, cat: 'flow', ph: 's', id, pid: 0, tid: a.rank, ts: us(a.t0 + a.ms) });
+    out.push({ name, cat: 'flow', ph: 'f', bp: 'e', id, pid: 0, tid: to.rank, ts: Math.max(us(a.t0 + a.ms), us(to.t0)) });
+  }
+  return out;
+}
+
 /** Converts action events into trace events: `ts`/`dur` in microseconds from the first action, one thread per stage. */
 export function toTraceEvents(job: string, actions: readonly ActionEvent[]): TraceEvent[] {
   const origin = Math.min(...actions.map((a) => a.t0));
+  const us = (t: number) => Math.round((t - origin) * 1000);
   const ranks = [...new Set(actions.map((a) => a.rank))].sort((a, b) => a - b);
   return [
     { name: 'process_name', ph: 'M', pid: 0, tid: 0, args: { name: `troupe job ${job}` } },
@@ -31,10 +55,11 @@ export function toTraceEvents(job: string, actions: readonly ActionEvent[]): Tra
       ph: 'X',
       pid: 0,
       tid: a.rank,
-      ts: Math.round((a.t0 - origin) * 1000),
+      ts: us(a.t0),
       dur: Math.max(1, Math.round(a.ms * 1000)),
       args: { step: a.step, microbatch: Number(a.action.slice(1)), stage: a.rank },
     })),
+    ...flows(actions, us),
   ];
 }
 

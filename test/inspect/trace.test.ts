@@ -34,6 +34,9 @@ describe('--trace', () => {
         expect(e.dur).toBeGreaterThan(0);
         expect(e.args?.microbatch).toBe(Number(e.name.slice(1)));
       }
+      // Flow arrows: F of stage 0 -> stage 1 for every microbatch (3 x 4 + 4 held-out), B of stage 1 -> stage 0 (3 x 4).
+      expect(doc.traceEvents.filter((e) => e.ph === 's')).toHaveLength(3 * 4 + 4 + 3 * 4);
+      expect(doc.traceEvents.filter((e) => e.ph === 'f')).toHaveLength(3 * 4 + 4 + 3 * 4);
       for (const step of [1, 2, 3]) {
         for (const tid of [0, 1]) {
           const names = actions.filter((e) => e.args?.step === step && e.tid === tid).map((e) => e.name).sort();
@@ -45,11 +48,28 @@ describe('--trace', () => {
     }
   });
 
+  it('links F to the next stage and B to the previous one with flow arrows', () => {
+    const ev = toTraceEvents('j', [
+      { rank: 0, step: 2, action: 'F1', t0: 10, ms: 1 },
+      { rank: 1, step: 2, action: 'F1', t0: 11.5, ms: 1 },
+      { rank: 1, step: 2, action: 'B1', t0: 13, ms: 2 },
+      { rank: 0, step: 2, action: 'B1', t0: 15.5, ms: 1 },
+    ]);
+    expect(ev.filter((e) => e.ph === 's' || e.ph === 'f').map((e) => [e.name, e.ph, e.id, e.tid, e.ts])).toEqual([
+      ['activation', 's', 1, 0, 1000],
+      ['activation', 'f', 1, 1, 1500],
+      ['gradient', 's', 2, 1, 5000],
+      ['gradient', 'f', 2, 0, 5500],
+    ]);
+  });
+
   it('places actions in microseconds from the first one', () => {
     const ev = toTraceEvents('j', [
       { rank: 1, step: 1, action: 'F0', t0: 1000.5, ms: 2 },
       { rank: 0, step: 1, action: 'B0', t0: 1000, ms: 0.25 },
     ]);
+    // Stage 0's B0 ends at 1000.25, so no gradient flow: B on rank 0 has no stage -1 to go to.
+    expect(ev.filter((e) => e.ph === 's' || e.ph === 'f')).toEqual([]);
     expect(ev.filter((e) => e.ph === 'X')).toEqual([
       { name: 'F0', cat: 'forward', ph: 'X', pid: 0, tid: 1, ts: 500, dur: 2000, args: { step: 1, microbatch: 0, stage: 1 } },
       { name: 'B0', cat: 'backward', ph: 'X', pid: 0, tid: 0, ts: 0, dur: 250, args: { step: 1, microbatch: 0, stage: 0 } },
