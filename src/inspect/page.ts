@@ -66,11 +66,12 @@ function diagram(def) {
   let x = 10, y = 14, rowH = 0; const maxW = 1100; let svg = '';
   for (const [name, node] of states) {
     const kids = Object.keys(node.states || {});
-    const w = kids.length ? Math.max(boxWidth(name), kids.reduce((n, k) => n + boxWidth(k) + 8, 8)) : boxWidth(name);
+    const label = name + (node.type === 'final' ? ' (final)' : '');
+    const w = kids.length ? Math.max(boxWidth(label), kids.reduce((n, k) => n + boxWidth(k) + 8, 8)) : boxWidth(label);
     const h = kids.length ? 62 : 28;
     if (x + w > maxW) { x = 10; y += rowH + 34; rowH = 0; }
     boxes.set(name, { x, y, w, h });
-    svg += '<g class="state' + (kids.length ? ' compound' : '') + '" data-path="' + esc(name) + '"><rect x="' + x + '" y="' + y + '" width="' + w + '" height="' + h + '"/><text x="' + (x + 8) + '" y="' + (y + 17) + '">' + esc(name) + (node.type === 'final' ? ' (final)' : '') + '</text></g>';
+    svg += '<g class="state' + (kids.length ? ' compound' : '') + '" data-path="' + esc(name) + '"><rect x="' + x + '" y="' + y + '" width="' + w + '" height="' + h + '"/><text x="' + (x + 8) + '" y="' + (y + 17) + '">' + esc(label) + '</text></g>';
     let cx = x + 8;
     for (const k of kids) {
       const kw = boxWidth(k);
