@@ -44,3 +44,6 @@ export type { RunJobOptions, RunJobResult } from './fleet/runJob.js';
 export { runWorker } from './fleet/worker.js';
 export { saveCheckpoint, loadCheckpoint, CheckpointError } from './fleet/checkpoint.js';
 export { loadDigits } from './data/mnist.js';
+export { simulate } from './schedule/simulate.js';
+export type { Simulation, ActionCosts } from './schedule/simulate.js';
+export { drawTerminal, drawSvg } from './schedule/draw.js';

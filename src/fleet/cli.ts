@@ -5,6 +5,10 @@ import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
 import { runWorker } from './worker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
+import { drawSvg, drawTerminal } from '../schedule/draw.js';
+import { buildSchedule } from '../schedule/schedules.js';
+import { simulate } from '../schedule/simulate.js';
+import { writeAtomically } from '../writeAtomically.js';
 
 const HELP: Record<string, string> = {
   main: `troupe: pipeline-parallel training with xstate actors over NATS
@@ -15,6 +19,7 @@ commands:
   up <job-config>     run a job: nats-server, one worker process per stage, training, summary
   worker              join a job's fleet as one stage (on this or another host)
   inspect             serve a live inspector page (and the Stately relay) for a job
+  schedule show       simulate a schedule and draw its timeline (terminal, SVG)
 
 troupe <command> --help shows a command's options.`,
   up: `usage: troupe up <job-config> [options]
@@ -63,6 +68,11 @@ options:
   --stately           also relay the events in the @statelyai/inspect WebSocket format on
                       /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
+  schedule: `usage: troupe schedule show <gpipe|1f1b> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--comm <t>] [--svg <file>]
+
+Simulates one step of the schedule with per-action costs (default forward 1, backward 2,
+transfer 0 time units) and prints the timeline, the step time, the bubble next to
+(p-1)/(m+p-1) and the peak activations per stage; --svg also writes the picture.`,
 };
 
 /** A command line that cannot run: wrong flags or values. */
@@ -187,6 +197,45 @@ async function inspect(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function schedule(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      stages: { type: 'string', short: 'p' },
+      microbatches: { type: 'string', short: 'm' },
+      forward: { type: 'string' },
+      backward: { type: 'string' },
+      comm: { type: 'string' },
+      svg: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return print(HELP['schedule']!);
+  const [verb, name, ...extra] = positionals;
+  if (verb !== 'show' || !name || extra.length) throw new UsageError('usage: troupe schedule show <gpipe|1f1b> -p <stages> -m <microbatches>');
+  const p = intOf('-p', values.stages ?? '', 1)!;
+  const m = intOf('-m', values.microbatches ?? '', 1)!;
+  const cost = (flag: string, v: string | undefined, d: number) => {
+    if (v === undefined) return d;
+    const n = Number(v);
+    if (!(n >= 0) || !Number.isFinite(n)) throw new UsageError(`${flag} must be a non-negative number, got "${v}"`);
+    return n;
+  };
+  const sim = simulate(buildSchedule(name, p, m), { F: cost('--forward', values.forward, 1), B: cost('--backward', values.backward, 2), comm: cost('--comm', values.comm, 0) });
+  const lines = [
+    `${name}, p=${p}, m=${m}: step ${sim.stepTime} time units`,
+    drawTerminal(sim),
+    `bubble: simulated ${(sim.bubble * 100).toFixed(1)}%, (p-1)/(m+p-1) = ${(((p - 1) / (m + p - 1)) * 100).toFixed(1)}%`,
+    `peak activations per stage: ${sim.peakActivations.join(' ')}`,
+  ];
+  if (values.svg) {
+    await writeAtomically(values.svg, drawSvg(sim));
+    lines.push(`picture: ${values.svg}`);
+  }
+  return print(lines.join('\n'));
+}
+
 function print(text: string): number {
   process.stdout.write(`${text}\n`);
   return 0;
@@ -200,6 +249,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
     if (cmd === 'inspect') return await inspect(rest);
+    if (cmd === 'schedule') return await schedule(rest);
     throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);
   } catch (err) {
     const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');

@@ -1,3 +1,6 @@
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { useNatsServer } from '../helpers/nats.js';
@@ -57,5 +60,22 @@ describe('troupe command line', () => {
     const { code, output } = await troupeToEnd(['worker', '--nats', nats.server.url, '--job', 'tiny', '--rank', '5', '--config', fixture('tiny.job.ts')]);
     expect(code).toBe(1);
     expect(output).toMatch(/rank 5 does not exist: job tiny has 2 stages/);
+  });
+
+  it('schedule show draws a simulated timeline, prints the bubble beside the formula and writes an SVG', async () => {
+    const svg = join(tmpdir(), `troupe-schedule-${process.pid}.svg`);
+    try {
+      const { code, output } = await troupeToEnd(['schedule', 'show', '1f1b', '-p', '4', '-m', '8', '--svg', svg]);
+      expect(code, output).toBe(0);
+      expect(output).toMatch(/1f1b, p=4, m=8: step 33 time units/);
+      expect(output.split('\n').filter((l) => /^ \d \|/.test(l))).toHaveLength(4);
+      expect(output).toMatch(/bubble: simulated 27\.3%, \(p-1\)\/\(m\+p-1\) = 27\.3%/);
+      expect(output).toMatch(/peak activations per stage: 4 3 2 1/);
+      expect(readFileSync(svg, 'utf8').match(/<rect /g)).toHaveLength(4 * 8 * 2);
+    } finally {
+      rmSync(svg, { force: true });
+    }
+    expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({ code: 1, output: expect.stringMatching(/unknown schedule "zigzag"/) });
+    expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({ code: 2, output: expect.stringMatching(/-p must be an integer/) });
   });
 });

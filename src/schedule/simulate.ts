@@ -1,0 +1,72 @@
+/**
+ * A schedule simulator: given per-action costs, the timeline each stage would follow, the
+ * step time, the bubble and the peak activations per stage. Every stage runs its list in
+ * order; an action starts when its stage is free and its dependencies (dependencies()) have
+ * ended, plus a transfer cost between stages.
+ */
+import { ScheduleError } from '../errors.js';
+import { formatAction, type Action, type Schedule } from './action.js';
+import { maxInFlight } from './constraint.js';
+import { dependencies } from './validate.js';
+
+/** Time units per action kind (the same on every stage) and per message between stages. */
+export interface ActionCosts {
+  readonly F: number;
+  readonly B: number;
+  readonly comm?: number;
+}
+
+/** One action placed in time. */
+export interface Placed {
+  readonly action: Action;
+  readonly start: number;
+  readonly end: number;
+}
+
+/** What the simulator predicts for one step. */
+export interface Simulation {
+  readonly stages: number;
+  readonly microbatches: number;
+  /** Per stage, its actions in time. */
+  readonly timeline: readonly (readonly Placed[])[];
+  readonly stepTime: number;
+  /** Idle share of all stage time: 1 - busy / (stages x step time). */
+  readonly bubble: number;
+  /** Most microbatches each stage holds for a backward. */
+  readonly peakActivations: readonly number[];
+}
+
+/** Simulates `s`; throws a ScheduleError naming the stuck actions if it cannot finish. */
+export function simulate(s: Schedule, costs: ActionCosts = { F: 1, B: 2 }): Simulation {
+  const p = s.length;
+  const comm = costs.comm ?? 0;
+  const ends = new Map<string, number>();
+  const free = s.map(() => 0);
+  const cursor = s.map(() => 0);
+  const timeline: Placed[][] = s.map(() => []);
+  let placed = true;
+  while (placed) {
+    placed = false;
+    for (let st = 0; st < p; st++) {
+      const row = s[st]!;
+      while (cursor[st]! < row.length) {
+        const a = row[cursor[st]!]!;
+        const deps = dependencies(a, p).map((d) => ends.get(formatAction(d)));
+        if (deps.some((e) => e === undefined)) break;
+        const start = Math.max(free[st]!, ...deps.map((e) => e! + comm));
+        const end = start + (a.kind === 'F' ? costs.F : costs.B);
+        timeline[st]!.push({ action: a, start, end });
+        ends.set(formatAction(a), end);
+        free[st] = end;
+        cursor[st]!++;
+        placed = true;
+      }
+    }
+  }
+  const stuck = s.flatMap((row, st) => (cursor[st]! < row.length ? [formatAction(row[cursor[st]!]!)] : []));
+  if (stuck.length) throw new ScheduleError(`the schedule cannot finish: stuck at ${stuck.join(', ')}`);
+  const stepTime = Math.max(0, ...free);
+  const busy = timeline.flat().reduce((n, x) => n + (x.end - x.start), 0);
+  const m = new Set(s.flat().map((a) => a.microbatch)).size;
+  return { stages: p, microbatches: m, timeline, stepTime, bubble: stepTime > 0 ? 1 - busy / (p * stepTime) : 0, peakActivations: s.map(maxInFlight) };
+}
