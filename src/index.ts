@@ -47,3 +47,4 @@ export { loadDigits } from './data/mnist.js';
 export { simulate } from './schedule/simulate.js';
 export type { Simulation, ActionCosts } from './schedule/simulate.js';
 export { drawTerminal, drawSvg } from './schedule/draw.js';
+export { parseScheduleTable, loadScheduleFile } from './schedule/scheduleFile.js';

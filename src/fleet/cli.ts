@@ -8,6 +8,8 @@ import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
 import { buildSchedule } from '../schedule/schedules.js';
 import { simulate } from '../schedule/simulate.js';
+import { loadScheduleFile } from '../schedule/scheduleFile.js';
+import { existsSync } from 'node:fs';
 import { writeAtomically } from '../writeAtomically.js';
 
 const HELP: Record<string, string> = {
@@ -68,7 +70,7 @@ options:
   --stately           also relay the events in the @statelyai/inspect WebSocket format on
                       /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
-  schedule: `usage: troupe schedule show <gpipe|1f1b> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--comm <t>] [--svg <file>]
+  schedule: `usage: troupe schedule show <gpipe|1f1b|table-file> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--comm <t>] [--svg <file>]
 
 Simulates one step of the schedule with per-action costs (default forward 1, backward 2,
 transfer 0 time units) and prints the timeline, the step time, the bubble next to
@@ -222,7 +224,9 @@ async function schedule(argv: string[]): Promise<number> {
     if (!(n >= 0) || !Number.isFinite(n)) throw new UsageError(`${flag} must be a non-negative number, got "${v}"`);
     return n;
   };
-  const sim = simulate(buildSchedule(name, p, m), { F: cost('--forward', values.forward, 1), B: cost('--backward', values.backward, 2), comm: cost('--comm', values.comm, 0) });
+  // A name, or a file with a table of actions per stage (its own p and m must match -p and -m).
+  const table = existsSync(name) ? await loadScheduleFile(name) : null;
+  const sim = simulate(buildSchedule(table ?? name, p, m), { F: cost('--forward', values.forward, 1), B: cost('--backward', values.backward, 2), comm: cost('--comm', values.comm, 0) });
   const lines = [
     `${name}, p=${p}, m=${m}: step ${sim.stepTime} time units`,
     drawTerminal(sim),

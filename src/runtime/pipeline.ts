@@ -22,8 +22,8 @@ export interface PipelineOptions {
   readonly stages: StageSpec;
   /** Microbatches per step. */
   readonly microbatches: number;
-  /** `'1f1b'` (default) or `'gpipe'`. */
-  readonly schedule?: string;
+  /** `'1f1b'` (default), `'gpipe'`, or a schedule as data (validated against stages and microbatches). */
+  readonly schedule?: string | Schedule;
   /** Each stage gets its own optimizer made from this. */
   readonly optimizer: OptimizerSpec;
   /** A tfjs loss name or a function of (labels, predictions). */

@@ -19,8 +19,15 @@ export function isScheduleName(s: string): s is ScheduleName {
   return Object.prototype.hasOwnProperty.call(BUILDERS, s);
 }
 
-/** Builds and validates the named schedule, or throws a ConfigError listing the known names. */
-export function buildSchedule(name: string, p: number, m: number): Schedule {
+/**
+ * Builds and validates the named schedule, or validates a given one (a table of actions per
+ * stage) against p and m; throws a ConfigError listing the known names for an unknown one.
+ */
+export function buildSchedule(name: string | Schedule, p: number, m: number): Schedule {
+  if (typeof name !== 'string') {
+    validateSchedule(name, p, m);
+    return name;
+  }
   if (!isScheduleName(name)) {
     throw new ConfigError(`unknown schedule "${name}"; known: ${Object.keys(BUILDERS).join(', ')}`);
   }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { createPipeline } from '../../src/index.js';
+import { createPipeline, parseScheduleTable } from '../../src/index.js';
 import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
@@ -58,6 +58,30 @@ describe('any tf.train optimizer, any tfjs loss', () => {
         expect(r.microbatchLosses).toHaveLength(3);
       }
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('a hand-written schedule table trains like single-process tfjs, holding what its table says', async () => {
+    const table = parseScheduleTable('0: F0 F1 B0 F2 B1 B2\n1: F0 F1 B0 B1 F2 B2\n');
+    const SIZES = [8, 12, 3];
+    const model = mlp(SIZES, 71);
+    const ref = mlp(SIZES, 72);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+    const pipe = await createPipeline({ model, stages: 2, microbatches: 3, schedule: table, optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const { x, y } = data(9, SIZES[0]!, 3, 5);
+    try {
+      for (let s = 0; s < 3; s++) {
+        const [r, refLoss] = await stepBoth(pipe, ref, x, y);
+        expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+        expect(r.peakHeld).toEqual([2, 2]);
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+      // A table for other sizes is refused before anything starts.
+      await expect(createPipeline({ model, stages: 2, microbatches: 4, schedule: table, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } })).rejects.toThrow(/action 0F3 is missing/);
     } finally {
       await pipe.close();
       tf.dispose([x, y]);
