@@ -1,13 +1,13 @@
 /**
  * A schedule simulator: given per-action costs, the timeline each stage would follow, the
  * step time, the bubble and the peak activations per stage. Every stage runs its list in
- * order; an action starts when its stage is free and its dependencies (dependencies()) have
+ * order; an action starts when its stage is free and its dependencies (walk.ts) have
  * ended, plus a transfer cost between stages.
  */
 import { ScheduleError } from '../errors.js';
 import { formatAction, type Action, type Schedule } from './action.js';
 import { maxInFlight } from './constraint.js';
-import { dependencies } from './validate.js';
+import { walk } from './walk.js';
 
 /** Time units per action kind (the same on every stage) and per message between stages. */
 export interface ActionCosts {
@@ -40,31 +40,16 @@ export interface Simulation {
 export function simulate(s: Schedule, costs: ActionCosts = { F: 1, B: 2 }): Simulation {
   const p = s.length;
   const comm = costs.comm ?? 0;
-  const ends = new Map<string, number>();
   const free = s.map(() => 0);
-  const cursor = s.map(() => 0);
   const timeline: Placed[][] = s.map(() => []);
-  let placed = true;
-  while (placed) {
-    placed = false;
-    for (let st = 0; st < p; st++) {
-      const row = s[st]!;
-      while (cursor[st]! < row.length) {
-        const a = row[cursor[st]!]!;
-        const deps = dependencies(a, p).map((d) => ends.get(formatAction(d)));
-        if (deps.some((e) => e === undefined)) break;
-        const start = Math.max(free[st]!, ...deps.map((e) => e! + comm));
-        const end = start + (a.kind === 'F' ? costs.F : costs.B);
-        timeline[st]!.push({ action: a, start, end });
-        ends.set(formatAction(a), end);
-        free[st] = end;
-        cursor[st]!++;
-        placed = true;
-      }
-    }
-  }
-  const stuck = s.flatMap((row, st) => (cursor[st]! < row.length ? [formatAction(row[cursor[st]!]!)] : []));
-  if (stuck.length) throw new ScheduleError(`the schedule cannot finish: stuck at ${stuck.join(', ')}`);
+  const stuck = walk(s, (a, st, depEnds) => {
+    const start = Math.max(free[st]!, ...depEnds.map((e) => e + comm));
+    const end = start + (a.kind === 'F' ? costs.F : costs.B);
+    timeline[st]!.push({ action: a, start, end });
+    free[st] = end;
+    return end;
+  });
+  if (stuck.length) throw new ScheduleError(`the schedule cannot finish: stuck at ${stuck.map(formatAction).join(', ')}`);
   const stepTime = Math.max(0, ...free);
   const busy = timeline.flat().reduce((n, x) => n + (x.end - x.start), 0);
   const m = new Set(s.flat().map((a) => a.microbatch)).size;

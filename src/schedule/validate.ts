@@ -1,6 +1,9 @@
 /** Checks that a schedule is complete and runs to the end without deadlock. */
 import { ScheduleError } from '../errors.js';
 import { formatAction, type Action, type Schedule } from './action.js';
+import { dependencies, walk } from './walk.js';
+
+export { dependencies } from './walk.js';
 
 /** Options of `validateSchedule`. */
 export interface ValidateOptions {
@@ -17,7 +20,7 @@ export interface ValidateOptions {
 export function validateSchedule(s: Schedule, p: number, m: number, opts: ValidateOptions = {}): void {
   if (s.length !== p) throw new ScheduleError(`schedule has ${s.length} stages, expected ${p}`);
   s.forEach((row, stage) => checkRow(row, stage, m, opts.forwardOnly ?? false));
-  simulate(s, m);
+  checkRunsToEnd(s, m);
 }
 
 function checkRow(row: readonly Action[], stage: number, m: number, forwardOnly: boolean): void {
@@ -41,31 +44,9 @@ function checkRow(row: readonly Action[], stage: number, m: number, forwardOnly:
   }
 }
 
-/** The actions action `a` waits for on other stages. */
-export function dependencies(a: Action, p: number): Action[] {
-  if (a.kind === 'F') return a.stage > 0 ? [{ stage: a.stage - 1, kind: 'F', microbatch: a.microbatch }] : [];
-  return a.stage < p - 1 ? [{ stage: a.stage + 1, kind: 'B', microbatch: a.microbatch }] : [];
-}
-
-function simulate(s: Schedule, m: number): void {
+function checkRunsToEnd(s: Schedule, m: number): void {
   const p = s.length;
-  const done = new Set<string>();
-  const cursor = s.map(() => 0);
-  let progressed = true;
-  while (progressed) {
-    progressed = false;
-    for (let st = 0; st < p; st++) {
-      const row = s[st]!;
-      while (cursor[st]! < row.length) {
-        const a = row[cursor[st]!]!;
-        if (!dependencies(a, p).every((d) => done.has(formatAction(d)))) break;
-        done.add(formatAction(a));
-        cursor[st]!++;
-        progressed = true;
-      }
-    }
-  }
-  const stuck = s.flatMap((row, st) => (cursor[st]! < row.length ? [row[cursor[st]!]!] : []));
+  const stuck = walk(s, () => 0);
   if (stuck.length > 0) {
     const why = stuck.map((a) => `${formatAction(a)} waits for ${dependencies(a, p).map(formatAction).join(', ')}`);
     throw new ScheduleError(`schedule deadlocks (m=${m}): ${why.join('; ')}`);
