@@ -39,13 +39,17 @@ export interface StagePartition {
   run(inputs: readonly tf.Tensor[], training: boolean): tf.Tensor[];
 }
 
-/** Layers whose training-time randomness or state would differ when a backward recomputes the forward. */
+/** Layers whose training-time randomness or state would differ when a backward recomputes the forward (activation checkpointing). */
 const RECOMPUTE_UNSAFE = new Set(['Dropout', 'SpatialDropout1D', 'SpatialDropout2D', 'GaussianNoise', 'GaussianDropout', 'AlphaDropout', 'BatchNormalization']);
 
 /** Options of `partitionModel`. */
 export interface PartitionOptions {
-  /** Refuse layers that a recomputed forward cannot reproduce (dropout, batch norm). Default true. */
-  readonly forTraining?: boolean;
+  /**
+   * The stages will recompute their forward at backward time (activation checkpointing):
+   * refuse layers a recomputed forward cannot reproduce (dropout, batch norm). Default false:
+   * a stage keeps its forward's tape, so such layers run once per microbatch.
+   */
+  readonly recompute?: boolean;
 }
 
 function layersOf(model: tf.LayersModel): Layer[] {
@@ -98,12 +102,12 @@ export function stageStarts(model: tf.LayersModel, spec: StageSpec): number[] {
  */
 export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: PartitionOptions = {}): StagePartition[] {
   const layers = layersOf(model);
-  if (opts.forTraining ?? true) {
+  if (opts.recompute ?? false) {
     for (const l of layers) {
       const rate = (l.getConfig() as { rate?: number }).rate;
       if (RECOMPUTE_UNSAFE.has(l.getClassName()) && !(l.getClassName().includes('Dropout') && rate === 0)) {
         throw new PartitionError(
-          `layer ${l.name} (${l.getClassName()}) is not supported in training: a stage recomputes its forward at backward time and would draw other random masks or update statistics twice`,
+          `layer ${l.name} (${l.getClassName()}) cannot be recomputed: a recomputing stage would draw other random masks or update statistics twice at backward time; train it without recompute`,
         );
       }
     }

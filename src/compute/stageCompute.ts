@@ -1,11 +1,14 @@
 /**
- * One stage's computation: forward from wire tensors, backward from the cached input and
- * the upstream gradient (recomputing the forward under the tape), gradient accumulation
- * across microbatches, and the optimizer update.
+ * One stage's computation: forward from wire tensors under a held gradient tape, backward
+ * split into B (input gradients) and W (weight gradients) or both at once, gradient
+ * accumulation across microbatches, and the optimizer update. With `recompute`, the forward
+ * keeps only the stage's input and the backward recomputes it (activation checkpointing:
+ * less memory, one more forward).
  */
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError, ShapeError, StateError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
+import { HeldTape } from './heldTape.js';
 import { shareOfBatch, type LossFn } from './loss.js';
 import type { StagePartition } from './partition.js';
 import { fromTensor, toTensor } from './wire.js';
@@ -18,6 +21,8 @@ export interface StageComputeOptions {
   /** Required on the last stage. */
   readonly loss?: LossFn;
   readonly metric?: LossFn | null;
+  /** Keep only each microbatch's input and recompute its forward at backward time (activation checkpointing). */
+  readonly recompute?: boolean;
 }
 
 /** Result of a forward or backward action. */
@@ -30,9 +35,12 @@ export interface ActionResult {
 }
 
 interface Cached {
+  /** Kept for a recomputing backward only. */
   readonly inputs: tf.Tensor[];
   readonly labels: tf.Tensor[];
   readonly size: number;
+  /** The forward's tape; recorded at backward time when recomputing. */
+  tape: HeldTape | null;
 }
 
 /** Per-step context of one stage: cached inputs per microbatch and accumulated gradients. */
@@ -43,9 +51,9 @@ export class StageCompute {
   private readonly isLast: boolean;
 
   /** The compute of one partition: the loss and metric go to the last stage only. */
-  static forPartition(partition: StagePartition, optimizer: tf.Optimizer, objective: { loss: LossFn; metric: LossFn | null }): StageCompute {
+  static forPartition(partition: StagePartition, optimizer: tf.Optimizer, objective: { loss: LossFn; metric: LossFn | null }, recompute = false): StageCompute {
     const last = partition.rank === partition.stages - 1;
-    return new StageCompute({ partition, optimizer, ...(last ? objective : {}) });
+    return new StageCompute({ partition, optimizer, recompute, ...(last ? objective : {}) });
   }
 
   constructor(private readonly opts: StageComputeOptions) {
@@ -88,9 +96,9 @@ export class StageCompute {
   }
 
   /**
-   * Runs the forward of microbatch `mb`. In training the inputs (and labels) are kept for
-   * the backward; the last stage then computes nothing until its backward. In evaluation
-   * the last stage returns loss and metric.
+   * Runs the forward of microbatch `mb`. In training its tape is kept for the backward (or,
+   * recomputing, its inputs), and the last stage returns the microbatch's share of the loss.
+   * In evaluation the last stage returns loss and metric and nothing is kept.
    */
   forward(mb: number, inputs: readonly WireTensor[], labels: readonly WireTensor[], size: number, batchSize: number, training: boolean): ActionResult {
     if (this.cache.has(mb)) throw new StateError(`stage ${this.part.rank}: microbatch ${mb} was already forwarded`);
@@ -103,28 +111,60 @@ export class StageCompute {
       tf.dispose([...xs, ...ys]);
       throw err;
     }
-    if (training) {
-      this.cache.set(mb, { inputs: xs, labels: ys, size });
-      if (this.isLast) return { tensors: [] };
-      return { tensors: this.runToWire(xs, true) };
+    if (training && this.opts.recompute) {
+      this.cache.set(mb, { inputs: xs, labels: ys, size, tape: null });
+      return { tensors: this.isLast ? [] : this.runToWire(xs) };
     }
     try {
-      if (!this.isLast) return { tensors: this.runToWire(xs, false) };
-      const { loss, metric } = tf.tidy(() => {
-        const pred = this.part.run(xs, false)[0]!;
-        const l = shareOfBatch(this.opts.loss!(ys[0]!, pred), size, batchSize);
-        return this.opts.metric ? { loss: l, metric: shareOfBatch(this.opts.metric(ys[0]!, pred), size, batchSize) } : { loss: l };
-      }) as { loss: tf.Scalar; metric?: tf.Scalar };
-      const out = { tensors: [], loss: loss.dataSync()[0]!, metric: metric ? metric.dataSync()[0]! : null };
-      tf.dispose([loss, metric ?? []]);
-      return out;
+      if (!training) return this.isLast ? this.evaluate(xs, ys, size, batchSize) : { tensors: this.runToWire(xs) };
+      const { outputs, tape } = this.record(xs, ys, size, batchSize);
+      this.cache.set(mb, { inputs: [], labels: [], size, tape });
+      try {
+        return this.isLast ? this.lossResult([], outputs) : { tensors: outputs.map((t, i) => fromTensor(t, `a${i}`)) };
+      } finally {
+        tf.dispose(outputs);
+      }
     } finally {
       tf.dispose([...xs, ...ys]);
     }
   }
 
-  private runToWire(xs: tf.Tensor[], training: boolean): WireTensor[] {
-    const outs = tf.tidy(() => this.part.run(xs, training).map((t) => (xs.includes(t) ? t.clone() : t)));
+  /** The last stage's loss and metric shares (forward without a tape). */
+  private evaluate(xs: tf.Tensor[], ys: tf.Tensor[], size: number, batchSize: number): ActionResult {
+    const outs = tf.tidy(() => this.objective(this.part.run(xs, false)[0]!, ys, size, batchSize));
+    try {
+      return this.lossResult([], outs);
+    } finally {
+      tf.dispose(outs);
+    }
+  }
+
+  /** [loss share, metric share?] of a prediction. */
+  private objective(pred: tf.Tensor, ys: tf.Tensor[], size: number, batchSize: number): tf.Tensor[] {
+    const loss = shareOfBatch(this.opts.loss!(ys[0]!, pred), size, batchSize);
+    return this.opts.metric ? [loss, shareOfBatch(this.opts.metric(ys[0]!, pred), size, batchSize)] : [loss];
+  }
+
+  private lossResult(tensors: WireTensor[], outs: tf.Tensor[]): ActionResult {
+    return { tensors, loss: outs[0]!.dataSync()[0]!, metric: outs[1] ? outs[1].dataSync()[0]! : null };
+  }
+
+  /** Runs the stage's forward (and, on the last stage, its loss) under a held tape. */
+  private record(xs: tf.Tensor[], ys: tf.Tensor[], size: number, batchSize: number): { outputs: tf.Tensor[]; tape: HeldTape } {
+    const needInputGrads = this.part.rank > 0;
+    return HeldTape.record(
+      () => {
+        const outs = this.part.run(xs, true);
+        if (this.isLast) return this.objective(outs[0]!, ys, size, batchSize);
+        return outs.map((t) => (xs.includes(t) ? t.clone() : t));
+      },
+      needInputGrads ? xs : [],
+      this.part.variables,
+    );
+  }
+
+  private runToWire(xs: tf.Tensor[]): WireTensor[] {
+    const outs = tf.tidy(() => this.part.run(xs, false).map((t) => (xs.includes(t) ? t.clone() : t)));
     try {
       return outs.map((t, i) => fromTensor(t, `a${i}`));
     } finally {
@@ -133,73 +173,84 @@ export class StageCompute {
   }
 
   /**
-   * Backward of microbatch `mb`: recomputes its forward under the tape from the cached
-   * input, backpropagates `dy` (or, on the last stage, the microbatch's share of the loss),
-   * adds the variables' gradients to the accumulators and returns the input gradients.
+   * Backward of microbatch `mb`, B and W at once: backpropagates `dy` (or, on the last stage,
+   * the microbatch's share of the loss), adds the variables' gradients to the accumulators and
+   * returns the input gradients.
    */
   backward(mb: number, dy: readonly WireTensor[], batchSize: number): ActionResult {
+    const res = this.backwardInputs(mb, dy, batchSize);
+    this.backwardWeights(mb);
+    return res;
+  }
+
+  /**
+   * B of microbatch `mb`: the input gradients only; the weight gradients wait for
+   * `backwardWeights` and the microbatch's tape is held until then.
+   */
+  backwardInputs(mb: number, dy: readonly WireTensor[], batchSize: number): ActionResult {
     const c = this.cache.get(mb);
     if (!c) throw new StateError(`stage ${this.part.rank}: backward of microbatch ${mb} without its forward`);
-    let dys: tf.Tensor[] = [];
-    if (!this.isLast) {
-      if (dy.length !== this.part.outputs.length) {
-        throw new ShapeError(`microbatch ${mb} gradient: ${dy.length} tensors received, stage ${this.part.rank} sends ${this.part.outputs.length}`);
+    if (c.tape && !c.tape.inputsPending) throw new StateError(`stage ${this.part.rank}: microbatch ${mb} was already backpropagated`);
+    const dys = this.gradientsIn(mb, dy, c.size);
+    let lossOut: tf.Tensor[] = [];
+    try {
+      if (!c.tape) {
+        // Recomputing: the forward runs now, under the tape, from the kept inputs.
+        const { outputs, tape } = this.record(c.inputs, c.labels, c.size, batchSize);
+        c.tape = tape;
+        lossOut = this.isLast ? outputs : [];
+        if (!this.isLast) tf.dispose(outputs);
+        tf.dispose([...c.inputs, ...c.labels]);
+        this.cache.set(mb, { inputs: [], labels: [], size: c.size, tape });
       }
+      const dx = c.tape!.backwardInputs(dys);
       try {
-        dy.forEach((w, i) => dys.push(toTensor(w, this.part.outputs[i], c.size, `microbatch ${mb} gradient ${i}`)));
-      } catch (err) {
-        tf.dispose(dys);
-        throw err;
+        const tensors = dx.map((g, i) => fromTensor(g, `g${i}`));
+        return lossOut.length > 0 ? this.lossResult(tensors, lossOut) : { tensors };
+      } finally {
+        tf.dispose(dx);
       }
-    }
-    const needInputGrads = this.part.rank > 0;
-    const wrt = [...(needInputGrads ? c.inputs : []), ...this.part.variables];
-    let metric: tf.Tensor | null = null;
-    let taped: { value: tf.Scalar; grads: tf.Tensor[] };
-    try {
-      taped = tf.engine().gradients(
-        () => {
-          const outs = this.part.run(c.inputs, true);
-          if (!this.isLast) return tf.addN(outs.map((o, i) => tf.sum(tf.mul(o, dys[i]!))));
-          if (this.opts.metric) metric = tf.keep(shareOfBatch(this.opts.metric(c.labels[0]!, outs[0]!), c.size, batchSize));
-          return shareOfBatch(this.opts.loss!(c.labels[0]!, outs[0]!), c.size, batchSize);
-        },
-        wrt,
-        undefined,
-        true,
-      ) as { value: tf.Scalar; grads: tf.Tensor[] };
-    } catch (err) {
-      // The cached inputs stay for reset(); what this call made goes now. tfjs frees the tensors
-      // its tape saved only after a backward pass, so a forward that throws leaves them: free them here.
-      const tape = (tf.engine() as unknown as { state: { activeTape?: { saved?: tf.Tensor[] }[] } }).state.activeTape ?? [];
-      for (const node of tape) tf.dispose(node.saved ?? []);
-      tf.dispose([...dys, metric ?? []]);
-      throw err;
-    }
-    const { value, grads } = taped;
-    const nIn = needInputGrads ? c.inputs.length : 0;
-    this.part.variables.forEach((_, i) => {
-      const g = grads[nIn + i];
-      if (!g) return;
-      const prev = this.acc[i];
-      this.acc[i] = prev ? tf.add(prev, g) : g;
-      if (prev) tf.dispose([prev, g]);
-    });
-    const dx = grads.slice(0, nIn).map((g, i) => g ?? tf.zerosLike(c.inputs[i]!));
-    try {
-      const tensors = dx.map((g, i) => fromTensor(g, `g${i}`));
-      if (!this.isLast) return { tensors };
-      const m = metric as tf.Tensor | null;
-      return { tensors, loss: value.dataSync()[0]!, metric: m ? m.dataSync()[0]! : null };
     } finally {
-      tf.dispose([value, ...dx, ...dys, ...c.inputs, ...c.labels, metric ?? []]);
+      tf.dispose([...dys, ...lossOut]);
+    }
+  }
+
+  /** W of microbatch `mb`: adds its weight gradients to the accumulators and frees its tape. */
+  backwardWeights(mb: number): void {
+    const c = this.cache.get(mb);
+    if (!c?.tape || c.tape.inputsPending) throw new StateError(`stage ${this.part.rank}: weight gradients of microbatch ${mb} before its input gradients`);
+    try {
+      c.tape.backwardWeights().forEach((g, i) => {
+        if (!g) return;
+        const prev = this.acc[i];
+        this.acc[i] = prev ? tf.add(prev, g) : g;
+        if (prev) tf.dispose([prev, g]);
+      });
+    } finally {
+      c.tape.dispose();
       this.cache.delete(mb);
     }
   }
 
+  /** The upstream gradients of microbatch `mb` as tensors (none on the last stage). */
+  private gradientsIn(mb: number, dy: readonly WireTensor[], size: number): tf.Tensor[] {
+    if (this.isLast) return [];
+    if (dy.length !== this.part.outputs.length) {
+      throw new ShapeError(`microbatch ${mb} gradient: ${dy.length} tensors received, stage ${this.part.rank} sends ${this.part.outputs.length}`);
+    }
+    const dys: tf.Tensor[] = [];
+    try {
+      dy.forEach((w, i) => dys.push(toTensor(w, this.part.outputs[i], size, `microbatch ${mb} gradient ${i}`)));
+    } catch (err) {
+      tf.dispose(dys);
+      throw err;
+    }
+    return dys;
+  }
+
   /** Applies the accumulated gradients with the optimizer, then zeroes the accumulators. */
   update(): void {
-    if (this.cache.size > 0) throw new StateError(`stage ${this.part.rank}: update with ${this.cache.size} microbatches still waiting for their backward`);
+    if (this.cache.size > 0) throw new StateError(`stage ${this.part.rank}: update with ${this.cache.size} microbatches still waiting for their backward (B or W)`);
     const named = this.part.variables.flatMap((v, i) => (this.acc[i] ? [{ name: v.name, tensor: this.acc[i]! }] : []));
     if (named.length > 0) this.opts.optimizer.applyGradients(named);
     this.clearGradients();
@@ -212,7 +263,10 @@ export class StageCompute {
 
   /** Drops everything of the current step (an aborted step): cached inputs and gradients. */
   reset(): void {
-    for (const c of this.cache.values()) tf.dispose([...c.inputs, ...c.labels]);
+    for (const c of this.cache.values()) {
+      tf.dispose([...c.inputs, ...c.labels]);
+      c.tape?.dispose();
+    }
     this.cache.clear();
     this.clearGradients();
   }

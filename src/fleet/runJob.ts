@@ -108,7 +108,7 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
   let partitions: StagePartition[];
   try {
-    partitions = partitionModel(model, cfg.stages);
+    partitions = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false });
   } catch (cause) {
     throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
   }

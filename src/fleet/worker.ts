@@ -34,10 +34,10 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const device = deviceName(choice.name);
   const cfg = await loadJobConfig(o.config);
   const model = await cfg.model();
-  const parts = partitionModel(model, cfg.stages);
+  const parts = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false });
   const partition = parts[o.rank];
   if (!partition) throw new ConfigError(`rank ${o.rank} does not exist: job ${o.job} has ${parts.length} stages`);
-  const compute = StageCompute.forPartition(partition, optimizerFactory(cfg.optimizer)(), resolveLoss(cfg.loss, cfg.metric));
+  const compute = StageCompute.forPartition(partition, optimizerFactory(cfg.optimizer)(), resolveLoss(cfg.loss, cfg.metric), cfg.recompute ?? false);
   const bus = await Bus.connect({ servers: o.nats, name: `troupe-${o.job}-worker-${o.rank}` });
   const host = await StageHost.start({ bus, job: o.job, partition, compute, identity: { backend: choice.name, device }, inspect: o.inspect ?? false });
   log(`troupe worker: job ${o.job} rank ${o.rank}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);

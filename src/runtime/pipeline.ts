@@ -40,6 +40,8 @@ export interface PipelineOptions {
   readonly stepTimeoutMs?: number;
   /** Publish every actor's inspection events on troupe.<job>.inspect.<actor> (default off). */
   readonly inspect?: boolean;
+  /** Activation checkpointing: keep only each microbatch's stage input and recompute the forward at backward time (default off: keep the forward's tape). */
+  readonly recompute?: boolean;
 }
 
 /** A running pipeline. */
@@ -87,7 +89,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   checkOptions(o);
   await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
-  const partitions = partitionModel(o.model, o.stages);
+  const partitions = partitionModel(o.model, o.stages, { recompute: o.recompute ?? false });
   const p = partitions.length;
   const m = o.microbatches;
   const schedule = buildSchedule(o.schedule ?? '1f1b', p, m);
@@ -111,7 +113,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   };
   try {
     for (const partition of partitions) {
-      const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric });
+      const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
       computes.push(compute);
       hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false }));
     }

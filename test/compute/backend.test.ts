@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
+import { matMulPlan } from '../../src/compute/wasmMatMul.js';
 import { selectBackend } from '../../src/compute/backend.js';
 
 const env = process.env['TROUPE_BACKEND'];
@@ -66,7 +67,18 @@ describe.skipIf(!onWasm)('wasm BatchMatMul override', () => {
     { name: '3-D transposeB', ta: false, tb: true, a: [2, 3, 6], b: [2, 5, 6] },
     { name: '3-D both', ta: true, tb: true, a: [3, 7, 4], b: [3, 5, 7] },
     { name: 'neither', ta: false, tb: false, a: [3, 4], b: [4, 5] },
+    // Few rows against a large matrix: the swapped plan, (b · aᵀ)ᵀ, transposes less.
+    { name: 'swapped transposeB (few rows x big weight)', ta: false, tb: true, a: [2, 40], b: [48, 40] },
+    { name: 'swapped transposeA', ta: true, tb: false, a: [40, 48], b: [40, 2] },
+    { name: 'swapped 3-D transposeB', ta: false, tb: true, a: [2, 3, 30], b: [2, 32, 30] },
   ] as const;
+
+  it('plans the transposes that move fewer elements', () => {
+    expect(matMulPlan([16, 1024], [1024, 1024], false, true)).toBe('swapped'); // dy · Wᵀ of a small microbatch
+    expect(matMulPlan([1024, 16], [1024, 2], true, false)).toBe('swapped');
+    expect(matMulPlan([256, 16], [256, 1024], true, false)).toBe('direct'); // xᵀ · dy: the weight gradient
+    expect(matMulPlan([3, 4], [5, 4], false, true)).toBe('direct');
+  });
 
   it('is installed in place of the original kernel', () => {
     expect(tf.getKernel('BatchMatMul', 'wasm')?.kernelFunc.name).toBe('fast');

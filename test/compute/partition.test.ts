@@ -223,7 +223,7 @@ describe('partitionModel', () => {
     }
   });
 
-  it('refuses a Dropout layer for training but allows it with forTraining:false', () => {
+  it('refuses a Dropout layer when stages recompute, allows it when they keep their tape', () => {
     const build = (rate: number) => {
       const m = tf.sequential();
       m.add(tf.layers.dense({ units: 5, inputShape: [3], kernelInitializer: tf.initializers.glorotUniform({ seed: 1 }) }));
@@ -232,9 +232,9 @@ describe('partitionModel', () => {
       return m;
     };
     const m = build(0.5);
-    expect(() => partitionModel(m, 2)).toThrow(PartitionError);
-    expect(() => partitionModel(m, 2, { forTraining: true })).toThrow(/drop_0_5 \(Dropout\) is not supported in training/);
-    const stages = partitionModel(m, [2], { forTraining: false });
+    expect(() => partitionModel(m, 2, { recompute: true })).toThrow(PartitionError);
+    expect(() => partitionModel(m, 2, { recompute: true })).toThrow(/drop_0_5 \(Dropout\) cannot be recomputed/);
+    const stages = partitionModel(m, [2]);
     expect(stages.map((s) => s.layerNames.length)).toEqual([2, 1]);
     const x = tf.randomUniform([3, 3], -1, 1, 'float32', 2);
     const want = m.predict(x) as tf.Tensor;
@@ -242,7 +242,7 @@ describe('partitionModel', () => {
     expect(maxAbsDiff(got, want)).toBeLessThan(1e-6);
     tf.dispose([x, want, got]);
     // A dropout of rate 0 draws no mask: allowed for training.
-    expect(partitionModel(build(0), 2)).toHaveLength(2);
+    expect(partitionModel(build(0), 2, { recompute: true })).toHaveLength(2);
   });
 
   it('a stage refuses the wrong number of inputs', () => {

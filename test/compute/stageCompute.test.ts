@@ -9,8 +9,12 @@ import { sliceRows } from '../../src/protocol/rows.js';
 import { microbatchOffsets, microbatchSizes } from '../../src/schedule/microbatch.js';
 import { copyWeights, data, maxRelDiff, mlp, skipModel } from '../helpers/models.js';
 
+/** How the backward runs: B and W at once, recomputing the forward, or W deferred until every B is done (zero-bubble style, in reverse order). */
+type Mode = 'tape' | 'recompute' | 'split';
+const MODES: Mode[] = ['tape', 'recompute', 'split'];
+
 /** Runs stages in one process with no transport: all forwards, then all backwards, then update. */
-function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number): number {
+function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number, mode: Mode = 'tape'): number {
   const B = x.shape[0]!;
   const sizes = microbatchSizes(B, m);
   const offs = microbatchOffsets(sizes);
@@ -22,65 +26,91 @@ function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: n
     let acts = [sliceRows(xw, offs[i]!, sizes[i]!)];
     const labels = [sliceRows(yw, offs[i]!, sizes[i]!)];
     stages.forEach((s, r) => {
-      acts = s.forward(i, acts, r === last ? labels : [], sizes[i]!, B, true).tensors;
+      const res = s.forward(i, acts, r === last ? labels : [], sizes[i]!, B, true);
+      if (res.loss !== undefined) loss += res.loss;
+      acts = res.tensors;
     });
   }
   for (let i = 0; i < m; i++) {
     let grads: ReturnType<StageCompute['backward']>['tensors'] = [];
     for (let r = last; r >= 0; r--) {
-      const res = stages[r]!.backward(i, grads, B);
-      if (r === last) loss += res.loss!;
+      const res = mode === 'split' ? stages[r]!.backwardInputs(i, grads, B) : stages[r]!.backward(i, grads, B);
+      if (res.loss !== undefined) loss += res.loss;
       grads = res.tensors;
     }
   }
+  if (mode === 'split') for (let i = m - 1; i >= 0; i--) stages.forEach((s) => s.backwardWeights(i));
   stages.forEach((s) => s.update());
   return loss;
 }
 
-function stagesOf(model: tf.LayersModel, spec: number | string[], opt: () => tf.Optimizer): StageCompute[] {
+function stagesOf(model: tf.LayersModel, spec: number | string[], opt: () => tf.Optimizer, mode: Mode = 'tape'): StageCompute[] {
   const { loss } = resolveLoss('categoricalCrossentropy');
-  return partitionModel(model, spec).map((partition) => new StageCompute({ partition, optimizer: opt(), loss }));
+  return partitionModel(model, spec).map((partition) => new StageCompute({ partition, optimizer: opt(), loss, recompute: mode === 'recompute' }));
 }
 
 describe('StageCompute', () => {
-  it('2 stages x 4 microbatches, 3 SGD steps equal trainOnBatch on the whole batch', async () => {
+  it.each(MODES)('2 stages x 4 microbatches, 3 SGD steps equal trainOnBatch on the whole batch (%s)', async (mode) => {
     const model = mlp([10, 16, 12, 3]);
     const ref = mlp([10, 16, 12, 3], 2);
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy' });
-    const stages = stagesOf(model, 2, () => tf.train.sgd(0.1));
+    const stages = stagesOf(model, 2, () => tf.train.sgd(0.1), mode);
     const { x, y } = data(24, 10, 3);
     for (let step = 0; step < 3; step++) {
-      const l = trainInProcess(stages, x, y, 4);
+      const l = trainInProcess(stages, x, y, 4, mode);
       const refLoss = (await ref.trainOnBatch(x, y)) as number;
       expect(l).toBeCloseTo(refLoss, 5);
     }
     expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
   });
 
-  it('a skip connection crossing the cut trains like the whole model (Adam)', async () => {
+  it.each(MODES)('a skip connection crossing the cut trains like the whole model (Adam, %s)', async (mode) => {
     const model = skipModel();
     const ref = skipModel(8);
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
-    const stages = stagesOf(model, ['skip_b', 'skip_c'], () => tf.train.adam(0.01));
+    const stages = stagesOf(model, ['skip_b', 'skip_c'], () => tf.train.adam(0.01), mode);
     const { x, y } = data(12, 6, 3);
     for (let step = 0; step < 3; step++) {
-      trainInProcess(stages, x, y, 3);
+      trainInProcess(stages, x, y, 3, mode);
       await ref.trainOnBatch(x, y);
     }
     expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
   });
 
-  it('keeps tf.memory flat across steps', () => {
+  it.each(MODES)('keeps tf.memory flat across steps (%s)', (mode) => {
     const model = mlp([10, 16, 3]);
-    const stages = stagesOf(model, 2, () => tf.train.adam(0.01));
+    const stages = stagesOf(model, 2, () => tf.train.adam(0.01), mode);
     const { x, y } = data(16, 10, 3);
-    trainInProcess(stages, x, y, 4);
-    trainInProcess(stages, x, y, 4);
+    trainInProcess(stages, x, y, 4, mode);
+    trainInProcess(stages, x, y, 4, mode);
     const after2 = tf.memory().numTensors;
-    for (let i = 0; i < 8; i++) trainInProcess(stages, x, y, 4);
+    const bytes2 = tf.memory().numBytes;
+    for (let i = 0; i < 8; i++) trainInProcess(stages, x, y, 4, mode);
     expect(tf.memory().numTensors).toBe(after2);
+    expect(tf.memory().numBytes).toBe(bytes2);
+  });
+
+  it('holds a microbatch until its W; refuses W before B and B twice; reset frees a half-done step', () => {
+    const stages = stagesOf(mlp([10, 16, 12, 3]), 2, () => tf.train.sgd(0.1));
+    const [s0, s1] = stages as [StageCompute, StageCompute];
+    const { x, y } = data(8, 10, 3);
+    const before = tf.memory().numTensors;
+    const a = s0.forward(0, [fromTensor(x, 'x0')], [], 8, 8, true);
+    s1.forward(0, a.tensors, [fromTensor(y, 'y0')], 8, 8, true);
+    expect(() => s1.backwardWeights(0)).toThrow(/before its input gradients/);
+    const g = s1.backwardInputs(0, [], 8);
+    expect(g.tensors).toHaveLength(1);
+    expect(() => s1.backwardInputs(0, [], 8)).toThrow(/already backpropagated/);
+    expect(s1.held).toBe(1);
+    expect(() => s1.update()).toThrow(/still waiting for their backward \(B or W\)/);
+    s1.backwardWeights(0);
+    expect(s1.held).toBe(0);
+    s0.backwardInputs(0, g.tensors, 8); // stage 0 sends no input gradient; its W stays owed
+    expect(s0.held).toBe(1);
+    stages.forEach((s) => s.reset());
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it('refuses a wrong input shape with a ShapeError and holds nothing', () => {
