@@ -19,6 +19,8 @@ export interface StepRequest {
   readonly forwardOnly: boolean;
   /** Microbatches fed beyond those stage 0 has finished: its schedule's bound plus one prefetched. */
   readonly feedBound: number;
+  /** The stage-0 action that finishes a microbatch for the feed: F (evaluation), B, or W (split backward). */
+  readonly releasedBy: 'F' | 'B' | 'W';
   /** Milliseconds the whole step may take before it is aborted. */
   readonly timeoutMs: number;
 }
@@ -116,8 +118,8 @@ export const schedulerMachine = setup({
     markFed: assign({ fed: ({ context }) => feedLimit(context) }),
     countStage0: assign(({ context, event }) => {
       if (event.type !== 'ACTION' || event.rank !== 0) return {};
-      // Stage 0 frees a microbatch at its backward (at its forward when evaluating).
-      const frees = context.req!.forwardOnly ? event.action.startsWith('F') : event.action.startsWith('B');
+      // Stage 0 frees a microbatch at its backward, its W when split, its forward when evaluating.
+      const frees = event.action.startsWith(context.req!.releasedBy);
       return frees ? { stage0Done: context.stage0Done + 1 } : {};
     }),
     keepFirstFailure: assign(({ context, event }) => {

@@ -17,6 +17,7 @@ import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
 import type { StepPlan } from '../src/protocol/messages.js';
 import { formatAction, parseStageActions, type Action } from '../src/schedule/action.js';
+import { releasedBy } from '../src/schedule/constraint.js';
 import { needs } from '../src/schedule/needs.js';
 import { admitFrame } from './admitFrame.js';
 
@@ -134,7 +135,8 @@ export const stageMachine = setup({
       const inbox = { ...context.inbox };
       for (const s of used) delete inbox[s];
       const training = !context.plan!.forwardOnly;
-      const held = context.held + (a.kind === 'F' ? (training ? 1 : 0) : -1);
+      // A microbatch is held from its forward until the action that frees it: B, or W when the backward is split.
+      const held = context.held + (a.kind === 'F' ? (training ? 1 : 0) : a.kind === releasedBy(context.actions) ? -1 : 0);
       return { inbox, consumed: [...context.consumed, ...used], cursor: context.cursor + 1, held, peakHeld: Math.max(context.peakHeld, held) };
     }),
     clearStep: assign(noStep),

@@ -6,7 +6,7 @@ import { InterruptedError, runJob } from './runJob.js';
 import { runWorker } from './worker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
-import { buildSchedule } from '../schedule/schedules.js';
+import { buildSchedule, ScheduleName } from '../schedule/schedules.js';
 import { simulate } from '../schedule/simulate.js';
 import { loadScheduleFile } from '../schedule/scheduleFile.js';
 import { existsSync } from 'node:fs';
@@ -70,11 +70,13 @@ options:
   --stately           also relay the events in the @statelyai/inspect WebSocket format on
                       /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
-  schedule: `usage: troupe schedule show <gpipe|1f1b|table-file> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--comm <t>] [--svg <file>]
+  schedule: `usage: troupe schedule show <gpipe|1f1b|zbh1|table-file> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--weight <t>] [--comm <t>] [--svg <file>]
 
-Simulates one step of the schedule with per-action costs (default forward 1, backward 2,
-transfer 0 time units) and prints the timeline, the step time, the bubble next to
-(p-1)/(m+p-1) and the peak activations per stage; --svg also writes the picture.`,
+Simulates one step of the schedule with per-action costs and prints the timeline, the step
+time, the bubble next to (p-1)/(m+p-1) and the peak activations per stage; --svg also
+writes the picture. Costs in time units: --forward 1; --backward 1, the input-gradient part
+of a backward; --weight 1, its weight-gradient part (a W action where the schedule splits
+the backward, else part of B); --comm 0 per message between stages.`,
 };
 
 /** A command line that cannot run: wrong flags or values. */
@@ -208,6 +210,7 @@ async function schedule(argv: string[]): Promise<number> {
       microbatches: { type: 'string', short: 'm' },
       forward: { type: 'string' },
       backward: { type: 'string' },
+      weight: { type: 'string' },
       comm: { type: 'string' },
       svg: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -215,7 +218,7 @@ async function schedule(argv: string[]): Promise<number> {
   });
   if (values.help) return print(HELP['schedule']!);
   const [verb, name, ...extra] = positionals;
-  if (verb !== 'show' || !name || extra.length) throw new UsageError('usage: troupe schedule show <gpipe|1f1b> -p <stages> -m <microbatches>');
+  if (verb !== 'show' || !name || extra.length) throw new UsageError(`usage: troupe schedule show <${Object.values(ScheduleName).join('|')}|table-file> -p <stages> -m <microbatches>`);
   const p = intOf('-p', values.stages ?? '', 1)!;
   const m = intOf('-m', values.microbatches ?? '', 1)!;
   const cost = (flag: string, v: string | undefined, d: number) => {
@@ -226,7 +229,12 @@ async function schedule(argv: string[]): Promise<number> {
   };
   // A name, or a file with a table of actions per stage (its own p and m must match -p and -m).
   const table = existsSync(name) ? await loadScheduleFile(name) : null;
-  const sim = simulate(buildSchedule(table ?? name, p, m), { F: cost('--forward', values.forward, 1), B: cost('--backward', values.backward, 2), comm: cost('--comm', values.comm, 0) });
+  const sim = simulate(buildSchedule(table ?? name, p, m), {
+    F: cost('--forward', values.forward, 1),
+    B: cost('--backward', values.backward, 1),
+    W: cost('--weight', values.weight, 1),
+    comm: cost('--comm', values.comm, 0),
+  });
   const lines = [
     `${name}, p=${p}, m=${m}: step ${sim.stepTime} time units`,
     drawTerminal(sim),

@@ -7,7 +7,7 @@ import { ConfigError, messageOf } from '../errors.js';
 import type { LossSpec } from '../compute/loss.js';
 import type { OptimizerDescription } from '../compute/optimizer.js';
 import type { StageSpec } from '../compute/partition.js';
-import { isScheduleName } from '../schedule/schedules.js';
+import { isScheduleName, ScheduleName } from '../schedule/schedules.js';
 
 /** Labelled examples: inputs and one-hot (or other) targets with the same first dimension. */
 export interface Examples {
@@ -85,7 +85,7 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   positiveInt(where, 'epochs', o['epochs']);
   positiveInt(where, 'batchSize', o['batchSize']);
   if (o['schedule'] !== undefined && (typeof o['schedule'] !== 'string' || !isScheduleName(o['schedule']))) {
-    throw new ConfigError(`${where}: field "schedule" must be "1f1b" or "gpipe", got ${JSON.stringify(o['schedule'])}`);
+    throw new ConfigError(`${where}: field "schedule" must be one of ${Object.values(ScheduleName).join(', ')}, got ${JSON.stringify(o['schedule'])}`);
   }
   const opt = o['optimizer'] as { className?: unknown } | undefined;
   if (typeof opt !== 'function' && !(opt && typeof opt === 'object' && typeof opt.className === 'string')) {

@@ -41,6 +41,8 @@ export interface StatsMessage {
   readonly idleMs: number;
   readonly forwards: number;
   readonly backwards: number;
+  /** W actions (weight gradients of a split backward). */
+  readonly weightGrads: number;
   /** Bytes received and sent, headers excluded. */
   readonly bytesIn: number;
   readonly bytesOut: number;
@@ -98,7 +100,7 @@ const SHAPES = {
   reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */

@@ -27,7 +27,7 @@ import {
   stateSubject,
   statsSubject,
 } from '../protocol/subjects.js';
-import { parseStageActions } from '../schedule/action.js';
+import { parseStageActions, splitsBackward } from '../schedule/action.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 
@@ -72,6 +72,9 @@ export class StageHost {
   private pendingState: Frame | undefined;
   private forwards = 0;
   private backwards = 0;
+  private weightGrads = 0;
+  /** Whether the current step's list has W actions (its B computes input gradients only). */
+  private splitBackward = false;
   private peakHeld = 0;
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
@@ -135,6 +138,7 @@ export class StageHost {
       idleMs: this.idleMs,
       forwards: this.forwards,
       backwards: this.backwards,
+      weightGrads: this.weightGrads,
       bytesIn: this.o.bus.bytesIn,
       bytesOut: this.o.bus.bytesOut,
       peakHeld: this.peakHeld,
@@ -250,7 +254,7 @@ export class StageHost {
     if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
     if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
-    parseStageActions(plan.actions, this.rank);
+    this.splitBackward = splitsBackward(parseStageActions(plan.actions, this.rank));
     this.reassembler.keepOnly(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
@@ -282,10 +286,16 @@ export class StageHost {
       res = compute.forward(mb, inputs, labels, size, plan.batchSize, !plan.forwardOnly);
       if (!last) await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
       this.forwards++;
-    } else {
-      res = compute.backward(mb, last ? [] : frames[0]!.tensors, plan.batchSize);
+    } else if (action.kind === 'B') {
+      const dy = last ? [] : frames[0]!.tensors;
+      // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
+      res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.batchSize) : compute.backward(mb, dy, plan.batchSize);
       if (rank > 0) await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
       this.backwards++;
+    } else {
+      compute.backwardWeights(mb);
+      res = { tensors: [] };
+      this.weightGrads++;
     }
     if (res.loss !== undefined) this.emit(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
     const ms = performance.now() - t0;

@@ -6,7 +6,7 @@ import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import { sliceRows } from '../protocol/rows.js';
 import { formatStageActions, type Schedule } from '../schedule/action.js';
-import { feedBound } from '../schedule/constraint.js';
+import { feedBound, releasedBy } from '../schedule/constraint.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import { forwardOnlySchedule } from '../schedule/schedules.js';
 import type { SchedulerHost } from './schedulerHost.js';
@@ -88,6 +88,7 @@ export class StepRunner {
       microbatches: m,
       forwardOnly,
       feedBound: feedBound(sch[0]!),
+      releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
       plan: (r) => ({ step: s, microbatches: m, batchSize: batch, forwardOnly, actions: formatStageActions(sch[r]!) }),
       inputs: (mb) =>

@@ -1,19 +1,28 @@
 /** The consume constraint: how many microbatches a stage holds at most, derived from its action list. */
-import type { Action, Schedule } from './action.js';
+import { splitsBackward, type Action, type ActionKind, type Schedule } from './action.js';
 
 /**
- * Peak number of microbatches whose activations a stage holds (forward done, backward not
- * yet) while it walks `actions`. In a forward-only list nothing is held past its forward,
- * so the bound is 1.
+ * The action that frees a microbatch's activations on a stage with this list: its forward
+ * in evaluation, its W when the backward is split, else its B.
+ */
+export function releasedBy(actions: readonly Action[]): ActionKind {
+  if (!actions.some((a) => a.kind === 'B')) return 'F';
+  return splitsBackward(actions) ? 'W' : 'B';
+}
+
+/**
+ * Peak number of microbatches whose activations a stage holds (forward done, release not
+ * yet: B, or W when the backward is split) while it walks `actions`. In a forward-only list
+ * nothing is held past its forward, so the bound is 1.
  */
 export function maxInFlight(actions: readonly Action[]): number {
   let held = 0;
   let peak = 0;
-  const training = actions.some((a) => a.kind === 'B');
+  const release = releasedBy(actions);
   for (const a of actions) {
     if (a.kind === 'F') held += 1;
     peak = Math.max(peak, held);
-    if (a.kind === 'B' || !training) held -= 1;
+    if (a.kind === release) held -= 1;
   }
   return peak;
 }

@@ -4,14 +4,16 @@ import type { Schedule } from './action.js';
 import { checkSize, gpipe } from './gpipe.js';
 import { oneFOneB } from './oneFOneB.js';
 import { validateSchedule } from './validate.js';
+import { zeroBubbleH1 } from './zeroBubble.js';
 
 /** Names of the built-in schedules. */
-export const ScheduleName = { GPIPE: 'gpipe', ONE_F_ONE_B: '1f1b' } as const;
+export const ScheduleName = { GPIPE: 'gpipe', ONE_F_ONE_B: '1f1b', ZB_H1: 'zbh1' } as const;
 export type ScheduleName = (typeof ScheduleName)[keyof typeof ScheduleName];
 
 const BUILDERS: Record<ScheduleName, (p: number, m: number) => Schedule> = {
   gpipe,
   '1f1b': oneFOneB,
+  zbh1: zeroBubbleH1,
 };
 
 /** True when `s` names a built-in schedule. */

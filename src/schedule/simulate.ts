@@ -5,15 +5,27 @@
  * ended, plus a transfer cost between stages.
  */
 import { ScheduleError } from '../errors.js';
-import { formatAction, type Action, type Schedule } from './action.js';
+import { formatAction, splitsBackward, type Action, type Schedule } from './action.js';
 import { maxInFlight } from './constraint.js';
 import { walk } from './walk.js';
 
-/** Time units per action kind (the same on every stage) and per message between stages. */
+/**
+ * Time units per action kind (the same on every stage) and per message between stages. `B`
+ * is the input-gradient part of a backward and `W` the weight-gradient part: a stage whose
+ * list has W actions pays them apart, any other stage pays B + W for its B.
+ */
 export interface ActionCosts {
   readonly F: number;
   readonly B: number;
+  readonly W?: number;
   readonly comm?: number;
+}
+
+/** What action `a` costs on a stage whose list does or does not split its backward. */
+export function costOf(a: Action, costs: ActionCosts, split: boolean): number {
+  if (a.kind === 'F') return costs.F;
+  if (a.kind === 'W') return costs.W ?? 0;
+  return split ? costs.B : costs.B + (costs.W ?? 0);
 }
 
 /** One action placed in time. */
@@ -41,10 +53,11 @@ export function simulate(s: Schedule, costs: ActionCosts = { F: 1, B: 2 }): Simu
   const p = s.length;
   const comm = costs.comm ?? 0;
   const free = s.map(() => 0);
+  const split = s.map(splitsBackward);
   const timeline: Placed[][] = s.map(() => []);
   const stuck = walk(s, (a, st, depEnds) => {
     const start = Math.max(free[st]!, ...depEnds.map((e) => e + comm));
-    const end = start + (a.kind === 'F' ? costs.F : costs.B);
+    const end = start + costOf(a, costs, split[st]!);
     timeline[st]!.push({ action: a, start, end });
     free[st] = end;
     return end;

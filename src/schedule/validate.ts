@@ -1,6 +1,6 @@
 /** Checks that a schedule is complete and runs to the end without deadlock. */
 import { ScheduleError } from '../errors.js';
-import { formatAction, type Action, type Schedule } from './action.js';
+import { formatAction, splitsBackward, type Action, type Schedule } from './action.js';
 import { dependencies, walk } from './walk.js';
 
 export { dependencies } from './walk.js';
@@ -13,9 +13,9 @@ export interface ValidateOptions {
 
 /**
  * Throws a ScheduleError naming the action at fault unless every stage of `s` has exactly
- * one F (and, in training, one B) per microbatch, each B after its F, and the stages can
- * run their lists in order to the end. Dependencies: F(s,i) needs F(s-1,i); B(s,i) needs
- * F(s,i) and B(s+1,i).
+ * one F (and, in training, one B) per microbatch, each B after its F, a stage with any W has
+ * one W per microbatch after its B, and the stages can run their lists in order to the end.
+ * Dependencies: F(s,i) needs F(s-1,i); B(s,i) needs F(s,i) and B(s+1,i); W(s,i) needs B(s,i).
  */
 export function validateSchedule(s: Schedule, p: number, m: number, opts: ValidateOptions = {}): void {
   if (s.length !== p) throw new ScheduleError(`schedule has ${s.length} stages, expected ${p}`);
@@ -31,16 +31,19 @@ function checkRow(row: readonly Action[], stage: number, m: number, forwardOnly:
     if (!Number.isInteger(a.microbatch) || a.microbatch < 0 || a.microbatch >= m) {
       throw new ScheduleError(`action ${name}: microbatch out of range 0..${m - 1}`);
     }
-    if (forwardOnly && a.kind === 'B') throw new ScheduleError(`action ${name}: backward in a forward-only schedule`);
+    if (forwardOnly && a.kind !== 'F') throw new ScheduleError(`action ${name}: backward in a forward-only schedule`);
     if (seen.has(name)) throw new ScheduleError(`action ${name} appears twice`);
-    if (a.kind === 'B' && !seen.has(`${stage}F${a.microbatch}`)) {
-      throw new ScheduleError(`action ${name} comes before ${stage}F${a.microbatch}`);
+    const before = a.kind === 'B' ? 'F' : a.kind === 'W' ? 'B' : null;
+    if (before && !seen.has(`${stage}${before}${a.microbatch}`)) {
+      throw new ScheduleError(`action ${name} comes before ${stage}${before}${a.microbatch}`);
     }
     seen.add(name);
   }
+  const split = splitsBackward(row);
   for (let i = 0; i < m; i++) {
     if (!seen.has(`${stage}F${i}`)) throw new ScheduleError(`action ${stage}F${i} is missing`);
     if (!forwardOnly && !seen.has(`${stage}B${i}`)) throw new ScheduleError(`action ${stage}B${i} is missing`);
+    if (split && !seen.has(`${stage}W${i}`)) throw new ScheduleError(`action ${stage}W${i} is missing (stage ${stage} splits its backward: every B needs its W)`);
   }
 }
 

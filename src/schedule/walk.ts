@@ -1,9 +1,13 @@
 /** Running a schedule in dependency order: the walk both the validator and the simulator make. */
 import { formatAction, type Action, type Schedule } from './action.js';
 
-/** The actions action `a` waits for on other stages: F(s,i) needs F(s-1,i); B(s,i) needs B(s+1,i). */
+/**
+ * The actions action `a` waits for on other stages: F(s,i) needs F(s-1,i); B(s,i) needs
+ * B(s+1,i); W needs only its own stage's B, which comes before it in the stage's list.
+ */
 export function dependencies(a: Action, p: number): Action[] {
   if (a.kind === 'F') return a.stage > 0 ? [{ stage: a.stage - 1, kind: 'F', microbatch: a.microbatch }] : [];
+  if (a.kind === 'W') return [];
   return a.stage < p - 1 ? [{ stage: a.stage + 1, kind: 'B', microbatch: a.microbatch }] : [];
 }
 

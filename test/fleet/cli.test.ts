@@ -28,7 +28,7 @@ describe('troupe command line', () => {
   it.each([
     ['bad-no-model.job.ts', /field "model" must be a function/],
     ['bad-stages.job.ts', /field "stages": cannot cut 3 layers into 7 stages/],
-    ['bad-schedule.job.ts', /field "schedule" must be "1f1b" or "gpipe", got "zigzag"/],
+    ['bad-schedule.job.ts', /field "schedule" must be one of gpipe, 1f1b, zbh1, got "zigzag"/],
   ])('%s fails before any process starts, naming the field', async (file, message) => {
     const { code, output } = await troupeToEnd(['up', fixture(file)]);
     expect(code).toBe(1);
@@ -75,6 +75,11 @@ describe('troupe command line', () => {
     } finally {
       rmSync(svg, { force: true });
     }
+    // ZB-H1: B and W apart (unit costs each), W filling the bubbles: 28 units against 1F1B's 33, same peak.
+    const zb = await troupeToEnd(['schedule', 'show', 'zbh1', '-p', '4', '-m', '8']);
+    expect(zb.output).toMatch(/zbh1, p=4, m=8: step 28 time units/);
+    expect(zb.output).toMatch(/bubble: simulated 14\.3%/);
+    expect(zb.output).toMatch(/peak activations per stage: 4 4 4 3/);
     expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({ code: 1, output: expect.stringMatching(/unknown schedule "zigzag"/) });
     expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({ code: 2, output: expect.stringMatching(/-p must be an integer/) });
   });

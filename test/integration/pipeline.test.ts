@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { createPipeline } from '../../src/index.js';
 import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
+import { inFlightBounds } from '../../src/schedule/constraint.js';
 
 const nats = useNatsServer();
 
@@ -45,4 +46,34 @@ describe('pipeline over a real nats-server', () => {
       tf.dispose([x, y]);
     }
   });
+
+  it.each([2, 4].flatMap((stages) => (['sgd', 'adam'] as const).map((opt) => ({ stages, opt }))))(
+    '$stages stages, ZB-H1 (B and W apart), $opt: 3 steps equal single-process training, held within 1F1B\'s peak',
+    async ({ stages, opt }) => {
+      const model = mlp(SIZES, 5);
+      const ref = mlp(SIZES, 6);
+      copyWeights(model, ref);
+      ref.compile({ optimizer: optimizer(opt), loss: 'categoricalCrossentropy' });
+      const m = 6;
+      const pipe = await createPipeline({
+        model, stages, microbatches: m, schedule: 'zbh1', optimizer: optimizer(opt), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      });
+      const { x, y } = data(24, SIZES[0]!, 3, stages * 5);
+      try {
+        for (let s = 0; s < 3; s++) {
+          const [r, refLoss] = await stepBoth(pipe, ref, x, y);
+          expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+          // Held from F to W, as the schedule's rows bound it, never above 1F1B's peak (p).
+          expect(r.peakHeld).toEqual(inFlightBounds(pipe.schedule));
+          expect(Math.max(...r.peakHeld)).toBeLessThanOrEqual(stages);
+        }
+        const w = pipe.stats().map((st) => st.weightGrads);
+        expect(w).toEqual(new Array(stages).fill(3 * m));
+        expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+      } finally {
+        await pipe.close();
+        tf.dispose([x, y]);
+      }
+    },
+  );
 });

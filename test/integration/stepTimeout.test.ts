@@ -32,7 +32,7 @@ describe('a hung stage', () => {
     try {
       const err = await sched
         .run({
-          step: 1, microbatches: 2, forwardOnly: false, feedBound: 2, timeoutMs: 400,
+          step: 1, microbatches: 2, forwardOnly: false, feedBound: 2, releasedBy: 'B', timeoutMs: 400,
           plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, forwardOnly: false, actions: formatStageActions(s[r]!) }),
           inputs: (mb) => [
             { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },

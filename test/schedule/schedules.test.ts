@@ -10,7 +10,9 @@ import {
   type Action,
   type Schedule,
 } from '../../src/schedule/action.js';
-import { inFlightBounds, maxInFlight } from '../../src/schedule/constraint.js';
+import { inFlightBounds, maxInFlight, releasedBy } from '../../src/schedule/constraint.js';
+import { simulate } from '../../src/schedule/simulate.js';
+import { zeroBubbleH1 } from '../../src/schedule/zeroBubble.js';
 import { gpipe } from '../../src/schedule/gpipe.js';
 import { microbatchOffsets, microbatchSizes } from '../../src/schedule/microbatch.js';
 import { needs, receives } from '../../src/schedule/needs.js';
@@ -470,5 +472,60 @@ describe('needs and receives', () => {
         }
       }
     }
+  });
+});
+
+describe('ZB-H1 (zero bubble with 1F1B peak memory): B and W split, W filling bubbles', () => {
+  it('p=2 m=4: the table, checked by hand against unit-time ticks (13 ticks; 1F1B takes 15)', () => {
+    // stage 0: t0 F0, t1 F1, t2 waits for 1B0, t3 B0, t4 W0, t5 B1, t6 F2, t7 W1, t8 F3, t9 B2, t10 W2, t11 B3, t12 W3
+    // stage 1: t1 F0, t2 B0, t3 F1, t4 B1, t5 W0, t6 W1, t7 F2, t8 B2, t9 F3, t10 B3, t11 W2, t12 W3
+    expect(formatSchedule(zeroBubbleH1(2, 4))).toEqual([
+      '0: 0F0 0F1 0B0 0W0 0B1 0F2 0W1 0F3 0B2 0W2 0B3 0W3',
+      '1: 1F0 1B0 1F1 1B1 1W0 1W1 1F2 1B2 1F3 1B3 1W2 1W3',
+    ]);
+    expect(simulate(zeroBubbleH1(2, 4), { F: 1, B: 1, W: 1 }).stepTime).toBe(13);
+  });
+
+  it('p=4 m=4: the table', () => {
+    expect(formatSchedule(zeroBubbleH1(4, 4))).toEqual([
+      '0: 0F0 0F1 0F2 0F3 0B0 0W0 0B1 0W1 0B2 0W2 0B3 0W3',
+      '1: 1F0 1F1 1F2 1B0 1F3 1B1 1W0 1B2 1W1 1B3 1W2 1W3',
+      '2: 2F0 2F1 2B0 2F2 2B1 2F3 2B2 2W0 2B3 2W1 2W2 2W3',
+      '3: 3F0 3B0 3F1 3B1 3F2 3B2 3F3 3B3 3W0 3W1 3W2 3W3',
+    ]);
+  });
+
+  it('is valid, holds no more than 1F1B\'s peak p, and comes within two ticks of the paper\'s 3m + p - 1', () => {
+    for (let p = 1; p <= 4; p++) {
+      for (let m = p; m <= 16; m++) {
+        const s = zeroBubbleH1(p, m);
+        expect(() => validateSchedule(s, p, m)).not.toThrow();
+        expect(Math.max(...inFlightBounds(s))).toBeLessThanOrEqual(Math.max(...inFlightBounds(oneFOneB(p, m))));
+        const zb = simulate(s, { F: 1, B: 1, W: 1 }).stepTime;
+        expect(zb, `p=${p} m=${m}`).toBeGreaterThanOrEqual(3 * m + p - 1);
+        expect(zb, `p=${p} m=${m}`).toBeLessThanOrEqual(3 * m + p + 1);
+        if (p > 1) expect(zb).toBeLessThan(simulate(oneFOneB(p, m), { F: 1, B: 1, W: 1 }).stepTime);
+      }
+    }
+  });
+
+  it('holds a microbatch from its F to its W: releasedBy and maxInFlight follow the split', () => {
+    const row = parseStageActions('F0 F1 B0 F2 B1 W0 W1 B2 W2', 0);
+    expect(releasedBy(row)).toBe('W');
+    expect(maxInFlight(row)).toBe(3);
+    expect(releasedBy(parseStageActions('F0 B0', 0))).toBe('B');
+    expect(releasedBy(parseStageActions('F0 F1', 0))).toBe('F');
+  });
+
+  it('W needs only its own B: no messages, no other stage', () => {
+    expect(dependencies({ stage: 0, kind: 'W', microbatch: 2 }, 3)).toEqual([]);
+    expect(needs({ stage: 1, kind: 'W', microbatch: 2 }, 1, 3)).toEqual([]);
+    expect(buildSchedule('zbh1', 3, 6)).toEqual(zeroBubbleH1(3, 6));
+  });
+
+  it('the validator refuses a W before its B, a missing W, and W in evaluation', () => {
+    scheduleError(() => validateSchedule(rows('F0 W0 B0', 'F0 B0 W0'), 2, 1), /action 0W0 comes before 0B0/);
+    scheduleError(() => validateSchedule(rows('F0 F1 B0 W0 B1', 'F0 B0 F1 B1'), 2, 2), /action 0W1 is missing \(stage 0 splits its backward/);
+    scheduleError(() => validateSchedule(rows('F0 W0'), 1, 1, { forwardOnly: true }), /0W0: backward in a forward-only schedule/);
   });
 });
