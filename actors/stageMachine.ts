@@ -33,6 +33,8 @@ export interface StageInput {
 /** What `execute` gets: the action and the frames it needs, in `needs` order. */
 export interface ExecuteInput {
   readonly action: Action;
+  /** The action's index in the stage's list. */
+  readonly index: number;
   readonly frames: readonly Frame[];
   readonly plan: StepPlan;
 }
@@ -214,7 +216,7 @@ export const stageMachine = setup({
             src: 'execute',
             input: ({ context }) => {
               const a = current(context)!;
-              return { action: a, frames: needs(a, context.rank, context.stages).map((s) => context.inbox[s]!), plan: context.plan! };
+              return { action: a, index: context.cursor, frames: needs(a, context.rank, context.stages).map((s) => context.inbox[s]!), plan: context.plan! };
             },
             onDone: { target: 'next', actions: 'advance' },
             onError: [

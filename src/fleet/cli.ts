@@ -6,7 +6,7 @@ import { InterruptedError, runJob } from './runJob.js';
 import { runWorker } from './worker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
-import { buildSchedule, ScheduleName } from '../schedule/schedules.js';
+import { buildPlacedSchedule, ScheduleName } from '../schedule/schedules.js';
 import { simulate } from '../schedule/simulate.js';
 import { loadScheduleFile } from '../schedule/scheduleFile.js';
 import { existsSync } from 'node:fs';
@@ -70,10 +70,11 @@ options:
   --stately           also relay the events in the @statelyai/inspect WebSocket format on
                       /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
-  schedule: `usage: troupe schedule show <gpipe|1f1b|zbh1|table-file> -p <stages> -m <microbatches> [--forward <t>] [--backward <t>] [--weight <t>] [--comm <t>] [--svg <file>]
+  schedule: `usage: troupe schedule show <gpipe|1f1b|zbh1|interleaved|loopedbfs|table-file> -p <stages> -m <microbatches> [-v <stages per device>] [--forward <t>] [--backward <t>] [--weight <t>] [--comm <t>] [--svg <file>]
 
-Simulates one step of the schedule with per-action costs and prints the timeline, the step
-time, the bubble next to (p-1)/(m+p-1) and the peak activations per stage; --svg also
+Simulates one step of the schedule with per-action costs and prints the timeline (a row per
+device), the step time, the bubble next to the formula ((d-1)/v)/(m+(d-1)/v) for d = p/v
+devices, (p-1)/(m+p-1) with one stage each, and the peak activations per stage; --svg also
 writes the picture. Costs in time units: --forward 1; --backward 1, the input-gradient part
 of a backward; --weight 1, its weight-gradient part (a W action where the schedule splits
 the backward, else part of B); --comm 0 per message between stages.`,
@@ -208,6 +209,7 @@ async function schedule(argv: string[]): Promise<number> {
     options: {
       stages: { type: 'string', short: 'p' },
       microbatches: { type: 'string', short: 'm' },
+      'virtual-stages': { type: 'string', short: 'v' },
       forward: { type: 'string' },
       backward: { type: 'string' },
       weight: { type: 'string' },
@@ -221,6 +223,7 @@ async function schedule(argv: string[]): Promise<number> {
   if (verb !== 'show' || !name || extra.length) throw new UsageError(`usage: troupe schedule show <${Object.values(ScheduleName).join('|')}|table-file> -p <stages> -m <microbatches>`);
   const p = intOf('-p', values.stages ?? '', 1)!;
   const m = intOf('-m', values.microbatches ?? '', 1)!;
+  const v = intOf('-v', values['virtual-stages'] ?? '1', 1)!;
   const cost = (flag: string, v: string | undefined, d: number) => {
     if (v === undefined) return d;
     const n = Number(v);
@@ -229,16 +232,16 @@ async function schedule(argv: string[]): Promise<number> {
   };
   // A name, or a file with a table of actions per stage (its own p and m must match -p and -m).
   const table = existsSync(name) ? await loadScheduleFile(name) : null;
-  const sim = simulate(buildSchedule(table ?? name, p, m), {
+  const sim = simulate(buildPlacedSchedule(table ?? name, p, m, v), {
     F: cost('--forward', values.forward, 1),
     B: cost('--backward', values.backward, 1),
     W: cost('--weight', values.weight, 1),
     comm: cost('--comm', values.comm, 0),
   });
   const lines = [
-    `${name}, p=${p}, m=${m}: step ${sim.stepTime} time units`,
+    `${name}, p=${p}${sim.devices !== p ? ` on ${sim.devices} devices` : ''}, m=${m}: step ${sim.stepTime} time units`,
     drawTerminal(sim),
-    `bubble: simulated ${(sim.bubble * 100).toFixed(1)}%, (p-1)/(m+p-1) = ${(((p - 1) / (m + p - 1)) * 100).toFixed(1)}%`,
+    `bubble: simulated ${(sim.bubble * 100).toFixed(1)}%, ${bubbleFormula(sim.devices, m, p / sim.devices)}`,
     `peak activations per stage: ${sim.peakActivations.join(' ')}`,
   ];
   if (values.svg) {
@@ -268,4 +271,11 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`troupe: ${err instanceof ConfigError || err instanceof TroupeError || usage ? messageOf(err) : (err as Error)?.stack ?? String(err)}\n`);
     return usage ? 2 : 1;
   }
+}
+
+/** The textbook bubble of d devices with v stages each: (p-1)/(m+p-1), divided by v when interleaved. */
+function bubbleFormula(d: number, m: number, v: number): string {
+  if (v === 1) return `(p-1)/(m+p-1) = ${(((d - 1) / (m + d - 1)) * 100).toFixed(1)}%`;
+  const k = (d - 1) / v;
+  return `((d-1)/v)/(m+(d-1)/v) = ${((k / (m + k)) * 100).toFixed(1)}%`;
 }

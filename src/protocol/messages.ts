@@ -10,6 +10,11 @@ export interface StepPlan {
   readonly forwardOnly: boolean;
   /** This stage's actions in order, as `F0 F1 B0 ...`. */
   readonly actions: string;
+  /**
+   * Where the stage shares its device with others: the position of each of its actions in
+   * the device's order (`0 2 5 ...`); empty when the stage has the device to itself.
+   */
+  readonly order: string;
 }
 
 /** Answer to every control request. */
@@ -91,7 +96,7 @@ function parse(what: string, data: Uint8Array): unknown {
 }
 
 const SHAPES = {
-  plan: { step: 'number', microbatches: 'number', batchSize: 'number', forwardOnly: 'boolean', actions: 'string' },
+  plan: { step: 'number', microbatches: 'number', batchSize: 'number', forwardOnly: 'boolean', actions: 'string', order: 'string' },
   action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },

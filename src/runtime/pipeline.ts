@@ -8,7 +8,9 @@ import { partitionModel, type StagePartition, type StageSpec } from '../compute/
 import { StageCompute } from '../compute/stageCompute.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
-import { buildSchedule } from '../schedule/schedules.js';
+import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
+import { buildPlacedSchedule } from '../schedule/schedules.js';
+import { DeviceTurn } from './deviceTurn.js';
 import { Bus, type BusOptions } from '../transport/bus.js';
 import { SchedulerHost } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
@@ -18,12 +20,21 @@ import { StageHost, type StageStats } from './stageHost.js';
 export interface PipelineOptions {
   /** The model to train; its layers (and so its weights) are shared by the stages. */
   readonly model: tf.LayersModel;
-  /** Number of stages (even split by parameter count) or the first layer (index or name) of stages 1..p-1. */
+  /**
+   * Number of stages (even split by parameter count) or the first layer (index or name) of
+   * stages 1..p-1. With `virtualStages: v`, these are the model's slices: p / v devices each
+   * host v of them (device k: stages k, k + p/v, ...).
+   */
   readonly stages: StageSpec;
+  /** Stages per device, for the interleaved and looped-BFS schedules (default 1). */
+  readonly virtualStages?: number;
   /** Microbatches per step. */
   readonly microbatches: number;
-  /** `'1f1b'` (default), `'gpipe'`, or a schedule as data (validated against stages and microbatches). */
-  readonly schedule?: string | Schedule;
+  /**
+   * `'1f1b'` (default), `'gpipe'`, `'zbh1'`, `'interleaved'`, `'loopedbfs'`, or a schedule as
+   * data (validated against stages and microbatches).
+   */
+  readonly schedule?: string | Schedule | PlacedSchedule;
   /** Each stage gets its own optimizer made from this. */
   readonly optimizer: OptimizerSpec;
   /** A tfjs loss name or a function of (labels, predictions). */
@@ -50,6 +61,8 @@ export interface Pipeline {
   readonly stages: number;
   readonly microbatches: number;
   readonly schedule: Schedule;
+  /** Per device, the order of its stages' actions, when devices host several stages. */
+  readonly devices?: DeviceSchedule;
   /** The layers of each stage. */
   readonly partitions: readonly StagePartition[];
   /** One optimizer step over all microbatches of (x, y): equal to one single-process step on the whole batch. */
@@ -92,7 +105,10 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const partitions = partitionModel(o.model, o.stages, { recompute: o.recompute ?? false });
   const p = partitions.length;
   const m = o.microbatches;
-  const schedule = buildSchedule(o.schedule ?? '1f1b', p, m);
+  const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);
+  const schedule = placed.stages;
+  // Stages sharing a device take turns in its order.
+  const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
   const { loss, metric } = resolveLoss(o.loss, o.metric);
   const makeOptimizer = optimizerFactory(o.optimizer);
 
@@ -115,7 +131,8 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     for (const partition of partitions) {
       const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
       computes.push(compute);
-      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false }));
+      const turn = turns?.[deviceOf(partition.rank, turns.length)];
+      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
     }
     sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p, inspect: o.inspect ?? false });
   } catch (err) {
@@ -126,6 +143,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     scheduler: sched,
     job,
     schedule,
+    ...(placed.devices ? { devices: placed.devices } : {}),
     microbatches: m,
     inputs: partitions[0]!.inputs.length,
     hasMetric: metric !== null,
@@ -142,6 +160,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     stages: p,
     microbatches: m,
     schedule,
+    ...(placed.devices ? { devices: placed.devices } : {}),
     partitions,
     trainStep: (x, y) => run(x, y, false),
     evaluate: (x, y) => run(x, y, true),

@@ -28,6 +28,7 @@ import {
   statsSubject,
 } from '../protocol/subjects.js';
 import { parseStageActions, splitsBackward } from '../schedule/action.js';
+import type { DeviceTurn } from './deviceTurn.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 
@@ -45,6 +46,8 @@ export interface StageHostOptions {
   readonly inspect?: boolean;
   /** What `ping` answers about the process: backend and device (default the current backend, cpu). */
   readonly identity?: { readonly backend: string; readonly device: string };
+  /** Shared by the stages of one device, so that they run their actions in the device's order. */
+  readonly turn?: DeviceTurn;
 }
 
 /** Counters of one stage, as the runtime reports them (and publishes after every step). */
@@ -75,6 +78,8 @@ export class StageHost {
   private weightGrads = 0;
   /** Whether the current step's list has W actions (its B computes input gradients only). */
   private splitBackward = false;
+  /** The current step's device positions, one per action (empty: no turn-taking). */
+  private positions: number[] = [];
   private peakHeld = 0;
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
@@ -254,7 +259,10 @@ export class StageHost {
     if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
     if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
-    this.splitBackward = splitsBackward(parseStageActions(plan.actions, this.rank));
+    const actions = parseStageActions(plan.actions, this.rank);
+    this.splitBackward = splitsBackward(actions);
+    this.positions = parseOrder(plan.order, actions.length, this.rank);
+    if (this.positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
     this.reassembler.keepOnly(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
@@ -262,12 +270,24 @@ export class StageHost {
   }
 
   private async abort(): Promise<void> {
+    this.o.turn?.abort(this.actor.getSnapshot().context.step);
     this.actor.send({ type: 'ABORT' });
     await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
     this.reassembler.clear();
   }
 
-  private async execute({ action, frames, plan }: ExecuteInput): Promise<void> {
+  private async execute(input: ExecuteInput): Promise<void> {
+    const pos = this.positions[input.index];
+    if (pos === undefined || !this.o.turn) return this.run(input);
+    await this.o.turn.take(input.plan.step, pos);
+    try {
+      await this.run(input);
+    } finally {
+      this.o.turn.done(input.plan.step, pos);
+    }
+  }
+
+  private async run({ action, frames, plan }: ExecuteInput): Promise<void> {
     const { job, bus, compute, partition } = this.o;
     const t0 = performance.now();
     const waitedBefore = bus.inFlightWaitMs;
@@ -311,4 +331,14 @@ export class StageHost {
     await Promise.all(this.subs.map((s) => s.drain()));
     this.o.compute.reset();
   }
+}
+
+/** The device positions of a plan's `order` field: empty, or one non-negative integer per action. */
+function parseOrder(order: string, actions: number, rank: number): number[] {
+  if (order.trim() === '') return [];
+  const pos = order.trim().split(/\s+/).map(Number);
+  if (pos.length !== actions || pos.some((n) => !Number.isInteger(n) || n < 0)) {
+    throw new FrameError(`stage ${rank}: plan order "${order}" must give one device position per action (${actions})`);
+  }
+  return pos;
 }

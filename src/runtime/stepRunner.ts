@@ -8,6 +8,7 @@ import { sliceRows } from '../protocol/rows.js';
 import { formatStageActions, type Schedule } from '../schedule/action.js';
 import { feedBound, releasedBy } from '../schedule/constraint.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
+import { devicePositions, type DeviceSchedule } from '../schedule/interleaved.js';
 import { forwardOnlySchedule } from '../schedule/schedules.js';
 import type { SchedulerHost } from './schedulerHost.js';
 
@@ -31,6 +32,8 @@ export interface StepRunnerOptions {
   readonly scheduler: SchedulerHost;
   readonly job: string;
   readonly schedule: Schedule;
+  /** Per device, its stages' actions in order, when devices host several stages (interleaved schedules). */
+  readonly devices?: DeviceSchedule;
   readonly microbatches: number;
   /** Number of model inputs stage 0 takes. */
   readonly inputs: number;
@@ -51,10 +54,14 @@ export class StepRunner {
   /** Id of the last step started. */
   step: number;
   private readonly evalSchedule: Schedule;
+  /** Per stage, its actions' positions in its device's order ("" when it has the device to itself). */
+  private readonly orders: string[];
 
   constructor(private readonly o: StepRunnerOptions) {
     this.step = o.lastStep ?? 0;
     this.evalSchedule = forwardOnlySchedule(o.schedule.length, o.microbatches);
+    const positions = o.devices ? devicePositions(o.devices, o.schedule.length) : null;
+    this.orders = o.schedule.map((_, r) => (positions ? positions[r]!.join(' ') : ''));
   }
 
   /** One training step (or, with `forwardOnly`, one evaluation) of the batch (x, y). */
@@ -90,7 +97,7 @@ export class StepRunner {
       feedBound: feedBound(sch[0]!),
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, forwardOnly, actions: formatStageActions(sch[r]!) }),
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, forwardOnly, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
       inputs: (mb) =>
         p === 1
           ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]

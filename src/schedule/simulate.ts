@@ -7,6 +7,7 @@
 import { ScheduleError } from '../errors.js';
 import { formatAction, splitsBackward, type Action, type Schedule } from './action.js';
 import { maxInFlight } from './constraint.js';
+import type { PlacedSchedule } from './interleaved.js';
 import { walk } from './walk.js';
 
 /**
@@ -38,33 +39,45 @@ export interface Placed {
 /** What the simulator predicts for one step. */
 export interface Simulation {
   readonly stages: number;
+  /** Devices: one per stage, or fewer when devices host several stages. */
+  readonly devices: number;
   readonly microbatches: number;
-  /** Per stage, its actions in time. */
+  /** Per device (per stage when each device hosts one), its actions in time. */
   readonly timeline: readonly (readonly Placed[])[];
   readonly stepTime: number;
-  /** Idle share of all stage time: 1 - busy / (stages x step time). */
+  /** Idle share of all device time: 1 - busy / (devices x step time). */
   readonly bubble: number;
   /** Most microbatches each stage holds for a backward. */
   readonly peakActivations: readonly number[];
 }
 
-/** Simulates `s`; throws a ScheduleError naming the stuck actions if it cannot finish. */
-export function simulate(s: Schedule, costs: ActionCosts = { F: 1, B: 2 }): Simulation {
-  const p = s.length;
+/**
+ * Simulates `s` (per-stage lists, or a placed schedule whose devices run their lists one
+ * action at a time); throws a ScheduleError naming the stuck actions if it cannot finish.
+ */
+export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts = { F: 1, B: 2 }): Simulation {
+  const placed: PlacedSchedule = Array.isArray(s) ? { stages: s as Schedule } : (s as PlacedSchedule);
+  const rows = placed.stages;
+  const lanes = placed.devices ?? rows;
+  const p = rows.length;
   const comm = costs.comm ?? 0;
-  const free = s.map(() => 0);
-  const split = s.map(splitsBackward);
-  const timeline: Placed[][] = s.map(() => []);
-  const stuck = walk(s, (a, st, depEnds) => {
-    const start = Math.max(free[st]!, ...depEnds.map((e) => e + comm));
-    const end = start + costOf(a, costs, split[st]!);
-    timeline[st]!.push({ action: a, start, end });
-    free[st] = end;
-    return end;
-  });
+  const free = lanes.map(() => 0);
+  const split = rows.map(splitsBackward);
+  const timeline: Placed[][] = lanes.map(() => []);
+  const stuck = walk(
+    lanes,
+    (a, lane, depEnds) => {
+      const start = Math.max(free[lane]!, ...depEnds.map((e) => e + comm));
+      const end = start + costOf(a, costs, split[a.stage]!);
+      timeline[lane]!.push({ action: a, start, end });
+      free[lane] = end;
+      return end;
+    },
+    p,
+  );
   if (stuck.length) throw new ScheduleError(`the schedule cannot finish: stuck at ${stuck.map(formatAction).join(', ')}`);
   const stepTime = Math.max(0, ...free);
   const busy = timeline.flat().reduce((n, x) => n + (x.end - x.start), 0);
-  const m = new Set(s.flat().map((a) => a.microbatch)).size;
-  return { stages: p, microbatches: m, timeline, stepTime, bubble: stepTime > 0 ? 1 - busy / (p * stepTime) : 0, peakActivations: s.map(maxInFlight) };
+  const m = new Set(rows.flat().map((a) => a.microbatch)).size;
+  return { stages: p, devices: lanes.length, microbatches: m, timeline, stepTime, bubble: stepTime > 0 ? 1 - busy / (lanes.length * stepTime) : 0, peakActivations: rows.map(maxInFlight) };
 }

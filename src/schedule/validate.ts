@@ -1,6 +1,7 @@
 /** Checks that a schedule is complete and runs to the end without deadlock. */
 import { ScheduleError } from '../errors.js';
 import { formatAction, splitsBackward, type Action, type Schedule } from './action.js';
+import { deviceOf, stageRows, type PlacedSchedule } from './interleaved.js';
 import { dependencies, walk } from './walk.js';
 
 export { dependencies } from './walk.js';
@@ -53,5 +54,32 @@ function checkRunsToEnd(s: Schedule, m: number): void {
   if (stuck.length > 0) {
     const why = stuck.map((a) => `${formatAction(a)} waits for ${dependencies(a, p).map(formatAction).join(', ')}`);
     throw new ScheduleError(`schedule deadlocks (m=${m}): ${why.join('; ')}`);
+  }
+}
+
+/**
+ * Validates a schedule whose devices host several stages: every stage's list as
+ * `validateSchedule` does, each device hosting only its own stages (round robin), each
+ * stage's list being its device's order filtered to it, and the devices able to run their
+ * lists in order (a device runs one action at a time) to the end.
+ */
+export function validatePlaced(s: PlacedSchedule, p: number, m: number, opts: ValidateOptions = {}): void {
+  validateSchedule(s.stages, p, m, opts);
+  if (!s.devices) return;
+  const d = s.devices.length;
+  if (d < 1 || p % d !== 0) throw new ScheduleError(`${p} stages cannot be spread evenly over ${d} devices`);
+  s.devices.forEach((row, dev) => {
+    for (const a of row) if (deviceOf(a.stage, d) !== dev) throw new ScheduleError(`action ${formatAction(a)} is listed on device ${dev}; stage ${a.stage} runs on device ${deviceOf(a.stage, d)}`);
+  });
+  const derived = stageRows(s.devices, p);
+  derived.forEach((row, st) => {
+    if (row.map(formatAction).join(' ') !== s.stages[st]!.map(formatAction).join(' ')) {
+      throw new ScheduleError(`stage ${st}'s list is not its device's order: ${row.map(formatAction).join(' ')}`);
+    }
+  });
+  const stuck = walk(s.devices, () => 0, p);
+  if (stuck.length > 0) {
+    const why = stuck.map((a) => `device ${deviceOf(a.stage, d)} at ${formatAction(a)} waits for ${dependencies(a, p).map(formatAction).join(', ')}`);
+    throw new ScheduleError(`the devices' order deadlocks (m=${m}): ${why.join('; ')}`);
   }
 }

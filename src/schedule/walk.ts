@@ -12,18 +12,20 @@ export function dependencies(a: Action, p: number): Action[] {
 }
 
 /**
- * Runs every stage's list in order, each action once its dependencies have run. `run` gets
- * the action, the stage and the end times of its dependencies, and returns its own end time.
- * Returns the action each stage is stuck at (empty when the schedule runs to the end).
+ * Runs every lane's list in order, each action once its dependencies have run. A lane is a
+ * stage's list, or a device's when a device hosts several stages (`stages` then counts the
+ * stages, not the lanes). `run` gets the action, the lane and the end times of its
+ * dependencies, and returns its own end time. Returns the action each lane is stuck at
+ * (empty when the schedule runs to the end).
  */
-export function walk(s: Schedule, run: (a: Action, stage: number, depEnds: number[]) => number): Action[] {
-  const p = s.length;
+export function walk(s: Schedule, run: (a: Action, lane: number, depEnds: number[]) => number, stages = s.length): Action[] {
+  const p = stages;
   const ends = new Map<string, number>();
   const cursor = s.map(() => 0);
   let progressed = true;
   while (progressed) {
     progressed = false;
-    for (let st = 0; st < p; st++) {
+    for (let st = 0; st < s.length; st++) {
       const row = s[st]!;
       while (cursor[st]! < row.length) {
         const a = row[cursor[st]!]!;

@@ -28,7 +28,7 @@ describe('troupe command line', () => {
   it.each([
     ['bad-no-model.job.ts', /field "model" must be a function/],
     ['bad-stages.job.ts', /field "stages": cannot cut 3 layers into 7 stages/],
-    ['bad-schedule.job.ts', /field "schedule" must be one of gpipe, 1f1b, zbh1, got "zigzag"/],
+    ['bad-schedule.job.ts', /field "schedule" must be one of gpipe, 1f1b, zbh1, interleaved, loopedbfs, got "zigzag"/],
   ])('%s fails before any process starts, naming the field', async (file, message) => {
     const { code, output } = await troupeToEnd(['up', fixture(file)]);
     expect(code).toBe(1);
@@ -80,6 +80,11 @@ describe('troupe command line', () => {
     expect(zb.output).toMatch(/zbh1, p=4, m=8: step 28 time units/);
     expect(zb.output).toMatch(/bubble: simulated 14\.3%/);
     expect(zb.output).toMatch(/peak activations per stage: 4 4 4 3/);
+    // Interleaved: 4 stages on 2 devices, a row per device, the bubble of 1F1B divided by v.
+    const il = await troupeToEnd(['schedule', 'show', 'interleaved', '-p', '4', '-v', '2', '-m', '4']);
+    expect(il.output).toMatch(/interleaved, p=4 on 2 devices, m=4: step 27 time units/);
+    expect(il.output.split('\n').filter((l) => /^ \d \|/.test(l))).toHaveLength(2);
+    expect(il.output).toMatch(/bubble: simulated 11\.1%, \(\(d-1\)\/v\)\/\(m\+\(d-1\)\/v\) = 11\.1%/);
     expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({ code: 1, output: expect.stringMatching(/unknown schedule "zigzag"/) });
     expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({ code: 2, output: expect.stringMatching(/-p must be an integer/) });
   });

@@ -28,7 +28,7 @@ describe('validateJobConfig', () => {
     [{ ...good, microbatches: 2.5 }, /field "microbatches" must be a positive integer/],
     [{ ...good, epochs: -1 }, /field "epochs"/],
     [{ ...good, batchSize: '8' }, /field "batchSize"/],
-    [{ ...good, schedule: 'zigzag' }, /field "schedule" must be one of gpipe, 1f1b, zbh1, got "zigzag"/],
+    [{ ...good, schedule: 'zigzag' }, /field "schedule" must be one of gpipe, 1f1b, zbh1, interleaved, loopedbfs, got "zigzag"/],
     [{ ...good, optimizer: 'adam' }, /field "optimizer" must be \{ className, config \}/],
     [{ ...good, loss: 3 }, /field "loss"/],
     [{ ...good, metric: 3 }, /field "metric"/],

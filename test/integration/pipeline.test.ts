@@ -76,4 +76,32 @@ describe('pipeline over a real nats-server', () => {
       }
     },
   );
+
+  it.each([
+    { schedule: 'interleaved', devices: 2, v: 2, m: 4 },
+    { schedule: 'interleaved', devices: 2, v: 3, m: 4 },
+    { schedule: 'loopedbfs', devices: 2, v: 2, m: 3 },
+  ] as const)('$schedule, $devices devices x $v virtual stages, m=$m: 3 Adam steps equal single-process training', async ({ schedule, devices, v, m }) => {
+    const sizes = [12, 16, 16, 16, 16, 16, 12, 3];
+    const model = mlp(sizes, 5);
+    const ref = mlp(sizes, 6);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: optimizer('adam'), loss: 'categoricalCrossentropy' });
+    const pipe = await createPipeline({
+      model, stages: devices * v, virtualStages: v, microbatches: m, schedule, optimizer: optimizer('adam'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    });
+    const { x, y } = data(16, sizes[0]!, 3, 9);
+    try {
+      expect(pipe.devices).toHaveLength(devices);
+      for (let s = 0; s < 3; s++) {
+        const [r, refLoss] = await stepBoth(pipe, ref, x, y);
+        expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+        expect(r.peakHeld).toEqual(inFlightBounds(pipe.schedule));
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
 });

@@ -13,12 +13,13 @@ import {
 import { inFlightBounds, maxInFlight, releasedBy } from '../../src/schedule/constraint.js';
 import { simulate } from '../../src/schedule/simulate.js';
 import { zeroBubbleH1 } from '../../src/schedule/zeroBubble.js';
+import { formatDeviceSchedule, interleaved1F1B, loopedBFS, stageRows } from '../../src/schedule/interleaved.js';
 import { gpipe } from '../../src/schedule/gpipe.js';
 import { microbatchOffsets, microbatchSizes } from '../../src/schedule/microbatch.js';
 import { needs, receives } from '../../src/schedule/needs.js';
 import { oneFOneB } from '../../src/schedule/oneFOneB.js';
-import { ScheduleName, buildSchedule, forwardOnlySchedule, isScheduleName } from '../../src/schedule/schedules.js';
-import { dependencies, validateSchedule } from '../../src/schedule/validate.js';
+import { ScheduleName, buildPlacedSchedule, buildSchedule, forwardOnlySchedule, isScheduleName } from '../../src/schedule/schedules.js';
+import { dependencies, validatePlaced, validateSchedule } from '../../src/schedule/validate.js';
 
 /** Builds a schedule from hand-written rows like ['F0 F1 B0 B1', ...]. */
 function rows(...lines: string[]): Action[][] {
@@ -387,7 +388,7 @@ describe('buildSchedule and sizes', () => {
     expect(formatSchedule(buildSchedule('1f1b', 2, 2))).toEqual(['0: 0F0 0F1 0B0 0B1', '1: 1F0 1B0 1F1 1B1']);
   });
 
-  it.each(['', 'GPIPE', '1F1B', 'pipedream', 'interleaved', 'toString', 'constructor', '__proto__'])('refuses the unknown name %j with a ConfigError', (name) => {
+  it.each(['', 'GPIPE', '1F1B', 'pipedream', 'interleaved-1f1b', 'toString', 'constructor', '__proto__'])('refuses the unknown name %j with a ConfigError', (name) => {
     expect(isScheduleName(name)).toBe(false);
     expect(() => buildSchedule(name, 2, 2)).toThrow(ConfigError);
     expect(() => buildSchedule(name, 2, 2)).toThrow(`unknown schedule "${name}"; known: gpipe, 1f1b`);
@@ -527,5 +528,70 @@ describe('ZB-H1 (zero bubble with 1F1B peak memory): B and W split, W filling bu
     scheduleError(() => validateSchedule(rows('F0 W0 B0', 'F0 B0 W0'), 2, 1), /action 0W0 comes before 0B0/);
     scheduleError(() => validateSchedule(rows('F0 F1 B0 W0 B1', 'F0 B0 F1 B1'), 2, 2), /action 0W1 is missing \(stage 0 splits its backward/);
     scheduleError(() => validateSchedule(rows('F0 W0'), 1, 1, { forwardOnly: true }), /0W0: backward in a forward-only schedule/);
+  });
+});
+
+describe('devices hosting several stages: interleaved 1F1B and looped BFS', () => {
+  it('interleaved d=2 v=2 m=4: the device orders, checked by hand against Megatron-LM\'s rules', () => {
+    // Device 0 hosts stages 0 and 2. Forwards in rounds of d=2 microbatches per chunk:
+    // 0F0 0F1 2F0 2F1 0F2 0F3 2F2 2F3; backwards through the chunks in reverse: 2B0 2B1 0B0 0B1 2B2 2B3 0B2 0B3.
+    // Warm-up 2(d-0-1) + (v-1)d = 4 forwards, then F/B pairs, then the last 4 backwards.
+    const s = interleaved1F1B(2, 4, 2);
+    expect(formatDeviceSchedule(s.devices!)).toEqual([
+      '0: 0F0 0F1 2F0 2F1 0F2 2B0 0F3 2B1 2F2 0B0 2F3 0B1 2B2 2B3 0B2 0B3',
+      '1: 1F0 1F1 3F0 3B0 3F1 3B1 1F2 1B0 1F3 1B1 3F2 3B2 3F3 3B3 1B2 1B3',
+    ]);
+    // Each stage's own list is its device's order filtered to it.
+    expect(formatStageActions(s.stages[2]!)).toBe('F0 F1 B0 B1 F2 F3 B2 B3');
+    expect(formatStageActions(s.stages[3]!)).toBe('F0 B0 F1 B1 F2 B2 F3 B3');
+  });
+
+  it('looped BFS d=2 v=2 m=2: every forward of each chunk, then the backwards in reverse chunk order', () => {
+    expect(formatDeviceSchedule(loopedBFS(2, 2, 2).devices!)).toEqual([
+      '0: 0F0 0F1 2F0 2F1 2B0 2B1 0B0 0B1',
+      '1: 1F0 1F1 3F0 3F1 3B0 3B1 1B0 1B1',
+    ]);
+  });
+
+  it('the bubble of interleaved 1F1B is 1F1B\'s divided by v: ((d-1)/v) / (m + (d-1)/v), simulated', () => {
+    for (const [d, m, v] of [[2, 4, 2], [2, 8, 2], [4, 8, 2], [4, 8, 4], [3, 6, 3], [4, 4, 2]] as const) {
+      const sim = simulate(interleaved1F1B(d, m, v), { F: 1, B: 2 });
+      const k = (d - 1) / v;
+      expect(sim.devices).toBe(d);
+      expect(sim.bubble, `d=${d} m=${m} v=${v}`).toBeCloseTo(k / (m + k), 10);
+      // One stage per device (v = 1) is plain 1F1B.
+      expect(interleaved1F1B(d, m, 1).stages).toEqual(oneFOneB(d, m));
+    }
+  });
+
+  it('every built-in placed schedule is valid and its devices run to the end', () => {
+    for (let d = 1; d <= 4; d++) {
+      for (const v of [2, 3]) {
+        for (let m = d; m <= 12; m += d) {
+          expect(() => validatePlaced(interleaved1F1B(d, m, v), d * v, m)).not.toThrow();
+          expect(() => validatePlaced(loopedBFS(d, m, v), d * v, m)).not.toThrow();
+          expect(buildPlacedSchedule('interleaved', d * v, m, v)).toEqual(interleaved1F1B(d, m, v));
+        }
+      }
+    }
+  });
+
+  it('refuses a device order that deadlocks though every stage list is valid, naming the device and action', () => {
+    // Device 0 runs 0B0 before 2B0, but 0B0 needs 1B0, which needs 2B0.
+    const devices = [rows('F0 B0').flat().concat(parseStageActions('F0 B0', 2)), [...parseStageActions('F0', 1), ...parseStageActions('F0 B0', 3), ...parseStageActions('B0', 1)]];
+    const placed = { stages: stageRows(devices, 4), devices };
+    expect(() => validateSchedule(placed.stages, 4, 1)).not.toThrow();
+    scheduleError(() => validatePlaced(placed, 4, 1), /devices' order deadlocks \(m=1\): device 0 at 0B0 waits for 1B0/);
+  });
+
+  it('refuses an action on the wrong device, a stage list that is not its device\'s order, and bad sizes', () => {
+    const s = interleaved1F1B(2, 2, 2);
+    const swapped = [s.devices![1]!, s.devices![0]!];
+    scheduleError(() => validatePlaced({ stages: s.stages, devices: swapped }, 4, 2), /is listed on device 0; stage 1 runs on device 1/);
+    const reordered = { stages: s.stages.map((r, i) => (i === 0 ? [...r].reverse() : r)), devices: s.devices! };
+    expect(() => validatePlaced(reordered, 4, 2)).toThrow(ScheduleError);
+    scheduleError(() => interleaved1F1B(2, 3, 2), /multiple of the device count \(2\)/);
+    expect(() => buildPlacedSchedule('interleaved', 5, 4, 2)).toThrow(/5 stages cannot be spread over devices of 2/);
+    expect(() => buildPlacedSchedule('1f1b', 4, 4, 2)).toThrow(/runs one stage per device/);
   });
 });
