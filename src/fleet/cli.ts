@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, TroupeError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
-import { runWorker } from './worker.js';
+import { parseRanks, runWorker } from './worker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
 import { buildPlacedSchedule, ScheduleName } from '../schedule/schedules.js';
@@ -43,7 +43,7 @@ options:
   --inspect               publish every actor's inspection events (see troupe inspect)
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   -h, --help              this text`,
-  worker: `usage: troupe worker --nats <url> --job <id> --rank <r> --config <job-config> [--backend <name>]
+  worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
 Builds stage <r> of the job from the config module and serves it on NATS until the driver
 stops it (or SIGTERM). The driver waits for every rank and sends the weights.
@@ -51,7 +51,8 @@ stops it (or SIGTERM). The driver waits for every rank and sends the weights.
 options:
   --nats <url>        the job's NATS server
   --job <id>          the job id the driver printed
-  --rank <r>          which stage this process runs (0-based)
+  --rank <r>[,<r>...] which stage this process runs (0-based); several for the stages of
+                      one device (virtual stages), which then take turns
   --config <file>     the job config module (the same file as the driver's)
   --backend <name>    node-gpu, node, wasm or cpu (default: best available)
   --inspect           publish the stage actor's inspection events
@@ -173,7 +174,7 @@ async function worker(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, rank: intOf('--rank', values.rank, 0)!, config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
   return 0;
 }
 
@@ -278,4 +279,12 @@ function bubbleFormula(d: number, m: number, v: number): string {
   if (v === 1) return `(p-1)/(m+p-1) = ${(((d - 1) / (m + d - 1)) * 100).toFixed(1)}%`;
   const k = (d - 1) / v;
   return `((d-1)/v)/(m+(d-1)/v) = ${((k / (m + k)) * 100).toFixed(1)}%`;
+}
+
+function ranksOf(s: string): number[] {
+  try {
+    return parseRanks(s);
+  } catch (err) {
+    throw new UsageError(messageOf(err));
+  }
 }

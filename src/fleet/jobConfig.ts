@@ -57,6 +57,8 @@ export interface JobConfig {
   readonly stepTimeoutMs?: number;
   /** Activation checkpointing: stages keep only their inputs and recompute the forward at backward time (default false). */
   readonly recompute?: boolean;
+  /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
+  readonly virtualStages?: number;
 }
 
 /** Types a job config (identity at run time). */
@@ -64,7 +66,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -94,6 +96,7 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (typeof o['loss'] !== 'string' && typeof o['loss'] !== 'function') throw new ConfigError(`${where}: field "loss" must be a tfjs loss name or a function`);
   if (o['metric'] !== undefined && typeof o['metric'] !== 'string' && typeof o['metric'] !== 'function') throw new ConfigError(`${where}: field "metric" must be a tfjs metric name or a function`);
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
+  if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
   if (o['recompute'] !== undefined && typeof o['recompute'] !== 'boolean') {
     throw new ConfigError(`${where}: field "recompute" must be true or false, got ${JSON.stringify(o['recompute'])}`);
   }

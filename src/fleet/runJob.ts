@@ -18,7 +18,8 @@ import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
 import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
 import { CtlVerb, checkJobId, ctlSubject } from '../protocol/subjects.js';
-import { buildSchedule } from '../schedule/schedules.js';
+import { deviceOf, type PlacedSchedule } from '../schedule/interleaved.js';
+import { buildPlacedSchedule } from '../schedule/schedules.js';
 import { deferred } from '../runtime/deferred.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
@@ -93,6 +94,8 @@ interface Prepared {
   readonly job: string;
   readonly model: tf.LayersModel;
   readonly partitions: StagePartition[];
+  /** The schedule, with each device's order when devices host several stages. */
+  readonly schedule: PlacedSchedule;
   readonly data: JobData;
   readonly stepsPerEpoch: number;
   readonly total: number;
@@ -112,7 +115,12 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   } catch (cause) {
     throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
   }
-  buildSchedule(cfg.schedule ?? '1f1b', partitions.length, cfg.microbatches);
+  let schedule: PlacedSchedule;
+  try {
+    schedule = buildPlacedSchedule(cfg.schedule ?? '1f1b', partitions.length, cfg.microbatches, cfg.virtualStages ?? 1);
+  } catch (cause) {
+    throw new ConfigError(`${where}: field "schedule": ${messageOf(cause)}`, { cause });
+  }
   resolveLoss(cfg.loss, cfg.metric);
   optimizerFactory(cfg.optimizer)().dispose();
   const data = await cfg.data();
@@ -128,7 +136,7 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   if (cfg.batchSize < cfg.microbatches) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is smaller than microbatches ${cfg.microbatches}`);
   const all = stepsPerEpoch * cfg.epochs;
   if (o.steps !== undefined && !(Number.isInteger(o.steps) && o.steps > 0)) throw new ConfigError(`--steps must be a positive integer, got ${o.steps}`);
-  return { cfg, job, model, partitions, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
+  return { cfg, job, model, partitions, schedule, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
 }
 
 async function initialStates(p: Prepared): Promise<RankState[]> {
@@ -161,7 +169,10 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const out = o.out ?? process.stdout;
   const say = (l: string) => out.write(`${l}\n`);
   const prep = await prepareJob(o);
-  const { cfg, job, partitions, data } = prep;
+  const { cfg, job, partitions, data, schedule } = prep;
+  // Worker processes: one per device, hosting its stages (k, k + d, ... with virtual stages).
+  const devices = schedule.devices?.length ?? partitions.length;
+  const ranksOn = (dev: number) => partitions.map((s) => s.rank).filter((r) => deviceOf(r, devices) === dev);
   if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted before it started`);
   const p = partitions.length;
   if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
@@ -186,9 +197,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (o.spawn ?? true) {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;
-      for (let r = 0; r < p; r++) {
-        const args = ['--nats', url, '--job', job, '--rank', String(r), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
-        supervisor.spawn(r, args, deviceEnv(r, gpus, gpuBackend));
+      for (let dev = 0; dev < devices; dev++) {
+        const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
+        supervisor.spawn(dev, args, deviceEnv(dev, gpus, gpuBackend));
       }
     } else say(`troupe up: waiting for ${p} workers: troupe worker --nats ${url} --job ${job} --rank <r> --config ${o.config}`);
     const workers = await waitForWorkers(bus, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
@@ -200,7 +211,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     sched = await SchedulerHost.start({ bus, job, stages: p, inspect: o.inspect ?? false });
     if (o.trace) trace = await TraceRecorder.start(bus, job);
     const runner = new StepRunner({
-      scheduler: sched, job, schedule: buildSchedule(cfg.schedule ?? '1f1b', p, cfg.microbatches), microbatches: cfg.microbatches,
+      scheduler: sched, job, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
       inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
     });
     const progress = new Progress(out);

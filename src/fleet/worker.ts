@@ -1,4 +1,4 @@
-/** A worker process: one stage actor of a job, joined to the fleet only through NATS. */
+/** A worker process: the stage actors of one device of a job, joined to the fleet only through NATS. */
 import { ConfigError } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
@@ -6,6 +6,7 @@ import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel } from '../compute/partition.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { deferred } from '../runtime/deferred.js';
+import { DeviceTurn } from '../runtime/deviceTurn.js';
 import { StageHost } from '../runtime/stageHost.js';
 import { Bus } from '../transport/bus.js';
 import { deviceName } from './device.js';
@@ -15,39 +16,50 @@ import { loadJobConfig } from './jobConfig.js';
 export interface WorkerOptions {
   readonly nats: string;
   readonly job: string;
-  readonly rank: number;
+  /** The stages this process hosts: one, or several sharing the device (virtual stages). */
+  readonly ranks: readonly number[];
   /** The job config module, the same file the driver runs. */
   readonly config: string;
   readonly backend?: BackendName;
-  /** Publish the stage actor's inspection events. */
+  /** Publish the stage actors' inspection events. */
   readonly inspect?: boolean;
   readonly log?: (line: string) => void;
 }
 
 /**
- * Builds the rank's stage from the job config, serves it on NATS and resolves when the
- * driver stops it, the process is signalled, or the connection is lost for good.
+ * Builds the ranks' stages from the job config, serves them on NATS (one connection; the
+ * stages of one process take turns in their device's order) and resolves when the driver
+ * stops them, the process is signalled, or the connection is lost for good.
  */
 export async function runWorker(o: WorkerOptions): Promise<void> {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  if (o.ranks.length === 0 || new Set(o.ranks).size !== o.ranks.length) throw new ConfigError(`a worker needs distinct ranks, got [${o.ranks.join(', ')}]`);
   const choice = await selectBackend({ ...(o.backend ? { prefer: o.backend } : {}), log: null });
   const device = deviceName(choice.name);
   const cfg = await loadJobConfig(o.config);
   const model = await cfg.model();
   const parts = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false });
-  const partition = parts[o.rank];
-  if (!partition) throw new ConfigError(`rank ${o.rank} does not exist: job ${o.job} has ${parts.length} stages`);
-  const compute = StageCompute.forPartition(partition, optimizerFactory(cfg.optimizer)(), resolveLoss(cfg.loss, cfg.metric), cfg.recompute ?? false);
-  const bus = await Bus.connect({ servers: o.nats, name: `troupe-${o.job}-worker-${o.rank}` });
-  const host = await StageHost.start({ bus, job: o.job, partition, compute, identity: { backend: choice.name, device }, inspect: o.inspect ?? false });
-  log(`troupe worker: job ${o.job} rank ${o.rank}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
+  for (const r of o.ranks) if (!parts[r]) throw new ConfigError(`rank ${r} does not exist: job ${o.job} has ${parts.length} stages`);
+  const makeOptimizer = optimizerFactory(cfg.optimizer);
+  const objective = resolveLoss(cfg.loss, cfg.metric);
+  const computes = o.ranks.map((r) => StageCompute.forPartition(parts[r]!, makeOptimizer(), objective, cfg.recompute ?? false));
+  const name = `troupe-${o.job}-worker-${o.ranks.join('-')}`;
+  const bus = await Bus.connect({ servers: o.nats, name });
+  const turn = o.ranks.length > 1 ? new DeviceTurn() : undefined;
+  const hosts: StageHost[] = [];
+  for (const [i, r] of o.ranks.entries()) {
+    const partition = parts[r]!;
+    hosts.push(await StageHost.start({ bus, job: o.job, partition, compute: computes[i]!, identity: { backend: choice.name, device }, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
+    log(`troupe worker: job ${o.job} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
+  }
+  const who = `rank ${o.ranks.join(', ')}`;
 
   let stopping: Promise<void> | undefined;
   const stop = (why: string): Promise<void> =>
     (stopping ??= (async () => {
-      log(`troupe worker: rank ${o.rank} stopping (${why})`);
-      await host.close();
-      compute.dispose();
+      log(`troupe worker: ${who} stopping (${why})`);
+      await Promise.all(hosts.map((h) => h.close()));
+      for (const c of computes) c.dispose();
       await bus.close().catch(() => {});
       model.dispose();
     })());
@@ -58,13 +70,28 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   process.once('SIGINT', onSignal);
   process.once('disconnect', onDisconnect);
   bus.onStatus((s) => s.type === 'close' && stopped.resolve('NATS connection closed'));
-  const sub = host.actor.subscribe((snap) => snap.status === 'done' && stopped.resolve('stop requested'));
+  // The driver stops every rank; the process ends when all its stages are stopped.
+  const done = new Set<number>();
+  const subs = hosts.map((h, i) =>
+    h.actor.subscribe((snap) => {
+      if (snap.status !== 'done') return;
+      done.add(i);
+      if (done.size === hosts.length) stopped.resolve('stop requested');
+    }),
+  );
   try {
     await stop(await stopped.promise);
   } finally {
-    sub.unsubscribe();
+    for (const s of subs) s.unsubscribe();
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     process.off('disconnect', onDisconnect);
   }
+}
+
+/** Parses `--rank 3` or `--rank 0,4` (the stages of one device). */
+export function parseRanks(s: string): number[] {
+  const ranks = s.split(',').map((t) => t.trim());
+  if (ranks.some((t) => !/^\d+$/.test(t))) throw new ConfigError(`--rank must be a rank or a comma-separated list of ranks, got "${s}"`);
+  return ranks.map(Number);
 }

@@ -5,12 +5,15 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPipeline, loadCheckpoint } from '../../src/index.js';
+import type { JobConfig } from '../../src/fleet/jobConfig.js';
+import interleavedJob from '../fixtures/tiny-interleaved.job.js';
 import job from '../fixtures/tiny.job.js';
 import { maxAbsDiff } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
+const INTERLEAVED = fileURLToPath(new URL('../fixtures/tiny-interleaved.job.ts', import.meta.url));
 const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -23,18 +26,18 @@ async function loadSaved(dir: string): Promise<tf.LayersModel> {
 }
 
 /** The same job in one process: createPipeline with the stages on this process's NATS connections. */
-async function inProcess(steps: number): Promise<tf.LayersModel> {
-  const model = await job.model();
-  const { train } = await job.data();
+async function inProcess(steps: number, cfg: JobConfig = job): Promise<tf.LayersModel> {
+  const model = await cfg.model();
+  const { train } = await cfg.data();
   const pipe = await createPipeline({
-    model, stages: job.stages, microbatches: job.microbatches, schedule: job.schedule!, optimizer: job.optimizer,
-    loss: job.loss, metric: job.metric!, nats: { servers: nats.server.url },
+    model, stages: cfg.stages, virtualStages: cfg.virtualStages ?? 1, microbatches: cfg.microbatches, schedule: cfg.schedule!, optimizer: cfg.optimizer,
+    loss: cfg.loss, metric: cfg.metric!, nats: { servers: nats.server.url },
   });
-  const perEpoch = Math.floor(train.x.shape[0]! / job.batchSize);
+  const perEpoch = Math.floor(train.x.shape[0]! / cfg.batchSize);
   try {
     for (let s = 0; s < steps; s++) {
-      const at = (s % perEpoch) * job.batchSize;
-      const [x, y] = [train.x.slice(at, job.batchSize), train.y.slice(at, job.batchSize)];
+      const at = (s % perEpoch) * cfg.batchSize;
+      const [x, y] = [train.x.slice(at, cfg.batchSize), train.y.slice(at, cfg.batchSize)];
       await pipe.trainStep(x, y);
       tf.dispose([x, y]);
     }
@@ -60,6 +63,21 @@ describe('troupe up with 2 worker processes', () => {
     const fleet = await loadSaved(save);
     const local = await inProcess(12);
     expect(maxAbsDiff(fleet, local)).toBeLessThan(1e-6);
+  });
+
+  it('interleaved: 4 stages on 2 worker processes (2 virtual stages each) train to the in-process weights', async () => {
+    const save = join(tmp, 'interleaved');
+    const { code, output } = await troupeToEnd(['up', INTERLEAVED, '--save', save]);
+    expect(code, output).toBe(0);
+    for (const r of [0, 1, 2, 3]) expect(output).toMatch(new RegExp(`rank ${r}: pid \\d+ on`));
+    expect(output).toMatch(/step 6\/6 epoch 1\/1/);
+    const pids = printedPids(output);
+    // nats-server and two workers: ranks 0 and 2 share one process, 1 and 3 the other.
+    expect(new Set(pids).size).toBe(3);
+    expect(output.match(/rank 0: pid (\d+)/)![1]).toBe(output.match(/rank 2: pid (\d+)/)![1]);
+    expect(output.match(/rank 1: pid (\d+)/)![1]).toBe(output.match(/rank 3: pid (\d+)/)![1]);
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+    expect(maxAbsDiff(await loadSaved(save), await inProcess(6, interleavedJob))).toBeLessThan(1e-6);
   });
 
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
