@@ -1,12 +1,13 @@
 /** `npm run bench`: every benchmark, printed and written to bench/RESULTS.md with the date and command. */
 import { writeFile } from 'node:fs/promises';
+import { benchBubble } from './bubble.js';
 import { benchInspect } from './inspect.js';
 import { benchProfile } from './profile.js';
 import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, profile: benchProfile, transport: benchTransport, inspect: benchInspect };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, bubble: benchBubble, profile: benchProfile, transport: benchTransport, inspect: benchInspect };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

@@ -1,7 +1,8 @@
 /**
  * The benchmark job, shaped by environment variables so every process of the fleet builds
- * the same thing: BENCH_MODEL (mlp | conv), BENCH_STAGES, BENCH_M, BENCH_SCHEDULE,
- * BENCH_BATCH, BENCH_STEPS. Data are random: speed does not depend on the values.
+ * the same thing: BENCH_MODEL (mlp | conv | uniform), BENCH_STAGES, BENCH_V (stages per
+ * worker), BENCH_M, BENCH_SCHEDULE, BENCH_BATCH, BENCH_STEPS. Data are random: speed does
+ * not depend on the values.
  */
 import * as tf from '@tensorflow/tfjs';
 import { defineJob } from '../../src/index.js';
@@ -11,7 +12,15 @@ export const MODEL = env('BENCH_MODEL', 'mlp');
 export const BATCH = Number(env('BENCH_BATCH', '256'));
 const STEPS = Number(env('BENCH_STEPS', '12'));
 
-/** The reference MLP 784-1024-1024-10, or a small conv net on 28x28x1. */
+/** Width of the uniform MLP's layers. */
+export const UNIFORM_WIDTH = 1024;
+/** Equal layers of the uniform MLP (divisible by 2, 4 and 8 stages). */
+export const UNIFORM_LAYERS = 8;
+
+/**
+ * The reference MLP 784-1024-1024-10, a small conv net on 28x28x1, or a uniform MLP of 8
+ * equal 1024-wide layers (and a small softmax layer): stages of equal work, for the bubble.
+ */
 export function benchModel(kind = MODEL): tf.LayersModel {
   const init = (seed: number) => tf.initializers.glorotUniform({ seed });
   const m = tf.sequential();
@@ -23,6 +32,11 @@ export function benchModel(kind = MODEL): tf.LayersModel {
     m.add(tf.layers.flatten());
     m.add(tf.layers.dense({ units: 128, activation: 'relu', kernelInitializer: init(3) }));
     m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(4) }));
+  } else if (kind === 'uniform') {
+    for (let i = 0; i < UNIFORM_LAYERS; i++) {
+      m.add(tf.layers.dense({ units: UNIFORM_WIDTH, activation: 'relu', kernelInitializer: init(10 + i), ...(i === 0 ? { inputShape: [UNIFORM_WIDTH] } : {}) }));
+    }
+    m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(9) }));
   } else {
     m.add(tf.layers.dense({ units: 1024, activation: 'relu', inputShape: [784], kernelInitializer: init(1) }));
     m.add(tf.layers.dense({ units: 1024, activation: 'relu', kernelInitializer: init(2) }));
@@ -33,7 +47,7 @@ export function benchModel(kind = MODEL): tf.LayersModel {
 
 /** Random inputs and one-hot labels for `n` examples of the model's input shape. */
 export function benchData(n: number, kind = MODEL): { x: tf.Tensor; y: tf.Tensor } {
-  const shape = kind === 'conv' ? [n, 28, 28, 1] : [n, 784];
+  const shape = kind === 'conv' ? [n, 28, 28, 1] : kind === 'uniform' ? [n, UNIFORM_WIDTH] : [n, 784];
   return { x: tf.randomUniform(shape, 0, 1, 'float32', 7), y: tf.oneHot(tf.randomUniform([n], 0, 10, 'int32', 8), 10).toFloat() };
 }
 
@@ -43,6 +57,7 @@ export default defineJob({
   stages: Number(env('BENCH_STAGES', '2')),
   microbatches: Number(env('BENCH_M', '4')),
   schedule: env('BENCH_SCHEDULE', '1f1b'),
+  virtualStages: Number(env('BENCH_V', '1')),
   optimizer: { className: 'SGD', config: { learningRate: 0.01 } },
   loss: 'categoricalCrossentropy',
   epochs: 1,

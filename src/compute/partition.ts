@@ -50,6 +50,11 @@ export interface PartitionOptions {
    * a stage keeps its forward's tape, so such layers run once per microbatch.
    */
   readonly recompute?: boolean;
+  /**
+   * Cost of each layer (in cut order) for a stage count: stages are balanced by these (for
+   * example milliseconds from `profileLayers`) instead of by parameter count.
+   */
+  readonly costs?: readonly number[];
 }
 
 function layersOf(model: tf.LayersModel): Layer[] {
@@ -71,14 +76,15 @@ function cutOf(t: Sym, where: string): CutTensor {
   return { shape: shape as number[], dtype: dtypeOf(t, where) };
 }
 
-/** Start index of every stage (plus the end), from a stage spec. */
-export function stageStarts(model: tf.LayersModel, spec: StageSpec): number[] {
+/** Start index of every stage (plus the end), from a stage spec (a count is balanced by `costs`, else by parameters). */
+export function stageStarts(model: tf.LayersModel, spec: StageSpec, costs?: readonly number[]): number[] {
   const layers = layersOf(model);
   const n = layers.length;
   if (typeof spec === 'number') {
     if (!Number.isInteger(spec) || spec < 1) throw new PartitionError(`stages must be a positive integer, got ${spec}`);
     if (spec > n) throw new PartitionError(`cannot cut ${n} layers into ${spec} stages`);
-    return balanceByCost(layers.map((l) => l.countParams()), spec);
+    if (costs && (costs.length !== n || costs.some((c) => !(c >= 0)))) throw new PartitionError(`layer costs: ${n} non-negative numbers expected, got [${costs.join(', ')}]`);
+    return balanceByCost(costs ?? layers.map((l) => l.countParams()), spec);
   }
   const starts = spec.map((b, i) => {
     const idx = typeof b === 'number' ? b : layers.findIndex((l) => l.name === b);
@@ -112,7 +118,7 @@ export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: Par
       }
     }
   }
-  const starts = stageStarts(model, spec);
+  const starts = stageStarts(model, spec, opts.costs);
   const p = starts.length - 1;
   const stageOfLayer = new Map<Layer, number>();
   for (let s = 0; s < p; s++) for (let i = starts[s]!; i < starts[s + 1]!; i++) stageOfLayer.set(layers[i]!, s);

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, TroupeError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
-import { parseRanks, runWorker } from './worker.js';
+import { parseBoundaries, parseRanks, runWorker } from './worker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
 import { buildPlacedSchedule, ScheduleName } from '../schedule/schedules.js';
@@ -53,6 +53,8 @@ options:
   --job <id>          the job id the driver printed
   --rank <r>[,<r>...] which stage this process runs (0-based); several for the stages of
                       one device (virtual stages), which then take turns
+  --boundaries <i,..> the cut to use (first layer of stages 1..p-1) instead of the config's
+                      stages; troupe up passes its own
   --config <file>     the job config module (the same file as the driver's)
   --backend <name>    node-gpu, node, wasm or cpu (default: best available)
   --inspect           publish the stage actor's inspection events
@@ -164,6 +166,7 @@ async function worker(argv: string[]): Promise<number> {
       nats: { type: 'string' },
       job: { type: 'string' },
       rank: { type: 'string' },
+      boundaries: { type: 'string' },
       config: { type: 'string' },
       backend: { type: 'string' },
       inspect: { type: 'boolean' },
@@ -174,7 +177,7 @@ async function worker(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
   return 0;
 }
 
@@ -284,6 +287,14 @@ function bubbleFormula(d: number, m: number, v: number): string {
 function ranksOf(s: string): number[] {
   try {
     return parseRanks(s);
+  } catch (err) {
+    throw new UsageError(messageOf(err));
+  }
+}
+
+function boundariesOf(s: string): number[] {
+  try {
+    return parseBoundaries(s);
   } catch (err) {
     throw new UsageError(messageOf(err));
   }

@@ -59,6 +59,8 @@ export interface JobConfig {
   readonly recompute?: boolean;
   /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
+  readonly balance?: 'params' | 'time';
 }
 
 /** Types a job config (identity at run time). */
@@ -66,7 +68,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -97,6 +99,9 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (o['metric'] !== undefined && typeof o['metric'] !== 'string' && typeof o['metric'] !== 'function') throw new ConfigError(`${where}: field "metric" must be a tfjs metric name or a function`);
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
   if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
+  if (o['balance'] !== undefined && o['balance'] !== 'params' && o['balance'] !== 'time') {
+    throw new ConfigError(`${where}: field "balance" must be "params" or "time", got ${JSON.stringify(o['balance'])}`);
+  }
   if (o['recompute'] !== undefined && typeof o['recompute'] !== 'boolean') {
     throw new ConfigError(`${where}: field "recompute" must be true or false, got ${JSON.stringify(o['recompute'])}`);
   }

@@ -12,6 +12,7 @@ import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition } from '../compute/partition.js';
+import { profileLayers } from '../compute/profileLayers.js';
 import { exportStageState, importStageState } from '../compute/stageState.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
@@ -111,7 +112,8 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
   let partitions: StagePartition[];
   try {
-    partitions = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false });
+    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' ? profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
+    partitions = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false, ...(costs ? { costs } : {}) });
   } catch (cause) {
     throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
   }
@@ -198,7 +200,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;
       for (let dev = 0; dev < devices; dev++) {
-        const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
+        // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
+        const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', boundariesOf(partitions).join(','), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
         supervisor.spawn(dev, args, deviceEnv(dev, gpus, gpuBackend));
       }
     } else say(`troupe up: waiting for ${p} workers: troupe worker --nats ${url} --job ${job} --rank <r> --config ${o.config}`);
@@ -270,4 +273,15 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await bus?.close().catch(() => {});
     await server?.stop();
   }
+}
+
+/** The first layer index of stages 1..p-1: the cut as explicit boundaries. */
+function boundariesOf(partitions: readonly StagePartition[]): number[] {
+  const starts: number[] = [];
+  let at = 0;
+  for (const part of partitions) {
+    starts.push(at);
+    at += part.layers.length;
+  }
+  return starts.slice(1);
 }

@@ -20,6 +20,8 @@ export interface WorkerOptions {
   readonly ranks: readonly number[];
   /** The job config module, the same file the driver runs. */
   readonly config: string;
+  /** The driver's cut (first layer of stages 1..p-1), overriding the config's `stages`. */
+  readonly boundaries?: readonly number[];
   readonly backend?: BackendName;
   /** Publish the stage actors' inspection events. */
   readonly inspect?: boolean;
@@ -38,7 +40,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const device = deviceName(choice.name);
   const cfg = await loadJobConfig(o.config);
   const model = await cfg.model();
-  const parts = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false });
+  const parts = partitionModel(model, o.boundaries ?? cfg.stages, { recompute: cfg.recompute ?? false });
   for (const r of o.ranks) if (!parts[r]) throw new ConfigError(`rank ${r} does not exist: job ${o.job} has ${parts.length} stages`);
   const makeOptimizer = optimizerFactory(cfg.optimizer);
   const objective = resolveLoss(cfg.loss, cfg.metric);
@@ -94,4 +96,12 @@ export function parseRanks(s: string): number[] {
   const ranks = s.split(',').map((t) => t.trim());
   if (ranks.some((t) => !/^\d+$/.test(t))) throw new ConfigError(`--rank must be a rank or a comma-separated list of ranks, got "${s}"`);
   return ranks.map(Number);
+}
+
+/** Parses `--boundaries 2,5` (empty: one stage). */
+export function parseBoundaries(s: string): number[] {
+  if (s.trim() === '') return [];
+  const ids = s.split(',').map((t) => t.trim());
+  if (ids.some((t) => !/^\d+$/.test(t))) throw new ConfigError(`--boundaries must be a comma-separated list of layer indices, got "${s}"`);
+  return ids.map(Number);
 }

@@ -5,6 +5,7 @@ import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss, type LossSpec } from '../compute/loss.js';
 import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
+import { profileLayers } from '../compute/profileLayers.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
@@ -28,6 +29,11 @@ export interface PipelineOptions {
   readonly stages: StageSpec;
   /** Stages per device, for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /**
+   * How a stage count is cut: `'params'` (default) balances parameter counts, `'time'` the
+   * forward + backward time of each layer measured here on a sample microbatch.
+   */
+  readonly balance?: 'params' | 'time';
   /** Microbatches per step. */
   readonly microbatches: number;
   /**
@@ -83,6 +89,7 @@ function checkOptions(o: PipelineOptions): void {
   if (o.optimizer === undefined) throw new ConfigError('optimizer is required');
   if (!o.nats || (typeof o.nats.servers !== 'string' && !Array.isArray(o.nats.servers))) throw new ConfigError('nats.servers must be a URL or a list of URLs');
   if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
+  if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time') throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
 }
 
 /**
@@ -102,7 +109,8 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   checkOptions(o);
   await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
-  const partitions = partitionModel(o.model, o.stages, { recompute: o.recompute ?? false });
+  const costs = o.balance === 'time' && typeof o.stages === 'number' ? profileLayers(o.model, { rows: 32 }) : undefined;
+  const partitions = partitionModel(o.model, o.stages, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
   const p = partitions.length;
   const m = o.microbatches;
   const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);

@@ -33,6 +33,9 @@ describe('validateJobConfig', () => {
     [{ ...good, loss: 3 }, /field "loss"/],
     [{ ...good, metric: 3 }, /field "metric"/],
     [{ ...good, stepTimeoutMs: 0 }, /field "stepTimeoutMs"/],
+    [{ ...good, virtualStages: 0 }, /field "virtualStages" must be a positive integer, got 0/],
+    [{ ...good, balance: 'speed' }, /field "balance" must be "params" or "time", got "speed"/],
+    [{ ...good, recompute: 'yes' }, /field "recompute" must be true or false/],
     [{ ...good, epoch: 3 }, /unknown field "epoch"/],
     [null, /default export must be a job config object/],
   ])('refuses %#, naming the field', (c, message) => {

@@ -104,4 +104,25 @@ describe('pipeline over a real nats-server', () => {
       tf.dispose([x, y]);
     }
   });
+
+  it("balance: 'time' cuts by measured layer time and still trains like single-process tfjs", async () => {
+    const sizes = [12, 16, 16, 12, 3];
+    const model = mlp(sizes, 5);
+    const ref = mlp(sizes, 6);
+    copyWeights(model, ref);
+    ref.compile({ optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy' });
+    const pipe = await createPipeline({
+      model, stages: 2, balance: 'time', microbatches: 2, optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    });
+    const { x, y } = data(8, sizes[0]!, 3, 4);
+    try {
+      expect(pipe.partitions.map((p) => p.layers.length).reduce((a, b) => a + b)).toBe(4);
+      for (let s = 0; s < 2; s++) await stepBoth(pipe, ref, x, y);
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+    await expect(createPipeline({ model, stages: 2, balance: 'speed' as never, microbatches: 2, optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } })).rejects.toThrow(/balance must be "params" or "time"/);
+  });
 });

@@ -1,0 +1,78 @@
+/**
+ * Measured cost of each layer: its forward and backward on a sample microbatch, timed on
+ * this process's backend. Partitioning by these costs balances stages by time, where
+ * parameter counts mislead (a convolution has few parameters and most of the work).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { PartitionError } from '../errors.js';
+
+/** Options of `profileLayers`. */
+export interface ProfileOptions {
+  /** Rows of the random sample microbatch (default 32). */
+  readonly rows?: number;
+  /** Timed repetitions per layer after one warm-up; the median counts (default 3). */
+  readonly repeats?: number;
+}
+
+type Sym = tf.SymbolicTensor;
+
+function asList<T>(x: T | T[]): T[] {
+  return Array.isArray(x) ? x : [x];
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/**
+ * Milliseconds of forward + backward (input and weight gradients) of every layer of `model`
+ * except its input layers, in the order `partitionModel` cuts them, on a random microbatch.
+ * Each layer runs on its real input (the sample carried through the layers before it).
+ */
+export function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}): number[] {
+  const rows = opts.rows ?? 32;
+  const repeats = opts.repeats ?? 3;
+  const layers = model.layers.filter((l) => l.getClassName() !== 'InputLayer');
+  for (const input of model.inputs) {
+    if (input.shape.slice(1).some((d) => d === null)) throw new PartitionError(`cannot profile: input ${input.name} has an unknown dimension ${JSON.stringify(input.shape)}`);
+  }
+  // Every layer's input tensors, computed once from a random sample.
+  const inputsOf = layers.map((l) => asList(l.getInputAt(0) as Sym | Sym[]));
+  const sample = model.inputs.map((t, i) => tf.randomUniform([rows, ...(t.shape.slice(1) as number[])], 0, 1, t.dtype === 'int32' ? 'int32' : 'float32', 11 + i));
+  const valueOf = new Map<number, tf.Tensor>(model.inputs.map((t, i) => [t.id, sample[i]!]));
+  const inner = [...new Map(inputsOf.flat().filter((s) => !valueOf.has(s.id)).map((s) => [s.id, s])).values()];
+  const values = inner.length ? asList(tf.model({ inputs: model.inputs, outputs: inner }).predict(sample) as tf.Tensor | tf.Tensor[]) : [];
+  inner.forEach((s, i) => valueOf.set(s.id, values[i]!));
+  try {
+    return layers.map((layer, li) => {
+      const xs = inputsOf[li]!.map((s) => valueOf.get(s.id)!);
+      const vars = layer.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val);
+      const floats = xs.filter((x) => x.dtype === 'float32');
+      const once = () =>
+        tf.tidy(() => {
+          const wrt = [...floats, ...vars];
+          const f = () => {
+            const out = asList(layer.apply(xs.length === 1 ? xs[0]! : xs, { training: true }) as tf.Tensor | tf.Tensor[]);
+            return tf.addN(out.map((o) => tf.sum(o)));
+          };
+          if (wrt.length === 0) return f();
+          return tf.engine().gradients(f, wrt, undefined, true).grads;
+        });
+      const run = () => {
+        const t0 = performance.now();
+        const res = once();
+        // Reading one value waits for the backend to finish the work.
+        const first = asList(res as tf.Tensor | tf.Tensor[]).find((t): t is tf.Tensor => t instanceof tf.Tensor);
+        first?.dataSync();
+        const ms = performance.now() - t0;
+        tf.dispose(res as tf.TensorContainer);
+        return ms;
+      };
+      run();
+      return median(Array.from({ length: repeats }, run));
+    });
+  } finally {
+    tf.dispose([...sample, ...values]);
+  }
+}
