@@ -42,6 +42,8 @@ options:
   --backend <name>        node-gpu, node, wasm or cpu (default: best available)
   --inspect               publish every actor's inspection events (see troupe inspect)
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
+  --restarts <n>          survive n worker deaths: restart the worker, load every stage with
+                          the last completed step and replay the interrupted step (default 0)
   -h, --help              this text`,
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
@@ -118,6 +120,7 @@ async function up(argv: string[]): Promise<number> {
       backend: { type: 'string' },
       inspect: { type: 'boolean' },
       trace: { type: 'string' },
+      restarts: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -133,6 +136,7 @@ async function up(argv: string[]): Promise<number> {
   try {
     const steps = intOf('--steps', values.steps, 1);
     const ready = intOf('--ready-timeout', values['ready-timeout'], 1);
+    const restarts = intOf('--restarts', values.restarts, 0);
     const backend = backendOf(values.backend);
     await runJob({
       config: positionals[0]!,
@@ -147,6 +151,7 @@ async function up(argv: string[]): Promise<number> {
       ...(backend ? { backend } : {}),
       inspect: values.inspect ?? false,
       ...(values.trace ? { trace: values.trace } : {}),
+      ...(restarts !== undefined ? { restarts } : {}),
       signal: ac.signal,
     });
     return 0;

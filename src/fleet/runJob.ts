@@ -32,7 +32,7 @@ import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
 import { Progress } from './progress.js';
-import { Supervisor } from './supervisor.js';
+import { Supervisor, type WorkerExit } from './supervisor.js';
 import { waitForWorkers } from './waitForWorkers.js';
 
 /** Options of `runJob` (the flags of `troupe up`). */
@@ -65,6 +65,12 @@ export interface RunJobOptions {
   readonly out?: NodeJS.WritableStream & { isTTY?: boolean };
   /** Aborts the run (Ctrl-C). */
   readonly signal?: AbortSignal;
+  /**
+   * Worker deaths to survive (default 0: a dead worker ends the run). Each death restarts the
+   * worker, loads every stage with the state of the last completed step (the driver keeps a
+   * copy after every step) and replays the interrupted step.
+   */
+  readonly restarts?: number;
 }
 
 /** What a finished run reports. */
@@ -191,7 +197,23 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
   let trace: TraceRecorder | undefined;
-  const supervisor = new Supervisor((e) => failure.reject(new StateError(`worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`} during the run`)));
+  const restartLimit = o.restarts ?? 0;
+  if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
+  let restarts = 0;
+  // Deaths the run will survive: noted here, handled by recover() at the next await of the run.
+  const dead = new Map<number, WorkerExit>();
+  let died = deferred<void>();
+  let recovering = false;
+  const exitText = (e: WorkerExit) => `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
+  const supervisor = new Supervisor((e) => {
+    if (restarts + dead.size < restartLimit && !recovering) {
+      dead.set(e.rank, e);
+      died.resolve();
+    } else {
+      const limit = restartLimit > 0 ? ` (restart limit ${restartLimit} reached)` : '';
+      failure.reject(new StateError(`${exitText(e)} during the run${limit}`));
+    }
+  });
   try {
     const url = o.nats ?? (server = await startNatsServer()).url;
     bus = await Bus.connect({ servers: url, name: `troupe-${job}-driver` });
@@ -208,7 +230,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const workers = await waitForWorkers(bus, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
     for (const w of workers) say(`  rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);
 
-    await Promise.race([loadStates(bus, job, ckpt ? ckpt.states : await initialStates(prep)), failure.promise]);
+    // The state of the last completed step, kept when restarts are allowed: a restart loads it everywhere.
+    let lastGood: readonly RankState[] = ckpt ? ckpt.states : await initialStates(prep);
+    await Promise.race([loadStates(bus, job, lastGood), failure.promise]);
     const lastStep = ckpt?.meta.step ?? 0;
     if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);
     sched = await SchedulerHost.start({ bus, job, stages: p, inspect: o.inspect ?? false });
@@ -223,28 +247,77 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
     const trainX = fromTensor(data.train.x, 'x0');
     const trainY = fromTensor(data.train.y, 'y0');
+    /** Runs `work` unless a worker dies first (then resolves to null: the caller recovers and retries). */
+    const unlessDied = async <T>(work: Promise<T>): Promise<T | null> => {
+      const r = await Promise.race([work.then((v) => ({ v })), failure.promise, died.promise.then(() => null)]);
+      if (r === null) work.catch(() => {}); // the interrupted work fails on its own; recover() aborts it
+      return r ? r.v : null;
+    };
+    /**
+     * Restarts the dead workers, fails the interrupted step on every stage, and loads every
+     * stage with the last completed step's state. Messages of the dead incarnation carry the
+     * old step and are refused; the replay runs under a new step id.
+     */
+    const recover = async (interrupted: string): Promise<void> => {
+      const t = performance.now();
+      recovering = true;
+      const exits = [...dead.values()];
+      dead.clear();
+      for (const e of exits) {
+        restarts++;
+        const child = supervisor.respawn(e.rank);
+        say(`troupe up: ${exitText(e)} during ${interrupted}; restarting it (restart ${restarts} of ${restartLimit}), pid ${child.pid}`);
+      }
+      died = deferred<void>();
+      recovering = false;
+      await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
+      for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
+      await Promise.race([sched!.idle(), failure.promise]);
+      await Promise.race([loadStates(bus!, job, lastGood), failure.promise]);
+      say(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);
+    };
     for (let s = lastStep + 1; s <= prep.total; s++) {
       const at = ((s - 1) % prep.stepsPerEpoch) * cfg.batchSize;
       const batch = (w: WireTensor) => sliceRows(w, at, cfg.batchSize);
       const started = performance.now();
-      last = await Promise.race([runner.runWire([batch(trainX)], [batch(trainY)], false), failure.promise]);
+      const result = await unlessDied(runner.runWire([batch(trainX)], [batch(trainY)], false));
+      if (!result) {
+        await recover(`step ${s}`);
+        s--;
+        continue;
+      }
+      last = result;
       stepMs.push(performance.now() - started);
       if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
-      if (o.checkpointDir) {
-        const states = await Promise.race([dumpStates(bus, job, p), failure.promise]);
-        await saveCheckpoint(o.checkpointDir, { step: s, stages: p, job, schedule: cfg.schedule ?? '1f1b', microbatches: cfg.microbatches }, states);
-        if (!out.isTTY) say(`checkpoint step ${s} saved in ${o.checkpointDir}`);
+      if (o.checkpointDir || restartLimit > 0) {
+        const states = await unlessDied(dumpStates(bus, job, p));
+        if (!states) {
+          // Every stage finished step s, but its state is not in hand: step s runs again from s - 1.
+          await recover(`step ${s}`);
+          s--;
+          continue;
+        }
+        lastGood = states;
+        if (o.checkpointDir) {
+          await saveCheckpoint(o.checkpointDir, { step: s, stages: p, job, schedule: cfg.schedule ?? '1f1b', microbatches: cfg.microbatches }, states);
+          if (!out.isTTY) say(`checkpoint step ${s} saved in ${o.checkpointDir}`);
+        }
       }
     }
     // The driver's model takes the trained weights, for held-out evaluation and saving.
-    const final = await Promise.race([dumpStates(bus, job, p), failure.promise]);
+    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, job, p), failure.promise]);
     for (const st of final) {
       const ws = st.tensors.filter((t) => t.name.startsWith('w'));
       const opt = optimizerFactory(cfg.optimizer)();
       await importStageState(partitions[st.rank]!, opt, { weightNames: st.weightNames, optimizerNames: [], tensors: ws });
       opt.dispose();
     }
-    const heldOut = data.test ? await Promise.race([runner.run(data.test.x, data.test.y, true), failure.promise]) : null;
+    let heldOut: StepResult | null = null;
+    while (data.test) {
+      heldOut = await unlessDied(runner.run(data.test.x, data.test.y, true));
+      if (heldOut) break;
+      await recover('the held-out evaluation');
+    }
     const stats = await Promise.all(workers.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(job, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))));
     if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted`);
     if (o.save) await saveModel(prep.model, o.save);

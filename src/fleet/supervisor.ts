@@ -24,12 +24,14 @@ export interface WorkerExit {
 export class Supervisor {
   private readonly children = new Map<number, ChildProcess>();
   private readonly exits = new Map<number, Promise<void>>();
+  private readonly launches = new Map<number, { args: readonly string[]; env: Record<string, string> }>();
   private stopping = false;
 
   constructor(private readonly onUnexpectedExit: (e: WorkerExit) => void) {}
 
   /** Forks `troupe worker <args>` for `rank` with extra environment variables. */
   spawn(rank: number, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
+    this.launches.set(rank, { args, env });
     const child = fork(TROUPE_BIN, ['worker', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     live.add(child);
     this.children.set(rank, child);
@@ -47,6 +49,13 @@ export class Supervisor {
       }),
     );
     return child;
+  }
+
+  /** Starts worker `rank` again with the arguments it was first started with (after it died). */
+  respawn(rank: number): ChildProcess {
+    const l = this.launches.get(rank);
+    if (!l) throw new Error(`no worker ${rank} was ever started`);
+    return this.spawn(rank, l.args, l.env);
   }
 
   /** Process ids by rank. */

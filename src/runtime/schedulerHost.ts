@@ -1,5 +1,5 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
-import { createActor, fromPromise, type Actor } from 'xstate';
+import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
 import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
@@ -166,6 +166,22 @@ export class SchedulerHost {
         this.work = undefined;
       }
     }
+  }
+
+  /**
+   * Fails the running step as if stage `rank` had reported an error (a worker the driver saw
+   * die): the step is aborted on every stage and its promise rejects. No-op when idle.
+   */
+  failStep(rank: number, code: string, message: string): void {
+    const s = this.actor.getSnapshot();
+    if (s.matches('idle') || !s.context.req) return;
+    this.actor.send({ type: 'STAGE_ERROR', rank, step: s.context.req.step, failure: { key: `rank ${rank}`, code, message } });
+  }
+
+  /** Resolves once no step is running (an aborted step has finished aborting). */
+  async idle(): Promise<void> {
+    await waitFor(this.actor, (s) => s.matches('idle'), { timeout: Infinity });
+    await this.feeding;
   }
 
   /** Stops the actor and drains the subscription. The bus stays open. */

@@ -1,0 +1,79 @@
+/**
+ * Fault injection: a worker killed with SIGKILL at a random moment of a run is restarted,
+ * every stage is loaded with the last completed step, the interrupted step is replayed, and
+ * the run ends with the weights of an uninterrupted run.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { maxAbsDiff } from '../helpers/models.js';
+import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+
+const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
+const tmp = mkdtempSync(join(tmpdir(), 'troupe-restart-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+async function loadSaved(dir: string): Promise<tf.LayersModel> {
+  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
+  const weights = readFileSync(join(dir, 'weights.bin'));
+  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
+}
+
+/** A small seeded generator, so a failing trial can be rerun. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+}
+
+describe('troupe up --restarts', () => {
+  it('10 trials, each killing a random worker at a random moment: every run ends with the uninterrupted weights', async () => {
+    const straight = await troupeToEnd(['up', CONFIG, '--save', join(tmp, 'straight')]);
+    expect(straight.code, straight.output).toBe(0);
+    const reference = await loadSaved(join(tmp, 'straight'));
+    const random = rng(20261123);
+    const recoveries: number[] = [];
+    for (let trial = 0; trial < 10; trial++) {
+      const save = join(tmp, `trial-${trial}`);
+      // --checkpoint-dir prints a line per step: the moment is picked from those.
+      const run = troupe(['up', CONFIG, '--restarts', '2', '--save', save, '--checkpoint-dir', join(tmp, `ckpt-${trial}`)]);
+      const step = 1 + Math.floor(random() * 10);
+      const victim = Math.floor(random() * 2);
+      const delayMs = Math.floor(random() * 40);
+      const pid = Number((await run.waitFor(new RegExp(`rank ${victim}: pid (\\d+)`)))[1]);
+      await run.waitFor(new RegExp(`checkpoint step ${step} saved`));
+      await new Promise((r) => setTimeout(r, delayMs)); // a random moment inside the next step
+      process.kill(pid, 'SIGKILL');
+      const { code } = await run.exit;
+      const out = run.output();
+      expect(code, `trial ${trial} (rank ${victim} after step ${step} + ${delayMs} ms):\n${out}`).toBe(0);
+      expect(out).toMatch(new RegExp(`worker ${victim} exited with SIGKILL during .*; restarting it \\(restart 1 of 2\\)`));
+      const recovered = /recovered in (\d+) ms; replaying (.*)/.exec(out);
+      expect(recovered, out).not.toBeNull();
+      recoveries.push(Number(recovered![1]));
+      console.log(`trial ${trial}: killed rank ${victim} after step ${step} + ${delayMs} ms; recovered in ${recovered![1]} ms, replaying ${recovered![2]}`);
+      const model = await loadSaved(save);
+      expect(maxAbsDiff(model, reference), `trial ${trial}`).toBeLessThan(1e-6);
+      for (const p of printedPids(out)) expect(alive(p), `pid ${p} of trial ${trial}`).toBe(false);
+      model.dispose();
+    }
+    console.log(`recovery time over 10 trials: median ${[...recoveries].sort((a, b) => a - b)[5]} ms, max ${Math.max(...recoveries)} ms`);
+  }, 240_000);
+
+  it('beyond the restart limit the run fails, naming the worker and the limit, and leaves no process', async () => {
+    const run = troupe(['up', CONFIG, '--restarts', '1', '--checkpoint-dir', join(tmp, 'ckpt-limit')]);
+    const pid0 = Number((await run.waitFor(/rank 0: pid (\d+)/))[1]);
+    await run.waitFor(/checkpoint step 2 saved/);
+    process.kill(pid0, 'SIGKILL');
+    const restarted = Number((await run.waitFor(/restarting it \(restart 1 of 1\), pid (\d+)/))[1]);
+    await run.waitFor(/recovered in \d+ ms/);
+    process.kill(restarted, 'SIGKILL');
+    const { code } = await run.exit;
+    const out = run.output();
+    expect(code, out).toBe(1);
+    expect(out).toMatch(/worker 0 exited with SIGKILL during the run \(restart limit 1 reached\)/);
+    for (const p of [...printedPids(out), restarted]) expect(alive(p), `pid ${p}`).toBe(false);
+  }, 60_000);
+});
