@@ -204,6 +204,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const dead = new Map<number, WorkerExit>();
   let died = deferred<void>();
   let recovering = false;
+  /** NATS reconnections not yet recovered from (they count against no limit). */
+  let outages = 0;
   const exitText = (e: WorkerExit) => `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
   const supervisor = new Supervisor((e) => {
     if (restarts + dead.size < restartLimit && !recovering) {
@@ -216,7 +218,14 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   });
   try {
     const url = o.nats ?? (server = await startNatsServer()).url;
-    bus = await Bus.connect({ servers: url, name: `troupe-${job}-driver` });
+    bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver` });
+    // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
+    bus.onStatus((st) => {
+      if (st.type === 'reconnect' && restartLimit > 0 && !recovering) {
+        outages++;
+        died.resolve();
+      }
+    });
     say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}`);
     if (o.spawn ?? true) {
       const gpuBackend = gpuBackendInstalled();
@@ -263,6 +272,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       recovering = true;
       const exits = [...dead.values()];
       dead.clear();
+      if (outages > 0) say(`troupe up: the NATS connection came back during ${interrupted}; frames in flight may be lost`);
+      const outage = outages > 0;
+      outages = 0;
       for (const e of exits) {
         restarts++;
         const child = supervisor.respawn(e.rank);
@@ -272,6 +284,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       recovering = false;
       await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
       for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
+      if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
       await Promise.race([sched!.idle(), failure.promise]);
       await Promise.race([loadStates(bus!, job, lastGood), failure.promise]);
       say(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);

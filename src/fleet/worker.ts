@@ -46,7 +46,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const objective = resolveLoss(cfg.loss, cfg.metric);
   const computes = o.ranks.map((r) => StageCompute.forPartition(parts[r]!, makeOptimizer(), objective, cfg.recompute ?? false));
   const name = `troupe-${o.job}-worker-${o.ranks.join('-')}`;
-  const bus = await Bus.connect({ servers: o.nats, name });
+  const bus = await Bus.connect({ servers: o.nats.split(','), name });
   const turn = o.ranks.length > 1 ? new DeviceTurn() : undefined;
   const hosts: StageHost[] = [];
   for (const [i, r] of o.ranks.entries()) {

@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { maxAbsDiff } from '../helpers/models.js';
 import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+import { startNatsServer, type NatsServer } from '../../src/fleet/natsServer.js';
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-restart-'));
@@ -22,6 +23,18 @@ async function loadSaved(dir: string): Promise<tf.LayersModel> {
   return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
 }
 
+let straight: Promise<string> | undefined;
+/** The uninterrupted run's saved model directory (run once per file). */
+function straightRun(): Promise<string> {
+  straight ??= (async () => {
+    const dir = join(tmp, 'straight');
+    const r = await troupeToEnd(['up', CONFIG, '--save', dir]);
+    if (r.code !== 0) throw new Error(`the uninterrupted run failed:\n${r.output}`);
+    return dir;
+  })();
+  return straight;
+}
+
 /** A small seeded generator, so a failing trial can be rerun. */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -30,9 +43,7 @@ function rng(seed: number): () => number {
 
 describe('troupe up --restarts', () => {
   it('10 trials, each killing a random worker at a random moment: every run ends with the uninterrupted weights', async () => {
-    const straight = await troupeToEnd(['up', CONFIG, '--save', join(tmp, 'straight')]);
-    expect(straight.code, straight.output).toBe(0);
-    const reference = await loadSaved(join(tmp, 'straight'));
+    const reference = await loadSaved(await straightRun());
     const random = rng(20261123);
     const recoveries: number[] = [];
     for (let trial = 0; trial < 10; trial++) {
@@ -75,5 +86,27 @@ describe('troupe up --restarts', () => {
     expect(code, out).toBe(1);
     expect(out).toMatch(/worker 0 exited with SIGKILL during the run \(restart limit 1 reached\)/);
     for (const p of [...printedPids(out), restarted]) expect(alive(p), `pid ${p}`).toBe(false);
+  }, 60_000);
+
+  it('nats-server stopped and started again mid-run: clients reconnect, the step is replayed, the weights are the uninterrupted ones', async () => {
+    const first = await startNatsServer();
+    const port = first.port;
+    let server: NatsServer | undefined = first;
+    try {
+      const save = join(tmp, 'nats-restart');
+      const run = troupe(['up', CONFIG, '--nats', first.url, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-nats')]);
+      await run.waitFor(/checkpoint step 4 saved/);
+      await first.stop();
+      server = undefined;
+      server = await startNatsServer({ port });
+      const { code } = await run.exit;
+      const out = run.output();
+      expect(code, out).toBe(0);
+      expect(out).toMatch(/the NATS connection came back during step \d+/);
+      expect(out).toMatch(/recovered in \d+ ms; replaying step \d+/);
+      expect(maxAbsDiff(await loadSaved(save), await loadSaved(await straightRun()))).toBeLessThan(1e-6);
+    } finally {
+      await server?.stop();
+    }
   }, 60_000);
 });
