@@ -78,10 +78,13 @@ export class TransportError extends TroupeError {
 export class StageError extends TroupeError {
   readonly rank: number;
   readonly key: string;
-  constructor(rank: number, key: string, message: string, options?: { cause?: unknown }) {
+  /** The stage's own error code (e.g. SHAPE, NATS_RECONNECT), when it reported one. */
+  readonly reason: string | undefined;
+  constructor(rank: number, key: string, message: string, options?: { cause?: unknown; reason?: string }) {
     super('STAGE', `stage ${rank} failed at ${key}: ${message}`, options);
     this.rank = rank;
     this.key = key;
+    this.reason = options?.reason;
   }
 }
 

@@ -41,6 +41,8 @@ export { microbatchSizes } from './schedule/microbatch.js';
 export { stageMachine } from '../actors/stageMachine.js';
 export { schedulerMachine } from '../actors/schedulerMachine.js';
 export { startNatsServer } from './fleet/natsServer.js';
+export { startNatsCluster, NATS_CLUSTER_CONF } from './fleet/natsCluster.js';
+export type { NatsCluster } from './fleet/natsCluster.js';
 export type { NatsServer, NatsServerOptions } from './fleet/natsServer.js';
 export { defineJob, loadJobConfig } from './fleet/jobConfig.js';
 export type { JobConfig, JobData, Examples } from './fleet/jobConfig.js';

@@ -7,7 +7,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { ConfigError, StateError, TroupeError, messageOf } from '../errors.js';
+import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
@@ -226,7 +226,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         died.resolve();
       }
     });
-    say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}`);
+    say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}; driver on ${bus.server}`);
     if (o.spawn ?? true) {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;
@@ -258,7 +258,19 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const trainY = fromTensor(data.train.y, 'y0');
     /** Runs `work` unless a worker dies first (then resolves to null: the caller recovers and retries). */
     const unlessDied = async <T>(work: Promise<T>): Promise<T | null> => {
-      const r = await Promise.race([work.then((v) => ({ v })), failure.promise, died.promise.then(() => null)]);
+      const lostFrames = (err: unknown) => err instanceof StageError && err.reason === 'NATS_RECONNECT';
+      const settled = work.then(
+        (v) => ({ v }),
+        (err: unknown) => {
+          // A stage that reconnected to NATS failed the step: recoverable like the driver's own reconnection.
+          if (restartLimit > 0 && lostFrames(err)) {
+            outages++;
+            return null;
+          }
+          throw err;
+        },
+      );
+      const r = await Promise.race([settled, failure.promise, died.promise.then(() => null)]);
       if (r === null) work.catch(() => {}); // the interrupted work fails on its own; recover() aborts it
       return r ? r.v : null;
     };

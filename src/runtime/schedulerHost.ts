@@ -35,7 +35,7 @@ type SchedulerActor = Actor<typeof schedulerMachine>;
 export function errorOf(f: StepFailure): TroupeError {
   if (f.code === 'STEP_TIMEOUT') return new StepTimeoutError(f.message);
   if (f.rank < 0) return new TransportError(`${f.key}: ${f.message}`);
-  return new StageError(f.rank, f.key, `${f.code}: ${f.message}`);
+  return new StageError(f.rank, f.key, `${f.code}: ${f.message}`, { reason: f.code });
 }
 
 /**

@@ -84,6 +84,7 @@ export class StageHost {
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
   private readonly from: string;
+  private readonly offStatus: () => void;
 
   private constructor(private readonly o: StageHostOptions) {
     const { partition: part, job, bus, compute } = o;
@@ -114,6 +115,13 @@ export class StageHost {
       input: { job, rank: part.rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs },
       id: `stage-${part.rank}`,
       ...(o.inspect ? { inspect: busInspector(bus, job, `stage-${part.rank}`) } : {}),
+    });
+    // Frames in flight while the connection was down are lost: the step cannot finish, so say so now.
+    this.offStatus = bus.onStatus((st) => {
+      if (st.type !== 'reconnect') return;
+      const snap = this.actor.getSnapshot();
+      if (snap.matches('idle') || snap.status !== 'active') return;
+      this.emit(SchedEvent.ERROR, { rank: part.rank, step: snap.context.step, key: `${job}/${snap.context.step}/reconnect`, code: 'NATS_RECONNECT', message: `stage ${part.rank} lost its NATS connection during step ${snap.context.step}; frames in flight may be lost` });
     });
     this.subs.push(bus.subscribe(stageWildcard(job, part.rank), (m) => this.onFrame(m)));
     this.subs.push(bus.subscribe(ctlWildcard(job, part.rank), (m) => void this.onCtl(m)));
@@ -326,6 +334,7 @@ export class StageHost {
 
   /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */
   async close(): Promise<void> {
+    this.offStatus();
     this.actor.send({ type: 'STOP' });
     this.actor.stop();
     await Promise.all(this.subs.map((s) => s.drain()));

@@ -84,6 +84,11 @@ export class Bus {
     }
   }
 
+  /** The server this connection is on now (`host:port`), one of a cluster's. */
+  get server(): string {
+    return this.nc.getServer();
+  }
+
   /** The server's max_payload (headers included). */
   get maxPayload(): number {
     return this.nc.info?.max_payload ?? 1024 * 1024;

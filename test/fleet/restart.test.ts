@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { maxAbsDiff } from '../helpers/models.js';
 import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+import { startNatsCluster } from '../../src/fleet/natsCluster.js';
 import { startNatsServer, type NatsServer } from '../../src/fleet/natsServer.js';
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
@@ -107,6 +108,26 @@ describe('troupe up --restarts', () => {
       expect(maxAbsDiff(await loadSaved(save), await loadSaved(await straightRun()))).toBeLessThan(1e-6);
     } finally {
       await server?.stop();
+    }
+  }, 60_000);
+
+  it('a 3-node NATS cluster loses the node the driver is on mid-run: clients move to the others, the run finishes with the uninterrupted weights', async () => {
+    const cluster = await startNatsCluster(3);
+    try {
+      const save = join(tmp, 'cluster');
+      const run = troupe(['up', CONFIG, '--nats', cluster.urls, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-cluster')]);
+      const on = (await run.waitFor(/driver on (\S+)/))[1]!;
+      const node = cluster.nodes.find((n) => on.endsWith(`:${n.port}`));
+      expect(node, on).toBeDefined();
+      await run.waitFor(/checkpoint step 4 saved/);
+      await node!.stop();
+      const { code } = await run.exit;
+      const out = run.output();
+      expect(code, out).toBe(0);
+      expect(out).toMatch(/the NATS connection came back during step \d+/);
+      expect(maxAbsDiff(await loadSaved(save), await loadSaved(await straightRun()))).toBeLessThan(1e-6);
+    } finally {
+      await cluster.stop();
     }
   }, 60_000);
 });
