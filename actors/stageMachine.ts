@@ -73,7 +73,8 @@ function current(c: StageContext): Action | undefined {
   return c.actions[c.cursor];
 }
 
-function missing(c: StageContext): string[] {
+/** Slots the current action still waits for. */
+export function missing(c: StageContext): string[] {
   const a = current(c);
   return a ? needs(a, c.rank, c.stages).filter((s) => !c.inbox[s]) : [];
 }

@@ -57,6 +57,8 @@ export interface JobConfig {
   readonly stepTimeoutMs?: number;
   /** Activation checkpointing: stages keep only their inputs and recompute the forward at backward time (default false). */
   readonly recompute?: boolean;
+  /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s; more than the longest action). */
+  readonly livenessTimeoutMs?: number;
   /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
   /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
@@ -68,7 +70,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -99,6 +101,9 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (o['metric'] !== undefined && typeof o['metric'] !== 'string' && typeof o['metric'] !== 'function') throw new ConfigError(`${where}: field "metric" must be a tfjs metric name or a function`);
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
   if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
+  if (o['livenessTimeoutMs'] !== undefined && !(typeof o['livenessTimeoutMs'] === 'number' && o['livenessTimeoutMs'] > 0)) {
+    throw new ConfigError(`${where}: field "livenessTimeoutMs" must be a positive number`);
+  }
   if (o['balance'] !== undefined && o['balance'] !== 'params' && o['balance'] !== 'time') {
     throw new ConfigError(`${where}: field "balance" must be "params" or "time", got ${JSON.stringify(o['balance'])}`);
   }

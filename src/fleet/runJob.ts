@@ -244,7 +244,10 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await Promise.race([loadStates(bus, job, lastGood), failure.promise]);
     const lastStep = ckpt?.meta.step ?? 0;
     if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);
-    sched = await SchedulerHost.start({ bus, job, stages: p, inspect: o.inspect ?? false });
+    sched = await SchedulerHost.start({
+      bus, job, stages: p, inspect: o.inspect ?? false, onSilent: (m) => say(`troupe up: ${m}`),
+      ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
+    });
     if (o.trace) trace = await TraceRecorder.start(bus, job);
     const runner = new StepRunner({
       scheduler: sched, job, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
@@ -266,6 +269,12 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           if (restartLimit > 0 && lostFrames(err)) {
             outages++;
             return null;
+          }
+          // A silent (hung) stage: its worker is killed, and the death is recovered from like any other.
+          if (restartLimit > 0 && err instanceof StageError && err.reason === 'STAGE_SILENT') {
+            const dev = deviceOf(err.rank, devices);
+            say(`troupe up: ${err.message}; killing worker ${dev} to restart it`);
+            return supervisor.kill(dev).then(() => null);
           }
           throw err;
         },

@@ -58,6 +58,13 @@ export class Supervisor {
     return this.spawn(rank, l.args, l.env);
   }
 
+  /** Ends worker `rank` now (a hung one: SIGKILL works on a stopped process too) and waits for its exit. */
+  async kill(rank: number): Promise<void> {
+    const c = this.children.get(rank);
+    if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await this.exits.get(rank);
+  }
+
   /** Process ids by rank. */
   get pids(): number[] {
     return [...this.children.entries()].sort((a, b) => a[0] - b[0]).map(([, c]) => c.pid!);
@@ -68,7 +75,11 @@ export class Supervisor {
     this.stopping = true;
     const all = [...this.exits.values()];
     const timer = setTimeout(() => {
-      for (const c of this.children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+      for (const c of this.children.values()) {
+        if (c.exitCode !== null || c.signalCode !== null) continue;
+        c.kill('SIGTERM');
+        c.kill('SIGCONT'); // a stopped (hung) worker only acts on SIGTERM once it runs
+      }
     }, graceMs);
     const killer = setTimeout(() => {
       for (const c of this.children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');

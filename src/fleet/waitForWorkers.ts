@@ -6,7 +6,8 @@ import type { Bus } from '../transport/bus.js';
 
 /**
  * Resolves with every rank's hello. Stages announce themselves on `troupe.<job>.hello` when
- * they start; the ones that were up before this call answer a ping. Rejects after
+ * they start; the ones that were up before this call answer a ping, repeated for the ranks
+ * not heard from (a stage still reconnecting to NATS has no responder yet). Rejects after
  * `timeoutMs` naming the missing ranks, or as soon as `failed` rejects (a worker died).
  */
 export async function waitForWorkers(bus: Bus, job: string, stages: number, timeoutMs: number, failed: Promise<never>): Promise<Hello[]> {
@@ -26,17 +27,23 @@ export async function waitForWorkers(bus: Bus, job: string, stages: number, time
     }
   });
   let timer: NodeJS.Timeout | undefined;
-  try {
-    await bus.flush();
+  let retry: NodeJS.Timeout | undefined;
+  let over = false;
+  const ping = async () => {
     await Promise.all(
-      Array.from({ length: stages }, async (_, r) => {
+      hellos.flatMap((h, r) => (h ? [] : [r])).map(async (r) => {
         try {
-          take(decodeReply('hello', await bus.request(ctlSubject(job, r, CtlVerb.PING), encodeJson({}), 2_000)));
+          take(decodeReply('hello', await bus.request(ctlSubject(job, r, CtlVerb.PING), encodeJson({}), 1_000)));
         } catch {
-          // not up yet: it will announce itself
+          // not up (or not reconnected) yet: asked again, or it announces itself
         }
       }),
     );
+    if (!over && hellos.some((h) => !h)) retry = setTimeout(() => void ping(), 250);
+  };
+  try {
+    await bus.flush();
+    void ping();
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const missing = hellos.flatMap((h, r) => (h ? [] : [r]));
@@ -46,7 +53,9 @@ export async function waitForWorkers(bus: Bus, job: string, stages: number, time
     await Promise.race([all, timeout, failed]);
     return hellos as Hello[];
   } finally {
+    over = true;
     clearTimeout(timer);
+    clearTimeout(retry);
     await sub.drain();
   }
 }

@@ -17,6 +17,18 @@ export interface StepPlan {
   readonly order: string;
 }
 
+/** Answer to a liveness probe: where the stage is and what it waits for. */
+export interface ProbeReply {
+  readonly rank: number;
+  readonly step: number;
+  /** The machine's state, as `running.waiting`. */
+  readonly state: string;
+  /** The action it is at (`B2`), empty when none. */
+  readonly action: string;
+  /** Slots (`PHASE:mb`) that action still waits for. */
+  readonly awaiting: string[];
+}
+
 /** Answer to every control request. */
 export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
 
@@ -105,6 +117,7 @@ const SHAPES = {
   reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
+  probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
 } as const satisfies Record<string, Shape>;
 
@@ -120,6 +133,7 @@ export interface MessageTypes {
   state: StateInfo;
   hello: Hello;
   stats: StatsMessage;
+  probe: ProbeReply;
 }
 
 /** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */

@@ -35,6 +35,8 @@ export const CtlVerb = {
   DUMP: 'dump',
   /** Your counters. */
   STATS: 'stats',
+  /** Liveness: your state and the messages you wait for. */
+  PROBE: 'probe',
 } as const;
 export type CtlVerb = (typeof CtlVerb)[keyof typeof CtlVerb];
 

@@ -55,6 +55,8 @@ export interface PipelineOptions {
   readonly backend?: BackendName | readonly BackendName[];
   /** Milliseconds a step may take before it is aborted (default 120 s). */
   readonly stepTimeoutMs?: number;
+  /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s). */
+  readonly livenessTimeoutMs?: number;
   /** Publish every actor's inspection events on troupe.<job>.inspect.<actor> (default off). */
   readonly inspect?: boolean;
   /** Activation checkpointing: keep only each microbatch's stage input and recompute the forward at backward time (default off: keep the forward's tape). */
@@ -142,7 +144,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
       const turn = turns?.[deviceOf(partition.rank, turns.length)];
       hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
     }
-    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p, inspect: o.inspect ?? false });
+    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
   } catch (err) {
     await closeAll().catch(() => {});
     throw err;

@@ -3,7 +3,7 @@ import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
 import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
-import { decodeAck, decodeMessage, encodeJson, type RejectEvent, type StepPlan } from '../protocol/messages.js';
+import { decodeAck, decodeMessage, decodeReply, encodeJson, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { CtlVerb, SchedEvent, ctlSubject, lastToken, schedWildcard, stageSubject } from '../protocol/subjects.js';
 import { busInspector } from '../inspect/busInspector.js';
@@ -19,6 +19,16 @@ export interface SchedulerHostOptions {
   readonly requestTimeoutMs?: number;
   /** Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off). */
   readonly inspect?: boolean;
+  /**
+   * Liveness: during a step every stage is probed every `heartbeatMs` (default 1 s); one that
+   * answers no probe for this long (default 30 s) fails the step as STAGE_SILENT, naming its
+   * last known state and the messages it waited for. A stage answers between actions, so this
+   * must exceed the longest action.
+   */
+  readonly livenessTimeoutMs?: number;
+  readonly heartbeatMs?: number;
+  /** Told at once when a stage is found silent (the step then aborts). */
+  readonly onSilent?: (message: string) => void;
 }
 
 /** One step as the pipeline hands it to the scheduler. */
@@ -57,6 +67,7 @@ export class SchedulerHost {
   readonly lastRejects: RejectEvent[] = [];
 
   private constructor(private readonly o: SchedulerHostOptions) {
+    this.lastProbe = Array.from({ length: o.stages }, () => null);
     const timeout = o.requestTimeoutMs ?? 10_000;
     const machine = schedulerMachine.provide({
       actors: {
@@ -64,8 +75,10 @@ export class SchedulerHost {
           const w = this.work!;
           await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), timeout);
         }),
-        abortStep: fromPromise<void, { step: number }>(async () => {
-          await this.requestAll(CtlVerb.ABORT, () => encodeJson({}), timeout);
+        abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
+          // A stage found silent in this step would only time the abort out: it is not asked.
+          const skip = new Set(this.silent.filter((s) => s.step === input.step).map((s) => s.rank));
+          await this.requestAll(CtlVerb.ABORT, () => encodeJson({}), timeout, skip);
         }),
       },
       actions: {
@@ -98,10 +111,9 @@ export class SchedulerHost {
     return h;
   }
 
-  private async requestAll(verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number): Promise<void> {
-    const acks = await Promise.all(
-      Array.from({ length: this.o.stages }, async (_, r) => ({ r, ack: decodeAck(await this.o.bus.request(ctlSubject(this.o.job, r, verb), body(r), timeoutMs)) })),
-    );
+  private async requestAll(verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number, skip: ReadonlySet<number> = new Set()): Promise<void> {
+    const ranks = Array.from({ length: this.o.stages }, (_, r) => r).filter((r) => !skip.has(r));
+    const acks = await Promise.all(ranks.map(async (r) => ({ r, ack: decodeAck(await this.o.bus.request(ctlSubject(this.o.job, r, verb), body(r), timeoutMs)) })));
     const bad = acks.find((a) => !a.ack.ok);
     if (bad && !bad.ack.ok) throw new TransportError(`stage ${bad.r} refused ${verb}: ${bad.ack.code}: ${bad.ack.message}`);
   }
@@ -157,9 +169,11 @@ export class SchedulerHost {
     this.pending = pending;
     const { plan: _p, inputs: _i, ...req } = work;
     this.actor.send({ type: 'START', req });
+    const watchdog = this.watch(work.step);
     try {
       return await pending.promise;
     } finally {
+      watchdog.stop();
       await this.feeding;
       if (this.pending === pending) {
         this.pending = undefined;
@@ -167,6 +181,58 @@ export class SchedulerHost {
       }
     }
   }
+
+  /** Probes every stage while step `step` runs; a stage silent past the liveness timeout fails the step. */
+  private watch(step: number): { stop(): void } {
+    const every = this.o.heartbeatMs ?? 1_000;
+    const limit = this.o.livenessTimeoutMs ?? 30_000;
+    const start = performance.now();
+    const lastHeard = Array.from({ length: this.o.stages }, () => start);
+    const lastSeen = this.lastProbe;
+    let stopped = false;
+    const probe = async (rank: number) => {
+      try {
+        const reply = decodeReply('probe', await this.o.bus.request(ctlSubject(this.o.job, rank, CtlVerb.PROBE), encodeJson({}), limit));
+        lastHeard[rank] = performance.now();
+        lastSeen[rank] = reply;
+      } catch {
+        // No answer (a timeout, no responders): the silence is judged below.
+      }
+    };
+    // A first probe now: a stage's whereabouts are known even in steps shorter than a heartbeat.
+    for (let r = 0; r < this.o.stages; r++) void probe(r);
+    const timer = setInterval(() => {
+      if (stopped) return;
+      const now = performance.now();
+      for (let r = 0; r < this.o.stages; r++) {
+        if (now - lastHeard[r]! >= limit) {
+          const seen = lastSeen[r];
+          const where = seen
+            ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
+            : 'never answered a probe';
+          stopped = true;
+          this.silent.push({ rank: r, step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] });
+          const message = `stage ${r} answered no liveness probe for ${Math.round(now - lastHeard[r]!)} ms; ${where}`;
+          this.o.onSilent?.(message);
+          this.failStep(r, 'STAGE_SILENT', message);
+          return;
+        }
+        void probe(r);
+      }
+    }, every);
+    return {
+      stop: () => {
+        stopped = true;
+        clearInterval(timer);
+      },
+    };
+  }
+
+  /** Each stage's last answer to a liveness probe (kept across steps). */
+  private readonly lastProbe: (ProbeReply | null)[];
+
+  /** Stages the liveness watchdog found silent, latest last. */
+  readonly silent: { readonly rank: number; readonly step: number; readonly state: string | null; readonly action: string | null; readonly awaiting: readonly string[] }[] = [];
 
   /**
    * Fails the running step as if stage `rank` had reported an error (a worker the driver saw

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { admitStep, splitInput } from '../../actors/admitFrame.js';
-import { stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
+import { missing, stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
@@ -11,7 +11,7 @@ import { exportStageState, importStageState } from '../compute/stageState.js';
 import { busInspector } from '../inspect/busInspector.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
-import { decodeMessage, encodeJson, type Ack, type Hello, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
+import { decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import {
@@ -206,6 +206,7 @@ export class StageHost {
       else if (verb === CtlVerb.STOP) this.actor.send({ type: 'STOP' });
       else if (verb === CtlVerb.PING) reply = this.hello();
       else if (verb === CtlVerb.STATS) reply = this.stats();
+      else if (verb === CtlVerb.PROBE) reply = this.probe();
       else if (verb === CtlVerb.LOAD) await this.load(decodeMessage('state', m.data));
       else if (verb === CtlVerb.DUMP) reply = await this.dump();
       else throw new FrameError(`unknown control verb "${verb}"`);
@@ -215,6 +216,14 @@ export class StageHost {
       reply = { ok: false, code: e.code, message: e.message } satisfies Ack;
     }
     m.respond(encodeJson(reply));
+  }
+
+  /** Where the stage is: its state, its action and the slots that action waits for. */
+  probe(): ProbeReply {
+    const s = this.actor.getSnapshot();
+    const c = s.context;
+    const a = s.matches('running') ? c.actions[c.cursor] : undefined;
+    return { rank: this.rank, step: c.step, state: stateName(s.value), action: a ? `${a.kind}${a.microbatch}` : '', awaiting: a ? missing(c) : [] };
   }
 
   private hello(): Hello {
@@ -350,4 +359,11 @@ function parseOrder(order: string, actions: number, rank: number): number[] {
     throw new FrameError(`stage ${rank}: plan order "${order}" must give one device position per action (${actions})`);
   }
   return pos;
+}
+
+/** A machine state value as a dotted path: `running.waiting`. */
+export function stateName(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object') return Object.entries(v).map(([k, sub]) => `${k}.${stateName(sub)}`).join(',');
+  return String(v);
 }

@@ -100,7 +100,7 @@ describe('troupe up --restarts', () => {
       await first.stop();
       server = undefined;
       server = await startNatsServer({ port });
-      const { code } = await run.exit;
+      const { code } = await Promise.race([run.exit, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit:\n${run.output()}`)), 45_000))]);
       const out = run.output();
       expect(code, out).toBe(0);
       expect(out).toMatch(/the NATS connection came back during step \d+/);
@@ -129,5 +129,42 @@ describe('troupe up --restarts', () => {
     } finally {
       await cluster.stop();
     }
+  }, 60_000);
+
+  it('a hung worker (SIGSTOP) is found silent within the liveness timeout, named with its state and awaited messages', async () => {
+    const run = troupe(['up', CONFIG, '--checkpoint-dir', join(tmp, 'ckpt-hung')], { TINY_LIVENESS_MS: '1500' });
+    const pid = Number((await run.waitFor(/rank 1: pid (\d+)/))[1]);
+    await run.waitFor(/checkpoint step 3 saved/);
+    const stoppedAt = performance.now();
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const m = await run.waitFor(/troupe up: stage 1 answered no liveness probe for (\d+) ms; (last seen in step \d+, state [^\n]*|never answered a probe)/, 20_000);
+      const detectedMs = performance.now() - stoppedAt;
+      console.log(`hung stage reported after ${detectedMs.toFixed(0)} ms: ${m[0]}`);
+      expect(detectedMs).toBeLessThan(1500 + 3_000);
+      // Where it was: its state, its action and the messages that action waited for.
+      expect(m[2]).toMatch(/^last seen in step \d+, state (idle|awaitingUpdate|updating|running\.(waiting|computing|next))( at [FBW]\d+)?(, waiting for (INPUT|FORWARD|BACKWARD):\d+(, (INPUT|FORWARD|BACKWARD):\d+)*)?$/);
+    } finally {
+      if (alive(pid)) process.kill(pid, 'SIGCONT');
+    }
+    const { code } = await run.exit;
+    expect(code, run.output()).toBe(1);
+    expect(run.output()).toMatch(/STAGE_SILENT/);
+    for (const p of printedPids(run.output())) expect(alive(p), `pid ${p}`).toBe(false);
+  }, 60_000);
+
+  it('with --restarts, a hung worker is killed, restarted and its step replayed: the uninterrupted weights', async () => {
+    const save = join(tmp, 'hung-restart');
+    const run = troupe(['up', CONFIG, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-hung2')], { TINY_LIVENESS_MS: '1500' });
+    const pid = Number((await run.waitFor(/rank 0: pid (\d+)/))[1]);
+    await run.waitFor(/checkpoint step 5 saved/);
+    process.kill(pid, 'SIGSTOP');
+    const { code } = await run.exit;
+    const out = run.output();
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/stage 0 answered no liveness probe .*; killing worker 0 to restart it/);
+    expect(out).toMatch(/worker 0 exited with SIGKILL during step \d+; restarting it/);
+    expect(maxAbsDiff(await loadSaved(save), await loadSaved(await straightRun()))).toBeLessThan(1e-6);
+    expect(alive(pid)).toBe(false);
   }, 60_000);
 });

@@ -16,6 +16,7 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'FRAME', message: 'bad header' },
   state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
   hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
+  probe: { rank: 1, step: 3, state: 'running.waiting', action: 'B2', awaiting: ['BACKWARD:2'] },
   stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, tensors: 12 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
