@@ -4,12 +4,16 @@
  * ```
  * <dir>/LATEST                  "step-12"  (replaced by rename once step-12 is complete)
  * <dir>/step-12/meta.json       step, stages, job, schedule, microbatches, time
- * <dir>/step-12/stage-<r>.json  the state frame's headers and the weight / optimizer slot names
+ * <dir>/step-12/stage-<r>.json  the state frame's headers, the weight / optimizer slot names
+ *                               and the SHA-256 of the body
  * <dir>/step-12/stage-<r>.bin   the state frame's body (raw little-endian tensor bytes)
  * ```
  * A step directory is written under a temporary name, synced and renamed into place, and
  * only then does LATEST move: a crash at any moment leaves the previous checkpoint whole.
+ * Loading checks every file (a truncated or altered body fails its length or its hash); a
+ * faulty newest checkpoint is reported and the one before it is used.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -39,6 +43,12 @@ export interface CheckpointMeta {
 export interface Checkpoint {
   readonly meta: CheckpointMeta;
   readonly states: readonly RankState[];
+  /** Newer checkpoints that were refused, newest first, and why. */
+  readonly skipped: readonly { readonly name: string; readonly reason: string }[];
+}
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
 }
 
 async function writeSynced(path: string, data: string | Uint8Array): Promise<void> {
@@ -69,8 +79,9 @@ export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'sa
   await mkdir(tmp);
   await writeSynced(join(tmp, 'meta.json'), JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
   for (const s of states) {
-    const [msg] = encodeFrame({ key: { job: meta.job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
-    await writeSynced(join(tmp, `stage-${s.rank}.json`), JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames }, null, 1));
+    // The states belong to training step meta.step (a replayed step ran under another step id).
+    const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
+    await writeSynced(join(tmp, `stage-${s.rank}.json`), JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) }, null, 1));
     await writeSynced(join(tmp, `stage-${s.rank}.bin`), msg!.data);
   }
   await syncDir(tmp);
@@ -93,31 +104,50 @@ export function hasCheckpoint(dir: string): boolean {
   return existsSync(join(dir, 'LATEST'));
 }
 
-/** Reads the checkpoint LATEST names, checking every file; CheckpointError on any fault. */
+/**
+ * Reads the newest whole checkpoint: the one LATEST names, or, when that one is missing a
+ * file, truncated or altered, the newest earlier one that is whole (reported in `skipped`).
+ * CheckpointError when none is.
+ */
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
-  let name: string;
+  let latest: string;
   try {
-    name = (await readFile(join(dir, 'LATEST'), 'utf8')).trim();
+    latest = (await readFile(join(dir, 'LATEST'), 'utf8')).trim();
   } catch (cause) {
     throw new CheckpointError(`no checkpoint in ${dir}: ${messageOf(cause)}`, { cause });
   }
-  if (!/^step-\d+$/.test(name)) throw new CheckpointError(`${dir}/LATEST names "${name}", not a step directory`);
-  const at = join(dir, name);
+  const skipped: { name: string; reason: string }[] = [];
+  if (!/^step-\d+$/.test(latest)) skipped.push({ name: 'LATEST', reason: `names "${latest}", not a step directory` });
+  const steps = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n)).sort((a, b) => Number(b.slice(5)) - Number(a.slice(5)));
+  // LATEST first, then the others newest first; never one newer than LATEST (an interrupted later write).
+  const candidates = /^step-\d+$/.test(latest) ? [latest, ...steps.filter((n) => Number(n.slice(5)) < Number(latest.slice(5)))] : steps;
+  for (const name of candidates) {
+    try {
+      return { ...(await loadStepDir(join(dir, name))), skipped };
+    } catch (err) {
+      skipped.push({ name, reason: messageOf(err) });
+    }
+  }
+  throw new CheckpointError(`no whole checkpoint in ${dir}: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+}
+
+/** Reads one step directory, checking every file; CheckpointError on any fault. */
+async function loadStepDir(at: string): Promise<Omit<Checkpoint, 'skipped'>> {
   try {
     const meta = JSON.parse(await readFile(join(at, 'meta.json'), 'utf8')) as CheckpointMeta;
     if (!Number.isInteger(meta.step) || !Number.isInteger(meta.stages) || meta.stages < 1) throw new Error('meta.json lacks step or stages');
     const states: RankState[] = [];
     for (let rank = 0; rank < meta.stages; rank++) {
-      const info = JSON.parse(await readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[] };
+      const info = JSON.parse(await readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[]; sha256?: string };
       const body = new Uint8Array(await readFile(join(at, `stage-${rank}.bin`)));
       const h = parseHeader((k) => info.headers[k], Phase.UPDATE, Number.MAX_SAFE_INTEGER);
       const frame = decodeSingle(h, body);
+      if (info.sha256 !== undefined && sha256(body) !== info.sha256) throw new Error(`stage-${rank}.bin does not match its SHA-256 (altered)`);
       if (h.key.step !== meta.step) throw new Error(`stage-${rank} is of step ${h.key.step}, meta says ${meta.step}`);
       states.push({ rank, step: meta.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: frame.tensors });
     }
     return { meta, states };
   } catch (cause) {
-    if (cause instanceof CheckpointError) throw cause;
     throw new CheckpointError(`checkpoint ${at} is unreadable: ${messageOf(cause)}`, { cause });
   }
 }

@@ -185,6 +185,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const p = partitions.length;
   if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
   const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
+  for (const s of ckpt?.skipped ?? []) say(`troupe up: checkpoint ${s.name} in ${o.checkpointDir} refused: ${s.reason}`);
   if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
   if (ckpt && ckpt.meta.stages !== p) throw new ConfigError(`checkpoint has ${ckpt.meta.stages} stages, the job has ${p}`);
 

@@ -75,8 +75,25 @@ describe('checkpoints', () => {
     await expect(loadCheckpoint(dir)).rejects.toThrow(CheckpointError);
     await saveCheckpoint(dir, meta(2), states(2));
     truncateSync(join(dir, 'step-2', 'stage-1.bin'), 10);
-    await expect(loadCheckpoint(dir)).rejects.toThrow(/step-2 is unreadable: 10 bytes received, the headers announce \d+/);
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/step-2: checkpoint .*step-2 is unreadable: 10 bytes received, the headers announce \d+/);
     writeFileSync(join(dir, 'LATEST'), '../../etc');
-    await expect(loadCheckpoint(dir)).rejects.toThrow(/LATEST names "..\/..\/etc"/);
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/LATEST: names "..\/..\/etc"/);
+  });
+
+  it('a truncated or altered newest checkpoint is refused, naming why, and the one before it is used', async () => {
+    fresh();
+    await saveCheckpoint(dir, meta(3), states(3));
+    await saveCheckpoint(dir, meta(4), states(4));
+    // One flipped byte in the body keeps its length: only the hash tells.
+    const bin = join(dir, 'step-4', 'stage-0.bin');
+    const bytes = readFileSync(bin);
+    bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 0xff;
+    writeFileSync(bin, bytes);
+    const c = await loadCheckpoint(dir);
+    expect(c.meta.step).toBe(3);
+    expect(c.skipped).toEqual([{ name: 'step-4', reason: expect.stringMatching(/stage-0\.bin does not match its SHA-256 \(altered\)/) }]);
+    // A truncated meta.json: refused the same way.
+    writeFileSync(join(dir, 'step-4', 'meta.json'), '{"step": 4, "sta');
+    expect((await loadCheckpoint(dir)).skipped[0]!.reason).toMatch(/meta\.json|JSON/);
   });
 });
