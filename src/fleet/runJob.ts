@@ -374,7 +374,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await trace?.close().catch(() => {});
     await sched?.close().catch(() => {});
     if (bus && !bus.isClosed) {
-      await Promise.all(partitions.map((_, r) => bus!.request(ctlSubject(job, r, CtlVerb.STOP), encodeJson({}), 2_000).catch(() => {})));
+      await Promise.all(partitions.map((_, r) => bus!.request(ctlSubject(job, r, CtlVerb.STOP), encodeJson({ job }), 2_000).catch(() => {})));
     }
     if (o.signal?.aborted) await supervisor.killAll();
     else await supervisor.stopAll();

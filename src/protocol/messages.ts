@@ -118,6 +118,8 @@ const SHAPES = {
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
+  abort: { step: 'number' },
+  stop: { job: 'string' },
   stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
 } as const satisfies Record<string, Shape>;
 
@@ -134,6 +136,10 @@ export interface MessageTypes {
   hello: Hello;
   stats: StatsMessage;
   probe: ProbeReply;
+  /** Body of `ctl.<rank>.abort`: the step to abort. */
+  abort: { readonly step: number };
+  /** Body of `ctl.<rank>.stop`: the job, so that a stray message stops nothing. */
+  stop: { readonly job: string };
 }
 
 /** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */

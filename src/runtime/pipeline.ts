@@ -79,6 +79,8 @@ export interface Pipeline {
   evaluate(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Counters of every stage. */
   stats(): StageStats[];
+  /** Scheduler events refused as malformed (bad JSON, wrong fields), since the start. */
+  malformedEvents(): number;
   /** Stops the actors, drains every subscription and connection. The model stays usable. */
   close(): Promise<void>;
 }
@@ -175,6 +177,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     trainStep: (x, y) => run(x, y, false),
     evaluate: (x, y) => run(x, y, true),
     stats: () => hosts.map((h) => h.stats()),
+    malformedEvents: () => sched!.malformedEvents,
     close: async () => {
       if (closed) return;
       closed = true;

@@ -78,7 +78,7 @@ export class SchedulerHost {
         abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
           // A stage found silent in this step would only time the abort out: it is not asked.
           const skip = new Set(this.silent.filter((s) => s.step === input.step).map((s) => s.rank));
-          await this.requestAll(CtlVerb.ABORT, () => encodeJson({}), timeout, skip);
+          await this.requestAll(CtlVerb.ABORT, () => encodeJson({ step: input.step }), timeout, skip);
         }),
       },
       actions: {

@@ -29,6 +29,7 @@ import {
 } from '../protocol/subjects.js';
 import { parseStageActions, splitsBackward } from '../schedule/action.js';
 import type { DeviceTurn } from './deviceTurn.js';
+import { STATE_SENDER } from './stageStates.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 
@@ -202,8 +203,12 @@ export class StageHost {
     try {
       const verb = lastToken(m.subject);
       if (verb === CtlVerb.STEP) this.beginStep(decodeMessage('plan', m.data));
-      else if (verb === CtlVerb.ABORT) await this.abort();
-      else if (verb === CtlVerb.STOP) this.actor.send({ type: 'STOP' });
+      else if (verb === CtlVerb.ABORT) await this.abortRequested(decodeMessage('abort', m.data).step);
+      else if (verb === CtlVerb.STOP) {
+        const { job: stopJob } = decodeMessage('stop', m.data);
+        if (stopJob !== this.o.job) throw new UnexpectedFrameError(`stop for job ${stopJob}, not ${this.o.job}`);
+        this.actor.send({ type: 'STOP' });
+      }
       else if (verb === CtlVerb.PING) reply = this.hello();
       else if (verb === CtlVerb.STATS) reply = this.stats();
       else if (verb === CtlVerb.PROBE) reply = this.probe();
@@ -241,6 +246,7 @@ export class StageHost {
     try {
       const h = parseHeader(m.header, Phase.UPDATE, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
       if (h.key.job !== this.o.job) throw new UnexpectedFrameError(`state for job ${h.key.job}, not ${this.o.job}`);
+      if (h.from !== STATE_SENDER) throw new UnexpectedFrameError(`state frame from "${h.from}": only the ${STATE_SENDER} sends states`);
       const frame = this.reassembler.accept(h, m.data);
       if (frame) this.pendingState = frame;
     } catch (err) {
@@ -284,6 +290,14 @@ export class StageHost {
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
     this.actor.send({ type: 'STEP', plan });
+  }
+
+  /** An abort of step `step`: an older step's is refused; a newer one (whose plan never came) has nothing to abort. */
+  private async abortRequested(step: number): Promise<void> {
+    const now = this.actor.getSnapshot().context.step;
+    if (step < now) throw new StaleStepError(`abort of step ${step}, which is over (now ${now})`);
+    if (step > now) return;
+    await this.abort();
   }
 
   private async abort(): Promise<void> {

@@ -8,6 +8,9 @@ import { Reassembler } from '../protocol/reassembler.js';
 import { CtlVerb, ctlSubject, lastToken, snapshotWildcard, stateSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 
+/** The sender a state frame must name: only the driver loads states into stages. */
+export const STATE_SENDER = 'driver';
+
 /** One stage's state and the step it belongs to. */
 export interface RankState extends StageState {
   readonly rank: number;
@@ -51,7 +54,7 @@ export async function dumpStates(bus: Bus, job: string, stages: number, timeoutM
 export async function loadStates(bus: Bus, job: string, states: readonly RankState[], timeoutMs = 30_000): Promise<void> {
   await Promise.all(
     states.map(async (s) => {
-      await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: 'driver', tensors: s.tensors });
+      await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: STATE_SENDER, tensors: s.tensors });
       const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
       const ack = decodeAck(reply);
       if (!ack.ok) throw new StateError(`stage ${s.rank} could not load state of step ${s.step}: ${ack.code}: ${ack.message}`);

@@ -17,6 +17,8 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
   hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
   probe: { rank: 1, step: 3, state: 'running.waiting', action: 'B2', awaiting: ['BACKWARD:2'] },
+  abort: { step: 3 },
+  stop: { job: 'mnist' },
   stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, tensors: 12 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
