@@ -18,8 +18,8 @@ function waitFor(count: () => boolean, subscribeTick: (f: () => void) => void): 
 
 export async function benchTransport(): Promise<string> {
   const server = await startNatsServer();
-  const a = await Bus.connect({ servers: server.url, name: 'bench-pub' });
-  const b = await Bus.connect({ servers: server.url, name: 'bench-sub' });
+  const a = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-pub' });
+  const b = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-sub' });
   const rows: string[][] = [];
   try {
     for (const size of [64 * 1024, 1024 * 1024, 16 * 1024 * 1024]) {

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, TransportError } from '../errors.js';
+import { ensureCredentials } from '../transport/credentials.js';
 
 /** The project's nats.conf. */
 export const DEFAULT_NATS_CONF = fileURLToPath(new URL('../../nats.conf', import.meta.url));
@@ -57,6 +58,9 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const config = opts.config ?? DEFAULT_NATS_CONF;
   if (!existsSync(config)) throw new ConfigError(`NATS configuration ${config} does not exist`);
   const bin = findNatsServer();
+  // nats.conf reads every role's password from the environment: random ones for those unset,
+  // shared with this process's clients and the workers it forks.
+  ensureCredentials();
   const args = ['-c', config, '-p', String(opts.port && opts.port > 0 ? opts.port : -1), ...(opts.args ?? [])];
   // Its own process group: a terminal's Ctrl-C reaches the driver, which stops the server last.
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });

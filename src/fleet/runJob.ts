@@ -219,7 +219,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   });
   try {
     const url = o.nats ?? (server = await startNatsServer()).url;
-    bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver` });
+    bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
     // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
     bus.onStatus((st) => {
       if (st.type === 'reconnect' && restartLimit > 0 && !recovering) {

@@ -9,6 +9,7 @@ import { deferred } from '../runtime/deferred.js';
 import { DeviceTurn } from '../runtime/deviceTurn.js';
 import { StageHost } from '../runtime/stageHost.js';
 import { Bus } from '../transport/bus.js';
+import { stageRole } from '../transport/credentials.js';
 import { deviceName } from './device.js';
 import { loadJobConfig } from './jobConfig.js';
 
@@ -45,12 +46,14 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const makeOptimizer = optimizerFactory(cfg.optimizer);
   const objective = resolveLoss(cfg.loss, cfg.metric);
   const computes = o.ranks.map((r) => StageCompute.forPartition(parts[r]!, makeOptimizer(), objective, cfg.recompute ?? false));
-  const name = `troupe-${o.job}-worker-${o.ranks.join('-')}`;
-  const bus = await Bus.connect({ servers: o.nats.split(','), name });
+  // One connection per stage, each logged in as its rank (NATS lets a stage talk to its neighbours only).
+  const buses: Bus[] = [];
   const turn = o.ranks.length > 1 ? new DeviceTurn() : undefined;
   const hosts: StageHost[] = [];
   for (const [i, r] of o.ranks.entries()) {
     const partition = parts[r]!;
+    const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${o.job}-stage-${r}`, role: stageRole(r) });
+    buses.push(bus);
     hosts.push(await StageHost.start({ bus, job: o.job, partition, compute: computes[i]!, identity: { backend: choice.name, device }, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
     log(`troupe worker: job ${o.job} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
   }
@@ -62,7 +65,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
       log(`troupe worker: ${who} stopping (${why})`);
       await Promise.all(hosts.map((h) => h.close()));
       for (const c of computes) c.dispose();
-      await bus.close().catch(() => {});
+      await Promise.all(buses.map((b) => b.close().catch(() => {})));
       model.dispose();
     })());
   const stopped = deferred<string>();
@@ -71,7 +74,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
   process.once('disconnect', onDisconnect);
-  bus.onStatus((s) => s.type === 'close' && stopped.resolve('NATS connection closed'));
+  for (const bus of buses) bus.onStatus((s) => s.type === 'close' && stopped.resolve('NATS connection closed'));
   // The driver stops every rank; the process ends when all its stages are stopped.
   const done = new Set<number>();
   const subs = hosts.map((h, i) =>

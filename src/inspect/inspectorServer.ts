@@ -52,7 +52,7 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
   const model = new InspectorModel();
   const clients = new Set<ServerResponse>();
   const relayed: string[] = [];
-  const bus = await Bus.connect({ servers: o.nats, name: `troupe-${job}-inspector` });
+  const bus = await Bus.connect({ servers: o.nats, name: `troupe-${job}-inspector`, role: 'inspector' });
   let wss: WebSocketServer | undefined;
 
   const push = (u: ModelUpdate | null) => {

@@ -13,6 +13,7 @@ import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/
 import { buildPlacedSchedule } from '../schedule/schedules.js';
 import { DeviceTurn } from './deviceTurn.js';
 import { Bus, type BusOptions } from '../transport/bus.js';
+import { stageRole } from '../transport/credentials.js';
 import { SchedulerHost } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
 import { StageHost, type StageStats } from './stageHost.js';
@@ -128,8 +129,9 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const hosts: StageHost[] = [];
   const computes: StageCompute[] = [];
   let sched: SchedulerHost | undefined;
-  const connect = async (name: string) => {
-    const bus = await Bus.connect({ ...o.nats, name: `troupe-${job}-${name}` });
+  // Each connection logs in as its role (stage<r>, driver) unless the caller names a user.
+  const connect = async (name: string, role: string) => {
+    const bus = await Bus.connect({ role, ...o.nats, name: `troupe-${job}-${name}` });
     buses.push(bus);
     return bus;
   };
@@ -144,9 +146,9 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
       const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
       computes.push(compute);
       const turn = turns?.[deviceOf(partition.rank, turns.length)];
-      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`), job, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
+      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`, stageRole(partition.rank)), job, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
     }
-    sched = await SchedulerHost.start({ bus: await connect('sched'), job, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
+    sched = await SchedulerHost.start({ bus: await connect('sched', 'driver'), job, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
   } catch (err) {
     await closeAll().catch(() => {});
     throw err;

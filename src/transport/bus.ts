@@ -2,6 +2,7 @@
 import { connect } from '@nats-io/transport-node';
 import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { TransportError, messageOf } from '../errors.js';
+import { credentialsFor } from './credentials.js';
 import { encodeFrame, type Frame, type WireMessage } from '../protocol/frame.js';
 
 /** Options of a bus connection. */
@@ -19,6 +20,14 @@ export interface BusOptions {
   /** User and password, when the server asks for them. */
   readonly user?: string;
   readonly pass?: string;
+  /**
+   * The role to log in as (`driver`, `stage<r>`, `inspector`, `admin`), its password read
+   * from the environment or the credentials file (credentials.ts). Ignored when `user` is
+   * given; without a password for it, the connection has no user.
+   */
+  readonly role?: string;
+  /** TLS: the CA certificate file that signed the server's (also TROUPE_NATS_CA). */
+  readonly caFile?: string;
 }
 
 /** A received message, as the rest of Troupe sees it. */
@@ -70,13 +79,17 @@ export class Bus {
   /** Connects, or throws a TransportError naming the servers. */
   static async connect(opts: BusOptions): Promise<Bus> {
     const servers = typeof opts.servers === 'string' ? [opts.servers] : [...opts.servers];
+    const rolePass = opts.user === undefined && opts.role !== undefined ? credentialsFor(opts.role) : undefined;
+    const auth = opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? '' } : rolePass !== undefined ? { user: opts.role!, pass: rolePass } : {};
+    const caFile = opts.caFile ?? process.env['TROUPE_NATS_CA'];
     try {
       const nc = await connect({
         servers,
         name: opts.name ?? 'troupe',
         maxReconnectAttempts: opts.maxReconnectAttempts ?? -1,
         reconnectTimeWait: opts.reconnectTimeWait ?? 250,
-        ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? '' } : {}),
+        ...auth,
+        ...(caFile ? { tls: { caFile } } : {}),
       });
       return new Bus(nc, opts.maxInFlightBytes ?? 32 * 1024 * 1024);
     } catch (cause) {

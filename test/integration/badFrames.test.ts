@@ -19,7 +19,7 @@ describe('malformed frames on a running job', () => {
       model, stages: 2, microbatches: 16, schedule: '1f1b', job,
       optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
     });
-    const spy = await Bus.connect({ servers: nats.server.url, name: 'spy' });
+    const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'spy' });
     const rejects: { rank: number; code: string; message: string }[] = [];
     const lock = countingLock(6);
     spy.subscribe(subjects.schedSubject(job, 'reject'), (m) => {

@@ -41,7 +41,7 @@ describe('fuzzing a running job', () => {
       model, stages: 2, microbatches: 4, schedule: '1f1b', job,
       optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
     });
-    const fuzzer = await Bus.connect({ servers: nats.server.url, name: 'fuzzer' });
+    const fuzzer = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'fuzzer' });
     const random = rng(7);
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
     const bytes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(random() * 256));

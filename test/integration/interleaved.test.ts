@@ -27,7 +27,7 @@ describe('interleaved 1F1B over a real nats-server', () => {
       model, stages: d * v, virtualStages: v, microbatches: m, schedule: 'interleaved', job,
       optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
     });
-    const watcher = await Bus.connect({ servers: nats.server.url, name: 'watcher' });
+    const watcher = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'watcher' });
     const events: ActionEvent[] = [];
     const sub = watcher.subscribe(schedSubject(job, SchedEvent.ACTION), (msg) => events.push(decodeMessage('action', msg.data)));
     await watcher.flush();

@@ -15,7 +15,7 @@ describe('stage state over NATS', () => {
     const opts = { stages: 2, microbatches: 2, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } };
     const pa = await createPipeline({ ...opts, model: a, job: 'state-a' });
     const pb = await createPipeline({ ...opts, model: b, job: 'state-b' });
-    const bus = await Bus.connect({ servers: nats.server.url });
+    const bus = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const { x, y } = data(8, SIZES[0]!, 3, 6);
     try {
       await pa.trainStep(x, y);
@@ -48,7 +48,7 @@ describe('stage state over NATS', () => {
   it('collects chunked states of several stages at once (each stage over max_payload)', async () => {
     const model = mlp([784, 640, 640, 10], 83); // ~2 MB of weights per stage: several chunks each
     const pipe = await createPipeline({ model, stages: 2, microbatches: 2, optimizer: tf.train.adam(0.001), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url }, job: 'state-big' });
-    const bus = await Bus.connect({ servers: nats.server.url });
+    const bus = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const { x, y } = data(4, 784, 10, 2);
     try {
       await pipe.trainStep(x, y);

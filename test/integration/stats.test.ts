@@ -14,7 +14,7 @@ describe('stage counters', () => {
       model: mlp([6, 8, 8, 2], 3), stages: 2, microbatches: 4, schedule: 'gpipe', job: 'stats',
       optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
     });
-    const spy = await Bus.connect({ servers: nats.server.url });
+    const spy = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const got: StatsMessage[] = [];
     const lock = countingLock(6);
     for (const r of [0, 1]) spy.subscribe(subjects.statsSubject('stats', r), (m) => {

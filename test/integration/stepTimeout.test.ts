@@ -16,9 +16,9 @@ describe('a hung stage', () => {
     const job = 'hung';
     const parts = partitionModel(mlp([4, 8, 2], 41), 2);
     const { loss } = resolveLoss('categoricalCrossentropy');
-    const busA = await Bus.connect({ servers: nats.server.url });
-    const busB = await Bus.connect({ servers: nats.server.url });
-    const busC = await Bus.connect({ servers: nats.server.url });
+    const busA = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const busB = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const busC = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
     const stage0 = await StageHost.start({ bus: busA, job, partition: parts[0]!, compute });
     // Rank 1 answers control requests but never computes: a hung stage.

@@ -15,8 +15,8 @@ function bigFrame(elements: number): Frame {
 
 describe('Bus on a real nats-server', () => {
   it('carries a 16 MB tensor chunked below max_payload and reassembles it byte for byte', async () => {
-    const a = await Bus.connect({ servers: nats.server.url });
-    const b = await Bus.connect({ servers: nats.server.url });
+    const a = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const b = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const frame = bigFrame(4 * 1024 * 1024);
     const r = new Reassembler();
     let chunks = 0;
@@ -50,8 +50,8 @@ describe('Bus on a real nats-server', () => {
   });
 
   it('bounds the bytes in flight: publish waits for the server once the bound is out', async () => {
-    const a = await Bus.connect({ servers: nats.server.url, maxInFlightBytes: 256 * 1024 });
-    const b = await Bus.connect({ servers: nats.server.url });
+    const a = await Bus.connect({ role: 'admin', servers: nats.server.url, maxInFlightBytes: 256 * 1024 });
+    const b = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const n = 64;
     const lock = countingLock(n);
     b.subscribe('bus.flow', () => lock.count());
@@ -71,7 +71,7 @@ describe('Bus on a real nats-server', () => {
 
   it('reports disconnect and reconnect when the server restarts, then works again', async () => {
     const first = await startNatsServer();
-    const bus = await Bus.connect({ servers: first.url, reconnectTimeWait: 100 });
+    const bus = await Bus.connect({ role: 'admin', servers: first.url, reconnectTimeWait: 100 });
     const seen: string[] = [];
     const reconnected = new Promise<void>((resolve) =>
       bus.onStatus((s) => {
@@ -98,12 +98,12 @@ describe('Bus on a real nats-server', () => {
     const s = await startNatsServer();
     const url = s.url;
     await s.stop();
-    await expect(Bus.connect({ servers: url, maxReconnectAttempts: 0 })).rejects.toThrow(TransportError);
-    await expect(Bus.connect({ servers: url, maxReconnectAttempts: 0 })).rejects.toThrow(url.replace('nats://', ''));
+    await expect(Bus.connect({ role: 'admin', servers: url, maxReconnectAttempts: 0 })).rejects.toThrow(TransportError);
+    await expect(Bus.connect({ role: 'admin', servers: url, maxReconnectAttempts: 0 })).rejects.toThrow(url.replace('nats://', ''));
   });
 
   it('one-message frames decode the same through the server', async () => {
-    const a = await Bus.connect({ servers: nats.server.url });
+    const a = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const frame: Frame = { key: { job: 'bus', step: 2, microbatch: 1, phase: 'INPUT' }, from: 'test', tensors: [{ name: 'x0', dtype: 'int32', shape: [3], data: Int32Array.from([1, -2, 3]) }, { name: 'y0', dtype: 'bool', shape: [3], data: Uint8Array.from([1, 0, 1]) }] };
     const got = new Promise<Frame>((resolve) => a.subscribe('bus.one', (m) => resolve(decodeSingle(parseHeader(m.header, 'INPUT', 1 << 20), m.data))));
     try {
