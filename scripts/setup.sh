@@ -37,6 +37,14 @@ if ! find_nats >/dev/null; then
     exit 1
   fi
 fi
+# openssl: the TLS test makes its certificates with it.
+if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing openssl (Debian package openssl)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq openssl >/dev/null
+fi
 # Chromium for the inspector's browser test: Debian's package, driven by playwright-core (never a downloaded browser).
 if [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -31,7 +31,9 @@ one worker process per stage, trains with a progress bar, evaluates the held-out
 prints a summary. Ctrl-C stops every process it started; the last checkpoint stays whole.
 
 options:
-  --nats <url>            use a running NATS server
+  --nats <url>[,<url>..]  use a running NATS server (or the nodes of a cluster)
+  --nats-config <file>    start nats-server with this file (default nats.conf; nats-tls.conf
+                          for TLS, with TROUPE_NATS_TLS_CERT/KEY and TROUPE_NATS_CA set)
   --job <id>              job id in subjects (default: the config's job, else its file name)
   --checkpoint-dir <dir>  save every stage's weights and optimizer state after every step
   --resume                continue from the checkpoint in --checkpoint-dir
@@ -110,6 +112,7 @@ async function up(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       nats: { type: 'string' },
+      'nats-config': { type: 'string' },
       job: { type: 'string' },
       'checkpoint-dir': { type: 'string' },
       resume: { type: 'boolean' },
@@ -141,6 +144,7 @@ async function up(argv: string[]): Promise<number> {
     await runJob({
       config: positionals[0]!,
       ...(values.nats ? { nats: values.nats } : {}),
+      ...(values['nats-config'] ? { natsConfig: values['nats-config'] } : {}),
       ...(values.job ? { job: values.job } : {}),
       ...(values['checkpoint-dir'] ? { checkpointDir: values['checkpoint-dir'] } : {}),
       resume: values.resume ?? false,

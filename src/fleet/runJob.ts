@@ -41,6 +41,8 @@ export interface RunJobOptions {
   readonly config: string;
   /** A running NATS server to use instead of starting one from nats.conf. */
   readonly nats?: string;
+  /** The configuration to start nats-server with (default nats.conf; nats-tls.conf for TLS). */
+  readonly natsConfig?: string;
   readonly job?: string;
   /** Save every stage's weights and optimizer state here after every step. */
   readonly checkpointDir?: string;
@@ -218,7 +220,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     }
   });
   try {
-    const url = o.nats ?? (server = await startNatsServer()).url;
+    const url = o.nats ?? (server = await startNatsServer(o.natsConfig ? { config: o.natsConfig } : {})).url;
     bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
     // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
     bus.onStatus((st) => {
