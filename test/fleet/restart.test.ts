@@ -3,14 +3,13 @@
  * every stage is loaded with the last completed step, the interrupted step is replayed, and
  * the run ends with the weights of an uninterrupted run.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { maxAbsDiff } from '../helpers/models.js';
-import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+import { alive, loadSaved, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
 import { startNatsCluster } from '../../src/fleet/natsCluster.js';
 import { startNatsServer, type NatsServer } from '../../src/fleet/natsServer.js';
 
@@ -18,11 +17,6 @@ const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url)
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-restart-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-async function loadSaved(dir: string): Promise<tf.LayersModel> {
-  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
-  const weights = readFileSync(join(dir, 'weights.bin'));
-  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
-}
 
 let straight: Promise<string> | undefined;
 /** The uninterrupted run's saved model directory (run once per file). */

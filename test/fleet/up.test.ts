@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,7 +10,7 @@ import interleavedJob from '../fixtures/tiny-interleaved.job.js';
 import job from '../fixtures/tiny.job.js';
 import { maxAbsDiff } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
-import { alive, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
+import { alive, loadSaved, printedPids, troupe, troupeToEnd } from '../helpers/troupeCli.js';
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
 const INTERLEAVED = fileURLToPath(new URL('../fixtures/tiny-interleaved.job.ts', import.meta.url));
@@ -18,12 +18,6 @@ const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** Loads a model saved by `troupe up --save`. */
-async function loadSaved(dir: string): Promise<tf.LayersModel> {
-  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
-  const weights = readFileSync(join(dir, 'weights.bin'));
-  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
-}
 
 /** The same job in one process: createPipeline with the stages on this process's NATS connections. */
 async function inProcess(steps: number, cfg: JobConfig = job): Promise<tf.LayersModel> {

@@ -1,5 +1,8 @@
 /** Runs the real `troupe` command in a child process and reads what it prints. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
 import { fileURLToPath } from 'node:url';
 
 export const BIN = fileURLToPath(new URL('../../bin/troupe.mjs', import.meta.url));
@@ -81,4 +84,11 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Loads a model saved by `troupe up --save` (model.json + weights.bin). */
+export async function loadSaved(dir: string): Promise<tf.LayersModel> {
+  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
+  const weights = readFileSync(join(dir, 'weights.bin'));
+  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
 }
