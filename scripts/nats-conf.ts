@@ -37,6 +37,8 @@ const users = [
     sub: ['troupe.*.sched.*', 'troupe.*.snapshot.*', 'troupe.*.stats.*', 'troupe.*.hello', '_INBOX.>'],
   }),
   ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => stage(r)),
+  // Task pools and module runtimes: their own subjects, requests and replies.
+  user('pool', { pub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], sub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], responses: true }),
   // The inspector only listens.
   user('inspector', { pub: [], sub: ['troupe.>'] }),
   // Operators and test harnesses: everything.
@@ -65,4 +67,4 @@ ${users.join('\n')}
 `;
 
 writeFileSync(fileURLToPath(new URL('../nats.conf', import.meta.url)), text);
-console.log(`nats.conf: ${users.length} users (driver, stage0..stage${MAX_STAGE_USERS - 1}, inspector, admin)`);
+console.log(`nats.conf: ${users.length} users (driver, stage0..stage${MAX_STAGE_USERS - 1}, pool, inspector, admin)`);

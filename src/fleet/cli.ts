@@ -4,6 +4,7 @@ import { ConfigError, TroupeError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
 import { parseBoundaries, parseRanks, runWorker } from './worker.js';
+import { runPoolWorker } from '../pool/runPoolWorker.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
 import { buildPlacedSchedule, ScheduleName } from '../schedule/schedules.js';
@@ -20,6 +21,7 @@ usage: troupe <command> [options]
 commands:
   up <job-config>     run a job: nats-server, one worker process per stage, training, summary
   worker              join a job's fleet as one stage (on this or another host)
+  pool-worker         join a task pool, answering its tasks with a module's function
   inspect             serve a live inspector page (and the Stately relay) for a job
   schedule show       simulate a schedule and draw its timeline (terminal, SVG)
 
@@ -47,6 +49,11 @@ options:
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
                           the last completed step and replay the interrupted step (default 0)
   -h, --help              this text`,
+  'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--inspect]
+
+Joins task pool <name> (the queue group of troupe.pool.<name>.task) and answers each task with
+the default export of <module>, a function of (input, index). Workers may join and leave at
+any time; a caller's Pool sends a task whose worker died to another. Stops on SIGTERM.`,
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
 Builds stage <r> of the job from the config module and serves it on NATS until the driver
@@ -168,6 +175,18 @@ async function up(argv: string[]): Promise<number> {
   }
 }
 
+async function poolWorker(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { nats: { type: 'string' }, pool: { type: 'string' }, task: { type: 'string' }, inspect: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help) return print(HELP['pool-worker']!);
+  if (positionals.length > 0) throw new UsageError(`troupe pool-worker takes no positional arguments, got ${positionals.join(' ')}`);
+  for (const f of ['nats', 'pool', 'task'] as const) if (!values[f]) throw new UsageError(`troupe pool-worker needs --${f}`);
+  await runPoolWorker({ nats: values.nats!, pool: values.pool!, task: values.task!, inspect: values.inspect ?? false });
+  return 0;
+}
+
 async function worker(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -276,6 +295,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return print(HELP['main']!);
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
+    if (cmd === 'pool-worker') return await poolWorker(rest);
     if (cmd === 'inspect') return await inspect(rest);
     if (cmd === 'schedule') return await schedule(rest);
     throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);

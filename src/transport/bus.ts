@@ -166,8 +166,10 @@ export class Bus {
   }
 
   /** Calls `handler` for every message on `subject` (wildcards allowed); errors in the handler are the handler's. */
-  subscribe(subject: string, handler: (m: BusMessage) => void): { drain(): Promise<void> } {
+  subscribe(subject: string, handler: (m: BusMessage) => void, queue?: string): { drain(): Promise<void> } {
     const sub = this.nc.subscribe(subject, {
+      // A queue group: each message goes to one member (load balancing across workers).
+      ...(queue ? { queue } : {}),
       callback: (err, msg) => {
         if (err) {
           this.emit({ type: 'error', detail: `subscription ${subject}: ${messageOf(err)}` });

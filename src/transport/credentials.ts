@@ -12,7 +12,7 @@ export const MAX_STAGE_USERS = 16;
 
 /** Every role nats.conf knows. */
 export function allRoles(): string[] {
-  return ['driver', ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => `stage${r}`), 'inspector', 'admin'];
+  return ['driver', ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => `stage${r}`), 'pool', 'inspector', 'admin'];
 }
 
 /** The NATS user of stage `rank`. */
