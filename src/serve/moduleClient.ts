@@ -1,0 +1,47 @@
+/** A client of a module runtime: forward (and backward) requests for one module. */
+import * as tf from '@tensorflow/tfjs';
+import { TroupeError } from '../errors.js';
+import { fromTensor } from '../compute/wire.js';
+import type { WireTensor } from '../protocol/frame.js';
+import type { Bus } from '../transport/bus.js';
+import { serveSubject } from './moduleRuntime.js';
+import { decodeTensors, encodeTensors } from './tensorMessage.js';
+
+/** The runtime refused a request or its batch failed: its code and message. */
+export class ServeError extends TroupeError {}
+
+export interface ModuleClientOptions {
+  readonly bus: Bus;
+  readonly runtime: string;
+  readonly module: string;
+  /** Milliseconds to wait for an answer (default 30 s). */
+  readonly timeoutMs?: number;
+}
+
+export class ModuleClient {
+  constructor(private readonly o: ModuleClientOptions) {
+    serveSubject(o.runtime, o.module, 'forward');
+  }
+
+  private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
+    const body = encodeTensors(tensors.map((t, i) => fromTensor(t, `x${i}`)));
+    const reply = decodeTensors(await this.o.bus.request(serveSubject(this.o.runtime, this.o.module, op), body, this.o.timeoutMs ?? 30_000));
+    if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
+    return reply.tensors;
+  }
+
+  /** The module's outputs for a batch (often of one example) of inputs, as wire tensors. */
+  forwardWire(inputs: tf.Tensor | readonly tf.Tensor[]): Promise<WireTensor[]> {
+    return this.call('forward', Array.isArray(inputs) ? inputs : [inputs as tf.Tensor]);
+  }
+
+  /** The module's outputs as tensors (owned by the caller). */
+  async forward(inputs: tf.Tensor | readonly tf.Tensor[]): Promise<tf.Tensor[]> {
+    return (await this.forwardWire(inputs)).map((w) => tf.tensor(w.data, [...w.shape], w.dtype));
+  }
+
+  /** Input gradients for inputs and output gradients. */
+  async backward(inputs: readonly tf.Tensor[], gradOutputs: readonly tf.Tensor[]): Promise<tf.Tensor[]> {
+    return (await this.call('backward', [...inputs, ...gradOutputs])).map((w) => tf.tensor(w.data, [...w.shape], w.dtype));
+  }
+}
