@@ -3,11 +3,12 @@ import { writeFile } from 'node:fs/promises';
 import { benchBubble } from './bubble.js';
 import { benchInspect } from './inspect.js';
 import { benchProfile } from './profile.js';
+import { benchServe } from './serve.js';
 import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, bubble: benchBubble, profile: benchProfile, transport: benchTransport, inspect: benchInspect };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;
