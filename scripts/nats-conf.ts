@@ -25,8 +25,10 @@ function stage(r: number): string {
     `troupe.*.stats.${r}`,
     'troupe.*.hello',
     `troupe.*.inspect.stage-${r}`,
+    // Data-parallel replicas of the same stage sum their gradients here.
+    `troupe.*.allreduce.${r}`,
   ];
-  const sub = [`troupe.*.stage.${r}.>`, `troupe.*.ctl.${r}.>`, `troupe.*.state.${r}`];
+  const sub = [`troupe.*.stage.${r}.>`, `troupe.*.ctl.${r}.>`, `troupe.*.state.${r}`, `troupe.*.allreduce.${r}`];
   return user(`stage${r}`, { pub, sub, responses: true });
 }
 

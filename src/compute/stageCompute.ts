@@ -248,6 +248,32 @@ export class StageCompute {
     return dys;
   }
 
+  /** The accumulated gradients as wire tensors, in variable order (zeros for a variable without one). */
+  gradientsWire(): WireTensor[] {
+    return this.part.variables.map((v, i) => {
+      const g = this.acc[i] ?? tf.zerosLike(v);
+      try {
+        return fromTensor(g, `g${i}`);
+      } finally {
+        if (!this.acc[i]) g.dispose();
+      }
+    });
+  }
+
+  /** Replaces the accumulated gradients (with the sum over data-parallel replicas). */
+  setGradients(grads: readonly WireTensor[]): void {
+    if (grads.length !== this.part.variables.length) throw new ShapeError(`stage ${this.part.rank}: ${grads.length} gradients for ${this.part.variables.length} variables`);
+    grads.forEach((w, i) => {
+      const want = this.part.variables[i]!.shape;
+      if (w.dtype !== 'float32' || w.shape.length !== want.length || w.shape.some((d, k) => d !== want[k])) {
+        throw new ShapeError(`stage ${this.part.rank}: gradient ${i} is ${w.dtype}[${w.shape.join(',')}], variable ${i} is float32[${want.join(',')}]`);
+      }
+    });
+    const next = grads.map((w, i) => toTensor(w, undefined, undefined, `gradient ${i}`));
+    this.clearGradients();
+    this.acc = next;
+  }
+
   /** Applies the accumulated gradients with the optimizer, then zeroes the accumulators. */
   update(): void {
     if (this.cache.size > 0) throw new StateError(`stage ${this.part.rank}: update with ${this.cache.size} microbatches still waiting for their backward (B or W)`);

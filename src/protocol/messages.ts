@@ -5,8 +5,13 @@ import { FrameError, TroupeError } from '../errors.js';
 export interface StepPlan {
   readonly step: number;
   readonly microbatches: number;
-  /** Examples in the whole batch: the last stage scales each microbatch's loss by 1/batchSize. */
+  /** Examples in this pipeline's batch (split into the microbatches). */
   readonly batchSize: number;
+  /**
+   * Examples the loss is averaged over: the last stage scales each microbatch's loss by
+   * 1/totalBatch. The batch size, or with data-parallel replicas the whole batch of all.
+   */
+  readonly totalBatch: number;
   readonly forwardOnly: boolean;
   /** This stage's actions in order, as `F0 F1 B0 ...`. */
   readonly actions: string;
@@ -108,7 +113,7 @@ function parse(what: string, data: Uint8Array): unknown {
 }
 
 const SHAPES = {
-  plan: { step: 'number', microbatches: 'number', batchSize: 'number', forwardOnly: 'boolean', actions: 'string', order: 'string' },
+  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', actions: 'string', order: 'string' },
   action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },

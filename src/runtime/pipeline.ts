@@ -7,6 +7,11 @@ import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { StageCompute } from '../compute/stageCompute.js';
+import { cloneModel } from '../compute/cloneModel.js';
+import { fromTensor } from '../compute/wire.js';
+import { sliceRows } from '../protocol/rows.js';
+import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
+import { AllReduce } from './allReduce.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
 import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
@@ -30,6 +35,12 @@ export interface PipelineOptions {
   readonly stages: StageSpec;
   /** Stages per device, for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /**
+   * Data parallel x pipeline parallel: k copies of the pipeline (default 1). Each step splits
+   * the batch over them; at UPDATE every stage sums its gradients with its replicas' over NATS
+   * and all apply the same update, so the copies stay equal to single-process training.
+   */
+  readonly replicas?: number;
   /**
    * How a stage count is cut: `'params'` (default) balances parameter counts, `'time'` the
    * forward + backward time of each layer measured here on a sample microbatch.
@@ -70,6 +81,10 @@ export interface Pipeline {
   readonly stages: number;
   readonly microbatches: number;
   readonly schedule: Schedule;
+  /** Data-parallel copies of the pipeline. */
+  readonly replicas: number;
+  /** Each replica's model: the caller's first, then the copies (disposed by close). */
+  readonly models: readonly tf.LayersModel[];
   /** Per device, the order of its stages' actions, when devices host several stages. */
   readonly devices?: DeviceSchedule;
   /** The layers of each stage. */
@@ -94,6 +109,7 @@ function checkOptions(o: PipelineOptions): void {
   if (o.optimizer === undefined) throw new ConfigError('optimizer is required');
   if (!o.nats || (typeof o.nats.servers !== 'string' && !Array.isArray(o.nats.servers))) throw new ConfigError('nats.servers must be a URL or a list of URLs');
   if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
+  if (o.replicas !== undefined && (!Number.isInteger(o.replicas) || o.replicas < 1)) throw new ConfigError(`replicas must be a positive integer, got ${String(o.replicas)}`);
   if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time') throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
 }
 
@@ -114,21 +130,26 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   checkOptions(o);
   await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
+  const k = o.replicas ?? 1;
   const costs = o.balance === 'time' && typeof o.stages === 'number' ? profileLayers(o.model, { rows: 32 }) : undefined;
-  const partitions = partitionModel(o.model, o.stages, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
+  const cut = (model: tf.LayersModel) => partitionModel(model, o.stages, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
+  const partitions = cut(o.model);
   const p = partitions.length;
   const m = o.microbatches;
   const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);
   const schedule = placed.stages;
-  // Stages sharing a device take turns in its order.
-  const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
   const { loss, metric } = resolveLoss(o.loss, o.metric);
   const makeOptimizer = optimizerFactory(o.optimizer);
+  // Replica 0 trains the caller's model; the others train copies with the same weights.
+  const models = [o.model];
+  for (let i = 1; i < k; i++) models.push(await cloneModel(o.model));
 
   const buses: Bus[] = [];
   const hosts: StageHost[] = [];
   const computes: StageCompute[] = [];
-  let sched: SchedulerHost | undefined;
+  const reducers: AllReduce[] = [];
+  const scheds: SchedulerHost[] = [];
+  const runners: StepRunner[] = [];
   // Each connection logs in as its role (stage<r>, driver) unless the caller names a user.
   const connect = async (name: string, role: string) => {
     const bus = await Bus.connect({ role, ...o.nats, name: `troupe-${job}-${name}` });
@@ -136,42 +157,75 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     return bus;
   };
   const closeAll = async () => {
-    await sched?.close();
+    await Promise.all(scheds.map((s) => s.close()));
     await Promise.all(hosts.map((h) => h.close()));
+    await Promise.all(reducers.map((r) => r.close()));
     for (const c of computes) c.dispose();
     await Promise.all(buses.map((b) => b.close()));
+    for (const model of models.slice(1)) model.dispose();
   };
   try {
-    for (const partition of partitions) {
-      const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
-      computes.push(compute);
-      const turn = turns?.[deviceOf(partition.rank, turns.length)];
-      hosts.push(await StageHost.start({ bus: await connect(`stage-${partition.rank}`, stageRole(partition.rank)), job, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
+    for (let replica = 0; replica < k; replica++) {
+      // One pipeline per replica, on subjects of its own; their stages meet only in the all-reduce.
+      const rjob = k > 1 ? `${job}-r${replica}` : job;
+      const parts = replica === 0 ? partitions : cut(models[replica]!);
+      // Stages sharing a device take turns in its order.
+      const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
+      for (const partition of parts) {
+        const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
+        computes.push(compute);
+        const turn = turns?.[deviceOf(partition.rank, turns.length)];
+        const bus = await connect(`r${replica}-stage-${partition.rank}`, stageRole(partition.rank));
+        const allReduce = k > 1 ? await AllReduce.start({ bus, group: job, rank: partition.rank, replica, replicas: k, timeoutMs: o.stepTimeoutMs ?? 120_000 }) : undefined;
+        if (allReduce) reducers.push(allReduce);
+        hosts.push(await StageHost.start({ bus, job: rjob, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}) }));
+      }
+      const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
+      scheds.push(sched);
+      runners.push(
+        new StepRunner({
+          scheduler: sched,
+          job: rjob,
+          schedule,
+          ...(placed.devices ? { devices: placed.devices } : {}),
+          microbatches: m,
+          inputs: partitions[0]!.inputs.length,
+          hasMetric: metric !== null,
+          stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
+        }),
+      );
     }
-    sched = await SchedulerHost.start({ bus: await connect('sched', 'driver'), job, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
   } catch (err) {
     await closeAll().catch(() => {});
     throw err;
   }
-  const runner = new StepRunner({
-    scheduler: sched,
-    job,
-    schedule,
-    ...(placed.devices ? { devices: placed.devices } : {}),
-    microbatches: m,
-    inputs: partitions[0]!.inputs.length,
-    hasMetric: metric !== null,
-    stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
-  });
   let closed = false;
-  const run = (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
-    if (closed) return Promise.reject(new StateError(`pipeline ${job} is closed`));
-    return runner.run(x, y, forwardOnly);
+  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
+    if (closed) throw new StateError(`pipeline ${job} is closed`);
+    if (k === 1) return runners[0]!.run(x, y, forwardOnly);
+    // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all.
+    const xs = (Array.isArray(x) ? x : [x]).map((t, i) => fromTensor(t, `x${i}`));
+    const ys = (Array.isArray(y) ? y : [y]).map((t, i) => fromTensor(t, `y${i}`));
+    const total = xs[0]!.shape[0]!;
+    if (total < k) throw new ConfigError(`a batch of ${total} cannot be split over ${k} replicas`);
+    const sizes = microbatchSizes(total, k);
+    const offsets = microbatchOffsets(sizes);
+    const results = await Promise.all(runners.map((r, i) => r.runWire(xs.map((w) => sliceRows(w, offsets[i]!, sizes[i]!)), ys.map((w) => sliceRows(w, offsets[i]!, sizes[i]!)), forwardOnly, total)));
+    return {
+      step: results[0]!.step,
+      loss: results.reduce((n, r) => n + r.loss, 0),
+      metric: results[0]!.metric === null ? null : results.reduce((n, r) => n + r.metric!, 0),
+      microbatchLosses: results.flatMap((r) => r.microbatchLosses),
+      peakHeld: results[0]!.peakHeld.map((_, rank) => Math.max(...results.map((r) => r.peakHeld[rank]!))),
+      rejected: results.reduce((n, r) => n + r.rejected, 0),
+    };
   };
 
   return {
     job,
     stages: p,
+    replicas: k,
+    models,
     microbatches: m,
     schedule,
     ...(placed.devices ? { devices: placed.devices } : {}),
@@ -179,7 +233,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     trainStep: (x, y) => run(x, y, false),
     evaluate: (x, y) => run(x, y, true),
     stats: () => hosts.map((h) => h.stats()),
-    malformedEvents: () => sched!.malformedEvents,
+    malformedEvents: () => scheds.reduce((n, s) => n + s.malformedEvents, 0),
     close: async () => {
       if (closed) return;
       closed = true;

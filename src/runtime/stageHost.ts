@@ -28,6 +28,7 @@ import {
   statsSubject,
 } from '../protocol/subjects.js';
 import { parseStageActions, splitsBackward } from '../schedule/action.js';
+import type { AllReduce } from './allReduce.js';
 import type { DeviceTurn } from './deviceTurn.js';
 import { STATE_SENDER } from './stageStates.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
@@ -49,6 +50,8 @@ export interface StageHostOptions {
   readonly identity?: { readonly backend: string; readonly device: string };
   /** Shared by the stages of one device, so that they run their actions in the device's order. */
   readonly turn?: DeviceTurn;
+  /** Data-parallel replicas of this stage: gradients are summed over them before each update. */
+  readonly allReduce?: AllReduce;
 }
 
 /** Counters of one stage, as the runtime reports them (and publishes after every step). */
@@ -93,8 +96,9 @@ export class StageHost {
     const machine = stageMachine.provide({
       actors: {
         execute: fromPromise<void, ExecuteInput>(({ input }) => this.execute(input)),
-        update: fromPromise<void, { step: number }>(async () => {
+        update: fromPromise<void, { step: number }>(async ({ input }) => {
           const t0 = performance.now();
+          if (o.allReduce) compute.setGradients(await o.allReduce.reduce(input.step, compute.gradientsWire()));
           compute.update();
           this.busyMs += performance.now() - t0;
         }),
@@ -282,6 +286,7 @@ export class StageHost {
     if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
     if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
+    if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize) throw new FrameError(`plan totalBatch ${plan.totalBatch} must be an integer of at least batchSize ${plan.batchSize}`);
     const actions = parseStageActions(plan.actions, this.rank);
     this.splitBackward = splitsBackward(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
@@ -334,13 +339,13 @@ export class StageHost {
       if (rank === 0) ({ xs: inputs, ys: labels } = splitInput(first));
       else if (last) labels = splitInput(frames[1]!).ys;
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
-      res = compute.forward(mb, inputs, labels, size, plan.batchSize, !plan.forwardOnly);
+      res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
       if (!last) await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
       // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
-      res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.batchSize) : compute.backward(mb, dy, plan.batchSize);
+      res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.totalBatch) : compute.backward(mb, dy, plan.totalBatch);
       if (rank > 0) await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
       this.backwards++;
     } else {

@@ -75,7 +75,7 @@ export class StepRunner {
    * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
    * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
    */
-  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean): Promise<StepResult> {
+  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
     const p = this.o.schedule.length;
     if (xw.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xw.length}`);
@@ -97,7 +97,7 @@ export class StepRunner {
       feedBound: feedBound(sch[0]!),
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, forwardOnly, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
       inputs: (mb) =>
         p === 1
           ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]

@@ -41,7 +41,8 @@ const xInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('x0', [2
 const yInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('y0', [2, 4])], step);
 
 function plan(actions: string, opts: Partial<StepPlan> = {}): StepPlan {
-  return { step: 1, microbatches: 4, batchSize: 8, forwardOnly: false, actions, order: '', ...opts };
+  const batchSize = opts.batchSize ?? 8;
+  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, actions, order: '', ...opts };
 }
 
 interface Rejection {

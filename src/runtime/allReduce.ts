@@ -1,0 +1,103 @@
+/**
+ * Gradient all-reduce between the data-parallel replicas of one stage, over NATS. At each
+ * step's update every replica publishes its accumulated gradients on
+ * `troupe.<group>.allreduce.<rank>` (keyed by step and replica, as distributed autograd keeps
+ * gradients per context) and sums all replicas' in replica order, so every replica gets the
+ * same bits and applies the same update.
+ */
+import { StateError, StepTimeoutError, UnexpectedFrameError } from '../errors.js';
+import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
+import { Phase } from '../protocol/phase.js';
+import { Reassembler } from '../protocol/reassembler.js';
+import { checkJobId } from '../protocol/subjects.js';
+import type { Bus } from '../transport/bus.js';
+import { deferred, type Deferred } from './deferred.js';
+
+export function allReduceSubject(group: string, rank: number): string {
+  return `troupe.${checkJobId(group)}.allreduce.${rank}`;
+}
+
+export interface AllReduceOptions {
+  readonly bus: Bus;
+  /** The job all replicas belong to. */
+  readonly group: string;
+  readonly rank: number;
+  readonly replica: number;
+  readonly replicas: number;
+  /** Milliseconds to wait for every replica's gradients (default 120 s). */
+  readonly timeoutMs?: number;
+}
+
+export class AllReduce {
+  private readonly got = new Map<number, Map<number, Frame>>();
+  private readonly waiting = new Map<number, Deferred<void>>();
+  private readonly reassembler = new Reassembler();
+  private readonly sub: { drain(): Promise<void> };
+
+  private constructor(private readonly o: AllReduceOptions) {
+    this.sub = o.bus.subscribe(allReduceSubject(o.group, o.rank), (m) => {
+      try {
+        const h = parseHeader(m.header, Phase.UPDATE, Number.MAX_SAFE_INTEGER);
+        if (h.key.job !== o.group) throw new UnexpectedFrameError(`gradients of job ${h.key.job}, not ${o.group}`);
+        const f = this.reassembler.accept(h, m.data);
+        if (f) this.take(f);
+      } catch {
+        // A malformed or foreign frame: not one of ours.
+      }
+    });
+  }
+
+  static async start(o: AllReduceOptions): Promise<AllReduce> {
+    const a = new AllReduce(o);
+    await o.bus.flush();
+    return a;
+  }
+
+  private take(f: Frame): void {
+    const replica = f.key.microbatch;
+    if (replica < 0 || replica >= this.o.replicas) return;
+    const byReplica = this.got.get(f.key.step) ?? new Map<number, Frame>();
+    if (byReplica.has(replica)) return; // a duplicate
+    byReplica.set(replica, f);
+    this.got.set(f.key.step, byReplica);
+    if (byReplica.size === this.o.replicas) this.waiting.get(f.key.step)?.resolve();
+  }
+
+  /** The sum over every replica of `grads` (this replica's), for step `step`. */
+  async reduce(step: number, grads: readonly WireTensor[]): Promise<WireTensor[]> {
+    const d = deferred<void>();
+    this.waiting.set(step, d);
+    await this.o.bus.publishFrame(allReduceSubject(this.o.group, this.o.rank), { key: { job: this.o.group, step, microbatch: this.o.replica, phase: Phase.UPDATE }, from: `replica.${this.o.replica}`, tensors: [...grads] });
+    if ((this.got.get(step)?.size ?? 0) === this.o.replicas) d.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        d.promise,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new StepTimeoutError(`stage ${this.o.rank}: gradients of ${this.o.replicas - (this.got.get(step)?.size ?? 0)} replicas missing for step ${step}`)), this.o.timeoutMs ?? 120_000);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      this.waiting.delete(step);
+    }
+    const frames = this.got.get(step)!;
+    this.got.delete(step);
+    for (const s of [...this.got.keys()]) if (s < step) this.got.delete(s);
+    // Summed in replica order: the same additions, in the same order, on every replica.
+    return grads.map((g, i) => {
+      const sum = new Float32Array(g.data.length);
+      for (let r = 0; r < this.o.replicas; r++) {
+        const t = frames.get(r)!.tensors[i];
+        if (!t || t.data.length !== sum.length) throw new StateError(`replica ${r} sent gradient ${i} of another shape`);
+        const src = t.data as Float32Array;
+        for (let k = 0; k < sum.length; k++) sum[k]! += src[k]!;
+      }
+      return { name: g.name, dtype: 'float32' as const, shape: g.shape, data: sum };
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.sub.drain();
+  }
+}
