@@ -40,7 +40,7 @@ const users = [
   }),
   ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => stage(r)),
   // Task pools and module runtimes: their own subjects, requests and replies.
-  user('pool', { pub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], sub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], responses: true }),
+  user('pool', { pub: ['troupe.pool.>', 'troupe.serve.>', 'troupe.*.inspect.>', '_INBOX.>'], sub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], responses: true }),
   // The inspector only listens.
   user('inspector', { pub: [], sub: ['troupe.>'] }),
   // Operators and test harnesses: everything.
