@@ -66,6 +66,8 @@ options:
                       one device (virtual stages), which then take turns
   --boundaries <i,..> the cut to use (first layer of stages 1..p-1) instead of the config's
                       stages; troupe up passes its own
+  --replica <i> --replicas <k>
+                      data parallel: these stages belong to replica i of k
   --config <file>     the job config module (the same file as the driver's)
   --backend <name>    node-gpu, node, wasm or cpu (default: best available)
   --inspect           publish the stage actor's inspection events
@@ -195,6 +197,8 @@ async function worker(argv: string[]): Promise<number> {
       job: { type: 'string' },
       rank: { type: 'string' },
       boundaries: { type: 'string' },
+      replica: { type: 'string' },
+      replicas: { type: 'string' },
       config: { type: 'string' },
       backend: { type: 'string' },
       inspect: { type: 'boolean' },
@@ -205,7 +209,8 @@ async function worker(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
+    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
   return 0;
 }
 

@@ -61,6 +61,8 @@ export interface JobConfig {
   readonly livenessTimeoutMs?: number;
   /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /** Data-parallel copies of the pipeline (default 1); each step's batch is split over them. */
+  readonly replicas?: number;
   /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
   readonly balance?: 'params' | 'time';
 }
@@ -70,7 +72,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -101,6 +103,7 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (o['metric'] !== undefined && typeof o['metric'] !== 'string' && typeof o['metric'] !== 'function') throw new ConfigError(`${where}: field "metric" must be a tfjs metric name or a function`);
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
   if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
+  if (o['replicas'] !== undefined) positiveInt(where, 'replicas', o['replicas']);
   if (o['livenessTimeoutMs'] !== undefined && !(typeof o['livenessTimeoutMs'] === 'number' && o['livenessTimeoutMs'] > 0)) {
     throw new ConfigError(`${where}: field "livenessTimeoutMs" must be a positive number`);
   }

@@ -33,6 +33,8 @@ import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfi
 import { startNatsServer, type NatsServer } from './natsServer.js';
 import { Progress } from './progress.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
+import { replicaJob } from './worker.js';
+import { runReplicas } from '../runtime/replicas.js';
 import { waitForWorkers } from './waitForWorkers.js';
 
 /** Options of `runJob` (the flags of `troupe up`). */
@@ -180,6 +182,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const say = (l: string) => out.write(`${l}\n`);
   const prep = await prepareJob(o);
   const { cfg, job, partitions, data, schedule } = prep;
+  // Data parallel: k copies of the pipeline, each on subjects of its own (<job>-r<i>).
+  const k = cfg.replicas ?? 1;
+  const jobs = Array.from({ length: k }, (_, i) => replicaJob(job, i, k));
   // Worker processes: one per device, hosting its stages (k, k + d, ... with virtual stages).
   const devices = schedule.devices?.length ?? partitions.length;
   const ranksOn = (dev: number) => partitions.map((s) => s.rank).filter((r) => deviceOf(r, devices) === dev);
@@ -199,9 +204,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
+  const scheds: SchedulerHost[] = [];
   let trace: TraceRecorder | undefined;
   const restartLimit = o.restarts ?? 0;
   if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
+  if (restartLimit > 0 && k > 1) throw new ConfigError('--restarts is not supported with replicas > 1 yet (a replica stuck in the all-reduce cannot be aborted)');
   let restarts = 0;
   // Deaths the run will survive: noted here, handled by recover() at the next await of the run.
   const dead = new Map<number, WorkerExit>();
@@ -233,29 +240,43 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (o.spawn ?? true) {
       const gpuBackend = gpuBackendInstalled();
       const gpus = gpuBackend ? countGpus() : 0;
-      for (let dev = 0; dev < devices; dev++) {
-        // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
-        const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', boundariesOf(partitions).join(','), '--config', o.config, ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
-        supervisor.spawn(dev, args, deviceEnv(dev, gpus, gpuBackend));
+      for (let replica = 0; replica < k; replica++) {
+        for (let dev = 0; dev < devices; dev++) {
+          // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
+          const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', boundariesOf(partitions).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
+          const slot = replica * devices + dev;
+          supervisor.spawn(slot, args, deviceEnv(slot, gpus, gpuBackend));
+        }
       }
-    } else say(`troupe up: waiting for ${p} workers: troupe worker --nats ${url} --job ${job} --rank <r> --config ${o.config}`);
-    const workers = await waitForWorkers(bus, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
-    for (const w of workers) say(`  rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);
+    } else say(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+    const perReplica = await Promise.all(jobs.map((j) => waitForWorkers(bus!, j, p, o.readyTimeoutMs ?? 60_000, failure.promise)));
+    const workers = perReplica.flat();
+    perReplica.forEach((hs, i) => {
+      for (const w of hs) say(`  ${k > 1 ? `replica ${i} ` : ''}rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);
+    });
 
     // The state of the last completed step, kept when restarts are allowed: a restart loads it everywhere.
     let lastGood: readonly RankState[] = ckpt ? ckpt.states : await initialStates(prep);
-    await Promise.race([loadStates(bus, job, lastGood), failure.promise]);
+    await Promise.race([Promise.all(jobs.map((j) => loadStates(bus!, j, lastGood))), failure.promise]);
     const lastStep = ckpt?.meta.step ?? 0;
     if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);
-    sched = await SchedulerHost.start({
-      bus, job, stages: p, inspect: o.inspect ?? false, onSilent: (m) => say(`troupe up: ${m}`),
-      ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
-    });
-    if (o.trace) trace = await TraceRecorder.start(bus, job);
-    const runner = new StepRunner({
-      scheduler: sched, job, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
-      inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
-    });
+    for (const j of jobs) {
+      scheds.push(
+        await SchedulerHost.start({
+          bus, job: j, stages: p, inspect: o.inspect ?? false, onSilent: (m) => say(`troupe up: ${m}`),
+          ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
+        }),
+      );
+    }
+    sched = scheds[0];
+    if (o.trace) trace = await TraceRecorder.start(bus, jobs[0]!);
+    const runners = jobs.map(
+      (j, i) =>
+        new StepRunner({
+          scheduler: scheds[i]!, job: j, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
+          inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
+        }),
+    );
     const progress = new Progress(out);
     let last: StepResult | null = null;
     const stepMs: number[] = [];
@@ -317,7 +338,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       const at = ((s - 1) % prep.stepsPerEpoch) * cfg.batchSize;
       const batch = (w: WireTensor) => sliceRows(w, at, cfg.batchSize);
       const started = performance.now();
-      const result = await unlessDied(runner.runWire([batch(trainX)], [batch(trainY)], false));
+      const result = await unlessDied(runReplicas(runners, [batch(trainX)], [batch(trainY)], false));
       if (!result) {
         await recover(`step ${s}`);
         s--;
@@ -327,7 +348,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       stepMs.push(performance.now() - started);
       if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir || restartLimit > 0) {
-        const states = await unlessDied(dumpStates(bus, job, p));
+        const states = await unlessDied(dumpStates(bus, jobs[0]!, p)); // replicas hold the same weights
         if (!states) {
           // Every stage finished step s, but its state is not in hand: step s runs again from s - 1.
           await recover(`step ${s}`);
@@ -342,7 +363,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       }
     }
     // The driver's model takes the trained weights, for held-out evaluation and saving.
-    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, job, p), failure.promise]);
+    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, jobs[0]!, p), failure.promise]);
     for (const st of final) {
       const ws = st.tensors.filter((t) => t.name.startsWith('w'));
       const opt = optimizerFactory(cfg.optimizer)();
@@ -351,11 +372,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     }
     let heldOut: StepResult | null = null;
     while (data.test) {
-      heldOut = await unlessDied(runner.run(data.test.x, data.test.y, true));
+      heldOut = await unlessDied(runReplicas(runners, [fromTensor(data.test.x, 'x0')], [fromTensor(data.test.y, 'y0')], true));
       if (heldOut) break;
       await recover('the held-out evaluation');
     }
-    const stats = await Promise.all(workers.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(job, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))));
+    const stats = await Promise.all(jobs.flatMap((j, i) => perReplica[i]!.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)))));
     if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted`);
     if (o.save) await saveModel(prep.model, o.save);
     const seconds = (performance.now() - t0) / 1000;
@@ -374,9 +395,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await trace?.close().catch(() => {});
-    await sched?.close().catch(() => {});
+    await Promise.all(scheds.map((s) => s.close().catch(() => {})));
     if (bus && !bus.isClosed) {
-      await Promise.all(partitions.map((_, r) => bus!.request(ctlSubject(job, r, CtlVerb.STOP), encodeJson({ job }), 2_000).catch(() => {})));
+      await Promise.all(jobs.flatMap((j) => partitions.map((_, r) => bus!.request(ctlSubject(j, r, CtlVerb.STOP), encodeJson({ job: j }), 2_000).catch(() => {}))));
     }
     if (o.signal?.aborted) await supervisor.killAll();
     else await supervisor.stopAll();

@@ -6,6 +6,7 @@ import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel } from '../compute/partition.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { deferred } from '../runtime/deferred.js';
+import { AllReduce } from '../runtime/allReduce.js';
 import { DeviceTurn } from '../runtime/deviceTurn.js';
 import { StageHost } from '../runtime/stageHost.js';
 import { Bus } from '../transport/bus.js';
@@ -23,6 +24,9 @@ export interface WorkerOptions {
   readonly config: string;
   /** The driver's cut (first layer of stages 1..p-1), overriding the config's `stages`. */
   readonly boundaries?: readonly number[];
+  /** Which data-parallel replica these stages belong to, of how many (default 0 of 1). */
+  readonly replica?: number;
+  readonly replicas?: number;
   readonly backend?: BackendName;
   /** Publish the stage actors' inspection events. */
   readonly inspect?: boolean;
@@ -50,12 +54,20 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const buses: Bus[] = [];
   const turn = o.ranks.length > 1 ? new DeviceTurn() : undefined;
   const hosts: StageHost[] = [];
+  const replicas = o.replicas ?? 1;
+  const replica = o.replica ?? 0;
+  if (!Number.isInteger(replica) || replica < 0 || replica >= replicas) throw new ConfigError(`replica ${replica} does not exist: the job has ${replicas}`);
+  // A replica's stages talk on subjects of their own; the replicas of a stage meet in the all-reduce.
+  const rjob = replicaJob(o.job, replica, replicas);
+  const reducers: AllReduce[] = [];
   for (const [i, r] of o.ranks.entries()) {
     const partition = parts[r]!;
-    const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${o.job}-stage-${r}`, role: stageRole(r) });
+    const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${rjob}-stage-${r}`, role: stageRole(r) });
     buses.push(bus);
-    hosts.push(await StageHost.start({ bus, job: o.job, partition, compute: computes[i]!, identity: { backend: choice.name, device }, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
-    log(`troupe worker: job ${o.job} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
+    const allReduce = replicas > 1 ? await AllReduce.start({ bus, group: o.job, rank: r, replica, replicas }) : undefined;
+    if (allReduce) reducers.push(allReduce);
+    hosts.push(await StageHost.start({ bus, job: rjob, ...(allReduce ? { allReduce } : {}), partition, compute: computes[i]!, identity: { backend: choice.name, device }, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
+    log(`troupe worker: job ${rjob} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
   }
   const who = `rank ${o.ranks.join(', ')}`;
 
@@ -64,6 +76,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     (stopping ??= (async () => {
       log(`troupe worker: ${who} stopping (${why})`);
       await Promise.all(hosts.map((h) => h.close()));
+      await Promise.all(reducers.map((a) => a.close()));
       for (const c of computes) c.dispose();
       await Promise.all(buses.map((b) => b.close().catch(() => {})));
       model.dispose();
@@ -107,4 +120,9 @@ export function parseBoundaries(s: string): number[] {
   const ids = s.split(',').map((t) => t.trim());
   if (ids.some((t) => !/^\d+$/.test(t))) throw new ConfigError(`--boundaries must be a comma-separated list of layer indices, got "${s}"`);
   return ids.map(Number);
+}
+
+/** The job id a replica's subjects use: the job itself without replicas, else `<job>-r<i>`. */
+export function replicaJob(job: string, replica: number, replicas: number): string {
+  return replicas > 1 ? `${job}-r${replica}` : job;
 }

@@ -9,9 +9,8 @@ import { profileLayers } from '../compute/profileLayers.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { cloneModel } from '../compute/cloneModel.js';
 import { fromTensor } from '../compute/wire.js';
-import { sliceRows } from '../protocol/rows.js';
-import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import { AllReduce } from './allReduce.js';
+import { runReplicas } from './replicas.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
 import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
@@ -204,21 +203,8 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     if (closed) throw new StateError(`pipeline ${job} is closed`);
     if (k === 1) return runners[0]!.run(x, y, forwardOnly);
     // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all.
-    const xs = (Array.isArray(x) ? x : [x]).map((t, i) => fromTensor(t, `x${i}`));
-    const ys = (Array.isArray(y) ? y : [y]).map((t, i) => fromTensor(t, `y${i}`));
-    const total = xs[0]!.shape[0]!;
-    if (total < k) throw new ConfigError(`a batch of ${total} cannot be split over ${k} replicas`);
-    const sizes = microbatchSizes(total, k);
-    const offsets = microbatchOffsets(sizes);
-    const results = await Promise.all(runners.map((r, i) => r.runWire(xs.map((w) => sliceRows(w, offsets[i]!, sizes[i]!)), ys.map((w) => sliceRows(w, offsets[i]!, sizes[i]!)), forwardOnly, total)));
-    return {
-      step: results[0]!.step,
-      loss: results.reduce((n, r) => n + r.loss, 0),
-      metric: results[0]!.metric === null ? null : results.reduce((n, r) => n + r.metric!, 0),
-      microbatchLosses: results.flatMap((r) => r.microbatchLosses),
-      peakHeld: results[0]!.peakHeld.map((_, rank) => Math.max(...results.map((r) => r.peakHeld[rank]!))),
-      rejected: results.reduce((n, r) => n + r.rejected, 0),
-    };
+    const wire = (t: tf.Tensor | tf.Tensor[], p: string) => (Array.isArray(t) ? t : [t]).map((u, i) => fromTensor(u, `${p}${i}`));
+    return runReplicas(runners, wire(x, 'x'), wire(y, 'y'), forwardOnly);
   };
 
   return {

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createPipeline, loadCheckpoint } from '../../src/index.js';
 import type { JobConfig } from '../../src/fleet/jobConfig.js';
 import interleavedJob from '../fixtures/tiny-interleaved.job.js';
+import replicasJob from '../fixtures/tiny-replicas.job.js';
 import job from '../fixtures/tiny.job.js';
 import { maxAbsDiff } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
@@ -14,6 +15,7 @@ import { alive, loadSaved, printedPids, troupe, troupeToEnd } from '../helpers/t
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
 const INTERLEAVED = fileURLToPath(new URL('../fixtures/tiny-interleaved.job.ts', import.meta.url));
+const REPLICAS = fileURLToPath(new URL('../fixtures/tiny-replicas.job.ts', import.meta.url));
 const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -24,7 +26,7 @@ async function inProcess(steps: number, cfg: JobConfig = job): Promise<tf.Layers
   const model = await cfg.model();
   const { train } = await cfg.data();
   const pipe = await createPipeline({
-    model, stages: cfg.stages, virtualStages: cfg.virtualStages ?? 1, microbatches: cfg.microbatches, schedule: cfg.schedule!, optimizer: cfg.optimizer,
+    model, stages: cfg.stages, virtualStages: cfg.virtualStages ?? 1, replicas: cfg.replicas ?? 1, microbatches: cfg.microbatches, schedule: cfg.schedule!, optimizer: cfg.optimizer,
     loss: cfg.loss, metric: cfg.metric!, nats: { servers: nats.server.url },
   });
   const perEpoch = Math.floor(train.x.shape[0]! / cfg.batchSize);
@@ -72,6 +74,17 @@ describe('troupe up with 2 worker processes', () => {
     expect(output.match(/rank 1: pid (\d+)/)![1]).toBe(output.match(/rank 3: pid (\d+)/)![1]);
     for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
     expect(maxAbsDiff(await loadSaved(save), await inProcess(6, interleavedJob))).toBeLessThan(1e-6);
+  });
+
+  it('replicas: 2 data-parallel copies of a 2-stage pipeline in 4 worker processes train to the in-process weights', async () => {
+    const save = join(tmp, 'replicas');
+    const { code, output } = await troupeToEnd(['up', REPLICAS, '--save', save]);
+    expect(code, output).toBe(0);
+    for (const r of [0, 1]) for (const rank of [0, 1]) expect(output).toMatch(new RegExp(`replica ${r} rank ${rank}: pid \\d+ on`));
+    expect(new Set(printedPids(output)).size).toBe(5); // nats-server and 4 workers
+    expect(output).toMatch(/step 6\/6 epoch 1\/1/);
+    for (const pid of printedPids(output)) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+    expect(maxAbsDiff(await loadSaved(save), await inProcess(6, replicasJob))).toBeLessThan(1e-6);
   });
 
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
