@@ -4,8 +4,8 @@
  * bar, checkpoints, evaluates held-out data, prints a summary, and ends every process it
  * started on success, failure or interruption.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
@@ -34,6 +34,7 @@ import { startNatsServer, type NatsServer } from './natsServer.js';
 import { Progress } from './progress.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
 import { replicaJob } from './worker.js';
+import { writeCredentialsFile } from '../transport/credentials.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { waitForWorkers } from './waitForWorkers.js';
 
@@ -204,6 +205,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
+  let credentialsFile: string | undefined;
   const scheds: SchedulerHost[] = [];
   let trace: TraceRecorder | undefined;
   const restartLimit = o.restarts ?? 0;
@@ -228,6 +230,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   });
   try {
     const url = o.nats ?? (server = await startNatsServer(o.natsConfig ? { config: o.natsConfig } : {})).url;
+    if (server) {
+      // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
+      credentialsFile = await writeCredentialsFile();
+      say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
+    }
     bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
     // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
     bus.onStatus((st) => {
@@ -403,6 +410,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     else await supervisor.stopAll();
     await bus?.close().catch(() => {});
     await server?.stop();
+    if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
   }
 }
 

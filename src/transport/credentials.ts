@@ -5,6 +5,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ConfigError, messageOf } from '../errors.js';
 
 /** Stage users nats.conf defines (ranks 0..MAX_STAGE_USERS-1). */
@@ -64,3 +67,19 @@ export function ensureCredentials(env: NodeJS.ProcessEnv = process.env): Record<
 }
 
 const PASSWORD = /^[A-Za-z][A-Za-z0-9]{7,127}$/;
+
+/**
+ * Writes every role's password (from the environment) to a new file readable by this user
+ * only, for `TROUPE_NATS_CREDENTIALS` in other processes; returns its path.
+ */
+export async function writeCredentialsFile(env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const all: Record<string, string> = {};
+  for (const role of allRoles()) {
+    const p = credentialsFor(role, env);
+    if (p) all[role] = p;
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'troupe-nats-'));
+  const file = join(dir, 'credentials.json');
+  await writeFile(file, JSON.stringify(all, null, 1), { mode: 0o600 });
+  return file;
+}

@@ -1,10 +1,10 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createPipeline, loadCheckpoint } from '../../src/index.js';
+import { Bus, createPipeline, credentialsFor, loadCheckpoint } from '../../src/index.js';
 import type { JobConfig } from '../../src/fleet/jobConfig.js';
 import interleavedJob from '../fixtures/tiny-interleaved.job.js';
 import replicasJob from '../fixtures/tiny-replicas.job.js';
@@ -85,6 +85,20 @@ describe('troupe up with 2 worker processes', () => {
     expect(output).toMatch(/step 6\/6 epoch 1\/1/);
     for (const pid of printedPids(output)) expect(alive(pid), `pid ${pid} still running`).toBe(false);
     expect(maxAbsDiff(await loadSaved(save), await inProcess(6, replicasJob))).toBeLessThan(1e-6);
+  });
+
+  it('prints a credentials file (0600) another process logs in with, and removes it at the end', async () => {
+    const run = troupe(['up', CONFIG, '--steps', '3']);
+    const file = (await run.waitFor(/TROUPE_NATS_CREDENTIALS=(\S+)/))[1]!;
+    const url = (await run.waitFor(/NATS (nats:\/\/[\d.:]+)/))[1]!;
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    // Only the file: the inspector's password as another process would read it.
+    const pass = credentialsFor('inspector', { TROUPE_NATS_CREDENTIALS: file });
+    expect(pass).toMatch(/^[A-Za-z]/);
+    const inspector = await Bus.connect({ servers: url, user: 'inspector', pass: pass!, maxReconnectAttempts: 0 });
+    await inspector.close();
+    expect((await run.exit).code, run.output()).toBe(0);
+    expect(existsSync(file)).toBe(false);
   });
 
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
