@@ -106,3 +106,10 @@ export class StateError extends TroupeError {
 export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/** A checkpoint is missing, incomplete, corrupt, or does not fit the model. */
+export class CheckpointError extends TroupeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CHECKPOINT', message, options);
+  }
+}

@@ -34,7 +34,16 @@ export async function exportStageState(part: StagePartition, optimizer: tf.Optim
     ...slots.map((s, i) => fromTensor(s.tensor, `o${i}`)),
   ];
   tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
-  return { weightNames: weights.map((w) => w.originalName), optimizerNames: slots.map((s) => s.name), tensors };
+  // Slots are named by the variable's layer name (`dense_Dense1/kernel/m`), not this model's
+  // variable name (which another copy of the model suffixes): states move between models and cuts.
+  const original = new Map(weights.map((w) => [(w as unknown as { val: { name: string } }).val.name, w.originalName] as const));
+  const portable = (name: string) => {
+    const cut = name.lastIndexOf('/');
+    if (cut < 0) return name;
+    const v = original.get(name.slice(0, cut));
+    return v ? `${v}${name.slice(cut)}` : name;
+  };
+  return { weightNames: weights.map((w) => w.originalName), optimizerNames: slots.map((s) => portable(s.name)), tensors };
 }
 
 /** Writes weights (and, when present, optimizer state) into the stage; checks count and shapes. */

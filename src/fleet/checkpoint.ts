@@ -17,17 +17,13 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TroupeError, messageOf } from '../errors.js';
+import { CheckpointError, messageOf } from '../errors.js';
+
+export { CheckpointError } from '../errors.js';
 import { decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import type { RankState } from '../runtime/stageStates.js';
 
-/** A checkpoint is missing, incomplete or corrupt. */
-export class CheckpointError extends TroupeError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('CHECKPOINT', message, options);
-  }
-}
 
 /** What a checkpoint records besides the states. */
 export interface CheckpointMeta {

@@ -13,7 +13,8 @@ import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
-import { exportStageState, importStageState } from '../compute/stageState.js';
+import { reshard } from '../compute/reshard.js';
+import { exportStageState, importStageState, stageWeights } from '../compute/stageState.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
@@ -195,7 +196,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
   for (const s of ckpt?.skipped ?? []) say(`troupe up: checkpoint ${s.name} in ${o.checkpointDir} refused: ${s.reason}`);
   if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
-  if (ckpt && ckpt.meta.stages !== p) throw new ConfigError(`checkpoint has ${ckpt.meta.stages} stages, the job has ${p}`);
+  // A checkpoint of another cut is resharded by layer name (weights and optimizer slots).
+  const ckptStates = ckpt && (ckpt.meta.stages !== p || ckpt.states.some((s, r) => s.weightNames.join() !== stageWeights(partitions[r]!).map((w) => w.originalName).join()))
+    ? reshard(ckpt.states, partitions).map((s, rank) => ({ ...s, rank, step: ckpt.meta.step }))
+    : ckpt?.states;
+  if (ckpt && ckptStates !== ckpt.states) say(`troupe up: checkpoint of ${ckpt.meta.stages} stages resharded by layer to this job's ${p}`);
 
   const failure = deferred<never>();
   failure.promise.catch(() => {});
@@ -263,7 +268,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     });
 
     // The state of the last completed step, kept when restarts are allowed: a restart loads it everywhere.
-    let lastGood: readonly RankState[] = ckpt ? ckpt.states : await initialStates(prep);
+    let lastGood: readonly RankState[] = ckptStates ?? (await initialStates(prep));
     await Promise.race([Promise.all(jobs.map((j) => loadStates(bus!, j, lastGood))), failure.promise]);
     const lastStep = ckpt?.meta.step ?? 0;
     if (ckpt) say(`troupe up: resumed from ${o.checkpointDir} at step ${lastStep}`);

@@ -16,6 +16,7 @@ import { alive, loadSaved, printedPids, troupe, troupeToEnd } from '../helpers/t
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
 const INTERLEAVED = fileURLToPath(new URL('../fixtures/tiny-interleaved.job.ts', import.meta.url));
 const REPLICAS = fileURLToPath(new URL('../fixtures/tiny-replicas.job.ts', import.meta.url));
+const THREE = fileURLToPath(new URL('../fixtures/tiny-3stages.job.ts', import.meta.url));
 const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -99,6 +100,19 @@ describe('troupe up with 2 worker processes', () => {
     await inspector.close();
     expect((await run.exit).code, run.output()).toBe(0);
     expect(existsSync(file)).toBe(false);
+  });
+
+  it('a 2-stage checkpoint resumes as a 3-stage job (resharded by layer) and ends like 4 uninterrupted steps', async () => {
+    const dir = join(tmp, 'ckpt-reshard');
+    const first = await troupeToEnd(['up', CONFIG, '--steps', '2', '--checkpoint-dir', dir]);
+    expect(first.code, first.output).toBe(0);
+    const resumed = await troupeToEnd(['up', THREE, '--steps', '4', '--checkpoint-dir', dir, '--resume', '--save', join(tmp, 'resharded')]);
+    expect(resumed.code, resumed.output).toBe(0);
+    expect(resumed.output).toMatch(/checkpoint of 2 stages resharded by layer to this job's 3/);
+    expect(resumed.output).toMatch(/rank 2: pid \d+/);
+    const straight = await troupeToEnd(['up', CONFIG, '--steps', '4', '--save', join(tmp, 'straight-4')]);
+    expect(straight.code, straight.output).toBe(0);
+    expect(maxAbsDiff(await loadSaved(join(tmp, 'resharded')), await loadSaved(join(tmp, 'straight-4')))).toBeLessThan(1e-5);
   });
 
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
