@@ -5,6 +5,7 @@ import { BackendName } from '../compute/backend.js';
 import { InterruptedError, runJob } from './runJob.js';
 import { parseBoundaries, parseRanks, runWorker } from './worker.js';
 import { runPoolWorker } from '../pool/runPoolWorker.js';
+import { describeCheckpoint, exportCheckpoint } from './checkpointTools.js';
 import { startInspector } from '../inspect/inspectorServer.js';
 import { drawSvg, drawTerminal } from '../schedule/draw.js';
 import { buildPlacedSchedule, ScheduleName } from '../schedule/schedules.js';
@@ -22,6 +23,7 @@ commands:
   up <job-config>     run a job: nats-server, one worker process per stage, training, summary
   worker              join a job's fleet as one stage (on this or another host)
   pool-worker         join a task pool, answering its tasks with a module's function
+  checkpoint          inspect a checkpoint, or export its model for tf.loadLayersModel
   inspect             serve a live inspector page (and the Stately relay) for a job
   schedule show       simulate a schedule and draw its timeline (terminal, SVG)
 
@@ -49,6 +51,13 @@ options:
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
                           the last completed step and replay the interrupted step (default 0)
   -h, --help              this text`,
+  checkpoint: `usage: troupe checkpoint inspect <dir>
+       troupe checkpoint export <dir> --config <job-config> --out <model-dir>
+
+inspect: the checkpoint's step, the run's configuration and every layer weight with its shape
+(a faulty newest checkpoint is reported and the previous one shown). export: the job's whole
+model with the checkpoint's weights, as a TensorFlow.js model directory (model.json +
+weights.bin) that tf.loadLayersModel reads without Troupe.`,
   'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--inspect]
 
 Joins task pool <name> (the queue group of troupe.pool.<name>.task) and answers each task with
@@ -177,6 +186,17 @@ async function up(argv: string[]): Promise<number> {
   }
 }
 
+async function checkpoint(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { config: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) return print(HELP['checkpoint']!);
+  const [verb, dir, ...extra] = positionals;
+  if (!dir || extra.length || (verb !== 'inspect' && verb !== 'export')) throw new UsageError('usage: troupe checkpoint inspect <dir> | troupe checkpoint export <dir> --config <job-config> --out <model-dir>');
+  if (verb === 'inspect') return print(await describeCheckpoint(dir));
+  if (!values.config || !values.out) throw new UsageError('troupe checkpoint export needs --config and --out');
+  const r = await exportCheckpoint(dir, values.config, values.out);
+  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it with tf.loadLayersModel`);
+}
+
 async function poolWorker(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -301,6 +321,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
     if (cmd === 'pool-worker') return await poolWorker(rest);
+    if (cmd === 'checkpoint') return await checkpoint(rest);
     if (cmd === 'inspect') return await inspect(rest);
     if (cmd === 'schedule') return await schedule(rest);
     throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);

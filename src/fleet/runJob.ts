@@ -33,6 +33,7 @@ import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
 import { Progress } from './progress.js';
+import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
 import { replicaJob } from './worker.js';
 import { writeCredentialsFile } from '../transport/credentials.js';
@@ -164,18 +165,6 @@ async function initialStates(p: Prepared): Promise<RankState[]> {
   );
 }
 
-async function saveModel(model: tf.LayersModel, dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  await model.save(
-    tf.io.withSaveHandler(async (a) => {
-      const weights = a.weightData === undefined ? new ArrayBuffer(0) : tf.io.concatenateArrayBuffers(Array.isArray(a.weightData) ? a.weightData : [a.weightData]);
-      await writeFile(join(dir, 'weights.bin'), new Uint8Array(weights));
-      const json = { modelTopology: a.modelTopology, format: a.format, generatedBy: a.generatedBy, convertedBy: a.convertedBy, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }] };
-      await writeFile(join(dir, 'model.json'), JSON.stringify(json));
-      return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(a) };
-    }),
-  );
-}
 
 /** Runs a job end to end; see the module comment. */
 export async function runJob(o: RunJobOptions): Promise<RunJobResult> {

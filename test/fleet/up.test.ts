@@ -115,6 +115,28 @@ describe('troupe up with 2 worker processes', () => {
     expect(maxAbsDiff(await loadSaved(join(tmp, 'resharded')), await loadSaved(join(tmp, 'straight-4')))).toBeLessThan(1e-5);
   });
 
+  it('troupe checkpoint inspect lists layers, shapes, step and run; export writes a model tf.loadLayersModel predicts with', async () => {
+    const dir = join(tmp, 'ckpt-export');
+    const run = await troupeToEnd(['up', CONFIG, '--steps', '3', '--checkpoint-dir', dir, '--save', join(tmp, 'saved-3')]);
+    expect(run.code, run.output).toBe(0);
+    const shown = await troupeToEnd(['checkpoint', 'inspect', dir]);
+    expect(shown.code, shown.output).toBe(0);
+    expect(shown.output).toMatch(/step 3 of job tiny/);
+    expect(shown.output).toMatch(/2 stages, schedule 1f1b, 4 microbatches/);
+    expect(shown.output).toMatch(/dense_Dense1\/kernel \[8, 16\] float32/);
+    expect(shown.output).toMatch(/dense_Dense3\/bias \[3\] float32/);
+    expect(shown.output).toMatch(/\d+ parameters in all/);
+    const exported = await troupeToEnd(['checkpoint', 'export', dir, '--config', CONFIG, '--out', join(tmp, 'exported')]);
+    expect(exported.code, exported.output).toBe(0);
+    const model = await loadSaved(join(tmp, 'exported'));
+    const fleet = await loadSaved(join(tmp, 'saved-3'));
+    const x = tf.randomNormal([5, 8], 0, 1, 'float32', 4);
+    const [a, b] = [model.predict(x) as tf.Tensor, fleet.predict(x) as tf.Tensor];
+    expect(tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]).toBeLessThan(1e-6);
+    tf.dispose([x, a, b]);
+    expect((await troupeToEnd(['checkpoint', 'inspect'])).code).toBe(2);
+  });
+
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
     const dir = join(tmp, 'ckpt');
     const first = await troupeToEnd(['up', CONFIG, '--steps', '2', '--checkpoint-dir', dir]);
