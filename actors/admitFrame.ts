@@ -71,8 +71,9 @@ export function admitFrame(c: AdmitContext, f: Frame): TroupeError | null {
       if (c.rank === 0) checkTensors(`${id} inputs`, xs, c.inputs, batch);
       else if (xs.length > 0) throw new ShapeError(`${id}: stage ${c.rank} takes labels only`);
       const last = c.rank === c.stages - 1;
-      if (!last && ys.length > 0) throw new ShapeError(`${id}: stage ${c.rank} takes no labels`);
-      if (last && ys.length === 0) throw new ShapeError(`${id}: the last stage needs labels`);
+      // A prediction has no labels; any other step gives the last stage its labels.
+      if ((!last || plan.predict) && ys.length > 0) throw new ShapeError(`${id}: stage ${c.rank} takes no labels${plan.predict ? ' in a prediction' : ''}`);
+      if (last && !plan.predict && ys.length === 0) throw new ShapeError(`${id}: the last stage needs labels`);
       for (const y of ys) if (y.shape[0] !== batch) throw new ShapeError(`${id} label ${y.name}: batch ${String(y.shape[0])}, expected ${batch}`);
     }
   } catch (err) {

@@ -17,6 +17,8 @@ export interface StepRequest {
   readonly step: number;
   readonly microbatches: number;
   readonly forwardOnly: boolean;
+  /** Send UPDATE once drained (false: evaluation, prediction, or an accumulating step). */
+  readonly update: boolean;
   /** Microbatches fed beyond those stage 0 has finished: its schedule's bound plus one prefetched. */
   readonly feedBound: number;
   /** The stage-0 action that finishes a microbatch for the feed: F (evaluation), B, or W (split backward). */
@@ -132,6 +134,7 @@ export const schedulerMachine = setup({
     allFed: ({ context }) => context.fed >= context.req!.microbatches,
     drained: ({ context }) => allLossesIn(context) && context.done.every(Boolean),
     forwardOnly: ({ context }) => context.req!.forwardOnly,
+    noUpdate: ({ context }) => context.req!.forwardOnly || !context.req!.update,
     allUpdated: ({ context }) => context.updated.every(Boolean),
   },
   delays: {
@@ -221,7 +224,7 @@ export const schedulerMachine = setup({
         },
         draining: {
           always: [
-            { guard: and(['drained', 'forwardOnly']), target: 'finished' },
+            { guard: and(['drained', 'noUpdate']), target: 'finished' },
             { guard: 'drained', target: 'updating' },
           ],
         },

@@ -76,7 +76,7 @@ function current(c: StageContext): Action | undefined {
 /** Slots the current action still waits for. */
 export function missing(c: StageContext): string[] {
   const a = current(c);
-  return a ? needs(a, c.rank, c.stages).filter((s) => !c.inbox[s]) : [];
+  return a ? needs(a, c.rank, c.stages, !c.plan?.predict).filter((s) => !c.inbox[s]) : [];
 }
 
 /** The per-step part of the context, as it is between steps. */
@@ -134,7 +134,7 @@ export const stageMachine = setup({
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
     advance: assign(({ context }) => {
       const a = current(context)!;
-      const used = needs(a, context.rank, context.stages);
+      const used = needs(a, context.rank, context.stages, !context.plan!.predict);
       const inbox = { ...context.inbox };
       for (const s of used) delete inbox[s];
       const training = !context.plan!.forwardOnly;
@@ -149,6 +149,8 @@ export const stageMachine = setup({
     aborting: ({ context }) => context.abortRequested,
     allDone: ({ context }) => context.cursor >= context.actions.length,
     forwardOnly: ({ context }) => context.plan?.forwardOnly ?? false,
+    /** No UPDATE ends this step: evaluation, prediction, or a step whose gradients wait for the next (accumulation). */
+    noUpdate: ({ context }) => (context.plan?.forwardOnly ?? false) || !(context.plan?.update ?? true),
     ready: ({ context }) => missing(context).length === 0,
     updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
   },
@@ -217,7 +219,7 @@ export const stageMachine = setup({
             src: 'execute',
             input: ({ context }) => {
               const a = current(context)!;
-              return { action: a, index: context.cursor, frames: needs(a, context.rank, context.stages).map((s) => context.inbox[s]!), plan: context.plan! };
+              return { action: a, index: context.cursor, frames: needs(a, context.rank, context.stages, !context.plan!.predict).map((s) => context.inbox[s]!), plan: context.plan! };
             },
             onDone: { target: 'next', actions: 'advance' },
             onError: [
@@ -238,7 +240,7 @@ export const stageMachine = setup({
       },
     },
     awaitingUpdate: {
-      always: { guard: 'forwardOnly', target: 'idle', actions: 'clearStep' },
+      always: { guard: 'noUpdate', target: 'idle', actions: 'clearStep' },
       on: {
         UPDATE: { guard: 'updateOfThisStep', target: 'updating' },
         ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] },

@@ -27,6 +27,8 @@ function stage(r: number): string {
     `troupe.*.inspect.stage-${r}`,
     // Data-parallel replicas of the same stage sum their gradients here.
     `troupe.*.allreduce.${r}`,
+    // A prediction's outputs, from whichever stage is last.
+    'troupe.*.output',
   ];
   const sub = [`troupe.*.stage.${r}.>`, `troupe.*.ctl.${r}.>`, `troupe.*.state.${r}`, `troupe.*.allreduce.${r}`];
   return user(`stage${r}`, { pub, sub, responses: true });
@@ -36,7 +38,7 @@ const users = [
   // The driver: feeds inputs and updates, sends plans and states, reads events.
   user('driver', {
     pub: ['troupe.*.stage.*.INPUT', 'troupe.*.stage.*.UPDATE', 'troupe.*.ctl.>', 'troupe.*.state.*', 'troupe.*.inspect.scheduler', '_INBOX.>'],
-    sub: ['troupe.*.sched.*', 'troupe.*.snapshot.*', 'troupe.*.stats.*', 'troupe.*.hello', '_INBOX.>'],
+    sub: ['troupe.*.sched.*', 'troupe.*.snapshot.*', 'troupe.*.stats.*', 'troupe.*.hello', 'troupe.*.output', '_INBOX.>'],
   }),
   ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => stage(r)),
   // Task pools and module runtimes: their own subjects, requests and replies.

@@ -129,6 +129,16 @@ export class StageCompute {
     }
   }
 
+  /** The stage's outputs for `inputs` (inference, no tape, nothing kept): a prediction. */
+  predict(inputs: readonly WireTensor[], size: number): WireTensor[] {
+    const xs = this.inputsOf(inputs, size, 'prediction input');
+    try {
+      return this.runToWire(xs);
+    } finally {
+      tf.dispose(xs);
+    }
+  }
+
   /** The last stage's loss and metric shares (forward without a tape). */
   private evaluate(xs: tf.Tensor[], ys: tf.Tensor[], size: number, batchSize: number): ActionResult {
     const outs = tf.tidy(() => this.objective(this.part.run(xs, false)[0]!, ys, size, batchSize));

@@ -13,6 +13,10 @@ export interface StepPlan {
    */
   readonly totalBatch: number;
   readonly forwardOnly: boolean;
+  /** Forward only, no labels: the last stage sends its outputs to the driver (troupe.<job>.output). */
+  readonly predict: boolean;
+  /** Apply the update at the end (false: keep the gradients for the next step, gradient accumulation). */
+  readonly update: boolean;
   /** This stage's actions in order, as `F0 F1 B0 ...`. */
   readonly actions: string;
   /**
@@ -113,7 +117,7 @@ function parse(what: string, data: Uint8Array): unknown {
 }
 
 const SHAPES = {
-  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', actions: 'string', order: 'string' },
+  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', actions: 'string', order: 'string' },
   action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },

@@ -51,6 +51,11 @@ export const SchedEvent = {
 } as const;
 export type SchedEvent = (typeof SchedEvent)[keyof typeof SchedEvent];
 
+/** Where the last stage sends its outputs in a predict step: `troupe.<job>.output`. */
+export function outputSubject(job: string): string {
+  return `troupe.${checkJobId(job)}.output`;
+}
+
 /** Throws a ConfigError unless `job` can be a subject token. */
 export function checkJobId(job: string): string {
   if (!TOKEN.test(job)) {

@@ -11,6 +11,7 @@ import { cloneModel } from '../compute/cloneModel.js';
 import { fromTensor } from '../compute/wire.js';
 import { AllReduce } from './allReduce.js';
 import { runReplicas } from './replicas.js';
+import type { StepExtra } from './stepRunner.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
 import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
@@ -34,6 +35,12 @@ export interface PipelineOptions {
   readonly stages: StageSpec;
   /** Stages per device, for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /**
+   * Gradient accumulation: `accumulate` calls of trainStep make one update (default 1); each
+   * batch's loss is averaged over all of them, as one step on their concatenation would (give
+   * every call the same batch size).
+   */
+  readonly accumulate?: number;
   /**
    * Data parallel x pipeline parallel: k copies of the pipeline (default 1). Each step splits
    * the batch over them; at UPDATE every stage sums its gradients with its replicas' over NATS
@@ -90,6 +97,10 @@ export interface Pipeline {
   readonly partitions: readonly StagePartition[];
   /** One optimizer step over all microbatches of (x, y): equal to one single-process step on the whole batch. */
   trainStep(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
+  /** Forward only, no labels: the model's outputs for x (the last stage's), in batch order. */
+  predict(x: tf.Tensor | tf.Tensor[]): Promise<tf.Tensor[]>;
+  /** Forward only, no labels: the model's outputs for x (the last stage's), in batch order. */
+  predict(x: tf.Tensor | tf.Tensor[]): Promise<tf.Tensor[]>;
   /** Forward only: loss and metric of (x, y), weights untouched. */
   evaluate(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Counters of every stage. */
@@ -108,6 +119,7 @@ function checkOptions(o: PipelineOptions): void {
   if (o.optimizer === undefined) throw new ConfigError('optimizer is required');
   if (!o.nats || (typeof o.nats.servers !== 'string' && !Array.isArray(o.nats.servers))) throw new ConfigError('nats.servers must be a URL or a list of URLs');
   if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
+  if (o.accumulate !== undefined && (!Number.isInteger(o.accumulate) || o.accumulate < 1)) throw new ConfigError(`accumulate must be a positive integer, got ${String(o.accumulate)}`);
   if (o.replicas !== undefined && (!Number.isInteger(o.replicas) || o.replicas < 1)) throw new ConfigError(`replicas must be a positive integer, got ${String(o.replicas)}`);
   if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time') throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
 }
@@ -199,12 +211,14 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     throw err;
   }
   let closed = false;
-  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> => {
+  const accumulate = o.accumulate ?? 1;
+  let accumulated = 0;
+  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[] | null, forwardOnly: boolean, extra: StepExtra = {}): Promise<StepResult> => {
     if (closed) throw new StateError(`pipeline ${job} is closed`);
-    if (k === 1) return runners[0]!.run(x, y, forwardOnly);
-    // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all.
+    // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all
+    // (and, accumulating, over the `accumulate` batches that make one update).
     const wire = (t: tf.Tensor | tf.Tensor[], p: string) => (Array.isArray(t) ? t : [t]).map((u, i) => fromTensor(u, `${p}${i}`));
-    return runReplicas(runners, wire(x, 'x'), wire(y, 'y'), forwardOnly);
+    return runReplicas(runners, wire(x, 'x'), y === null ? [] : wire(y, 'y'), forwardOnly, extra, forwardOnly ? 1 : accumulate);
   };
 
   return {
@@ -216,8 +230,16 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     schedule,
     ...(placed.devices ? { devices: placed.devices } : {}),
     partitions,
-    trainStep: (x, y) => run(x, y, false),
+    trainStep: (x, y) => {
+      // Gradient accumulation: the update comes with every `accumulate`-th step.
+      accumulated = (accumulated % accumulate) + 1;
+      return run(x, y, false, { update: accumulated === accumulate });
+    },
     evaluate: (x, y) => run(x, y, true),
+    predict: async (x) => {
+      const r = await run(x, null, true, { predict: true });
+      return r.outputs!.map((w) => tf.tensor(w.data, [...w.shape], w.dtype));
+    },
     stats: () => hosts.map((h) => h.stats()),
     malformedEvents: () => scheds.reduce((n, s) => n + s.malformedEvents, 0),
     close: async () => {

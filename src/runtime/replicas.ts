@@ -3,23 +3,35 @@ import { ConfigError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
-import type { StepResult, StepRunner } from './stepRunner.js';
+import type { StepExtra, StepResult, StepRunner } from './stepRunner.js';
 
 /**
  * Runs one step (or evaluation) on every replica: replica i takes the i-th contiguous share
  * of the rows, every loss is averaged over the whole batch, and the results add up to the
  * whole batch's.
  */
-export async function runReplicas(runners: readonly StepRunner[], xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean): Promise<StepResult> {
+export async function runReplicas(runners: readonly StepRunner[], xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}, scale = 1): Promise<StepResult> {
   const k = runners.length;
-  if (k === 1) return runners[0]!.runWire(xw, yw, forwardOnly);
+  if (k === 1) return runners[0]!.runWire(xw, yw, forwardOnly, xw[0]!.shape[0]! * scale, extra);
   const total = xw[0]!.shape[0]!;
   if (total < k) throw new ConfigError(`a batch of ${total} cannot be split over ${k} replicas`);
   const sizes = microbatchSizes(total, k);
   const offsets = microbatchOffsets(sizes);
   const share = (ws: readonly WireTensor[], i: number) => ws.map((w) => sliceRows(w, offsets[i]!, sizes[i]!));
-  const results = await Promise.all(runners.map((r, i) => r.runWire(share(xw, i), share(yw, i), forwardOnly, total)));
+  if (extra.predict && xw[0]!.dtype !== 'float32') throw new ConfigError('predict with replicas merges float32 outputs only');
+  const results = await Promise.all(runners.map((r, i) => r.runWire(share(xw, i), share(yw, i), forwardOnly, total * scale, extra)));
+  const outputs = results[0]!.outputs?.map((first, j) => {
+    const parts = results.map((r) => r.outputs![j]!);
+    const data = new Float32Array(parts.reduce((n, t) => n + t.data.length, 0));
+    let at = 0;
+    for (const t of parts) {
+      data.set(t.data as Float32Array, at);
+      at += t.data.length;
+    }
+    return { name: first.name, dtype: first.dtype, shape: [parts.reduce((n, t) => n + t.shape[0]!, 0), ...first.shape.slice(1)], data };
+  });
   return {
+    ...(outputs ? { outputs } : {}),
     step: results[0]!.step,
     loss: results.reduce((n, r) => n + r.loss, 0),
     metric: results[0]!.metric === null ? null : results.reduce((n, r) => n + r.metric!, 0),

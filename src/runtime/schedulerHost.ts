@@ -1,11 +1,12 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
-import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
-import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
+import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
+import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
+import { Reassembler } from '../protocol/reassembler.js';
 import { decodeAck, decodeMessage, decodeReply, encodeJson, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { CtlVerb, SchedEvent, ctlSubject, lastToken, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import { CtlVerb, SchedEvent, ctlSubject, lastToken, outputSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
 import { busInspector } from '../inspect/busInspector.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
@@ -101,6 +102,21 @@ export class SchedulerHost {
       ...(o.inspect ? { inspect: busInspector(o.bus, o.job, 'scheduler') } : {}),
     });
     this.sub = o.bus.subscribe(schedWildcard(o.job), (m) => this.onEvent(m));
+    // A prediction's outputs: the last stage's frames, kept by step and microbatch until taken.
+    this.outputSub = o.bus.subscribe(outputSubject(o.job), (m) => {
+      try {
+        const h = parseHeader(m.header, Phase.FORWARD, Number.MAX_SAFE_INTEGER);
+        if (h.key.job !== o.job) throw new UnexpectedFrameError(`output of job ${h.key.job}`);
+        const f = this.outputAssembly.accept(h, m.data);
+        if (f) {
+          const byMb = this.outputFrames.get(f.key.step) ?? new Map<number, Frame>();
+          byMb.set(f.key.microbatch, f);
+          this.outputFrames.set(f.key.step, byMb);
+        }
+      } catch {
+        this.malformedEvents++;
+      }
+    });
   }
 
   /** Starts the actor and subscribes to stage events. */
@@ -228,6 +244,20 @@ export class SchedulerHost {
     };
   }
 
+  private readonly outputSub: { drain(): Promise<void> };
+  private readonly outputAssembly = new Reassembler();
+  private readonly outputFrames = new Map<number, Map<number, Frame>>();
+
+  /** The output frames of predict step `step`, in microbatch order (and forgets them). */
+  takeOutputs(step: number, microbatches: number): Frame[] {
+    const byMb = this.outputFrames.get(step);
+    this.outputFrames.delete(step);
+    const frames = Array.from({ length: microbatches }, (_, mb) => byMb?.get(mb));
+    const missing = frames.flatMap((f, mb) => (f ? [] : [mb]));
+    if (missing.length) throw new TransportError(`step ${step}: the outputs of microbatches ${missing.join(', ')} did not arrive`);
+    return frames as Frame[];
+  }
+
   /** Each stage's last answer to a liveness probe (kept across steps). */
   private readonly lastProbe: (ProbeReply | null)[];
 
@@ -255,5 +285,6 @@ export class SchedulerHost {
     this.pending?.reject(new StateError('the scheduler was closed during the step'));
     this.actor.stop();
     await this.sub.drain();
+    await this.outputSub.drain();
   }
 }

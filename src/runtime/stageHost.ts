@@ -20,6 +20,7 @@ import {
   ctlWildcard,
   helloSubject,
   lastToken,
+  outputSubject,
   schedSubject,
   snapshotSubject,
   stageSubject,
@@ -337,9 +338,14 @@ export class StageHost {
       let inputs: readonly WireTensor[] = first.tensors;
       let labels: readonly WireTensor[] = [];
       if (rank === 0) ({ xs: inputs, ys: labels } = splitInput(first));
-      else if (last) labels = splitInput(frames[1]!).ys;
+      else if (last && !plan.predict) labels = splitInput(frames[1]!).ys;
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
-      res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
+      if (plan.predict && last) {
+        // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
+        const outputs = compute.predict(inputs, size);
+        await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
+        res = { tensors: [], loss: 0, metric: null };
+      } else res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
       if (!last) await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
       this.forwards++;
     } else if (action.kind === 'B') {

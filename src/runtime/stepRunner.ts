@@ -25,6 +25,30 @@ export interface StepResult {
   readonly peakHeld: readonly number[];
   /** Frames the stages refused during the step. */
   readonly rejected: number;
+  /** A prediction's outputs (the last stage's), in batch order. */
+  readonly outputs?: readonly WireTensor[];
+}
+
+/** What else a step does: predict (outputs, no labels, no loss), or keep its gradients for the next step. */
+export interface StepExtra {
+  readonly predict?: boolean;
+  /** Apply the update at the end of a training step (default true; false accumulates). */
+  readonly update?: boolean;
+}
+
+/** Each output's rows of every microbatch, joined along the batch dimension. */
+function concatRows(parts: readonly (readonly WireTensor[])[]): WireTensor[] {
+  return parts[0]!.map((first, i) => {
+    const all = parts.map((ts) => ts[i]!);
+    const rows = all.reduce((n, t) => n + t.shape[0]!, 0);
+    const data = new (first.data.constructor as Float32ArrayConstructor)(all.reduce((n, t) => n + t.data.length, 0));
+    let at = 0;
+    for (const t of all) {
+      data.set(t.data as Float32Array, at);
+      at += t.data.length;
+    }
+    return { name: first.name, dtype: first.dtype, shape: [rows, ...first.shape.slice(1)], data };
+  });
 }
 
 /** Options of a step runner. */
@@ -75,11 +99,14 @@ export class StepRunner {
    * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
    * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
    */
-  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number): Promise<StepResult> {
+  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
     const p = this.o.schedule.length;
+    const predict = extra.predict ?? false;
+    const update = !forwardOnly && !predict && (extra.update ?? true);
+    if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
     if (xw.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xw.length}`);
-    if (yw.length === 0) throw new ConfigError('y must hold at least one label tensor');
+    if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
     const batch = xw[0]!.shape[0]!;
     for (const t of [...xw, ...yw]) {
       if (t.shape.length === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
@@ -94,19 +121,20 @@ export class StepRunner {
       step: s,
       microbatches: m,
       forwardOnly,
+      update,
       feedBound: feedBound(sch[0]!),
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, predict, update, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
       inputs: (mb) =>
         p === 1
-          ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...rows(yw, mb)]) }]
-          : [
-              { rank: 0, frame: inputFrame(mb, rows(xw, mb)) },
-              { rank: p - 1, frame: inputFrame(mb, rows(yw, mb)) },
-            ],
+          ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...(predict ? [] : rows(yw, mb))]) }]
+          : [{ rank: 0, frame: inputFrame(mb, rows(xw, mb)) }, ...(predict ? [] : [{ rank: p - 1, frame: inputFrame(mb, rows(yw, mb)) }])],
     });
+    // A prediction: the last stage's outputs of every microbatch, back in batch order.
+    const outputs = predict ? concatRows(this.o.scheduler.takeOutputs(s, m).map((f) => f.tensors)) : undefined;
     return {
+      ...(outputs ? { outputs } : {}),
       step: s,
       loss: outcome.lossShares.reduce((a, b) => a + b, 0),
       metric: this.o.hasMetric ? outcome.metricShares.reduce<number>((a, b) => a + (b ?? 0), 0) : null,

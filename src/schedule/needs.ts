@@ -8,12 +8,12 @@ import type { Action } from './action.js';
  * F: INPUT at stage 0, FORWARD elsewhere, plus INPUT (labels) at the last stage.
  * B: BACKWARD from the next stage; the last stage's backward needs nothing new. W: nothing.
  */
-export function needs(a: Action, rank: number, p: number): string[] {
+export function needs(a: Action, rank: number, p: number, labels = true): string[] {
   const last = rank === p - 1;
   if (a.kind === 'W') return [];
   if (a.kind === 'F') {
     const out = [slotOf(rank === 0 ? Phase.INPUT : Phase.FORWARD, a.microbatch)];
-    if (last && rank > 0) out.push(slotOf(Phase.INPUT, a.microbatch));
+    if (last && rank > 0 && labels) out.push(slotOf(Phase.INPUT, a.microbatch));
     return out;
   }
   return last ? [] : [slotOf(Phase.BACKWARD, a.microbatch)];

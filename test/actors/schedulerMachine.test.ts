@@ -65,7 +65,7 @@ function harness(o: HarnessOptions = {}): Harness {
 }
 
 function req(over: Partial<StepRequest> = {}): StepRequest {
-  return { step: 1, microbatches: 6, forwardOnly: false, feedBound: 2, timeoutMs: 10_000, releasedBy: over.forwardOnly ? 'F' : 'B', ...over };
+  return { step: 1, microbatches: 6, forwardOnly: false, update: !over.forwardOnly, feedBound: 2, timeoutMs: 10_000, releasedBy: over.forwardOnly ? 'F' : 'B', ...over };
 }
 
 const inState = (h: Harness, child: 'starting' | 'feeding' | 'draining' | 'updating' | 'aborting') => waitFor(h.actor, (s) => s.matches({ active: child }), WAIT);

@@ -42,7 +42,7 @@ const yInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('y0', [2
 
 function plan(actions: string, opts: Partial<StepPlan> = {}): StepPlan {
   const batchSize = opts.batchSize ?? 8;
-  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, actions, order: '', ...opts };
+  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, predict: false, update: !opts.forwardOnly, actions, order: '', ...opts };
 }
 
 interface Rejection {
