@@ -59,6 +59,8 @@ export interface JobConfig {
   readonly recompute?: boolean;
   /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s; more than the longest action). */
   readonly livenessTimeoutMs?: number;
+  /** A step that ends no action for this long fails as STEP_STALLED with its action grid (default: off; the step timeout still applies). */
+  readonly stallTimeoutMs?: number;
   /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
   /** Data-parallel copies of the pipeline (default 1); each step's batch is split over them. */
@@ -72,7 +74,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -104,6 +106,9 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
   if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
   if (o['replicas'] !== undefined) positiveInt(where, 'replicas', o['replicas']);
+  if (o['stallTimeoutMs'] !== undefined && !(typeof o['stallTimeoutMs'] === 'number' && o['stallTimeoutMs'] > 0)) {
+    throw new ConfigError(`${where}: field "stallTimeoutMs" must be a positive number`);
+  }
   if (o['livenessTimeoutMs'] !== undefined && !(typeof o['livenessTimeoutMs'] === 'number' && o['livenessTimeoutMs'] > 0)) {
     throw new ConfigError(`${where}: field "livenessTimeoutMs" must be a positive number`);
   }

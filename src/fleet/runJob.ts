@@ -193,14 +193,18 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
 
   const failure = deferred<never>();
   failure.promise.catch(() => {});
-  const onAbort = () => failure.reject(new InterruptedError(`job ${job} interrupted`));
+  const scheds: SchedulerHost[] = [];
+  const onAbort = () => {
+    // Ctrl-C: where every stage was, before everything stops.
+    for (const s of scheds) if (s.running) say(`troupe up: interrupted during ${s.report()}`);
+    failure.reject(new InterruptedError(`job ${job} interrupted`));
+  };
   o.signal?.addEventListener('abort', onAbort, { once: true });
   if (o.signal?.aborted) onAbort(); // Ctrl-C while the job was being prepared
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
   let credentialsFile: string | undefined;
-  const scheds: SchedulerHost[] = [];
   let trace: TraceRecorder | undefined;
   const restartLimit = o.restarts ?? 0;
   if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
@@ -266,6 +270,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         await SchedulerHost.start({
           bus, job: j, stages: p, inspect: o.inspect ?? false, onSilent: (m) => say(`troupe up: ${m}`),
           ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
+          ...(cfg.stallTimeoutMs ? { stallTimeoutMs: cfg.stallTimeoutMs } : {}),
         }),
       );
     }

@@ -75,6 +75,8 @@ export interface PipelineOptions {
   readonly stepTimeoutMs?: number;
   /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s). */
   readonly livenessTimeoutMs?: number;
+  /** A step ending no action for this long fails as STEP_STALLED with its action grid (default off). */
+  readonly stallTimeoutMs?: number;
   /** Publish every actor's inspection events on troupe.<job>.inspect.<actor> (default off). */
   readonly inspect?: boolean;
   /** Activation checkpointing: keep only each microbatch's stage input and recompute the forward at backward time (default off: keep the forward's tape). */
@@ -191,7 +193,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
         if (allReduce) reducers.push(allReduce);
         hosts.push(await StageHost.start({ bus, job: rjob, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}) }));
       }
-      const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}) });
+      const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}), ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}) });
       scheds.push(sched);
       runners.push(
         new StepRunner({

@@ -28,7 +28,12 @@ export interface SchedulerHostOptions {
    */
   readonly livenessTimeoutMs?: number;
   readonly heartbeatMs?: number;
-  /** Told at once when a stage is found silent (the step then aborts). */
+  /**
+   * A step whose stages all answer probes but that ends no action for this long fails as
+   * STEP_STALLED with its action grid (`report()`): which stage waits for which message.
+   */
+  readonly stallTimeoutMs?: number;
+  /** Told at once, with the step's action grid, when a stage is found silent or the step stalls (the step then fails). */
   readonly onSilent?: (message: string) => void;
 }
 
@@ -151,6 +156,10 @@ export class SchedulerHost {
       switch (lastToken(m.subject)) {
         case SchedEvent.ACTION: {
           const e = decodeMessage('action', m.data);
+          if (this.work && e.step === this.work.step) {
+            this.ran[e.rank]?.add(e.action);
+            this.progressAt = performance.now();
+          }
           return this.actor.send({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
         }
         case SchedEvent.LOSS:
@@ -184,6 +193,8 @@ export class SchedulerHost {
     const pending = deferred<StepOutcome>();
     this.pending = pending;
     const { plan: _p, inputs: _i, ...req } = work;
+    this.ran = Array.from({ length: this.o.stages }, () => new Set<string>());
+    this.progressAt = performance.now();
     this.actor.send({ type: 'START', req });
     const watchdog = this.watch(work.step);
     try {
@@ -217,9 +228,22 @@ export class SchedulerHost {
     };
     // A first probe now: a stage's whereabouts are known even in steps shorter than a heartbeat.
     for (let r = 0; r < this.o.stages; r++) void probe(r);
+    const stallAfter = this.o.stallTimeoutMs ?? Infinity;
     const timer = setInterval(() => {
       if (stopped) return;
       const now = performance.now();
+      // Every stage answers, but no action has ended for too long: a stuck step.
+      if (now - this.progressAt >= stallAfter) {
+        const s = this.actor.getSnapshot();
+        if (!s.matches({ active: 'updating' }) && !s.matches({ active: 'aborting' })) {
+          stopped = true;
+          const report = `step ${step} made no progress for ${Math.round(now - this.progressAt)} ms\n${this.report()}`;
+          this.o.onSilent?.(report);
+          const stuck = this.ran.findIndex((done, r) => this.work!.plan(r).actions.split(' ').some((a) => a && !done.has(a)));
+          this.failStep(Math.max(0, stuck), 'STEP_STALLED', report);
+          return;
+        }
+      }
       for (let r = 0; r < this.o.stages; r++) {
         if (now - lastHeard[r]! >= limit) {
           const seen = lastSeen[r];
@@ -229,8 +253,8 @@ export class SchedulerHost {
           stopped = true;
           this.silent.push({ rank: r, step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] });
           const message = `stage ${r} answered no liveness probe for ${Math.round(now - lastHeard[r]!)} ms; ${where}`;
-          this.o.onSilent?.(message);
-          this.failStep(r, 'STAGE_SILENT', message);
+          this.o.onSilent?.(`${message}\n${this.report()}`);
+          this.failStep(r, 'STAGE_SILENT', `${message}\n${this.report()}`);
           return;
         }
         void probe(r);
@@ -256,6 +280,44 @@ export class SchedulerHost {
     const missing = frames.flatMap((f, mb) => (f ? [] : [mb]));
     if (missing.length) throw new TransportError(`step ${step}: the outputs of microbatches ${missing.join(', ')} did not arrive`);
     return frames as Frame[];
+  }
+
+  /** Whether a step is running. */
+  get running(): boolean {
+    return this.work !== undefined;
+  }
+
+  /** Actions each stage reported done in the running step. */
+  private ran: Set<string>[] = [];
+  /** When the running step last made progress (an action ended). */
+  private progressAt = 0;
+
+  /**
+   * The running step's action grid, a row per stage: actions done, the one it is at in
+   * brackets, what that one waits for, and the stage's state as its last probe answer gave it.
+   *
+   * ```
+   * stage 0  running.waiting   F0 F1 [B0] F2 B1 F3 B2 B3   waiting for BACKWARD:0
+   * stage 1  (no answer)       F0 [B0] F1 B1 ...
+   * ```
+   */
+  report(): string {
+    const w = this.work;
+    if (!w) return 'no step is running';
+    const lines = [`step ${w.step}, ${w.microbatches} microbatches${w.forwardOnly ? ', forward only' : ''}:`];
+    const rows = Array.from({ length: this.o.stages }, (_, r) => {
+      const actions = w.plan(r).actions.split(' ').filter(Boolean);
+      const done = this.ran[r] ?? new Set<string>();
+      const at = actions.findIndex((a) => !done.has(a));
+      const probe = this.lastProbe[r];
+      const state = probe && probe.step === w.step ? probe.state : probe ? `step ${probe.step} ${probe.state}` : '(no answer)';
+      const grid = actions.map((a, i) => (i === at ? `[${a}]` : done.has(a) ? a : '·'.repeat(a.length))).join(' ');
+      const waits = at < 0 ? 'done' : probe && probe.step === w.step && probe.awaiting.length ? `waiting for ${probe.awaiting.join(', ')}` : `at ${actions[at]}`;
+      return { r, state, grid, waits };
+    });
+    const width = Math.max(...rows.map((x) => x.state.length));
+    for (const x of rows) lines.push(`  stage ${x.r}  ${x.state.padEnd(width)}  ${x.grid}   ${x.waits}`);
+    return lines.join('\n');
   }
 
   /** Each stage's last answer to a liveness probe (kept across steps). */

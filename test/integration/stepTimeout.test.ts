@@ -54,4 +54,52 @@ describe('a hung stage', () => {
       tf.dispose([x, y]);
     }
   });
+
+  it('a step that makes no progress fails as STEP_STALLED with its action grid: each stage, its state, the action it is at and what it waits for', async () => {
+    const job = 'stalled';
+    const parts = partitionModel(mlp([4, 8, 2], 42), 2);
+    const busA = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const busB = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const busC = await Bus.connect({ role: 'admin', servers: nats.server.url });
+    const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
+    const stage0 = await StageHost.start({ bus: busA, job, partition: parts[0]!, compute });
+    // Rank 1 is alive (it answers plans and probes) but never receives its activations.
+    const enc = new TextEncoder();
+    busC.subscribe(subjects.ctlWildcard(job, 1), (m) =>
+      m.respond(enc.encode(m.subject.endsWith('.probe') ? JSON.stringify({ rank: 1, step: 1, state: 'running.waiting', action: 'F0', awaiting: ['FORWARD:0'] }) : '{"ok":true}')),
+    );
+    await busC.flush();
+    const silent: string[] = [];
+    const sched = await SchedulerHost.start({ bus: busB, job, stages: 2, stallTimeoutMs: 600, heartbeatMs: 100, onSilent: (r) => silent.push(r) });
+    const { x, y } = data(4, 4, 2);
+    const xw = fromTensor(x, 'x0');
+    const yw = fromTensor(y, 'y0');
+    const s = oneFOneB(2, 2);
+    try {
+      const err = await sched
+        .run({
+          step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: 20_000,
+          plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, actions: formatStageActions(s[r]!), order: '' }),
+          inputs: (mb) => [
+            { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
+            { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
+          ],
+        })
+        .catch((e: unknown) => e);
+      const message = (err as Error).message;
+      expect((err as { reason?: string }).reason).toBe('STEP_STALLED');
+      expect(message).toMatch(/step 1 made no progress for \d+ ms/);
+      // Stage 0 has done its forwards and waits for the first gradient; stage 1 waits for an activation.
+      expect(message).toMatch(/stage 0 {2}running\.waiting\s+F0 F1 \[B0\] ·· {3}waiting for BACKWARD:0/);
+      expect(message).toMatch(/stage 1 {2}running\.waiting\s+\[F0\] ·· ·· ·· {3}waiting for FORWARD:0/);
+      expect(silent[0]).toBe(message.slice(message.indexOf('step 1 made')));
+      await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
+    } finally {
+      await sched.close();
+      await stage0.close();
+      compute.dispose();
+      await Promise.all([busA.close(), busB.close(), busC.close()]);
+      tf.dispose([x, y]);
+    }
+  });
 });
