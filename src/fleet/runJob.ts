@@ -303,7 +303,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           // A silent (hung) stage: its worker is killed, and the death is recovered from like any other.
           if (restartLimit > 0 && err instanceof StageError && err.reason === 'STAGE_SILENT') {
             const dev = deviceOf(err.rank, devices);
-            say(`troupe up: ${err.message}; killing worker ${dev} to restart it`);
+            say(`troupe up: killing worker ${dev} to restart it (${err.message.split('\n')[0]})`);
             return supervisor.kill(dev).then(() => null);
           }
           throw err;

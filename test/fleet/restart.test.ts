@@ -156,7 +156,7 @@ describe('troupe up --restarts', () => {
     const { code } = await run.exit;
     const out = run.output();
     expect(code, out).toBe(0);
-    expect(out).toMatch(/stage 0 answered no liveness probe .*; killing worker 0 to restart it/);
+    expect(out).toMatch(/killing worker 0 to restart it \(.*stage 0 answered no liveness probe/);
     expect(out).toMatch(/worker 0 exited with SIGKILL during step \d+; restarting it/);
     expect(maxAbsDiff(await loadSaved(save), await loadSaved(await straightRun()))).toBeLessThan(1e-6);
     expect(alive(pid)).toBe(false);
