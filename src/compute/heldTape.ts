@@ -54,6 +54,8 @@ export class HeldTape {
   private weightOnly = new Set<number>();
 
   private constructor(
+    /** Bytes of activations the tape keeps (weights excluded). */
+    readonly bytes: number,
     private readonly nodes: TapeNode[],
     private readonly inputIds: readonly number[],
     private readonly inputShapes: readonly number[][],
@@ -81,9 +83,21 @@ export class HeldTape {
     }
     const nodes = e.state.activeTape ?? [];
     e.state.activeTape = null;
+    // Bytes the tape keeps alive beyond the weights (its saved activations).
+    const weightData = new Set(variables.map((v) => v.dataId));
+    const seen = new Set<object>();
+    let bytes = 0;
+    for (const n of nodes) {
+      for (const t of n.saved ?? []) {
+        if (weightData.has(t.dataId) || seen.has(t.dataId)) continue;
+        seen.add(t.dataId);
+        bytes += t.size * (t.dtype === 'float32' || t.dtype === 'int32' ? 4 : 1);
+      }
+    }
     return {
       outputs,
       tape: new HeldTape(
+        bytes,
         nodes,
         inputs.map((t) => t.id),
         inputs.map((t) => t.shape),

@@ -76,6 +76,23 @@ export class StageCompute {
     return this.part;
   }
 
+  /** Most bytes of activations held for backwards at once (inputs kept for recomputing, or tapes). */
+  peakHeldBytes = 0;
+
+  private noteHeld(): void {
+    let bytes = 0;
+    for (const c of this.cache.values()) bytes += c.tape ? c.tape.bytes : [...c.inputs, ...c.labels].reduce((n, t) => n + t.size * 4, 0);
+    this.peakHeldBytes = Math.max(this.peakHeldBytes, bytes);
+  }
+
+  /** What the stage holds, measured: its weights, its optimizer's tensors, and the peak of activations held. */
+  async measuredMemory(): Promise<{ weights: number; optimizer: number; activations: number; total: number }> {
+    const weights = this.part.layers.flatMap((l) => l.weights).reduce((n, w) => n + w.read().size * 4, 0);
+    const slots = await this.opts.optimizer.getWeights();
+    const optimizer = slots.filter((s) => s.name !== 'iter').reduce((n, s) => n + s.tensor.size * 4, 0);
+    return { weights, optimizer, activations: this.peakHeldBytes, total: weights + optimizer + this.peakHeldBytes };
+  }
+
   /** Microbatches whose inputs are held for a backward. */
   get held(): number {
     return this.cache.size;
@@ -113,12 +130,14 @@ export class StageCompute {
     }
     if (training && this.opts.recompute) {
       this.cache.set(mb, { inputs: xs, labels: ys, size, tape: null });
+      this.noteHeld();
       return { tensors: this.isLast ? [] : this.runToWire(xs) };
     }
     try {
       if (!training) return this.isLast ? this.evaluate(xs, ys, size, batchSize) : { tensors: this.runToWire(xs) };
       const { outputs, tape } = this.record(xs, ys, size, batchSize);
       this.cache.set(mb, { inputs: [], labels: [], size, tape });
+      this.noteHeld();
       try {
         return this.isLast ? this.lossResult([], outputs) : { tensors: outputs.map((t, i) => fromTensor(t, `a${i}`)) };
       } finally {

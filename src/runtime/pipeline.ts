@@ -6,6 +6,8 @@ import { resolveLoss, type LossSpec } from '../compute/loss.js';
 import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
+import { cutUnderBudget, estimateStages, slotsPerWeight, type MemoryModel, type StageMemory } from '../compute/memoryBudget.js';
+import { maxInFlight } from '../schedule/constraint.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { cloneModel } from '../compute/cloneModel.js';
 import { fromTensor } from '../compute/wire.js';
@@ -35,6 +37,12 @@ export interface PipelineOptions {
   readonly stages: StageSpec;
   /** Stages per device, for the interleaved and looped-BFS schedules (default 1). */
   readonly virtualStages?: number;
+  /**
+   * Cut a stage count so that every stage's estimated memory (weights, optimizer state, and
+   * activations held for backwards at `batchSize`) stays under `bytesPerStage`; a PartitionError
+   * names the stage when no cut fits. `pipe.memory()` reports estimate and measured peak.
+   */
+  readonly memoryBudget?: { readonly bytesPerStage: number; readonly batchSize: number };
   /**
    * Gradient accumulation: `accumulate` calls of trainStep make one update (default 1); each
    * batch's loss is averaged over all of them, as one step on their concatenation would (give
@@ -107,6 +115,11 @@ export interface Pipeline {
   evaluate(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Counters of every stage. */
   stats(): StageStats[];
+  /**
+   * Each stage's memory: the estimate (from the budget's model, or weights and optimizer
+   * only) and what replica 0's stage measured: weights, optimizer tensors, peak activations held.
+   */
+  memory(): Promise<{ rank: number; estimate: StageMemory; measured: { weights: number; optimizer: number; activations: number; total: number } }[]>;
   /** Scheduler events refused as malformed (bad JSON, wrong fields), since the start. */
   malformedEvents(): number;
   /** Stops the actors, drains every subscription and connection. The model stays usable. */
@@ -145,14 +158,27 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
   const k = o.replicas ?? 1;
   const costs = o.balance === 'time' && typeof o.stages === 'number' ? profileLayers(o.model, { rows: 32 }) : undefined;
-  const cut = (model: tf.LayersModel) => partitionModel(model, o.stages, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
-  const partitions = cut(o.model);
-  const p = partitions.length;
   const m = o.microbatches;
-  const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);
-  const schedule = placed.stages;
   const { loss, metric } = resolveLoss(o.loss, o.metric);
   const makeOptimizer = optimizerFactory(o.optimizer);
+  // Under a memory budget: the cut whose largest stage estimate is smallest, or an error naming the stage.
+  let spec: StageSpec = o.stages;
+  let budgeted: { memory: MemoryModel; estimates: StageMemory[] } | null = null;
+  if (o.memoryBudget) {
+    if (typeof o.stages !== 'number') throw new ConfigError('memoryBudget chooses the cut: give stages as a count');
+    const probe = makeOptimizer();
+    const bounds = buildPlacedSchedule(o.schedule ?? '1f1b', o.stages, m, o.virtualStages ?? 1).stages.map(maxInFlight);
+    const memory: MemoryModel = { slotsPerWeight: slotsPerWeight(probe.getClassName()), rows: Math.ceil(o.memoryBudget.batchSize / m), held: (r) => bounds[r]! };
+    probe.dispose();
+    const cutFit = cutUnderBudget(o.model, o.stages, o.memoryBudget.bytesPerStage, memory);
+    spec = cutFit.boundaries;
+    budgeted = { memory, estimates: cutFit.estimates };
+  }
+  const cut = (model: tf.LayersModel) => partitionModel(model, spec, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
+  const partitions = cut(o.model);
+  const p = partitions.length;
+  const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);
+  const schedule = placed.stages;
   // Replica 0 trains the caller's model; the others train copies with the same weights.
   const models = [o.model];
   for (let i = 1; i < k; i++) models.push(await cloneModel(o.model));
@@ -244,6 +270,10 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     },
     stats: () => hosts.map((h) => h.stats()),
     malformedEvents: () => scheds.reduce((n, s) => n + s.malformedEvents, 0),
+    memory: async () => {
+      const est = budgeted?.estimates ?? estimateStages(o.model, stageStartsOf(partitions), { slotsPerWeight: slotsPerWeight(computes[0]!.optimizer.getClassName()), rows: 0, held: () => 0 });
+      return Promise.all(partitions.map(async (_, r) => ({ rank: r, estimate: est[r]!, measured: await computes[r]!.measuredMemory() })));
+    },
     close: async () => {
       if (closed) return;
       closed = true;
@@ -254,4 +284,11 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
       }
     },
   };
+}
+
+/** The first layer index of every stage, plus the end. */
+function stageStartsOf(partitions: readonly StagePartition[]): number[] {
+  const starts = [0];
+  for (const part of partitions) starts.push(starts[starts.length - 1]! + part.layers.length);
+  return starts;
 }

@@ -1,0 +1,126 @@
+/**
+ * Per-stage memory: an estimate before the run (weights, optimizer state, activations held
+ * for backwards) and a cut of the model that keeps every stage under a budget, or a clear
+ * error naming the stage that cannot fit.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { PartitionError } from '../errors.js';
+import { HeldTape } from './heldTape.js';
+
+/** What a stage is estimated to hold, in bytes. */
+export interface StageMemory {
+  readonly rank: number;
+  readonly weights: number;
+  readonly optimizer: number;
+  readonly activations: number;
+  readonly total: number;
+}
+
+export interface MemoryModel {
+  /** Optimizer tensors per weight (Adam 2, momentum 1, SGD 0). */
+  readonly slotsPerWeight: number;
+  /** Examples per microbatch. */
+  readonly rows: number;
+  /** Microbatches stage `rank` holds at most (its schedule row's bound). */
+  readonly held: (rank: number) => number;
+}
+
+/** Optimizer tensors kept per weight, by optimizer class name (unknown: 2, the usual worst case). */
+export function slotsPerWeight(className: string): number {
+  const n = className.toLowerCase();
+  if (n === 'sgd' || n === 'sgdoptimizer') return 0;
+  if (n.startsWith('momentum') || n.startsWith('adagrad')) return 1;
+  return 2;
+}
+
+const layersOf = (model: tf.LayersModel) => model.layers.filter((l) => l.getClassName() !== 'InputLayer');
+
+/**
+ * Per layer: parameter bytes, and the bytes per example its forward's gradient tape keeps
+ * (measured: each layer's forward recorded alone on a sample of `rows` examples).
+ */
+function layerCosts(model: tf.LayersModel, rows: number): { params: number[]; kept: number[] } {
+  const layers = layersOf(model);
+  const inputsOf = layers.map((l) => {
+    const t = l.getInputAt(0) as tf.SymbolicTensor | tf.SymbolicTensor[];
+    return Array.isArray(t) ? t : [t];
+  });
+  const sample = model.inputs.map((t, i) => tf.randomUniform([rows, ...(t.shape.slice(1) as number[])], 0, 1, 'float32', 21 + i));
+  const valueOf = new Map<number, tf.Tensor>(model.inputs.map((t, i) => [t.id, sample[i]!]));
+  const inner = [...new Map(inputsOf.flat().filter((s) => !valueOf.has(s.id)).map((s) => [s.id, s])).values()];
+  const values = inner.length ? [tf.model({ inputs: model.inputs, outputs: inner }).predict(sample)].flat() as tf.Tensor[] : [];
+  inner.forEach((s, i) => valueOf.set(s.id, values[i]!));
+  try {
+    const kept = layers.map((l, i) => {
+      const xs = inputsOf[i]!.map((s) => valueOf.get(s.id)!);
+      const vars = l.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val);
+      const { outputs, tape } = HeldTape.record(() => [l.apply(xs.length === 1 ? xs[0]! : xs, { training: true })].flat() as tf.Tensor[], xs, vars);
+      const bytes = tape.bytes;
+      tape.dispose();
+      tf.dispose(outputs);
+      return Math.ceil(bytes / rows);
+    });
+    return { params: layers.map((l) => l.countParams() * 4), kept };
+  } finally {
+    tf.dispose([...sample, ...values]);
+  }
+}
+
+/** The estimate of the stage made of layers [from, to) at rank `rank`. */
+function estimate(costs: { params: number[]; kept: number[] }, from: number, to: number, rank: number, m: MemoryModel): StageMemory {
+  const sum = (xs: number[]) => xs.slice(from, to).reduce((a, b) => a + b, 0);
+  const weights = sum(costs.params);
+  const optimizer = weights * m.slotsPerWeight;
+  const activations = sum(costs.kept) * m.rows * m.held(rank);
+  return { rank, weights, optimizer, activations, total: weights + optimizer + activations };
+}
+
+/** Estimates for the stages starting at `starts` (plus the end). */
+export function estimateStages(model: tf.LayersModel, starts: readonly number[], m: MemoryModel): StageMemory[] {
+  const costs = layerCosts(model, Math.max(1, m.rows));
+  return starts.slice(0, -1).map((s, r) => estimate(costs, s, starts[r + 1]!, r, m));
+}
+
+const mb = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+
+/** How an estimate reads: `1.20 MiB (weights 0.40, optimizer 0.80, activations 0.00)`. */
+export function describeMemory(e: StageMemory): string {
+  return `${mb(e.total)} (weights ${mb(e.weights)}, optimizer ${mb(e.optimizer)}, activations ${mb(e.activations)})`;
+}
+
+/**
+ * The cut into `p` stages whose largest estimate is smallest, checked against `budget` bytes
+ * per stage. Returns the boundaries (first layer of stages 1..p-1) and the estimates; a
+ * PartitionError names the stage over budget when even the best cut does not fit.
+ */
+export function cutUnderBudget(model: tf.LayersModel, p: number, budget: number, m: MemoryModel): { boundaries: number[]; estimates: StageMemory[] } {
+  const costs = layerCosts(model, m.rows);
+  const n = costs.params.length;
+  if (p < 1 || p > n) throw new PartitionError(`cannot cut ${n} layers into ${p} stages`);
+  // best[k][j]: the smallest largest-stage total for the first j layers in k stages.
+  const best = Array.from({ length: p + 1 }, () => new Array<number>(n + 1).fill(Infinity));
+  const from = Array.from({ length: p + 1 }, () => new Array<number>(n + 1).fill(0));
+  best[0]![0] = 0;
+  for (let k = 1; k <= p; k++) {
+    for (let j = k; j <= n; j++) {
+      for (let i = k - 1; i < j; i++) {
+        const v = Math.max(best[k - 1]![i]!, estimate(costs, i, j, k - 1, m).total);
+        if (v < best[k]![j]!) {
+          best[k]![j] = v;
+          from[k]![j] = i;
+        }
+      }
+    }
+  }
+  const starts = [n];
+  for (let k = p, j = n; k >= 1; k--) {
+    j = from[k]![j]!;
+    starts.unshift(j);
+  }
+  const estimates = starts.slice(0, -1).map((s, r) => estimate(costs, s, starts[r + 1]!, r, m));
+  const over = estimates.filter((e) => e.total > budget).sort((a, b) => b.total - a.total)[0];
+  if (over) {
+    throw new PartitionError(`stage ${over.rank} needs ${describeMemory(over)} even in the best cut into ${p} stages; the budget is ${mb(budget)} per stage`);
+  }
+  return { boundaries: starts.slice(1, -1), estimates };
+}
