@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { PartitionError } from '../errors.js';
 import { HeldTape } from './heldTape.js';
+import { layerInputs } from './layerInputs.js';
 
 /** What a stage is estimated to hold, in bytes. */
 export interface StageMemory {
@@ -33,26 +34,15 @@ export function slotsPerWeight(className: string): number {
   return 2;
 }
 
-const layersOf = (model: tf.LayersModel) => model.layers.filter((l) => l.getClassName() !== 'InputLayer');
-
 /**
  * Per layer: parameter bytes, and the bytes per example its forward's gradient tape keeps
  * (measured: each layer's forward recorded alone on a sample of `rows` examples).
  */
 function layerCosts(model: tf.LayersModel, rows: number): { params: number[]; kept: number[] } {
-  const layers = layersOf(model);
-  const inputsOf = layers.map((l) => {
-    const t = l.getInputAt(0) as tf.SymbolicTensor | tf.SymbolicTensor[];
-    return Array.isArray(t) ? t : [t];
-  });
-  const sample = model.inputs.map((t, i) => tf.randomUniform([rows, ...(t.shape.slice(1) as number[])], 0, 1, 'float32', 21 + i));
-  const valueOf = new Map<number, tf.Tensor>(model.inputs.map((t, i) => [t.id, sample[i]!]));
-  const inner = [...new Map(inputsOf.flat().filter((s) => !valueOf.has(s.id)).map((s) => [s.id, s])).values()];
-  const values = inner.length ? [tf.model({ inputs: model.inputs, outputs: inner }).predict(sample)].flat() as tf.Tensor[] : [];
-  inner.forEach((s, i) => valueOf.set(s.id, values[i]!));
+  const sample = layerInputs(model, rows, 21);
   try {
-    const kept = layers.map((l, i) => {
-      const xs = inputsOf[i]!.map((s) => valueOf.get(s.id)!);
+    const kept = sample.layers.map((l, i) => {
+      const xs = sample.inputs[i]!;
       const vars = l.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val);
       const { outputs, tape } = HeldTape.record(() => [l.apply(xs.length === 1 ? xs[0]! : xs, { training: true })].flat() as tf.Tensor[], xs, vars);
       const bytes = tape.bytes;
@@ -60,9 +50,9 @@ function layerCosts(model: tf.LayersModel, rows: number): { params: number[]; ke
       tf.dispose(outputs);
       return Math.ceil(bytes / rows);
     });
-    return { params: layers.map((l) => l.countParams() * 4), kept };
+    return { params: sample.layers.map((l) => l.countParams() * 4), kept };
   } finally {
-    tf.dispose([...sample, ...values]);
+    sample.dispose();
   }
 }
 

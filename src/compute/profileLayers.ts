@@ -4,7 +4,7 @@
  * parameter counts mislead (a convolution has few parameters and most of the work).
  */
 import * as tf from '@tensorflow/tfjs';
-import { PartitionError } from '../errors.js';
+import { layerInputs } from './layerInputs.js';
 
 /** Options of `profileLayers`. */
 export interface ProfileOptions {
@@ -14,7 +14,6 @@ export interface ProfileOptions {
   readonly repeats?: number;
 }
 
-type Sym = tf.SymbolicTensor;
 
 function asList<T>(x: T | T[]): T[] {
   return Array.isArray(x) ? x : [x];
@@ -33,20 +32,11 @@ function median(xs: number[]): number {
 export function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}): number[] {
   const rows = opts.rows ?? 32;
   const repeats = opts.repeats ?? 3;
-  const layers = model.layers.filter((l) => l.getClassName() !== 'InputLayer');
-  for (const input of model.inputs) {
-    if (input.shape.slice(1).some((d) => d === null)) throw new PartitionError(`cannot profile: input ${input.name} has an unknown dimension ${JSON.stringify(input.shape)}`);
-  }
   // Every layer's input tensors, computed once from a random sample.
-  const inputsOf = layers.map((l) => asList(l.getInputAt(0) as Sym | Sym[]));
-  const sample = model.inputs.map((t, i) => tf.randomUniform([rows, ...(t.shape.slice(1) as number[])], 0, 1, t.dtype === 'int32' ? 'int32' : 'float32', 11 + i));
-  const valueOf = new Map<number, tf.Tensor>(model.inputs.map((t, i) => [t.id, sample[i]!]));
-  const inner = [...new Map(inputsOf.flat().filter((s) => !valueOf.has(s.id)).map((s) => [s.id, s])).values()];
-  const values = inner.length ? asList(tf.model({ inputs: model.inputs, outputs: inner }).predict(sample) as tf.Tensor | tf.Tensor[]) : [];
-  inner.forEach((s, i) => valueOf.set(s.id, values[i]!));
+  const sample = layerInputs(model, rows);
   try {
-    return layers.map((layer, li) => {
-      const xs = inputsOf[li]!.map((s) => valueOf.get(s.id)!);
+    return sample.layers.map((layer, li) => {
+      const xs = sample.inputs[li]!;
       const vars = layer.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val);
       const floats = xs.filter((x) => x.dtype === 'float32');
       const once = () =>
@@ -73,6 +63,6 @@ export function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}):
       return median(Array.from({ length: repeats }, run));
     });
   } finally {
-    tf.dispose([...sample, ...values]);
+    sample.dispose();
   }
 }
