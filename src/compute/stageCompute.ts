@@ -90,6 +90,7 @@ export class StageCompute {
     const weights = this.part.layers.flatMap((l) => l.weights).reduce((n, w) => n + w.read().size * 4, 0);
     const slots = await this.opts.optimizer.getWeights();
     const optimizer = slots.filter((s) => s.name !== 'iter').reduce((n, s) => n + s.tensor.size * 4, 0);
+    tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
     return { weights, optimizer, activations: this.peakHeldBytes, total: weights + optimizer + this.peakHeldBytes };
   }
 

@@ -213,12 +213,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   // Deaths the run will survive: noted here, handled by recover() at the next await of the run.
   const dead = new Map<number, WorkerExit>();
   let died = deferred<void>();
-  let recovering = false;
   /** NATS reconnections not yet recovered from (they count against no limit). */
   let outages = 0;
   const exitText = (e: WorkerExit) => `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
   const supervisor = new Supervisor((e) => {
-    if (restarts + dead.size < restartLimit && !recovering) {
+    if (restarts + dead.size < restartLimit) {
       dead.set(e.rank, e);
       died.resolve();
     } else {
@@ -236,7 +235,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
     // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
     bus.onStatus((st) => {
-      if (st.type === 'reconnect' && restartLimit > 0 && !recovering) {
+      if (st.type === 'reconnect' && restartLimit > 0) {
         outages++;
         died.resolve();
       }
@@ -320,24 +319,38 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
      */
     const recover = async (interrupted: string): Promise<void> => {
       const t = performance.now();
-      recovering = true;
-      const exits = [...dead.values()];
-      dead.clear();
-      if (outages > 0) say(`troupe up: the NATS connection came back during ${interrupted}; frames in flight may be lost`);
-      const outage = outages > 0;
-      outages = 0;
-      for (const e of exits) {
-        restarts++;
-        const child = supervisor.respawn(e.rank);
-        say(`troupe up: ${exitText(e)} during ${interrupted}; restarting it (restart ${restarts} of ${restartLimit}), pid ${child.pid}`);
+      // A worker that dies while another is recovered: the recovery starts over, with it too.
+      for (let round = 0; ; round++) {
+        const exits = [...dead.values()];
+        dead.clear();
+        if (outages > 0) say(`troupe up: the NATS connection came back during ${interrupted}; frames in flight may be lost`);
+        const outage = outages > 0;
+        outages = 0;
+        for (const e of exits) {
+          restarts++;
+          const child = supervisor.respawn(e.rank);
+          say(`troupe up: ${exitText(e)} during ${interrupted}${round > 0 ? ' (while recovering)' : ''}; restarting it (restart ${restarts} of ${restartLimit}), pid ${child.pid}`);
+        }
+        died = deferred<void>();
+        const again = died.promise.then(() => true);
+        const steps = (async () => {
+          await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
+          for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
+          if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
+          await sched!.idle();
+          await loadStates(bus!, job, lastGood);
+          return false;
+        })();
+        // A failure with a death already noted (its worker gone mid-recovery) is a new round too.
+        const outcome = steps.then(
+          () => false,
+          (err: unknown) => {
+            if (dead.size > 0) return true;
+            throw err;
+          },
+        );
+        if (!(await Promise.race([outcome, again, failure.promise]))) break;
       }
-      died = deferred<void>();
-      recovering = false;
-      await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
-      for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
-      if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
-      await Promise.race([sched!.idle(), failure.promise]);
-      await Promise.race([loadStates(bus!, job, lastGood), failure.promise]);
       say(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);
     };
     for (let s = lastStep + 1; s <= prep.total; s++) {

@@ -62,8 +62,9 @@ export class Pool<I = unknown, O = unknown> {
         const data = await this.o.bus.request(poolTaskSubject(this.o.name), enc.encode(JSON.stringify({ index, input })), this.o.timeoutMs ?? 10_000);
         reply = JSON.parse(dec.decode(data)) as TaskReply;
       } catch (err) {
-        // No answer (the worker died with the task, or none is up yet): send it again.
+        // No answer (the worker died with the task, or none is up yet): send it again, after a pause.
         lastError = err;
+        if (attempt < retries) await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
         continue;
       }
       if (!reply.ok) throw new PoolTaskError(index, reply.worker, reply.error);

@@ -65,8 +65,26 @@ export class PoolWorker<I = unknown, O = unknown> {
   }
 
   private async drainQueue(): Promise<void> {
-    while (this.queue.length > 0) await this.run(this.queue.shift()!);
-    this.draining = null;
+    try {
+      while (this.queue.length > 0) await this.run(this.queue.shift()!);
+    } finally {
+      this.draining = null;
+    }
+  }
+
+  /** Answers a task; an output JSON cannot carry becomes an error reply, a closed connection is the caller's timeout. */
+  private answer(m: BusMessage, reply: TaskReply): void {
+    let body: Uint8Array;
+    try {
+      body = enc.encode(JSON.stringify(reply));
+    } catch (err) {
+      body = enc.encode(JSON.stringify({ ok: false, worker: this.id, error: { name: 'TypeError', message: `the task's output cannot be sent as JSON: ${messageOf(err)}` } } satisfies TaskReply));
+    }
+    try {
+      m.respond(body);
+    } catch {
+      // The connection is closing: the caller sends the task again.
+    }
   }
 
   private async run(m: BusMessage): Promise<void> {
@@ -76,7 +94,7 @@ export class PoolWorker<I = unknown, O = unknown> {
       req = JSON.parse(dec.decode(m.data)) as TaskRequest;
       if (!req || typeof req !== 'object' || !Number.isInteger(req.index) || !('input' in req)) throw new FrameError('a task must be { index, input }');
     } catch (err) {
-      m.respond(enc.encode(JSON.stringify({ ok: false, worker: this.id, error: { name: 'FrameError', message: `malformed task: ${messageOf(err)}` } } satisfies TaskReply)));
+      this.answer(m, { ok: false, worker: this.id, error: { name: 'FrameError', message: `malformed task: ${messageOf(err)}` } });
       return;
     }
     this.actor.send({ type: 'TASK', index: req.index });
@@ -88,7 +106,7 @@ export class PoolWorker<I = unknown, O = unknown> {
       reply = { ok: false, worker: this.id, error: { name: err instanceof Error ? err.name : 'Error', message: messageOf(err) } };
       this.actor.send({ type: 'FAILED', message: messageOf(err) });
     }
-    m.respond(enc.encode(JSON.stringify(reply)));
+    this.answer(m, reply);
   }
 
   /** Leaves the pool: no new tasks; the ones already here are answered first. */

@@ -31,10 +31,12 @@ export interface AllReduceOptions {
 export class AllReduce {
   private readonly got = new Map<number, Map<number, Frame>>();
   private readonly waiting = new Map<number, Deferred<void>>();
-  private readonly reassembler = new Reassembler();
+  private readonly reassembler: Reassembler;
   private readonly sub: { drain(): Promise<void> };
 
   private constructor(private readonly o: AllReduceOptions) {
+    // Every replica's gradients of a step arrive together (and a fast replica's of the next): room for all.
+    this.reassembler = new Reassembler(Math.max(64, 4 * o.replicas), 16 * 1024 * 1024 * 1024);
     this.sub = o.bus.subscribe(allReduceSubject(o.group, o.rank), (m) => {
       try {
         const h = parseHeader(m.header, Phase.UPDATE, Number.MAX_SAFE_INTEGER);

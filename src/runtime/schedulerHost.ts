@@ -199,6 +199,11 @@ export class SchedulerHost {
     const watchdog = this.watch(work.step);
     try {
       return await pending.promise;
+    } catch (err) {
+      // A failed prediction's outputs will not be taken: they go.
+      for (const s of [...this.outputFrames.keys()]) if (s <= work.step) this.outputFrames.delete(s);
+      this.outputAssembly.keepOnly(work.step + 1);
+      throw err;
     } finally {
       watchdog.stop();
       await this.feeding;
@@ -217,13 +222,18 @@ export class SchedulerHost {
     const lastHeard = Array.from({ length: this.o.stages }, () => start);
     const lastSeen = this.lastProbe;
     let stopped = false;
+    const asking = new Set<number>();
     const probe = async (rank: number) => {
+      if (asking.has(rank)) return; // its last probe is still out
+      asking.add(rank);
       try {
         const reply = decodeReply('probe', await this.o.bus.request(ctlSubject(this.o.job, rank, CtlVerb.PROBE), encodeJson({}), limit));
         lastHeard[rank] = performance.now();
         lastSeen[rank] = reply;
       } catch {
         // No answer (a timeout, no responders): the silence is judged below.
+      } finally {
+        asking.delete(rank);
       }
     };
     // A first probe now: a stage's whereabouts are known even in steps shorter than a heartbeat.

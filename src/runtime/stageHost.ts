@@ -225,7 +225,11 @@ export class StageHost {
       const e = err instanceof TroupeError ? err : new StateError(messageOf(err));
       reply = { ok: false, code: e.code, message: e.message } satisfies Ack;
     }
-    m.respond(encodeJson(reply));
+    try {
+      m.respond(encodeJson(reply));
+    } catch {
+      // The connection closed while the request was handled: the requester times out.
+    }
   }
 
   /** Where the stage is: its state, its action and the slots that action waits for. */

@@ -184,7 +184,7 @@ export class ModuleRuntime {
     } catch (err) {
       pool.refused++;
       const e = err instanceof TroupeError ? err : new ShapeError(messageOf(err));
-      msg.respond(encodeError(e.code, e.message));
+      respond(msg, encodeError(e.code, e.message));
     }
   }
 
@@ -214,10 +214,13 @@ export class ModuleRuntime {
     this.actor.send({ type: 'BATCH_START', pool: pool.name, size: rows });
     // The batch runs on a later turn of the event loop: arrivals meanwhile join the next one.
     setImmediate(() => {
-      this.runBatch(pool, batch, rows);
-      this.actor.send({ type: 'BATCH_END' });
-      this.processing = false;
-      this.pump();
+      try {
+        this.runBatch(pool, batch, rows);
+      } finally {
+        this.actor.send({ type: 'BATCH_END' });
+        this.processing = false;
+        this.pump();
+      }
     });
   }
 
@@ -236,22 +239,25 @@ export class ModuleRuntime {
       try {
         const sizes = batch.map((w) => w.rows);
         const parts = results.map((y) => tf.split(y, sizes, 0));
-        outs = batch.map((_, j) => parts.map((p, i) => fromTensor(p[j]!, `y${i}`)));
-        tf.dispose(parts);
+        try {
+          outs = batch.map((_, j) => parts.map((p, i) => fromTensor(p[j]!, `y${i}`)));
+        } finally {
+          tf.dispose(parts);
+        }
       } finally {
         tf.dispose(results);
       }
     } catch (err) {
       pool.failed += batch.length;
       const e = err instanceof TroupeError ? err : new TroupeError('BATCH_FAILED', `${pool.name}: the batch of ${rows} failed: ${messageOf(err)}`);
-      for (const w of batch) w.msg.respond(encodeError(e.code, e.message));
+      for (const w of batch) respond(w.msg, encodeError(e.code, e.message));
       pool.busyMs += performance.now() - t0;
       return;
     }
     pool.batches++;
     pool.examples += rows;
     pool.busyMs += performance.now() - t0;
-    batch.forEach((w, j) => w.msg.respond(encodeTensors(outs[j]!)));
+    batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!)));
   }
 
   /** Per-pool counters (rates over the runtime's lifetime). */
@@ -283,5 +289,14 @@ export class ModuleRuntime {
       this.actor.stop();
     })();
     return this.stopping;
+  }
+}
+
+/** Answers a request; a connection that closed meanwhile leaves the requester to its timeout. */
+function respond(msg: BusMessage, body: Uint8Array): void {
+  try {
+    msg.respond(body);
+  } catch {
+    // closed: nothing to do
   }
 }
