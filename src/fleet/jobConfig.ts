@@ -65,6 +65,8 @@ export interface JobConfig {
   readonly virtualStages?: number;
   /** Data-parallel copies of the pipeline (default 1); each step's batch is split over them. */
   readonly replicas?: number;
+  /** Bytes each stage may hold (weights, optimizer state, activations): the driver picks a cut that fits, or names the stage that cannot. */
+  readonly memoryBudget?: number;
   /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
   readonly balance?: 'params' | 'time';
 }
@@ -74,7 +76,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs', 'memoryBudget']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -106,6 +108,7 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
   if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
   if (o['replicas'] !== undefined) positiveInt(where, 'replicas', o['replicas']);
+  if (o['memoryBudget'] !== undefined && !(typeof o['memoryBudget'] === 'number' && o['memoryBudget'] > 0)) throw new ConfigError(`${where}: field "memoryBudget" must be a positive number of bytes`);
   if (o['stallTimeoutMs'] !== undefined && !(typeof o['stallTimeoutMs'] === 'number' && o['stallTimeoutMs'] > 0)) {
     throw new ConfigError(`${where}: field "stallTimeoutMs" must be a positive number`);
   }

@@ -14,6 +14,8 @@ import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel, type StagePartition } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { reshard } from '../compute/reshard.js';
+import { cutUnderBudget, describeMemory, slotsPerWeight, type MemoryModel } from '../compute/memoryBudget.js';
+import { maxInFlight } from '../schedule/constraint.js';
 import { exportStageState, importStageState, stageWeights } from '../compute/stageState.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
@@ -124,9 +126,25 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   const model = await cfg.model();
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
   let partitions: StagePartition[];
+  let spec = cfg.stages;
+  if (cfg.memoryBudget !== undefined) {
+    // Under a memory budget the driver picks the cut (the workers get it as --boundaries).
+    if (typeof cfg.stages !== 'number') throw new ConfigError(`${where}: field "memoryBudget" chooses the cut: give "stages" as a count`);
+    const bounds = buildPlacedSchedule(cfg.schedule ?? '1f1b', cfg.stages, cfg.microbatches, cfg.virtualStages ?? 1).stages.map(maxInFlight);
+    const probe = optimizerFactory(cfg.optimizer)();
+    const memory: MemoryModel = { slotsPerWeight: slotsPerWeight(probe.getClassName()), rows: Math.ceil(cfg.batchSize / (cfg.replicas ?? 1) / cfg.microbatches), held: (r) => bounds[r]! };
+    probe.dispose();
+    try {
+      const fit = cutUnderBudget(model, cfg.stages, cfg.memoryBudget, memory);
+      spec = fit.boundaries;
+      (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${fit.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
+    } catch (cause) {
+      throw new ConfigError(`${where}: field "memoryBudget": ${messageOf(cause)}`, { cause });
+    }
+  }
   try {
-    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' ? profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
-    partitions = partitionModel(model, cfg.stages, { recompute: cfg.recompute ?? false, ...(costs ? { costs } : {}) });
+    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' && cfg.memoryBudget === undefined ? profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
+    partitions = partitionModel(model, spec, { recompute: cfg.recompute ?? false, ...(costs ? { costs } : {}) });
   } catch (cause) {
     throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
   }

@@ -17,6 +17,7 @@ const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url)
 const INTERLEAVED = fileURLToPath(new URL('../fixtures/tiny-interleaved.job.ts', import.meta.url));
 const REPLICAS = fileURLToPath(new URL('../fixtures/tiny-replicas.job.ts', import.meta.url));
 const THREE = fileURLToPath(new URL('../fixtures/tiny-3stages.job.ts', import.meta.url));
+const BUDGET = fileURLToPath(new URL('../fixtures/tiny-budget.job.ts', import.meta.url));
 const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -135,6 +136,16 @@ describe('troupe up with 2 worker processes', () => {
     expect(tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]).toBeLessThan(1e-6);
     tf.dispose([x, a, b]);
     expect((await troupeToEnd(['checkpoint', 'inspect'])).code).toBe(2);
+  });
+
+  it('memoryBudget: too small fails before any process starts, naming the stage; a feasible one prints the cut and trains', async () => {
+    const tooSmall = troupe(['up', BUDGET], { TINY_BUDGET: '2000' });
+    expect((await tooSmall.exit).code).toBe(1);
+    expect(tooSmall.output()).toMatch(/field "memoryBudget": stage \d needs [\d.]+ MiB \(weights .*\) even in the best cut into 2 stages/);
+    expect(printedPids(tooSmall.output())).toEqual([]);
+    const fits = troupe(['up', BUDGET, '--steps', '2'], { TINY_BUDGET: '200000' });
+    expect((await fits.exit).code, fits.output()).toBe(0);
+    expect(fits.output()).toMatch(/cut under the memory budget: stage 0 [\d.]+ MiB .*; stage 1 [\d.]+ MiB/);
   });
 
   it('2 steps, then --resume to step 4, equals 4 uninterrupted steps', async () => {
