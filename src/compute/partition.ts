@@ -203,3 +203,10 @@ function buildStage(
     },
   };
 }
+
+/** The first layer index of every stage of a partition, plus the end (the inverse of `stageStarts`). */
+export function stageStartsOf(partitions: readonly StagePartition[]): number[] {
+  const starts = [0];
+  for (const part of partitions) starts.push(starts[starts.length - 1]! + part.layers.length);
+  return starts;
+}

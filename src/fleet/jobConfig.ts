@@ -1,9 +1,8 @@
 /** Job configs: a module exporting what to train and how, validated before any process starts. */
-import { basename, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { existsSync } from 'node:fs';
+import { basename } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { ConfigError, messageOf } from '../errors.js';
+import { ConfigError } from '../errors.js';
+import { importDefault } from '../importDefault.js';
 import type { LossSpec } from '../compute/loss.js';
 import type { OptimizerDescription } from '../compute/optimizer.js';
 import type { StageSpec } from '../compute/partition.js';
@@ -129,15 +128,7 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
 
 /** Imports and validates a job config module (TypeScript or JavaScript). */
 export async function loadJobConfig(path: string): Promise<JobConfig> {
-  const file = resolve(path);
-  if (!existsSync(file)) throw new ConfigError(`job config ${path} does not exist`);
-  let mod: { default?: unknown };
-  try {
-    mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
-  } catch (cause) {
-    throw new ConfigError(`job config ${path} could not be loaded: ${messageOf(cause)}`, { cause });
-  }
-  return validateJobConfig(mod.default, `job config ${path}`);
+  return validateJobConfig(await importDefault(path, 'job config'), `job config ${path}`);
 }
 
 /** The job id of a config: its `job` field, else the file name without extension. */

@@ -11,7 +11,7 @@ import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
-import { partitionModel, type StagePartition } from '../compute/partition.js';
+import { partitionModel, stageStartsOf, type StagePartition } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { reshard } from '../compute/reshard.js';
 import { cutUnderBudget, describeMemory, slotsPerWeight, type MemoryModel } from '../compute/memoryBudget.js';
@@ -265,7 +265,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       for (let replica = 0; replica < k; replica++) {
         for (let dev = 0; dev < devices; dev++) {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
-          const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', boundariesOf(partitions).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
+          const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
           const slot = replica * devices + dev;
           supervisor.spawn(slot, args, deviceEnv(slot, gpus, gpuBackend));
         }
@@ -442,15 +442,4 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await server?.stop();
     if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
   }
-}
-
-/** The first layer index of stages 1..p-1: the cut as explicit boundaries. */
-function boundariesOf(partitions: readonly StagePartition[]): number[] {
-  const starts: number[] = [];
-  let at = 0;
-  for (const part of partitions) {
-    starts.push(at);
-    at += part.layers.length;
-  }
-  return starts.slice(1);
 }

@@ -1,8 +1,6 @@
 /** `troupe pool-worker`: a process serving a pool with the task a module exports. */
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { ConfigError, messageOf } from '../errors.js';
+import { ConfigError } from '../errors.js';
+import { importDefault } from '../importDefault.js';
 import { deferred } from '../runtime/deferred.js';
 import { Bus } from '../transport/bus.js';
 import { PoolWorker, type Task } from './poolWorker.js';
@@ -18,16 +16,9 @@ export interface PoolWorkerProcessOptions {
 
 /** Loads the task module's default export; a ConfigError names what is wrong. */
 export async function loadTask(path: string): Promise<Task> {
-  const file = resolve(path);
-  if (!existsSync(file)) throw new ConfigError(`task module ${path} does not exist`);
-  let mod: { default?: unknown };
-  try {
-    mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
-  } catch (cause) {
-    throw new ConfigError(`task module ${path} could not be loaded: ${messageOf(cause)}`, { cause });
-  }
-  if (typeof mod.default !== 'function') throw new ConfigError(`task module ${path}: the default export must be a function of (input, index)`);
-  return mod.default as Task;
+  const task = await importDefault(path, 'task module');
+  if (typeof task !== 'function') throw new ConfigError(`task module ${path}: the default export must be a function of (input, index)`);
+  return task as Task;
 }
 
 /** Serves the pool until SIGTERM/SIGINT, the parent going away, or the connection closing. */

@@ -12,3 +12,17 @@ export function sliceRows(w: WireTensor, start: number, count: number, name = w.
     data: w.data.subarray(start * row, (start + count) * row),
   };
 }
+
+/** Tensor i of every part, joined along the first dimension in part order (a copy). */
+export function concatRows(parts: readonly (readonly WireTensor[])[]): WireTensor[] {
+  return parts[0]!.map((first, i) => {
+    const all = parts.map((ts) => ts[i]!);
+    const data = new (first.data.constructor as Float32ArrayConstructor)(all.reduce((n, t) => n + t.data.length, 0));
+    let at = 0;
+    for (const t of all) {
+      data.set(t.data as Float32Array, at);
+      at += t.data.length;
+    }
+    return { name: first.name, dtype: first.dtype, shape: [all.reduce((n, t) => n + t.shape[0]!, 0), ...first.shape.slice(1)], data };
+  });
+}

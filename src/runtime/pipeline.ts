@@ -4,7 +4,7 @@ import { ConfigError, StateError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss, type LossSpec } from '../compute/loss.js';
 import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
-import { partitionModel, type StagePartition, type StageSpec } from '../compute/partition.js';
+import { partitionModel, stageStartsOf, type StagePartition, type StageSpec } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { cutUnderBudget, estimateStages, slotsPerWeight, type MemoryModel, type StageMemory } from '../compute/memoryBudget.js';
 import { maxInFlight } from '../schedule/constraint.js';
@@ -284,11 +284,4 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
       }
     },
   };
-}
-
-/** The first layer index of every stage, plus the end. */
-function stageStartsOf(partitions: readonly StagePartition[]): number[] {
-  const starts = [0];
-  for (const part of partitions) starts.push(starts[starts.length - 1]! + part.layers.length);
-  return starts;
 }

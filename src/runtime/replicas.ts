@@ -1,7 +1,7 @@
 /** One step over data-parallel replicas: the batch split by rows, the results merged. */
 import { ConfigError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
-import { sliceRows } from '../protocol/rows.js';
+import { concatRows, sliceRows } from '../protocol/rows.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import type { StepExtra, StepResult, StepRunner } from './stepRunner.js';
 
@@ -20,16 +20,7 @@ export async function runReplicas(runners: readonly StepRunner[], xw: readonly W
   const share = (ws: readonly WireTensor[], i: number) => ws.map((w) => sliceRows(w, offsets[i]!, sizes[i]!));
   if (extra.predict && xw[0]!.dtype !== 'float32') throw new ConfigError('predict with replicas merges float32 outputs only');
   const results = await Promise.all(runners.map((r, i) => r.runWire(share(xw, i), share(yw, i), forwardOnly, total * scale, extra)));
-  const outputs = results[0]!.outputs?.map((first, j) => {
-    const parts = results.map((r) => r.outputs![j]!);
-    const data = new Float32Array(parts.reduce((n, t) => n + t.data.length, 0));
-    let at = 0;
-    for (const t of parts) {
-      data.set(t.data as Float32Array, at);
-      at += t.data.length;
-    }
-    return { name: first.name, dtype: first.dtype, shape: [parts.reduce((n, t) => n + t.shape[0]!, 0), ...first.shape.slice(1)], data };
-  });
+  const outputs = results[0]!.outputs ? concatRows(results.map((r) => r.outputs!)) : undefined;
   return {
     ...(outputs ? { outputs } : {}),
     step: results[0]!.step,

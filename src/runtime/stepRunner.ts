@@ -4,7 +4,7 @@ import { ConfigError } from '../errors.js';
 import { fromTensor } from '../compute/wire.js';
 import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
-import { sliceRows } from '../protocol/rows.js';
+import { concatRows, sliceRows } from '../protocol/rows.js';
 import { formatStageActions, type Schedule } from '../schedule/action.js';
 import { feedBound, releasedBy } from '../schedule/constraint.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
@@ -36,20 +36,6 @@ export interface StepExtra {
   readonly update?: boolean;
 }
 
-/** Each output's rows of every microbatch, joined along the batch dimension. */
-function concatRows(parts: readonly (readonly WireTensor[])[]): WireTensor[] {
-  return parts[0]!.map((first, i) => {
-    const all = parts.map((ts) => ts[i]!);
-    const rows = all.reduce((n, t) => n + t.shape[0]!, 0);
-    const data = new (first.data.constructor as Float32ArrayConstructor)(all.reduce((n, t) => n + t.data.length, 0));
-    let at = 0;
-    for (const t of all) {
-      data.set(t.data as Float32Array, at);
-      at += t.data.length;
-    }
-    return { name: first.name, dtype: first.dtype, shape: [rows, ...first.shape.slice(1)], data };
-  });
-}
 
 /** Options of a step runner. */
 export interface StepRunnerOptions {

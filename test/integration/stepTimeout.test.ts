@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from 'xstate';
-import { Bus, partitionModel, resolveLoss, SchedulerHost, StageCompute, StageHost, StepTimeoutError, subjects } from '../../src/index.js';
+import { Bus, partitionModel, SchedulerHost, StageCompute, StageHost, StepTimeoutError, subjects } from '../../src/index.js';
+import type { SchedulerHostOptions } from '../../src/runtime/schedulerHost.js';
 import { fromTensor } from '../../src/compute/wire.js';
 import { Phase } from '../../src/protocol/phase.js';
 import { formatStageActions } from '../../src/schedule/action.js';
@@ -10,82 +11,68 @@ import { data, mlp } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
+const enc = new TextEncoder();
+
+/**
+ * A real stage 0, and a rank 1 that answers control requests (`probe` with the given reply,
+ * everything else ok) but never computes. Runs one 1F1B step of 2 microbatches and hands the
+ * step's error (and stage 0) to `check`.
+ */
+async function stepWithSilentRankOne(
+  job: string,
+  o: { probe?: object; sched?: Partial<SchedulerHostOptions>; timeoutMs: number },
+  check: (err: unknown, stage0: StageHost, compute: StageCompute) => Promise<void>,
+): Promise<void> {
+  const parts = partitionModel(mlp([4, 8, 2], 41), 2);
+  const [busA, busB, busC] = await Promise.all([0, 1, 2].map(() => Bus.connect({ role: 'admin', servers: nats.server.url })));
+  const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
+  const stage0 = await StageHost.start({ bus: busA!, job, partition: parts[0]!, compute });
+  busC!.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(enc.encode(o.probe && m.subject.endsWith('.probe') ? JSON.stringify(o.probe) : '{"ok":true}')));
+  await busC!.flush();
+  const sched = await SchedulerHost.start({ bus: busB!, job, stages: 2, ...o.sched });
+  const { x, y } = data(4, 4, 2);
+  const xw = fromTensor(x, 'x0');
+  const yw = fromTensor(y, 'y0');
+  const s = oneFOneB(2, 2);
+  try {
+    const err = await sched
+      .run({
+        step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: o.timeoutMs,
+        plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, actions: formatStageActions(s[r]!), order: '' }),
+        inputs: (mb) => [
+          { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
+          { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
+        ],
+      })
+      .catch((e: unknown) => e);
+    await check(err, stage0, compute);
+  } finally {
+    await sched.close();
+    await stage0.close();
+    compute.dispose();
+    await Promise.all([busA!.close(), busB!.close(), busC!.close()]);
+    tf.dispose([x, y]);
+  }
+}
 
 describe('a hung stage', () => {
   it('ends the step with StepTimeoutError naming the stages not done, and stage 0 is aborted clean', async () => {
-    const job = 'hung';
-    const parts = partitionModel(mlp([4, 8, 2], 41), 2);
-    const { loss } = resolveLoss('categoricalCrossentropy');
-    const busA = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const busB = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const busC = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
-    const stage0 = await StageHost.start({ bus: busA, job, partition: parts[0]!, compute });
     // Rank 1 answers control requests but never computes: a hung stage.
-    busC.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(new TextEncoder().encode('{"ok":true}')));
-    await busC.flush();
-    const sched = await SchedulerHost.start({ bus: busB, job, stages: 2 });
-    const { x, y } = data(4, 4, 2);
-    const xw = fromTensor(x, 'x0');
-    const yw = fromTensor(y, 'y0');
-    const s = oneFOneB(2, 2);
-    try {
-      const err = await sched
-        .run({
-          step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: 400,
-          plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, actions: formatStageActions(s[r]!), order: '' }),
-          inputs: (mb) => [
-            { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
-            { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
-          ],
-        })
-        .catch((e: unknown) => e);
+    await stepWithSilentRankOne('hung', { timeoutMs: 400 }, async (err, stage0, compute) => {
       expect(err).toBeInstanceOf(StepTimeoutError);
       expect((err as Error).message).toMatch(/stages not done: 0, 1/);
       expect((err as Error).message).toMatch(/microbatches without loss: 0, 1/);
       // The abort reached stage 0: idle again, nothing held.
       await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
       expect(compute.held).toBe(0);
-    } finally {
-      await sched.close();
-      await stage0.close();
-      compute.dispose();
-      await Promise.all([busA.close(), busB.close(), busC.close()]);
-      tf.dispose([x, y]);
-    }
+    });
   });
 
   it('a step that makes no progress fails as STEP_STALLED with its action grid: each stage, its state, the action it is at and what it waits for', async () => {
-    const job = 'stalled';
-    const parts = partitionModel(mlp([4, 8, 2], 42), 2);
-    const busA = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const busB = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const busC = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
-    const stage0 = await StageHost.start({ bus: busA, job, partition: parts[0]!, compute });
-    // Rank 1 is alive (it answers plans and probes) but never receives its activations.
-    const enc = new TextEncoder();
-    busC.subscribe(subjects.ctlWildcard(job, 1), (m) =>
-      m.respond(enc.encode(m.subject.endsWith('.probe') ? JSON.stringify({ rank: 1, step: 1, state: 'running.waiting', action: 'F0', awaiting: ['FORWARD:0'] }) : '{"ok":true}')),
-    );
-    await busC.flush();
     const silent: string[] = [];
-    const sched = await SchedulerHost.start({ bus: busB, job, stages: 2, stallTimeoutMs: 600, heartbeatMs: 100, onSilent: (r) => silent.push(r) });
-    const { x, y } = data(4, 4, 2);
-    const xw = fromTensor(x, 'x0');
-    const yw = fromTensor(y, 'y0');
-    const s = oneFOneB(2, 2);
-    try {
-      const err = await sched
-        .run({
-          step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: 20_000,
-          plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, actions: formatStageActions(s[r]!), order: '' }),
-          inputs: (mb) => [
-            { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
-            { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
-          ],
-        })
-        .catch((e: unknown) => e);
+    // Rank 1 is alive (it answers plans and probes) but never receives its activations.
+    const probe = { rank: 1, step: 1, state: 'running.waiting', action: 'F0', awaiting: ['FORWARD:0'] };
+    await stepWithSilentRankOne('stalled', { probe, timeoutMs: 20_000, sched: { stallTimeoutMs: 600, heartbeatMs: 100, onSilent: (r) => silent.push(r) } }, async (err, stage0) => {
       const message = (err as Error).message;
       expect((err as { reason?: string }).reason).toBe('STEP_STALLED');
       expect(message).toMatch(/step 1 made no progress for \d+ ms/);
@@ -94,12 +81,6 @@ describe('a hung stage', () => {
       expect(message).toMatch(/stage 1 {2}running\.waiting\s+\[F0\] ·· ·· ·· {3}waiting for FORWARD:0/);
       expect(silent[0]).toBe(message.slice(message.indexOf('step 1 made')));
       await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
-    } finally {
-      await sched.close();
-      await stage0.close();
-      compute.dispose();
-      await Promise.all([busA.close(), busB.close(), busC.close()]);
-      tf.dispose([x, y]);
-    }
+    });
   });
 });
