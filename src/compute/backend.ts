@@ -4,6 +4,7 @@ import { ConfigError, messageOf } from '../errors.js';
 import { installFastWasmMatMul } from './wasmMatMul.js';
 import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
 import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
+import { installSharedWasmIdentity } from './wasmIdentity.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -84,6 +85,7 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
         installFastWasmMatMul();
         installWasmConvFilterGrad();
         installWasmConvInputGrad();
+        installSharedWasmIdentity();
       }
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
       return { name, tfName, skipped };

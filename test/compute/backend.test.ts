@@ -125,3 +125,80 @@ describe.skipIf(!onWasm)('wasm BatchMatMul override', () => {
     tf.dispose([x, w, dy, dx!, dw!, xT, wT]);
   });
 });
+
+describe.skipIf(!onWasm)('wasm Identity override (shares the buffer)', () => {
+  it('is installed in place of the copying kernel', () => {
+    expect(tf.getKernel('Identity', 'wasm')?.kernelFunc.name).toBe('shared');
+  });
+
+  it('a clone shares its buffer, reads the same, and outlives the original', () => {
+    const backend = tf.engine().backend;
+    const dataBefore = backend.numDataIds();
+    const bytesBefore = tf.memory().numBytes;
+    const x = tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3]);
+    const c = tf.clone(x);
+    // One buffer, counted once by the backend; the engine counts each tensor's bytes.
+    expect(backend.numDataIds()).toBe(dataBefore + 1);
+    expect(Array.from(c.dataSync())).toEqual([1, 2, 3, 4, 5, 6]);
+    x.dispose();
+    expect(c.isDisposed).toBe(false);
+    expect(Array.from(c.dataSync())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(backend.numDataIds()).toBe(dataBefore + 1);
+    c.dispose();
+    expect(backend.numDataIds()).toBe(dataBefore);
+    expect(tf.memory().numBytes).toBe(bytesBefore);
+  });
+
+  it('taped gradients equal a plain-JS backward, and every buffer is freed', () => {
+    // The tape clones each kernel's saved inputs and outputs through Identity.
+    const grads = () =>
+      tf.tidy(() => {
+        const x = tf.randomUniform([6, 5], -1, 1, 'float32', 11);
+        const w1 = tf.randomUniform([5, 7], -1, 1, 'float32', 12);
+        const w2 = tf.randomUniform([7, 3], -1, 1, 'float32', 13);
+        const f = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.square(tf.matMul(tf.relu(tf.matMul(x, a)), b)));
+        return tf.grads(f)([w1, w2]).map((g) => Array.from(g.dataSync()));
+      });
+    const backend = tf.engine().backend;
+    const dataBefore = backend.numDataIds();
+    const shared = grads();
+    expect(backend.numDataIds()).toBe(dataBefore);
+    // The reference: a plain-JS forward and backward of the same function.
+    const get = (shape: [number, number], seed: number) => tf.tidy(() => Array.from(tf.randomUniform(shape, -1, 1, 'float32', seed).dataSync()));
+    const [x, w1, w2] = [get([6, 5], 11), get([5, 7], 12), get([7, 3], 13)];
+    const h = Array.from({ length: 6 * 7 }, (_, i) => {
+      const r = Math.floor(i / 7), c = i % 7;
+      let s = 0;
+      for (let k = 0; k < 5; k++) s += x[r * 5 + k]! * w1[k * 7 + c]!;
+      return s;
+    });
+    const a = h.map((v) => Math.max(0, v));
+    const y = Array.from({ length: 6 * 3 }, (_, i) => {
+      const r = Math.floor(i / 3), c = i % 3;
+      let s = 0;
+      for (let k = 0; k < 7; k++) s += a[r * 7 + k]! * w2[k * 3 + c]!;
+      return s;
+    });
+    const dy = y.map((v) => 2 * v);
+    const dw2 = Array.from({ length: 7 * 3 }, (_, i) => {
+      const r = Math.floor(i / 3), c = i % 3;
+      let s = 0;
+      for (let n = 0; n < 6; n++) s += a[n * 7 + r]! * dy[n * 3 + c]!;
+      return s;
+    });
+    const da = Array.from({ length: 6 * 7 }, (_, i) => {
+      const n = Math.floor(i / 7), r = i % 7;
+      let s = 0;
+      for (let c = 0; c < 3; c++) s += dy[n * 3 + c]! * w2[r * 3 + c]!;
+      return h[i]! > 0 ? s : 0;
+    });
+    const dw1 = Array.from({ length: 5 * 7 }, (_, i) => {
+      const k = Math.floor(i / 7), c = i % 7;
+      let s = 0;
+      for (let n = 0; n < 6; n++) s += x[n * 5 + k]! * da[n * 7 + c]!;
+      return s;
+    });
+    expect(maxAbsDiff(shared[0]!, dw1)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(shared[1]!, dw2)).toBeLessThan(1e-4);
+  });
+});
