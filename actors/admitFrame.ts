@@ -16,6 +16,15 @@ export interface AdmitContext extends StageInput {
   readonly plan: StepPlan | null;
   readonly inbox: Readonly<Record<string, Frame>>;
   readonly consumed: readonly string[];
+  /** The plan of the step queued behind the running one (its frames may come early), or null. */
+  readonly next?: StepPlan | null;
+  /** Frames taken for the queued step. */
+  readonly early?: Readonly<Record<string, Frame>>;
+}
+
+/** The context a frame is judged in: the queued step's when it is for that step, else the stage's own. */
+function viewFor(c: AdmitContext, k: Key): AdmitContext {
+  return c.next && k.step === c.next.step ? { ...c, step: c.next.step, plan: c.next, inbox: c.early ?? {}, consumed: [] } : c;
 }
 
 function checkTensors(what: string, got: readonly WireTensor[], want: readonly CutTensor[], batch: number): void {
@@ -38,17 +47,19 @@ export function splitInput(f: Frame): { xs: WireTensor[]; ys: WireTensor[] } {
  * Null when a frame of key `k` belongs to the step this stage is running; otherwise why not.
  * Checked on a chunk's headers before any bytes are assembled, and again on whole frames.
  */
-export function admitStep(c: Pick<AdmitContext, 'job' | 'rank' | 'step' | 'plan'>, k: Key, from: string): TroupeError | null {
+export function admitStep(c: Pick<AdmitContext, 'job' | 'rank' | 'step' | 'plan' | 'next'>, k: Key, from: string): TroupeError | null {
   const id = formatKey(k);
   if (k.job !== c.job) return new UnexpectedFrameError(`${id} from ${from}: job ${k.job} is not ${c.job}`);
   if (k.step < c.step) return new StaleStepError(`${id} from ${from}: step ${k.step} is over (now ${c.step})`);
+  if (c.next && k.step === c.next.step) return null;
   if (k.step > c.step || !c.plan) return new UnexpectedFrameError(`${id} from ${from}: step ${k.step} is not running on stage ${c.rank}`);
   return null;
 }
 
 /** Null when the stage takes `f`; otherwise the typed error saying why not. */
-export function admitFrame(c: AdmitContext, f: Frame): TroupeError | null {
+export function admitFrame(stage: AdmitContext, f: Frame): TroupeError | null {
   const k = f.key;
+  const c = viewFor(stage, k);
   const id = formatKey(k);
   const wrongStep = admitStep(c, k, f.from);
   if (wrongStep) return wrongStep;

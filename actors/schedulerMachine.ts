@@ -8,6 +8,8 @@
  * idle -START-> starting -> feeding -(all fed)-> draining -(losses + done)-> updating -> finished -> idle
  *                 \__________\____________________\___________ STAGE_ERROR / timeout -> aborting -> idle
  * ```
+ * A step may have begun before START (its plans and first inputs sent while the previous
+ * step's update was applied): `beginStep` then says how many microbatches are already fed.
  */
 import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
 import type { StageFailure } from './stageMachine.js';
@@ -99,8 +101,11 @@ export const schedulerMachine = setup({
     input: {} as { stages: number },
   },
   actors: {
-    /** Sends the step's plan to every stage and waits for every ack. */
-    beginStep: fromPromise<void, StepRequest>(async () => {
+    /**
+     * Sends the step's plan to every stage and waits for every ack; resolves to how many
+     * microbatches were already fed (a step started while the previous one applied its update).
+     */
+    beginStep: fromPromise<number, StepRequest>(async () => {
       throw new Error('scheduler machine: beginStep is not provided');
     }),
     /** Aborts the step on every stage and waits until each is idle again. */
@@ -210,7 +215,7 @@ export const schedulerMachine = setup({
           invoke: {
             src: 'beginStep',
             input: ({ context }) => context.req!,
-            onDone: 'feeding',
+            onDone: { target: 'feeding', actions: assign({ fed: ({ event }) => event.output }) },
             onError: {
               target: 'aborting',
               actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: String((event.error as Error)?.message ?? event.error) }) }),

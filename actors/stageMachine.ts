@@ -7,9 +7,11 @@
  *                          running: next -> waiting -FRAME-> next -> computing -> next ...
  * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
  * ABORT while computing or updating waits for that to end, then idle (even when it fails)
+ * running, awaitingUpdate, updating -STEP-> (the plan is queued) ... idle -> running (the queued step)
  * ```
  * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
- * the stage carries on with its step.
+ * the stage carries on with its step. Frames of a queued step are judged against its plan
+ * and kept apart (`early`) until it starts. An ABORT drops the queued step too.
  */
 import { assign, fromPromise, setup } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
@@ -49,6 +51,10 @@ export interface StageFailure {
 export interface StageContext extends StageInput {
   step: number;
   plan: StepPlan | null;
+  /** The plan of the step queued behind this one (sent while this one runs). */
+  next: StepPlan | null;
+  /** Frames of the queued step, by slot. */
+  early: Record<string, Frame>;
   actions: Action[];
   cursor: number;
   inbox: Record<string, Frame>;
@@ -65,6 +71,8 @@ export type StageEvent =
   | { type: 'FRAME'; frame: Frame }
   | { type: 'UPDATE'; step: number }
   | { type: 'ABORT' }
+  /** Forget the queued step (the scheduler aborted it before it began). */
+  | { type: 'DROP_NEXT' }
   | { type: 'STOP' }
   /** Weights of step `step` were loaded (resume): frames of that step and earlier are stale. */
   | { type: 'LOADED'; step: number };
@@ -126,11 +134,28 @@ export const stageMachine = setup({
     reportError: (_, _params: { step: number; failure: StageFailure }) => {},
     /** Drop the step's cached tensors and gradients. */
     resetCompute: () => {},
+    /** A step begins (from STEP, or queued): the host sets up its per-step state. */
+    stepBegins: (_, _params: { plan: StepPlan }) => {},
     stash: assign(({ context, event }) => {
       if (event.type !== 'FRAME') return {};
       const f = event.frame;
-      return { inbox: { ...context.inbox, [`${f.key.phase}:${f.key.microbatch}`]: f } };
+      const slot = `${f.key.phase}:${f.key.microbatch}`;
+      if (context.next && f.key.step === context.next.step) return { early: { ...context.early, [slot]: f } };
+      return { inbox: { ...context.inbox, [slot]: f } };
     }),
+    queueNext: assign({ next: ({ event }) => (event.type === 'STEP' ? event.plan : null), early: {} }),
+    dropQueued: assign({ next: null, early: {} }),
+    startQueued: assign(({ context }) => ({
+      ...noStep(),
+      step: context.next!.step,
+      plan: context.next!,
+      actions: parseStageActions(context.next!.actions, context.rank),
+      inbox: context.early,
+      next: null,
+      early: {},
+      peakHeld: 0,
+      error: null,
+    })),
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
     advance: assign(({ context }) => {
       const a = current(context)!;
@@ -153,10 +178,13 @@ export const stageMachine = setup({
     noUpdate: ({ context }) => (context.plan?.forwardOnly ?? false) || !(context.plan?.update ?? true),
     ready: ({ context }) => missing(context).length === 0,
     updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
+    /** One step may wait behind the current one, and only a later one. */
+    canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,
+    hasQueued: ({ context }) => context.next !== null,
   },
 }).createMachine({
   id: 'stage',
-  context: ({ input }) => ({ ...input, ...noStep(), step: -1, peakHeld: 0, rejected: 0, error: null }),
+  context: ({ input }) => ({ ...input, ...noStep(), step: -1, next: null, early: {}, peakHeld: 0, rejected: 0, error: null }),
   initial: 'booting',
   on: {
     FRAME: [refuseFrame, { actions: 'stash' }],
@@ -174,28 +202,36 @@ export const stageMachine = setup({
       },
     },
     idle: {
+      always: { guard: 'hasQueued', target: 'running', actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan! }) }] },
       on: {
         LOADED: { actions: assign({ step: ({ event }) => event.step }) },
         STEP: {
           target: 'running',
-          actions: assign(({ event, context }) => ({
-            ...noStep(),
-            step: event.plan.step,
-            plan: event.plan,
-            actions: parseStageActions(event.plan.actions, context.rank),
-            peakHeld: 0,
-            error: null,
-          })),
+          actions: [
+            assign(({ event, context }) => ({
+              ...noStep(),
+              step: event.plan.step,
+              plan: event.plan,
+              actions: parseStageActions(event.plan.actions, context.rank),
+              peakHeld: 0,
+              error: null,
+            })),
+            { type: 'stepBegins', params: ({ event }) => ({ plan: event.plan }) },
+          ],
         },
       },
     },
     running: {
       initial: 'next',
-      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] } },
+      on: {
+        ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+        STEP: { guard: 'canQueue', actions: 'queueNext' },
+        DROP_NEXT: { actions: 'dropQueued' },
+      },
       states: {
         next: {
           always: [
-            { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep'] },
+            { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
             {
               guard: 'allDone',
               target: '#stage.awaitingUpdate',
@@ -224,7 +260,7 @@ export const stageMachine = setup({
             onDone: { target: 'next', actions: 'advance' },
             onError: [
               // An ABORT came while computing: the step is dropped anyway, so end idle, not failed.
-              { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep'] },
+              { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
               {
                 target: '#stage.failed',
                 actions: [
@@ -243,12 +279,18 @@ export const stageMachine = setup({
       always: { guard: 'noUpdate', target: 'idle', actions: 'clearStep' },
       on: {
         UPDATE: { guard: 'updateOfThisStep', target: 'updating' },
-        ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] },
+        STEP: { guard: 'canQueue', actions: 'queueNext' },
+        DROP_NEXT: { actions: 'dropQueued' },
+        ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
       },
     },
     updating: {
       // An update is not interrupted; an ABORT during it is honoured if the update fails.
-      on: { ABORT: { actions: assign({ abortRequested: true }) } },
+      on: {
+        ABORT: { actions: assign({ abortRequested: true }) },
+        STEP: { guard: 'canQueue', actions: 'queueNext' },
+        DROP_NEXT: { actions: 'dropQueued' },
+      },
       invoke: {
         src: 'update',
         input: ({ context }) => ({ step: context.step }),
@@ -257,7 +299,7 @@ export const stageMachine = setup({
           actions: [{ type: 'reportUpdated', params: ({ context }) => ({ step: context.step }) }, 'clearStep'],
         },
         onError: [
-          { guard: 'aborting', target: 'idle', actions: ['resetCompute', 'clearStep'] },
+          { guard: 'aborting', target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
           {
             target: 'failed',
             actions: [
@@ -269,7 +311,7 @@ export const stageMachine = setup({
       },
     },
     failed: {
-      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep'] } },
+      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] }, DROP_NEXT: { actions: 'dropQueued' } },
     },
     stopped: { type: 'final' },
   },

@@ -97,8 +97,8 @@ export class StepTimeoutError extends TroupeError {
 
 /** A message arrived in a state that cannot take it (for example a step while another runs). */
 export class StateError extends TroupeError {
-  constructor(message: string) {
-    super('STATE', message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('STATE', message, options);
   }
 }
 

@@ -371,18 +371,31 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       }
       say(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);
     };
-    for (let s = lastStep + 1; s <= prep.total; s++) {
+    /** Step `s` on its batch of the training set. */
+    const trainStep = (s: number) => {
       const at = ((s - 1) % prep.stepsPerEpoch) * cfg.batchSize;
       const batch = (w: WireTensor) => sliceRows(w, at, cfg.batchSize);
-      const started = performance.now();
-      const result = await unlessDied(runReplicas(runners, [batch(trainX)], [batch(trainY)], false));
+      return runReplicas(runners, [batch(trainX)], [batch(trainY)], false);
+    };
+    // Without checkpoints or restarts nothing happens between steps: the next step is called
+    // before this one ends, so it begins while the stages apply this one's update.
+    const overlap = !o.checkpointDir && restartLimit === 0;
+    let ahead: Promise<StepResult> | null = null;
+    let mark = performance.now();
+    for (let s = lastStep + 1; s <= prep.total; s++) {
+      if (!overlap) mark = performance.now();
+      const current = ahead ?? trainStep(s);
+      ahead = overlap && s < prep.total ? trainStep(s + 1) : null;
+      ahead?.catch(() => {}); // a failure of step s drops it; step s's error is the one reported
+      const result = await unlessDied(current);
       if (!result) {
         await recover(`step ${s}`);
         s--;
         continue;
       }
       last = result;
-      stepMs.push(performance.now() - started);
+      stepMs.push(performance.now() - mark);
+      mark = performance.now();
       if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir || restartLimit > 0) {
         const states = await unlessDied(dumpStates(bus, jobs[0]!, p)); // replicas hold the same weights

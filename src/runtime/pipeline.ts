@@ -105,7 +105,14 @@ export interface Pipeline {
   readonly devices?: DeviceSchedule;
   /** The layers of each stage. */
   readonly partitions: readonly StagePartition[];
-  /** One optimizer step over all microbatches of (x, y): equal to one single-process step on the whole batch. */
+  /**
+   * One optimizer step over all microbatches of (x, y): equal to one single-process step on
+   * the whole batch. Calls may overlap: a step called while another runs is queued, and the
+   * first queued one begins (its plans and first inputs go out) while the stages apply the
+   * running step's update, so stage 0 starts it without waiting for the driver. Steps still
+   * run and update in call order; when one fails, those queued behind it reject unrun.
+   * x and y are read at the call: they may be disposed once it returns.
+   */
   trainStep(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Forward only, no labels: the model's outputs for x (the last stage's), in batch order. */
   predict(x: tf.Tensor | tf.Tensor[]): Promise<tf.Tensor[]>;

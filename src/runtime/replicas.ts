@@ -29,5 +29,6 @@ export async function runReplicas(runners: readonly StepRunner[], xw: readonly W
     microbatchLosses: results.flatMap((r) => r.microbatchLosses),
     peakHeld: results[0]!.peakHeld.map((_, rank) => Math.max(...results.map((r) => r.peakHeld[rank]!))),
     rejected: results.reduce((n, r) => n + r.rejected, 0),
+    begunEarly: results.every((r) => r.begunEarly),
   };
 }

@@ -1,6 +1,6 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import { schedulerMachine, type SchedulerEvent, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
 import { Reassembler } from '../protocol/reassembler.js';
@@ -47,6 +47,21 @@ export interface StepWork extends StepRequest {
 
 type SchedulerActor = Actor<typeof schedulerMachine>;
 
+/** A step waiting for the running one; `begun` once its plans and first inputs went out early. */
+interface Queued {
+  readonly work: StepWork;
+  readonly pending: Deferred<RunOutcome>;
+  begun?: Promise<number>;
+}
+
+/** Scheduler events that belong to a step (a REJECT names none). */
+type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }>;
+
+/** A step's outcome, and whether it began early (plans and first inputs sent during the previous step's update). */
+export interface RunOutcome extends StepOutcome {
+  readonly begunEarly: boolean;
+}
+
 /** Turns a step failure into the error the caller sees. */
 export function errorOf(f: StepFailure): TroupeError {
   if (f.code === 'STEP_TIMEOUT') return new StepTimeoutError(f.message);
@@ -66,6 +81,14 @@ export class SchedulerHost {
   private readonly sub: { drain(): Promise<void> };
   private pending: Deferred<StepOutcome> | undefined;
   private work: StepWork | undefined;
+  /** Steps called while one runs, in order. */
+  private readonly queue: Queued[] = [];
+  /** Steps whose plans and first inputs went out early, by step. */
+  private readonly begun = new Map<number, Promise<number>>();
+  /** Events of a begun step that came before it started. */
+  private early: StepEvent[] = [];
+  /** The last step whose plans every stage has acked. */
+  private planned = -1;
   private feeding: Promise<void> = Promise.resolve();
   /** Scheduler events that could not be parsed. */
   malformedEvents = 0;
@@ -77,9 +100,21 @@ export class SchedulerHost {
     const timeout = o.requestTimeoutMs ?? 10_000;
     const machine = schedulerMachine.provide({
       actors: {
-        beginStep: fromPromise<void, StepRequest>(async () => {
+        beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
           const w = this.work!;
+          // Begun while the previous step applied its update: plans acked, first inputs sent.
+          const early = this.begun.get(input.step);
+          this.begun.delete(input.step);
+          if (early) {
+            const fed = await early;
+            this.beginEarly();
+            return fed;
+          }
           await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), timeout);
+          // Every stage has this step's plan: the next one's may follow.
+          this.planned = input.step;
+          this.beginEarly();
+          return 0;
         }),
         abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
           // A stage found silent in this step would only time the abort out: it is not asked.
@@ -89,7 +124,7 @@ export class SchedulerHost {
       },
       actions: {
         feedInputs: (_, { from, to }) => {
-          for (let mb = from; mb < to; mb++) this.feed(mb);
+          for (let mb = from; mb < to; mb++) this.feed(this.work!, mb);
         },
         sendUpdate: (_, { step }) => {
           for (let r = 0; r < o.stages; r++) {
@@ -139,8 +174,28 @@ export class SchedulerHost {
     if (bad && !bad.ack.ok) throw new TransportError(`stage ${bad.r} refused ${verb}: ${bad.ack.code}: ${bad.ack.message}`);
   }
 
-  private feed(mb: number): void {
-    const w = this.work!;
+  /**
+   * Sends the first queued step's plans (each stage queues it behind the running step) and,
+   * once every stage has acked, its first inputs. The running step's plans were acked first,
+   * and every stage knows the queued plan before any frame of that step exists, so no stage
+   * is sent a frame of a step it has not heard of.
+   */
+  private beginEarly(): void {
+    const q = this.queue[0];
+    if (!q || q.begun || this.planned !== this.work?.step) return;
+    const w = q.work;
+    q.begun = (async () => {
+      await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), this.o.requestTimeoutMs ?? 10_000);
+      this.planned = w.step;
+      const n = Math.min(w.microbatches, w.feedBound);
+      for (let mb = 0; mb < n; mb++) this.feed(w, mb);
+      return n;
+    })();
+    q.begun.catch(() => {}); // seen when the step starts (beginStep) or is dropped
+    this.begun.set(w.step, q.begun);
+  }
+
+  private feed(w: StepWork, mb: number): void {
     // Chained so microbatches go out in order even when a publish waits for the server.
     this.feeding = this.feeding.then(async () => {
       for (const { rank, frame } of w.inputs(mb)) await this.o.bus.publishFrame(stageSubject(this.o.job, rank, Phase.INPUT), frame);
@@ -156,21 +211,17 @@ export class SchedulerHost {
       switch (lastToken(m.subject)) {
         case SchedEvent.ACTION: {
           const e = decodeMessage('action', m.data);
-          if (this.work && e.step === this.work.step) {
-            this.ran[e.rank]?.add(e.action);
-            this.progressAt = performance.now();
-          }
-          return this.actor.send({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
+          return this.deliver({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
         }
         case SchedEvent.LOSS:
-          return this.actor.send({ type: 'LOSS', ...decodeMessage('loss', m.data) });
+          return this.deliver({ type: 'LOSS', ...decodeMessage('loss', m.data) });
         case SchedEvent.DONE:
-          return this.actor.send({ type: 'DONE', ...decodeMessage('done', m.data) });
+          return this.deliver({ type: 'DONE', ...decodeMessage('done', m.data) });
         case SchedEvent.UPDATED:
-          return this.actor.send({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
+          return this.deliver({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
         case SchedEvent.ERROR: {
           const e = decodeMessage('error', m.data);
-          return this.actor.send({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
+          return this.deliver({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
         }
         case SchedEvent.REJECT: {
           const e = decodeMessage('reject', m.data);
@@ -186,20 +237,55 @@ export class SchedulerHost {
     }
   }
 
-  /** Runs one step; resolves with its outcome or rejects with the step's first error. */
-  async run(work: StepWork): Promise<StepOutcome> {
-    if (!this.actor.getSnapshot().matches('idle')) throw new TransportError('a step is already running');
+  /** Hands a stage event to the actor; one of a step that began early but has not started yet waits for it. */
+  private deliver(e: StepEvent): void {
+    if (this.begun.has(e.step) && e.step !== this.work?.step) {
+      this.early.push(e);
+      return;
+    }
+    if (e.type === 'ACTION' && this.work && e.step === this.work.step) {
+      this.ran[e.rank]?.add(e.action);
+      this.progressAt = performance.now();
+    }
+    this.actor.send(e);
+  }
+
+  /**
+   * Runs one step; resolves with its outcome or rejects with the step's first error. Called
+   * while a step runs, the step is queued: the first in the queue begins (plans and first
+   * inputs out) as soon as the running step's UPDATE is sent, so the stages start it right
+   * after applying the update. When a step fails, the steps queued behind it are not run:
+   * they reject with a StateError whose cause is that failure.
+   */
+  async run(work: StepWork): Promise<RunOutcome> {
+    if (this.work || this.queue.length > 0 || !this.actor.getSnapshot().matches('idle')) {
+      const q: Queued = { work, pending: deferred<RunOutcome>() };
+      this.queue.push(q);
+      this.beginEarly();
+      return q.pending.promise;
+    }
+    return this.runNow(work);
+  }
+
+  private async runNow(work: StepWork): Promise<RunOutcome> {
     this.work = work;
+    const begunEarly = this.begun.has(work.step);
     const pending = deferred<StepOutcome>();
     this.pending = pending;
     const { plan: _p, inputs: _i, ...req } = work;
     this.ran = Array.from({ length: this.o.stages }, () => new Set<string>());
     this.progressAt = performance.now();
     this.actor.send({ type: 'START', req });
+    // Events of this step that came while the previous one finished.
+    const early = this.early.filter((e) => e.step === work.step);
+    this.early = this.early.filter((e) => e.step > work.step);
+    for (const e of early) this.deliver(e);
     const watchdog = this.watch(work.step);
+    let failed: unknown;
     try {
-      return await pending.promise;
+      return { ...(await pending.promise), begunEarly };
     } catch (err) {
+      failed = err;
       // A failed prediction's outputs will not be taken: they go.
       for (const s of [...this.outputFrames.keys()]) if (s <= work.step) this.outputFrames.delete(s);
       this.outputAssembly.keepOnly(work.step + 1);
@@ -211,6 +297,27 @@ export class SchedulerHost {
         this.pending = undefined;
         this.work = undefined;
       }
+      void this.next(work.step, failed);
+    }
+  }
+
+  /** After step `step`: the next queued step runs, or, when `step` failed, every queued one is dropped. */
+  private async next(step: number, failed: unknown): Promise<void> {
+    if (failed === undefined) {
+      const q = this.queue.shift();
+      if (q) this.runNow(q.work).then(q.pending.resolve, q.pending.reject);
+      return;
+    }
+    const dropped = this.queue.splice(0);
+    this.early = [];
+    for (const q of dropped) {
+      if (q.begun) {
+        this.begun.delete(q.work.step);
+        // A stage may have started it already (its update was applied before the failure was known).
+        await q.begun.catch(() => {});
+        await this.requestAll(CtlVerb.ABORT, () => encodeJson({ step: q.work.step }), this.o.requestTimeoutMs ?? 10_000).catch(() => {});
+      }
+      q.pending.reject(new StateError(`step ${q.work.step} was not run: step ${step} failed (${messageOf(failed)})`, { cause: failed }));
     }
   }
 
@@ -355,6 +462,7 @@ export class SchedulerHost {
   /** Stops the actor and drains the subscription. The bus stays open. */
   async close(): Promise<void> {
     this.pending?.reject(new StateError('the scheduler was closed during the step'));
+    for (const q of this.queue.splice(0)) q.pending.reject(new StateError(`the scheduler was closed before step ${q.work.step} ran`));
     this.actor.stop();
     await this.sub.drain();
     await this.outputSub.drain();

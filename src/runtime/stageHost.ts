@@ -115,6 +115,7 @@ export class StageHost {
         reportUpdated: (_, { step }) => this.emit(SchedEvent.UPDATED, { rank: part.rank, step }),
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
         resetCompute: () => compute.reset(),
+        stepBegins: (_, { plan }) => this.stepBegins(plan),
       },
     });
     this.actor = createActor(machine, {
@@ -286,27 +287,45 @@ export class StageHost {
     return { step, weightNames: state.weightNames, optimizerNames: state.optimizerNames };
   }
 
+  /**
+   * A step's plan. An idle stage starts it; one in a step (running, awaiting or applying its
+   * update) queues it and starts it once that step is over, so the driver can send the next
+   * step's plan and first inputs ahead and the stage goes on from its update without a wait.
+   */
   private beginStep(plan: StepPlan): void {
     const s = this.actor.getSnapshot();
-    if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
+    const queues = s.matches('running') || s.matches('awaitingUpdate') || s.matches('updating');
+    if (!s.matches('idle') && !queues) throw new StateError(`stage ${this.rank} cannot start step ${plan.step}: it is ${JSON.stringify(s.value)}`);
     if (plan.step <= s.context.step) throw new StaleStepError(`step ${plan.step} is not after step ${s.context.step}`);
+    if (queues && s.context.next) throw new StateError(`stage ${this.rank} cannot queue step ${plan.step}: step ${s.context.next.step} already waits behind step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
     if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize) throw new FrameError(`plan totalBatch ${plan.totalBatch} must be an integer of at least batchSize ${plan.batchSize}`);
     const actions = parseStageActions(plan.actions, this.rank);
+    const positions = parseOrder(plan.order, actions.length, this.rank);
+    if (positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
+    this.actor.send({ type: 'STEP', plan });
+  }
+
+  /** Per-step state, set as the step begins (at once, or after the update it was queued behind). */
+  private stepBegins(plan: StepPlan): void {
+    const actions = parseStageActions(plan.actions, this.rank);
     this.splitBackward = splitsBackward(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
-    if (this.positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
     this.reassembler.keepOnly(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
-    this.actor.send({ type: 'STEP', plan });
   }
 
   /** An abort of step `step`: an older step's is refused; a newer one (whose plan never came) has nothing to abort. */
   private async abortRequested(step: number): Promise<void> {
-    const now = this.actor.getSnapshot().context.step;
+    const c = this.actor.getSnapshot().context;
+    const now = c.step;
     if (step < now) throw new StaleStepError(`abort of step ${step}, which is over (now ${now})`);
-    if (step > now) return;
+    if (step > now) {
+      // A step queued behind this one is forgotten; one whose plan never came has nothing to abort.
+      if (c.next?.step === step) this.actor.send({ type: 'DROP_NEXT' });
+      return;
+    }
     await this.abort();
   }
 

@@ -27,6 +27,11 @@ export interface StepResult {
   readonly rejected: number;
   /** A prediction's outputs (the last stage's), in batch order. */
   readonly outputs?: readonly WireTensor[];
+  /**
+   * The step was called while the previous one ran, and its plans and first inputs went
+   * out while the stages applied that step's update (overlapped steps).
+   */
+  readonly begunEarly: boolean;
 }
 
 /** What else a step does: predict (outputs, no labels, no loss), or keep its gradients for the next step. */
@@ -127,6 +132,7 @@ export class StepRunner {
       microbatchLosses: outcome.lossShares.map((l, i) => (l * batch) / sizes[i]!),
       peakHeld: outcome.peakHeld,
       rejected: outcome.rejected,
+      begunEarly: outcome.begunEarly,
     };
   }
 }

@@ -25,6 +25,8 @@ interface HarnessOptions {
   readonly stages?: number;
   readonly begin?: () => Promise<void>;
   readonly abort?: () => Promise<void>;
+  /** What beginStep resolves to: microbatches fed before START (a step begun early). */
+  readonly alreadyFed?: number;
 }
 
 function harness(o: HarnessOptions = {}): Harness {
@@ -34,9 +36,10 @@ function harness(o: HarnessOptions = {}): Harness {
   const failures: { step: number; failure: StepFailure }[] = [];
   const machine = schedulerMachine.provide({
     actors: {
-      beginStep: fromPromise<void, StepRequest>(async ({ input }) => {
+      beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
         log.push(`begin ${input.step}`);
         await o.begin?.();
+        return o.alreadyFed ?? 0;
       }),
       abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
         log.push(`abort ${input.step}`);
@@ -105,6 +108,18 @@ describe('schedulerMachine: feeding', () => {
     expect(h.fed).toEqual([0, 1, 2, 3, 4, 5]);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'feed 1 2-3', 'feed 1 3-4', 'feed 1 4-5', 'feed 1 5-6']);
     expect(h.actor.getSnapshot().context.stage0Done).toBe(6);
+  });
+
+  it('a step begun early (first inputs already fed) feeds from there, and backwards that came first count', async () => {
+    const h = harness({ alreadyFed: 2 });
+    h.actor.send({ type: 'START', req: req() });
+    // Stage 0 finished B0 before the step started here: its event is handed over right after START.
+    h.actor.send({ type: 'ACTION', rank: 0, step: 1, action: 'B0' });
+    await inState(h, 'feeding');
+    expect(h.fed).toEqual([2]);
+    expect(h.log).toEqual(['begin 1', 'feed 1 2-3']);
+    h.actor.send({ type: 'ACTION', rank: 0, step: 1, action: 'B1' });
+    expect(h.fed).toEqual([2, 3]);
   });
 
   it('a bound of m feeds everything at once (GPipe) and goes straight to draining', async () => {

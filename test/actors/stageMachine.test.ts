@@ -534,3 +534,89 @@ describe('stageMachine: failures and aborts', () => {
     expect(h.log).toEqual(['reset']);
   });
 });
+
+describe('stageMachine: a step queued behind the update (overlapped steps)', () => {
+  /** A middle stage (p=3) that has run step 1 of 'F0 B0' and awaits its UPDATE. */
+  async function awaitingUpdate(o: HarnessOptions = {}): Promise<Harness> {
+    const h = await harness({ rank: 1, stages: 3 }, o);
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0), bwd(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    return h;
+  }
+  const step2 = plan('F0 F1 B0 B1', { step: 2, microbatches: 2, batchSize: 4 });
+
+  it('a plan sent while awaiting UPDATE waits; its early frames are kept apart and used once the update is applied', async () => {
+    const gate = deferred<void>();
+    const h = await awaitingUpdate({ update: () => gate.promise });
+    h.actor.send({ type: 'STEP', plan: step2 });
+    let s = h.actor.getSnapshot();
+    expect(s.value).toBe('awaitingUpdate');
+    expect(s.context.next?.step).toBe(2);
+    // Frames of step 2 come before step 1's update is applied: judged against step 2's plan, kept in `early`.
+    const f0 = fwd(0, 2);
+    h.send(f0, fwd(1, 2));
+    s = h.actor.getSnapshot();
+    expect(Object.keys(s.context.early).sort()).toEqual(['FORWARD:0', 'FORWARD:1']);
+    expect(s.context.inbox).toEqual({});
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    expect(h.actor.getSnapshot().value).toBe('updating');
+    h.send(bwd(1, 2)); // during the update too
+    expect(execs(h)).toEqual(['1F0', '1B0']);
+    gate.resolve();
+    s = await h.waitingAt(2); // F0 F1 ran from the early frames; B0 has not come
+    expect(s.context.step).toBe(2);
+    expect(s.context.next).toBeNull();
+    expect(s.context.early).toEqual({});
+    expect(execs(h)).toEqual(['1F0', '1B0', '1F0', '1F1']);
+    expect(h.executed[2]!.frames).toEqual([f0]);
+    // Step 1's update was reported before step 2 ran anything.
+    expect(h.log.indexOf('updated 1')).toBeLessThan(h.log.lastIndexOf('exec 1F0'));
+    h.send(bwd(0, 2));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate') && x.context.step === 2, WAIT);
+    expect(h.log.at(-1)).toBe('done 2 peak 2');
+    expect(h.rejects).toEqual([]);
+  });
+
+  it('early frames are judged against the queued plan: a wrong shape, a duplicate, a step beyond it are refused', async () => {
+    const h = await awaitingUpdate();
+    h.actor.send({ type: 'STEP', plan: step2 });
+    h.send(fwd(0, 2, 3), fwd(0, 2), fwd(0, 2), fwd(0, 3), fwd(5, 2));
+    expect(h.rejects.map((r) => r.error.constructor)).toEqual([ShapeError, DuplicateKeyError, UnexpectedFrameError, UnexpectedFrameError]);
+    expect(Object.keys(h.actor.getSnapshot().context.early)).toEqual(['FORWARD:0']);
+  });
+
+  it('one step queues at most, and only a later one', async () => {
+    const h = await awaitingUpdate();
+    h.actor.send({ type: 'STEP', plan: step2 });
+    h.actor.send({ type: 'STEP', plan: { ...step2, step: 3 } });
+    expect(h.actor.getSnapshot().context.next?.step).toBe(2);
+    const g = await awaitingUpdate();
+    g.actor.send({ type: 'STEP', plan: { ...step2, step: 1 } });
+    expect(g.actor.getSnapshot().context.next).toBeNull();
+  });
+
+  it('ABORT of the running step drops the queued one; DROP_NEXT drops only the queued one', async () => {
+    const h = await awaitingUpdate();
+    h.actor.send({ type: 'STEP', plan: step2 });
+    h.send(fwd(0, 2));
+    h.actor.send({ type: 'ABORT' });
+    let s = h.actor.getSnapshot();
+    expect(s.value).toBe('idle');
+    expect(s.context.next).toBeNull();
+    expect(s.context.early).toEqual({});
+
+    const g = await awaitingUpdate();
+    g.actor.send({ type: 'STEP', plan: step2 });
+    g.send(fwd(0, 2));
+    g.actor.send({ type: 'DROP_NEXT' });
+    s = g.actor.getSnapshot();
+    expect(s.value).toBe('awaitingUpdate');
+    expect(s.context.next).toBeNull();
+    expect(s.context.early).toEqual({});
+    g.actor.send({ type: 'UPDATE', step: 1 });
+    s = await waitFor(g.actor, (x) => x.matches('idle'), WAIT);
+    expect(s.context.step).toBe(1); // nothing queued runs
+    expect(g.log.at(-1)).toBe('updated 1');
+  });
+});
