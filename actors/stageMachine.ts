@@ -1,6 +1,7 @@
 /**
  * The stage actor: walks its action list for each step, waiting for the frame each action
- * needs, runs compute through the `execute` actor, and after its last action awaits UPDATE.
+ * needs, starts compute with `startAction` (the host answers ACTION_DONE or ACTION_FAILED),
+ * and after its last action awaits UPDATE.
  *
  * ```
  * booting -> idle -STEP-> running -(last action)-> awaitingUpdate -UPDATE-> updating -> idle
@@ -13,7 +14,7 @@
  * the stage carries on with its step. Frames of a queued step are judged against its plan
  * and kept apart (`early`) until it starts. An ABORT drops the queued step too.
  */
-import { assign, fromPromise, setup } from 'xstate';
+import { and, assign, fromPromise, setup, type AnyActorRef } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
 import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
@@ -70,6 +71,9 @@ export type StageEvent =
   | { type: 'STEP'; plan: StepPlan }
   | { type: 'FRAME'; frame: Frame }
   | { type: 'UPDATE'; step: number }
+  /** The action at `index` of step `step` finished (sent by `actionRunner`). */
+  | { type: 'ACTION_DONE'; step: number; index: number }
+  | { type: 'ACTION_FAILED'; step: number; index: number; error: unknown }
   | { type: 'ABORT' }
   /** Forget the queued step (the scheduler aborted it before it began). */
   | { type: 'DROP_NEXT' }
@@ -120,10 +124,11 @@ export const stageMachine = setup({
   },
   actors: {
     boot: fromPromise<void, void>(async () => {}),
-    execute: fromPromise<void, ExecuteInput>(async () => notProvided('execute')()),
     update: fromPromise<void, { step: number }>(async () => notProvided('update')()),
   },
   actions: {
+    /** Start the current action's compute; provide `actionRunner(execute)`, which answers ACTION_DONE or ACTION_FAILED. */
+    startAction: (_, _params: ExecuteInput) => notProvided('startAction')(),
     /** Tell the scheduler a frame was refused. */
     reportReject: (_, _params: { error: TroupeError; frame: Frame }) => {},
     /** Tell the scheduler the stage finished its action list. */
@@ -181,6 +186,8 @@ export const stageMachine = setup({
     /** One step may wait behind the current one, and only a later one. */
     canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,
     hasQueued: ({ context }) => context.next !== null,
+    /** A completion of the action the stage is at (not of an aborted step's). */
+    thisAction: ({ context, event }) => (event.type === 'ACTION_DONE' || event.type === 'ACTION_FAILED') && event.step === context.step && event.index === context.cursor,
   },
 }).createMachine({
   id: 'stage',
@@ -250,22 +257,25 @@ export const stageMachine = setup({
           },
         },
         computing: {
-          on: { ABORT: { actions: assign({ abortRequested: true }) } },
-          invoke: {
-            src: 'execute',
-            input: ({ context }) => {
+          entry: {
+            type: 'startAction',
+            params: ({ context }) => {
               const a = current(context)!;
               return { action: a, index: context.cursor, frames: needs(a, context.rank, context.stages, !context.plan!.predict).map((s) => context.inbox[s]!), plan: context.plan! };
             },
-            onDone: { target: 'next', actions: 'advance' },
-            onError: [
+          },
+          on: {
+            ABORT: { actions: assign({ abortRequested: true }) },
+            ACTION_DONE: { guard: 'thisAction', target: 'next', actions: 'advance' },
+            ACTION_FAILED: [
               // An ABORT came while computing: the step is dropped anyway, so end idle, not failed.
-              { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+              { guard: and(['thisAction', 'aborting']), target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
               {
+                guard: 'thisAction',
                 target: '#stage.failed',
                 actions: [
                   assign({
-                    error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, event.error),
+                    error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, (event as Extract<StageEvent, { type: 'ACTION_FAILED' }>).error),
                   }),
                   { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
                 ],
@@ -320,4 +330,29 @@ export const stageMachine = setup({
 function failureOf(key: string, err: unknown): StageFailure {
   const e = err as { code?: unknown; message?: unknown };
   return { key, code: typeof e?.code === 'string' ? e.code : 'COMPUTE', message: typeof e?.message === 'string' ? e.message : String(err) };
+}
+
+/**
+ * The `startAction` implementation that runs `execute` for each action, one microtask after
+ * the stage entered `computing`, and tells the stage how it ended. (An action is an event
+ * pair, not an invoked actor: no child actor is made and stopped per action.)
+ *
+ * @example
+ * stageMachine.provide({ actions: { startAction: actionRunner((input) => compute(input)) } })
+ */
+export function actionRunner(execute: (input: ExecuteInput) => Promise<void>) {
+  return ({ self }: { self: AnyActorRef }, input: ExecuteInput): void => {
+    const step = input.plan.step;
+    const index = input.index;
+    void Promise.resolve()
+      .then(() => execute(input))
+      .then(
+        () => ({ type: 'ACTION_DONE' as const, step, index }),
+        (error: unknown) => ({ type: 'ACTION_FAILED' as const, step, index, error }),
+      )
+      .then((done) => {
+        // A stage stopped meanwhile has nobody to tell.
+        if (self.getSnapshot().status === 'active') self.send(done);
+      });
+  };
 }

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { admitStep, splitInput } from '../../actors/admitFrame.js';
-import { missing, stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
+import { actionRunner, missing, stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
@@ -96,7 +96,6 @@ export class StageHost {
     this.from = `stage.${part.rank}`;
     const machine = stageMachine.provide({
       actors: {
-        execute: fromPromise<void, ExecuteInput>(({ input }) => this.execute(input)),
         update: fromPromise<void, { step: number }>(async ({ input }) => {
           const t0 = performance.now();
           if (o.allReduce) compute.setGradients(await o.allReduce.reduce(input.step, compute.gradientsWire()));
@@ -116,6 +115,7 @@ export class StageHost {
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
         resetCompute: () => compute.reset(),
         stepBegins: (_, { plan }) => this.stepBegins(plan),
+        startAction: actionRunner((input) => this.execute(input)),
       },
     });
     this.actor = createActor(machine, {

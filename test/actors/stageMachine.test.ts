@@ -13,7 +13,7 @@ import type { StepPlan } from '../../src/protocol/messages.js';
 import { Phase } from '../../src/protocol/phase.js';
 import { deferred, type Deferred } from '../../src/runtime/deferred.js';
 import { formatAction } from '../../src/schedule/action.js';
-import { stageMachine, type ExecuteInput, type StageFailure, type StageInput } from '../../actors/stageMachine.js';
+import { actionRunner, stageMachine, type ExecuteInput, type StageFailure, type StageInput } from '../../actors/stageMachine.js';
 
 const JOB = 'j';
 const WAIT = { timeout: 2000 };
@@ -75,11 +75,6 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
   const errors: { step: number; failure: StageFailure }[] = [];
   const machine = stageMachine.provide({
     actors: {
-      execute: fromPromise<void, ExecuteInput>(async ({ input: ex }) => {
-        log.push(`exec ${formatAction(ex.action)}`);
-        executed.push(ex);
-        await o.execute?.(ex);
-      }),
       update: fromPromise<void, { step: number }>(async ({ input: u }) => {
         log.push(`update ${u.step}`);
         await o.update?.(u.step);
@@ -97,6 +92,11 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
         errors.push(e);
       },
       resetCompute: () => void log.push('reset'),
+      startAction: actionRunner(async (ex) => {
+        log.push(`exec ${formatAction(ex.action)}`);
+        executed.push(ex);
+        await o.execute?.(ex);
+      }),
     },
   });
   const actor = createActor(machine, { input: { job: JOB, inputs: IN, outputs: OUT, ...input } });
