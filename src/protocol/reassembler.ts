@@ -1,6 +1,6 @@
 /** Reassembles chunked frames into one preallocated buffer per frame. */
 import { DuplicateKeyError, FrameError } from '../errors.js';
-import { chunkLength, decodeSingle, tensorsFromBody, type Frame, type FrameHeader } from './frame.js';
+import { bodyBuffer, chunkLength, decodeSingle, tensorsFromBody, type Frame, type FrameHeader } from './frame.js';
 import { formatKey } from './key.js';
 
 interface Partial {
@@ -50,7 +50,7 @@ export class Reassembler {
       if (this.pendingBytes + h.totalBytes > this.maxPendingBytes) {
         throw new FrameError(`${name} needs ${h.totalBytes} bytes and ${this.pendingBytes} are already held by partial frames (limit ${this.maxPendingBytes})`);
       }
-      p = { header: h, body: new Uint8Array(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
+      p = { header: h, body: bodyBuffer(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
       this.partial.set(id, p);
       this.pendingBytes += h.totalBytes;
     } else if (
