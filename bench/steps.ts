@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { selectBackend } from '../src/index.js';
 import type { StatsMessage } from '../src/protocol/messages.js';
-import { BATCH, benchData, benchModel } from './jobs/bench.job.js';
+import { BATCH, UNIFORM_LAYERS, UNIFORM_WIDTH, benchData, benchModel } from './jobs/bench.job.js';
 import { trainFlops } from './flops.js';
 import { machineLine, median, table } from './report.js';
 
@@ -22,8 +22,10 @@ const MODELS = (process.env['BENCH_MODELS'] ?? 'mlp,conv').split(',') as ('mlp' 
 interface FleetResult { stepMs: number[]; stats: StatsMessage[] }
 
 async function fleet(model: string, stages: number, m: number, schedule: string): Promise<FleetResult> {
+  // The uniform MLP's steps are 5x longer: fewer of them.
+  const steps = model === 'uniform' ? Math.min(STEPS, 8) : STEPS;
   const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
-    env: { ...process.env, BENCH_MODEL: model, BENCH_STAGES: String(stages), BENCH_M: String(m), BENCH_SCHEDULE: schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS), TROUPE_BACKEND: 'wasm' },
+    env: { ...process.env, BENCH_MODEL: model, BENCH_STAGES: String(stages), BENCH_M: String(m), BENCH_SCHEDULE: schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(steps), TROUPE_BACKEND: 'wasm' },
     maxBuffer: 1 << 24,
   });
   return JSON.parse(stdout.trim().split('\n').pop()!) as FleetResult;
@@ -63,6 +65,34 @@ function matMulPeak(): number {
   return (2 * 1024 ** 3) / best;
 }
 
+/** Rounds of the fleet runs: each round runs every configuration once, so ratios are taken within a round. */
+const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2);
+const SCHEDULES = ['1f1b', 'gpipe'];
+/** The uniform MLP (8 equal layers) is cut into equal halves: the 2-against-1 table shows it beside the others. */
+const UNIFORM = process.env['BENCH_UNIFORM'] !== '0';
+
+type ModelKind = 'mlp' | 'conv' | 'uniform';
+
+/** One round's fleet runs of a model: 1 stage (m = 1 and each m), 2 stages per schedule and m. */
+interface Round {
+  one: number;
+  oneAt: Record<number, FleetResult>;
+  two: Record<string, Record<number, FleetResult>>;
+}
+
+async function round(model: ModelKind, schedules: readonly string[], withM1: boolean): Promise<Round> {
+  const r: Round = { one: Number.NaN, oneAt: {}, two: {} };
+  if (withM1) r.one = steady((await fleet(model, 1, 1, '1f1b')).stepMs);
+  for (const m of MS) {
+    r.oneAt[m] = await fleet(model, 1, m, '1f1b');
+    for (const sch of schedules) (r.two[sch] ??= {})[m] = await fleet(model, 2, m, sch);
+  }
+  return r;
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+const range = (xs: readonly number[], f: (x: number) => string) => (xs.length > 1 ? `${f(Math.min(...xs))}-${f(Math.max(...xs))}` : f(xs[0]!));
+
 export async function benchSteps(): Promise<string> {
   // Stock tfjs first: before selectBackend installs Troupe's BatchMatMul for wasm.
   await tf.setBackend('wasm');
@@ -73,51 +103,79 @@ export async function benchSteps(): Promise<string> {
   const patched = { mlp: await fitMs('mlp', 4), conv: await fitMs('conv', 4) };
   // The peak is the best product seen at several moments of the run: this machine's speed drifts.
   let peak = matMulPeak();
-  const out: string[] = [`### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps)`, '', machineLine(), ''];
+  const out: string[] = [`### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps; median of ${ROUNDS} rounds)`, '', machineLine(), ''];
   const bubbleRows: string[][] = [];
   const overheadRows: string[][] = [];
   const targetRows: string[][] = [];
-  for (const model of MODELS) {
+  const kinds: ModelKind[] = [...MODELS, ...(UNIFORM ? (['uniform'] as const) : [])];
+  for (const model of kinds) {
+    const ratioOnly = model === 'uniform';
+    const schedules = ratioOnly ? ['1f1b'] : SCHEDULES;
+    const rounds: Round[] = [];
+    for (let i = 0; i < ROUNDS; i++) rounds.push(await round(model, schedules, !ratioOnly));
+    const med = (f: (r: Round) => number) => median(rounds.map(f));
+    for (const sch of schedules) {
+      for (const m of MS) {
+        // Per round: 1 stage against 2 stages run minutes apart at most, so the VM's drift mostly cancels.
+        const speedups = rounds.map((r) => steady(r.oneAt[m]!.stepMs) / steady(r.two[sch]![m]!.stepMs));
+        const ideal = 2 * (m / (m + 1));
+        // This cut's best: the busier stage's compute plus one microbatch of the other (fill and drain), with the stage times of that run.
+        const best = rounds.map((r) => {
+          const two = r.two[sch]![m]!;
+          const busy = two.stats.map((st) => st.busyMs / two.stepMs.length);
+          const max = Math.max(...busy);
+          const rest = busy.reduce((a, b) => a + b, 0) - max;
+          return { speedup: steady(r.oneAt[m]!.stepMs) / (max + rest / m), share: max / (max + rest), eff: (max + rest / m) / steady(two.stepMs) };
+        });
+        const s = median(speedups);
+        targetRows.push([
+          model, sch, String(m), s.toFixed(2), range(speedups, (x) => x.toFixed(2)), ideal.toFixed(2), pct(s / ideal),
+          pct(median(best.map((b) => b.share))), median(best.map((b) => b.speedup)).toFixed(2), pct(median(best.map((b) => b.eff))),
+        ]);
+        const last = rounds[rounds.length - 1]!.two[sch]![m]!;
+        for (const st of last.stats) bubbleRows.push([model, sch, String(m), String(st.rank), `${((st.idleMs / (st.idleMs + st.busyMs)) * 100).toFixed(1)}%`, `${((1 / (m + 1)) * 100).toFixed(1)}%`]);
+      }
+    }
+    for (const m of MS) {
+      const per = rounds.map((r) => {
+        const one = r.oneAt[m]!;
+        return (one.stepMs.reduce((a, b) => a + b, 0) - one.stats[0]!.busyMs) / (one.stepMs.length * m);
+      });
+      overheadRows.push([model, `1 stage, m=${m}`, median(per).toFixed(3), range(per, (x) => x.toFixed(3))]);
+    }
+    if (ratioOnly) continue;
     const flops = trainFlops(benchModel(model), BATCH);
     const measured: { name: string; ms: number }[] = [];
     const add = (name: string, ms: number) => measured.push({ name, ms });
-    add('stock model.fit', stock[model]);
-    if (Number.isNaN(stock[model]) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
-    add("model.fit with Troupe's wasm matMul", patched[model]);
-    const one = await fleet(model, 1, 1, '1f1b');
-    add('Troupe, 1 stage, 1 worker process', steady(one.stepMs));
-    const oneAt: Record<number, number> = {};
-    for (const m of MS) {
-      const r = await fleet(model, 1, m, '1f1b');
-      oneAt[m] = steady(r.stepMs);
-      add(`Troupe, 1 stage, m=${m}`, oneAt[m]);
-      const wall = r.stepMs.reduce((a, b) => a + b, 0);
-      overheadRows.push([model, `1 stage, m=${m}`, ((wall - r.stats[0]!.busyMs) / (r.stepMs.length * m)).toFixed(3)]);
-    }
-    for (const schedule of ['1f1b', 'gpipe']) {
-      for (const m of MS) {
-        const r = await fleet(model, 2, m, schedule);
-        const ms = steady(r.stepMs);
-        add(`Troupe, 2 stages in 2 processes, ${schedule}, m=${m}`, ms);
-        const theory = 1 / (m + 1);
-        for (const s of r.stats) bubbleRows.push([model, schedule, String(m), String(s.rank), `${((s.idleMs / (s.idleMs + s.busyMs)) * 100).toFixed(1)}%`, `${(theory * 100).toFixed(1)}%`]);
-        const ideal = 2 * (m / (m + 1));
-        targetRows.push([model, schedule, String(m), (oneAt[m]! / ms).toFixed(2), ideal.toFixed(2), `${(((oneAt[m]! / ms) / ideal) * 100).toFixed(0)}%`]);
-      }
-    }
+    add('stock model.fit', stock[model as 'mlp' | 'conv']);
+    if (Number.isNaN(stock[model as 'mlp' | 'conv']) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
+    add("model.fit with Troupe's wasm matMul", patched[model as 'mlp' | 'conv']);
+    add('Troupe, 1 stage, 1 worker process', med((r) => r.one));
+    for (const m of MS) add(`Troupe, 1 stage, m=${m}`, med((r) => steady(r.oneAt[m]!.stepMs)));
+    for (const sch of schedules) for (const m of MS) add(`Troupe, 2 stages in 2 processes, ${sch}, m=${m}`, med((r) => steady(r.two[sch]![m]!.stepMs)));
     peak = Math.max(peak, matMulPeak());
+    const base = stock[model as 'mlp' | 'conv'];
     const rows = measured.map(({ name, ms }) =>
-      Number.isNaN(ms) ? [name, 'fails', '-', '-', '-'] : [name, ms.toFixed(1), Number.isNaN(stock[model]) ? '-' : (stock[model] / ms).toFixed(2), ((flops / (ms / 1000)) / 1e9).toFixed(2), `${(((flops / (ms / 1000)) / peak) * 100).toFixed(1)}%`],
+      Number.isNaN(ms) ? [name, 'fails', '-', '-', '-'] : [name, ms.toFixed(1), Number.isNaN(base) ? '-' : (base / ms).toFixed(2), ((flops / (ms / 1000)) / 1e9).toFixed(2), `${(((flops / (ms / 1000)) / peak) * 100).toFixed(1)}%`],
     );
     out.push(`#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`, '');
     out.push(table(['configuration', 'ms/step', 'speed-up vs stock fit', 'GFLOP/s', 'of matMul peak'], rows), '');
   }
   out.push(`matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`, '');
-  out.push('### 2 stages against 1 stage at the same microbatch size', '', 'Throughput ratio (1-stage step time / 2-stage step time) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.', '');
-  out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'ideal', 'of ideal'], targetRows), '');
-  out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
-  out.push('### Scheduling overhead per microbatch', '', '(sum of step wall times - the stage\'s busy time: compute, publishing, update) / (steps x m), one stage in a worker process: plans, INPUT frames, events and waiting, in ms; target under 0.5 ms.', '');
-  out.push(table(['model', 'configuration', 'ms per microbatch'], overheadRows));
+  out.push(
+    '### 2 stages against 1 stage at the same microbatch size',
+    '',
+    `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
+    '"Busier stage" is its share of the two stages\' compute (busy time) in the 2-stage run; 50 % is an even cut.',
+    '"This cut\'s best" is the speed-up if the step took only the busier stage\'s compute plus one microbatch of the other\'s (the fill and drain),',
+    'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
+    `uniform: an MLP of ${UNIFORM_LAYERS} equal ${UNIFORM_WIDTH}-wide layers (batch ${BATCH}, ${Math.min(STEPS, 8)} steps per run), cut into equal halves.`,
+    '',
+  );
+  out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'range', 'ideal', 'of ideal', 'busier stage', "this cut's best", 'of it'], targetRows), '');
+  out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1) (last round)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
+  out.push('### Scheduling overhead per microbatch', '', '(sum of step wall times - the stage\'s busy time: compute, publishing, update) / (steps x m), one stage in a worker process: plans, INPUT frames, events and waiting, in ms; target under 0.5 ms. Median and range of the rounds.', '');
+  out.push(table(['model', 'configuration', 'ms per microbatch', 'range'], overheadRows));
   return out.join('\n');
 }
 
