@@ -139,6 +139,8 @@ export const stageMachine = setup({
     reportError: (_, _params: { step: number; failure: StageFailure }) => {},
     /** Drop the step's cached tensors and gradients. */
     resetCompute: () => {},
+    /** Send the events the host held back (the stage is about to wait). */
+    sendHeld: () => {},
     /** A step begins (from STEP, or queued): the host sets up its per-step state. */
     stepBegins: (_, _params: { plan: StepPlan }) => {},
     stash: assign(({ context, event }) => {
@@ -249,6 +251,8 @@ export const stageMachine = setup({
           ],
         },
         waiting: {
+          // About to wait: the events of the actions just done go now.
+          entry: 'sendHeld',
           on: {
             FRAME: [
               refuseFrame,

@@ -28,7 +28,8 @@ import {
   stateSubject,
   statsSubject,
 } from '../protocol/subjects.js';
-import { parseStageActions, splitsBackward } from '../schedule/action.js';
+import { parseStageActions, splitsBackward, type ActionKind } from '../schedule/action.js';
+import { releasedBy } from '../schedule/constraint.js';
 import type { AllReduce } from './allReduce.js';
 import type { DeviceTurn } from './deviceTurn.js';
 import { STATE_SENDER } from './stageStates.js';
@@ -83,6 +84,8 @@ export class StageHost {
   private weightGrads = 0;
   /** Whether the current step's list has W actions (its B computes input gradients only). */
   private splitBackward = false;
+  /** The action that frees a microbatch in the current step (B, W, or F when forward only). */
+  private release: ActionKind = 'B';
   /** The current step's device positions, one per action (empty: no turn-taking). */
   private positions: number[] = [];
   private peakHeld = 0;
@@ -115,6 +118,7 @@ export class StageHost {
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
         resetCompute: () => compute.reset(),
         stepBegins: (_, { plan }) => this.stepBegins(plan),
+        sendHeld: () => this.sendHeld(),
         startAction: actionRunner((input) => this.execute(input)),
       },
     });
@@ -167,8 +171,29 @@ export class StageHost {
     };
   }
 
+  /** Events sent at once (after the ones held back, so their order is kept). */
   private emit(event: SchedEvent, body: object): void {
-    this.o.bus.publish(schedSubject(this.o.job, event), encodeJson(body)).catch((err: unknown) => {
+    this.sendHeld();
+    this.publishEvent(event, encodeJson(body));
+  }
+
+  /**
+   * Events of finished actions (ACTION, LOSS), held back until the stage publishes a frame
+   * or is about to wait: they then share one socket write with it or with each other,
+   * instead of one each (a write that wakes the server costs about 0.15 ms here).
+   */
+  private readonly held: { event: SchedEvent; data: Uint8Array }[] = [];
+
+  private hold(event: SchedEvent, body: object): void {
+    this.held.push({ event, data: encodeJson(body) });
+  }
+
+  private sendHeld(): void {
+    for (const h of this.held.splice(0)) this.publishEvent(h.event, h.data);
+  }
+
+  private publishEvent(event: SchedEvent, data: Uint8Array): void {
+    this.o.bus.publish(schedSubject(this.o.job, event), data).catch((err: unknown) => {
       process.stderr.write(`troupe: stage ${this.rank} could not publish ${event}: ${messageOf(err)}\n`);
     });
   }
@@ -310,6 +335,7 @@ export class StageHost {
   private stepBegins(plan: StepPlan): void {
     const actions = parseStageActions(plan.actions, this.rank);
     this.splitBackward = splitsBackward(actions);
+    this.release = releasedBy(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
     this.reassembler.keepOnly(plan.step);
     this.stepStartedAt = performance.now();
@@ -366,31 +392,42 @@ export class StageHost {
       if (plan.predict && last) {
         // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
         const outputs = compute.predict(inputs, size);
+        this.sendHeld();
         await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
         res = { tensors: [], loss: 0, metric: null };
       } else res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
-      if (!last) await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
+      if (!last) {
+        this.sendHeld();
+        await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
+      }
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
       // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
       res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.totalBatch) : compute.backward(mb, dy, plan.totalBatch);
-      if (rank > 0) await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
+      if (rank > 0) {
+        this.sendHeld();
+        await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
+      }
       this.backwards++;
     } else {
       compute.backwardWeights(mb);
       res = { tensors: [] };
       this.weightGrads++;
     }
-    if (res.loss !== undefined) this.emit(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
+    if (res.loss !== undefined) this.hold(SchedEvent.LOSS, { step: plan.step, microbatch: mb, loss: res.loss, metric: res.metric ?? null });
     const ms = performance.now() - t0;
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
-    this.emit(SchedEvent.ACTION, { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms });
+    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms };
+    // Stage 0's releases feed the next inputs: they go at once (with what was held).
+    if (rank === 0 && action.kind === this.release) this.emit(SchedEvent.ACTION, done);
+    else this.hold(SchedEvent.ACTION, done);
   }
 
   /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */
   async close(): Promise<void> {
+    this.sendHeld();
     this.offStatus();
     this.actor.send({ type: 'STOP' });
     this.actor.stop();
