@@ -378,7 +378,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       return runReplicas(runners, [batch(trainX)], [batch(trainY)], false);
     };
     // Without checkpoints or restarts nothing happens between steps: the next step is called
-    // before this one ends, so it begins while the stages apply this one's update.
+    // before this one ends, so its plan and first inputs go out while this one runs.
     const overlap = !o.checkpointDir && restartLimit === 0;
     let ahead: Promise<StepResult> | null = null;
     let mark = performance.now();

@@ -108,9 +108,10 @@ export interface Pipeline {
   /**
    * One optimizer step over all microbatches of (x, y): equal to one single-process step on
    * the whole batch. Calls may overlap: a step called while another runs is queued, and the
-   * first queued one begins (its plans and first inputs go out) while the stages apply the
-   * running step's update, so stage 0 starts it without waiting for the driver. Steps still
-   * run and update in call order; when one fails, those queued behind it reject unrun.
+   * first queued one begins (its plans and first inputs go out) while the running step
+   * computes, so each stage starts it right after its update without waiting for the driver.
+   * Steps still run and update in call order; when one fails, those queued behind it reject
+   * unrun.
    * x and y are read at the call: they may be disposed once it returns.
    */
   trainStep(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;

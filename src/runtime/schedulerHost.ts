@@ -57,7 +57,7 @@ interface Queued {
 /** Scheduler events that belong to a step (a REJECT names none). */
 type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }>;
 
-/** A step's outcome, and whether it began early (plans and first inputs sent during the previous step's update). */
+/** A step's outcome, and whether it began early (plans and first inputs sent while the previous step ran). */
 export interface RunOutcome extends StepOutcome {
   readonly begunEarly: boolean;
 }
@@ -253,9 +253,9 @@ export class SchedulerHost {
   /**
    * Runs one step; resolves with its outcome or rejects with the step's first error. Called
    * while a step runs, the step is queued: the first in the queue begins (plans and first
-   * inputs out) as soon as the running step's UPDATE is sent, so the stages start it right
-   * after applying the update. When a step fails, the steps queued behind it are not run:
-   * they reject with a StateError whose cause is that failure.
+   * inputs out) as soon as every stage holds the running step's plan, so each stage starts
+   * it right after applying the running step's update. When a step fails, the steps queued
+   * behind it are not run: they reject with a StateError whose cause is that failure.
    */
   async run(work: StepWork): Promise<RunOutcome> {
     if (this.work || this.queue.length > 0 || !this.actor.getSnapshot().matches('idle')) {

@@ -29,7 +29,7 @@ export interface StepResult {
   readonly outputs?: readonly WireTensor[];
   /**
    * The step was called while the previous one ran, and its plans and first inputs went
-   * out while the stages applied that step's update (overlapped steps).
+   * out before that step ended (overlapped steps).
    */
   readonly begunEarly: boolean;
 }

@@ -578,6 +578,26 @@ describe('stageMachine: a step queued behind the update (overlapped steps)', () 
     expect(h.rejects).toEqual([]);
   });
 
+  it('a plan sent while the stage still runs its step is queued too, and runs after that step\'s update', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    await h.waitingAt(0);
+    h.actor.send({ type: 'STEP', plan: step2 });
+    h.send(fwd(0, 2));
+    let s = h.actor.getSnapshot();
+    expect(s.matches({ running: 'waiting' })).toBe(true);
+    expect(s.context.step).toBe(1);
+    expect(s.context.next?.step).toBe(2);
+    expect(Object.keys(s.context.early)).toEqual(['FORWARD:0']);
+    h.send(fwd(0), bwd(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    expect(execs(h)).toEqual(['1F0', '1B0']);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    s = await h.waitingAt(1); // step 2's F0 ran from its early frame; F1 waits
+    expect(s.context.step).toBe(2);
+    expect(execs(h)).toEqual(['1F0', '1B0', '1F0']);
+  });
+
   it('early frames are judged against the queued plan: a wrong shape, a duplicate, a step beyond it are refused', async () => {
     const h = await awaitingUpdate();
     h.actor.send({ type: 'STEP', plan: step2 });

@@ -34,7 +34,7 @@ describe('overlapped steps', () => {
       for (const b of batches) refLosses.push((await ref.trainOnBatch(b.x, b.y)) as number);
       expect(results.map((r) => r.step)).toEqual([1, 2, 3, 4, 5, 6]);
       results.forEach((r, i) => expect(Math.abs(r.loss - refLosses[i]!) / refLosses[i]!, `step ${i + 1}`).toBeLessThan(1e-5));
-      // Every step after the first was queued when its predecessor sent UPDATE, so it began early.
+      // Every step after the first was queued while its predecessor ran, so it began early.
       expect(results.map((r) => r.begunEarly)).toEqual([false, true, true, true, true, true]);
       expect(results.every((r) => r.rejected === 0)).toBe(true);
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
