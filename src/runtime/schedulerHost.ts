@@ -31,6 +31,9 @@ export interface SchedulerHostOptions {
   /**
    * A step whose stages all answer probes but that ends no action for this long fails as
    * STEP_STALLED with its action grid (`report()`): which stage waits for which message.
+   * Actions count when reported: a stage sends its action events with its next frame, when
+   * it waits, or with its next other event, so this must exceed a stage's longest stretch of
+   * actions that publish nothing (a run of W actions, say).
    */
   readonly stallTimeoutMs?: number;
   /** Told at once, with the step's action grid, when a stage is found silent or the step stalls (the step then fails). */
@@ -89,6 +92,9 @@ export class SchedulerHost {
   private early: StepEvent[] = [];
   /** The last step whose plans every stage has acked. */
   private planned = -1;
+  /** Whether a failure's queued steps are being dropped; steps called meanwhile wait in `afterSettling`. */
+  private settling = false;
+  private readonly afterSettling: Queued[] = [];
   private feeding: Promise<void> = Promise.resolve();
   /** Scheduler events that could not be parsed. */
   malformedEvents = 0;
@@ -182,11 +188,17 @@ export class SchedulerHost {
    */
   private beginEarly(): void {
     const q = this.queue[0];
-    if (!q || q.begun || this.planned !== this.work?.step) return;
+    const running = this.work;
+    if (!q || q.begun || !running || this.planned !== running.step) return;
+    // After a step without UPDATE each stage goes on to the queued one as soon as its own list
+    // is done; stages sharing a device must not (a co-hosted stage may still be in the step).
+    if (!running.update && running.plan(0).order !== '') return;
     const w = q.work;
     q.begun = (async () => {
       await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), this.o.requestTimeoutMs ?? 10_000);
       this.planned = w.step;
+      // Dropped meanwhile (the running step failed and its abort took the queued plan too): no inputs.
+      if (this.queue[0] !== q) return 0;
       const n = Math.min(w.microbatches, w.feedBound);
       for (let mb = 0; mb < n; mb++) this.feed(w, mb);
       return n;
@@ -203,7 +215,8 @@ export class SchedulerHost {
   }
 
   private transportFailed(step: number, err: unknown): void {
-    this.actor.send({ type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } });
+    // Through deliver: a failed early input of a begun step fails that step once it starts.
+    this.deliver({ type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } });
   }
 
   private onEvent(m: BusMessage): void {
@@ -258,6 +271,13 @@ export class SchedulerHost {
    * behind it are not run: they reject with a StateError whose cause is that failure.
    */
   async run(work: StepWork): Promise<RunOutcome> {
+    // A failure is settled first (its begun successor aborted on every stage): a step called
+    // meanwhile waits for it, or a stage still aborting that successor could drop it too.
+    if (this.settling) {
+      const q: Queued = { work, pending: deferred<RunOutcome>() };
+      this.afterSettling.push(q);
+      return q.pending.promise;
+    }
     if (this.work || this.queue.length > 0 || !this.actor.getSnapshot().matches('idle')) {
       const q: Queued = { work, pending: deferred<RunOutcome>() };
       this.queue.push(q);
@@ -297,18 +317,24 @@ export class SchedulerHost {
         this.pending = undefined;
         this.work = undefined;
       }
-      void this.next(work.step, failed);
+      if (failed === undefined) this.next();
+      else void this.settle(work.step, failed);
     }
   }
 
-  /** After step `step`: the next queued step runs, or, when `step` failed, every queued one is dropped. */
-  private async next(step: number, failed: unknown): Promise<void> {
-    if (failed === undefined) {
-      const q = this.queue.shift();
-      if (q) this.runNow(q.work).then(q.pending.resolve, q.pending.reject);
-      return;
-    }
+  /** After a step that succeeded: the next queued step runs. */
+  private next(): void {
+    const q = this.queue.shift();
+    if (q) this.runNow(q.work).then(q.pending.resolve, q.pending.reject);
+  }
+
+  /**
+   * After step `step` failed: every queued step is dropped (a begun one aborted on every
+   * stage first) and rejects; then the steps called meanwhile run, in order.
+   */
+  private async settle(step: number, failed: unknown): Promise<void> {
     const dropped = this.queue.splice(0);
+    this.settling = dropped.length > 0;
     this.early = [];
     for (const q of dropped) {
       if (q.begun) {
@@ -319,6 +345,8 @@ export class SchedulerHost {
       }
       q.pending.reject(new StateError(`step ${q.work.step} was not run: step ${step} failed (${messageOf(failed)})`, { cause: failed }));
     }
+    this.settling = false;
+    for (const q of this.afterSettling.splice(0)) this.run(q.work).then(q.pending.resolve, q.pending.reject);
   }
 
   /** Probes every stage while step `step` runs; a stage silent past the liveness timeout fails the step. */
@@ -462,7 +490,7 @@ export class SchedulerHost {
   /** Stops the actor and drains the subscription. The bus stays open. */
   async close(): Promise<void> {
     this.pending?.reject(new StateError('the scheduler was closed during the step'));
-    for (const q of this.queue.splice(0)) q.pending.reject(new StateError(`the scheduler was closed before step ${q.work.step} ran`));
+    for (const q of [...this.queue.splice(0), ...this.afterSettling.splice(0)]) q.pending.reject(new StateError(`the scheduler was closed before step ${q.work.step} ran`));
     this.actor.stop();
     await this.sub.drain();
     await this.outputSub.drain();

@@ -360,6 +360,8 @@ export class StageHost {
     this.actor.send({ type: 'ABORT' });
     await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
     this.reassembler.clear();
+    // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).
+    this.sendHeld();
   }
 
   private async execute(input: ExecuteInput): Promise<void> {

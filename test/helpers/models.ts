@@ -40,6 +40,18 @@ export function data(n: number, inDim: number, classes: number, seed = 3): { x: 
   return { x: tf.tensor2d(xs, [n, inDim]), y: tf.oneHot(tf.tensor1d(labels, 'int32'), classes).toFloat() as tf.Tensor2D };
 }
 
+/**
+ * An MLP to train in a pipeline and its single-process twin: the same weights, the twin
+ * compiled with `optimizer` and categorical cross-entropy.
+ */
+export function mlpAndReference(sizes: readonly number[], seed: number, optimizer: tf.Optimizer): { model: tf.Sequential; ref: tf.Sequential } {
+  const model = mlp(sizes, seed);
+  const ref = mlp(sizes, seed + 1);
+  copyWeights(model, ref);
+  ref.compile({ optimizer, loss: 'categoricalCrossentropy' });
+  return { model, ref };
+}
+
 /** Copies all weights of `from` into `to` (same architecture). */
 export function copyWeights(from: tf.LayersModel, to: tf.LayersModel): void {
   to.setWeights(from.getWeights());
