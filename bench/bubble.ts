@@ -5,19 +5,13 @@
  * equal work; p = 2 and 4 devices (4 processes on 2 cores time-share, which shows in the
  * measured column), m = 8.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
-import type { StatsMessage } from '../src/protocol/messages.js';
 import { selectBackend } from '../src/compute/backend.js';
 import { deviceOf } from '../src/schedule/interleaved.js';
 import { buildPlacedSchedule } from '../src/schedule/schedules.js';
 import { simulate } from '../src/schedule/simulate.js';
 import { machineLine, median, table } from './report.js';
+import { tracedRun } from './tracedRun.js';
 
-const run = promisify(execFile);
 const M = 8;
 const BATCH = 512;
 const STEPS = Number(process.env['BENCH_STEPS'] ?? 6);
@@ -47,39 +41,28 @@ interface Measured {
 
 /** One fleet run: each device's idle share of the steady steps, and the mean action times. */
 async function measure(c: Config): Promise<Measured> {
-  const dir = mkdtempSync(join(tmpdir(), 'troupe-bubble-'));
-  const trace = join(dir, 'trace.json');
-  try {
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
-      env: {
-        ...process.env, BENCH_MODEL: 'uniform', BENCH_STAGES: String(c.devices * c.v), BENCH_V: String(c.v), BENCH_M: String(M),
-        BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS), BENCH_TRACE: trace, TROUPE_BACKEND: 'wasm',
-      },
-      maxBuffer: 1 << 24,
-    });
-    const result = JSON.parse(stdout.trim().split('\n').pop()!) as { stepMs: number[]; stats: StatsMessage[] };
-    const events = (JSON.parse(readFileSync(trace, 'utf8')) as { traceEvents: { ph: string; name: string; tid: number; ts: number; dur: number; args?: { step?: number } }[] }).traceEvents;
-    const actions = events.filter((e) => e.ph === 'X' && typeof e.args?.step === 'number' && e.args.step > 1 && e.args.step <= STEPS);
-    // Per step and device: the span from its first action's start to the step's last end, and its busy time.
-    const idle: number[] = [];
-    for (let s = 2; s <= STEPS; s++) {
-      const step = actions.filter((e) => e.args!.step === s);
-      if (step.length === 0) continue;
-      const start = Math.min(...step.map((e) => e.ts));
-      const end = Math.max(...step.map((e) => e.ts + e.dur));
-      for (let dev = 0; dev < c.devices; dev++) {
-        const busy = step.filter((e) => deviceOf(e.tid, c.devices) === dev).reduce((n, e) => n + e.dur, 0);
-        idle.push(1 - busy / (end - start));
-      }
+  const result = await tracedRun({
+    BENCH_MODEL: 'uniform', BENCH_STAGES: String(c.devices * c.v), BENCH_V: String(c.v), BENCH_M: String(M),
+    BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS),
+  });
+  const actions = result.actions.filter((e) => e.args!.step! > 1 && e.args!.step! <= STEPS);
+  // Per step and device: the span from its first action's start to the step's last end, and its busy time.
+  const idle: number[] = [];
+  for (let s = 2; s <= STEPS; s++) {
+    const step = actions.filter((e) => e.args!.step === s);
+    if (step.length === 0) continue;
+    const start = Math.min(...step.map((e) => e.ts));
+    const end = Math.max(...step.map((e) => e.ts + e.dur));
+    for (let dev = 0; dev < c.devices; dev++) {
+      const busy = step.filter((e) => deviceOf(e.tid, c.devices) === dev).reduce((n, e) => n + e.dur, 0);
+      idle.push(1 - busy / (end - start));
     }
-    const mean = (kind: string) => {
-      const ds = actions.filter((e) => e.name.startsWith(kind)).map((e) => e.dur / 1000);
-      return ds.length ? median(ds) : 0;
-    };
-    return { bubble: idle.reduce((a, b) => a + b, 0) / idle.length, costs: { F: mean('F'), B: mean('B'), W: mean('W') }, stepMs: median(result.stepMs.slice(1)) };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
+  const mean = (kind: string) => {
+    const ds = actions.filter((e) => e.name.startsWith(kind)).map((e) => e.dur / 1000);
+    return ds.length ? median(ds) : 0;
+  };
+  return { bubble: idle.reduce((a, b) => a + b, 0) / idle.length, costs: { F: mean('F'), B: mean('B'), W: mean('W') }, stepMs: median(result.stepMs.slice(1)) };
 }
 
 export async function benchBubble(): Promise<string> {
