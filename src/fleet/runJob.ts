@@ -26,7 +26,7 @@ import { deviceOf, type PlacedSchedule } from '../schedule/interleaved.js';
 import { buildPlacedSchedule } from '../schedule/schedules.js';
 import { deferred } from '../runtime/deferred.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
-import { dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
+import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
 import { TraceRecorder } from '../inspect/trace.js';
 import { Bus } from '../transport/bus.js';
@@ -356,6 +356,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
           if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
           await sched!.idle();
+          // The scheduler's own abort may have gone out while the stages were unreachable.
+          await dropStep(bus!, job, p, runners[0]!.step);
           await loadStates(bus!, job, lastGood);
           return false;
         })();

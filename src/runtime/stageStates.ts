@@ -61,3 +61,18 @@ export async function loadStates(bus: Bus, job: string, states: readonly RankSta
     }),
   );
 }
+
+/**
+ * Asks every stage to drop step `step`: a stage in it aborts it; one that never began it has
+ * nothing to drop, and one already past it refuses as stale, which is as good. Recovery
+ * sends it once every stage answers again, because the aborts the scheduler sent while the
+ * stages could not be reached (a NATS outage) may never have arrived.
+ */
+export async function dropStep(bus: Bus, job: string, stages: number, step: number, timeoutMs = 30_000): Promise<void> {
+  await Promise.all(
+    Array.from({ length: stages }, async (_, rank) => {
+      const ack = decodeAck(await bus.request(ctlSubject(job, rank, CtlVerb.ABORT), encodeJson({ step }), timeoutMs));
+      if (!ack.ok && ack.code !== 'STALE_STEP') throw new StateError(`stage ${rank} could not drop step ${step}: ${ack.code}: ${ack.message}`);
+    }),
+  );
+}
