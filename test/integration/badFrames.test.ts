@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { Bus, createPipeline, encodeFrame, Phase, subjects } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
+import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 import { countingLock } from '../helpers/countingLock.js';
 
@@ -10,10 +10,7 @@ const nats = useNatsServer();
 describe('malformed frames on a running job', () => {
   it('are refused with typed errors while the stages finish the step and train exactly', async () => {
     const SIZES = [8, 32, 32, 4];
-    const model = mlp(SIZES, 11);
-    const ref = mlp(SIZES, 12);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 11, tf.train.sgd(0.05));
     const job = 'badframes';
     const pipe = await createPipeline({
       model, stages: 2, microbatches: 16, schedule: '1f1b', job,

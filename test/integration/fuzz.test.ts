@@ -9,7 +9,7 @@ import { Bus, createPipeline, Phase, subjects } from '../../src/index.js';
 import { decodeMessage } from '../../src/protocol/messages.js';
 import { CtlVerb } from '../../src/protocol/subjects.js';
 import { countingLock } from '../helpers/countingLock.js';
-import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { data, maxRelDiff, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -32,10 +32,7 @@ const HEADERS = ['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Trou
 describe('fuzzing a running job', () => {
   it(`${TOTAL} random and mutated messages on every subject: no crash, each refused and counted, weights unchanged`, async () => {
     const SIZES = [8, 16, 16, 4];
-    const model = mlp(SIZES, 21);
-    const ref = mlp(SIZES, 22);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 21, tf.train.sgd(0.05));
     const job = 'fuzz';
     const pipe = await createPipeline({
       model, stages: 2, microbatches: 4, schedule: '1f1b', job,

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createPipeline, parseScheduleTable } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
+import { copyWeights, data, maxRelDiff, mlp, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -67,10 +67,7 @@ describe('any tf.train optimizer, any tfjs loss', () => {
   it('a hand-written schedule table trains like single-process tfjs, holding what its table says', async () => {
     const table = parseScheduleTable('0: F0 F1 B0 F2 B1 B2\n1: F0 F1 B0 B1 F2 B2\n');
     const SIZES = [8, 12, 3];
-    const model = mlp(SIZES, 71);
-    const ref = mlp(SIZES, 72);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 71, tf.train.adam(0.01));
     const pipe = await createPipeline({ model, stages: 2, microbatches: 3, schedule: table, optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
     const { x, y } = data(9, SIZES[0]!, 3, 5);
     try {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, createPipeline, StageError } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp, stepBoth } from '../helpers/models.js';
+import { data, maxRelDiff, mlp, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -9,10 +9,7 @@ const nats = useNatsServer();
 describe('a failing stage', () => {
   it('fails the step with the stage and key, applies nothing, and the next step trains', async () => {
     const SIZES = [6, 12, 12, 3];
-    const model = mlp(SIZES, 31);
-    const ref = mlp(SIZES, 32);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 31, tf.train.adam(0.01));
     let armed = false;
     const loss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
       if (armed) throw new Error('loss exploded');

@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createPipeline } from '../../src/index.js';
-import { copyWeights, data, maxAbsDiff, maxRelDiff, mlp } from '../helpers/models.js';
+import { copyWeights, data, maxAbsDiff, maxRelDiff, mlp, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -53,10 +53,7 @@ describe('train, evaluate and predict on one pipeline', () => {
   });
 
   it('accumulate: 2 trainStep calls make one update equal to one step on their concatenation, with evaluate and predict between', async () => {
-    const model = mlp(SIZES, 63);
-    const ref = mlp(SIZES, 64);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 63, tf.train.adam(0.02));
     const pipe = await createPipeline({ model, stages: 2, accumulate: 2, microbatches: 2, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
     try {
       for (let round = 0; round < 3; round++) {
