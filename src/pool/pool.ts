@@ -6,6 +6,7 @@
  * answer. A worker's exception rejects with a PoolTaskError naming the input's index.
  */
 import { TroupeError, TransportError, messageOf } from '../errors.js';
+import { encodeJson } from '../protocol/messages.js';
 import type { Bus } from '../transport/bus.js';
 import { poolTaskSubject, type TaskReply } from './poolProtocol.js';
 
@@ -41,7 +42,6 @@ export interface TaskAnswer<O> {
   readonly retries: number;
 }
 
-const enc = new TextEncoder();
 const dec = new TextDecoder();
 
 export class Pool<I = unknown, O = unknown> {
@@ -59,7 +59,7 @@ export class Pool<I = unknown, O = unknown> {
     for (let attempt = 0; attempt <= retries; attempt++) {
       let reply: TaskReply;
       try {
-        const data = await this.o.bus.request(poolTaskSubject(this.o.name), enc.encode(JSON.stringify({ index, input })), this.o.timeoutMs ?? 10_000);
+        const data = await this.o.bus.request(poolTaskSubject(this.o.name), encodeJson({ index, input }), this.o.timeoutMs ?? 10_000);
         reply = JSON.parse(dec.decode(data)) as TaskReply;
       } catch (err) {
         // No answer (the worker died with the task, or none is up yet): send it again, after a pause.

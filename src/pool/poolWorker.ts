@@ -8,6 +8,7 @@ import { createActor, type Actor } from 'xstate';
 import { poolWorkerMachine } from '../../actors/poolWorkerMachine.js';
 import { FrameError, messageOf } from '../errors.js';
 import { busInspector } from '../inspect/busInspector.js';
+import { encodeJson } from '../protocol/messages.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { poolTaskSubject, type TaskReply, type TaskRequest } from './poolProtocol.js';
@@ -28,7 +29,6 @@ export interface PoolWorkerOptions<I, O> {
 
 let workers = 0;
 const dec = new TextDecoder();
-const enc = new TextEncoder();
 
 /** A running pool worker. */
 export class PoolWorker<I = unknown, O = unknown> {
@@ -76,9 +76,9 @@ export class PoolWorker<I = unknown, O = unknown> {
   private answer(m: BusMessage, reply: TaskReply): void {
     let body: Uint8Array;
     try {
-      body = enc.encode(JSON.stringify(reply));
+      body = encodeJson(reply);
     } catch (err) {
-      body = enc.encode(JSON.stringify({ ok: false, worker: this.id, error: { name: 'TypeError', message: `the task's output cannot be sent as JSON: ${messageOf(err)}` } } satisfies TaskReply));
+      body = encodeJson({ ok: false, worker: this.id, error: { name: 'TypeError', message: `the task's output cannot be sent as JSON: ${messageOf(err)}` } } satisfies TaskReply);
     }
     try {
       m.respond(body);

@@ -5,17 +5,17 @@
 import { FrameError, messageOf } from '../errors.js';
 import { isDType, paddedByteLength, sizeOf, bytesPerElement, viewOf, type DType } from '../protocol/dtype.js';
 import type { WireTensor } from '../protocol/frame.js';
+import { encodeJson } from '../protocol/messages.js';
 
 interface Head {
   readonly tensors?: readonly { readonly dtype: string; readonly shape: readonly number[] }[];
   readonly error?: { readonly code: string; readonly message: string };
 }
 
-const enc = new TextEncoder();
 const dec = new TextDecoder();
 
 function pack(head: Head, tensors: readonly WireTensor[]): Uint8Array {
-  const json = enc.encode(JSON.stringify(head));
+  const json = encodeJson(head);
   const start = Math.ceil((4 + json.byteLength) / 4) * 4;
   const total = tensors.reduce((n, t) => n + paddedByteLength(t.dtype, t.shape), start);
   const out = new Uint8Array(total);
