@@ -142,7 +142,7 @@ export const stageMachine = setup({
     /** Send the events the host held back (the stage is about to wait). */
     sendHeld: () => {},
     /** A step begins (from STEP, or queued): the host sets up its per-step state. */
-    stepBegins: (_, _params: { plan: StepPlan }) => {},
+    stepBegins: (_, _params: { plan: StepPlan; actions: readonly Action[] }) => {},
     stash: assign(({ context, event }) => {
       if (event.type !== 'FRAME') return {};
       const f = event.frame;
@@ -211,7 +211,7 @@ export const stageMachine = setup({
       },
     },
     idle: {
-      always: { guard: 'hasQueued', target: 'running', actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan! }) }] },
+      always: { guard: 'hasQueued', target: 'running', actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) }] },
       on: {
         LOADED: { actions: assign({ step: ({ event }) => event.step }) },
         STEP: {
@@ -225,7 +225,7 @@ export const stageMachine = setup({
               peakHeld: 0,
               error: null,
             })),
-            { type: 'stepBegins', params: ({ event }) => ({ plan: event.plan }) },
+            { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) },
           ],
         },
       },

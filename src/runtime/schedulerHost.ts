@@ -86,8 +86,8 @@ export class SchedulerHost {
   private work: StepWork | undefined;
   /** Steps called while one runs, in order. */
   private readonly queue: Queued[] = [];
-  /** Steps whose plans and first inputs went out early, by step. */
-  private readonly begun = new Map<number, Promise<number>>();
+  /** The running step's early beginning (plans acked, first inputs sent), until beginStep takes it. */
+  private earlyStart: Promise<number> | undefined;
   /** Events of a begun step that came before it started. */
   private early: StepEvent[] = [];
   /** The last step whose plans every stage has acked. */
@@ -109,8 +109,8 @@ export class SchedulerHost {
         beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
           const w = this.work!;
           // Begun while the previous step applied its update: plans acked, first inputs sent.
-          const early = this.begun.get(input.step);
-          this.begun.delete(input.step);
+          const early = this.earlyStart;
+          this.earlyStart = undefined;
           if (early) {
             const fed = await early;
             this.beginEarly();
@@ -204,7 +204,6 @@ export class SchedulerHost {
       return n;
     })();
     q.begun.catch(() => {}); // seen when the step starts (beginStep) or is dropped
-    this.begun.set(w.step, q.begun);
   }
 
   private feed(w: StepWork, mb: number): void {
@@ -252,7 +251,8 @@ export class SchedulerHost {
 
   /** Hands a stage event to the actor; one of a step that began early but has not started yet waits for it. */
   private deliver(e: StepEvent): void {
-    if (this.begun.has(e.step) && e.step !== this.work?.step) {
+    const head = this.queue[0];
+    if (head?.begun && e.step === head.work.step && e.step !== this.work?.step) {
       this.early.push(e);
       return;
     }
@@ -287,9 +287,11 @@ export class SchedulerHost {
     return this.runNow(work);
   }
 
-  private async runNow(work: StepWork): Promise<RunOutcome> {
+  /** Runs `work` now; `begun` when its plans and first inputs went out early. */
+  private async runNow(work: StepWork, begun?: Promise<number>): Promise<RunOutcome> {
     this.work = work;
-    const begunEarly = this.begun.has(work.step);
+    const begunEarly = begun !== undefined;
+    this.earlyStart = begun;
     const pending = deferred<StepOutcome>();
     this.pending = pending;
     const { plan: _p, inputs: _i, ...req } = work;
@@ -325,7 +327,7 @@ export class SchedulerHost {
   /** After a step that succeeded: the next queued step runs. */
   private next(): void {
     const q = this.queue.shift();
-    if (q) this.runNow(q.work).then(q.pending.resolve, q.pending.reject);
+    if (q) this.runNow(q.work, q.begun).then(q.pending.resolve, q.pending.reject);
   }
 
   /**
@@ -338,7 +340,6 @@ export class SchedulerHost {
     this.early = [];
     for (const q of dropped) {
       if (q.begun) {
-        this.begun.delete(q.work.step);
         // A stage may have started it already (its update was applied before the failure was known).
         await q.begun.catch(() => {});
         await this.requestAll(CtlVerb.ABORT, () => encodeJson({ step: q.work.step }), this.o.requestTimeoutMs ?? 10_000).catch(() => {});

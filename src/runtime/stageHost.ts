@@ -28,7 +28,7 @@ import {
   stateSubject,
   statsSubject,
 } from '../protocol/subjects.js';
-import { parseStageActions, splitsBackward, type ActionKind } from '../schedule/action.js';
+import { parseStageActions, splitsBackward, type Action, type ActionKind } from '../schedule/action.js';
 import { releasedBy } from '../schedule/constraint.js';
 import type { AllReduce } from './allReduce.js';
 import type { DeviceTurn } from './deviceTurn.js';
@@ -117,7 +117,7 @@ export class StageHost {
         reportUpdated: (_, { step }) => this.emit(SchedEvent.UPDATED, { rank: part.rank, step }),
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
         resetCompute: () => compute.reset(),
-        stepBegins: (_, { plan }) => this.stepBegins(plan),
+        stepBegins: (_, { plan, actions }) => this.stepBegins(plan, actions),
         sendHeld: () => this.sendHeld(),
         startAction: actionRunner((input) => this.execute(input)),
       },
@@ -332,8 +332,7 @@ export class StageHost {
   }
 
   /** Per-step state, set as the step begins (at once, or after the update it was queued behind). */
-  private stepBegins(plan: StepPlan): void {
-    const actions = parseStageActions(plan.actions, this.rank);
+  private stepBegins(plan: StepPlan, actions: readonly Action[]): void {
     this.splitBackward = splitsBackward(actions);
     this.release = releasedBy(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
