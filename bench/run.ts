@@ -1,6 +1,7 @@
 /** `npm run bench`: every benchmark, printed and written to bench/RESULTS.md with the date and command. */
 import { writeFile } from 'node:fs/promises';
 import { benchBubble } from './bubble.js';
+import { benchFeed } from './feed.js';
 import { benchGaps } from './gaps.js';
 import { benchHalves } from './halves.js';
 import { benchInspect } from './inspect.js';
@@ -10,7 +11,7 @@ import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

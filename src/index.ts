@@ -33,7 +33,7 @@ export { interleaved1F1B, loopedBFS, stageRows, deviceOf, formatDeviceSchedule }
 export type { DeviceSchedule, PlacedSchedule } from './schedule/interleaved.js';
 export { DeviceTurn } from './runtime/deviceTurn.js';
 export { HeldTape } from './compute/heldTape.js';
-export { maxInFlight, inFlightBounds, releasedBy } from './schedule/constraint.js';
+export { maxInFlight, inFlightBounds, releasedBy, type FeedMode } from './schedule/constraint.js';
 export { buildSchedule, buildPlacedSchedule, forwardOnlySchedule, ScheduleName } from './schedule/schedules.js';
 export { formatAction, parseAction, formatSchedule } from './schedule/action.js';
 export type { Action, Schedule } from './schedule/action.js';

@@ -7,6 +7,7 @@ import type { LossSpec } from '../compute/loss.js';
 import type { OptimizerDescription } from '../compute/optimizer.js';
 import type { StageSpec } from '../compute/partition.js';
 import { isScheduleName, ScheduleName } from '../schedule/schedules.js';
+import { isFeedMode, type FeedMode } from '../schedule/constraint.js';
 
 /** Labelled examples: inputs and one-hot (or other) targets with the same first dimension. */
 export interface Examples {
@@ -68,6 +69,8 @@ export interface JobConfig {
   readonly memoryBudget?: number;
   /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
   readonly balance?: 'params' | 'time';
+  /** `'step'` (default): stage 0 gets every input of a step as the step begins; `'bounded'`: the schedule's bound plus one, then one per released microbatch (FeedMode). */
+  readonly feed?: FeedMode;
 }
 
 /** Types a job config (identity at run time). */
@@ -75,7 +78,7 @@ export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs', 'memoryBudget']);
+const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs', 'memoryBudget', 'feed']);
 
 function positiveInt(where: string, field: string, v: unknown): void {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
@@ -116,6 +119,9 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   }
   if (o['balance'] !== undefined && o['balance'] !== 'params' && o['balance'] !== 'time') {
     throw new ConfigError(`${where}: field "balance" must be "params" or "time", got ${JSON.stringify(o['balance'])}`);
+  }
+  if (o['feed'] !== undefined && !isFeedMode(o['feed'])) {
+    throw new ConfigError(`${where}: field "feed" must be "step" or "bounded", got ${JSON.stringify(o['feed'])}`);
   }
   if (o['recompute'] !== undefined && typeof o['recompute'] !== 'boolean') {
     throw new ConfigError(`${where}: field "recompute" must be true or false, got ${JSON.stringify(o['recompute'])}`);

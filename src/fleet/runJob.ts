@@ -297,7 +297,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       (j, i) =>
         new StepRunner({
           scheduler: scheds[i]!, job: j, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
-          inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep,
+          inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep, ...(cfg.feed ? { feed: cfg.feed } : {}),
         }),
     );
     const progress = new Progress(out);

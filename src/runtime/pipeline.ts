@@ -7,7 +7,7 @@ import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, stageStartsOf, type StagePartition, type StageSpec } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { cutUnderBudget, estimateStages, slotsPerWeight, type MemoryModel, type StageMemory } from '../compute/memoryBudget.js';
-import { maxInFlight } from '../schedule/constraint.js';
+import { isFeedMode, maxInFlight, type FeedMode } from '../schedule/constraint.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { cloneModel } from '../compute/cloneModel.js';
 import { fromTensor } from '../compute/wire.js';
@@ -89,6 +89,12 @@ export interface PipelineOptions {
   readonly inspect?: boolean;
   /** Activation checkpointing: keep only each microbatch's stage input and recompute the forward at backward time (default off: keep the forward's tape). */
   readonly recompute?: boolean;
+  /**
+   * How the scheduler hands stage 0 its inputs: `'step'` (default) every microbatch of a step
+   * as it begins, `'bounded'` the schedule's bound plus one, then one per microbatch stage 0
+   * releases (for inputs too large to queue a whole batch of). See FeedMode.
+   */
+  readonly feed?: FeedMode;
 }
 
 /** A running pipeline. */
@@ -145,6 +151,7 @@ function checkOptions(o: PipelineOptions): void {
   if (o.accumulate !== undefined && (!Number.isInteger(o.accumulate) || o.accumulate < 1)) throw new ConfigError(`accumulate must be a positive integer, got ${String(o.accumulate)}`);
   if (o.replicas !== undefined && (!Number.isInteger(o.replicas) || o.replicas < 1)) throw new ConfigError(`replicas must be a positive integer, got ${String(o.replicas)}`);
   if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time') throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
+  if (o.feed !== undefined && !isFeedMode(o.feed)) throw new ConfigError(`feed must be "step" or "bounded", got ${JSON.stringify(o.feed)}`);
 }
 
 /**
@@ -239,6 +246,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
           inputs: partitions[0]!.inputs.length,
           hasMetric: metric !== null,
           stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
+          ...(o.feed ? { feed: o.feed } : {}),
         }),
       );
     }

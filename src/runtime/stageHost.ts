@@ -36,6 +36,9 @@ import { STATE_SENDER } from './stageStates.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 
+/** Longest a finished action's event is held back (see `StageHost.hold`). */
+const HOLD_MS = 50;
+
 /** Options of a stage host. */
 export interface StageHostOptions {
   readonly bus: Bus;
@@ -180,12 +183,18 @@ export class StageHost {
   /**
    * Events of finished actions (ACTION, LOSS), held back until the stage publishes a frame
    * or is about to wait: they then share one socket write with it or with each other,
-   * instead of one each (a write that wakes the server costs about 0.15 ms here).
+   * instead of one each (a write that wakes the server costs about 0.15 ms here). A stage
+   * that neither publishes nor waits for a while (stage 0 of one stage, with its step's
+   * inputs all in) still sends them once the oldest is HOLD_MS old, so that the scheduler
+   * sees progress.
    */
   private readonly held: { event: SchedEvent; data: Uint8Array }[] = [];
+  private heldSince = 0;
 
   private hold(event: SchedEvent, body: object): void {
+    if (this.held.length === 0) this.heldSince = performance.now();
     this.held.push({ event, data: encodeJson(body) });
+    if (performance.now() - this.heldSince >= HOLD_MS) this.sendHeld();
   }
 
   private sendHeld(): void {
@@ -421,9 +430,20 @@ export class StageHost {
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
     const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms };
-    // Stage 0's releases feed the next inputs: they go at once (with what was held).
-    if (rank === 0 && action.kind === this.release) this.emit(SchedEvent.ACTION, done);
+    // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
+    // go at once (with what was held); once every input of the step is here, they wait too.
+    if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) this.emit(SchedEvent.ACTION, done);
     else this.hold(SchedEvent.ACTION, done);
+  }
+
+  /** Whether some INPUT microbatch of the running step has not arrived yet. */
+  private inputsToCome(plan: StepPlan): boolean {
+    const { inbox, consumed } = this.actor.getSnapshot().context;
+    const input = `${Phase.INPUT}:`;
+    let n = 0;
+    for (const k of Object.keys(inbox)) if (k.startsWith(input)) n++;
+    for (const k of consumed) if (k.startsWith(input)) n++;
+    return n < plan.microbatches;
   }
 
   /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */

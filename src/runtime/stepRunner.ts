@@ -6,7 +6,7 @@ import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import { concatRows, sliceRows } from '../protocol/rows.js';
 import { formatStageActions, type Schedule } from '../schedule/action.js';
-import { feedBound, releasedBy } from '../schedule/constraint.js';
+import { feedBound, releasedBy, type FeedMode } from '../schedule/constraint.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import { devicePositions, type DeviceSchedule } from '../schedule/interleaved.js';
 import { forwardOnlySchedule } from '../schedule/schedules.js';
@@ -54,6 +54,8 @@ export interface StepRunnerOptions {
   readonly inputs: number;
   readonly hasMetric: boolean;
   readonly stepTimeoutMs: number;
+  /** How stage 0 gets its inputs (FeedMode); default `step`. */
+  readonly feed?: FeedMode;
   /** Id of the last step already taken (0 for a fresh job; a checkpoint's step on resume). */
   readonly lastStep?: number;
 }
@@ -113,7 +115,8 @@ export class StepRunner {
       microbatches: m,
       forwardOnly,
       update,
-      feedBound: feedBound(sch[0]!),
+      // `step`: every input goes out as the step begins; `bounded`: the schedule's bound plus one.
+      feedBound: this.o.feed === 'bounded' ? feedBound(sch[0]!) : m,
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
       plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, predict, update, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),

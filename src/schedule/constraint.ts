@@ -33,6 +33,21 @@ export function inFlightBounds(s: Schedule): number[] {
 }
 
 /**
+ * How the scheduler hands stage 0 its inputs. `step`: all of a step's microbatches as the
+ * step begins (PyTorch's schedules likewise give stage 0 the whole batch); stage 0's walk of
+ * its list in order keeps the activations it holds within `maxInFlight` either way, and the
+ * inputs waiting in its inbox are the step's input bytes, which the driver holds anyway.
+ * `bounded`: `feedBound` inputs, then one more as each microbatch is released; for inputs too
+ * large to queue a whole batch of on stage 0. It costs a message from stage 0 per microbatch
+ * and a scheduler round trip before each input.
+ */
+export type FeedMode = 'step' | 'bounded';
+
+export function isFeedMode(v: unknown): v is FeedMode {
+  return v === 'step' || v === 'bounded';
+}
+
+/**
  * How many INPUT microbatches the scheduler may have handed stage 0 beyond those it has
  * finished: the activations it holds stay within `maxInFlight` because it runs its list in
  * order, and one more input waits in its inbox so it never idles a round trip to the

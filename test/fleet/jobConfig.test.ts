@@ -36,6 +36,7 @@ describe('validateJobConfig', () => {
     [{ ...good, virtualStages: 0 }, /field "virtualStages" must be a positive integer, got 0/],
     [{ ...good, balance: 'speed' }, /field "balance" must be "params" or "time", got "speed"/],
     [{ ...good, recompute: 'yes' }, /field "recompute" must be true or false/],
+    [{ ...good, feed: 'all' }, /field "feed" must be "step" or "bounded", got "all"/],
     [{ ...good, epoch: 3 }, /unknown field "epoch"/],
     [null, /default export must be a job config object/],
   ])('refuses %#, naming the field', (c, message) => {

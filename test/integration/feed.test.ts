@@ -1,0 +1,92 @@
+/**
+ * How stage 0 gets its inputs, over a real nats-server: `feed: 'step'` (the default) sends
+ * every microbatch of a step as it begins, `feed: 'bounded'` the schedule's bound plus one and
+ * then one per microbatch stage 0 releases. Both train like single-process tfjs; a spy on the
+ * server sees the order each one promises.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { createPipeline, ConfigError, type FeedMode } from '../../src/index.js';
+import { decodeMessage } from '../../src/protocol/messages.js';
+import { Bus } from '../../src/transport/bus.js';
+import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
+import { useNatsServer } from '../helpers/nats.js';
+
+const nats = useNatsServer();
+const SIZES = [10, 16, 12, 3];
+
+describe('feeding stage 0', () => {
+  it.each([
+    { feed: 'step', stages: 1 },
+    { feed: 'step', stages: 3 },
+    { feed: 'bounded', stages: 1 },
+    { feed: 'bounded', stages: 3 },
+  ] as const)("feed $feed, $stages stage(s) (1F1B, Adam): 3 steps equal single-process training, within the schedule's bound", async ({ feed, stages }) => {
+    const { model, ref } = mlpAndReference(SIZES, 31, tf.train.adam(0.02));
+    const pipe = await createPipeline({ model, stages, microbatches: 5, schedule: '1f1b', feed, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const { x, y } = data(20, SIZES[0]!, 3, 32);
+    try {
+      for (let s = 0; s < 3; s++) {
+        const [r, refLoss] = await stepBoth(pipe, ref, x, y);
+        expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
+        // Inputs waiting in stage 0's inbox are not activations: 1F1B still holds at most p - rank.
+        r.peakHeld.forEach((h, rank) => expect(h).toBe(stages - rank));
+      }
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+    } finally {
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it.each(['step', 'bounded'] as const)("feed '%s': the order on the wire, and every action event arrives", async (feed: FeedMode) => {
+    const m = 6;
+    const { model } = mlpAndReference(SIZES, 33, tf.train.sgd(0.1));
+    const job = `feed-${feed}`;
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', feed, job, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-spy' });
+    // What the server delivered, in its order: `INPUT <mb>` and `<action> ` of stage 0, step 1.
+    const seen: string[] = [];
+    spy.subscribe(`troupe.${job}.stage.0.INPUT`, (msg) => seen.push(`INPUT ${msg.header('Troupe-Mb') ?? '?'}`));
+    spy.subscribe(`troupe.${job}.sched.action`, (msg) => {
+      const e = decodeMessage('action', msg.data);
+      if (e.step === 1) seen.push(e.action);
+    });
+    await spy.flush();
+    const { x, y } = data(12, SIZES[0]!, 3, 34);
+    try {
+      await pipe.trainStep(x, y);
+      await spy.flush();
+      const inputs = seen.filter((s) => s.startsWith('INPUT'));
+      const actions = seen.filter((s) => !s.startsWith('INPUT'));
+      expect(inputs).toHaveLength(m);
+      // Held back or not, every action of the step reached the scheduler once.
+      expect(actions.sort()).toEqual([...Array.from({ length: m }, (_, i) => `F${i}`), ...Array.from({ length: m }, (_, i) => `B${i}`)].sort());
+      const at = (label: string) => seen.indexOf(label);
+      const release = at('B0');
+      expect(release).toBeGreaterThan(-1);
+      if (feed === 'step') {
+        // Every input went out as the step began, before stage 0 could release anything.
+        for (let mb = 0; mb < m; mb++) expect(at(`INPUT ${mb}`), `INPUT ${mb}`).toBeLessThan(release);
+      } else {
+        // 1 stage, 1F1B: bound 1, so 2 inputs at first; the third goes out once B0 is released.
+        expect(at('INPUT 1')).toBeLessThan(release);
+        expect(at('INPUT 2')).toBeGreaterThan(release);
+      }
+    } finally {
+      await spy.close();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('refuses an unknown feed mode with a ConfigError naming it', async () => {
+    const { model } = mlpAndReference(SIZES, 35, tf.train.sgd(0.1));
+    await expect(
+      createPipeline({ model, stages: 1, microbatches: 2, feed: 'all' as never, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } }),
+    ).rejects.toThrow(ConfigError);
+    await expect(
+      createPipeline({ model, stages: 1, microbatches: 2, feed: 'all' as never, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } }),
+    ).rejects.toThrow(/feed must be "step" or "bounded", got "all"/);
+  });
+});
