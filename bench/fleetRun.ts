@@ -1,6 +1,25 @@
-/** One benchmark run of the fleet (a child process, so every configuration starts fresh): prints JSON. */
-import { runJob } from '../src/index.js';
+/**
+ * One benchmark run of the fleet (a child process, so every configuration starts fresh):
+ * prints JSON with the step times, the stages' final counters, and each stage's counters as
+ * published after every step (`steps`), so that a steady-state figure can leave the warm-up
+ * steps out.
+ */
+import { runJob, startNatsServer } from '../src/index.js';
+import { decodeMessage } from '../src/protocol/messages.js';
+import type { StatsMessage } from '../src/protocol/messages.js';
+import { Bus } from '../src/transport/bus.js';
 
 const trace = process.env['BENCH_TRACE'];
-const result = await runJob({ config: new URL('./jobs/bench.job.ts', import.meta.url).pathname, progress: false, out: { write: () => true } as unknown as NodeJS.WritableStream, ...(trace ? { trace } : {}) });
-process.stdout.write(`${JSON.stringify({ stepMs: result.stepMs, stats: result.stats })}\n`);
+const server = await startNatsServer();
+const spy = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-stats' });
+const steps: StatsMessage[] = [];
+spy.subscribe('troupe.bench.stats.*', (m) => steps.push(decodeMessage('stats', m.data)));
+await spy.flush();
+try {
+  const result = await runJob({ config: new URL('./jobs/bench.job.ts', import.meta.url).pathname, nats: server.url, progress: false, out: { write: () => true } as unknown as NodeJS.WritableStream, ...(trace ? { trace } : {}) });
+  await spy.flush();
+  process.stdout.write(`${JSON.stringify({ stepMs: result.stepMs, stats: result.stats, steps })}\n`);
+} finally {
+  await spy.close();
+  await server.stop();
+}

@@ -19,7 +19,8 @@ const STEPS = Number(process.env['BENCH_STEPS'] ?? 12);
 const MS = [4, 8, 16];
 const MODELS = (process.env['BENCH_MODELS'] ?? 'mlp,conv').split(',') as ('mlp' | 'conv')[];
 
-interface FleetResult { stepMs: number[]; stats: StatsMessage[] }
+/** Step times, the stages' final counters, and their counters after every step (published at each DONE). */
+interface FleetResult { stepMs: number[]; stats: StatsMessage[]; steps: StatsMessage[] }
 
 async function fleet(model: string, stages: number, m: number, schedule: string): Promise<FleetResult> {
   // The uniform MLP's steps are 5x longer: fewer of them.
@@ -31,8 +32,31 @@ async function fleet(model: string, stages: number, m: number, schedule: string)
   return JSON.parse(stdout.trim().split('\n').pop()!) as FleetResult;
 }
 
+/** Steps before the steady state (JIT, first packing of weights). */
+const WARM = 2;
+
 /** Median step time after the first two (warm-up) steps. */
-const steady = (ms: readonly number[]) => median(ms.slice(2));
+const steady = (ms: readonly number[]) => median(ms.slice(WARM));
+
+/**
+ * Scheduling overhead of a 1-stage run, ms per microbatch, in the steady state: the wall time
+ * of the steps after the warm-up less what the stage was busy meanwhile (its counters after
+ * the last warm-up step and after the last step), over their microbatches.
+ */
+function overheadPerMicrobatch(r: FleetResult, m: number): number {
+  const wall = r.stepMs.slice(WARM).reduce((a, b) => a + b, 0);
+  return (wall - steadyBusy(r, 0) * (r.stepMs.length - WARM)) / ((r.stepMs.length - WARM) * m);
+}
+
+/** Stage `rank`'s busy ms per step after the warm-up, from its counters after the last warm-up step and the last step. */
+function steadyBusy(r: FleetResult, rank: number): number {
+  const busyAt = (step: number) => r.steps.find((s) => s.rank === rank && s.step === step)?.busyMs;
+  const n = r.stepMs.length;
+  const from = busyAt(WARM);
+  const to = busyAt(n);
+  if (from === undefined || to === undefined) throw new Error(`stage ${rank} published no counters after step ${from === undefined ? WARM : n}`);
+  return (to - from) / (n - WARM);
+}
 
 async function fitMs(kind: 'mlp' | 'conv', steps: number): Promise<number> {
   const model = benchModel(kind);
@@ -123,7 +147,7 @@ export async function benchSteps(): Promise<string> {
         // This cut's best: the busier stage's compute plus one microbatch of the other (fill and drain), with the stage times of that run.
         const best = rounds.map((r) => {
           const two = r.two[sch]![m]!;
-          const busy = two.stats.map((st) => st.busyMs / two.stepMs.length);
+          const busy = two.stats.map((st) => steadyBusy(two, st.rank));
           const max = Math.max(...busy);
           const rest = busy.reduce((a, b) => a + b, 0) - max;
           return { speedup: steady(r.oneAt[m]!.stepMs) / (max + rest / m), share: max / (max + rest), eff: (max + rest / m) / steady(two.stepMs) };
@@ -139,10 +163,7 @@ export async function benchSteps(): Promise<string> {
       }
     }
     for (const m of MS) {
-      const per = rounds.map((r) => {
-        const one = r.oneAt[m]!;
-        return (one.stepMs.reduce((a, b) => a + b, 0) - one.stats[0]!.busyMs) / (one.stepMs.length * m);
-      });
+      const per = rounds.map((r) => overheadPerMicrobatch(r.oneAt[m]!, m));
       overheadRows.push([model, `1 stage, m=${m}`, median(per).toFixed(3), range(per, (x) => x.toFixed(3))]);
     }
     if (ratioOnly) continue;
@@ -168,7 +189,7 @@ export async function benchSteps(): Promise<string> {
     '### 2 stages against 1 stage at the same microbatch size',
     '',
     `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
-    '"Busier stage" is its share of the two stages\' compute (busy time) in the 2-stage run; 50 % is an even cut.',
+    '"Busier stage" is its share of the two stages\' compute (busy time per step after the warm-up steps) in the 2-stage run; 50 % is an even cut.',
     '"This cut\'s best" is the speed-up if the step took only the busier stage\'s compute plus one microbatch of the other\'s (the fill and drain),',
     'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
     `uniform: an MLP of ${UNIFORM_LAYERS} equal ${UNIFORM_WIDTH}-wide layers (batch ${BATCH}, ${Math.min(STEPS, 8)} steps per run), cut into equal halves.`,
@@ -176,7 +197,7 @@ export async function benchSteps(): Promise<string> {
   );
   out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'range', 'ideal', 'of ideal', 'busier stage', "this cut's best", 'of it'], targetRows), '');
   out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (last round)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
-  out.push('### Scheduling overhead per microbatch', '', '(sum of step wall times - the stage\'s busy time: compute, publishing, update) / (steps x m), one stage in a worker process: plans, INPUT frames, events and waiting, in ms; target under 0.5 ms. Median and range of the rounds.', '');
+  out.push('### Scheduling overhead per microbatch', '', `(wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, update) / (those steps x m), one stage in a worker process: plans, INPUT frames, events and waiting, in ms; target under 0.5 ms. Median and range of the rounds.`, '');
   out.push(table(['model', 'configuration', 'ms per microbatch', 'range'], overheadRows));
   return out.join('\n');
 }
