@@ -5,7 +5,7 @@
  * server sees the order each one promises.
  */
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createPipeline, ConfigError, type FeedMode } from '../../src/index.js';
 import { decodeMessage } from '../../src/protocol/messages.js';
 import { Bus } from '../../src/transport/bus.js';
@@ -13,6 +13,7 @@ import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.j
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
+const publishOriginal = Bus.prototype.publish;
 const SIZES = [10, 16, 12, 3];
 
 describe('feeding stage 0', () => {
@@ -75,6 +76,43 @@ describe('feeding stage 0', () => {
       }
     } finally {
       await spy.close();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('a lone stage with every input in still reports its actions during the step, at most 50 ms after holding them', async () => {
+    // Each forward of the only stage takes at least SLOW ms (its loss waits), so a step of m
+    // microbatches lasts m x SLOW ms. Step 2 was queued behind step 1: its inputs were all in
+    // before it began, so its stage never waits and publishes no frame before its DONE. Its
+    // action events can only leave early by the 50 ms rule.
+    const SLOW = 60;
+    const m = 4;
+    const { model } = mlpAndReference(SIZES, 36, tf.train.sgd(0.1));
+    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
+      const t0 = performance.now();
+      while (performance.now() - t0 < SLOW);
+      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
+    };
+    const job = 'feed-hold';
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    // Every event the stage publishes, when it publishes it (the stage runs in this process).
+    const published: { subject: string; step: number; at: number }[] = [];
+    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
+      if (subject.startsWith(`troupe.${job}.sched.`)) published.push({ subject: subject.split('.').pop()!, step: (JSON.parse(new TextDecoder().decode(body)) as { step: number }).step, at: performance.now() });
+      return publishOriginal.call(this, subject, body, headers);
+    });
+    const { x, y } = data(8, SIZES[0]!, 3, 37);
+    try {
+      await Promise.all([pipe.trainStep(x, y), pipe.trainStep(x, y)]);
+      const two = published.filter((p) => p.step === 2);
+      const done = two.find((p) => p.subject === 'done')!;
+      const actions = two.filter((p) => p.subject === 'action');
+      expect(actions).toHaveLength(2 * m);
+      // Held for the whole step, every action would leave together with DONE.
+      expect(done.at - Math.min(...actions.map((a) => a.at))).toBeGreaterThanOrEqual(SLOW);
+    } finally {
+      spy.mockRestore();
       await pipe.close();
       tf.dispose([x, y]);
     }
