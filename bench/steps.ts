@@ -45,17 +45,22 @@ const steady = (ms: readonly number[]) => median(ms.slice(WARM));
  */
 function overheadPerMicrobatch(r: FleetResult, m: number): number {
   const wall = r.stepMs.slice(WARM).reduce((a, b) => a + b, 0);
-  return (wall - steadyBusy(r, 0) * (r.stepMs.length - WARM)) / ((r.stepMs.length - WARM) * m);
+  return (wall - busyAfterWarmUp(r, 0)) / ((r.stepMs.length - WARM) * m);
 }
 
-/** Stage `rank`'s busy ms per step after the warm-up, from its counters after the last warm-up step and the last step. */
+/** Stage `rank`'s busy ms per step after the warm-up. */
 function steadyBusy(r: FleetResult, rank: number): number {
+  return busyAfterWarmUp(r, rank) / (r.stepMs.length - WARM);
+}
+
+/** Stage `rank`'s busy ms over the steps after the warm-up: its counters after the last step less those after the last warm-up step. */
+function busyAfterWarmUp(r: FleetResult, rank: number): number {
   const busyAt = (step: number) => r.steps.find((s) => s.rank === rank && s.step === step)?.busyMs;
   const n = r.stepMs.length;
   const from = busyAt(WARM);
   const to = busyAt(n);
   if (from === undefined || to === undefined) throw new Error(`stage ${rank} published no counters after step ${from === undefined ? WARM : n}`);
-  return (to - from) / (n - WARM);
+  return to - from;
 }
 
 async function fitMs(kind: 'mlp' | 'conv', steps: number): Promise<number> {
