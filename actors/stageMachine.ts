@@ -337,9 +337,9 @@ function failureOf(key: string, err: unknown): StageFailure {
 }
 
 /**
- * The `startAction` implementation that runs `execute` for each action, one microtask after
- * the stage entered `computing`, and tells the stage how it ended. (An action is an event
- * pair, not an invoked actor: no child actor is made and stopped per action.)
+ * The `startAction` implementation that runs `execute` for each action, one turn of the event
+ * loop after the stage entered `computing`, and tells the stage how it ended. (An action is an
+ * event pair, not an invoked actor: no child actor is made and stopped per action.)
  *
  * @example
  * stageMachine.provide({ actions: { startAction: actionRunner((input) => compute(input)) } })
@@ -348,7 +348,10 @@ export function actionRunner(execute: (input: ExecuteInput) => Promise<void>) {
   return ({ self }: { self: AnyActorRef }, input: ExecuteInput): void => {
     const step = input.plan.step;
     const index = input.index;
-    void Promise.resolve()
+    // Through the event loop, not a microtask: a stage whose inputs are all in would otherwise
+    // run its whole list without reading its socket, and a control request (the next step's
+    // plan) would wait for the step's end.
+    void new Promise<void>((resolve) => setImmediate(resolve))
       .then(() => execute(input))
       .then(
         () => ({ type: 'ACTION_DONE' as const, step, index }),

@@ -3,7 +3,7 @@
  * record what they are asked to do, frames are plain objects, and every report is logged
  * so the exact interleaving of compute and reports can be asserted.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createActor, fromPromise, waitFor, type Actor, type SnapshotFrom } from 'xstate';
 import { DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
 import type { CutTensor } from '../../src/compute/partition.js';
@@ -470,6 +470,7 @@ describe('stageMachine: failures and aborts', () => {
     h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
     h.send(fwd(0));
     await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    await vi.waitFor(() => expect(h.log).toContain('exec 1F0')); // the action runs (a turn of the event loop after computing began)
     h.actor.send({ type: 'ABORT' });
     gate.reject(new Error('late failure'));
     const s = await waitFor(h.actor, (x) => x.matches('idle') || x.matches('failed'), WAIT);

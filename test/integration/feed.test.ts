@@ -7,7 +7,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { createPipeline, ConfigError, type FeedMode } from '../../src/index.js';
-import { decodeMessage } from '../../src/protocol/messages.js';
+import { decodeMessage, encodeJson } from '../../src/protocol/messages.js';
+import { CtlVerb, ctlSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
 import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
@@ -113,6 +114,48 @@ describe('feeding stage 0', () => {
       expect(done.at - Math.min(...actions.map((a) => a.at))).toBeGreaterThanOrEqual(SLOW);
     } finally {
       spy.mockRestore();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('a stage with every input in still answers a control request between two actions, not at the end of its step', async () => {
+    // Step 2 is queued behind step 1 and its inputs are all in before it begins: the stage
+    // never waits for a frame during it. A stage that went from one action to the next without
+    // a turn of the event loop would read its socket only after DONE; the scheduler shares
+    // this process, so step 1 would not even resolve before then.
+    const SLOW = 60;
+    const m = 4;
+    const { model } = mlpAndReference(SIZES, 38, tf.train.sgd(0.1));
+    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
+      const t0 = performance.now();
+      while (performance.now() - t0 < SLOW);
+      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
+    };
+    const job = 'feed-ctl';
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const done: { step: number; at: number }[] = [];
+    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
+      if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
+      return publishOriginal.call(this, subject, body, headers);
+    });
+    const admin = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-ctl-test' });
+    const { x, y } = data(8, SIZES[0]!, 3, 39);
+    try {
+      const first = pipe.trainStep(x, y);
+      const second = pipe.trainStep(x, y);
+      await first;
+      const reply = decodeMessage('hello', await admin.request(ctlSubject(job, 0, CtlVerb.PING), encodeJson({}), 5_000));
+      const answeredAt = performance.now();
+      await second;
+      expect(reply.rank).toBe(0);
+      const done2 = done.find((d) => d.step === 2);
+      expect(done2).toBeDefined();
+      // Step 2 takes m x SLOW ms; the answer came within it, before its DONE.
+      expect(answeredAt).toBeLessThan(done2!.at);
+    } finally {
+      spy.mockRestore();
+      await admin.close();
       await pipe.close();
       tf.dispose([x, y]);
     }
