@@ -10,6 +10,11 @@
  * ```
  * A step may have begun before START (its plans and first inputs sent while the previous
  * step's update was applied): `beginStep` then says how many microbatches are already fed.
+ *
+ * Once every stage but one is done (at once with one stage), that last one is sent its UPDATE
+ * early (`grantUpdate`): it applies it as its own list ends, without a round trip through the
+ * scheduler on the step's critical path. No stage still applies an update unless every stage
+ * finished its list: the others get theirs when the last DONE is in.
  */
 import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
 import type { StageFailure } from './stageMachine.js';
@@ -56,6 +61,8 @@ export interface SchedulerContext {
   peakHeld: number[];
   rejected: number;
   failure: StepFailure | null;
+  /** The stage sent its UPDATE early, as the last one still running (-1: none). */
+  granted: number;
 }
 
 export type SchedulerEvent =
@@ -93,6 +100,26 @@ const feed = {
   params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, from: context.fed, to: feedLimit(context) }),
 } as const;
 
+/**
+ * The failure an aborted step reports. A stage granted its update early applies it if it
+ * finished its list before the abort reached it (a timeout while its DONE was on the way):
+ * the failure says so unless that stage's own error (not a timeout) is the cause.
+ */
+function abortedFailure(c: SchedulerContext): StepFailure {
+  const f = c.failure!;
+  if (c.granted < 0 || (f.rank === c.granted && f.code !== 'STEP_TIMEOUT')) return f;
+  return { ...f, message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)` };
+}
+
+/** Grants the last stage still running its UPDATE (see the machine's comment). */
+const grant = {
+  guard: 'canGrant',
+  actions: [
+    'markGranted',
+    { type: 'grantUpdate', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, rank: context.granted }) },
+  ],
+} as const;
+
 /** The scheduler machine; hosts `provide` the I/O actors and actions. */
 export const schedulerMachine = setup({
   types: {
@@ -116,13 +143,16 @@ export const schedulerMachine = setup({
   actions: {
     /** Publish the INPUT frames of microbatches [from, to). */
     feedInputs: (_, _params: { step: number; from: number; to: number }) => {},
-    /** Publish UPDATE to every stage. */
-    sendUpdate: (_, _params: { step: number }) => {},
+    /** Publish UPDATE to every stage but `except` (the one granted it early; -1: none). */
+    sendUpdate: (_, _params: { step: number; except: number }) => {},
+    /** Publish UPDATE to stage `rank` early: the last stage still running applies it as its list ends. */
+    grantUpdate: (_, _params: { step: number; rank: number }) => {},
     /** Hand the outcome to whoever asked for the step. */
     resolveStep: (_, _params: StepOutcome) => {},
     /** Hand the first failure to whoever asked for the step. */
     rejectStep: (_, _params: { step: number; failure: StepFailure }) => {},
     markFed: assign({ fed: ({ context }) => feedLimit(context) }),
+    markGranted: assign({ granted: ({ context }) => context.done.indexOf(false) }),
     countStage0: assign(({ context, event }) => {
       if (event.type !== 'ACTION' || event.rank !== 0) return {};
       // Stage 0 frees a microbatch at its backward, its W when split, its forward when evaluating.
@@ -141,6 +171,8 @@ export const schedulerMachine = setup({
     forwardOnly: ({ context }) => context.req!.forwardOnly,
     noUpdate: ({ context }) => context.req!.forwardOnly || !context.req!.update,
     allUpdated: ({ context }) => context.updated.every(Boolean),
+    /** A training step with one stage left running, not yet granted its update. */
+    canGrant: ({ context }) => context.granted < 0 && !context.req!.forwardOnly && context.req!.update && context.done.filter((d) => !d).length === 1,
   },
   delays: {
     stepTimeout: ({ context }) => context.req?.timeoutMs ?? 60_000,
@@ -159,6 +191,7 @@ export const schedulerMachine = setup({
     peakHeld: [],
     rejected: 0,
     failure: null,
+    granted: -1,
   }),
   initial: 'idle',
   on: {
@@ -180,6 +213,7 @@ export const schedulerMachine = setup({
             peakHeld: new Array<number>(context.stages).fill(0),
             rejected: 0,
             failure: null,
+            granted: -1,
           })),
         },
       },
@@ -209,6 +243,15 @@ export const schedulerMachine = setup({
             return { done, peakHeld };
           }),
         },
+        // In any state of the step: a stage granted its update early may report it before the last DONE is read.
+        UPDATED: {
+          guard: 'thisStep',
+          actions: assign(({ context, event }) => {
+            const updated = [...context.updated];
+            updated[event.rank] = true;
+            return { updated };
+          }),
+        },
       },
       states: {
         starting: {
@@ -225,25 +268,18 @@ export const schedulerMachine = setup({
         feeding: {
           entry: [feed, 'markFed'],
           on: { ACTION: { guard: 'thisStep', actions: ['countStage0', feed, 'markFed'] } },
-          always: { guard: 'allFed', target: 'draining' },
+          always: [grant, { guard: 'allFed', target: 'draining' }],
         },
         draining: {
           always: [
             { guard: and(['drained', 'noUpdate']), target: 'finished' },
             { guard: 'drained', target: 'updating' },
+            grant,
           ],
         },
         updating: {
-          entry: { type: 'sendUpdate', params: ({ context }) => ({ step: context.req!.step }) },
+          entry: { type: 'sendUpdate', params: ({ context }) => ({ step: context.req!.step, except: context.granted }) },
           on: {
-            UPDATED: {
-              guard: 'thisStep',
-              actions: assign(({ context, event }) => {
-                const updated = [...context.updated];
-                updated[event.rank] = true;
-                return { updated };
-              }),
-            },
             // Some stages may have applied the update already: an abort cannot take it back, so
             // the step fails as it is and says the stages' weights may now disagree.
             STAGE_ERROR: {
@@ -282,10 +318,10 @@ export const schedulerMachine = setup({
           invoke: {
             src: 'abortStep',
             input: ({ context }) => ({ step: context.req!.step }),
-            onDone: { target: '#scheduler.idle', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
+            onDone: { target: '#scheduler.idle', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) } },
             onError: {
               target: '#scheduler.idle',
-              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) },
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) },
             },
           },
           on: { STAGE_ERROR: { actions: [] } },

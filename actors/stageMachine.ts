@@ -9,6 +9,7 @@
  * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
  * ABORT while computing or updating waits for that to end, then idle (even when it fails)
  * running, awaitingUpdate, updating -STEP-> (the plan is queued) ... idle -> running (the queued step)
+ * running -UPDATE-> (granted: the last stage still running) ... (last action) -> updating, not awaitingUpdate
  * ```
  * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
  * the stage carries on with its step. Frames of a queued step are judged against its plan
@@ -63,6 +64,8 @@ export interface StageContext extends StageInput {
   held: number;
   peakHeld: number;
   abortRequested: boolean;
+  /** UPDATE came while the step ran (the scheduler grants it to the last stage running): apply it as the list ends. */
+  updateGranted: boolean;
   rejected: number;
   error: StageFailure | null;
 }
@@ -92,8 +95,8 @@ export function missing(c: StageContext): string[] {
 }
 
 /** The per-step part of the context, as it is between steps. */
-function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'inbox' | 'consumed' | 'held' | 'abortRequested'> {
-  return { plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false };
+function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'inbox' | 'consumed' | 'held' | 'abortRequested' | 'updateGranted'> {
+  return { plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false, updateGranted: false };
 }
 
 const notProvided = (name: string) => () => {
@@ -185,6 +188,10 @@ export const stageMachine = setup({
     noUpdate: ({ context }) => (context.plan?.forwardOnly ?? false) || !(context.plan?.update ?? true),
     ready: ({ context }) => missing(context).length === 0,
     updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
+    /** An UPDATE of the running training step, not granted before. */
+    grantOfThisStep: ({ context, event }) =>
+      event.type === 'UPDATE' && event.step === context.step && !context.updateGranted && !(context.plan?.forwardOnly ?? true) && (context.plan?.update ?? false),
+    updateGranted: ({ context }) => context.updateGranted,
     /** One step may wait behind the current one, and only a later one. */
     canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,
     hasQueued: ({ context }) => context.next !== null,
@@ -236,11 +243,17 @@ export const stageMachine = setup({
         ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
         STEP: { guard: 'canQueue', actions: 'queueNext' },
         DROP_NEXT: { actions: 'dropQueued' },
+        UPDATE: { guard: 'grantOfThisStep', actions: assign({ updateGranted: true }) },
       },
       states: {
         next: {
           always: [
             { guard: 'aborting', target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+            {
+              guard: and(['allDone', 'updateGranted']),
+              target: '#stage.updating',
+              actions: { type: 'reportDone', params: ({ context }) => ({ step: context.step, peakHeld: context.peakHeld }) },
+            },
             {
               guard: 'allDone',
               target: '#stage.awaitingUpdate',

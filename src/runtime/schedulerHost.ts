@@ -132,12 +132,10 @@ export class SchedulerHost {
         feedInputs: (_, { from, to }) => {
           for (let mb = from; mb < to; mb++) this.feed(this.work!, mb);
         },
-        sendUpdate: (_, { step }) => {
-          for (let r = 0; r < o.stages; r++) {
-            const m = encodeKeyOnly({ job: o.job, step, microbatch: 0, phase: Phase.UPDATE }, 'sched');
-            void this.o.bus.publish(stageSubject(o.job, r, Phase.UPDATE), m.data, m.headers).catch((err: unknown) => this.transportFailed(step, err));
-          }
+        sendUpdate: (_, { step, except }) => {
+          for (let r = 0; r < o.stages; r++) if (r !== except) this.sendUpdate(step, r);
         },
+        grantUpdate: (_, { step, rank }) => this.sendUpdate(step, rank),
         resolveStep: (_, outcome) => this.pending?.resolve(outcome),
         rejectStep: (_, { failure }) => this.pending?.reject(errorOf(failure)),
       },
@@ -211,6 +209,12 @@ export class SchedulerHost {
     this.feeding = this.feeding.then(async () => {
       for (const { rank, frame } of w.inputs(mb)) await this.o.bus.publishFrame(stageSubject(this.o.job, rank, Phase.INPUT), frame);
     }).catch((err: unknown) => this.transportFailed(w.step, err));
+  }
+
+  /** Publishes UPDATE of `step` to stage `rank`. */
+  private sendUpdate(step: number, rank: number): void {
+    const m = encodeKeyOnly({ job: this.o.job, step, microbatch: 0, phase: Phase.UPDATE }, 'sched');
+    void this.o.bus.publish(stageSubject(this.o.job, rank, Phase.UPDATE), m.data, m.headers).catch((err: unknown) => this.transportFailed(step, err));
   }
 
   private transportFailed(step: number, err: unknown): void {

@@ -232,7 +232,11 @@ export class StageHost {
     const s = this.actor.getSnapshot();
     if (job !== this.o.job) throw new UnexpectedFrameError(`UPDATE for job ${job}, not ${this.o.job}`);
     if (step < s.context.step) throw new StaleStepError(`UPDATE for step ${step}, which is over (now ${s.context.step})`);
-    if (!s.matches('awaitingUpdate') || step !== s.context.step) {
+    // Running: the scheduler grants the last stage still running its update early; it applies it as its list ends.
+    const running = s.matches('running') && step === s.context.step;
+    if (running && s.context.updateGranted) throw new UnexpectedFrameError(`UPDATE for step ${step} came twice`);
+    if (running && (s.context.plan!.forwardOnly || !s.context.plan!.update)) throw new UnexpectedFrameError(`UPDATE for step ${step}, which applies no update (evaluation, prediction or accumulation)`);
+    if (!running && (!s.matches('awaitingUpdate') || step !== s.context.step)) {
       throw new UnexpectedFrameError(`UPDATE for step ${step} while stage ${this.rank} is ${JSON.stringify(s.value)}`);
     }
     this.actor.send({ type: 'UPDATE', step });

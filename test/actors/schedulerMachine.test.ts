@@ -51,7 +51,8 @@ function harness(o: HarnessOptions = {}): Harness {
         if (to > from) log.push(`feed ${step} ${from}-${to}`);
         for (let mb = from; mb < to; mb++) fed.push(mb);
       },
-      sendUpdate: (_, { step }) => void log.push(`update ${step}`),
+      sendUpdate: (_, { step, except }) => void log.push(`update ${step}${except >= 0 ? ` except ${except}` : ''}`),
+      grantUpdate: (_, { step, rank }) => void log.push(`grant ${step} ${rank}`),
       resolveStep: (_, outcome) => {
         log.push(`resolve ${outcome.step}`);
         outcomes.push(outcome);
@@ -209,13 +210,16 @@ describe('schedulerMachine: closing a step', () => {
     return h;
   }
 
-  it('after every LOSS and DONE it sends UPDATE, and resolves after every UPDATED with losses in microbatch order', async () => {
+  it('after every LOSS and DONE it sends UPDATE (early to the last stage running), and resolves after every UPDATED with losses in microbatch order', async () => {
     const h = await draining();
     // Losses out of order, interleaved with DONEs.
     h.actor.send({ type: 'LOSS', step: 1, microbatch: 2, loss: 0.3, metric: 0.5 });
     h.actor.send({ type: 'DONE', rank: 2, step: 1, peakHeld: 1 });
+    expect(h.log.filter((l) => l.startsWith('grant'))).toEqual([]); // two stages still run
     h.actor.send({ type: 'LOSS', step: 1, microbatch: 0, loss: 0.1, metric: 1 });
     h.actor.send({ type: 'DONE', rank: 0, step: 1, peakHeld: 3 });
+    // Stage 1 is the last one running: it gets its UPDATE now and applies it when its list ends.
+    expect(h.log.at(-1)).toBe('grant 1 1');
     h.actor.send({ type: 'REJECT', rank: 1 });
     expect(h.actor.getSnapshot().matches({ active: 'draining' })).toBe(true);
     h.actor.send({ type: 'DONE', rank: 1, step: 1, peakHeld: 2 });
@@ -224,7 +228,7 @@ describe('schedulerMachine: closing a step', () => {
     expect(h.log).not.toContain('update 1');
     h.actor.send({ type: 'LOSS', step: 1, microbatch: 1, loss: 0.2, metric: 0 });
     await inState(h, 'updating');
-    expect(h.log.at(-1)).toBe('update 1');
+    expect(h.log.at(-1)).toBe('update 1 except 1');
 
     h.actor.send({ type: 'UPDATED', rank: 2, step: 1 });
     h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
@@ -232,7 +236,7 @@ describe('schedulerMachine: closing a step', () => {
     expect(h.outcomes).toEqual([]);
     h.actor.send({ type: 'UPDATED', rank: 1, step: 1 });
     await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
-    expect(h.log).toEqual(['begin 1', 'feed 1 0-3', 'update 1', 'resolve 1']);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-3', 'grant 1 1', 'update 1 except 1', 'resolve 1']);
     expect(h.outcomes).toEqual([{ step: 1, lossShares: [0.1, 0.2, 0.3], metricShares: [1, 0, 0.5], peakHeld: [3, 2, 1], rejected: 1 }]);
     expect(h.failures).toEqual([]);
   });
@@ -242,7 +246,29 @@ describe('schedulerMachine: closing a step', () => {
     for (let r = 0; r < 3; r++) h.actor.send({ type: 'DONE', rank: r, step: 1, peakHeld: 1 });
     for (let i = 0; i < 3; i++) h.actor.send({ type: 'LOSS', step: 1, microbatch: i, loss: i, metric: null });
     await inState(h, 'updating');
-    expect(h.log.filter((l) => l.startsWith('update'))).toEqual(['update 1']);
+    expect(h.log.filter((l) => l.startsWith('update') || l.startsWith('grant'))).toEqual(['grant 1 2', 'update 1 except 2']);
+  });
+
+  it('a lone stage is granted its UPDATE as the step begins; the grant counts its UPDATED, and no step without an update gets one', async () => {
+    const h = harness({ stages: 1 });
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2 }) });
+    await inState(h, 'draining');
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'grant 1 0']);
+    for (let i = 0; i < 2; i++) h.actor.send({ type: 'LOSS', step: 1, microbatch: i, loss: i, metric: null });
+    h.actor.send({ type: 'DONE', rank: 0, step: 1, peakHeld: 1 });
+    // The stage applied the update as its list ended, without waiting for the scheduler.
+    h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
+    await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'grant 1 0', 'update 1 except 0', 'resolve 1']);
+    for (const [step, over] of [[2, { forwardOnly: true }], [3, { update: false }]] as const) {
+      h.actor.send({ type: 'START', req: req({ step, microbatches: 1, feedBound: 1, ...over }) });
+      await inState(h, 'draining');
+      expect(h.log.filter((l) => l.startsWith('grant'))).toEqual(['grant 1 0']);
+      h.actor.send({ type: 'LOSS', step, microbatch: 0, loss: 1, metric: null });
+      h.actor.send({ type: 'DONE', rank: 0, step, peakHeld: 0 });
+      await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
+    }
+    expect(h.outcomes.map((o) => o.step)).toEqual([1, 2, 3]);
   });
 
   it('forward-only resolves without sendUpdate', async () => {
@@ -313,7 +339,7 @@ describe('schedulerMachine: failures', () => {
     h.actor.send({ type: 'STAGE_ERROR', rank: 1, step: 1, failure: { key: 'j/1/UPDATE', code: 'COMPUTE', message: 'nan' } });
     await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
     // An abort cannot take back stage 0's update: the step fails as it is.
-    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'update 1', 'reject 1 COMPUTE']);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'grant 1 1', 'update 1 except 1', 'reject 1 COMPUTE']);
     expect(h.failures[0]!.failure.message).toMatch(/during UPDATE: stages 0 had applied it; restore a checkpoint/);
     expect(h.outcomes).toEqual([]);
   });
@@ -345,8 +371,10 @@ describe('schedulerMachine: failures', () => {
     h.actor.send({ type: 'DONE', rank: 0, step: 2, peakHeld: 1 });
     h.actor.send({ type: 'DONE', rank: 2, step: 2, peakHeld: 1 });
     await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
-    expect(h.log).toEqual(['begin 2', 'feed 2 0-2', 'abort 2', 'reject 2 STEP_TIMEOUT']);
+    expect(h.log).toEqual(['begin 2', 'feed 2 0-2', 'grant 2 1', 'abort 2', 'reject 2 STEP_TIMEOUT']);
     const f = h.failures[0]!;
+    // Stage 1 had its UPDATE: had it finished with its DONE on the way, it applied it.
+    expect(f.failure.message).toContain('stage 1 had its UPDATE early');
     expect(f.step).toBe(2);
     expect(f.failure.code).toBe('STEP_TIMEOUT');
     expect(f.failure.rank).toBe(1); // the first stage not done
@@ -370,7 +398,8 @@ describe('schedulerMachine: failures', () => {
       expect(h.log.filter((l) => l.startsWith('abort'))).toEqual(['abort 1']);
       gate.resolve();
       await waitFor(h.actor, (x) => x.matches('idle'), { timeout: Infinity });
-      expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'abort 1', 'reject 1 COMPUTE']);
+      expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'grant 1 0', 'abort 1', 'reject 1 COMPUTE']);
+      // The granted stage's own action failed: it applied nothing, and the failure does not say it may have.
       expect(h.failures[0]!.failure.message).toBe('first');
     } finally {
       vi.useRealTimers();
@@ -387,6 +416,6 @@ describe('schedulerMachine: failures', () => {
     // A second step that times out: only its own timer fires, once.
     h.actor.send({ type: 'START', req: req({ step: 2, microbatches: 1, feedBound: 1, timeoutMs: 30 }) });
     await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
-    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'resolve 1', 'begin 2', 'feed 2 0-1', 'abort 2', 'reject 2 STEP_TIMEOUT']);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'resolve 1', 'begin 2', 'feed 2 0-1', 'grant 2 0', 'abort 2', 'reject 2 STEP_TIMEOUT']);
   });
 });

@@ -220,6 +220,32 @@ describe('stageMachine: a step', () => {
     await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
     expect(h.log.slice(3)).toEqual(['exec 1F0', 'done 2 peak 0']);
   });
+
+  it('an UPDATE of its step while it runs (the grant to the last stage running) is applied as the list ends, without awaiting another', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 2, stages: 3 }, { execute: (ex) => (ex.action.kind === 'F' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0), yInput(0));
+    await vi.waitFor(() => expect(h.log).toContain('exec 2F0'));
+    h.actor.send({ type: 'UPDATE', step: 2 }); // another step's: ignored
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(false);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    h.actor.send({ type: 'UPDATE', step: 1 }); // a second one changes nothing
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(true);
+    expect(h.log).not.toContain('update 1'); // not before the list ends
+    gate.resolve();
+    const s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log).toEqual(['exec 2F0', 'exec 2B0', 'done 1 peak 1', 'update 1', 'updated 1']);
+    expect(s.context.updateGranted).toBe(false);
+
+    // A forward-only step takes no grant: it ends without an update.
+    h.actor.send({ type: 'STEP', plan: plan('F0', { step: 2, microbatches: 1, batchSize: 2, forwardOnly: true }) });
+    h.actor.send({ type: 'UPDATE', step: 2 });
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(false);
+    h.send(fwd(0, 2), yInput(0, 2));
+    await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
+    expect(h.log.slice(5)).toEqual(['exec 2F0', 'done 2 peak 0']);
+  });
 });
 
 describe('stageMachine: refused frames', () => {
