@@ -352,12 +352,13 @@ function failureOf(key: string, err: unknown): StageFailure {
 /**
  * The `startAction` implementation that runs `execute` for each action, one turn of the event
  * loop after the stage entered `computing`, and tells the stage how it ended. (An action is an
- * event pair, not an invoked actor: no child actor is made and stopped per action.)
+ * event pair, not an invoked actor: no child actor is made and stopped per action.) `deliver`,
+ * when given, is handed each ending's send to run (the host times it).
  *
  * @example
  * stageMachine.provide({ actions: { startAction: actionRunner((input) => compute(input)) } })
  */
-export function actionRunner(execute: (input: ExecuteInput) => Promise<void>) {
+export function actionRunner(execute: (input: ExecuteInput) => Promise<void>, deliver: (send: () => void) => void = (send) => send()) {
   return ({ self }: { self: AnyActorRef }, input: ExecuteInput): void => {
     const step = input.plan.step;
     const index = input.index;
@@ -372,7 +373,7 @@ export function actionRunner(execute: (input: ExecuteInput) => Promise<void>) {
       )
       .then((done) => {
         // A stage stopped meanwhile has nobody to tell.
-        if (self.getSnapshot().status === 'active') self.send(done);
+        if (self.getSnapshot().status === 'active') deliver(() => self.send(done));
       });
   };
 }

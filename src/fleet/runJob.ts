@@ -435,7 +435,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);
     if (heldOut) say(`  held-out: loss ${heldOut.loss.toFixed(4)}${heldOut.metric !== null ? `, metric ${(heldOut.metric * 100).toFixed(2)}%` : ''} on ${data.test!.x.shape[0]} examples`);
     for (const st of stats) {
-      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
+      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
     }
     if (o.save) say(`  model saved in ${o.save}`);
     if (trace) {

@@ -78,6 +78,10 @@ export interface StatsMessage {
   readonly rejected: number;
   /** Tensors alive in the stage's process (tf.memory().numTensors). */
   readonly tensors: number;
+  /** Milliseconds the stage machine took to handle the host's events: frames, action ends, plans, updates. */
+  readonly machineMs: number;
+  /** Milliseconds judging and assembling received frames outside the machine (headers, chunks; not the NATS client's parsing). */
+  readonly framesMs: number;
 }
 
 const enc = new TextEncoder();
@@ -129,7 +133,7 @@ const SHAPES = {
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   abort: { step: 'number' },
   stop: { job: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */

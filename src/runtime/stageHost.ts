@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { admitStep, splitInput } from '../../actors/admitFrame.js';
-import { actionRunner, missing, stageMachine, type ExecuteInput } from '../../actors/stageMachine.js';
+import { actionRunner, missing, stageMachine, type ExecuteInput, type StageEvent } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
@@ -78,6 +78,9 @@ export class StageHost {
   private readonly subs: { drain(): Promise<void> }[] = [];
   private busyMs = 0;
   private idleMs = 0;
+  /** Time in the stage machine's handling of events, and in reading frames outside it (stats). */
+  private machineMs = 0;
+  private framesMs = 0;
   private stepStartedAt = 0;
   private busyAtStepStart = 0;
   /** A state frame received on the state subject, applied by the next `load`. */
@@ -122,7 +125,10 @@ export class StageHost {
         resetCompute: () => compute.reset(),
         stepBegins: (_, { plan, actions }) => this.stepBegins(plan, actions),
         sendHeld: () => this.sendHeld(),
-        startAction: actionRunner((input) => this.execute(input)),
+        startAction: actionRunner(
+          (input) => this.execute(input),
+          (send) => this.timed(send),
+        ),
       },
     });
     this.actor = createActor(machine, {
@@ -171,6 +177,8 @@ export class StageHost {
       peakHeld: this.peakHeld,
       rejected: this.actor.getSnapshot().context.rejected + this.refusedOnArrival,
       tensors: tf.memory().numTensors,
+      machineMs: this.machineMs,
+      framesMs: this.framesMs,
     };
   }
 
@@ -213,6 +221,8 @@ export class StageHost {
   }
 
   private onFrame(m: BusMessage): void {
+    const t0 = performance.now();
+    const before = this.machineMs + this.busyMs;
     const phase = lastToken(m.subject);
     try {
       const h = parseHeader(m.header, phase, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
@@ -221,11 +231,30 @@ export class StageHost {
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
       if (wrongStep) throw wrongStep;
       const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.actor.send({ type: 'FRAME', frame });
+      if (frame) this.send({ type: 'FRAME', frame });
     } catch (err) {
       this.refusedOnArrival++;
       this.reject(m.subject, err);
+    } finally {
+      // The machine's part (and an update an UPDATE frame ran at once) are counted apart.
+      this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
     }
+  }
+
+  /** Hands the stage machine an event, counting the time it takes (stats: machineMs). */
+  private send(event: StageEvent): void {
+    this.timed(() => this.actor.send(event));
+  }
+
+  /**
+   * Runs `send` (an event to the stage machine) and adds its time to machineMs, less what
+   * it counted as busy: an update invoked by the event runs at once, inside it.
+   */
+  private timed(send: () => void): void {
+    const t0 = performance.now();
+    const busy = this.busyMs;
+    send();
+    this.machineMs += performance.now() - t0 - (this.busyMs - busy);
   }
 
   private onUpdate(job: string, step: number): void {
@@ -239,7 +268,7 @@ export class StageHost {
     if (!running && (!s.matches('awaitingUpdate') || step !== s.context.step)) {
       throw new UnexpectedFrameError(`UPDATE for step ${step} while stage ${this.rank} is ${JSON.stringify(s.value)}`);
     }
-    this.actor.send({ type: 'UPDATE', step });
+    this.send({ type: 'UPDATE', step });
   }
 
   private async onCtl(m: BusMessage): Promise<void> {
@@ -341,7 +370,7 @@ export class StageHost {
     const actions = parseStageActions(plan.actions, this.rank);
     const positions = parseOrder(plan.order, actions.length, this.rank);
     if (positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
-    this.actor.send({ type: 'STEP', plan });
+    this.send({ type: 'STEP', plan });
   }
 
   /** Per-step state, set as the step begins (at once, or after the update it was queued behind). */

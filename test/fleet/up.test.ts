@@ -54,7 +54,7 @@ describe('troupe up with 2 worker processes', () => {
     expect(output).toMatch(/rank 1: pid \d+ on .*backend wasm, device cpu/);
     expect(output).toMatch(/step 12\/12 epoch 2\/2/);
     expect(output).toMatch(/held-out: loss [\d.]+, metric [\d.]+% on 30 examples/);
-    expect(output).toMatch(/stage 1: busy [\d.]+ s, idle [\d.]+ s, 52 F \/ 48 B, in [\d.]+ MB, out [\d.]+ MB, peak in flight 1/);
+    expect(output).toMatch(/stage 1: busy [\d.]+ s, idle [\d.]+ s, machine [\d.]+ s, reading frames [\d.]+ s, 52 F \/ 48 B, in [\d.]+ MB, out [\d.]+ MB, peak in flight 1/);
     const pids = printedPids(output);
     expect(pids).toHaveLength(3); // nats-server and two workers
     for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);

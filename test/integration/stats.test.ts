@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { Bus, createPipeline, subjects } from '../../src/index.js';
 import { decodeMessage, type StatsMessage } from '../../src/protocol/messages.js';
 import { countingLock } from '../helpers/countingLock.js';
-import { data, mlp } from '../helpers/models.js';
+import { data, mlp, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -36,11 +36,43 @@ describe('stage counters', () => {
         expect(g.idleMs).toBeGreaterThanOrEqual(0);
         expect(g.bytesIn).toBeGreaterThan(0);
         expect(g.bytesOut).toBeGreaterThan(0);
+        // Both stages received frames and handled events: time in the machine and in reading frames,
+        // neither more than the stage's whole life in steps (busy + idle covers the steps' wall time).
+        expect(g.machineMs).toBeGreaterThan(0);
+        expect(g.framesMs).toBeGreaterThan(0);
+        expect(g.machineMs + g.framesMs).toBeLessThan(g.busyMs + g.idleMs);
       }
       const local = pipe.stats();
       expect(local[1]!.forwards).toBe(12);
     } finally {
       await spy.close();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+
+  it('count the time the stage machine and frame reading take apart from compute and the update', async () => {
+    // Each forward of the only stage takes at least SLOW ms (its loss waits): 2 steps of m = 4
+    // are at least 8 x SLOW ms busy. Compute runs outside the machine's event handling; the
+    // update runs inside it (the grant makes it start from the last action's end) and counts as busy only.
+    const SLOW = 20;
+    const { model } = mlpAndReference([10, 16, 12, 3], 51, tf.train.sgd(0.1));
+    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
+      const t0 = performance.now();
+      while (performance.now() - t0 < SLOW);
+      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
+    };
+    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job: 'stats-parts', optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const { x, y } = data(8, 10, 3, 52);
+    try {
+      for (let s = 0; s < 2; s++) await pipe.trainStep(x, y);
+      const [st] = pipe.stats();
+      expect(st!.busyMs).toBeGreaterThanOrEqual(8 * SLOW);
+      expect(st!.machineMs).toBeGreaterThan(0);
+      expect(st!.framesMs).toBeGreaterThan(0);
+      // Were compute counted as the machine's, it would hold at least 8 x SLOW ms.
+      expect(st!.machineMs).toBeLessThan(2 * SLOW);
+    } finally {
       await pipe.close();
       tf.dispose([x, y]);
     }
