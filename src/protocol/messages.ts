@@ -63,7 +63,7 @@ export interface StatsMessage {
   readonly step: number;
   /** Milliseconds spent in compute, publishing results and updates. */
   readonly busyMs: number;
-  /** Milliseconds inside steps not busy: waiting for messages (the bubble), and handling events (machineMs, framesMs). */
+  /** Milliseconds inside steps not busy: waiting for messages (the bubble), and most of machineMs and framesMs. */
   readonly idleMs: number;
   readonly forwards: number;
   readonly backwards: number;
