@@ -141,7 +141,7 @@ function drawSteps() {
 
 function drawStats() {
   const rows = [...stats.values()].sort((a, b) => a.rank - b.rank).map((s) =>
-    '<tr data-rank="' + s.rank + '"><td>' + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + '</td><td>' + s.forwards + '</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + '</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
+    '<tr data-rank="' + s.rank + '"><td>' + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + '</td><td class="machine">' + (s.machineMs / 1000).toFixed(3) + '</td><td>' + (s.framesMs / 1000).toFixed(3) + '</td><td>' + s.forwards + '</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + '</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
   document.querySelector('table.stats tbody').innerHTML = rows;
 }
 
@@ -175,7 +175,7 @@ export function inspectorPage(job: string): string {
 <main>
 <section id="actors"><h2>Actors (<span id="actor-count">0</span>)</h2><div id="actor-list"></div></section>
 <section id="timeline"><h2>Pipeline timeline</h2><div id="steps">no step yet</div></section>
-<section id="stages"><h2>Stages</h2><table class="stats"><thead><tr><th>rank</th><th>step</th><th>busy s</th><th>idle s</th><th>F</th><th>B</th><th>peak in flight</th><th>in MB</th><th>out MB</th><th>tensors</th><th>refused</th></tr></thead><tbody></tbody></table></section>
+<section id="stages"><h2>Stages</h2><table class="stats"><thead><tr><th>rank</th><th>step</th><th>busy s</th><th>idle s</th><th title="the stage machine handling events">machine s</th><th title="judging and assembling frames">frames s</th><th>F</th><th>B</th><th>peak in flight</th><th>in MB</th><th>out MB</th><th>tensors</th><th>refused</th></tr></thead><tbody></tbody></table></section>
 <section id="errors"><h2>Errors</h2><div class="errors">none</div><div class="rejects"></div></section>
 </main>
 <script>${SCRIPT}</script>

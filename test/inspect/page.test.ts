@@ -57,6 +57,9 @@ describe('the inspector page in headless Chromium', () => {
       expect(Number((await page.locator('.step[data-step="4"] .bubble-measured').textContent())!.replace('%', ''))).toBeGreaterThan(0);
       // Per-stage counters arrived for both stages.
       await page.waitForFunction(() => document.querySelectorAll('table.stats tbody tr').length === 2);
+      // Among them, the time each stage machine took to handle its events (seconds, 3 decimals).
+      expect(await page.locator('table.stats thead').textContent()).toContain('machine s');
+      for (const r of [0, 1]) expect(await page.locator(`table.stats tr[data-rank="${r}"] td.machine`).textContent()).toMatch(/^\d+\.\d{3}$/);
 
       mkdirSync(ARTIFACTS, { recursive: true });
       await page.screenshot({ path: `${ARTIFACTS}inspector.png`, fullPage: true });
