@@ -31,6 +31,18 @@ export function skipModel(seed = 7): tf.LayersModel {
   return tf.model({ inputs: x, outputs: y });
 }
 
+/**
+ * Categorical cross-entropy that first busy-waits `ms` milliseconds: each forward of the last
+ * stage then takes at least that long, so a test can hold a stage in its step.
+ */
+export function slowLoss(ms: number): (yTrue: tf.Tensor, yPred: tf.Tensor) => tf.Tensor {
+  return (yTrue, yPred) => {
+    const t0 = performance.now();
+    while (performance.now() - t0 < ms);
+    return tf.metrics.categoricalCrossentropy(yTrue, yPred);
+  };
+}
+
 /** Deterministic data: inputs in [-1, 1) and one-hot labels. */
 export function data(n: number, inDim: number, classes: number, seed = 3): { x: tf.Tensor2D; y: tf.Tensor2D } {
   let s = seed >>> 0;

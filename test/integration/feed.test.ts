@@ -10,7 +10,7 @@ import { createPipeline, ConfigError, type FeedMode } from '../../src/index.js';
 import { decodeMessage, encodeJson } from '../../src/protocol/messages.js';
 import { CtlVerb, ctlSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
-import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
+import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -90,13 +90,8 @@ describe('feeding stage 0', () => {
     const SLOW = 60;
     const m = 4;
     const { model } = mlpAndReference(SIZES, 36, tf.train.sgd(0.1));
-    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
-      const t0 = performance.now();
-      while (performance.now() - t0 < SLOW);
-      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
-    };
     const job = 'feed-hold';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     // Every event the stage publishes, when it publishes it (the stage runs in this process).
     const published: { subject: string; step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
@@ -127,13 +122,8 @@ describe('feeding stage 0', () => {
     const SLOW = 60;
     const m = 4;
     const { model } = mlpAndReference(SIZES, 38, tf.train.sgd(0.1));
-    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
-      const t0 = performance.now();
-      while (performance.now() - t0 < SLOW);
-      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
-    };
     const job = 'feed-ctl';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     const done: { step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
       if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { Bus, createPipeline, subjects } from '../../src/index.js';
 import { decodeMessage, type StatsMessage } from '../../src/protocol/messages.js';
 import { countingLock } from '../helpers/countingLock.js';
-import { data, mlp, mlpAndReference } from '../helpers/models.js';
+import { data, mlp, mlpAndReference, slowLoss } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -57,12 +57,7 @@ describe('stage counters', () => {
     // update runs inside it (the grant makes it start from the last action's end) and counts as busy only.
     const SLOW = 20;
     const { model } = mlpAndReference([10, 16, 12, 3], 51, tf.train.sgd(0.1));
-    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
-      const t0 = performance.now();
-      while (performance.now() - t0 < SLOW);
-      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
-    };
-    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job: 'stats-parts', optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job: 'stats-parts', optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     const { x, y } = data(8, 10, 3, 52);
     try {
       for (let s = 0; s < 2; s++) await pipe.trainStep(x, y);

@@ -12,7 +12,7 @@ import { decodeMessage } from '../../src/protocol/messages.js';
 import { Phase } from '../../src/protocol/phase.js';
 import { stageSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
-import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
+import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -71,13 +71,8 @@ describe('the early UPDATE of the last stage running', () => {
     const SLOW = 20;
     const m = 4;
     const { model, ref } = mlpAndReference(SIZES, 43, tf.train.sgd(0.1));
-    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
-      const t0 = performance.now();
-      while (performance.now() - t0 < SLOW);
-      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
-    };
     const job = 'grant-lone';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     const { spy, seen } = await watch(job);
     const { x, y } = data(8, SIZES[0]!, 3, 44);
     try {
@@ -96,13 +91,8 @@ describe('the early UPDATE of the last stage running', () => {
   it('a second UPDATE of a step is refused with a typed error, and the update is applied once', async () => {
     const SLOW = 20;
     const { model, ref } = mlpAndReference(SIZES, 45, tf.train.sgd(0.1));
-    const slowLoss = (yTrue: tf.Tensor, yPred: tf.Tensor) => {
-      const t0 = performance.now();
-      while (performance.now() - t0 < SLOW);
-      return tf.metrics.categoricalCrossentropy(yTrue, yPred);
-    };
     const job = 'grant-twice';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     const { spy, seen } = await watch(job);
     const rejects: { code: string; message: string }[] = [];
     spy.subscribe(`troupe.${job}.sched.reject`, (m) => rejects.push(decodeMessage('reject', m.data)));
