@@ -1,11 +1,12 @@
 /**
  * The stage actor: walks its action list for each step, waiting for the frame each action
- * needs, starts compute with `startAction` (the host answers ACTION_DONE or ACTION_FAILED),
- * and after its last action awaits UPDATE.
+ * needs, starts compute with `startRun` (the host answers ACTION_DONE or ACTION_FAILED),
+ * and after its last action awaits UPDATE. A run is every action from the cursor on whose
+ * frames are all in: one event starts it and one ends it, however many actions it holds.
  *
  * ```
  * booting -> idle -STEP-> running -(last action)-> awaitingUpdate -UPDATE-> updating -> idle
- *                          running: next -> waiting -FRAME-> next -> computing -> next ...
+ *                          running: next -> waiting -FRAME-> next -> computing (a run) -> next ...
  * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
  * ABORT while computing or updating waits for that to end, then idle (even when it fails)
  * running, awaitingUpdate, updating -STEP-> (the plan is queued) ... idle -> running (the queued step)
@@ -34,7 +35,7 @@ export interface StageInput {
   readonly outputs: readonly CutTensor[];
 }
 
-/** What `execute` gets: the action and the frames it needs, in `needs` order. */
+/** What `execute` gets for one action of a run: the action and the frames it needs, in `needs` order. */
 export interface ExecuteInput {
   readonly action: Action;
   /** The action's index in the stage's list. */
@@ -59,6 +60,8 @@ export interface StageContext extends StageInput {
   early: Record<string, Frame>;
   actions: Action[];
   cursor: number;
+  /** While computing: how many actions from the cursor on the run holds (0 otherwise). */
+  run: number;
   inbox: Record<string, Frame>;
   consumed: string[];
   held: number;
@@ -74,9 +77,13 @@ export type StageEvent =
   | { type: 'STEP'; plan: StepPlan }
   | { type: 'FRAME'; frame: Frame }
   | { type: 'UPDATE'; step: number }
-  /** The action at `index` of step `step` finished (sent by `actionRunner`). */
-  | { type: 'ACTION_DONE'; step: number; index: number }
-  | { type: 'ACTION_FAILED'; step: number; index: number; error: unknown }
+  /**
+   * The run that began at action `index` of step `step` ended (sent by `actionRunner`) with
+   * `count` of its actions done: all of them, or fewer when an ABORT stopped it between two.
+   */
+  | { type: 'ACTION_DONE'; step: number; index: number; count: number }
+  /** Action `index + count` of the run that began at `index` failed; the `count` before it were done. */
+  | { type: 'ACTION_FAILED'; step: number; index: number; count: number; error: unknown }
   | { type: 'ABORT' }
   /** Forget the queued step (the scheduler aborted it before it began). */
   | { type: 'DROP_NEXT' }
@@ -95,8 +102,33 @@ export function missing(c: StageContext): string[] {
 }
 
 /** The per-step part of the context, as it is between steps. */
-function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'inbox' | 'consumed' | 'held' | 'abortRequested' | 'updateGranted'> {
-  return { plan: null, actions: [], cursor: 0, inbox: {}, consumed: [], held: 0, abortRequested: false, updateGranted: false };
+function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'run' | 'inbox' | 'consumed' | 'held' | 'abortRequested' | 'updateGranted'> {
+  return { plan: null, actions: [], cursor: 0, run: 0, inbox: {}, consumed: [], held: 0, abortRequested: false, updateGranted: false };
+}
+
+/** How many actions from the cursor on have every frame they need (each frame serves one action). */
+export function runLength(c: StageContext): number {
+  const train = !c.plan!.predict;
+  const taken = new Set<string>();
+  let n = 0;
+  for (let i = c.cursor; i < c.actions.length; i++) {
+    const slots = needs(c.actions[i]!, c.rank, c.stages, train);
+    if (!slots.every((s) => c.inbox[s] !== undefined && !taken.has(s))) break;
+    for (const s of slots) taken.add(s);
+    n++;
+  }
+  return n;
+}
+
+/** The run's actions with their frames, for `startRun`. */
+function runInputs({ context: c }: { context: StageContext }): ExecuteInput[] {
+  const train = !c.plan!.predict;
+  return c.actions.slice(c.cursor, c.cursor + c.run).map((action, i) => ({
+    action,
+    index: c.cursor + i,
+    frames: needs(action, c.rank, c.stages, train).map((s) => c.inbox[s]!),
+    plan: c.plan!,
+  }));
 }
 
 const notProvided = (name: string) => () => {
@@ -130,8 +162,8 @@ export const stageMachine = setup({
     update: fromPromise<void, { step: number }>(async () => notProvided('update')()),
   },
   actions: {
-    /** Start the current action's compute; provide `actionRunner(execute)`, which answers ACTION_DONE or ACTION_FAILED. */
-    startAction: (_, _params: ExecuteInput) => notProvided('startAction')(),
+    /** Start the run's compute, its actions in order; provide `actionRunner(execute)`, which answers ACTION_DONE or ACTION_FAILED. */
+    startRun: (_, _params: readonly ExecuteInput[]) => notProvided('startRun')(),
     /** Tell the scheduler a frame was refused. */
     reportReject: (_, _params: { error: TroupeError; frame: Frame }) => {},
     /** Tell the scheduler the stage finished its action list. */
@@ -167,15 +199,25 @@ export const stageMachine = setup({
       error: null,
     })),
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
-    advance: assign(({ context }) => {
-      const a = current(context)!;
-      const used = needs(a, context.rank, context.stages, !context.plan!.predict);
-      const inbox = { ...context.inbox };
-      for (const s of used) delete inbox[s];
+    /** Past the actions of the run that are done (the event's `count`); the run is over. */
+    advance: assign(({ context, event }) => {
+      const count = event.type === 'ACTION_DONE' || event.type === 'ACTION_FAILED' ? event.count : 0;
+      const train = !context.plan!.predict;
       const training = !context.plan!.forwardOnly;
-      // A microbatch is held from its forward until the action that frees it: B, or W when the backward is split.
-      const held = context.held + (a.kind === 'F' ? (training ? 1 : 0) : a.kind === releasedBy(context.actions) ? -1 : 0);
-      return { inbox, consumed: [...context.consumed, ...used], cursor: context.cursor + 1, held, peakHeld: Math.max(context.peakHeld, held) };
+      const release = releasedBy(context.actions);
+      const inbox = { ...context.inbox };
+      const consumed = [...context.consumed];
+      let { held, peakHeld } = context;
+      for (let i = context.cursor; i < context.cursor + count; i++) {
+        const a = context.actions[i]!;
+        const used = needs(a, context.rank, context.stages, train);
+        for (const s of used) delete inbox[s];
+        consumed.push(...used);
+        // A microbatch is held from its forward until the action that frees it: B, or W when the backward is split.
+        held += a.kind === 'F' ? (training ? 1 : 0) : a.kind === release ? -1 : 0;
+        peakHeld = Math.max(peakHeld, held);
+      }
+      return { inbox, consumed, cursor: context.cursor + count, run: 0, held, peakHeld };
     }),
     clearStep: assign(noStep),
   },
@@ -195,8 +237,13 @@ export const stageMachine = setup({
     /** One step may wait behind the current one, and only a later one. */
     canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,
     hasQueued: ({ context }) => context.next !== null,
-    /** A completion of the action the stage is at (not of an aborted step's). */
-    thisAction: ({ context, event }) => (event.type === 'ACTION_DONE' || event.type === 'ACTION_FAILED') && event.step === context.step && event.index === context.cursor,
+    /** The end of the run the stage is computing (not of an aborted step's), with a count that fits it. */
+    thisRun: ({ context, event }) =>
+      (event.type === 'ACTION_DONE' || event.type === 'ACTION_FAILED') &&
+      event.step === context.step &&
+      event.index === context.cursor &&
+      event.count >= 0 &&
+      event.count <= context.run - (event.type === 'ACTION_FAILED' ? 1 : 0),
   },
 }).createMachine({
   id: 'stage',
@@ -274,23 +321,19 @@ export const stageMachine = setup({
           },
         },
         computing: {
-          entry: {
-            type: 'startAction',
-            params: ({ context }) => {
-              const a = current(context)!;
-              return { action: a, index: context.cursor, frames: needs(a, context.rank, context.stages, !context.plan!.predict).map((s) => context.inbox[s]!), plan: context.plan! };
-            },
-          },
+          entry: [assign({ run: ({ context }) => runLength(context) }), { type: 'startRun', params: runInputs }],
           on: {
             ABORT: { actions: assign({ abortRequested: true }) },
-            ACTION_DONE: { guard: 'thisAction', target: 'next', actions: 'advance' },
+            ACTION_DONE: { guard: 'thisRun', target: 'next', actions: 'advance' },
             ACTION_FAILED: [
               // An ABORT came while computing: the step is dropped anyway, so end idle, not failed.
-              { guard: and(['thisAction', 'aborting']), target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+              { guard: and(['thisRun', 'aborting']), target: '#stage.idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
               {
-                guard: 'thisAction',
+                guard: 'thisRun',
                 target: '#stage.failed',
                 actions: [
+                  // Past the actions done before the failure: the error names the one that failed.
+                  'advance',
                   assign({
                     error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, (event as Extract<StageEvent, { type: 'ACTION_FAILED' }>).error),
                   }),
@@ -350,30 +393,39 @@ function failureOf(key: string, err: unknown): StageFailure {
 }
 
 /**
- * The `startAction` implementation that runs `execute` for each action, one turn of the event
- * loop after the stage entered `computing`, and tells the stage how it ended. (An action is an
- * event pair, not an invoked actor: no child actor is made and stopped per action.) `deliver`,
- * when given, is handed each ending's send to run (the host times it).
+ * The `startRun` implementation: runs `execute` for each action of the run in order, each one
+ * turn of the event loop after the last (so frames, plans and ABORTs are read in between), and
+ * tells the stage how the run ended. An ABORT stops the run between two actions. (A run is an
+ * event pair, not an invoked actor: no child actor is made and stopped per run.) `deliver`,
+ * when given, is handed the ending's send to run (the host times it).
  *
  * @example
- * stageMachine.provide({ actions: { startAction: actionRunner((input) => compute(input)) } })
+ * stageMachine.provide({ actions: { startRun: actionRunner((input) => compute(input)) } })
  */
 export function actionRunner(execute: (input: ExecuteInput) => Promise<void>, deliver: (send: () => void) => void = (send) => send()) {
-  return ({ self }: { self: AnyActorRef }, input: ExecuteInput): void => {
-    const step = input.plan.step;
-    const index = input.index;
-    // Through the event loop, not a microtask: a stage whose inputs are all in would otherwise
-    // run its whole list without reading its socket, and a control request (the next step's
-    // plan) would wait for the step's end.
-    void new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => execute(input))
-      .then(
-        () => ({ type: 'ACTION_DONE' as const, step, index }),
-        (error: unknown) => ({ type: 'ACTION_FAILED' as const, step, index, error }),
-      )
-      .then((done) => {
+  return ({ self }: { self: AnyActorRef }, run: readonly ExecuteInput[]): void => {
+    const step = run[0]!.plan.step;
+    const index = run[0]!.index;
+    const snapshot = () => self.getSnapshot() as { status: string; context: StageContext };
+    void (async () => {
+      let count = 0;
+      for (const input of run) {
+        // Through the event loop, not a microtask: a stage whose inputs are all in would
+        // otherwise run its whole list without reading its socket, and a control request (the
+        // next step's plan, an ABORT) would wait for the step's end.
+        await new Promise<void>((resolve) => setImmediate(resolve));
         // A stage stopped meanwhile has nobody to tell.
-        if (self.getSnapshot().status === 'active') deliver(() => self.send(done));
-      });
+        if (snapshot().status !== 'active') return;
+        if (snapshot().context.abortRequested) break;
+        try {
+          await execute(input);
+        } catch (error: unknown) {
+          if (snapshot().status === 'active') deliver(() => self.send({ type: 'ACTION_FAILED', step, index, count, error }));
+          return;
+        }
+        count++;
+      }
+      if (snapshot().status === 'active') deliver(() => self.send({ type: 'ACTION_DONE', step, index, count }));
+    })();
   };
 }

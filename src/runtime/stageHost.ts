@@ -95,6 +95,8 @@ export class StageHost {
   /** The current step's device positions, one per action (empty: no turn-taking). */
   private positions: number[] = [];
   private peakHeld = 0;
+  /** Index of the action `execute` was last given in this step (the one computing, within a run); -1: none yet. */
+  private executing = -1;
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
   private readonly from: string;
@@ -125,7 +127,7 @@ export class StageHost {
         resetCompute: () => compute.reset(),
         stepBegins: (_, { plan, actions }) => this.stepBegins(plan, actions),
         sendHeld: () => this.sendHeld(),
-        startAction: actionRunner(
+        startRun: actionRunner(
           (input) => this.execute(input),
           (send) => this.timed(send),
         ),
@@ -304,7 +306,9 @@ export class StageHost {
   probe(): ProbeReply {
     const s = this.actor.getSnapshot();
     const c = s.context;
-    const a = s.matches('running') ? c.actions[c.cursor] : undefined;
+    // Within a run the machine's cursor stays at the run's first action.
+    const inRun = s.matches({ running: 'computing' }) && this.executing >= c.cursor && this.executing < c.cursor + c.run;
+    const a = s.matches('running') ? c.actions[inRun ? this.executing : c.cursor] : undefined;
     return { rank: this.rank, step: c.step, state: stateName(s.value), action: a ? `${a.kind}${a.microbatch}` : '', awaiting: a ? missing(c) : [] };
   }
 
@@ -376,6 +380,7 @@ export class StageHost {
   /** Per-step state, set as the step begins (at once, or after the update it was queued behind). */
   private stepBegins(plan: StepPlan, actions: readonly Action[]): void {
     this.splitBackward = splitsBackward(actions);
+    this.executing = -1;
     this.release = releasedBy(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
     this.reassembler.keepOnly(plan.step);
@@ -406,6 +411,7 @@ export class StageHost {
   }
 
   private async execute(input: ExecuteInput): Promise<void> {
+    this.executing = input.index;
     const pos = this.positions[input.index];
     if (pos === undefined || !this.o.turn) return this.run(input);
     await this.o.turn.take(input.plan.step, pos);

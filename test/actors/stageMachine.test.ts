@@ -55,6 +55,8 @@ interface Harness {
   /** Everything the stage did, in order: `exec 1F0`, `done 1 peak 2`, `update 1`, `updated 1`, `reject CODE`, `error KEY`, `reset`. */
   readonly log: string[];
   readonly executed: ExecuteInput[];
+  /** The actions of each run the stage started, e.g. `1F0 1F1`. */
+  readonly runs: string[];
   readonly rejects: Rejection[];
   readonly errors: { step: number; failure: StageFailure }[];
   send(...frames: Frame[]): void;
@@ -71,8 +73,14 @@ interface HarnessOptions {
 async function harness(input: Partial<StageInput> & { rank: number; stages: number }, o: HarnessOptions = {}): Promise<Harness> {
   const log: string[] = [];
   const executed: ExecuteInput[] = [];
+  const runs: string[] = [];
   const rejects: Rejection[] = [];
   const errors: { step: number; failure: StageFailure }[] = [];
+  const runner = actionRunner(async (ex) => {
+    log.push(`exec ${formatAction(ex.action)}`);
+    executed.push(ex);
+    await o.execute?.(ex);
+  });
   const machine = stageMachine.provide({
     actors: {
       update: fromPromise<void, { step: number }>(async ({ input: u }) => {
@@ -92,11 +100,10 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
         errors.push(e);
       },
       resetCompute: () => void log.push('reset'),
-      startAction: actionRunner(async (ex) => {
-        log.push(`exec ${formatAction(ex.action)}`);
-        executed.push(ex);
-        await o.execute?.(ex);
-      }),
+      startRun: (args, run) => {
+        runs.push(run.map((ex) => formatAction(ex.action)).join(' '));
+        runner(args, run);
+      },
     },
   });
   const actor = createActor(machine, { input: { job: JOB, inputs: IN, outputs: OUT, ...input } });
@@ -106,6 +113,7 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
     actor,
     log,
     executed,
+    runs,
     rejects,
     errors,
     send: (...frames) => frames.forEach((f) => actor.send({ type: 'FRAME', frame: f })),
@@ -245,6 +253,60 @@ describe('stageMachine: a step', () => {
     h.send(fwd(0, 2), yInput(0, 2));
     await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
     expect(h.log.slice(5)).toEqual(['exec 2F0', 'done 2 peak 0']);
+  });
+});
+
+describe('stageMachine: runs of ready actions', () => {
+  it('runs every action whose frames are in as one run: one start, one end, held counted action by action', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    expect(h.actor.getSnapshot().context).toMatchObject({ cursor: 0, run: 1 });
+    // Everything else comes while F0 computes.
+    h.send(fwd(1), fwd(2), fwd(3), bwd(0), bwd(1), bwd(2), bwd(3));
+    gate.resolve();
+    const s = await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    expect(h.runs).toEqual(['1F0', '1F1 1B0 1F2 1B1 1F3 1B2 1B3']);
+    expect(execs(h)).toEqual(MIDDLE_1F1B.split(' ').map((a) => `1${a}`));
+    // Each action got its own frames.
+    expect(h.executed.map((ex) => ex.frames.map((f) => `${f.key.phase}:${f.key.microbatch}`).join())).toEqual(['FORWARD:0', 'FORWARD:1', 'BACKWARD:0', 'FORWARD:2', 'BACKWARD:1', 'FORWARD:3', 'BACKWARD:2', 'BACKWARD:3']);
+    // F0 F1 held two microbatches at once, as action by action.
+    expect(h.log).toContain('done 1 peak 2');
+    expect(s.context).toMatchObject({ cursor: 8, run: 0, inbox: {}, held: 0, peakHeld: 2 });
+    expect(s.context.consumed).toHaveLength(8);
+  });
+
+  it('a run stops at the first action whose frame is missing', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    // F0 F1 B0 are ready, F2 is not (B1 is here, but after it).
+    h.send(bwd(1));
+    h.send(bwd(0));
+    h.send(fwd(1));
+    h.send(fwd(0));
+    await h.waitingAt(3);
+    expect(h.runs).toEqual(['1F0 1F1 1B0']);
+    h.send(fwd(2));
+    await h.waitingAt(5);
+    expect(h.runs).toEqual(['1F0 1F1 1B0', '1F2 1B1']);
+  });
+
+  it('an end that does not fit the run (another index, a count beyond it) is ignored', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: () => gate.promise });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0), fwd(1));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    h.actor.send({ type: 'ACTION_DONE', step: 1, index: 0, count: 2 });
+    h.actor.send({ type: 'ACTION_DONE', step: 1, index: 1, count: 1 });
+    h.actor.send({ type: 'ACTION_FAILED', step: 1, index: 0, count: 1, error: new Error('late') });
+    expect(h.actor.getSnapshot().matches({ running: 'computing' })).toBe(true);
+    expect(h.actor.getSnapshot().context).toMatchObject({ cursor: 0, run: 1 });
+    gate.resolve();
+    await h.waitingAt(2);
+    expect(h.errors).toEqual([]);
   });
 });
 
@@ -430,6 +492,9 @@ describe('stageMachine: failures and aborts', () => {
     h.send(fwd(0), fwd(1), bwd(0), fwd(2));
     const s = await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
     expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2']);
+    // F2 failed inside the run F1 B0 F2: the two before it count as done.
+    expect(h.runs).toEqual(['1F0', '1F1 1B0 1F2']);
+    expect(s.context.cursor).toBe(3);
     expect(h.errors).toHaveLength(1);
     expect(h.errors[0]!.step).toBe(1);
     expect(h.errors[0]!.failure).toEqual({ key: 'j/1/1F2', code: 'SHAPE', message: 'boom' });
@@ -474,10 +539,19 @@ describe('stageMachine: failures and aborts', () => {
 
   it('ABORT while an action computes waits for it, then resets and goes idle without running more', async () => {
     const gate = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F1' ? gate.promise : Promise.resolve()) });
+    const started = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, {
+      execute: (ex) => {
+        if (formatAction(ex.action) !== '1F1') return Promise.resolve();
+        started.resolve();
+        return gate.promise;
+      },
+    });
     h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
     h.send(fwd(0), fwd(1), bwd(0), fwd(2));
-    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }) && s.context.cursor === 1, WAIT);
+    // F0 ran alone (the other frames came after it started); F1, B0 and F2 make the next run.
+    await started.promise;
+    expect(h.actor.getSnapshot().context).toMatchObject({ cursor: 1, run: 3 });
     h.actor.send({ type: 'ABORT' });
     let s = h.actor.getSnapshot();
     expect(s.matches({ running: 'computing' })).toBe(true);
@@ -487,6 +561,7 @@ describe('stageMachine: failures and aborts', () => {
     gate.resolve();
     s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
     expect(h.log).toEqual(['exec 1F0', 'exec 1F1', 'reset']); // B0 and F2 were ready but not run
+    expect(h.runs).toEqual(['1F0', '1F1 1B0 1F2']);
     expect(s.context).toMatchObject({ abortRequested: false, inbox: {}, consumed: [], plan: null });
   });
 
