@@ -14,7 +14,8 @@
  * Once every stage but one is done (at once with one stage), that last one is sent its UPDATE
  * early (`grantUpdate`): it applies it as its own list ends, without a round trip through the
  * scheduler on the step's critical path. No stage still applies an update unless every stage
- * finished its list: the others get theirs when the last DONE is in.
+ * finished its list: the others get theirs when the last DONE is in. A lone stage's plan
+ * grants it already (`grantInPlan`): the grant is noted and no UPDATE is sent.
  */
 import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
 import type { StageFailure } from './stageMachine.js';
@@ -32,6 +33,8 @@ export interface StepRequest {
   readonly releasedBy: 'F' | 'B' | 'W';
   /** Milliseconds the whole step may take before it is aborted. */
   readonly timeoutMs: number;
+  /** The plans grant the UPDATE (one stage, a step that updates): the grant is noted, no UPDATE is sent. */
+  readonly grantInPlan: boolean;
 }
 
 /** Outcome of a step. */
@@ -111,14 +114,17 @@ function abortedFailure(c: SchedulerContext): StepFailure {
   return { ...f, message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)` };
 }
 
-/** Grants the last stage still running its UPDATE (see the machine's comment). */
-const grant = {
-  guard: 'canGrant',
-  actions: [
-    'markGranted',
-    { type: 'grantUpdate', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, rank: context.granted }) },
-  ],
-} as const;
+/** Grants the last stage still running its UPDATE (see the machine's comment); a plan's grant is only noted. */
+const grant = [
+  { guard: and(['canGrant', 'grantInPlan']), actions: 'markGranted' },
+  {
+    guard: 'canGrant',
+    actions: [
+      'markGranted',
+      { type: 'grantUpdate', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, rank: context.granted }) },
+    ],
+  },
+] as const;
 
 /** The scheduler machine; hosts `provide` the I/O actors and actions. */
 export const schedulerMachine = setup({
@@ -173,6 +179,7 @@ export const schedulerMachine = setup({
     allUpdated: ({ context }) => context.updated.every(Boolean),
     /** A training step with one stage left running, not yet granted its update. */
     canGrant: ({ context }) => context.granted < 0 && !context.req!.forwardOnly && context.req!.update && context.done.filter((d) => !d).length === 1,
+    grantInPlan: ({ context }) => context.req!.grantInPlan,
   },
   delays: {
     stepTimeout: ({ context }) => context.req?.timeoutMs ?? 60_000,
@@ -268,13 +275,13 @@ export const schedulerMachine = setup({
         feeding: {
           entry: [feed, 'markFed'],
           on: { ACTION: { guard: 'thisStep', actions: ['countStage0', feed, 'markFed'] } },
-          always: [grant, { guard: 'allFed', target: 'draining' }],
+          always: [...grant, { guard: 'allFed', target: 'draining' }],
         },
         draining: {
           always: [
             { guard: and(['drained', 'noUpdate']), target: 'finished' },
             { guard: 'drained', target: 'updating' },
-            grant,
+            ...grant,
           ],
         },
         updating: {

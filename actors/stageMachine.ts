@@ -67,7 +67,7 @@ export interface StageContext extends StageInput {
   held: number;
   peakHeld: number;
   abortRequested: boolean;
-  /** UPDATE came while the step ran (the scheduler grants it to the last stage running): apply it as the list ends. */
+  /** UPDATE came while the step ran (the scheduler grants it to the last stage running), or the plan granted it: apply it as the list ends. */
   updateGranted: boolean;
   rejected: number;
   error: StageFailure | null;
@@ -104,6 +104,11 @@ export function missing(c: StageContext): string[] {
 /** The per-step part of the context, as it is between steps. */
 function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'run' | 'inbox' | 'consumed' | 'held' | 'abortRequested' | 'updateGranted'> {
   return { plan: null, actions: [], cursor: 0, run: 0, inbox: {}, consumed: [], held: 0, abortRequested: false, updateGranted: false };
+}
+
+/** A plan that grants its UPDATE (to a lone stage), for a training step that applies one. */
+function grantedByPlan(plan: StepPlan): boolean {
+  return plan.granted && !plan.forwardOnly && plan.update;
 }
 
 /** How many actions from the cursor on have every frame they need (each frame serves one action). */
@@ -193,6 +198,7 @@ export const stageMachine = setup({
       plan: context.next!,
       actions: parseStageActions(context.next!.actions, context.rank),
       inbox: context.early,
+      updateGranted: grantedByPlan(context.next!),
       next: null,
       early: {},
       peakHeld: 0,
@@ -276,6 +282,7 @@ export const stageMachine = setup({
               step: event.plan.step,
               plan: event.plan,
               actions: parseStageActions(event.plan.actions, context.rank),
+              updateGranted: grantedByPlan(event.plan),
               peakHeld: 0,
               error: null,
             })),

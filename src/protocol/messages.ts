@@ -17,6 +17,12 @@ export interface StepPlan {
   readonly predict: boolean;
   /** Apply the update at the end (false: keep the gradients for the next step, gradient accumulation). */
   readonly update: boolean;
+  /**
+   * The plan grants the stage its UPDATE: it applies the update as its list ends, and no
+   * UPDATE message comes. The scheduler grants it so to a lone stage (no other stage's list to
+   * wait for); only a training step that updates may carry it.
+   */
+  readonly granted: boolean;
   /** This stage's actions in order, as `F0 F1 B0 ...`. */
   readonly actions: string;
   /**
@@ -121,7 +127,7 @@ function parse(what: string, data: Uint8Array): unknown {
 }
 
 const SHAPES = {
-  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', actions: 'string', order: 'string' },
+  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
   action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },

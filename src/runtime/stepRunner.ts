@@ -109,6 +109,8 @@ export class StepRunner {
     const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
     const s = ++this.step;
     const sch = forwardOnly ? this.evalSchedule : this.o.schedule;
+    // A lone stage has no other stage's list to wait for: its plan grants its UPDATE.
+    const grantInPlan = p === 1 && update && !forwardOnly;
     const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });
     const outcome = await this.o.scheduler.run({
       step: s,
@@ -119,7 +121,8 @@ export class StepRunner {
       feedBound: this.o.feed === 'bounded' ? feedBound(sch[0]!) : m,
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, predict, update, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
+      grantInPlan,
+      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, predict, update, granted: grantInPlan, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
       inputs: (mb) =>
         p === 1
           ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...(predict ? [] : rows(yw, mb))]) }]

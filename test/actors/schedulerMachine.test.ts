@@ -69,7 +69,7 @@ function harness(o: HarnessOptions = {}): Harness {
 }
 
 function req(over: Partial<StepRequest> = {}): StepRequest {
-  return { step: 1, microbatches: 6, forwardOnly: false, update: !over.forwardOnly, feedBound: 2, timeoutMs: 10_000, releasedBy: over.forwardOnly ? 'F' : 'B', ...over };
+  return { step: 1, microbatches: 6, forwardOnly: false, update: !over.forwardOnly, feedBound: 2, timeoutMs: 10_000, releasedBy: over.forwardOnly ? 'F' : 'B', grantInPlan: false, ...over };
 }
 
 const inState = (h: Harness, child: 'starting' | 'feeding' | 'draining' | 'updating' | 'aborting') => waitFor(h.actor, (s) => s.matches({ active: child }), WAIT);
@@ -269,6 +269,23 @@ describe('schedulerMachine: closing a step', () => {
       await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
     }
     expect(h.outcomes.map((o) => o.step)).toEqual([1, 2, 3]);
+  });
+
+  it("a grant in the lone stage's plan is noted, not sent: no UPDATE goes out, and a timeout's failure still names the stage", async () => {
+    const h = harness({ stages: 1 });
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2, grantInPlan: true }) });
+    await inState(h, 'draining');
+    expect(h.actor.getSnapshot().context.granted).toBe(0);
+    for (let i = 0; i < 2; i++) h.actor.send({ type: 'LOSS', step: 1, microbatch: i, loss: i, metric: null });
+    h.actor.send({ type: 'DONE', rank: 0, step: 1, peakHeld: 1 });
+    h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
+    await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
+    // `update 1 except 0` publishes to no stage: there is only stage 0.
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'update 1 except 0', 'resolve 1']);
+    h.actor.send({ type: 'START', req: req({ step: 2, microbatches: 1, feedBound: 1, grantInPlan: true, timeoutMs: 30 }) });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.log.slice(4)).toEqual(['begin 2', 'feed 2 0-1', 'abort 2', 'reject 2 STEP_TIMEOUT']);
+    expect(h.failures[0]!.failure.message).toContain('stage 0 had its UPDATE early');
   });
 
   it('forward-only resolves without sendUpdate', async () => {

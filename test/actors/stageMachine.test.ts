@@ -42,7 +42,7 @@ const yInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('y0', [2
 
 function plan(actions: string, opts: Partial<StepPlan> = {}): StepPlan {
   const batchSize = opts.batchSize ?? 8;
-  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, predict: false, update: !opts.forwardOnly, actions, order: '', ...opts };
+  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, predict: false, update: !opts.forwardOnly, granted: false, actions, order: '', ...opts };
 }
 
 interface Rejection {
@@ -253,6 +253,28 @@ describe('stageMachine: a step', () => {
     h.send(fwd(0, 2), yInput(0, 2));
     await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
     expect(h.log.slice(5)).toEqual(['exec 2F0', 'done 2 peak 0']);
+  });
+
+  it("a plan that grants the UPDATE (a lone stage's) is applied as the list ends, also for a queued step; a forward-only plan's grant counts for nothing", async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 0, stages: 1 }, { execute: (ex) => (ex.plan.step === 1 && ex.action.kind === 'B' ? gate.promise : Promise.resolve()) });
+    const xy = (step: number) => frame(Phase.INPUT, 0, [tensor('x0', [2, 3]), tensor('y0', [2, 4])], step);
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2, granted: true }) });
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(true);
+    h.send(xy(1));
+    await vi.waitFor(() => expect(h.log).toContain('exec 0B0'));
+    // Step 2 is queued while step 1 computes; its plan grants too.
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 2, microbatches: 1, batchSize: 2, granted: true }) });
+    h.send(xy(2));
+    gate.resolve();
+    await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
+    expect(h.log).toEqual(['exec 0F0', 'exec 0B0', 'done 1 peak 1', 'update 1', 'updated 1', 'exec 0F0', 'exec 0B0', 'done 2 peak 1', 'update 2', 'updated 2']);
+
+    h.actor.send({ type: 'STEP', plan: plan('F0', { step: 3, microbatches: 1, batchSize: 2, forwardOnly: true, granted: true }) });
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(false);
+    h.send(xy(3));
+    await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 3, WAIT);
+    expect(h.log.slice(10)).toEqual(['exec 0F0', 'done 3 peak 0']);
   });
 });
 

@@ -37,8 +37,8 @@ async function stepWithSilentRankOne(
   try {
     const err = await sched
       .run({
-        step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: o.timeoutMs,
-        plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, actions: formatStageActions(s[r]!), order: '' }),
+        step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: o.timeoutMs, grantInPlan: false,
+        plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, granted: false, actions: formatStageActions(s[r]!), order: '' }),
         inputs: (mb) => [
           { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
           { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },

@@ -1,16 +1,16 @@
 /**
  * The early UPDATE, over a real nats-server: once every stage but one is done, the scheduler
  * sends that last one its UPDATE, which it applies as its own list ends. Training still
- * equals single-process tfjs, every stage gets one UPDATE per step, and a lone stage (granted
- * as the step begins) has its UPDATE on the wire before its DONE.
+ * equals single-process tfjs, every stage but a lone one gets one UPDATE per step, and a lone
+ * stage's plan grants its update: no UPDATE message goes to it at all.
  */
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { createPipeline } from '../../src/index.js';
 import { encodeKeyOnly } from '../../src/protocol/frame.js';
-import { decodeMessage } from '../../src/protocol/messages.js';
+import { decodeAck, decodeMessage, encodeJson, type StepPlan } from '../../src/protocol/messages.js';
 import { Phase } from '../../src/protocol/phase.js';
-import { stageSubject } from '../../src/protocol/subjects.js';
+import { CtlVerb, ctlSubject, stageSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
 import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
@@ -33,7 +33,7 @@ async function watch(job: string): Promise<{ spy: Bus; seen: Map<number, string[
 }
 
 describe('the early UPDATE of the last stage running', () => {
-  it.each([1, 3])('%i stage(s), 1F1B, Adam: 3 steps equal single-process training; one UPDATE per stage and step', async (stages) => {
+  it.each([1, 3])('%i stage(s), 1F1B, Adam: 3 steps equal single-process training; one UPDATE per stage and step (none to a lone stage)', async (stages) => {
     const { model, ref } = mlpAndReference(SIZES, 41, tf.train.adam(0.02));
     const job = `grant-${stages}`;
     const pipe = await createPipeline({ model, stages, microbatches: 4, schedule: '1f1b', job, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
@@ -50,7 +50,7 @@ describe('the early UPDATE of the last stage running', () => {
       for (let step = 1; step <= 3; step++) {
         const ev = seen.get(step) ?? [];
         const ranks = Array.from({ length: stages }, (_, r) => r);
-        expect(ev.filter((e) => e.startsWith('UPDATE')).sort()).toEqual(ranks.map((r) => `UPDATE ${r}`));
+        expect(ev.filter((e) => e.startsWith('UPDATE')).sort()).toEqual(stages === 1 ? [] : ranks.map((r) => `UPDATE ${r}`));
         expect(ev.filter((e) => e.startsWith('DONE')).sort()).toEqual(ranks.map((r) => `DONE ${r}`));
         // Every UPDATE but one follows every DONE; that one goes to the stage whose DONE came last.
         const lastDone = Math.max(...ranks.map((r) => ev.indexOf(`DONE ${r}`)));
@@ -65,21 +65,35 @@ describe('the early UPDATE of the last stage running', () => {
     }
   });
 
-  it('a lone stage has its UPDATE before it is done, and applies it without another message', async () => {
-    // Each forward takes at least SLOW ms (its loss waits): the step lasts m x SLOW ms, far
-    // longer than the UPDATE the scheduler sends as the step begins takes to arrive.
-    const SLOW = 20;
+  it("a lone stage's plan grants its UPDATE: no UPDATE message, the update applied as its list ends", async () => {
     const m = 4;
     const { model, ref } = mlpAndReference(SIZES, 43, tf.train.sgd(0.1));
     const job = 'grant-lone';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
     const { spy, seen } = await watch(job);
+    const plans: StepPlan[] = [];
+    spy.subscribe(`troupe.${job}.ctl.0.step`, (msg) => plans.push(decodeMessage('plan', msg.data)));
+    await spy.flush();
     const { x, y } = data(8, SIZES[0]!, 3, 44);
     try {
       for (let s = 0; s < 2; s++) await stepBoth(pipe, ref, x, y);
+      const evaluated = await pipe.evaluate(x, y);
+      expect(evaluated.loss).toBeGreaterThan(0);
       await spy.flush();
-      expect(seen.get(1)).toEqual(['UPDATE 0', 'DONE 0']);
-      expect(seen.get(2)).toEqual(['UPDATE 0', 'DONE 0']);
+      expect(seen.get(1)).toEqual(['DONE 0']);
+      expect(seen.get(2)).toEqual(['DONE 0']);
+      // Training plans grant; the evaluation's does not.
+      expect(plans.map((p) => [p.step, p.granted, p.update])).toEqual([
+        [1, true, true],
+        [2, true, true],
+        [3, false, false],
+      ]);
+      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+      // A plan that grants an update its step does not apply is refused, naming why; the stage stays idle.
+      const bad = { ...plans[0]!, step: 4, update: false };
+      const ack = decodeAck(await spy.request(ctlSubject(job, 0, CtlVerb.STEP), encodeJson(bad), 5_000));
+      expect(ack).toMatchObject({ ok: false, code: 'FRAME', message: 'plan of step 4 grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)' });
+      await stepBoth(pipe, ref, x, y);
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
     } finally {
       await spy.close();
@@ -88,20 +102,25 @@ describe('the early UPDATE of the last stage running', () => {
     }
   });
 
-  it('a second UPDATE of a step is refused with a typed error, and the update is applied once', async () => {
-    const SLOW = 20;
+  it('an UPDATE to a lone stage whose plan granted it is refused with a typed error, and the update is applied once', async () => {
+    // Each forward takes at least SLOW ms. The stage sends its held LOSS events once the
+    // oldest is 50 ms old (at the third forward): five forwards, 200 ms, are still to come.
+    const SLOW = 40;
     const { model, ref } = mlpAndReference(SIZES, 45, tf.train.sgd(0.1));
     const job = 'grant-twice';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({ model, stages: 1, microbatches: 8, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
     const { spy, seen } = await watch(job);
     const rejects: { code: string; message: string }[] = [];
     spy.subscribe(`troupe.${job}.sched.reject`, (m) => rejects.push(decodeMessage('reject', m.data)));
     await spy.flush();
     const { x, y } = data(8, SIZES[0]!, 3, 46);
     try {
+      const losses: number[] = [];
+      spy.subscribe(`troupe.${job}.sched.loss`, (msg) => losses.push(decodeMessage('loss', msg.data).step));
+      await spy.flush();
       const step = pipe.trainStep(x, y);
-      // The grant is on the wire: the stage runs step 1 for about 4 x SLOW ms more.
-      await vi.waitFor(() => expect(seen.get(1)).toEqual(['UPDATE 0']));
+      // Step 1 runs (its plan granted its update).
+      await vi.waitFor(() => expect(losses).toContain(1));
       const again = encodeKeyOnly({ job, step: 1, microbatch: 0, phase: Phase.UPDATE }, 'sched');
       await spy.publish(stageSubject(job, 0, Phase.UPDATE), again.data, again.headers);
       const r = await step;
@@ -109,7 +128,8 @@ describe('the early UPDATE of the last stage running', () => {
       expect(r.rejected).toBe(1);
       await spy.flush();
       expect(rejects).toHaveLength(1);
-      expect(rejects[0]).toMatchObject({ code: 'UNEXPECTED_FRAME', message: 'UPDATE for step 1 came twice' });
+      expect(rejects[0]).toMatchObject({ code: 'UNEXPECTED_FRAME', message: 'UPDATE for step 1, whose plan granted it already' });
+      expect(seen.get(1)).toEqual(['UPDATE 0', 'DONE 0']); // only the one sent here
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5); // applied once
       // The stage carries on.
       await stepBoth(pipe, ref, x, y);

@@ -7,7 +7,7 @@ const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 /** One valid body of each kind. */
 const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
-  plan: { step: 3, microbatches: 4, batchSize: 32, totalBatch: 32, forwardOnly: false, predict: false, update: true, actions: 'F0 F1 B0 F2 B1 F3 B2 B3', order: '' },
+  plan: { step: 3, microbatches: 4, batchSize: 32, totalBatch: 32, forwardOnly: false, predict: false, update: true, granted: false, actions: 'F0 F1 B0 F2 B1 F3 B2 B3', order: '' },
   action: { rank: 1, step: 3, action: '1F2', t0: 1763900000000.25, ms: 0.75 },
   loss: { step: 3, microbatch: 2, loss: 0.125, metric: 0.5 },
   done: { rank: 0, step: 3, peakHeld: 2 },
