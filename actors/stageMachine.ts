@@ -84,6 +84,9 @@ export type StageEvent =
   | { type: 'ACTION_DONE'; step: number; index: number; count: number }
   /** Action `index + count` of the run that began at `index` failed; the `count` before it were done. */
   | { type: 'ACTION_FAILED'; step: number; index: number; count: number; error: unknown }
+  /** The update of step `step` is applied (sent by `updateRunner`). */
+  | { type: 'UPDATE_DONE'; step: number }
+  | { type: 'UPDATE_FAILED'; step: number; error: unknown }
   | { type: 'ABORT' }
   /** Forget the queued step (the scheduler aborted it before it began). */
   | { type: 'DROP_NEXT' }
@@ -164,9 +167,10 @@ export const stageMachine = setup({
   },
   actors: {
     boot: fromPromise<void, void>(async () => {}),
-    update: fromPromise<void, { step: number }>(async () => notProvided('update')()),
   },
   actions: {
+    /** Apply the step's update; provide `updateRunner(apply)`, which answers UPDATE_DONE or UPDATE_FAILED. */
+    startUpdate: (_, _params: { step: number }) => notProvided('startUpdate')(),
     /** Start the run's compute, its actions in order; provide `actionRunner(execute)`, which answers ACTION_DONE or ACTION_FAILED. */
     startRun: (_, _params: readonly ExecuteInput[]) => notProvided('startRun')(),
     /** Tell the scheduler a frame was refused. */
@@ -236,6 +240,8 @@ export const stageMachine = setup({
     noUpdate: ({ context }) => (context.plan?.forwardOnly ?? false) || !(context.plan?.update ?? true),
     ready: ({ context }) => missing(context).length === 0,
     updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
+    /** The end of this step's update (not of another's). */
+    thisUpdate: ({ context, event }) => (event.type === 'UPDATE_DONE' || event.type === 'UPDATE_FAILED') && event.step === context.step,
     /** An UPDATE of the running training step, not granted before. */
     grantOfThisStep: ({ context, event }) =>
       event.type === 'UPDATE' && event.step === context.step && !context.updateGranted && !(context.plan?.forwardOnly ?? true) && (context.plan?.update ?? false),
@@ -363,24 +369,24 @@ export const stageMachine = setup({
     },
     updating: {
       // An update is not interrupted; an ABORT during it is honoured if the update fails.
+      // Like a run, an event pair rather than an invoked actor: no child actor per step.
+      entry: { type: 'startUpdate', params: ({ context }) => ({ step: context.step }) },
       on: {
         ABORT: { actions: assign({ abortRequested: true }) },
         STEP: { guard: 'canQueue', actions: 'queueNext' },
         DROP_NEXT: { actions: 'dropQueued' },
-      },
-      invoke: {
-        src: 'update',
-        input: ({ context }) => ({ step: context.step }),
-        onDone: {
+        UPDATE_DONE: {
+          guard: 'thisUpdate',
           target: 'idle',
           actions: [{ type: 'reportUpdated', params: ({ context }) => ({ step: context.step }) }, 'clearStep'],
         },
-        onError: [
-          { guard: 'aborting', target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+        UPDATE_FAILED: [
+          { guard: and(['thisUpdate', 'aborting']), target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
           {
+            guard: 'thisUpdate',
             target: 'failed',
             actions: [
-              assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, event.error) }),
+              assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, (event as Extract<StageEvent, { type: 'UPDATE_FAILED' }>).error) }),
               { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
             ],
           },
@@ -434,5 +440,32 @@ export function actionRunner(execute: (input: ExecuteInput) => Promise<void>, de
       }
       if (snapshot().status === 'active') deliver(() => self.send({ type: 'ACTION_DONE', step, index, count }));
     })();
+  };
+}
+
+/**
+ * The `startUpdate` implementation: applies the update with `apply` and tells the stage how it
+ * ended. A synchronous `apply` ends within the event that entered `updating` (the answer waits
+ * in the actor's mailbox until that event is handled); a promise ends when it settles.
+ *
+ * @example
+ * stageMachine.provide({ actions: { startUpdate: updateRunner((step) => optimizer.apply()) } })
+ */
+export function updateRunner(apply: (step: number) => Promise<void> | void) {
+  return ({ self }: { self: AnyActorRef }, { step }: { step: number }): void => {
+    const tell = (event: StageEvent) => {
+      if (self.getSnapshot().status === 'active') self.send(event);
+    };
+    let pending: Promise<void> | void;
+    try {
+      pending = apply(step);
+    } catch (error: unknown) {
+      return tell({ type: 'UPDATE_FAILED', step, error });
+    }
+    if (!pending) return tell({ type: 'UPDATE_DONE', step });
+    pending.then(
+      () => tell({ type: 'UPDATE_DONE', step }),
+      (error: unknown) => tell({ type: 'UPDATE_FAILED', step, error }),
+    );
   };
 }

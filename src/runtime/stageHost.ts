@@ -1,9 +1,9 @@
 /** Binds a stage actor to NATS: frames and control requests in, activations, gradients and events out. */
 import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { createActor, waitFor, type Actor } from 'xstate';
 import { admitStep, splitInput } from '../../actors/admitFrame.js';
-import { actionRunner, missing, stageMachine, type ExecuteInput, type StageEvent } from '../../actors/stageMachine.js';
+import { actionRunner, missing, stageMachine, updateRunner, type ExecuteInput, type StageEvent } from '../../actors/stageMachine.js';
 import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
@@ -106,15 +106,8 @@ export class StageHost {
     const { partition: part, job, bus, compute } = o;
     this.from = `stage.${part.rank}`;
     const machine = stageMachine.provide({
-      actors: {
-        update: fromPromise<void, { step: number }>(async ({ input }) => {
-          const t0 = performance.now();
-          if (o.allReduce) compute.setGradients(await o.allReduce.reduce(input.step, compute.gradientsWire()));
-          compute.update();
-          this.busyMs += performance.now() - t0;
-        }),
-      },
       actions: {
+        startUpdate: updateRunner((step) => this.applyUpdate(step)),
         reportReject: (_, { error, frame }) => this.reject(`frame ${formatKey(frame.key)}`, error),
         reportDone: (_, { step, peakHeld }) => {
           this.peakHeld = Math.max(this.peakHeld, peakHeld);
@@ -376,6 +369,24 @@ export class StageHost {
     const positions = parseOrder(plan.order, actions.length, this.rank);
     if (positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
     this.send({ type: 'STEP', plan });
+  }
+
+  /**
+   * The optimizer's step (after the replicas' all-reduce, if any), counted as busy. Without
+   * replicas it is synchronous: the stage goes on to its next step within the same event.
+   */
+  private applyUpdate(step: number): Promise<void> | void {
+    const { compute, allReduce } = this.o;
+    const t0 = performance.now();
+    const apply = () => {
+      compute.update();
+      this.busyMs += performance.now() - t0;
+    };
+    if (!allReduce) return apply();
+    return allReduce.reduce(step, compute.gradientsWire()).then((reduced) => {
+      compute.setGradients(reduced);
+      apply();
+    });
   }
 
   /** Per-step state, set as the step begins (at once, or after the update it was queued behind). */

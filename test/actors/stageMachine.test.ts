@@ -4,7 +4,7 @@
  * so the exact interleaving of compute and reports can be asserted.
  */
 import { describe, expect, it, vi } from 'vitest';
-import { createActor, fromPromise, waitFor, type Actor, type SnapshotFrom } from 'xstate';
+import { createActor, waitFor, type Actor, type SnapshotFrom } from 'xstate';
 import { DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
 import type { CutTensor } from '../../src/compute/partition.js';
 import type { DType } from '../../src/protocol/dtype.js';
@@ -13,7 +13,7 @@ import type { StepPlan } from '../../src/protocol/messages.js';
 import { Phase } from '../../src/protocol/phase.js';
 import { deferred, type Deferred } from '../../src/runtime/deferred.js';
 import { formatAction } from '../../src/schedule/action.js';
-import { actionRunner, stageMachine, type ExecuteInput, type StageFailure, type StageInput } from '../../actors/stageMachine.js';
+import { actionRunner, stageMachine, updateRunner, type ExecuteInput, type StageFailure, type StageInput } from '../../actors/stageMachine.js';
 
 const JOB = 'j';
 const WAIT = { timeout: 2000 };
@@ -68,6 +68,8 @@ interface HarnessOptions {
   /** Replaces the default execute, which resolves at once. */
   readonly execute?: (input: ExecuteInput) => Promise<void>;
   readonly update?: (step: number) => Promise<void>;
+  /** Replaces the update with a synchronous one (the host's, without replicas). */
+  readonly syncUpdate?: (step: number) => void;
 }
 
 async function harness(input: Partial<StageInput> & { rank: number; stages: number }, o: HarnessOptions = {}): Promise<Harness> {
@@ -82,13 +84,18 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
     await o.execute?.(ex);
   });
   const machine = stageMachine.provide({
-    actors: {
-      update: fromPromise<void, { step: number }>(async ({ input: u }) => {
-        log.push(`update ${u.step}`);
-        await o.update?.(u.step);
-      }),
-    },
     actions: {
+      startUpdate: updateRunner(
+        o.syncUpdate
+          ? (step) => {
+              log.push(`update ${step}`);
+              o.syncUpdate!(step);
+            }
+          : async (step) => {
+              log.push(`update ${step}`);
+              await o.update?.(step);
+            },
+      ),
       reportReject: (_, { error, frame: f }) => {
         log.push(`reject ${error.code}`);
         rejects.push({ error, frame: f });
@@ -557,6 +564,30 @@ describe('stageMachine: failures and aborts', () => {
     await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
     expect(h.errors).toEqual([{ step: 1, failure: { key: 'j/1/UPDATE', code: 'COMPUTE', message: 'optimizer' } }]);
     expect(h.log).not.toContain('updated 1');
+  });
+
+  it('a synchronous update ends within the UPDATE event: updated, and the queued step begun; one that throws fails the stage', async () => {
+    let fail = false;
+    const h = await harness({ rank: 2, stages: 3 }, {
+      syncUpdate: () => {
+        if (fail) throw new Error('optimizer');
+      },
+    });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0), yInput(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 2, microbatches: 1, batchSize: 2 }) });
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    // No promise to wait for: once send returns, step 1 is applied and step 2 waits for its frames.
+    expect(h.actor.getSnapshot().matches({ running: 'waiting' })).toBe(true);
+    expect(h.actor.getSnapshot().context.step).toBe(2);
+    expect(h.log).toEqual(['exec 2F0', 'exec 2B0', 'done 1 peak 1', 'update 1', 'updated 1']);
+    fail = true;
+    h.send(fwd(0, 2), yInput(0, 2));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'UPDATE', step: 2 });
+    expect(h.actor.getSnapshot().value).toBe('failed');
+    expect(h.errors).toEqual([{ step: 2, failure: { key: 'j/2/UPDATE', code: 'COMPUTE', message: 'optimizer' } }]);
   });
 
   it('ABORT while an action computes waits for it, then resets and goes idle without running more', async () => {
