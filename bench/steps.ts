@@ -8,10 +8,11 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { selectBackend } from '../src/index.js';
+import { selectBackend, startNatsServer } from '../src/index.js';
 import type { StatsMessage } from '../src/protocol/messages.js';
 import { BATCH, UNIFORM_LAYERS, UNIFORM_WIDTH, benchData, benchModel } from './jobs/bench.job.js';
 import { trainFlops } from './flops.js';
+import { receiveMsPerByte } from './receiveCost.js';
 import { machineLine, median, table } from './report.js';
 
 const run = promisify(execFile);
@@ -58,7 +59,7 @@ function steadyBusy(r: FleetResult, rank: number): number {
   return afterWarmUp(r, rank, 'busyMs') / (r.stepMs.length - WARM);
 }
 
-type TimeCounter = 'busyMs' | 'machineMs' | 'framesMs';
+type TimeCounter = 'busyMs' | 'machineMs' | 'framesMs' | 'bytesIn';
 
 /** Stage `rank`'s `counter` ms over the steps after the warm-up: its counters after the last step less those after the last warm-up step. */
 function afterWarmUp(r: FleetResult, rank: number, counter: TimeCounter): number {
@@ -139,88 +140,101 @@ export async function benchSteps(): Promise<string> {
   const patched = { mlp: await fitMs('mlp', 4), conv: await fitMs('conv', 4) };
   // The peak is the best product seen at several moments of the run: this machine's speed drifts.
   let peak = matMulPeak();
-  const out: string[] = [`### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps; median of ${ROUNDS} rounds)`, '', machineLine(), ''];
-  const bubbleRows: string[][] = [];
-  const overheadRows: string[][] = [];
-  const targetRows: string[][] = [];
-  const kinds: ModelKind[] = [...MODELS, ...(UNIFORM ? (['uniform'] as const) : [])];
-  for (const model of kinds) {
-    const ratioOnly = model === 'uniform';
-    // The even cut also runs ZB-H1, whose bubble (p-1)/(3m+p-1) is the smallest of the 2-device schedules.
-    const schedules = ratioOnly ? ['1f1b', 'zbh1'] : SCHEDULES;
-    const rounds: Round[] = [];
-    for (let i = 0; i < ROUNDS; i++) rounds.push(await round(model, schedules, !ratioOnly));
-    const med = (f: (r: Round) => number) => median(rounds.map(f));
-    for (const sch of schedules) {
-      for (const m of MS) {
-        // Per round: 1 stage against 2 stages run minutes apart at most, so the VM's drift mostly cancels.
-        const speedups = rounds.map((r) => steady(r.oneAt[m]!.stepMs) / steady(r.two[sch]![m]!.stepMs));
-        const ideal = 2 * (m / (m + 1));
-        // This cut's best: the busier stage's compute plus one microbatch of the other (fill and drain), with the stage times of that run.
-        const best = rounds.map((r) => {
-          const two = r.two[sch]![m]!;
-          const busy = two.stats.map((st) => steadyBusy(two, st.rank));
-          const max = Math.max(...busy);
-          const rest = busy.reduce((a, b) => a + b, 0) - max;
-          return { speedup: steady(r.oneAt[m]!.stepMs) / (max + rest / m), share: max / (max + rest), eff: (max + rest / m) / steady(two.stepMs) };
-        });
-        const s = median(speedups);
-        targetRows.push([
-          model, sch, String(m), s.toFixed(2), range(speedups, (x) => x.toFixed(2)), ideal.toFixed(2), pct(s / ideal),
-          pct(median(best.map((b) => b.share))), median(best.map((b) => b.speedup)).toFixed(2), pct(median(best.map((b) => b.eff))),
-        ]);
-        const last = rounds[rounds.length - 1]!.two[sch]![m]!;
-        const theory = sch === 'zbh1' ? 1 / (3 * m + 1) : 1 / (m + 1);
-        for (const st of last.stats) bubbleRows.push([model, sch, String(m), String(st.rank), `${((st.idleMs / (st.idleMs + st.busyMs)) * 100).toFixed(1)}%`, `${(theory * 100).toFixed(1)}%`]);
+  const server = await startNatsServer();
+  try {
+    const out: string[] = [`### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps; median of ${ROUNDS} rounds)`, '', machineLine(), ''];
+    const bubbleRows: string[][] = [];
+    const overheadRows: string[][] = [];
+    const targetRows: string[][] = [];
+    const kinds: ModelKind[] = [...MODELS, ...(UNIFORM ? (['uniform'] as const) : [])];
+    for (const model of kinds) {
+      const ratioOnly = model === 'uniform';
+      // The even cut also runs ZB-H1, whose bubble (p-1)/(3m+p-1) is the smallest of the 2-device schedules.
+      const schedules = ratioOnly ? ['1f1b', 'zbh1'] : SCHEDULES;
+      const rounds: Round[] = [];
+      for (let i = 0; i < ROUNDS; i++) rounds.push(await round(model, schedules, !ratioOnly));
+      const med = (f: (r: Round) => number) => median(rounds.map(f));
+      for (const sch of schedules) {
+        for (const m of MS) {
+          // Per round: 1 stage against 2 stages run minutes apart at most, so the VM's drift mostly cancels.
+          const speedups = rounds.map((r) => steady(r.oneAt[m]!.stepMs) / steady(r.two[sch]![m]!.stepMs));
+          const ideal = 2 * (m / (m + 1));
+          // This cut's best: the busier stage's compute plus one microbatch of the other (fill and drain), with the stage times of that run.
+          const best = rounds.map((r) => {
+            const two = r.two[sch]![m]!;
+            const busy = two.stats.map((st) => steadyBusy(two, st.rank));
+            const max = Math.max(...busy);
+            const rest = busy.reduce((a, b) => a + b, 0) - max;
+            return { speedup: steady(r.oneAt[m]!.stepMs) / (max + rest / m), share: max / (max + rest), eff: (max + rest / m) / steady(two.stepMs) };
+          });
+          const s = median(speedups);
+          targetRows.push([
+            model, sch, String(m), s.toFixed(2), range(speedups, (x) => x.toFixed(2)), ideal.toFixed(2), pct(s / ideal),
+            pct(median(best.map((b) => b.share))), median(best.map((b) => b.speedup)).toFixed(2), pct(median(best.map((b) => b.eff))),
+          ]);
+          const last = rounds[rounds.length - 1]!.two[sch]![m]!;
+          const theory = sch === 'zbh1' ? 1 / (3 * m + 1) : 1 / (m + 1);
+          for (const st of last.stats) bubbleRows.push([model, sch, String(m), String(st.rank), `${((st.idleMs / (st.idleMs + st.busyMs)) * 100).toFixed(1)}%`, `${(theory * 100).toFixed(1)}%`]);
+        }
       }
+      for (const m of MS) {
+        const per = rounds.map((r) => overheadPerMicrobatch(r.oneAt[m]!, m));
+        const machine = median(rounds.map((r) => perMicrobatch(r.oneAt[m]!, m, 'machineMs')));
+        const frames = median(rounds.map((r) => perMicrobatch(r.oneAt[m]!, m, 'framesMs')));
+        // Receiving the bytes is transfer: priced at what a raw NATS subscriber's loop spends per byte of that size, measured now.
+        const bytes = median(rounds.map((r) => perMicrobatch(r.oneAt[m]!, m, 'bytesIn')));
+        const receive = bytes * (await receiveMsPerByte(server.url, Math.round(bytes), Math.max(16, Math.ceil(32e6 / bytes))));
+        const sched = median(per) - receive;
+        overheadRows.push([
+          model, `1 stage, m=${m}`, median(per).toFixed(3), range(per, (x) => x.toFixed(3)), `${(bytes / 1024).toFixed(0)} KB`, receive.toFixed(3), sched.toFixed(3),
+          machine.toFixed(3), frames.toFixed(3), (sched - machine - frames).toFixed(3),
+        ]);
+      }
+      if (ratioOnly) continue;
+      const flops = trainFlops(benchModel(model), BATCH);
+      const measured: { name: string; ms: number }[] = [];
+      const add = (name: string, ms: number) => measured.push({ name, ms });
+      add('stock model.fit', stock[model as 'mlp' | 'conv']);
+      if (Number.isNaN(stock[model as 'mlp' | 'conv']) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
+      add("model.fit with Troupe's wasm matMul", patched[model as 'mlp' | 'conv']);
+      add('Troupe, 1 stage, 1 worker process', med((r) => r.one));
+      for (const m of MS) add(`Troupe, 1 stage, m=${m}`, med((r) => steady(r.oneAt[m]!.stepMs)));
+      for (const sch of schedules) for (const m of MS) add(`Troupe, 2 stages in 2 processes, ${sch}, m=${m}`, med((r) => steady(r.two[sch]![m]!.stepMs)));
+      peak = Math.max(peak, matMulPeak());
+      const base = stock[model as 'mlp' | 'conv'];
+      const rows = measured.map(({ name, ms }) =>
+        Number.isNaN(ms) ? [name, 'fails', '-', '-', '-'] : [name, ms.toFixed(1), Number.isNaN(base) ? '-' : (base / ms).toFixed(2), ((flops / (ms / 1000)) / 1e9).toFixed(2), `${(((flops / (ms / 1000)) / peak) * 100).toFixed(1)}%`],
+      );
+      out.push(`#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`, '');
+      out.push(table(['configuration', 'ms/step', 'speed-up vs stock fit', 'GFLOP/s', 'of matMul peak'], rows), '');
     }
-    for (const m of MS) {
-      const per = rounds.map((r) => overheadPerMicrobatch(r.oneAt[m]!, m));
-      const machine = median(rounds.map((r) => perMicrobatch(r.oneAt[m]!, m, 'machineMs')));
-      const frames = median(rounds.map((r) => perMicrobatch(r.oneAt[m]!, m, 'framesMs')));
-      overheadRows.push([model, `1 stage, m=${m}`, median(per).toFixed(3), range(per, (x) => x.toFixed(3)), machine.toFixed(3), frames.toFixed(3), (median(per) - machine - frames).toFixed(3)]);
-    }
-    if (ratioOnly) continue;
-    const flops = trainFlops(benchModel(model), BATCH);
-    const measured: { name: string; ms: number }[] = [];
-    const add = (name: string, ms: number) => measured.push({ name, ms });
-    add('stock model.fit', stock[model as 'mlp' | 'conv']);
-    if (Number.isNaN(stock[model as 'mlp' | 'conv']) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
-    add("model.fit with Troupe's wasm matMul", patched[model as 'mlp' | 'conv']);
-    add('Troupe, 1 stage, 1 worker process', med((r) => r.one));
-    for (const m of MS) add(`Troupe, 1 stage, m=${m}`, med((r) => steady(r.oneAt[m]!.stepMs)));
-    for (const sch of schedules) for (const m of MS) add(`Troupe, 2 stages in 2 processes, ${sch}, m=${m}`, med((r) => steady(r.two[sch]![m]!.stepMs)));
-    peak = Math.max(peak, matMulPeak());
-    const base = stock[model as 'mlp' | 'conv'];
-    const rows = measured.map(({ name, ms }) =>
-      Number.isNaN(ms) ? [name, 'fails', '-', '-', '-'] : [name, ms.toFixed(1), Number.isNaN(base) ? '-' : (base / ms).toFixed(2), ((flops / (ms / 1000)) / 1e9).toFixed(2), `${(((flops / (ms / 1000)) / peak) * 100).toFixed(1)}%`],
+    out.push(`matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`, '');
+    out.push(
+      '### 2 stages against 1 stage at the same microbatch size',
+      '',
+      `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
+      '"Busier stage" is its share of the two stages\' compute (busy time per step after the warm-up steps) in the 2-stage run; 50 % is an even cut.',
+      '"This cut\'s best" is the speed-up if the step took only the busier stage\'s compute plus one microbatch of the other\'s (the fill and drain),',
+      'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
+      `uniform: an MLP of ${UNIFORM_LAYERS} equal ${UNIFORM_WIDTH}-wide layers (batch ${BATCH}, ${Math.min(STEPS, 8)} steps per run), cut into equal halves.`,
+      '',
     );
-    out.push(`#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`, '');
-    out.push(table(['configuration', 'ms/step', 'speed-up vs stock fit', 'GFLOP/s', 'of matMul peak'], rows), '');
+    out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'range', 'ideal', 'of ideal', 'busier stage', "this cut's best", 'of it'], targetRows), '');
+    out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (last round)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
+    out.push(
+      '### Scheduling overhead per microbatch',
+      '',
+      `"Outside compute": (wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, update) / (those steps x m), one stage in a worker process, in ms. Median and range of the rounds.`,
+      '"Receiving": the transfer part of it, an estimate: the bytes the stage received per microbatch (its INPUT frames, plans and UPDATEs) times the event-loop time a raw NATS subscriber process spends per byte of messages that size, measured in this run (`receiveCost.ts`).',
+      '"Scheduling overhead" is the rest (target: under 0.5 ms). Of it, from the stage\'s own counters (medians): the stage machine handling its events (each run\'s end, each frame, plans, updates), and judging and assembling frames outside the machine;',
+      'what remains is the event loop\'s turns between actions, the step boundary\'s messages, the driver, and the error of the receiving estimate.',
+      '',
+    );
+    out.push(table(['model', 'configuration', 'outside compute (ms per microbatch)', 'range', 'received per microbatch', 'receiving (est.)', 'scheduling overhead', 'stage machine', 'reading frames', 'the rest'], overheadRows));
+    return out.join('\n');
+  } finally {
+    await server.stop();
   }
-  out.push(`matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`, '');
-  out.push(
-    '### 2 stages against 1 stage at the same microbatch size',
-    '',
-    `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
-    '"Busier stage" is its share of the two stages\' compute (busy time per step after the warm-up steps) in the 2-stage run; 50 % is an even cut.',
-    '"This cut\'s best" is the speed-up if the step took only the busier stage\'s compute plus one microbatch of the other\'s (the fill and drain),',
-    'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
-    `uniform: an MLP of ${UNIFORM_LAYERS} equal ${UNIFORM_WIDTH}-wide layers (batch ${BATCH}, ${Math.min(STEPS, 8)} steps per run), cut into equal halves.`,
-    '',
-  );
-  out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'range', 'ideal', 'of ideal', 'busier stage', "this cut's best", 'of it'], targetRows), '');
-  out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (last round)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
-  out.push(
-    '### Scheduling overhead per microbatch',
-    '',
-    `(wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, update) / (those steps x m), one stage in a worker process: plans, INPUT frames, events and waiting, in ms; target under 0.5 ms. Median and range of the rounds.`,
-    'Of it, from the stage\'s own counters (medians): the stage machine handling its events (each action\'s end, each frame, plans, updates), and judging and assembling frames outside the machine.',
-    'The rest is the event loop\'s turns between actions, the NATS client reading messages, the step boundary\'s messages, and the driver.',
-    '',
-  );
-  out.push(table(['model', 'configuration', 'ms per microbatch', 'range', 'stage machine', 'reading frames', 'the rest'], overheadRows));
-  return out.join('\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) console.log(await benchSteps());
