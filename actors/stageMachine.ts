@@ -8,9 +8,11 @@
  * booting -> idle -STEP-> running -(last action)-> awaitingUpdate -UPDATE-> updating -> idle
  *                          running: next -> waiting -FRAME-> next -> computing (a run) -> next ...
  * any step state -ABORT-> idle (the step's tensors dropped); compute error -> failed -ABORT-> idle
- * ABORT while computing or updating waits for that to end, then idle (even when it fails)
+ * ABORT while computing waits for the action to end (the run stops there), while updating for
+ * the update to end; then idle (even when it fails)
  * running, awaitingUpdate, updating -STEP-> (the plan is queued) ... idle -> running (the queued step)
  * running -UPDATE-> (granted: the last stage still running) ... (last action) -> updating, not awaitingUpdate
+ * a plan that grants the UPDATE (a lone stage's): (last action) -> updating, no UPDATE comes
  * ```
  * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
  * the stage carries on with its step. Frames of a queued step are judged against its plan
