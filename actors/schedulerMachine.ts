@@ -114,6 +114,14 @@ function abortedFailure(c: SchedulerContext): StepFailure {
   return { ...f, message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)` };
 }
 
+/**
+ * Whether an ACTION event frees one of stage 0's microbatches for the feed (its backward, its
+ * W when split, its forward when evaluating): the only ACTION events the machine acts on.
+ */
+export function freesForFeed(req: Pick<StepRequest, 'releasedBy'>, e: { readonly rank: number; readonly action: string }): boolean {
+  return e.rank === 0 && e.action.startsWith(req.releasedBy);
+}
+
 /** Grants the last stage still running its UPDATE (see the machine's comment); a plan's grant is only noted. */
 const grant = [
   { guard: and(['canGrant', 'grantInPlan']), actions: 'markGranted' },
@@ -159,12 +167,7 @@ export const schedulerMachine = setup({
     rejectStep: (_, _params: { step: number; failure: StepFailure }) => {},
     markFed: assign({ fed: ({ context }) => feedLimit(context) }),
     markGranted: assign({ granted: ({ context }) => context.done.indexOf(false) }),
-    countStage0: assign(({ context, event }) => {
-      if (event.type !== 'ACTION' || event.rank !== 0) return {};
-      // Stage 0 frees a microbatch at its backward, its W when split, its forward when evaluating.
-      const frees = event.action.startsWith(context.req!.releasedBy);
-      return frees ? { stage0Done: context.stage0Done + 1 } : {};
-    }),
+    countStage0: assign(({ context, event }) => (event.type === 'ACTION' && freesForFeed(context.req!, event) ? { stage0Done: context.stage0Done + 1 } : {})),
     keepFirstFailure: assign(({ context, event }) => {
       if (context.failure || event.type !== 'STAGE_ERROR') return {};
       return { failure: { rank: event.rank, ...event.failure } };

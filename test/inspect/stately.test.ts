@@ -54,6 +54,11 @@ describe('troupe inspect --stately', () => {
       const events = frames.filter((f) => f.type === '@xstate.event');
       expect(snapshots.length).toBeGreaterThan(10);
       expect(events.some((e) => e.event?.type === 'FRAME')).toBe(true);
+      // The scheduler machine is handed only the ACTION events it acts on: stage 0's
+      // releases (its backwards), one per microbatch and step; the others count for progress.
+      const scheduler = actors.find((a) => a.name === 'scheduler')!.sessionId;
+      const actions = events.filter((e) => e.sessionId === scheduler && e.event?.type === 'ACTION').map((e) => e.event as unknown as { rank: number; action: string });
+      expect(actions.map((a) => `${a.rank}:${a.action}`)).toEqual(['0:B0', '0:B1', '0:B0', '0:B1']);
       // Contexts are sanitised: tensor bytes appear only as "[Float32Array n]".
       const text = JSON.stringify(frames);
       expect(text).toMatch(/\[Float32Array \d+\]/);
