@@ -11,6 +11,7 @@ import { decodeMessage, encodeJson } from '../../src/protocol/messages.js';
 import { CtlVerb, ctlSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
 import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
+import { loneStage } from '../helpers/loneStage.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -43,9 +44,8 @@ describe('feeding stage 0', () => {
 
   it.each(['step', 'bounded'] as const)("feed '%s': the order on the wire, and every action event arrives", async (feed: FeedMode) => {
     const m = 6;
-    const { model } = mlpAndReference(SIZES, 33, tf.train.sgd(0.1));
     const job = `feed-${feed}`;
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', feed, job, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const { pipe } = await loneStage({ sizes: SIZES, seed: 33, microbatches: m, job, feed, servers: nats.server.url });
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-spy' });
     // What the server delivered, in its order: `INPUT <mb>` and `<action> ` of stage 0, step 1.
     const seen: string[] = [];
@@ -89,9 +89,8 @@ describe('feeding stage 0', () => {
     // action events can only leave early by the 50 ms rule.
     const SLOW = 60;
     const m = 4;
-    const { model } = mlpAndReference(SIZES, 36, tf.train.sgd(0.1));
     const job = 'feed-hold';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const { pipe } = await loneStage({ sizes: SIZES, seed: 36, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     // Every event the stage publishes, when it publishes it (the stage runs in this process).
     const published: { subject: string; step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
@@ -121,9 +120,8 @@ describe('feeding stage 0', () => {
     // this process, so step 1 would not even resolve before then.
     const SLOW = 60;
     const m = 4;
-    const { model } = mlpAndReference(SIZES, 38, tf.train.sgd(0.1));
     const job = 'feed-ctl';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const { pipe } = await loneStage({ sizes: SIZES, seed: 38, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const done: { step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
       if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });

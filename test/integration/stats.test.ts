@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { Bus, createPipeline, subjects } from '../../src/index.js';
 import { decodeMessage, type StatsMessage } from '../../src/protocol/messages.js';
 import { countingLock } from '../helpers/countingLock.js';
-import { data, mlp, mlpAndReference, slowLoss } from '../helpers/models.js';
+import { data, mlp, slowLoss } from '../helpers/models.js';
+import { loneStage } from '../helpers/loneStage.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -56,8 +57,7 @@ describe('stage counters', () => {
     // are at least 8 x SLOW ms busy. Compute runs outside the machine's event handling; the
     // update runs inside it (the grant makes it start from the last action's end) and counts as busy only.
     const SLOW = 20;
-    const { model } = mlpAndReference([10, 16, 12, 3], 51, tf.train.sgd(0.1));
-    const pipe = await createPipeline({ model, stages: 1, microbatches: 4, schedule: '1f1b', job: 'stats-parts', optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const { pipe } = await loneStage({ sizes: [10, 16, 12, 3], seed: 51, microbatches: 4, job: 'stats-parts', servers: nats.server.url, loss: slowLoss(SLOW) });
     const { x, y } = data(8, 10, 3, 52);
     try {
       for (let s = 0; s < 2; s++) await pipe.trainStep(x, y);

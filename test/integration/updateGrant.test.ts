@@ -13,6 +13,7 @@ import { Phase } from '../../src/protocol/phase.js';
 import { CtlVerb, ctlSubject, stageSubject } from '../../src/protocol/subjects.js';
 import { Bus } from '../../src/transport/bus.js';
 import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
+import { loneStage } from '../helpers/loneStage.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -66,10 +67,8 @@ describe('the early UPDATE of the last stage running', () => {
   });
 
   it("a lone stage's plan grants its UPDATE: no UPDATE message, the update applied as its list ends", async () => {
-    const m = 4;
-    const { model, ref } = mlpAndReference(SIZES, 43, tf.train.sgd(0.1));
     const job = 'grant-lone';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: m, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const { model, ref, pipe } = await loneStage({ sizes: SIZES, seed: 43, microbatches: 4, job, servers: nats.server.url });
     const { spy, seen } = await watch(job);
     const plans: StepPlan[] = [];
     spy.subscribe(`troupe.${job}.ctl.0.step`, (msg) => plans.push(decodeMessage('plan', msg.data)));
@@ -106,18 +105,16 @@ describe('the early UPDATE of the last stage running', () => {
     // Each forward takes at least SLOW ms. The stage sends its held LOSS events once the
     // oldest is 50 ms old (at the third forward): five forwards, 200 ms, are still to come.
     const SLOW = 40;
-    const { model, ref } = mlpAndReference(SIZES, 45, tf.train.sgd(0.1));
     const job = 'grant-twice';
-    const pipe = await createPipeline({ model, stages: 1, microbatches: 8, schedule: '1f1b', job, optimizer: tf.train.sgd(0.1), loss: slowLoss(SLOW), nats: { servers: nats.server.url } });
+    const { model, ref, pipe } = await loneStage({ sizes: SIZES, seed: 45, microbatches: 8, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const { spy, seen } = await watch(job);
     const rejects: { code: string; message: string }[] = [];
+    const losses: number[] = [];
     spy.subscribe(`troupe.${job}.sched.reject`, (m) => rejects.push(decodeMessage('reject', m.data)));
+    spy.subscribe(`troupe.${job}.sched.loss`, (m) => losses.push(decodeMessage('loss', m.data).step));
     await spy.flush();
     const { x, y } = data(8, SIZES[0]!, 3, 46);
     try {
-      const losses: number[] = [];
-      spy.subscribe(`troupe.${job}.sched.loss`, (msg) => losses.push(decodeMessage('loss', msg.data).step));
-      await spy.flush();
       const step = pipe.trainStep(x, y);
       // Step 1 runs (its plan granted its update).
       await vi.waitFor(() => expect(losses).toContain(1));
