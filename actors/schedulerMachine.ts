@@ -18,6 +18,7 @@
  * grants it already (`grantInPlan`): the grant is noted and no UPDATE is sent.
  */
 import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
+import { appliesUpdate } from '../src/protocol/messages.js';
 import type { StageFailure } from './stageMachine.js';
 
 /** One step to run. */
@@ -178,10 +179,10 @@ export const schedulerMachine = setup({
     allFed: ({ context }) => context.fed >= context.req!.microbatches,
     drained: ({ context }) => allLossesIn(context) && context.done.every(Boolean),
     forwardOnly: ({ context }) => context.req!.forwardOnly,
-    noUpdate: ({ context }) => context.req!.forwardOnly || !context.req!.update,
+    noUpdate: ({ context }) => !appliesUpdate(context.req!),
     allUpdated: ({ context }) => context.updated.every(Boolean),
     /** A training step with one stage left running, not yet granted its update. */
-    canGrant: ({ context }) => context.granted < 0 && !context.req!.forwardOnly && context.req!.update && context.done.filter((d) => !d).length === 1,
+    canGrant: ({ context }) => context.granted < 0 && appliesUpdate(context.req!) && context.done.filter((d) => !d).length === 1,
     grantInPlan: ({ context }) => context.req!.grantInPlan,
   },
   delays: {

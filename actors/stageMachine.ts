@@ -22,7 +22,7 @@ import { and, assign, fromPromise, setup, type AnyActorRef } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
 import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
-import type { StepPlan } from '../src/protocol/messages.js';
+import { appliesUpdate, type StepPlan } from '../src/protocol/messages.js';
 import { formatAction, parseStageActions, type Action } from '../src/schedule/action.js';
 import { releasedBy } from '../src/schedule/constraint.js';
 import { needs } from '../src/schedule/needs.js';
@@ -113,7 +113,7 @@ function noStep(): Pick<StageContext, 'plan' | 'actions' | 'cursor' | 'run' | 'i
 
 /** A plan that grants its UPDATE (to a lone stage), for a training step that applies one. */
 function grantedByPlan(plan: StepPlan): boolean {
-  return plan.granted && !plan.forwardOnly && plan.update;
+  return plan.granted && appliesUpdate(plan);
 }
 
 /** How many actions from the cursor on have every frame they need (each frame serves one action). */
@@ -239,14 +239,14 @@ export const stageMachine = setup({
     allDone: ({ context }) => context.cursor >= context.actions.length,
     forwardOnly: ({ context }) => context.plan?.forwardOnly ?? false,
     /** No UPDATE ends this step: evaluation, prediction, or a step whose gradients wait for the next (accumulation). */
-    noUpdate: ({ context }) => (context.plan?.forwardOnly ?? false) || !(context.plan?.update ?? true),
+    noUpdate: ({ context }) => context.plan !== null && !appliesUpdate(context.plan),
     ready: ({ context }) => missing(context).length === 0,
     updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
     /** The end of this step's update (not of another's). */
     thisUpdate: ({ context, event }) => (event.type === 'UPDATE_DONE' || event.type === 'UPDATE_FAILED') && event.step === context.step,
     /** An UPDATE of the running training step, not granted before. */
     grantOfThisStep: ({ context, event }) =>
-      event.type === 'UPDATE' && event.step === context.step && !context.updateGranted && !(context.plan?.forwardOnly ?? true) && (context.plan?.update ?? false),
+      event.type === 'UPDATE' && event.step === context.step && !context.updateGranted && context.plan !== null && appliesUpdate(context.plan),
     updateGranted: ({ context }) => context.updateGranted,
     /** One step may wait behind the current one, and only a later one. */
     canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,

@@ -32,6 +32,11 @@ export interface StepPlan {
   readonly order: string;
 }
 
+/** Whether a step (its plan, or the scheduler's request) ends with an update: training, not accumulating. */
+export function appliesUpdate(s: { readonly forwardOnly: boolean; readonly update: boolean }): boolean {
+  return !s.forwardOnly && s.update;
+}
+
 /** Answer to a liveness probe: where the stage is and what it waits for. */
 export interface ProbeReply {
   readonly rank: number;

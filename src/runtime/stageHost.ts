@@ -11,7 +11,7 @@ import { exportStageState, importStageState } from '../compute/stageState.js';
 import { busInspector } from '../inspect/busInspector.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
-import { decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
+import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import {
@@ -259,7 +259,7 @@ export class StageHost {
     // Running: the scheduler grants the last stage still running its update early; it applies it as its list ends.
     const running = s.matches('running') && step === s.context.step;
     if (running && s.context.updateGranted) throw new UnexpectedFrameError(s.context.plan!.granted ? `UPDATE for step ${step}, whose plan granted it already` : `UPDATE for step ${step} came twice`);
-    if (running && (s.context.plan!.forwardOnly || !s.context.plan!.update)) throw new UnexpectedFrameError(`UPDATE for step ${step}, which applies no update (evaluation, prediction or accumulation)`);
+    if (running && !appliesUpdate(s.context.plan!)) throw new UnexpectedFrameError(`UPDATE for step ${step}, which applies no update (evaluation, prediction or accumulation)`);
     if (!running && (!s.matches('awaitingUpdate') || step !== s.context.step)) {
       throw new UnexpectedFrameError(`UPDATE for step ${step} while stage ${this.rank} is ${JSON.stringify(s.value)}`);
     }
@@ -364,7 +364,7 @@ export class StageHost {
     if (queues && s.context.next) throw new StateError(`stage ${this.rank} cannot queue step ${plan.step}: step ${s.context.next.step} already waits behind step ${s.context.step}`);
     microbatchSizes(plan.batchSize, plan.microbatches);
     if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize) throw new FrameError(`plan totalBatch ${plan.totalBatch} must be an integer of at least batchSize ${plan.batchSize}`);
-    if (plan.granted && (plan.forwardOnly || !plan.update)) throw new FrameError(`plan of step ${plan.step} grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)`);
+    if (plan.granted && !appliesUpdate(plan)) throw new FrameError(`plan of step ${plan.step} grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)`);
     const actions = parseStageActions(plan.actions, this.rank);
     const positions = parseOrder(plan.order, actions.length, this.rank);
     if (positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);

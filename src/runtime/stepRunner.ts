@@ -110,7 +110,7 @@ export class StepRunner {
     const s = ++this.step;
     const sch = forwardOnly ? this.evalSchedule : this.o.schedule;
     // A lone stage has no other stage's list to wait for: its plan grants its UPDATE.
-    const grantInPlan = p === 1 && update && !forwardOnly;
+    const grantInPlan = p === 1 && update;
     const inputFrame = (mb: number, tensors: WireTensor[]): Frame => ({ key: { job, step: s, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors });
     const outcome = await this.o.scheduler.run({
       step: s,
