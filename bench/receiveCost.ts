@@ -1,25 +1,24 @@
 /**
- * The CPU time a process spends receiving raw NATS messages of a given size: what moving a
- * stage's INPUT bytes costs it before Troupe does anything with them. A child process (this
+ * The time a process's event loop spends receiving raw NATS messages of a given size: what
+ * moving a stage's INPUT bytes costs it before Troupe does anything with them. A child process (this
  * file, run with `--child`) subscribes and reports how long its event loop was busy (the
  * active time of `performance.eventLoopUtilization`, the main thread only: a stage computes
  * on that thread) between the first message and the last; the caller publishes. The child
- * holds its event loop after the first message until every other one is published, so the
- * publisher does not take the cores while it reads: the messages wait for it in its socket
- * and the server, as a step's INPUT frames wait for a stage that computes.
+ * holds its event loop for HOLD_MS after the first message, so the publisher does not take the
+ * cores while it reads: the messages wait for it in its socket and the server, as a step's
+ * INPUT frames wait for a stage that computes. A publisher slower than the hold is an error.
  */
 import { execFile } from 'node:child_process';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { Bus } from '../src/index.js';
 
-/** How long the receiver holds its loop after the first message (the publisher is done by then). */
+/** How long the receiver holds its loop after the first message (the publisher must be done by then). */
 const HOLD_MS = 500;
 
 /** What the child reports: busy ms and bytes between its first message and its last. */
 interface ChildReport {
   readonly busyMs: number;
   readonly bytes: number;
-  readonly messages: number;
 }
 
 /**
@@ -43,9 +42,12 @@ export async function receiveMsPerByte(servers: string, size: number, count: num
     report.catch(() => {}); // awaited below; a failed start rejects `ready` first
     await ready;
     const body = new Uint8Array(size).map((_, i) => i & 0xff);
+    const t0 = performance.now();
     for (let i = 0; i < count; i++) await pub.publish(subject, body);
     await pub.flush();
+    const published = performance.now() - t0;
     const r = await report;
+    if (published >= HOLD_MS) throw new Error(`publishing ${count} messages of ${size} bytes took ${published.toFixed(0)} ms, not within the receiver's ${HOLD_MS} ms hold`);
     return r.busyMs / r.bytes;
   } finally {
     await pub.close();
@@ -65,7 +67,7 @@ async function child(servers: string, subject: string, count: number): Promise<v
         while (performance.now() < until);
         first = performance.eventLoopUtilization();
       } else bytes += m.data.byteLength;
-      if (seen === count) resolve({ busyMs: performance.eventLoopUtilization(first!).active, bytes, messages: count - 1 });
+      if (seen === count) resolve({ busyMs: performance.eventLoopUtilization(first!).active, bytes });
     });
   });
   await bus.flush();
