@@ -26,31 +26,31 @@ async function partMs(kind: string, which: string, m: number, seconds: number): 
   const last = part.rank === part.stages - 1;
   const { loss } = resolveLoss('categoricalCrossentropy');
   const sc = new StageCompute({ partition: part, optimizer: tf.train.sgd(0.01), ...(last ? { loss } : {}) });
-  const wire = (shape: readonly number[], name: string) => {
+  const wire = async (shape: readonly number[], name: string) => {
     const t = tf.randomNormal([rows, ...shape]);
-    const w = fromTensor(t, name);
+    const w = await fromTensor(t, name);
     t.dispose();
     return w;
   };
-  const xw = [wire(part.inputs[0]!.shape, 'x0')];
+  const xw = [await wire(part.inputs[0]!.shape, 'x0')];
   const { x, y } = benchData(rows, kind);
-  const yw = [fromTensor(y, 'y0')];
+  const yw = [await fromTensor(y, 'y0')];
   tf.dispose([x, y]);
-  const dyw = [wire(part.outputs[0]!.shape, 'g0')];
-  const step = () => {
+  const dyw = [await wire(part.outputs[0]!.shape, 'g0')];
+  const step = async () => {
     for (let i = 0; i < m; i++) {
-      sc.forward(i, xw, last ? yw : [], rows, BATCH, true);
-      sc.backward(i, last ? [] : dyw, BATCH);
+      await sc.forward(i, xw, last ? yw : [], rows, BATCH, true);
+      await sc.backward(i, last ? [] : dyw, BATCH);
     }
     sc.update();
   };
-  step();
-  step();
+  await step();
+  await step();
   const times: number[] = [];
   const t0 = performance.now();
   while (performance.now() - t0 < seconds * 1000) {
     const a = performance.now();
-    step();
+    await step();
     times.push(performance.now() - a);
   }
   times.sort((a, b) => a - b);

@@ -24,18 +24,18 @@ async function profileStep(kind: 'mlp' | 'conv', m: number): Promise<Totals> {
   const { loss } = resolveLoss('categoricalCrossentropy');
   const stage = new StageCompute({ partition: partition!, optimizer: tf.train.sgd(0.01), loss });
   const { x, y } = benchData(BATCH, kind);
-  const xw = fromTensor(x, 'x0');
-  const yw = fromTensor(y, 'y0');
+  const xw = await fromTensor(x, 'x0');
+  const yw = await fromTensor(y, 'y0');
   const sizes = microbatchSizes(BATCH, m);
   const offsets = microbatchOffsets(sizes);
-  const step = () => {
+  const step = async () => {
     for (let mb = 0; mb < m; mb++) {
-      stage.forward(mb, [sliceRows(xw, offsets[mb]!, sizes[mb]!)], [sliceRows(yw, offsets[mb]!, sizes[mb]!)], sizes[mb]!, BATCH, true);
-      stage.backward(mb, [], BATCH);
+      await stage.forward(mb, [sliceRows(xw, offsets[mb]!, sizes[mb]!)], [sliceRows(yw, offsets[mb]!, sizes[mb]!)], sizes[mb]!, BATCH, true);
+      await stage.backward(mb, [], BATCH);
     }
     stage.update();
   };
-  step(); // warm-up
+  await step(); // warm-up
   const totals: Totals = new Map();
   for (let r = 0; r < ROUNDS; r++) {
     const info = await tf.profile(async () => step());

@@ -19,8 +19,7 @@ async function reference(steps: number): Promise<{ loss: number; accuracy: numbe
   const { train, test } = await job.data();
   const model = buildModel();
   model.compile({ optimizer: tf.train.adam(LEARNING_RATE), loss: 'categoricalCrossentropy', metrics: ['accuracy'] });
-  const xw = fromTensor(train.x, 'x');
-  const yw = fromTensor(train.y, 'y');
+  const [xw, yw] = await Promise.all([fromTensor(train.x, 'x'), fromTensor(train.y, 'y')]);
   const perEpoch = Math.floor(train.x.shape[0]! / job.batchSize);
   const t0 = performance.now();
   for (let s = 0; s < steps; s++) {
@@ -33,7 +32,7 @@ async function reference(steps: number): Promise<{ loss: number; accuracy: numbe
     tf.dispose([x!, y!]);
   }
   const seconds = (performance.now() - t0) / 1000;
-  const [loss, acc] = (model.evaluate(test!.x, test!.y, { batchSize: 500 }) as tf.Scalar[]).map((t) => t.dataSync()[0]!);
+  const [loss, acc] = await Promise.all((model.evaluate(test!.x, test!.y, { batchSize: 500 }) as tf.Scalar[]).map(async (t) => (await t.data())[0]!));
   return { loss: loss!, accuracy: acc!, seconds };
 }
 

@@ -29,13 +29,14 @@ function median(xs: number[]): number {
  * except its input layers, in the order `partitionModel` cuts them, on a random microbatch.
  * Each layer runs on its real input (the sample carried through the layers before it).
  */
-export function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}): number[] {
+export async function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}): Promise<number[]> {
   const rows = opts.rows ?? 32;
   const repeats = opts.repeats ?? 3;
   // Every layer's input tensors, computed once from a random sample.
   const sample = layerInputs(model, rows);
   try {
-    return sample.layers.map((layer, li) => {
+    const costs: number[] = [];
+    for (const [li, layer] of sample.layers.entries()) {
       const xs = sample.inputs[li]!;
       const vars = layer.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val);
       const floats = xs.filter((x) => x.dtype === 'float32');
@@ -49,19 +50,22 @@ export function profileLayers(model: tf.LayersModel, opts: ProfileOptions = {}):
           if (wrt.length === 0) return f();
           return tf.engine().gradients(f, wrt, undefined, true).grads;
         });
-      const run = () => {
+      const run = async () => {
         const t0 = performance.now();
         const res = once();
         // Reading one value waits for the backend to finish the work.
         const first = asList(res as tf.Tensor | tf.Tensor[]).find((t): t is tf.Tensor => t instanceof tf.Tensor);
-        first?.dataSync();
+        await first?.data();
         const ms = performance.now() - t0;
         tf.dispose(res as tf.TensorContainer);
         return ms;
       };
-      run();
-      return median(Array.from({ length: repeats }, run));
-    });
+      await run();
+      const times: number[] = [];
+      for (let i = 0; i < repeats; i++) times.push(await run());
+      costs.push(median(times));
+    }
+    return costs;
   } finally {
     sample.dispose();
   }

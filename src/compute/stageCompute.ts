@@ -11,7 +11,7 @@ import type { WireTensor } from '../protocol/frame.js';
 import { HeldTape } from './heldTape.js';
 import { shareOfBatch, type LossFn } from './loss.js';
 import type { StagePartition } from './partition.js';
-import { fromTensor, toTensor } from './wire.js';
+import { deviceWire, fromTensor, toTensor } from './wire.js';
 
 /** What the stage needs besides its partition. */
 export interface StageComputeOptions {
@@ -27,7 +27,10 @@ export interface StageComputeOptions {
 
 /** Result of a forward or backward action. */
 export interface ActionResult {
-  /** Tensors for the neighbour: activations after F, input gradients after B; empty when none go out. */
+  /**
+   * Tensors for the neighbour: activations after F, input gradients after B; empty when none
+   * go out. Bytes, or device wires (`deviceWire`) when the action was asked to keep them on the device.
+   */
   readonly tensors: WireTensor[];
   /** The microbatch's share of the batch-mean loss and metric (last stage only). */
   readonly loss?: number;
@@ -116,9 +119,10 @@ export class StageCompute {
   /**
    * Runs the forward of microbatch `mb`. In training its tape is kept for the backward (or,
    * recomputing, its inputs), and the last stage returns the microbatch's share of the loss.
-   * In evaluation the last stage returns loss and metric and nothing is kept.
+   * In evaluation the last stage returns loss and metric and nothing is kept. With `device`,
+   * the activations stay on the device as device wires (a neighbour in this process takes them).
    */
-  forward(mb: number, inputs: readonly WireTensor[], labels: readonly WireTensor[], size: number, batchSize: number, training: boolean): ActionResult {
+  async forward(mb: number, inputs: readonly WireTensor[], labels: readonly WireTensor[], size: number, batchSize: number, training: boolean, device = false): Promise<ActionResult> {
     if (this.cache.has(mb)) throw new StateError(`stage ${this.part.rank}: microbatch ${mb} was already forwarded`);
     const xs = this.inputsOf(inputs, size, `microbatch ${mb} input`);
     let ys: tf.Tensor[] = [];
@@ -132,40 +136,35 @@ export class StageCompute {
     if (training && this.opts.recompute) {
       this.cache.set(mb, { inputs: xs, labels: ys, size, tape: null });
       this.noteHeld();
-      return { tensors: this.isLast ? [] : this.runToWire(xs) };
+      return { tensors: this.isLast ? [] : await wireOut(this.run(xs), 'a', device) };
     }
+    let outputs: tf.Tensor[] = [];
     try {
-      if (!training) return this.isLast ? this.evaluate(xs, ys, size, batchSize) : { tensors: this.runToWire(xs) };
-      const { outputs, tape } = this.record(xs, ys, size, batchSize);
-      this.cache.set(mb, { inputs: [], labels: [], size, tape });
-      this.noteHeld();
-      try {
-        return this.isLast ? this.lossResult([], outputs) : { tensors: outputs.map((t, i) => fromTensor(t, `a${i}`)) };
-      } finally {
-        tf.dispose(outputs);
+      if (!training) {
+        if (!this.isLast) return { tensors: await wireOut(this.run(xs), 'a', device) };
+        outputs = tf.tidy(() => this.objective(this.part.run(xs, false)[0]!, ys, size, batchSize));
+        return await this.lossResult([], outputs);
       }
+      const recorded = this.record(xs, ys, size, batchSize);
+      outputs = recorded.outputs;
+      this.cache.set(mb, { inputs: [], labels: [], size, tape: recorded.tape });
+      this.noteHeld();
+      if (this.isLast) return await this.lossResult([], outputs);
+      const tensors = wireOut(outputs, 'a', device);
+      outputs = [];
+      return { tensors: await tensors };
     } finally {
-      tf.dispose([...xs, ...ys]);
+      tf.dispose([...xs, ...ys, ...outputs]);
     }
   }
 
-  /** The stage's outputs for `inputs` (inference, no tape, nothing kept): a prediction. */
-  predict(inputs: readonly WireTensor[], size: number): WireTensor[] {
+  /** The stage's outputs for `inputs` (inference, no tape, nothing kept): a prediction, read into bytes. */
+  async predict(inputs: readonly WireTensor[], size: number): Promise<WireTensor[]> {
     const xs = this.inputsOf(inputs, size, 'prediction input');
     try {
-      return this.runToWire(xs);
+      return await wireOut(this.run(xs), 'a', false);
     } finally {
       tf.dispose(xs);
-    }
-  }
-
-  /** The last stage's loss and metric shares (forward without a tape). */
-  private evaluate(xs: tf.Tensor[], ys: tf.Tensor[], size: number, batchSize: number): ActionResult {
-    const outs = tf.tidy(() => this.objective(this.part.run(xs, false)[0]!, ys, size, batchSize));
-    try {
-      return this.lossResult([], outs);
-    } finally {
-      tf.dispose(outs);
     }
   }
 
@@ -175,8 +174,10 @@ export class StageCompute {
     return this.opts.metric ? [loss, shareOfBatch(this.opts.metric(ys[0]!, pred), size, batchSize)] : [loss];
   }
 
-  private lossResult(tensors: WireTensor[], outs: tf.Tensor[]): ActionResult {
-    return { tensors, loss: outs[0]!.dataSync()[0]!, metric: outs[1] ? outs[1].dataSync()[0]! : null };
+  /** The loss (and metric) shares read from `outs`, which the caller still owns. */
+  private async lossResult(tensors: WireTensor[], outs: tf.Tensor[]): Promise<ActionResult> {
+    const [loss, metric] = await Promise.all(outs.map((t) => t.data()));
+    return { tensors, loss: loss![0]!, metric: metric ? metric[0]! : null };
   }
 
   /** Runs the stage's forward (and, on the last stage, its loss) under a held tape. */
@@ -193,13 +194,9 @@ export class StageCompute {
     );
   }
 
-  private runToWire(xs: tf.Tensor[]): WireTensor[] {
-    const outs = tf.tidy(() => this.part.run(xs, false).map((t) => (xs.includes(t) ? t.clone() : t)));
-    try {
-      return outs.map((t, i) => fromTensor(t, `a${i}`));
-    } finally {
-      tf.dispose(outs);
-    }
+  /** The stage's outputs without a tape, as new tensors the caller owns. */
+  private run(xs: tf.Tensor[]): tf.Tensor[] {
+    return tf.tidy(() => this.part.run(xs, false).map((t) => (xs.includes(t) ? t.clone() : t)));
   }
 
   /**
@@ -207,17 +204,27 @@ export class StageCompute {
    * the microbatch's share of the loss), adds the variables' gradients to the accumulators and
    * returns the input gradients.
    */
-  backward(mb: number, dy: readonly WireTensor[], batchSize: number): ActionResult {
-    const res = this.backwardInputs(mb, dy, batchSize);
-    this.backwardWeights(mb);
+  async backward(mb: number, dy: readonly WireTensor[], batchSize: number, device = false): Promise<ActionResult> {
+    // B's part of the tape runs before its first await, so W follows it at once, while B's
+    // gradients are read. A B that failed before walking the tape answers with its own error.
+    const res = this.backwardInputs(mb, dy, batchSize, device);
+    const c = this.cache.get(mb);
+    if (!c?.tape || c.tape.inputsPending) return res;
+    try {
+      this.backwardWeights(mb);
+    } catch (err) {
+      res.catch(() => {});
+      throw err;
+    }
     return res;
   }
 
   /**
    * B of microbatch `mb`: the input gradients only; the weight gradients wait for
-   * `backwardWeights` and the microbatch's tape is held until then.
+   * `backwardWeights` and the microbatch's tape is held until then. With `device`, the input
+   * gradients stay on the device as device wires.
    */
-  backwardInputs(mb: number, dy: readonly WireTensor[], batchSize: number): ActionResult {
+  async backwardInputs(mb: number, dy: readonly WireTensor[], batchSize: number, device = false): Promise<ActionResult> {
     const c = this.cache.get(mb);
     if (!c) throw new StateError(`stage ${this.part.rank}: backward of microbatch ${mb} without its forward`);
     if (c.tape && !c.tape.inputsPending) throw new StateError(`stage ${this.part.rank}: microbatch ${mb} was already backpropagated`);
@@ -234,14 +241,23 @@ export class StageCompute {
         this.cache.set(mb, { inputs: [], labels: [], size: c.size, tape });
       }
       const dx = c.tape!.backwardInputs(dys);
-      try {
-        const tensors = dx.map((g, i) => fromTensor(g, `g${i}`));
-        return lossOut.length > 0 ? this.lossResult(tensors, lossOut) : { tensors };
-      } finally {
-        tf.dispose(dx);
-      }
+      const out = wireOut(dx, 'g', device);
+      // Read after the tape's B part, before anything else runs: the loss of a recomputed forward.
+      const kept = lossOut;
+      lossOut = [];
+      return await this.finishBackward(out, kept);
     } finally {
       tf.dispose([...dys, ...lossOut]);
+    }
+  }
+
+  /** The input gradients once read (or linked), with the loss of a recomputing last stage. */
+  private async finishBackward(out: Promise<WireTensor[]>, lossOut: tf.Tensor[]): Promise<ActionResult> {
+    try {
+      const tensors = await out;
+      return lossOut.length > 0 ? await this.lossResult(tensors, lossOut) : { tensors };
+    } finally {
+      tf.dispose(lossOut);
     }
   }
 
@@ -279,15 +295,17 @@ export class StageCompute {
   }
 
   /** The accumulated gradients as wire tensors, in variable order (zeros for a variable without one). */
-  gradientsWire(): WireTensor[] {
-    return this.part.variables.map((v, i) => {
-      const g = this.acc[i] ?? tf.zerosLike(v);
-      try {
-        return fromTensor(g, `g${i}`);
-      } finally {
-        if (!this.acc[i]) g.dispose();
-      }
-    });
+  gradientsWire(): Promise<WireTensor[]> {
+    return Promise.all(
+      this.part.variables.map(async (v, i) => {
+        const g = this.acc[i] ?? tf.zerosLike(v);
+        try {
+          return await fromTensor(g, `g${i}`);
+        } finally {
+          if (!this.acc[i]) g.dispose();
+        }
+      }),
+    );
   }
 
   /** Replaces the accumulated gradients (with the sum over data-parallel replicas). */
@@ -332,4 +350,13 @@ export class StageCompute {
     this.reset();
     this.opts.optimizer.dispose();
   }
+}
+
+/**
+ * `tensors` for a neighbour, named `<prefix><i>`: kept on the device as device wires (owned by
+ * them), or read into bytes and freed. Starts the reads at once; the caller awaits the result.
+ */
+function wireOut(tensors: tf.Tensor[], prefix: string, device: boolean): Promise<WireTensor[]> {
+  if (device) return Promise.resolve(tensors.map((t, i) => deviceWire(t, `${prefix}${i}`)));
+  return Promise.all(tensors.map((t, i) => fromTensor(t, `${prefix}${i}`))).finally(() => tf.dispose(tensors));
 }

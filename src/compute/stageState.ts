@@ -26,13 +26,7 @@ export function stageWeights(part: StagePartition): tf.LayerVariable[] {
 export async function exportStageState(part: StagePartition, optimizer: tf.Optimizer): Promise<StageState> {
   const weights = stageWeights(part);
   const slots = await optimizer.getWeights();
-  const tensors = [
-    ...weights.map((w, i) => {
-      const t = w.read();
-      return fromTensor(t, `w${i}`);
-    }),
-    ...slots.map((s, i) => fromTensor(s.tensor, `o${i}`)),
-  ];
+  const tensors = await Promise.all([...weights.map((w, i) => fromTensor(w.read(), `w${i}`)), ...slots.map((s, i) => fromTensor(s.tensor, `o${i}`))]);
   tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
   // Slots are named by the variable's layer name (`dense_Dense1/kernel/m`), not this model's
   // variable name (which another copy of the model suffixes): states move between models and cuts.

@@ -1,19 +1,13 @@
-/** Device assignment: one GPU per worker when the GPU backend is installed, else the CPU. */
+/**
+ * Device assignment: worker r of `troupe up` gets GPU r mod n when the machine has n GPUs,
+ * else the CPU. The GPU travels in the worker's environment: `TROUPE_GPU` (the WebGPU
+ * adapter index, read by `selectBackend`) and `CUDA_VISIBLE_DEVICES` (for tfjs-node-gpu).
+ */
 import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
+import { listGpuAdapters } from '../compute/webgpu.js';
 
-/** True when @tensorflow/tfjs-node-gpu can be resolved from here. */
-export function gpuBackendInstalled(): boolean {
-  try {
-    createRequire(import.meta.url).resolve('@tensorflow/tfjs-node-gpu');
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Number of GPUs `nvidia-smi -L` lists (0 without a driver). */
-export function countGpus(): number {
+/** Number of NVIDIA GPUs `nvidia-smi -L` lists (0 without a driver). */
+function nvidiaGpus(): number {
   try {
     return execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n').filter((l) => l.startsWith('GPU ')).length;
   } catch {
@@ -21,16 +15,14 @@ export function countGpus(): number {
   }
 }
 
-/**
- * Environment for worker `rank`: `CUDA_VISIBLE_DEVICES` pins it to GPU rank % gpus when the
- * GPU backend is installed and GPUs exist; otherwise nothing changes.
- */
-export function deviceEnv(rank: number, gpus: number, gpuBackend: boolean): Record<string, string> {
-  return gpuBackend && gpus > 0 ? { CUDA_VISIBLE_DEVICES: String(rank % gpus) } : {};
+/** Number of GPUs on this machine: NVIDIA's count, else the WebGPU adapters Dawn sees (0 without any). */
+export async function countGpus(): Promise<number> {
+  return nvidiaGpus() || (await listGpuAdapters()).length;
 }
 
-/** How a worker describes its device: `gpu:<n>` when pinned to a GPU backend, else `cpu`. */
-export function deviceName(backend: string): string {
-  const cuda = process.env['CUDA_VISIBLE_DEVICES'];
-  return backend === 'node-gpu' ? `gpu:${cuda ?? 'all'}` : 'cpu';
+/** Environment for worker `slot`: pinned to GPU slot % gpus, or nothing without GPUs. */
+export function deviceEnv(slot: number, gpus: number): Record<string, string> {
+  if (gpus <= 0) return {};
+  const gpu = String(slot % gpus);
+  return { TROUPE_GPU: gpu, CUDA_VISIBLE_DEVICES: gpu };
 }

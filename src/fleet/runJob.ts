@@ -31,7 +31,7 @@ import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
 import { TraceRecorder } from '../inspect/trace.js';
 import { Bus } from '../transport/bus.js';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
+import { countGpus, deviceEnv } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
 import { Progress } from './progress.js';
@@ -143,7 +143,7 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
     }
   }
   try {
-    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' && cfg.memoryBudget === undefined ? profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
+    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' && cfg.memoryBudget === undefined ? await profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
     partitions = partitionModel(model, spec, { recompute: cfg.recompute ?? false, ...(costs ? { costs } : {}) });
   } catch (cause) {
     throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
@@ -260,14 +260,14 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     });
     say(`troupe up: job ${job}, ${p} stages (${partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${url}${server ? ` (nats-server pid ${server.pid})` : ''}; driver on ${bus.server}`);
     if (o.spawn ?? true) {
-      const gpuBackend = gpuBackendInstalled();
-      const gpus = gpuBackend ? countGpus() : 0;
+      // Worker r gets GPU r mod n (none without GPUs, or when the backend asked for computes on the CPU).
+      const gpus = o.backend === 'wasm' || o.backend === 'cpu' || o.backend === 'node' ? 0 : await countGpus();
       for (let replica = 0; replica < k; replica++) {
         for (let dev = 0; dev < devices; dev++) {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
           const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
           const slot = replica * devices + dev;
-          supervisor.spawn(slot, args, deviceEnv(slot, gpus, gpuBackend));
+          supervisor.spawn(slot, args, deviceEnv(slot, gpus));
         }
       }
     } else say(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
@@ -304,8 +304,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     let last: StepResult | null = null;
     const stepMs: number[] = [];
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
-    const trainX = fromTensor(data.train.x, 'x0');
-    const trainY = fromTensor(data.train.y, 'y0');
+    const [trainX, trainY] = await Promise.all([fromTensor(data.train.x, 'x0'), fromTensor(data.train.y, 'y0')]);
     /** Runs `work` unless a worker dies first (then resolves to null: the caller recovers and retries). */
     const unlessDied = async <T>(work: Promise<T>): Promise<T | null> => {
       const lostFrames = (err: unknown) => err instanceof StageError && err.reason === 'NATS_RECONNECT';
@@ -423,8 +422,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       opt.dispose();
     }
     let heldOut: StepResult | null = null;
-    while (data.test) {
-      heldOut = await unlessDied(runReplicas(runners, [fromTensor(data.test.x, 'x0')], [fromTensor(data.test.y, 'y0')], true));
+    const test = data.test ? await Promise.all([fromTensor(data.test.x, 'x0'), fromTensor(data.test.y, 'y0')]) : null;
+    while (test) {
+      heldOut = await unlessDied(runReplicas(runners, [test[0]], [test[1]], true));
       if (heldOut) break;
       await recover('the held-out evaluation');
     }

@@ -11,7 +11,6 @@ import { DeviceTurn } from '../runtime/deviceTurn.js';
 import { StageHost } from '../runtime/stageHost.js';
 import { Bus } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
-import { deviceName } from './device.js';
 import { loadJobConfig } from './jobConfig.js';
 
 /** Options of `runWorker` (the flags of `troupe worker`). */
@@ -42,7 +41,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   if (o.ranks.length === 0 || new Set(o.ranks).size !== o.ranks.length) throw new ConfigError(`a worker needs distinct ranks, got [${o.ranks.join(', ')}]`);
   const choice = await selectBackend({ ...(o.backend ? { prefer: o.backend } : {}), log: null });
-  const device = deviceName(choice.name);
+  const device = choice.device;
   const cfg = await loadJobConfig(o.config);
   const model = await cfg.model();
   const parts = partitionModel(model, o.boundaries ?? cfg.stages, { recompute: cfg.recompute ?? false });

@@ -1,7 +1,7 @@
 /** The public pipeline: cut a model into stage actors on NATS and train or evaluate it step by step. */
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError, StateError, messageOf } from '../errors.js';
-import { selectBackend, type BackendName } from '../compute/backend.js';
+import { isGpuBackend, selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss, type LossSpec } from '../compute/loss.js';
 import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
 import { partitionModel, stageStartsOf, type StagePartition, type StageSpec } from '../compute/partition.js';
@@ -10,7 +10,7 @@ import { cutUnderBudget, estimateStages, slotsPerWeight, type MemoryModel, type 
 import { isFeedMode, maxInFlight, type FeedMode } from '../schedule/constraint.js';
 import { StageCompute } from '../compute/stageCompute.js';
 import { cloneModel } from '../compute/cloneModel.js';
-import { fromTensor } from '../compute/wire.js';
+import { deviceWire, fromTensor, releaseDevice } from '../compute/wire.js';
 import { AllReduce } from './allReduce.js';
 import { runReplicas } from './replicas.js';
 import type { StepExtra } from './stepRunner.js';
@@ -77,8 +77,15 @@ export interface PipelineOptions {
   readonly nats: Pick<BusOptions, 'servers'> & Partial<BusOptions>;
   /** Job id used in subjects (default a random one). */
   readonly job?: string;
-  /** Backend order (default: TROUPE_BACKEND, else node-gpu > node > wasm > cpu). */
+  /** Backend order (default: TROUPE_BACKEND, else node-gpu > webgpu > node > wasm > cpu). */
   readonly backend?: BackendName | readonly BackendName[];
+  /**
+   * Hand tensors between the stages (and from the driver) in this process without reading them
+   * back or sending them through nats-server: activations and gradients stay on the device.
+   * Default: on for GPU backends (webgpu, node-gpu), where a read back costs most; off on the
+   * CPU backends, where every frame crossing NATS keeps the counters and the wire observable.
+   */
+  readonly handoff?: boolean;
   /** Milliseconds a step may take before it is aborted (default 120 s). */
   readonly stepTimeoutMs?: number;
   /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s). */
@@ -169,10 +176,11 @@ function checkOptions(o: PipelineOptions): void {
  */
 export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   checkOptions(o);
-  await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
+  const backend = await selectBackend(o.backend === undefined ? {} : { prefer: o.backend });
+  const handoff = o.handoff ?? isGpuBackend(backend.name);
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
   const k = o.replicas ?? 1;
-  const costs = o.balance === 'time' && typeof o.stages === 'number' ? profileLayers(o.model, { rows: 32 }) : undefined;
+  const costs = o.balance === 'time' && typeof o.stages === 'number' ? await profileLayers(o.model, { rows: 32 }) : undefined;
   const m = o.microbatches;
   const { loss, metric } = resolveLoss(o.loss, o.metric);
   const makeOptimizer = optimizerFactory(o.optimizer);
@@ -232,7 +240,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
         const bus = await connect(`r${replica}-stage-${partition.rank}`, stageRole(partition.rank));
         const allReduce = k > 1 ? await AllReduce.start({ bus, group: job, rank: partition.rank, replica, replicas: k, timeoutMs: o.stepTimeoutMs ?? 120_000 }) : undefined;
         if (allReduce) reducers.push(allReduce);
-        hosts.push(await StageHost.start({ bus, job: rjob, partition, compute, inspect: o.inspect ?? false, ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}) }));
+        hosts.push(await StageHost.start({ bus, job: rjob, partition, compute, handoff, inspect: o.inspect ?? false, ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}) }));
       }
       const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}), ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}) });
       scheds.push(sched);
@@ -261,8 +269,35 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     if (closed) throw new StateError(`pipeline ${job} is closed`);
     // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all
     // (and, accumulating, over the `accumulate` batches that make one update).
-    const wire = (t: tf.Tensor | tf.Tensor[], p: string) => (Array.isArray(t) ? t : [t]).map((u, i) => fromTensor(u, `${p}${i}`));
-    return runReplicas(runners, wire(x, 'x'), y === null ? [] : wire(y, 'y'), forwardOnly, extra, forwardOnly ? 1 : accumulate);
+    const list = (t: tf.Tensor | tf.Tensor[], what: string) => {
+      const l = Array.isArray(t) ? t : [t];
+      if (l.length === 0 || l.some((u) => !(u instanceof tf.Tensor))) throw new ConfigError(`${what} must be a tensor or a non-empty list of tensors`);
+      return l;
+    };
+    const xl = list(x, 'x');
+    const yl = y === null ? [] : list(y, 'y');
+    // Taken at the call (clones share the data): the caller may dispose x and y once this returns.
+    // Stages that take frames by hand get device wires (nothing read back); others get bytes.
+    const wire = (ts: tf.Tensor[], p: string) =>
+      ts.map((t, i) => {
+        const own = tf.clone(t);
+        return handoff ? Promise.resolve(deviceWire(own, `${p}${i}`)) : fromTensor(own, `${p}${i}`).finally(() => own.dispose());
+      });
+    const pending = [...wire(xl, 'x'), ...wire(yl, 'y')];
+    const settled = await Promise.allSettled(pending);
+    const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) {
+      releaseDevice(ok);
+      throw failed.reason;
+    }
+    const xw = ok.slice(0, xl.length);
+    const yw = ok.slice(xl.length);
+    try {
+      return await runReplicas(runners, xw, yw, forwardOnly, extra, forwardOnly ? 1 : accumulate);
+    } finally {
+      releaseDevice([...xw, ...yw]);
+    }
   };
 
   return {

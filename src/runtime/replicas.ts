@@ -1,7 +1,8 @@
 /** One step over data-parallel replicas: the batch split by rows, the results merged. */
 import { ConfigError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
-import { concatRows, sliceRows } from '../protocol/rows.js';
+import { concatRows } from '../protocol/rows.js';
+import { releaseDevice, rowsOf } from '../compute/wire.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import type { StepExtra, StepResult, StepRunner } from './stepRunner.js';
 
@@ -17,9 +18,16 @@ export async function runReplicas(runners: readonly StepRunner[], xw: readonly W
   if (total < k) throw new ConfigError(`a batch of ${total} cannot be split over ${k} replicas`);
   const sizes = microbatchSizes(total, k);
   const offsets = microbatchOffsets(sizes);
-  const share = (ws: readonly WireTensor[], i: number) => ws.map((w) => sliceRows(w, offsets[i]!, sizes[i]!));
+  const share = (ws: readonly WireTensor[], i: number) => ws.map((w) => rowsOf(w, offsets[i]!, sizes[i]!));
   if (extra.predict && xw[0]!.dtype !== 'float32') throw new ConfigError('predict with replicas merges float32 outputs only');
-  const results = await Promise.all(runners.map((r, i) => r.runWire(share(xw, i), share(yw, i), forwardOnly, total * scale, extra)));
+  const shares = runners.map((_, i) => ({ x: share(xw, i), y: share(yw, i) }));
+  let results: StepResult[];
+  try {
+    results = await Promise.all(runners.map((r, i) => r.runWire(shares[i]!.x, shares[i]!.y, forwardOnly, total * scale, extra)));
+  } finally {
+    // Shares on a device are new tensors of their own; byte shares are views (nothing to free).
+    for (const s of shares) releaseDevice([...s.x, ...s.y]);
+  }
   const outputs = results[0]!.outputs ? concatRows(results.map((r) => r.outputs!)) : undefined;
   return {
     ...(outputs ? { outputs } : {}),

@@ -10,6 +10,7 @@ import { CtlVerb, SchedEvent, ctlSubject, lastToken, outputSubject, schedWildcar
 import { busInspector } from '../inspect/busInspector.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
+import { sendFrame } from './localStages.js';
 
 /** Options of the scheduler host. */
 export interface SchedulerHostOptions {
@@ -207,7 +208,7 @@ export class SchedulerHost {
   private feed(w: StepWork, mb: number): void {
     // Chained so microbatches go out in order even when a publish waits for the server.
     this.feeding = this.feeding.then(async () => {
-      for (const { rank, frame } of w.inputs(mb)) await this.o.bus.publishFrame(stageSubject(this.o.job, rank, Phase.INPUT), frame);
+      for (const { rank, frame } of w.inputs(mb)) await sendFrame(this.o.bus, this.o.job, rank, Phase.INPUT, frame);
     }).catch((err: unknown) => this.transportFailed(w.step, err));
   }
 

@@ -8,6 +8,7 @@ import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameErr
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
 import { exportStageState, importStageState } from '../compute/stageState.js';
+import { releaseDevice } from '../compute/wire.js';
 import { busInspector } from '../inspect/busInspector.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
@@ -23,7 +24,6 @@ import {
   outputSubject,
   schedSubject,
   snapshotSubject,
-  stageSubject,
   stageWildcard,
   stateSubject,
   statsSubject,
@@ -32,6 +32,7 @@ import { parseStageActions, splitsBackward, type Action, type ActionKind } from 
 import { releasedBy } from '../schedule/constraint.js';
 import type { AllReduce } from './allReduce.js';
 import type { DeviceTurn } from './deviceTurn.js';
+import { isLocalStage, registerLocalStage, sendFrame } from './localStages.js';
 import { STATE_SENDER } from './stageStates.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
@@ -57,6 +58,12 @@ export interface StageHostOptions {
   readonly turn?: DeviceTurn;
   /** Data-parallel replicas of this stage: gradients are summed over them before each update. */
   readonly allReduce?: AllReduce;
+  /**
+   * Take frames by hand from stages and the driver of this process, and hand them frames the
+   * same way: tensors between neighbours in one process stay on their device, and never cross
+   * nats-server (default off: every frame on the bus).
+   */
+  readonly handoff?: boolean;
 }
 
 /** Counters of one stage, as the runtime reports them (and publishes after every step). */
@@ -101,6 +108,9 @@ export class StageHost {
   private refusedOnArrival = 0;
   private readonly from: string;
   private readonly offStatus: () => void;
+  /** Frames handed over in this process whose device tensors may still be unclaimed (freed when dropped). */
+  private handed: Frame[] = [];
+  private offLocal: () => void = () => {};
 
   private constructor(private readonly o: StageHostOptions) {
     const { partition: part, job, bus, compute } = o;
@@ -108,7 +118,10 @@ export class StageHost {
     const machine = stageMachine.provide({
       actions: {
         startUpdate: updateRunner((step) => this.applyUpdate(step)),
-        reportReject: (_, { error, frame }) => this.reject(`frame ${formatKey(frame.key)}`, error),
+        reportReject: (_, { error, frame }) => {
+          releaseDevice(frame.tensors);
+          this.reject(`frame ${formatKey(frame.key)}`, error);
+        },
         reportDone: (_, { step, peakHeld }) => {
           this.peakHeld = Math.max(this.peakHeld, peakHeld);
           this.idleMs += performance.now() - this.stepStartedAt - (this.busyMs - this.busyAtStepStart);
@@ -117,7 +130,10 @@ export class StageHost {
         },
         reportUpdated: (_, { step }) => this.emit(SchedEvent.UPDATED, { rank: part.rank, step }),
         reportError: (_, { step, failure }) => this.emit(SchedEvent.ERROR, { rank: part.rank, step, ...failure }),
-        resetCompute: () => compute.reset(),
+        resetCompute: () => {
+          compute.reset();
+          this.releaseHanded(Infinity);
+        },
         stepBegins: (_, { plan, actions }) => this.stepBegins(plan, actions),
         sendHeld: () => this.sendHeld(),
         startRun: actionRunner(
@@ -149,6 +165,7 @@ export class StageHost {
     host.actor.start();
     await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
     await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
+    if (o.handoff) host.offLocal = registerLocalStage(o.job, o.partition.rank, (f) => host.onLocal(f));
     await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));
     return host;
   }
@@ -234,6 +251,34 @@ export class StageHost {
       // The machine's part (and an update an UPDATE frame ran at once) are counted apart.
       this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
     }
+  }
+
+  /** A frame handed over by a stage or the driver of this process: judged like one from the bus. */
+  private onLocal(frame: Frame): void {
+    const t0 = performance.now();
+    const before = this.machineMs + this.busyMs;
+    try {
+      const wrongStep = admitStep(this.actor.getSnapshot().context, frame.key, frame.from);
+      if (wrongStep) throw wrongStep;
+      this.handed.push(frame);
+      this.send({ type: 'FRAME', frame });
+    } catch (err) {
+      releaseDevice(frame.tensors);
+      this.refusedOnArrival++;
+      this.reject(`frame ${formatKey(frame.key)}`, err);
+    } finally {
+      this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
+    }
+  }
+
+  /** Frees the unclaimed device tensors of frames handed over for steps before `step` (all: Infinity). */
+  private releaseHanded(step: number): void {
+    const keep: Frame[] = [];
+    for (const f of this.handed) {
+      if (f.key.step < step) releaseDevice(f.tensors);
+      else keep.push(f);
+    }
+    this.handed = keep;
   }
 
   /** Hands the stage machine an event, counting the time it takes (stats: machineMs). */
@@ -383,7 +428,7 @@ export class StageHost {
       this.busyMs += performance.now() - t0;
     };
     if (!allReduce) return apply();
-    return allReduce.reduce(step, compute.gradientsWire()).then((reduced) => {
+    return compute.gradientsWire().then((grads) => allReduce.reduce(step, grads)).then((reduced) => {
       compute.setGradients(reduced);
       apply();
     });
@@ -396,6 +441,7 @@ export class StageHost {
     this.release = releasedBy(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
     this.reassembler.keepOnly(plan.step);
+    this.releaseHanded(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
   }
@@ -452,24 +498,19 @@ export class StageHost {
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
       if (plan.predict && last) {
         // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
-        const outputs = compute.predict(inputs, size);
+        const outputs = await compute.predict(inputs, size);
         this.sendHeld();
         await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
         res = { tensors: [], loss: 0, metric: null };
-      } else res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
-      if (!last) {
-        this.sendHeld();
-        await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
-      }
+      } else res = await compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly, this.byHand(rank + 1));
+      if (!last) await this.sendTo(rank + 1, Phase.FORWARD, { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
       // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
-      res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.totalBatch) : compute.backward(mb, dy, plan.totalBatch);
-      if (rank > 0) {
-        this.sendHeld();
-        await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
-      }
+      const device = this.byHand(rank - 1);
+      res = this.splitBackward ? await compute.backwardInputs(mb, dy, plan.totalBatch, device) : await compute.backward(mb, dy, plan.totalBatch, device);
+      if (rank > 0) await this.sendTo(rank - 1, Phase.BACKWARD, { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
       this.backwards++;
     } else {
       compute.backwardWeights(mb);
@@ -487,6 +528,17 @@ export class StageHost {
     else this.hold(SchedEvent.ACTION, done);
   }
 
+  /** Whether frames to stage `rank` are handed over in this process (their tensors may stay on the device). */
+  private byHand(rank: number): boolean {
+    return (this.o.handoff ?? false) && rank >= 0 && rank < this.o.partition.stages && isLocalStage(this.o.job, rank);
+  }
+
+  /** Sends a frame to a neighbour: by hand in this process, else on the bus. */
+  private async sendTo(rank: number, phase: Phase, frame: Frame): Promise<void> {
+    this.sendHeld();
+    await sendFrame(this.o.bus, this.o.job, rank, phase, frame);
+  }
+
   /** Whether some INPUT microbatch of the running step has not arrived yet. */
   private inputsToCome(plan: StepPlan): boolean {
     const { inbox, consumed } = this.actor.getSnapshot().context;
@@ -501,10 +553,12 @@ export class StageHost {
   async close(): Promise<void> {
     this.sendHeld();
     this.offStatus();
+    this.offLocal();
     this.actor.send({ type: 'STOP' });
     this.actor.stop();
     await Promise.all(this.subs.map((s) => s.drain()));
     this.o.compute.reset();
+    this.releaseHanded(Infinity);
   }
 }
 

@@ -1,10 +1,10 @@
 /** Turns a batch into one scheduled step: microbatch split, INPUT frames, plans, and the step's result. */
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError } from '../errors.js';
-import { fromTensor } from '../compute/wire.js';
+import { fromTensor, rowsOf } from '../compute/wire.js';
 import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
-import { concatRows, sliceRows } from '../protocol/rows.js';
+import { concatRows } from '../protocol/rows.js';
 import { formatStageActions, type Schedule } from '../schedule/action.js';
 import { feedBound, releasedBy, type FeedMode } from '../schedule/constraint.js';
 import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
@@ -83,14 +83,15 @@ export class StepRunner {
 
   /** One training step (or, with `forwardOnly`, one evaluation) of the batch (x, y). */
   async run(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[], forwardOnly: boolean): Promise<StepResult> {
-    const xs = asList(x, 'x').map((t, i) => fromTensor(t, `x${i}`));
-    const ys = asList(y, 'y').map((t, i) => fromTensor(t, `y${i}`));
+    const xs = await Promise.all(asList(x, 'x').map((t, i) => fromTensor(t, `x${i}`)));
+    const ys = await Promise.all(asList(y, 'y').map((t, i) => fromTensor(t, `y${i}`)));
     return this.runWire(xs, ys, forwardOnly);
   }
 
   /**
    * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
-   * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
+   * passes row slices of it (`sliceRows`) and no tensor is made or read on this side. Device
+   * wires (`deviceWire`) are sliced on their device; the caller keeps owning the ones it passed.
    */
   async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
@@ -106,7 +107,7 @@ export class StepRunner {
     }
     const sizes = microbatchSizes(batch, m);
     const offsets = microbatchOffsets(sizes);
-    const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
+    const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => rowsOf(w, offsets[mb]!, sizes[mb]!));
     const s = ++this.step;
     const sch = forwardOnly ? this.evalSchedule : this.o.schedule;
     // A lone stage has no other stage's list to wait for: its plan grants its UPDATE.

@@ -24,7 +24,7 @@ export class ModuleClient {
   }
 
   private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
-    const body = encodeTensors(tensors.map((t, i) => fromTensor(t, `x${i}`)));
+    const body = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))));
     const reply = decodeTensors(await this.o.bus.request(serveSubject(this.o.runtime, this.o.module, op), body, this.o.timeoutMs ?? 30_000));
     if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
     return reply.tensors;

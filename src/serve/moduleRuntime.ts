@@ -214,17 +214,15 @@ export class ModuleRuntime {
     this.actor.send({ type: 'BATCH_START', pool: pool.name, size: rows });
     // The batch runs on a later turn of the event loop: arrivals meanwhile join the next one.
     setImmediate(() => {
-      try {
-        this.runBatch(pool, batch, rows);
-      } finally {
+      void this.runBatch(pool, batch, rows).finally(() => {
         this.actor.send({ type: 'BATCH_END' });
         this.processing = false;
         this.pump();
-      }
+      });
     });
   }
 
-  private runBatch(pool: TaskPool, batch: readonly Waiting[], rows: number): void {
+  private async runBatch(pool: TaskPool, batch: readonly Waiting[], rows: number): Promise<void> {
     const t0 = performance.now();
     let outs: WireTensor[][];
     try {
@@ -240,7 +238,7 @@ export class ModuleRuntime {
         const sizes = batch.map((w) => w.rows);
         const parts = results.map((y) => tf.split(y, sizes, 0));
         try {
-          outs = batch.map((_, j) => parts.map((p, i) => fromTensor(p[j]!, `y${i}`)));
+          outs = await Promise.all(batch.map((_, j) => Promise.all(parts.map((p, i) => fromTensor(p[j]!, `y${i}`)))));
         } finally {
           tf.dispose(parts);
         }

@@ -22,21 +22,21 @@ function convThenDense(): tf.Sequential {
 }
 
 describe('profileLayers and time-balanced cuts', () => {
-  it('measures every layer on its own input and leaves no tensor behind', () => {
+  it('measures every layer on its own input and leaves no tensor behind', async () => {
     const model = skipModel();
     const before = tf.memory().numTensors;
-    const ms = profileLayers(model, { rows: 8, repeats: 1 });
+    const ms = await profileLayers(model, { rows: 8, repeats: 1 });
     expect(ms).toHaveLength(model.layers.filter((l) => l.getClassName() !== 'InputLayer').length);
     expect(ms.every((t) => t >= 0 && Number.isFinite(t))).toBe(true);
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('cuts a conv net where the time is, not where the parameters are', () => {
+  it('cuts a conv net where the time is, not where the parameters are', async () => {
     const model = convThenDense();
     const byParams = stageStarts(model, 2);
     // The dense layer d1 holds ~99 % of the parameters, so a parameter cut gives it (with the flatten) a stage of its own.
     expect(byParams).toEqual([0, 2, 5]);
-    const ms = profileLayers(model, { rows: 16 });
+    const ms = await profileLayers(model, { rows: 16 });
     // The two equal convolutions take most of the time: a time cut separates them.
     expect(ms[0]! + ms[1]!).toBeGreaterThan(ms[3]! + ms[4]!);
     const byTime = partitionModel(model, 2, { costs: ms });

@@ -14,27 +14,27 @@ type Mode = 'tape' | 'recompute' | 'split';
 const MODES: Mode[] = ['tape', 'recompute', 'split'];
 
 /** Runs stages in one process with no transport: all forwards, then all backwards, then update. */
-function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number, mode: Mode = 'tape'): number {
+async function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number, mode: Mode = 'tape'): Promise<number> {
   const B = x.shape[0]!;
   const sizes = microbatchSizes(B, m);
   const offs = microbatchOffsets(sizes);
-  const xw = fromTensor(x, 'x0');
-  const yw = fromTensor(y, 'y0');
+  const xw = await fromTensor(x, 'x0');
+  const yw = await fromTensor(y, 'y0');
   let loss = 0;
   const last = stages.length - 1;
   for (let i = 0; i < m; i++) {
     let acts = [sliceRows(xw, offs[i]!, sizes[i]!)];
     const labels = [sliceRows(yw, offs[i]!, sizes[i]!)];
-    stages.forEach((s, r) => {
-      const res = s.forward(i, acts, r === last ? labels : [], sizes[i]!, B, true);
+    for (const [r, s] of stages.entries()) {
+      const res = await s.forward(i, acts, r === last ? labels : [], sizes[i]!, B, true);
       if (res.loss !== undefined) loss += res.loss;
       acts = res.tensors;
-    });
+    }
   }
   for (let i = 0; i < m; i++) {
-    let grads: ReturnType<StageCompute['backward']>['tensors'] = [];
+    let grads: Awaited<ReturnType<StageCompute['backward']>>['tensors'] = [];
     for (let r = last; r >= 0; r--) {
-      const res = mode === 'split' ? stages[r]!.backwardInputs(i, grads, B) : stages[r]!.backward(i, grads, B);
+      const res = mode === 'split' ? await stages[r]!.backwardInputs(i, grads, B) : await stages[r]!.backward(i, grads, B);
       if (res.loss !== undefined) loss += res.loss;
       grads = res.tensors;
     }
@@ -58,7 +58,7 @@ describe('StageCompute', () => {
     const stages = stagesOf(model, 2, () => tf.train.sgd(0.1), mode);
     const { x, y } = data(24, 10, 3);
     for (let step = 0; step < 3; step++) {
-      const l = trainInProcess(stages, x, y, 4, mode);
+      const l = await trainInProcess(stages, x, y, 4, mode);
       const refLoss = (await ref.trainOnBatch(x, y)) as number;
       expect(l).toBeCloseTo(refLoss, 5);
     }
@@ -73,58 +73,58 @@ describe('StageCompute', () => {
     const stages = stagesOf(model, ['skip_b', 'skip_c'], () => tf.train.adam(0.01), mode);
     const { x, y } = data(12, 6, 3);
     for (let step = 0; step < 3; step++) {
-      trainInProcess(stages, x, y, 3, mode);
+      await trainInProcess(stages, x, y, 3, mode);
       await ref.trainOnBatch(x, y);
     }
     expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
   });
 
-  it.each(MODES)('keeps tf.memory flat across steps (%s)', (mode) => {
+  it.each(MODES)('keeps tf.memory flat across steps (%s)', async (mode) => {
     const model = mlp([10, 16, 3]);
     const stages = stagesOf(model, 2, () => tf.train.adam(0.01), mode);
     const { x, y } = data(16, 10, 3);
-    trainInProcess(stages, x, y, 4, mode);
-    trainInProcess(stages, x, y, 4, mode);
+    await trainInProcess(stages, x, y, 4, mode);
+    await trainInProcess(stages, x, y, 4, mode);
     const after2 = tf.memory().numTensors;
     const bytes2 = tf.memory().numBytes;
-    for (let i = 0; i < 8; i++) trainInProcess(stages, x, y, 4, mode);
+    for (let i = 0; i < 8; i++) await trainInProcess(stages, x, y, 4, mode);
     expect(tf.memory().numTensors).toBe(after2);
     expect(tf.memory().numBytes).toBe(bytes2);
   });
 
-  it('holds a microbatch until its W; refuses W before B and B twice; reset frees a half-done step', () => {
+  it('holds a microbatch until its W; refuses W before B and B twice; reset frees a half-done step', async () => {
     const stages = stagesOf(mlp([10, 16, 12, 3]), 2, () => tf.train.sgd(0.1));
     const [s0, s1] = stages as [StageCompute, StageCompute];
     const { x, y } = data(8, 10, 3);
     const before = tf.memory().numTensors;
-    const a = s0.forward(0, [fromTensor(x, 'x0')], [], 8, 8, true);
-    s1.forward(0, a.tensors, [fromTensor(y, 'y0')], 8, 8, true);
+    const a = await s0.forward(0, [await fromTensor(x, 'x0')], [], 8, 8, true);
+    await s1.forward(0, a.tensors, [await fromTensor(y, 'y0')], 8, 8, true);
     expect(() => s1.backwardWeights(0)).toThrow(/before its input gradients/);
-    const g = s1.backwardInputs(0, [], 8);
+    const g = await s1.backwardInputs(0, [], 8);
     expect(g.tensors).toHaveLength(1);
-    expect(() => s1.backwardInputs(0, [], 8)).toThrow(/already backpropagated/);
+    await expect(s1.backwardInputs(0, [], 8)).rejects.toThrow(/already backpropagated/);
     expect(s1.held).toBe(1);
     expect(() => s1.update()).toThrow(/still waiting for their backward \(B or W\)/);
     s1.backwardWeights(0);
     expect(s1.held).toBe(0);
-    s0.backwardInputs(0, g.tensors, 8); // stage 0 sends no input gradient; its W stays owed
+    await s0.backwardInputs(0, g.tensors, 8); // stage 0 sends no input gradient; its W stays owed
     expect(s0.held).toBe(1);
     stages.forEach((s) => s.reset());
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('refuses a wrong input shape with a ShapeError and holds nothing', () => {
+  it('refuses a wrong input shape with a ShapeError and holds nothing', async () => {
     const [s0] = stagesOf(mlp([10, 16, 3]), 2, () => tf.train.sgd(0.1));
-    const bad = fromTensor(tf.zeros([4, 9]), 'x0');
+    const bad = await fromTensor(tf.zeros([4, 9]), 'x0');
     const before = tf.memory().numTensors;
-    expect(() => s0!.forward(0, [bad], [], 4, 4, true)).toThrow(ShapeError);
+    await expect(s0!.forward(0, [bad], [], 4, 4, true)).rejects.toThrow(ShapeError);
     expect(s0!.held).toBe(0);
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('refuses a backward without its forward', () => {
+  it('refuses a backward without its forward', async () => {
     const [s0] = stagesOf(mlp([10, 16, 3]), 2, () => tf.train.sgd(0.1));
-    expect(() => s0!.backward(3, [], 4)).toThrow(StateError);
+    await expect(s0!.backward(3, [], 4)).rejects.toThrow(StateError);
   });
 
   it('refuses a model with two outputs at the last stage, naming the count', () => {

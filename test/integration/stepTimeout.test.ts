@@ -31,8 +31,8 @@ async function stepWithSilentRankOne(
   await busC!.flush();
   const sched = await SchedulerHost.start({ bus: busB!, job, stages: 2, ...o.sched });
   const { x, y } = data(4, 4, 2);
-  const xw = fromTensor(x, 'x0');
-  const yw = fromTensor(y, 'y0');
+  const xw = await fromTensor(x, 'x0');
+  const yw = await fromTensor(y, 'y0');
   const s = oneFOneB(2, 2);
   try {
     const err = await sched
