@@ -5,7 +5,7 @@ import { installFastWasmMatMul } from './wasmMatMul.js';
 import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
 import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
 import { installSharedWasmIdentity } from './wasmIdentity.js';
-import { guardMoves } from './safeMoves.js';
+import { installCopyingCpuCast } from './cpuCast.js';
 import { NoGpuAdapter, startWebGpu } from './webgpu.js';
 
 /** Backends Troupe knows, best first. */
@@ -41,6 +41,10 @@ export interface BackendOptions {
   readonly gpu?: number;
 }
 
+// Before any tensor of the user's exists: casts on tfjs's default backend get arrays of their own
+// type, so tensors made before the backend is chosen move to it intact (see cpuCast.ts).
+installCopyingCpuCast();
+
 let chosen: Promise<BackendChoice> | undefined;
 
 /**
@@ -58,9 +62,11 @@ export function selectBackend(opts: BackendOptions = {}): Promise<BackendChoice>
 }
 
 function preferred(opts: BackendOptions): readonly BackendName[] {
-  const raw = opts.prefer ?? process.env['TROUPE_BACKEND']?.split(',').map((s) => s.trim()).filter(Boolean);
+  const env = process.env['TROUPE_BACKEND']?.trim();
+  const raw = opts.prefer ?? (env ? env.split(',').map((s) => s.trim()).filter(Boolean) : undefined);
   if (raw === undefined) return ORDER;
   const list = typeof raw === 'string' ? [raw] : raw;
+  if (list.length === 0) throw new ConfigError('the backend order is empty; known backends: ' + ORDER.join(', '));
   for (const b of list) {
     if (!ORDER.includes(b as BackendName)) {
       throw new ConfigError(`unknown backend "${b}"; known: ${ORDER.join(', ')} (from ${opts.prefer ? 'options' : 'TROUPE_BACKEND'})`);
@@ -113,8 +119,6 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
       const { tfName, device } = await tryBackend(name, opts);
       if (!(await tf.setBackend(tfName))) throw new Error(`tf.setBackend('${tfName}') returned false`);
       await tf.ready();
-      // Tensors made before move here on first use: as their own dtype, whatever array backed them.
-      guardMoves(tf.backend());
       if (tfName === 'wasm') {
         installFastWasmMatMul();
         installWasmConvFilterGrad();
