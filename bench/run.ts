@@ -3,6 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { benchBubble } from './bubble.js';
 import { benchFeed } from './feed.js';
 import { benchGaps } from './gaps.js';
+import { benchGpu } from './gpu.js';
 import { benchHalves } from './halves.js';
 import { benchInspect } from './inspect.js';
 import { benchProfile } from './profile.js';
@@ -11,7 +12,7 @@ import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect, gpu: benchGpu };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

@@ -4,4 +4,5 @@ import { register } from 'tsx/esm/api';
 
 register();
 const { main } = await import('../src/fleet/cli.ts');
-process.exitCode = await main(process.argv.slice(2));
+// Exit explicitly: a GPU backend (Dawn) keeps the process alive while its device lives.
+process.exit(await main(process.argv.slice(2)));

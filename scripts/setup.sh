@@ -58,4 +58,32 @@ if [ ! -x /usr/bin/chromium ]; then
     exit 1
   fi
 fi
+# GPUs: TensorFlow.js reaches an NVIDIA GPU through WebGPU (Dawn), which needs the Vulkan loader
+# and the driver's ICD file. Only where an NVIDIA driver is loaded: install the loader (Debian
+# libvulkan1, and libglvnd0 for NVIDIA's libGLX_nvidia.so.0) and make the driver's ICD file
+# visible where the loader looks when the driver put it elsewhere (containers: /usr/local/nvidia).
+if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then
+  if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing the Vulkan loader for WebGPU (Debian packages libvulkan1 libglvnd0)"
+      sudo_cmd=""
+      [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+      $sudo_cmd apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq libvulkan1 libglvnd0 >/dev/null
+    else
+      echo "setup: an NVIDIA driver is here but not the Vulkan loader (libvulkan.so.1): WebGPU will be skipped" >&2
+    fi
+  fi
+  if ! ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json >/dev/null 2>&1; then
+    for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/icd.d/nvidia_icd.json; do
+      if [ -f "$icd" ]; then
+        sudo_cmd=""
+        [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd mkdir -p /etc/vulkan/icd.d && $sudo_cmd ln -sf "$icd" /etc/vulkan/icd.d/nvidia_icd.json
+        echo "setup: pointed the Vulkan loader at NVIDIA's ICD file $icd"
+        break
+      fi
+    done
+  fi
+fi
 echo "setup: ready ($(node -v), $("$(find_nats)" --version))"

@@ -45,7 +45,7 @@ options:
   --save <dir>            write the trained model as model.json + weights.bin
   --no-spawn              start no workers: wait for 'troupe worker' processes to join
   --ready-timeout <s>     seconds to wait for every worker (default 60)
-  --backend <name>        node-gpu, node, wasm or cpu (default: best available)
+  --backend <name>        node-gpu, webgpu, node, wasm or cpu (default: the best available)
   --inspect               publish every actor's inspection events (see troupe inspect)
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
@@ -78,7 +78,7 @@ options:
   --replica <i> --replicas <k>
                       data parallel: these stages belong to replica i of k
   --config <file>     the job config module (the same file as the driver's)
-  --backend <name>    node-gpu, node, wasm or cpu (default: best available)
+  --backend <name>    node-gpu, webgpu, node, wasm or cpu (default: the best available)
   --inspect           publish the stage actor's inspection events
   -h, --help          this text`,
   inspect: `usage: troupe inspect --nats <url> --job <id> [--port <n>] [--stately]
