@@ -93,9 +93,19 @@ function checkScalar(t: tf.Tensor, name: string): void {
 export async function writeOptimizerState(opt: tf.Optimizer, state: readonly NamedTensor[]): Promise<void> {
   const cls = opt.getClassName();
   const hiddenNames = HIDDEN_STATE[cls] ?? [];
-  const hidden = new Map(state.filter((s) => hiddenNames.includes(s.name)).map((s) => [s.name, s.tensor] as const));
-  for (const [name, t] of hidden) checkScalar(t, name);
-  const rest = state.filter((s) => !hidden.has(s.name));
+  const given = state.filter((s) => hiddenNames.includes(s.name));
+  for (const s of given) checkScalar(s.tensor, s.name);
+  // Copies: the given tensors may be the optimizer's own variables (its state written back),
+  // which tfjs's setWeights overwrites before they are put back.
+  const hidden = new Map(given.map((s) => [s.name, tf.clone(s.tensor)] as const));
+  try {
+    await writeAll(opt, cls, state.filter((s) => !hiddenNames.includes(s.name)), hidden);
+  } finally {
+    tf.dispose([...hidden.values()]);
+  }
+}
+
+async function writeAll(opt: tf.Optimizer, cls: string, rest: readonly NamedTensor[], hidden: ReadonlyMap<string, tf.Tensor>): Promise<void> {
   if (BUILT_IN.has(cls) && rest[0]?.name !== 'iter') throw new ShapeError(`optimizer state must begin with "iter", it begins with "${rest[0]?.name ?? '(nothing)'}"`);
   if (cls === 'Adamax') {
     await writeAdamax(opt, rest, hidden);
@@ -117,11 +127,13 @@ async function writeAdamax(opt: tf.Optimizer, rest: readonly NamedTensor[], hidd
   const iterations = (await rest[0]!.tensor.data())[0]!;
   const accBeta1 = hiddenVariable(opt, 'accBeta1');
   const iteration = hiddenVariable(opt, 'iteration');
-  tf.dispose([...f.accumulatedFirstMoment, ...f.accumulatedWeightedInfNorm].map((s) => s.variable));
+  const old = [...f.accumulatedFirstMoment, ...f.accumulatedWeightedInfNorm].map((s) => s.variable);
   const half = slots.length / 2;
+  // New variables share the given tensors' data, so the old ones may go even when they are those tensors.
   const asSlot = (s: NamedTensor): SlotVariable => ({ originalName: s.name, variable: s.tensor.variable(false) });
   f.accumulatedFirstMoment = slots.slice(0, half).map(asSlot);
   f.accumulatedWeightedInfNorm = slots.slice(half).map(asSlot);
+  tf.dispose(old);
   f.iterations_ = iterations;
   tf.tidy(() => {
     // As Adam's setWeights does, when the state predates the running values.
