@@ -107,9 +107,15 @@ export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** A checkpoint is missing, incomplete, corrupt, or does not fit the model. */
+/** A checkpoint is missing, incomplete, corrupt, does not fit the model, or cannot be written. */
 export class CheckpointError extends TroupeError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** The step being saved, when a save failed. */
+  readonly step: number | undefined;
+  /** The file or directory that could not be read or written, when one is known. */
+  readonly path: string | undefined;
+  constructor(message: string, options?: { cause?: unknown; step?: number; path?: string }) {
     super('CHECKPOINT', message, options);
+    this.step = options?.step;
+    this.path = options?.path;
   }
 }

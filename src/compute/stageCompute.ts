@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ConfigError, ShapeError, StateError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
 import { HeldTape } from './heldTape.js';
+import { isOptimizerScalar, readOptimizerState } from './optimizerState.js';
 import { shareOfBatch, type LossFn } from './loss.js';
 import type { StagePartition } from './partition.js';
 import { deviceWire, fromTensor, toTensor } from './wire.js';
@@ -91,8 +92,9 @@ export class StageCompute {
   /** What the stage holds, measured: its weights, its optimizer's tensors, and the peak of activations held. */
   async measuredMemory(): Promise<{ weights: number; optimizer: number; activations: number; total: number }> {
     const weights = this.part.layers.flatMap((l) => l.weights).reduce((n, w) => n + w.read().size * 4, 0);
-    const slots = await this.opts.optimizer.getWeights();
-    const optimizer = slots.filter((s) => s.name !== 'iter').reduce((n, s) => n + s.tensor.size * 4, 0);
+    // Every optimizer's state, Adamax's too (its getWeights throws); the running scalars count for nothing.
+    const slots = await readOptimizerState(this.opts.optimizer);
+    const optimizer = slots.filter((s) => !isOptimizerScalar(s.name)).reduce((n, s) => n + s.tensor.size * 4, 0);
     tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
     return { weights, optimizer, activations: this.peakHeldBytes, total: weights + optimizer + this.peakHeldBytes };
   }

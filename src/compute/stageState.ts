@@ -6,13 +6,14 @@ import * as tf from '@tensorflow/tfjs';
 import { ShapeError } from '../errors.js';
 import type { WireTensor } from '../protocol/frame.js';
 import type { StagePartition } from './partition.js';
+import { readOptimizerState, writeOptimizerState } from './optimizerState.js';
 import { fromTensor, toTensor } from './wire.js';
 
 /** A stage's weights and optimizer state, ready to send or save. */
 export interface StageState {
   /** Names of `w<i>`: the variables' original names (`dense_Dense1/kernel`). */
   readonly weightNames: readonly string[];
-  /** Names of `o<i>`: the optimizer's slot names (`iter`, `.../m`, ...). */
+  /** Names of `o<i>`: the optimizer's state (`iter`, running scalars such as `accBeta1`, slots `.../m`). */
   readonly optimizerNames: readonly string[];
   readonly tensors: readonly WireTensor[];
 }
@@ -25,7 +26,7 @@ export function stageWeights(part: StagePartition): tf.LayerVariable[] {
 /** Reads the stage's weights and its optimizer's state. */
 export async function exportStageState(part: StagePartition, optimizer: tf.Optimizer): Promise<StageState> {
   const weights = stageWeights(part);
-  const slots = await optimizer.getWeights();
+  const slots = await readOptimizerState(optimizer);
   const tensors = await Promise.all([...weights.map((w, i) => fromTensor(w.read(), `w${i}`)), ...slots.map((s, i) => fromTensor(s.tensor, `o${i}`))]);
   tf.dispose(slots.map((s) => s.tensor).filter((t) => !(t instanceof tf.Variable)));
   // Slots are named by the variable's layer name (`dense_Dense1/kernel/m`), not this model's
@@ -55,7 +56,10 @@ export async function importStageState(part: StagePartition, optimizer: tf.Optim
   tf.tidy(() => ws.forEach((w, i) => weights[i]!.write(toTensor(w, undefined, undefined, `weight ${i}`))));
   if (os.length > 0) {
     const named = os.map((o, i) => ({ name: state.optimizerNames[i]!, tensor: toTensor(o, undefined, undefined, `optimizer slot ${i}`) }));
-    await optimizer.setWeights(named);
-    tf.dispose(named.map((n) => n.tensor));
+    try {
+      await writeOptimizerState(optimizer, named);
+    } finally {
+      tf.dispose(named.map((n) => n.tensor));
+    }
   }
 }

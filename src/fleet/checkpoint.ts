@@ -8,22 +8,28 @@
  *                               and the SHA-256 of the body
  * <dir>/step-12/stage-<r>.bin   the state frame's body (raw little-endian tensor bytes)
  * ```
- * A step directory is written under a temporary name, synced and renamed into place, and
- * only then does LATEST move: a crash at any moment leaves the previous checkpoint whole.
- * Loading checks every file (a truncated or altered body fails its length or its hash); a
- * faulty newest checkpoint is reported and the one before it is used.
+ * A step directory is written under a temporary name (`.step-12.tmp-<pid>`), synced and
+ * renamed into place, and only then does LATEST move: a crash at any moment leaves the
+ * previous checkpoint whole. A save that fails (a full disk, a read-only directory) removes its
+ * temporary and throws a CheckpointError naming the step, the path and the cause; temporaries
+ * of writers that died are removed when a run starts. Loading checks every file (a truncated
+ * or altered body fails its length or its hash); a faulty newest checkpoint is reported and the
+ * one before it is used, and without LATEST the newest whole step directory is.
  */
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, messageOf } from '../errors.js';
-
-export { CheckpointError } from '../errors.js';
 import { decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import type { RankState } from '../runtime/stageStates.js';
+import { checkpointIo as io } from './checkpointIo.js';
 
+export { CheckpointError } from '../errors.js';
+
+const STEP_DIR = /^step-\d+$/;
+/** What a writer leaves while it works: step directories, LATEST and the start-up probe, each suffixed with its pid. */
+const TEMPORARY = /^\.(?:step-\d+|LATEST|probe)\.tmp-(\d+)$/;
 
 /** What a checkpoint records besides the states. */
 export interface CheckpointMeta {
@@ -48,7 +54,7 @@ function sha256(data: Uint8Array): string {
 }
 
 async function writeSynced(path: string, data: string | Uint8Array): Promise<void> {
-  const f = await open(path, 'w');
+  const f = await io.open(path, 'w');
   try {
     await f.writeFile(data);
     await f.sync();
@@ -58,7 +64,7 @@ async function writeSynced(path: string, data: string | Uint8Array): Promise<voi
 }
 
 async function syncDir(path: string): Promise<void> {
-  const d = await open(path, 'r');
+  const d = await io.open(path, 'r');
   try {
     await d.sync();
   } finally {
@@ -66,57 +72,153 @@ async function syncDir(path: string): Promise<void> {
   }
 }
 
-/** Writes a checkpoint of `states` (one per stage, all of step `meta.step`) and keeps the newest `keep`. */
-export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep = 2): Promise<string> {
-  await mkdir(dir, { recursive: true });
-  const name = `step-${meta.step}`;
-  const tmp = join(dir, `.${name}.tmp-${process.pid}`);
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp);
-  await writeSynced(join(tmp, 'meta.json'), JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
-  for (const s of states) {
-    // The states belong to training step meta.step (a replayed step ran under another step id).
-    const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
-    await writeSynced(join(tmp, `stage-${s.rank}.json`), JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) }, null, 1));
-    await writeSynced(join(tmp, `stage-${s.rank}.bin`), msg!.data);
+/** True while a process with this id exists (one of another user's counts). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
-  await syncDir(tmp);
-  const final = join(dir, name);
-  await rm(final, { recursive: true, force: true });
-  await rename(tmp, final);
-  await writeSynced(join(dir, '.LATEST.tmp'), name);
-  await rename(join(dir, '.LATEST.tmp'), join(dir, 'LATEST'));
-  await syncDir(dir);
-  // Keep the new one and the newest keep-1 before it; later steps are left from an older run and go too.
-  const others = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n) && n !== name).map((n) => ({ n, step: Number(n.slice(5)) }));
-  const earlier = others.filter((o) => o.step < meta.step).sort((a, b) => b.step - a.step);
-  const drop = [...earlier.slice(Math.max(0, keep - 1)), ...others.filter((o) => o.step > meta.step)];
-  await Promise.all(drop.map((o) => rm(join(dir, o.n), { recursive: true, force: true })));
-  return final;
 }
 
-/** True when `dir` holds a complete checkpoint. */
+/** A failed file operation as one line: the system's message, and the path when it does not say it. */
+function describe(cause: unknown, at: string): string {
+  const m = messageOf(cause);
+  return m.includes(at) ? m : `${m} (${at})`;
+}
+
+/**
+ * Removes what saves that can no longer finish left behind: temporaries whose writer process
+ * is gone, or is this one (which is not saving while it calls this). A live writer's are kept
+ * and listed in `inUse`.
+ */
+export async function removeAbandonedTemporaries(dir: string): Promise<{ removed: string[]; inUse: string[] }> {
+  const removed: string[] = [];
+  const inUse: string[] = [];
+  for (const name of await io.readdir(dir)) {
+    const m = TEMPORARY.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid !== process.pid && alive(pid)) {
+      inUse.push(name);
+      continue;
+    }
+    await io.rm(join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return { removed, inUse };
+}
+
+/**
+ * Readies `dir` for a run's checkpoints before anything starts: creates it, removes abandoned
+ * temporaries, and writes and syncs a probe file, so a read-only or unusable directory fails
+ * the run at once with a CheckpointError naming the path and the cause, not after a step.
+ */
+export async function prepareCheckpointDir(dir: string): Promise<{ removed: string[]; inUse: string[] }> {
+  let at = dir;
+  try {
+    await io.mkdir(dir, { recursive: true });
+    const cleaned = await removeAbandonedTemporaries(dir);
+    at = join(dir, `.probe.tmp-${process.pid}`);
+    await writeSynced(at, 'troupe');
+    await io.rm(at, { force: true });
+    return cleaned;
+  } catch (cause) {
+    throw new CheckpointError(`checkpoint directory ${dir} cannot be written: ${describe(cause, at)}`, { cause, path: at });
+  }
+}
+
+/**
+ * Writes a checkpoint of `states` (one per stage, all of step `meta.step`) and keeps the newest
+ * `keep`. On failure its temporary is removed and a CheckpointError names the step, the path
+ * and the cause; the previous checkpoint stays in force.
+ */
+export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep = 2): Promise<string> {
+  const name = `step-${meta.step}`;
+  const tmp = join(dir, `.${name}.tmp-${process.pid}`);
+  const latestTmp = join(dir, `.LATEST.tmp-${process.pid}`);
+  const final = join(dir, name);
+  let at = dir;
+  let moved = false;
+  try {
+    await io.mkdir(dir, { recursive: true });
+    at = tmp;
+    await io.rm(tmp, { recursive: true, force: true });
+    await io.mkdir(tmp);
+    at = join(tmp, 'meta.json');
+    await writeSynced(at, JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
+    for (const s of states) {
+      // The states belong to training step meta.step (a replayed step ran under another step id).
+      const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
+      at = join(tmp, `stage-${s.rank}.json`);
+      await writeSynced(at, JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) }, null, 1));
+      at = join(tmp, `stage-${s.rank}.bin`);
+      await writeSynced(at, msg!.data);
+    }
+    at = tmp;
+    await syncDir(tmp);
+    at = final;
+    await io.rm(final, { recursive: true, force: true });
+    await io.rename(tmp, final);
+    at = latestTmp;
+    await writeSynced(latestTmp, name);
+    at = join(dir, 'LATEST');
+    await io.rename(latestTmp, at);
+    moved = true;
+    at = dir;
+    await syncDir(dir);
+    // Keep the new one and the newest keep-1 before it; later steps are left from an older run and go too.
+    const others = (await io.readdir(dir)).filter((n) => STEP_DIR.test(n) && n !== name).map((n) => ({ n, step: Number(n.slice(5)) }));
+    const earlier = others.filter((o) => o.step < meta.step).sort((a, b) => b.step - a.step);
+    const drop = [...earlier.slice(Math.max(0, keep - 1)), ...others.filter((o) => o.step > meta.step)];
+    for (const o of drop) {
+      at = join(dir, o.n);
+      await io.rm(at, { recursive: true, force: true });
+    }
+    return final;
+  } catch (cause) {
+    // A full disk stays full if the half-written step stays: it goes, whatever failed.
+    await io.rm(tmp, { recursive: true, force: true }).catch(() => {});
+    await io.rm(latestTmp, { force: true }).catch(() => {});
+    const state = moved ? `LATEST names step ${meta.step}, which is whole` : 'the previous checkpoint is still the latest';
+    throw new CheckpointError(`checkpoint of step ${meta.step} could not be written to ${dir}: ${describe(cause, at)}; ${state}`, { cause, step: meta.step, path: at });
+  }
+}
+
+/** True when `dir` holds a checkpoint: LATEST, or a step directory (LATEST lost). */
 export function hasCheckpoint(dir: string): boolean {
-  return existsSync(join(dir, 'LATEST'));
+  if (existsSync(join(dir, 'LATEST'))) return true;
+  try {
+    return readdirSync(dir).some((n) => STEP_DIR.test(n));
+  } catch {
+    return false;
+  }
 }
 
 /**
  * Reads the newest whole checkpoint: the one LATEST names, or, when that one is missing a
  * file, truncated or altered, the newest earlier one that is whole (reported in `skipped`).
- * CheckpointError when none is.
+ * Without LATEST (lost, or a crash before the first one moved), the newest whole step
+ * directory. CheckpointError when none is.
  */
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
-  let latest: string;
+  let latest: string | null = null;
+  let entries: string[];
   try {
-    latest = (await readFile(join(dir, 'LATEST'), 'utf8')).trim();
+    entries = await io.readdir(dir);
+    if (entries.includes('LATEST')) latest = (await io.readFile(join(dir, 'LATEST'), 'utf8')).trim();
   } catch (cause) {
-    throw new CheckpointError(`no checkpoint in ${dir}: ${messageOf(cause)}`, { cause });
+    throw new CheckpointError(`no checkpoint in ${dir}: ${messageOf(cause)}`, { cause, path: dir });
   }
+  const steps = entries.filter((n) => STEP_DIR.test(n)).sort((a, b) => Number(b.slice(5)) - Number(a.slice(5)));
+  if (latest === null && steps.length === 0) throw new CheckpointError(`no checkpoint in ${dir}: neither LATEST nor a step directory`, { path: dir });
   const skipped: { name: string; reason: string }[] = [];
-  if (!/^step-\d+$/.test(latest)) skipped.push({ name: 'LATEST', reason: `names "${latest}", not a step directory` });
-  const steps = (await readdir(dir)).filter((n) => /^step-\d+$/.test(n)).sort((a, b) => Number(b.slice(5)) - Number(a.slice(5)));
+  if (latest === null) skipped.push({ name: 'LATEST', reason: 'missing: the newest whole step directory is used' });
+  else if (!STEP_DIR.test(latest)) skipped.push({ name: 'LATEST', reason: `names "${latest}", not a step directory` });
   // LATEST first, then the others newest first; never one newer than LATEST (an interrupted later write).
-  const candidates = /^step-\d+$/.test(latest) ? [latest, ...steps.filter((n) => Number(n.slice(5)) < Number(latest.slice(5)))] : steps;
+  const named = latest !== null && STEP_DIR.test(latest) ? latest : null;
+  const candidates = named ? [named, ...steps.filter((n) => Number(n.slice(5)) < Number(named.slice(5)))] : steps;
   for (const name of candidates) {
     try {
       return { ...(await loadStepDir(join(dir, name))), skipped };
@@ -124,18 +226,18 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
       skipped.push({ name, reason: messageOf(err) });
     }
   }
-  throw new CheckpointError(`no whole checkpoint in ${dir}: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+  throw new CheckpointError(`no whole checkpoint in ${dir}: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`, { path: dir });
 }
 
 /** Reads one step directory, checking every file; CheckpointError on any fault. */
 async function loadStepDir(at: string): Promise<Omit<Checkpoint, 'skipped'>> {
   try {
-    const meta = JSON.parse(await readFile(join(at, 'meta.json'), 'utf8')) as CheckpointMeta;
+    const meta = JSON.parse(await io.readFile(join(at, 'meta.json'), 'utf8')) as CheckpointMeta;
     if (!Number.isInteger(meta.step) || !Number.isInteger(meta.stages) || meta.stages < 1) throw new Error('meta.json lacks step or stages');
     const states: RankState[] = [];
     for (let rank = 0; rank < meta.stages; rank++) {
-      const info = JSON.parse(await readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[]; sha256?: string };
-      const body = new Uint8Array(await readFile(join(at, `stage-${rank}.bin`)));
+      const info = JSON.parse(await io.readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[]; sha256?: string };
+      const body = new Uint8Array(await io.readFile(join(at, `stage-${rank}.bin`)));
       const h = parseHeader((k) => info.headers[k], Phase.UPDATE, Number.MAX_SAFE_INTEGER);
       const frame = decodeSingle(h, body);
       if (info.sha256 !== undefined && sha256(body) !== info.sha256) throw new Error(`stage-${rank}.bin does not match its SHA-256 (altered)`);
@@ -144,6 +246,6 @@ async function loadStepDir(at: string): Promise<Omit<Checkpoint, 'skipped'>> {
     }
     return { meta, states };
   } catch (cause) {
-    throw new CheckpointError(`checkpoint ${at} is unreadable: ${messageOf(cause)}`, { cause });
+    throw new CheckpointError(`checkpoint ${at} is unreadable: ${messageOf(cause)}`, { cause, path: at });
   }
 }

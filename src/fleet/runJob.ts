@@ -11,6 +11,7 @@ import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
+import { missingOptimizerState } from '../compute/optimizerState.js';
 import { partitionModel, stageStartsOf, type StagePartition } from '../compute/partition.js';
 import { profileLayers } from '../compute/profileLayers.js';
 import { reshard } from '../compute/reshard.js';
@@ -30,7 +31,7 @@ import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/sta
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
 import { TraceRecorder } from '../inspect/trace.js';
 import { Bus } from '../transport/bus.js';
-import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { hasCheckpoint, loadCheckpoint, prepareCheckpointDir, saveCheckpoint } from './checkpoint.js';
 import { countGpus, deviceEnv } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
@@ -200,9 +201,21 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted before it started`);
   const p = partitions.length;
   if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
+  if (o.checkpointDir) {
+    // A directory the run cannot write fails it now, not after its first step.
+    const { removed, inUse } = await prepareCheckpointDir(o.checkpointDir);
+    if (removed.length) say(`troupe up: removed ${removed.length} abandoned checkpoint temporaries in ${o.checkpointDir} (${removed.join(', ')})`);
+    if (inUse.length) say(`troupe up: ${inUse.join(', ')} in ${o.checkpointDir} belong to a live process: another run writes checkpoints there`);
+  }
   const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
   for (const s of ckpt?.skipped ?? []) say(`troupe up: checkpoint ${s.name} in ${o.checkpointDir} refused: ${s.reason}`);
   if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
+  if (ckpt) {
+    const opt = optimizerFactory(cfg.optimizer)();
+    const missing = missingOptimizerState(opt, ckpt.states.flatMap((st) => st.optimizerNames));
+    if (missing.length) say(`troupe up: checkpoint step ${ckpt.meta.step} in ${o.checkpointDir} has no ${missing.join(', ')} (saved by an older Troupe): ${opt.getClassName()}'s running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one`);
+    opt.dispose();
+  }
   // A checkpoint of another cut is resharded by layer name (weights and optimizer slots).
   const ckptStates = ckpt && (ckpt.meta.stages !== p || ckpt.states.some((s, r) => s.weightNames.join() !== stageWeights(partitions[r]!).map((w) => w.originalName).join()))
     ? reshard(ckpt.states, partitions).map((s, rank) => ({ ...s, rank, step: ckpt.meta.step }))

@@ -1,12 +1,18 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { CheckpointError, loadCheckpoint, saveCheckpoint } from '../../src/fleet/checkpoint.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { CheckpointError, hasCheckpoint, loadCheckpoint, prepareCheckpointDir, saveCheckpoint } from '../../src/fleet/checkpoint.js';
+import { checkpointIo } from '../../src/fleet/checkpointIo.js';
 import type { RankState } from '../../src/runtime/stageStates.js';
 
 let dir = '';
-afterEach(() => rmSync(dir, { recursive: true, force: true }));
+afterEach(() => {
+  vi.restoreAllMocks();
+  rmSync(dir, { recursive: true, force: true });
+});
 const fresh = () => (dir = mkdtempSync(join(tmpdir(), 'troupe-ckpt-')));
 
 function states(step: number, scale = 1): RankState[] {
@@ -95,5 +101,78 @@ describe('checkpoints', () => {
     // A truncated meta.json: refused the same way.
     writeFileSync(join(dir, 'step-4', 'meta.json'), '{"step": 4, "sta');
     expect((await loadCheckpoint(dir)).skipped[0]!.reason).toMatch(/meta\.json|JSON/);
+  });
+
+  it('a full disk (a real ENOSPC from /dev/full) fails the save with CheckpointError naming step, file and cause; nothing half-written stays', async () => {
+    fresh();
+    await saveCheckpoint(dir, meta(2), states(2));
+    // The seam: stage 1's body goes to /dev/full, which refuses every write as a full disk does.
+    vi.spyOn(checkpointIo, 'open').mockImplementation(((path: string, flags: string) => open(String(path).endsWith('stage-1.bin') ? '/dev/full' : path, flags)) as typeof checkpointIo.open);
+    const err = await saveCheckpoint(dir, meta(3), states(3)).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(CheckpointError);
+    const e = err as CheckpointError;
+    expect(e.step).toBe(3);
+    expect(e.path).toBe(join(dir, `.step-3.tmp-${process.pid}`, 'stage-1.bin'));
+    expect((e.cause as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    expect(e.message).toMatch(/^checkpoint of step 3 could not be written to .*: ENOSPC: no space left on device.*stage-1\.bin.*; the previous checkpoint is still the latest$/);
+    vi.restoreAllMocks();
+    expect(readdirSync(dir).sort()).toEqual(['LATEST', 'step-2']);
+    expect((await loadCheckpoint(dir)).meta.step).toBe(2);
+  });
+
+  it('a directory that cannot be made (a file where it should be) fails at once with CheckpointError naming the path', async () => {
+    fresh();
+    const blocked = join(dir, 'file');
+    writeFileSync(blocked, 'not a directory');
+    const at = join(blocked, 'ckpt');
+    await expect(prepareCheckpointDir(at)).rejects.toThrow(CheckpointError);
+    await expect(prepareCheckpointDir(at)).rejects.toThrow(new RegExp(`^checkpoint directory ${at} cannot be written: ENOTDIR`));
+    const err = (await saveCheckpoint(at, meta(1), states(1)).catch((e: unknown) => e)) as CheckpointError;
+    expect(err).toBeInstanceOf(CheckpointError);
+    expect([err.step, (err.cause as NodeJS.ErrnoException).code]).toEqual([1, 'ENOTDIR']);
+    expect(err.message).toMatch(new RegExp(`^checkpoint of step 1 could not be written to ${at}: ENOTDIR`));
+  });
+
+  it("removes abandoned temporaries (their writer is dead, or is this process) and keeps a live writer's", async () => {
+    fresh();
+    await saveCheckpoint(dir, meta(4), states(4));
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!; // a process that has exited
+    const live = process.ppid; // the test runner: alive, and not this process
+    mkdirSync(join(dir, `.step-5.tmp-${dead}`));
+    writeFileSync(join(dir, `.step-5.tmp-${dead}`, 'stage-0.bin'), new Uint8Array(1 << 20));
+    writeFileSync(join(dir, `.LATEST.tmp-${dead}`), 'step-5');
+    mkdirSync(join(dir, `.step-6.tmp-${live}`));
+    mkdirSync(join(dir, `.step-7.tmp-${process.pid}`));
+    const r = await prepareCheckpointDir(dir);
+    expect(r.removed.sort()).toEqual([`.LATEST.tmp-${dead}`, `.step-5.tmp-${dead}`, `.step-7.tmp-${process.pid}`]);
+    expect(r.inUse).toEqual([`.step-6.tmp-${live}`]);
+    expect(readdirSync(dir).sort()).toEqual([`.step-6.tmp-${live}`, 'LATEST', 'step-4']);
+    expect((await loadCheckpoint(dir)).meta.step).toBe(4);
+  });
+
+  it('without LATEST, the newest whole step directory is used (an altered one is skipped), and it is reported', async () => {
+    fresh();
+    await saveCheckpoint(dir, meta(3), states(3));
+    await saveCheckpoint(dir, meta(4), states(4));
+    rmSync(join(dir, 'LATEST'));
+    expect(hasCheckpoint(dir)).toBe(true);
+    const c = await loadCheckpoint(dir);
+    expect(c.meta.step).toBe(4);
+    expect(c.skipped).toEqual([{ name: 'LATEST', reason: 'missing: the newest whole step directory is used' }]);
+    const bin = join(dir, 'step-4', 'stage-1.bin');
+    const bytes = readFileSync(bin);
+    bytes[0] = bytes[0]! ^ 0xff;
+    writeFileSync(bin, bytes);
+    const older = await loadCheckpoint(dir);
+    expect(older.meta.step).toBe(3);
+    expect(older.skipped.map((s) => s.name)).toEqual(['LATEST', 'step-4']);
+    expect(Array.from(older.states[0]!.tensors[0]!.data)).toEqual([1, 2, 3, 4, 5, 6]);
+    // An empty directory, or none, still has no checkpoint.
+    rmSync(join(dir, 'step-3'), { recursive: true });
+    rmSync(join(dir, 'step-4'), { recursive: true });
+    expect(hasCheckpoint(dir)).toBe(false);
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/neither LATEST nor a step directory/);
+    expect(existsSync(join(dir, 'nope'))).toBe(false);
+    await expect(loadCheckpoint(join(dir, 'nope'))).rejects.toThrow(CheckpointError);
   });
 });
