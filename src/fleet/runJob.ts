@@ -191,7 +191,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const say = (l: string) => out.write(`${l}\n`);
   const prep = await prepareJob(o);
   const { cfg, job, partitions, data, schedule } = prep;
-  // Data parallel: k copies of the pipeline, each on subjects of its own (<job>-r<i>).
+  // Data parallel: k copies of the pipeline, each on subjects of its own (scope <job>.r<i>).
   const k = cfg.replicas ?? 1;
   const jobs = Array.from({ length: k }, (_, i) => replicaJob(job, i, k));
   // Worker processes: one per device, hosting its stages (k, k + d, ... with virtual stages).

@@ -14,7 +14,7 @@ import { fromTensor } from '../compute/wire.js';
 import { AllReduce } from './allReduce.js';
 import { runReplicas } from './replicas.js';
 import type { StepExtra } from './stepRunner.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { checkJobId, replicaScope } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
 import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
 import { buildPlacedSchedule } from '../schedule/schedules.js';
@@ -221,7 +221,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   try {
     for (let replica = 0; replica < k; replica++) {
       // One pipeline per replica, on subjects of its own; their stages meet only in the all-reduce.
-      const rjob = k > 1 ? `${job}-r${replica}` : job;
+      const rjob = replicaScope(job, replica, k);
       const parts = replica === 0 ? partitions : cut(models[replica]!);
       // Stages sharing a device take turns in its order.
       const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
