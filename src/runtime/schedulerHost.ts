@@ -53,7 +53,8 @@ export interface StepWork extends StepRequest {
   inputs(mb: number): readonly { readonly rank: number; readonly frame: Frame }[];
 }
 
-type SchedulerActor = Actor<typeof schedulerMachine>;
+/** A running scheduler actor (xstate): subscribe to follow its state; its host sends it its events. */
+export type SchedulerActor = Actor<typeof schedulerMachine>;
 
 /** A step waiting for the running one; `begun` once its plans and first inputs went out early. */
 interface Queued {

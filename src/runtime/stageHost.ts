@@ -66,7 +66,8 @@ export interface StageHostOptions {
 /** Counters of one stage, as the runtime reports them (and publishes after every step). */
 export type StageStats = StatsMessage;
 
-type StageActor = Actor<typeof stageMachine>;
+/** A running stage actor (xstate): subscribe to follow its state; its host sends it its events. */
+export type StageActor = Actor<typeof stageMachine>;
 
 /**
  * One stage actor and its NATS subscriptions.
