@@ -71,6 +71,9 @@ export function decodePresence(data: Uint8Array): Presence {
   return v as unknown as Presence;
 }
 
+/** Shortest time between two answers: requests closer together share one (a flood of `who` stays cheap). */
+const ANSWER_EVERY_MS = 200;
+
 /** Options of a RollCall. */
 export interface RollCallOptions {
   readonly bus: Bus;
@@ -90,9 +93,22 @@ export interface RollCallOptions {
  */
 export class RollCall {
   private readonly sub: { drain(): Promise<void> };
+  private last = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
 
   private constructor(private readonly o: RollCallOptions) {
-    this.sub = o.bus.subscribe(whoSubject(o.scope), () => this.announce());
+    this.sub = o.bus.subscribe(whoSubject(o.scope), () => this.asked());
+  }
+
+  /** Answers now, or once ANSWER_EVERY_MS has passed since the last answer. */
+  private asked(): void {
+    const wait = this.last + ANSWER_EVERY_MS - performance.now();
+    if (wait <= 0) return this.announce();
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      this.announce();
+    }, wait);
   }
 
   /** Subscribes; resolves once the server has the subscription. */
@@ -104,6 +120,8 @@ export class RollCall {
 
   /** Publishes this host's presence now (as when asked). */
   announce(): void {
+    if (this.closed) return;
+    this.last = performance.now();
     const p: Presence = { scope: this.o.scope, actor: this.o.actor, ...this.o.answer() };
     this.o.bus.publish(presentSubject(this.o.scope, this.o.actor), encodeJson(p)).catch(() => {
       // A closed connection: nobody to tell.
@@ -111,6 +129,8 @@ export class RollCall {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
     await this.sub.drain();
   }
 }
