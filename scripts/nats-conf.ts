@@ -15,6 +15,17 @@ function user(name: string, perms: { pub: readonly string[]; sub: readonly strin
   return `    { user: "${name}", password: $${passwordVariable(name)}, permissions: { ${pub}, subscribe: { allow: ${list(perms.sub)} }${responses} } }`;
 }
 
+/** Subjects of one job and of one job per replica: job-level ones (`who`, the all-reduce) have no replica token. */
+const JOB_LEVEL = /^troupe\.\*\.(who|allreduce\.)/;
+
+/**
+ * Each `troupe.*.<rest>` permission, and the same in a replica's scope `troupe.<job>.r<i>.<rest>`
+ * (subjects.ts): as tight as the first, since the pattern after the replica token is the same.
+ */
+function withReplicas(patterns: readonly string[]): string[] {
+  return patterns.flatMap((p) => (p.startsWith('troupe.*.') && !JOB_LEVEL.test(p) ? [p, `troupe.*.*.${p.slice('troupe.*.'.length)}`] : [p]));
+}
+
 /** A stage may send activations to the next stage only, gradients to the previous one only. */
 function stage(r: number): string {
   const pub = [
@@ -25,26 +36,28 @@ function stage(r: number): string {
     `troupe.*.stats.${r}`,
     'troupe.*.hello',
     `troupe.*.inspect.stage-${r}`,
+    // Its answer to an inspector's "who is there".
+    `troupe.*.present.stage-${r}`,
     // Data-parallel replicas of the same stage sum their gradients here.
     `troupe.*.allreduce.${r}`,
     // A prediction's outputs, from whichever stage is last.
     'troupe.*.output',
   ];
-  const sub = [`troupe.*.stage.${r}.>`, `troupe.*.ctl.${r}.>`, `troupe.*.state.${r}`, `troupe.*.allreduce.${r}`];
-  return user(`stage${r}`, { pub, sub, responses: true });
+  const sub = [`troupe.*.stage.${r}.>`, `troupe.*.ctl.${r}.>`, `troupe.*.state.${r}`, `troupe.*.allreduce.${r}`, 'troupe.*.who'];
+  return user(`stage${r}`, { pub: withReplicas(pub), sub: withReplicas(sub), responses: true });
 }
 
 const users = [
   // The driver: feeds inputs and updates, sends plans and states, reads events.
   user('driver', {
-    pub: ['troupe.*.stage.*.INPUT', 'troupe.*.stage.*.UPDATE', 'troupe.*.ctl.>', 'troupe.*.state.*', 'troupe.*.inspect.scheduler', '_INBOX.>'],
-    sub: ['troupe.*.sched.*', 'troupe.*.snapshot.*', 'troupe.*.stats.*', 'troupe.*.hello', 'troupe.*.output', '_INBOX.>'],
+    pub: withReplicas(['troupe.*.stage.*.INPUT', 'troupe.*.stage.*.UPDATE', 'troupe.*.ctl.>', 'troupe.*.state.*', 'troupe.*.inspect.scheduler', 'troupe.*.present.scheduler', '_INBOX.>']),
+    sub: withReplicas(['troupe.*.sched.*', 'troupe.*.snapshot.*', 'troupe.*.stats.*', 'troupe.*.hello', 'troupe.*.output', 'troupe.*.who', '_INBOX.>']),
   }),
   ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => stage(r)),
   // Task pools and module runtimes: their own subjects, requests and replies.
-  user('pool', { pub: ['troupe.pool.>', 'troupe.serve.>', 'troupe.*.inspect.>', '_INBOX.>'], sub: ['troupe.pool.>', 'troupe.serve.>', '_INBOX.>'], responses: true }),
-  // The inspector only listens.
-  user('inspector', { pub: [], sub: ['troupe.>'] }),
+  user('pool', { pub: ['troupe.pool.>', 'troupe.serve.>', 'troupe.*.inspect.>', 'troupe.*.present.>', '_INBOX.>'], sub: ['troupe.pool.>', 'troupe.serve.>', 'troupe.*.who', '_INBOX.>'], responses: true }),
+  // The inspector listens, and may only ask who is there.
+  user('inspector', { pub: ['troupe.*.who'], sub: ['troupe.>'] }),
   // Operators and test harnesses: everything.
   user('admin', { pub: ['>'], sub: ['>'] }),
 ];

@@ -46,7 +46,9 @@ options:
   --no-spawn              start no workers: wait for 'troupe worker' processes to join
   --ready-timeout <s>     seconds to wait for every worker (default 60)
   --backend <name>        node-gpu, webgpu, node, wasm or cpu (default: the best available)
-  --inspect               publish every actor's inspection events (see troupe inspect)
+  --inspect[=<port>]      publish every actor's inspection events and serve the inspector
+                          page (and Stately's relay) on 127.0.0.1:<port> (default a free
+                          port); the URL is printed. 'troupe inspect' may join at any time too
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
                           the last completed step and replay the interrupted step (default 0)
@@ -85,8 +87,12 @@ options:
 
 Serves on 127.0.0.1 a page that works offline: every actor's state machine with its current
 state highlighted live, the pipeline timeline of the current and last steps with the
-measured and theoretical bubble, each stage's counters and the first error. Run the job
-with 'troupe up --inspect' so its actors publish their inspection events.
+measured and theoretical bubble, each stage's counters, the first error and refused frames.
+Start it before or after the job: joining late, it asks the job's actors who is there and
+shows them in their current state, with the errors and refusals so far. Run the job with
+'troupe up --inspect' so its actors publish their inspection events (that also serves this
+page itself). Against the nats-server 'troupe up' started, set TROUPE_NATS_CREDENTIALS to
+the credentials file it printed.
 
 options:
   --nats <url>        the job's NATS server
@@ -124,7 +130,8 @@ function intOf(flag: string, v: string | undefined, min: number): number | undef
   return Number(v);
 }
 
-async function up(argv: string[]): Promise<number> {
+async function up(args: string[]): Promise<number> {
+  const { inspect: inspectPort, argv } = inspectFlag(args);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -139,7 +146,6 @@ async function up(argv: string[]): Promise<number> {
       'no-spawn': { type: 'boolean' },
       'ready-timeout': { type: 'string' },
       backend: { type: 'string' },
-      inspect: { type: 'boolean' },
       trace: { type: 'string' },
       restarts: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -171,7 +177,8 @@ async function up(argv: string[]): Promise<number> {
       spawn: !values['no-spawn'],
       ...(ready ? { readyTimeoutMs: ready * 1000 } : {}),
       ...(backend ? { backend } : {}),
-      inspect: values.inspect ?? false,
+      inspect: inspectPort !== undefined,
+      ...(inspectPort !== undefined ? { inspectPort } : {}),
       ...(values.trace ? { trace: values.trace } : {}),
       ...(restarts !== undefined ? { restarts } : {}),
       signal: ac.signal,
@@ -247,7 +254,7 @@ async function inspect(argv: string[]): Promise<number> {
   });
   if (values.help) return print(HELP['inspect']!);
   if (positionals.length > 0) throw new UsageError(`troupe inspect takes no positional arguments, got ${positionals.join(' ')}`);
-  for (const f of ['nats', 'job'] as const) if (!values[f]) throw new UsageError(`troupe inspect needs --${f}`);
+  for (const f of ['nats', 'job'] as const) if (!values[f]) throw new UsageError(`troupe inspect needs --${f}${f === 'nats' ? " (the URL 'troupe up' printed)" : ''}`);
   const port = intOf('--port', values.port, 0);
   const insp = await startInspector({ nats: values.nats!, job: values.job!, stately: values.stately ?? false, ...(port !== undefined ? { port } : {}) });
   process.stdout.write(`troupe inspect: job ${values.job} at ${insp.url}${insp.wsUrl ? `\n  Stately relay: ${insp.wsUrl} (open ${insp.url}stately)` : ''}\n`);
@@ -306,6 +313,21 @@ async function schedule(argv: string[]): Promise<number> {
     lines.push(`picture: ${values.svg}`);
   }
   return print(lines.join('\n'));
+}
+
+/**
+ * `--inspect` or `--inspect=<port>` (parseArgs has no option with an optional value): the
+ * port to serve the inspector on (0: a free one), undefined without the flag, and the rest.
+ */
+function inspectFlag(argv: readonly string[]): { inspect: number | undefined; argv: string[] } {
+  let inspect: number | undefined;
+  const rest: string[] = [];
+  for (const a of argv) {
+    const m = /^--inspect(?:=(.*))?$/.exec(a);
+    if (!m) rest.push(a);
+    else inspect = m[1] === undefined ? 0 : intOf('--inspect', m[1], 0)!;
+  }
+  return { inspect, argv: rest };
 }
 
 function print(text: string): number {

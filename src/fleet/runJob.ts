@@ -30,6 +30,7 @@ import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
 import { TraceRecorder } from '../inspect/trace.js';
+import { startInspector, type Inspector } from '../inspect/inspectorServer.js';
 import { Bus } from '../transport/bus.js';
 import { hasCheckpoint, loadCheckpoint, prepareCheckpointDir, saveCheckpoint } from './checkpoint.js';
 import { countGpus, deviceEnv } from './device.js';
@@ -67,6 +68,11 @@ export interface RunJobOptions {
   readonly backend?: BackendName;
   /** Publish every actor's inspection events (workers too) for `troupe inspect`. */
   readonly inspect?: boolean;
+  /**
+   * Serve the inspector page (and the Stately relay) on 127.0.0.1:<port> (0: a free one) from
+   * the moment NATS is up, and print its URL (`troupe up --inspect[=port]`).
+   */
+  readonly inspectPort?: number;
   /** Write every step's timeline to this file in the Chrome trace event format. */
   readonly trace?: string;
   /** Print the progress bar (default true). */
@@ -192,7 +198,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const say = (l: string) => out.write(`${l}\n`);
   const prep = await prepareJob(o);
   const { cfg, job, partitions, data, schedule } = prep;
-  // Data parallel: k copies of the pipeline, each on subjects of its own (<job>-r<i>).
+  // Data parallel: k copies of the pipeline, each on subjects of its own (scope <job>.r<i>).
   const k = cfg.replicas ?? 1;
   const jobs = Array.from({ length: k }, (_, i) => replicaJob(job, i, k));
   // Worker processes: one per device, hosting its stages (k, k + d, ... with virtual stages).
@@ -237,6 +243,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let sched: SchedulerHost | undefined;
   let credentialsFile: string | undefined;
   let trace: TraceRecorder | undefined;
+  let inspector: Inspector | undefined;
   const restartLimit = o.restarts ?? 0;
   if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
   if (restartLimit > 0 && k > 1) throw new ConfigError('--restarts is not supported with replicas > 1 yet (a replica stuck in the all-reduce cannot be aborted)');
@@ -262,6 +269,10 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
       credentialsFile = await writeCredentialsFile();
       say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
+    }
+    if (o.inspectPort !== undefined) {
+      inspector = await startInspector({ nats: url, job, port: o.inspectPort, stately: true });
+      say(`troupe up: inspector at ${inspector.url} (Stately's inspector: ${inspector.url}stately)`);
     }
     bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
     // A NATS outage loses the frames in flight: with restarts on, the step is replayed from the kept state.
@@ -467,6 +478,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (o.signal?.aborted) await supervisor.killAll();
     else await supervisor.stopAll();
     await bus?.close().catch(() => {});
+    await inspector?.close().catch(() => {});
     await server?.stop();
     if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
   }

@@ -9,6 +9,7 @@ import { deferred } from '../runtime/deferred.js';
 import { AllReduce } from '../runtime/allReduce.js';
 import { DeviceTurn } from '../runtime/deviceTurn.js';
 import { StageHost } from '../runtime/stageHost.js';
+import { replicaScope } from '../protocol/subjects.js';
 import { Bus } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { loadJobConfig } from './jobConfig.js';
@@ -121,7 +122,7 @@ export function parseBoundaries(s: string): number[] {
   return ids.map(Number);
 }
 
-/** The job id a replica's subjects use: the job itself without replicas, else `<job>-r<i>`. */
+/** The scope a replica's subjects use: the job itself without replicas, else `<job>.r<i>` (subjects.ts). */
 export function replicaJob(job: string, replica: number, replicas: number): string {
-  return replicas > 1 ? `${job}-r${replica}` : job;
+  return replicaScope(job, replica, replicas);
 }

@@ -1,22 +1,29 @@
 /**
- * `troupe inspect`: a local server (127.0.0.1) that listens to a job's inspection, action,
- * stats and error messages on NATS and serves
+ * `troupe inspect` (and `troupe up --inspect`): a local server (127.0.0.1) that listens to a
+ * job's inspection, action, stats and error messages on NATS (every replica's) and serves
  *   /            the offline inspector page (diagrams, timeline, counters, errors)
- *   /events      the page's live updates (server-sent events)
+ *   /events      the page's live updates (server-sent events), everything known first
  *   /model       everything known so far, as JSON
  *   /stately     a bridge page that embeds Stately's inspector (online) fed from /ws
- *   /ws          inspection events in the @statelyai/inspect WebSocket format (with --stately)
+ *   /ws          inspection events in the @statelyai/inspect WebSocket format (with `stately`),
+ *                each live actor's announcement with its latest snapshot first
+ * It may start before or after the job: on start, and whenever an actor it has not heard
+ * announce itself shows up, it asks who is there (`troupe.<job>.who`, at most once a
+ * second) and the actors' hosts answer with their announcements, latest snapshots and the
+ * errors and refused frames they kept.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
-import { decodeMessage } from '../protocol/messages.js';
-import { lastToken } from '../protocol/subjects.js';
-import { checkJobId } from '../protocol/subjects.js';
-import { TransportError, messageOf } from '../errors.js';
-import { Bus } from '../transport/bus.js';
+import { decodeMessage, encodeJson } from '../protocol/messages.js';
+import { checkJobId, everyScope, lastToken, scopeOfSubject, whoSubject } from '../protocol/subjects.js';
+import { ConfigError, TransportError, messageOf } from '../errors.js';
+import { Bus, type BusMessage } from '../transport/bus.js';
+import { credentialsFor } from '../transport/credentials.js';
 import { InspectorModel, type ModelUpdate } from './model.js';
 import { inspectorPage, statelyBridgePage } from './page.js';
+import { decodePresence } from './rollCall.js';
+import { StatelyRelay } from './statelyRelay.js';
 import type { StatelyEvent } from './statelyEvents.js';
 
 /** Options of `startInspector`. */
@@ -38,7 +45,23 @@ export interface Inspector {
   close(): Promise<void>;
 }
 
-const RELAY_BUFFER = 200;
+/** Shortest time between two `who` requests. */
+const WHO_EVERY_MS = 1000;
+
+/** Connects as the inspector; an authorization failure without credentials says which variable to set. */
+async function connectInspector(nats: string, job: string): Promise<Bus> {
+  try {
+    return await Bus.connect({ servers: nats.split(','), name: `troupe-${job}-inspector`, role: 'inspector' });
+  } catch (err) {
+    if (/authori[sz]ation/i.test(messageOf(err)) && credentialsFor('inspector') === undefined) {
+      throw new ConfigError(
+        `NATS at ${nats} refused the inspector: it needs credentials. Set TROUPE_NATS_CREDENTIALS to the credentials file 'troupe up' printed, or TROUPE_NATS_PASS_INSPECTOR to the inspector's password`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+}
 
 /**
  * Starts the inspector server for one job.
@@ -49,54 +72,74 @@ const RELAY_BUFFER = 200;
  */
 export async function startInspector(o: InspectorOptions): Promise<Inspector> {
   const job = checkJobId(o.job);
-  const model = new InspectorModel();
+  const model = new InspectorModel(job);
+  const relay = new StatelyRelay();
   const clients = new Set<ServerResponse>();
-  const relayed: string[] = [];
-  const bus = await Bus.connect({ servers: o.nats, name: `troupe-${job}-inspector`, role: 'inspector' });
+  const bus = await connectInspector(o.nats, job);
   let wss: WebSocketServer | undefined;
+  const dec = new TextDecoder();
 
   const push = (u: ModelUpdate | null) => {
     if (!u) return;
     const line = `data: ${JSON.stringify(u)}\n\n`;
     for (const c of clients) c.write(line);
   };
-  const relay = (text: string) => {
+  const toViewers = (text: string) => {
     if (!wss) return;
-    relayed.push(text);
-    if (relayed.length > RELAY_BUFFER) relayed.shift();
     for (const c of wss.clients) if (c.readyState === WebSocket.OPEN) c.send(text);
   };
+  // Who is there: asked at start, and again (at most once a second) when an actor nobody announced shows up.
+  let lastAsked = -Infinity;
+  let askTimer: NodeJS.Timeout | undefined;
+  let closed = false;
+  const ask = () => {
+    if (closed) return;
+    lastAsked = performance.now();
+    model.unknownSeen = relay.unknownSeen = false;
+    bus.publish(whoSubject(job), encodeJson({})).catch(() => {});
+  };
+  const askSoon = () => {
+    if (askTimer || closed) return;
+    askTimer = setTimeout(() => {
+      askTimer = undefined;
+      ask();
+    }, Math.max(0, lastAsked + WHO_EVERY_MS - performance.now()));
+  };
+  /** Subscribes to `troupe.<job>.<tail>` and to it in every replica's scope. */
+  const every = (tail: string, handler: (m: BusMessage, scope: string) => void) =>
+    everyScope(job, tail).map((subject) =>
+      bus.subscribe(subject, (m) => {
+        try {
+          handler(m, scopeOfSubject(job, m.subject) ?? job);
+        } catch {
+          // malformed: not ours to count (the scheduler counts its own)
+        }
+      }),
+    );
   const subs = [
-    bus.subscribe(`troupe.${job}.inspect.*`, (m) => {
-      try {
-        const text = new TextDecoder().decode(m.data);
-        const ev = JSON.parse(text) as StatelyEvent;
-        if (typeof ev?.type !== 'string' || typeof ev.sessionId !== 'string') return;
-        relay(text);
-        push(model.applyInspection(ev));
-      } catch {
-        // not an inspection event: ignored
-      }
+    ...every('inspect.*', (m, scope) => {
+      const text = dec.decode(m.data);
+      const ev = JSON.parse(text) as StatelyEvent;
+      if (typeof ev?.type !== 'string' || typeof ev.sessionId !== 'string') return;
+      if (relay.take(ev)) toViewers(text);
+      push(model.applyInspection(ev, scope));
+      if (relay.unknownSeen || model.unknownSeen) askSoon();
     }),
-    bus.subscribe(`troupe.${job}.sched.*`, (m) => {
-      try {
-        const kind = lastToken(m.subject);
-        if (kind === 'action') push(model.applyAction(decodeMessage('action', m.data)));
-        else if (kind === 'error') push(model.applyError(decodeMessage('error', m.data)));
-        else if (kind === 'reject') push(model.applyReject(decodeMessage('reject', m.data)));
-      } catch {
-        // malformed: the scheduler counts those
-      }
+    ...every('present.*', (m) => {
+      const p = decodePresence(m.data);
+      for (const a of relay.takePresence(p)) toViewers(JSON.stringify(a));
+      for (const u of model.applyPresence(p)) push(u);
     }),
-    bus.subscribe(`troupe.${job}.stats.*`, (m) => {
-      try {
-        push(model.applyStats(decodeMessage('stats', m.data)));
-      } catch {
-        // malformed: ignored
-      }
+    ...every('sched.*', (m, scope) => {
+      const kind = lastToken(m.subject);
+      if (kind === 'action') push(model.applyAction(decodeMessage('action', m.data), scope));
+      else if (kind === 'error') push(model.applyError(decodeMessage('error', m.data), scope));
+      else if (kind === 'reject') push(model.applyReject(decodeMessage('reject', m.data), scope));
     }),
+    ...every('stats.*', (m, scope) => push(model.applyStats(decodeMessage('stats', m.data), scope))),
   ];
   await bus.flush();
+  ask();
 
   let port = 0;
   // Only this machine's pages: a Host or Origin of another name (DNS rebinding, a foreign page) is refused.
@@ -134,8 +177,9 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       // Node clients send no Origin; browsers must come from this server's own pages.
       verifyClient: ({ origin, req }: { origin: string | undefined; req: IncomingMessage }) => local(req.headers.host) && (origin === undefined || origin === '' || local(origin.replace(/^https?:\/\//, ''))),
     });
+    // A viewer joining now gets every live actor in its current state first, then the live frames.
     wss.on('connection', (ws) => {
-      for (const text of relayed) ws.send(text);
+      for (const a of relay.replay()) ws.send(JSON.stringify(a));
     });
   }
   try {
@@ -147,6 +191,8 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       });
     });
   } catch (cause) {
+    closed = true;
+    clearTimeout(askTimer);
     await Promise.all(subs.map((s) => s.drain()));
     await bus.close();
     throw new TransportError(`troupe inspect cannot listen on 127.0.0.1:${o.port ?? 0}: ${messageOf(cause)}`, { cause });
@@ -157,6 +203,8 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
     wsUrl: o.stately ? `ws://127.0.0.1:${port}/ws` : null,
     model,
     close: async () => {
+      closed = true;
+      clearTimeout(askTimer);
       for (const c of clients) c.end();
       clients.clear();
       if (wss) {

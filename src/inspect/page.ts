@@ -106,10 +106,12 @@ function drawActor(a) {
     const el = document.createElement('div');
     el.className = 'actor';
     el.dataset.name = a.name;
+    el.dataset.scope = a.scope;
+    el.dataset.order = a.scope + '/' + a.name;
     el.dataset.session = a.sessionId;
-    el.innerHTML = '<h3>' + esc(a.name) + '<span class="value"></span></h3>' + diagram(a.definition || {});
+    el.innerHTML = '<h3>' + esc(a.name) + (a.scope !== JOB ? ' <small>(' + esc(a.scope.slice(JOB.length + 1)) + ')</small>' : '') + '<span class="value"></span></h3>' + diagram(a.definition || {});
     const list = document.getElementById('actor-list');
-    const after = [...list.children].find((c) => c.dataset.name > a.name);
+    const after = [...list.children].find((c) => c.dataset.order > el.dataset.order);
     list.insertBefore(el, after || null);
     entry = { el, state: '' };
     actors.set(a.sessionId, entry);
@@ -140,15 +142,15 @@ function drawSteps() {
 }
 
 function drawStats() {
-  const rows = [...stats.values()].sort((a, b) => a.rank - b.rank).map((s) =>
-    '<tr data-rank="' + s.rank + '"><td>' + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + '</td><td class="machine">' + (s.machineMs / 1000).toFixed(3) + '</td><td>' + (s.framesMs / 1000).toFixed(3) + '</td><td>' + s.forwards + '</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + '</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
+  const rows = [...stats.values()].sort((a, b) => (a.scope === b.scope ? a.rank - b.rank : a.scope < b.scope ? -1 : 1)).map((s) =>
+    '<tr data-rank="' + s.rank + '" data-scope="' + esc(s.scope) + '"><td>' + (s.scope !== JOB ? esc(s.scope.slice(JOB.length + 1)) + ' ' : '') + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + '</td><td class="machine">' + (s.machineMs / 1000).toFixed(3) + '</td><td>' + (s.framesMs / 1000).toFixed(3) + '</td><td>' + s.forwards + '</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + '</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
   document.querySelector('table.stats tbody').innerHTML = rows;
 }
 
 function apply(u) {
   if (u.kind === 'actor') drawActor(u.actor);
   else if (u.kind === 'step') { steps.set(u.step.step, u.step); drawSteps(); }
-  else if (u.kind === 'stats') { stats.set(u.stats.rank, u.stats); drawStats(); }
+  else if (u.kind === 'stats') { stats.set(u.stats.scope + '/' + u.stats.rank, u.stats); drawStats(); }
   else if (u.kind === 'error') {
     const e = document.querySelector('.errors');
     e.classList.add('has');
@@ -178,7 +180,7 @@ export function inspectorPage(job: string): string {
 <section id="stages"><h2>Stages</h2><table class="stats"><thead><tr><th>rank</th><th>step</th><th>busy s</th><th>idle s</th><th title="the stage machine handling events">machine s</th><th title="judging and assembling frames">frames s</th><th>F</th><th>B</th><th>peak in flight</th><th>in MB</th><th>out MB</th><th>tensors</th><th>refused</th></tr></thead><tbody></tbody></table></section>
 <section id="errors"><h2>Errors</h2><div class="errors">none</div><div class="rejects"></div></section>
 </main>
-<script>${SCRIPT}</script>
+<script>const JOB = ${JSON.stringify(j)};${SCRIPT}</script>
 </body></html>`;
 }
 

@@ -14,16 +14,16 @@ import { deviceWire, fromTensor, releaseDevice } from '../compute/wire.js';
 import { AllReduce } from './allReduce.js';
 import { runReplicas } from './replicas.js';
 import type { StepExtra } from './stepRunner.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { checkJobId, replicaScope } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
 import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
 import { buildPlacedSchedule } from '../schedule/schedules.js';
 import { DeviceTurn } from './deviceTurn.js';
 import { Bus, type BusOptions } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
-import { SchedulerHost } from './schedulerHost.js';
+import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
-import { StageHost, type StageStats } from './stageHost.js';
+import { StageHost, type StageActor, type StageStats } from './stageHost.js';
 
 /** Options of `createPipeline`. */
 export interface PipelineOptions {
@@ -104,6 +104,26 @@ export interface PipelineOptions {
   readonly feed?: FeedMode;
 }
 
+/** The actors of one pipeline (one replica): its scheduler and its stages by rank. */
+export interface PipelineReplicaActors {
+  readonly scheduler: SchedulerActor;
+  readonly stages: readonly StageActor[];
+}
+
+/**
+ * The xstate actors a pipeline runs in this process, to follow (`subscribe`, `getSnapshot`,
+ * `waitFor`) or to compose with a machine of your own. Their hosts send them their events;
+ * an event sent from outside bypasses the host's checks.
+ *
+ * @example
+ * pipe.actors.stages[1].subscribe((s) => console.log('stage 1', s.value, 'step', s.context.step));
+ * await waitFor(pipe.actors.scheduler, (s) => s.matches('idle'));
+ */
+export interface PipelineActors extends PipelineReplicaActors {
+  /** Every replica's actors, replica 0 (the same as `scheduler` and `stages`) first. */
+  readonly replicas: readonly PipelineReplicaActors[];
+}
+
 /** A running pipeline. */
 export interface Pipeline {
   readonly job: string;
@@ -118,6 +138,8 @@ export interface Pipeline {
   readonly devices?: DeviceSchedule;
   /** The layers of each stage. */
   readonly partitions: readonly StagePartition[];
+  /** The scheduler and stage actors of this process (see PipelineActors). */
+  readonly actors: PipelineActors;
   /**
    * One optimizer step over all microbatches of (x, y): equal to one single-process step on
    * the whole batch. Calls may overlap: a step called while another runs is queued, and the
@@ -229,7 +251,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   try {
     for (let replica = 0; replica < k; replica++) {
       // One pipeline per replica, on subjects of its own; their stages meet only in the all-reduce.
-      const rjob = k > 1 ? `${job}-r${replica}` : job;
+      const rjob = replicaScope(job, replica, k);
       const parts = replica === 0 ? partitions : cut(models[replica]!);
       // Stages sharing a device take turns in its order.
       const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
@@ -300,10 +322,12 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     }
   };
 
+  const replicaActors = scheds.map((sched, r): PipelineReplicaActors => ({ scheduler: sched.actor, stages: hosts.slice(r * p, (r + 1) * p).map((h) => h.actor) }));
   return {
     job,
     stages: p,
     replicas: k,
+    actors: { ...replicaActors[0]!, replicas: replicaActors },
     models,
     microbatches: m,
     schedule,

@@ -4,10 +4,11 @@ import { freesForFeed, schedulerMachine, type SchedulerEvent, type StepFailure, 
 import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
 import { Reassembler } from '../protocol/reassembler.js';
-import { decodeAck, decodeMessage, decodeReply, encodeJson, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
+import { decodeAck, decodeMessage, decodeReply, encodeJson, type ErrorEvent, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { CtlVerb, SchedEvent, ctlSubject, lastToken, outputSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
-import { busInspector } from '../inspect/busInspector.js';
+import { ActorInspector, actorSessionId } from '../inspect/actorInspector.js';
+import { RollCall, type StepShape } from '../inspect/rollCall.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
 import { sendFrame } from './localStages.js';
@@ -19,7 +20,11 @@ export interface SchedulerHostOptions {
   readonly stages: number;
   /** Milliseconds a control request may wait for its ack (default 10 s). */
   readonly requestTimeoutMs?: number;
-  /** Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off). */
+  /**
+   * Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off).
+   * With or without, the host answers an inspector's `who` with the step's shape and the
+   * errors and refused frames it kept.
+   */
   readonly inspect?: boolean;
   /**
    * Liveness: during a step every stage is probed every `heartbeatMs` (default 1 s); one that
@@ -49,7 +54,8 @@ export interface StepWork extends StepRequest {
   inputs(mb: number): readonly { readonly rank: number; readonly frame: Frame }[];
 }
 
-type SchedulerActor = Actor<typeof schedulerMachine>;
+/** A running scheduler actor (xstate): subscribe to follow its state; its host sends it its events. */
+export type SchedulerActor = Actor<typeof schedulerMachine>;
 
 /** A step waiting for the running one; `begun` once its plans and first inputs went out early. */
 interface Queued {
@@ -101,6 +107,16 @@ export class SchedulerHost {
   malformedEvents = 0;
   /** The latest frames the stages refused (at most 100), newest last. */
   readonly lastRejects: RejectEvent[] = [];
+  /** Frames the stages refused, since the start. */
+  private rejects = 0;
+  /** Stage errors and step failures since the start: how many, the first, the latest (at most 20). */
+  private errorCount = 0;
+  private firstError: ErrorEvent | null = null;
+  private readonly lastErrors: ErrorEvent[] = [];
+  /** The running (or last) step's shape, as last announced to inspectors. */
+  private shape: StepShape | undefined;
+  private readonly inspector: ActorInspector | undefined;
+  private rollCall: RollCall | undefined;
 
   private constructor(private readonly o: SchedulerHostOptions) {
     this.lastProbe = Array.from({ length: o.stages }, () => null);
@@ -138,13 +154,19 @@ export class SchedulerHost {
         },
         grantUpdate: (_, { step, rank }) => this.sendUpdate(step, rank),
         resolveStep: (_, outcome) => this.pending?.resolve(outcome),
-        rejectStep: (_, { failure }) => this.pending?.reject(errorOf(failure)),
+        rejectStep: (_, { step, failure }) => {
+          // A stage's own error was kept as it came; a failure of the scheduler's (timeout, silence, transport) is kept here.
+          if (!this.lastErrors.some((e) => e.step === step && e.key === failure.key && e.code === failure.code)) this.keepError({ step, ...failure });
+          this.pending?.reject(errorOf(failure));
+        },
       },
     });
+    // Named by job, so that the stages in other processes can name it as a sender.
+    this.inspector = o.inspect ? new ActorInspector({ bus: o.bus, scope: o.job, actor: 'scheduler', sessionId: actorSessionId(o.job, 'scheduler') }) : undefined;
     this.actor = createActor(machine, {
       input: { stages: o.stages },
       id: 'scheduler',
-      ...(o.inspect ? { inspect: busInspector(o.bus, o.job, 'scheduler') } : {}),
+      ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });
     this.sub = o.bus.subscribe(schedWildcard(o.job), (m) => this.onEvent(m));
     // A prediction's outputs: the last stage's frames, kept by step and microbatch until taken.
@@ -168,8 +190,25 @@ export class SchedulerHost {
   static async start(o: SchedulerHostOptions): Promise<SchedulerHost> {
     const h = new SchedulerHost(o);
     h.actor.start();
-    await o.bus.flush();
+    h.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: 'scheduler', answer: () => h.presence() });
     return h;
+  }
+
+  /** What the scheduler tells an inspector that asks who is there. */
+  private presence() {
+    return {
+      actors: this.inspector?.present() ?? [],
+      ...(this.shape ? { shape: this.shape } : {}),
+      errors: { count: this.errorCount, first: this.firstError, latest: [...this.lastErrors] },
+      rejects: { count: this.rejects, latest: this.lastRejects.slice(-20) },
+    };
+  }
+
+  private keepError(e: ErrorEvent): void {
+    this.errorCount++;
+    this.firstError ??= e;
+    this.lastErrors.push(e);
+    if (this.lastErrors.length > 20) this.lastErrors.shift();
   }
 
   private async requestAll(verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number, skip: ReadonlySet<number> = new Set()): Promise<void> {
@@ -238,13 +277,15 @@ export class SchedulerHost {
           return this.deliver({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
         case SchedEvent.ERROR: {
           const e = decodeMessage('error', m.data);
+          this.keepError(e);
           return this.deliver({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
         }
         case SchedEvent.REJECT: {
           const e = decodeMessage('reject', m.data);
           this.lastRejects.push(e);
           if (this.lastRejects.length > 100) this.lastRejects.shift();
-          return this.actor.send({ type: 'REJECT', rank: e.rank });
+          this.rejects++;
+          return this.fromStage(e.rank, () => this.actor.send({ type: 'REJECT', rank: e.rank }));
         }
         default:
           throw new FrameError(`unknown scheduler event subject ${m.subject}`);
@@ -268,7 +309,14 @@ export class SchedulerHost {
       // the trace, not as machine transitions (each costs the driver 0.2-0.3 ms here).
       if (!freesForFeed(this.work, e)) return;
     }
-    this.actor.send(e);
+    // A loss comes from the last stage.
+    this.fromStage(e.type === 'LOSS' ? this.o.stages - 1 : e.rank, () => this.actor.send(e));
+  }
+
+  /** Runs `send` with stage `rank` (-1: none, the scheduler's own transport) as the event's sender, for the inspector. */
+  private fromStage(rank: number, send: () => void): void {
+    if (this.inspector && rank >= 0) this.inspector.sendFrom(`stage-${rank}`, send);
+    else send();
   }
 
   /**
@@ -305,6 +353,10 @@ export class SchedulerHost {
     const { plan: _p, inputs: _i, ...req } = work;
     this.ran = Array.from({ length: this.o.stages }, () => new Set<string>());
     this.progressAt = performance.now();
+    // Inspectors learn the step's real shape (for its theoretical bubble) when it changes.
+    const changed = !this.shape || this.shape.microbatches !== work.microbatches;
+    this.shape = { step: work.step, stages: this.o.stages, microbatches: work.microbatches };
+    if (changed) this.rollCall?.announce();
     this.actor.send({ type: 'START', req });
     // Events of this step that came while the previous one finished.
     const early = this.early.filter((e) => e.step === work.step);
@@ -501,6 +553,8 @@ export class SchedulerHost {
     this.pending?.reject(new StateError('the scheduler was closed during the step'));
     for (const q of [...this.queue.splice(0), ...this.afterSettling.splice(0)]) q.pending.reject(new StateError(`the scheduler was closed before step ${q.work.step} ran`));
     this.actor.stop();
+    this.inspector?.close();
+    await this.rollCall?.close();
     await this.sub.drain();
     await this.outputSub.drain();
   }

@@ -9,7 +9,8 @@ import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
 import { exportStageState, importStageState } from '../compute/stageState.js';
 import { releaseDevice } from '../compute/wire.js';
-import { busInspector } from '../inspect/busInspector.js';
+import { ActorInspector, actorSessionId, senderActor } from '../inspect/actorInspector.js';
+import { RollCall } from '../inspect/rollCall.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
 import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
@@ -50,7 +51,10 @@ export interface StageHostOptions {
   readonly maxFrameBytes?: number;
   /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
   readonly abortTimeoutMs?: number;
-  /** Publish the actor's inspection events on troupe.<job>.inspect.stage-<rank> (default off). */
+  /**
+   * Publish the actor's inspection events on troupe.<job>.inspect.stage-<rank>, and answer an
+   * inspector's `who` with its announcement and latest snapshot (default off).
+   */
   readonly inspect?: boolean;
   /** What `ping` answers about the process: backend and device (default the current backend, cpu). */
   readonly identity?: { readonly backend: string; readonly device: string };
@@ -69,7 +73,8 @@ export interface StageHostOptions {
 /** Counters of one stage, as the runtime reports them (and publishes after every step). */
 export type StageStats = StatsMessage;
 
-type StageActor = Actor<typeof stageMachine>;
+/** A running stage actor (xstate): subscribe to follow its state; its host sends it its events. */
+export type StageActor = Actor<typeof stageMachine>;
 
 /**
  * One stage actor and its NATS subscriptions.
@@ -111,6 +116,9 @@ export class StageHost {
   /** Frames handed over in this process whose device tensors may still be unclaimed (freed when dropped). */
   private handed: Frame[] = [];
   private offLocal: () => void = () => {};
+  /** With `inspect`: publishes the actor's inspection events and keeps its latest snapshot. */
+  private readonly inspector: ActorInspector | undefined;
+  private rollCall: RollCall | undefined;
 
   private constructor(private readonly o: StageHostOptions) {
     const { partition: part, job, bus, compute } = o;
@@ -142,10 +150,13 @@ export class StageHost {
         ),
       },
     });
+    const name = `stage-${part.rank}`;
+    // Named by job and rank, so that the stages and the scheduler in other processes can name it as a sender.
+    this.inspector = o.inspect ? new ActorInspector({ bus, scope: job, actor: name, sessionId: actorSessionId(job, name) }) : undefined;
     this.actor = createActor(machine, {
       input: { job, rank: part.rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs },
-      id: `stage-${part.rank}`,
-      ...(o.inspect ? { inspect: busInspector(bus, job, `stage-${part.rank}`) } : {}),
+      id: name,
+      ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });
     // Frames in flight while the connection was down are lost: the step cannot finish, so say so now.
     this.offStatus = bus.onStatus((st) => {
@@ -164,6 +175,8 @@ export class StageHost {
     const host = new StageHost(o);
     host.actor.start();
     await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
+    const inspector = host.inspector;
+    if (inspector) host.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: `stage-${host.rank}`, answer: () => ({ actors: inspector.present() }) });
     await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
     if (o.handoff) host.offLocal = registerLocalStage(o.job, o.partition.rank, (f) => host.onLocal(f));
     await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));
@@ -243,7 +256,7 @@ export class StageHost {
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
       if (wrongStep) throw wrongStep;
       const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.send({ type: 'FRAME', frame });
+      if (frame) this.send({ type: 'FRAME', frame }, senderActor(frame.from));
     } catch (err) {
       this.refusedOnArrival++;
       this.reject(m.subject, err);
@@ -261,7 +274,7 @@ export class StageHost {
       const wrongStep = admitStep(this.actor.getSnapshot().context, frame.key, frame.from);
       if (wrongStep) throw wrongStep;
       this.handed.push(frame);
-      this.send({ type: 'FRAME', frame });
+      this.send({ type: 'FRAME', frame }, senderActor(frame.from));
     } catch (err) {
       releaseDevice(frame.tensors);
       this.refusedOnArrival++;
@@ -281,9 +294,17 @@ export class StageHost {
     this.handed = keep;
   }
 
-  /** Hands the stage machine an event, counting the time it takes (stats: machineMs). */
-  private send(event: StageEvent): void {
-    this.timed(() => this.actor.send(event));
+  /**
+   * Hands the stage machine an event, counting the time it takes (stats: machineMs). `from`
+   * names the actor (of another process, maybe) that sent it, for the inspector.
+   */
+  private send(event: StageEvent, from?: string): void {
+    this.timed(() => this.fromPeer(from, () => this.actor.send(event)));
+  }
+
+  private fromPeer(from: string | undefined, send: () => void): void {
+    if (this.inspector && from) this.inspector.sendFrom(from, send);
+    else send();
   }
 
   /**
@@ -308,7 +329,7 @@ export class StageHost {
     if (!running && (!s.matches('awaitingUpdate') || step !== s.context.step)) {
       throw new UnexpectedFrameError(`UPDATE for step ${step} while stage ${this.rank} is ${JSON.stringify(s.value)}`);
     }
-    this.send({ type: 'UPDATE', step });
+    this.send({ type: 'UPDATE', step }, 'scheduler');
   }
 
   private async onCtl(m: BusMessage): Promise<void> {
@@ -413,7 +434,7 @@ export class StageHost {
     const actions = parseStageActions(plan.actions, this.rank);
     const positions = parseOrder(plan.order, actions.length, this.rank);
     if (positions.length > 0 && !this.o.turn) throw new StateError(`stage ${this.rank} got a device order but shares no device`);
-    this.send({ type: 'STEP', plan });
+    this.send({ type: 'STEP', plan }, 'scheduler');
   }
 
   /**
@@ -453,7 +474,7 @@ export class StageHost {
     if (step < now) throw new StaleStepError(`abort of step ${step}, which is over (now ${now})`);
     if (step > now) {
       // A step queued behind this one is forgotten; one whose plan never came has nothing to abort.
-      if (c.next?.step === step) this.actor.send({ type: 'DROP_NEXT' });
+      if (c.next?.step === step) this.fromPeer('scheduler', () => this.actor.send({ type: 'DROP_NEXT' }));
       return;
     }
     await this.abort();
@@ -461,7 +482,7 @@ export class StageHost {
 
   private async abort(): Promise<void> {
     this.o.turn?.abort(this.actor.getSnapshot().context.step);
-    this.actor.send({ type: 'ABORT' });
+    this.fromPeer('scheduler', () => this.actor.send({ type: 'ABORT' }));
     await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
     this.reassembler.clear();
     // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).
@@ -556,6 +577,8 @@ export class StageHost {
     this.offLocal();
     this.actor.send({ type: 'STOP' });
     this.actor.stop();
+    this.inspector?.close();
+    await this.rollCall?.close();
     await Promise.all(this.subs.map((s) => s.drain()));
     this.o.compute.reset();
     this.releaseHanded(Infinity);

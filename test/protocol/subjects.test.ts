@@ -5,7 +5,15 @@ import {
   CtlVerb,
   SchedEvent,
   checkJobId,
+  checkScope,
   ctlSubject,
+  everyScope,
+  jobOfScope,
+  presentSubject,
+  replicaScope,
+  scopeOfSubject,
+  statsSubject,
+  whoSubject,
   ctlWildcard,
   inspectSubject,
   lastToken,
@@ -51,6 +59,34 @@ describe('subject builders', () => {
     expect(schedSubject('mnist', SchedEvent.REJECT)).toBe('troupe.mnist.sched.reject');
     expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*');
     expect(inspectSubject('mnist', 'stage-1')).toBe('troupe.mnist.inspect.stage-1');
+  });
+
+  it("put a replica in a token of its own, so one wildcard covers every replica of a job", () => {
+    expect(replicaScope('mnist', 0, 1)).toBe('mnist');
+    expect(replicaScope('mnist', 1, 3)).toBe('mnist.r1');
+    expect(stageSubject(replicaScope('mnist', 1, 3), 0, Phase.INPUT)).toBe('troupe.mnist.r1.stage.0.INPUT');
+    expect(inspectSubject('mnist.r2', 'scheduler')).toBe('troupe.mnist.r2.inspect.scheduler');
+    expect(presentSubject('mnist.r2', 'stage-1')).toBe('troupe.mnist.r2.present.stage-1');
+    // One request per job: every replica's actors answer it.
+    expect(whoSubject('mnist.r2')).toBe('troupe.mnist.who');
+    expect(whoSubject('mnist')).toBe('troupe.mnist.who');
+    expect(jobOfScope('mnist.r2')).toBe('mnist');
+    const scopes = [0, 1, 2].map((i) => replicaScope('mnist', i, 3));
+    for (const sc of scopes) {
+      expect(matches('troupe.mnist.>', statsSubject(sc, 1))).toBe(true);
+      expect(matches('troupe.mnist.*.inspect.*', inspectSubject(sc, 'stage-0'))).toBe(true);
+      expect(matches(everyScope('mnist', 'stats.*')[1], statsSubject(sc, 1))).toBe(true);
+      expect(scopeOfSubject('mnist', statsSubject(sc, 1))).toBe(sc);
+    }
+    // Another job's replicas are not covered, nor does the job's own wildcard reach them.
+    expect(matches('troupe.mnist.>', statsSubject('mnist2.r0', 1))).toBe(false);
+    expect(scopeOfSubject('mnist', statsSubject('mnist', 1))).toBe('mnist');
+    expect(matches(everyScope('mnist', 'stats.*')[0], statsSubject('mnist', 1))).toBe(true);
+    expect(scopeOfSubject('mnist', 'troupe.other.stats.1')).toBeNull();
+    expect(() => replicaScope('mnist', 3, 3)).toThrow(ConfigError);
+    expect(() => checkScope('mnist.r')).toThrow(ConfigError);
+    expect(() => checkScope('mnist.x1')).toThrow(ConfigError);
+    expect(() => checkScope('a.b.r1')).toThrow(ConfigError);
   });
 
   it('inspectSubject turns characters a token cannot hold into "_"', () => {

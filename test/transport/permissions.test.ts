@@ -58,6 +58,16 @@ describe("nats.conf's users and permissions", () => {
     ['stage1', 'troupe.job.ctl.0.stop'],
     ['stage1', 'troupe.job.state.0'],
     ['driver', 'troupe.job.stage.1.FORWARD'],
+    // The same within a replica's scope (troupe.<job>.r<i>...): no wider.
+    ['stage0', 'troupe.job.r1.stage.2.FORWARD'],
+    ['stage1', 'troupe.job.r1.stage.1.INPUT'],
+    ['stage1', 'troupe.job.r0.ctl.0.stop'],
+    ['driver', 'troupe.job.r1.stage.1.FORWARD'],
+    // The inspector may ask who is there, and nothing else; only the actor itself answers for it.
+    ['inspector', 'troupe.job.r1.stage.0.INPUT'],
+    ['inspector', 'troupe.job.present.scheduler'],
+    ['stage0', 'troupe.job.present.stage-1'],
+    ['stage0', 'troupe.job.who'],
   ])('%s may not publish on %s: a permission error, and nothing arrives', async (role, subject) => {
     const r = await tryPublish(role, subject);
     expect(r.delivered).toBe(false);
@@ -71,6 +81,15 @@ describe("nats.conf's users and permissions", () => {
     ['stage1', 'troupe.job.sched.done'],
     ['driver', 'troupe.job.stage.0.INPUT'],
     ['driver', 'troupe.job.stage.3.UPDATE'],
+    ['stage0', 'troupe.job.r1.stage.1.FORWARD'],
+    ['stage1', 'troupe.job.r0.stage.0.BACKWARD'],
+    ['stage1', 'troupe.job.r1.sched.done'],
+    ['driver', 'troupe.job.r1.stage.0.INPUT'],
+    ['driver', 'troupe.job.r1.ctl.1.step'],
+    ['inspector', 'troupe.job.who'],
+    ['stage1', 'troupe.job.present.stage-1'],
+    ['stage1', 'troupe.job.r1.present.stage-1'],
+    ['driver', 'troupe.job.r0.present.scheduler'],
   ])('%s may publish on %s', async (role, subject) => {
     const r = await tryPublish(role, subject);
     expect(r.violations).toEqual([]);
@@ -78,14 +97,21 @@ describe("nats.conf's users and permissions", () => {
   });
 
   it('the inspector may listen to everything of a job, and a stage may not listen to another stage', async () => {
-    for (const [role, subject, allowed] of [['inspector', 'troupe.job.stage.1.FORWARD', true], ['stage0', 'troupe.job.stage.1.FORWARD', false]] as const) {
+    for (const [role, subject, allowed] of [
+      ['inspector', 'troupe.job.stage.1.FORWARD', true],
+      ['inspector', 'troupe.job.r1.stage.1.FORWARD', true],
+      ['stage0', 'troupe.job.who', true],
+      ['driver', 'troupe.job.who', true],
+      ['stage0', 'troupe.job.stage.1.FORWARD', false],
+      ['stage0', 'troupe.job.r1.stage.1.FORWARD', false],
+    ] as const) {
       const bus = await Bus.connect({ role, servers: nats.server.url });
       const violations: string[] = [];
       bus.onStatus((s) => /permissions violation/i.test(s.detail) && violations.push(s.detail));
       bus.subscribe(subject, () => {});
       await bus.flush();
       if (allowed) expect(violations).toEqual([]);
-      else expect(violations.join('\n')).toMatch(/Permissions Violation for Subscription to "?troupe\.job\.stage\.1\.FORWARD/i);
+      else expect(violations.join('\n')).toMatch(new RegExp(`Permissions Violation for Subscription to "?${subject.replace(/\./g, '\\.')}`, 'i'));
       await bus.close();
     }
   });
