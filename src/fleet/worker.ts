@@ -1,6 +1,6 @@
 /** A worker process: the stage actors of one device of a job, joined to the fleet only through NATS. */
 import { ConfigError } from '../errors.js';
-import { selectBackend, type BackendName } from '../compute/backend.js';
+import { isGpuBackend, selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { partitionModel } from '../compute/partition.js';
@@ -66,7 +66,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     buses.push(bus);
     const allReduce = replicas > 1 ? await AllReduce.start({ bus, group: o.job, rank: r, replica, replicas }) : undefined;
     if (allReduce) reducers.push(allReduce);
-    hosts.push(await StageHost.start({ bus, job: rjob, ...(allReduce ? { allReduce } : {}), partition, compute: computes[i]!, identity: { backend: choice.name, device }, inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
+    hosts.push(await StageHost.start({ bus, job: rjob, ...(allReduce ? { allReduce } : {}), partition, compute: computes[i]!, identity: { backend: choice.name, device }, handoff: isGpuBackend(choice.name), inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
     log(`troupe worker: job ${rjob} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
   }
   const who = `rank ${o.ranks.join(', ')}`;
