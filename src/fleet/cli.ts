@@ -1,8 +1,8 @@
 /** The `troupe` command line: `up`, `worker`, and `--help` for each. */
 import { parseArgs } from 'node:util';
-import { ConfigError, TroupeError, messageOf } from '../errors.js';
+import { ConfigError, InterruptedError, TroupeError, UsageError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
-import { InterruptedError, runJob } from './runJob.js';
+import { runJob } from './runJob.js';
 import { parseBoundaries, parseRanks, runWorker } from './worker.js';
 import { runPoolWorker } from '../pool/runPoolWorker.js';
 import { describeCheckpoint, exportCheckpoint } from './checkpointTools.js';
@@ -105,12 +105,7 @@ of a backward; --weight 1, its weight-gradient part (a W action where the schedu
 the backward, else part of B); --comm 0 per message between stages.`,
 };
 
-/** A command line that cannot run: wrong flags or values. */
-export class UsageError extends TroupeError {
-  constructor(message: string) {
-    super('USAGE', message);
-  }
-}
+export { UsageError } from '../errors.js';
 
 function backendOf(v: string | undefined): BackendName | undefined {
   if (v === undefined) return undefined;

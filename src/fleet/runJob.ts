@@ -7,7 +7,7 @@
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../errors.js';
+import { ConfigError, InterruptedError, StageError, StateError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
@@ -98,12 +98,7 @@ export interface RunJobResult {
   readonly stepMs: readonly number[];
 }
 
-/** The run was interrupted (Ctrl-C). */
-export class InterruptedError extends TroupeError {
-  constructor(message: string) {
-    super('INTERRUPTED', message);
-  }
-}
+export { InterruptedError } from '../errors.js';
 
 interface Prepared {
   readonly cfg: JobConfig;
