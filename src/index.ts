@@ -22,6 +22,7 @@ export type { JobConfig, JobData, Examples } from './fleet/jobConfig.js';
 export { runJob } from './fleet/runJob.js';
 export type { RunJobOptions, RunJobResult } from './fleet/runJob.js';
 export { startNatsServer } from './fleet/natsServer.js';
+export { loadModel } from './fleet/loadModel.js';
 export type { NatsServer, NatsServerOptions } from './fleet/natsServer.js';
 
 export { buildSchedule, ScheduleName } from './schedule/schedules.js';

@@ -22,7 +22,7 @@ describe('package entries', () => {
     const root = await import('../src/index.js');
     const names = Object.keys(root);
     expect(names.length, names.join(', ')).toBeLessThanOrEqual(30);
-    for (const n of ['createPipeline', 'defineJob', 'runJob', 'startNatsServer', 'buildSchedule', 'simulate', 'ConfigError', 'StageError']) expect(names).toContain(n);
+    for (const n of ['createPipeline', 'defineJob', 'runJob', 'startNatsServer', 'loadModel', 'buildSchedule', 'simulate', 'ConfigError', 'StageError']) expect(names).toContain(n);
   });
 
   it('every subpath names its types and compiled module, built from a source entry that exists and exports something', async () => {

@@ -57,7 +57,8 @@ options:
 inspect: the checkpoint's step, the run's configuration and every layer weight with its shape
 (a faulty newest checkpoint is reported and the previous one shown). export: the job's whole
 model with the checkpoint's weights, as a TensorFlow.js model directory (model.json +
-weights.bin) that tf.loadLayersModel reads without Troupe.`,
+weights.bin): in Node, loadModel(dir) from 'troupe' loads it (plain @tensorflow/tfjs has no
+file:// loader); in a browser, tf.loadLayersModel('<url>/model.json').`,
   'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--inspect]
 
 Joins task pool <name> (the queue group of troupe.pool.<name>.task) and answers each task with
@@ -189,7 +190,7 @@ async function checkpoint(argv: string[]): Promise<number> {
   if (verb === 'inspect') return print(await describeCheckpoint(dir));
   if (!values.config || !values.out) throw new UsageError('troupe checkpoint export needs --config and --out');
   const r = await exportCheckpoint(dir, values.config, values.out);
-  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it with tf.loadLayersModel`);
+  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it in Node with loadModel(${JSON.stringify(values.out)}) from 'troupe'`);
 }
 
 async function poolWorker(argv: string[]): Promise<number> {

@@ -12,6 +12,7 @@ export { saveCheckpoint, loadCheckpoint, hasCheckpoint } from './checkpoint.js';
 export type { Checkpoint, CheckpointMeta } from './checkpoint.js';
 export { describeCheckpoint, exportCheckpoint } from './checkpointTools.js';
 export { saveModel } from './saveModel.js';
+export { loadModel } from './loadModel.js';
 export { startNatsServer, findNatsServer, DEFAULT_NATS_CONF } from './natsServer.js';
 export type { NatsServer, NatsServerOptions } from './natsServer.js';
 export { startNatsCluster, NATS_CLUSTER_CONF } from './natsCluster.js';

@@ -432,7 +432,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     for (const st of stats) {
       say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
     }
-    if (o.save) say(`  model saved in ${o.save}`);
+    if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     if (trace) {
       await bus.flush(); // the last step's action events are in
       await trace.write(o.trace!);
