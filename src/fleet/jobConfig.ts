@@ -110,7 +110,13 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   const issue = r.issues[0];
   const field = issue.path?.[0]?.key;
   if (field === undefined) throw new ConfigError(`${where}: ${issue.message}`);
-  if (issue.type === 'strict_object') throw new ConfigError(`${where}: unknown field "${String(field)}" (known: ${Object.keys(JobConfigSchema.entries).join(', ')})`);
+  const known = JobConfigSchema.entries;
+  if (issue.type === 'strict_object' && issue.expected === 'never') throw new ConfigError(`${where}: unknown field "${String(field)}" (known: ${Object.keys(known).join(', ')})`);
+  if (issue.type === 'strict_object') {
+    // A required field left out: the field's own message, for the undefined it amounts to.
+    const own = v.safeParse(known[field as keyof typeof known], undefined);
+    throw new ConfigError(`${where}: field "${String(field)}" ${own.success ? 'is missing' : own.issues[0].message}`);
+  }
   throw new ConfigError(`${where}: field "${String(field)}" ${issue.message}`);
 }
 

@@ -55,6 +55,7 @@ describe('validateJobConfig', () => {
     [{ ...good, stepTimeoutMs: '5000' }, /field "stepTimeoutMs" must be a positive number, got "5000"/],
     [{ ...good, memoryBudget: -1 }, /field "memoryBudget" must be a positive number of bytes, got -1/],
     [{ ...good, replicas: 1.5 }, /field "replicas" must be a positive integer, got 1.5/],
+    [(({ loss: _, ...rest }) => rest)(good), /field "loss" must be a tfjs loss name or a function, got undefined/],
   ])('refuses %#, naming the field and the value given', (c, message) => {
     expect(() => validateJobConfig(c, 'cfg')).toThrow(message);
   });
