@@ -13,6 +13,8 @@ import { simulate } from '../schedule/simulate.js';
 import { loadScheduleFile } from '../schedule/scheduleFile.js';
 import { existsSync } from 'node:fs';
 import { writeAtomically } from '../writeAtomically.js';
+import { packageVersion } from '../packagePath.js';
+import { summaryOf } from './summary.js';
 
 const HELP: Record<string, string> = {
   main: `troupe: pipeline-parallel training with xstate actors over NATS
@@ -27,7 +29,7 @@ commands:
   inspect             serve a live inspector page (and the Stately relay) for a job
   schedule show       simulate a schedule and draw its timeline (terminal, SVG)
 
-troupe <command> --help shows a command's options.`,
+troupe <command> --help shows a command's options; troupe --version the version.`,
   up: `usage: troupe up <job-config> [options]
 
 Starts nats-server from nats.conf on a free port (unless --nats names a running one), forks
@@ -50,6 +52,11 @@ options:
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
                           the last completed step and replay the interrupted step (default 0)
+  --json                  print a JSON summary on stdout (steps, losses, held-out loss and
+                          metric, each stage's counters, the workers); the rest goes to stderr
+  -q, --quiet             no progress bar, fleet or summary lines: only what went wrong or
+                          needs you (with --json: the JSON alone on stdout)
+  -v, --verbose           also a line per checkpoint saved
   -h, --help              this text`,
   checkpoint: `usage: troupe checkpoint inspect <dir>
        troupe checkpoint export <dir> --config <job-config> --out <model-dir>
@@ -67,20 +74,23 @@ any time; a caller's Pool sends a task whose worker died to another. Stops on SI
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
 Builds stage <r> of the job from the config module and serves it on NATS until the driver
-stops it (or SIGTERM). The driver waits for every rank and sends the weights.
+stops it (or SIGTERM). The driver waits for every rank and sends the weights. A process
+manager may set the environment instead of the flags (a flag wins): TROUPE_NATS_URL,
+TROUPE_JOB, TROUPE_RANK, TROUPE_CONFIG (and TROUPE_BACKEND, TROUPE_NATS_CREDENTIALS).
 
 options:
-  --nats <url>        the job's NATS server
-  --job <id>          the job id the driver printed
+  --nats <url>        the job's NATS server (or TROUPE_NATS_URL)
+  --job <id>          the job id the driver printed (or TROUPE_JOB)
   --rank <r>[,<r>...] which stage this process runs (0-based); several for the stages of
-                      one device (virtual stages), which then take turns
+                      one device (virtual stages), which then take turns (or TROUPE_RANK)
   --boundaries <i,..> the cut to use (first layer of stages 1..p-1) instead of the config's
                       stages; troupe up passes its own
   --replica <i> --replicas <k>
                       data parallel: these stages belong to replica i of k
-  --config <file>     the job config module (the same file as the driver's)
-  --backend <name>    node-gpu, node, wasm or cpu (default: best available)
+  --config <file>     the job config module, the same file as the driver's (or TROUPE_CONFIG)
+  --backend <name>    node-gpu, node, wasm or cpu (default: TROUPE_BACKEND, else best available)
   --inspect           publish the stage actor's inspection events
+  -q, --quiet         no start and stop lines
   -h, --help          this text`,
   inspect: `usage: troupe inspect --nats <url> --job <id> [--port <n>] [--stately]
 
@@ -138,11 +148,17 @@ async function up(argv: string[]): Promise<number> {
       inspect: { type: 'boolean' },
       trace: { type: 'string' },
       restarts: { type: 'string' },
+      json: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
+      verbose: { type: 'boolean', short: 'v' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return print(HELP['up']!);
   if (positionals.length !== 1) throw new UsageError('troupe up takes exactly one job config file');
+  if (values.quiet && values.verbose) throw new UsageError('troupe up takes -q or -v, not both');
+  // With --json, stdout carries the JSON alone: everything for people goes to stderr.
+  const out = values.json ? process.stderr : process.stdout;
   const ac = new AbortController();
   const onSigint = () => {
     process.stderr.write('\ntroupe up: interrupted, stopping every process\n');
@@ -155,7 +171,7 @@ async function up(argv: string[]): Promise<number> {
     const ready = intOf('--ready-timeout', values['ready-timeout'], 1);
     const restarts = intOf('--restarts', values.restarts, 0);
     const backend = backendOf(values.backend);
-    await runJob({
+    const result = await runJob({
       config: positionals[0]!,
       ...(values.nats ? { nats: values.nats } : {}),
       ...(values['nats-config'] ? { natsConfig: values['nats-config'] } : {}),
@@ -170,8 +186,11 @@ async function up(argv: string[]): Promise<number> {
       inspect: values.inspect ?? false,
       ...(values.trace ? { trace: values.trace } : {}),
       ...(restarts !== undefined ? { restarts } : {}),
+      verbosity: values.quiet ? 'quiet' : values.verbose ? 'verbose' : 'normal',
+      out,
       signal: ac.signal,
     });
+    if (values.json) process.stdout.write(`${JSON.stringify(summaryOf(result))}\n`);
     return 0;
   } catch (err) {
     if (err instanceof InterruptedError) return 130;
@@ -218,15 +237,21 @@ async function worker(argv: string[]): Promise<number> {
       config: { type: 'string' },
       backend: { type: 'string' },
       inspect: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return print(HELP['worker']!);
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
-  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
+  // A process manager (systemd, Kubernetes, supervisord) may give the environment instead of flags.
+  const env = process.env;
+  const given = { nats: values.nats ?? env['TROUPE_NATS_URL'], job: values.job ?? env['TROUPE_JOB'], rank: values.rank ?? env['TROUPE_RANK'], config: values.config ?? env['TROUPE_CONFIG'] };
+  const variable = { nats: 'TROUPE_NATS_URL', job: 'TROUPE_JOB', rank: 'TROUPE_RANK', config: 'TROUPE_CONFIG' } as const;
+  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!given[f]) throw new UsageError(`troupe worker needs --${f} (or ${variable[f]} in the environment)`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
-    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: given.nats!, job: given.job!, ranks: ranksOf(given.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
+    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: given.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}),
+    ...(values.quiet ? { log: () => {} } : {}) });
   return 0;
 }
 
@@ -314,6 +339,7 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return print(HELP['main']!);
+    if (cmd === '--version' || cmd === '-V') return print(`troupe ${packageVersion()}`);
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
     if (cmd === 'pool-worker') return await poolWorker(rest);

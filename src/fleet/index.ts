@@ -5,6 +5,8 @@
 export { defineJob, loadJobConfig, validateJobConfig } from './jobConfig.js';
 export type { JobConfig, JobData, Examples } from './jobConfig.js';
 export { runJob } from './runJob.js';
+export { summaryOf } from './summary.js';
+export type { RunSummary } from './summary.js';
 export type { RunJobOptions, RunJobResult } from './runJob.js';
 export { runWorker } from './worker.js';
 export type { WorkerOptions } from './worker.js';

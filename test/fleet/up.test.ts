@@ -168,7 +168,7 @@ describe('troupe up with 2 worker processes', () => {
   it('Ctrl-C mid-run (SIGINT to the whole process group): non-zero exit, every process gone, the last checkpoint loads', async () => {
     const dir = join(tmp, 'sigint');
     // 10,000 epochs: the run cannot end before the signal.
-    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' }, true);
+    const run = troupe(['up', CONFIG, '-v', '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' }, true);
     await run.waitFor(/checkpoint step 3 saved/);
     const pids = printedPids(run.output());
     expect(pids).toHaveLength(3);
