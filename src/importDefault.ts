@@ -26,11 +26,11 @@ function tsxApiFrom(from: string): string | undefined {
  * once per process. Installed packages run compiled JavaScript: TypeScript job configs need
  * Node's own type stripping (22.18 and later) or tsx, an optional peer dependency.
  */
-function registerTsx(file: string, what: string): Promise<void> {
+function registerTsx(file: string, what: string, path: string): Promise<void> {
   tsxRegistered ??= (async () => {
     const api = tsxApiFrom(file) ?? tsxApiFrom(import.meta.url);
     if (!api) {
-      throw new ConfigError(`${what} ${file} is TypeScript, which Node ${process.version} cannot load by itself: install tsx beside it (npm install --save-dev tsx), or write it as .mjs`);
+      throw new ConfigError(`${what} ${path} is TypeScript, which Node ${process.version} cannot load by itself: install tsx beside it (npm install --save-dev tsx), or write it as .mjs`);
     }
     const { register } = (await import(pathToFileURL(api).href)) as { register: () => unknown };
     register();
@@ -49,7 +49,7 @@ export async function importDefault(path: string, what: string): Promise<unknown
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_UNKNOWN_FILE_EXTENSION' || !TYPESCRIPT.test(file)) throw err;
       // Node keeps the failed load under its URL: the retry, with tsx, takes another one.
-      await registerTsx(file, what);
+      await registerTsx(file, what, path);
       return ((await import(`${url}?tsx`)) as { default?: unknown }).default;
     }
   } catch (cause) {

@@ -44,7 +44,8 @@ options:
   --checkpoint-dir <dir>  save every stage's weights and optimizer state after every step
   --resume                continue from the checkpoint in --checkpoint-dir
   --steps <n>             stop after step n (default: all epochs)
-  --save <dir>            write the trained model as model.json + weights.bin
+  --save <dir>            write the trained model as model.json + weights.bin (in Node,
+                          loadModel(dir) from 'troupe' reads it)
   --no-spawn              start no workers: wait for 'troupe worker' processes to join
   --ready-timeout <s>     seconds to wait for every worker (default 60)
   --backend <name>        node-gpu, node, wasm or cpu (default: best available)
