@@ -11,10 +11,10 @@ import { actionRunner, stageMachine, updateRunner, type ExecuteInput, type Frame
 import { Phase } from '../src/protocol/index.js';
 
 const ROOT = new URL('../', import.meta.url);
-const pkg = JSON.parse(readFileSync(new URL('package.json', ROOT), 'utf8')) as { exports: Record<string, string | { types: string; import: string }> };
+const pkg = JSON.parse(readFileSync(new URL('package.json', ROOT), 'utf8')) as { exports: Record<string, string | { types: string; import: string; default: string }> };
 /** Each subpath of package.json's exports with the source file its compiled entry comes from. */
 const entries = Object.entries(pkg.exports)
-  .filter((e): e is [string, { types: string; import: string }] => typeof e[1] !== 'string')
+  .filter((e): e is [string, { types: string; import: string; default: string }] => typeof e[1] !== 'string')
   .map(([sub, e]) => ({ sub, ...e, source: fileURLToPath(new URL(e.import.replace(/^\.\/dist\//, '').replace(/\.js$/, '.ts'), ROOT)) }));
 
 describe('package entries', () => {
@@ -29,6 +29,7 @@ describe('package entries', () => {
     expect(entries.map((e) => e.sub)).toEqual(expect.arrayContaining(['.', './actors', './protocol', './transport', './runtime', './fleet', './errors']));
     for (const e of entries) {
       expect(e.types, e.sub).toBe(e.import.replace(/\.js$/, '.d.ts'));
+      expect(e.default, e.sub).toBe(e.import);
       expect(existsSync(e.source), `${e.sub}: ${e.source}`).toBe(true);
       expect(Object.keys(await import(e.source)).length, e.sub).toBeGreaterThan(0);
     }

@@ -111,7 +111,7 @@ describe('the packed package', () => {
     expect(r.stdout).toMatch(/evaluation: loss [\d.]+/);
   }, 90_000);
 
-  it('exports every subpath entry it declares, and refuses deep imports', async () => {
+  it('exports every subpath entry it declares (to import and to require), and refuses deep imports', async () => {
     const manifest = JSON.parse(readFileSync(join(app, 'node_modules', 'troupe', 'package.json'), 'utf8')) as { exports: Record<string, unknown> };
     const subpaths = Object.keys(manifest.exports).filter((s) => s !== './package.json');
     writeFileSync(
@@ -128,6 +128,10 @@ describe('the packed package', () => {
     expect(counts.get('.')).toBeLessThanOrEqual(30);
     expect(r.stdout).toContain('provide function');
     expect(r.stdout).toContain('deep ERR_PACKAGE_PATH_NOT_EXPORTED');
+    // CommonJS code gets the same module through require(esm) (Node 20.19 and later).
+    writeFileSync(join(app, 'cjs.cjs'), "const { createPipeline } = require('troupe');\nconsole.log('cjs', typeof createPipeline);\n");
+    const cjs = await run('node', ['cjs.cjs'], app, 60_000);
+    expect(cjs.stdout + cjs.stderr).toMatch(/^cjs function$/m);
   });
 
   it('type-checks a TypeScript consumer against the declarations of the root, troupe/actors and troupe/fleet', async () => {
