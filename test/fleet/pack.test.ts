@@ -157,7 +157,7 @@ describe('the packed package', () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
   }, 90_000);
 
-  it('npx troupe works there: --help, --version, and troupe up on a .mjs job config with 2 worker processes', async () => {
+  it('npx troupe works there: --help, --version, troupe up on a .mjs job config with 2 worker processes, and on a .ts one once tsx is installed', async () => {
     const help = await run('npx', ['--no-install', 'troupe', '--help'], app, 60_000);
     expect(help.code, help.stderr).toBe(0);
     expect(help.stdout).toMatch(/usage: troupe <command>/);
@@ -194,5 +194,12 @@ describe('the packed package', () => {
     const ts = await run('npx', ['--no-install', 'troupe', 'up', 'job.ts'], app, 60_000);
     expect(ts.code).toBe(1);
     expect(ts.stderr).toMatch(/job config job\.ts is TypeScript, which Node v[\d.]+ cannot load by itself: install tsx/);
-  }, 180_000);
+    // ... and with tsx installed as it says, the same config runs, in the driver and in both workers.
+    const tsx = await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--save-dev', 'tsx@4'], app, 120_000);
+    expect(tsx.code, tsx.stderr).toBe(0);
+    writeFileSync(join(app, 'job.ts'), "import job from './job.mjs';\nconst steps: number = 1;\nexport default { ...job, epochs: steps };\n");
+    const typed = await run('npx', ['--no-install', 'troupe', 'up', 'job.ts', '--json', '-q'], app, 90_000);
+    expect(typed.code, typed.stderr).toBe(0);
+    expect((JSON.parse(typed.stdout) as { steps: number }).steps).toBe(3);
+  }, 300_000);
 });
