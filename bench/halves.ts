@@ -9,7 +9,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import { partitionModel, resolveLoss, selectBackend, StageCompute } from '../src/index.js';
+import { selectBackend } from '../src/index.js';
+import { partitionModel, resolveLoss, StageCompute } from '../src/compute/index.js';
 import { fromTensor } from '../src/compute/wire.js';
 import { BATCH, benchData, benchModel } from './jobs/bench.job.js';
 import { machineLine, table } from './report.js';

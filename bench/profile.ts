@@ -5,7 +5,9 @@
  * kernel has to come from, and what splitting a batch into microbatches costs.
  */
 import * as tf from '@tensorflow/tfjs';
-import { microbatchSizes, partitionModel, resolveLoss, selectBackend, StageCompute } from '../src/index.js';
+import { selectBackend } from '../src/index.js';
+import { partitionModel, resolveLoss, StageCompute } from '../src/compute/index.js';
+import { microbatchSizes } from '../src/schedule/index.js';
 import { microbatchOffsets } from '../src/schedule/microbatch.js';
 import { fromTensor } from '../src/compute/wire.js';
 import { sliceRows } from '../src/protocol/rows.js';

@@ -10,7 +10,7 @@
  */
 import { execFile } from 'node:child_process';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
-import { Bus } from '../src/index.js';
+import { Bus } from '../src/transport/index.js';
 
 /** How long the receiver holds its loop after the first message (the publisher must be done by then). */
 const HOLD_MS = 500;

@@ -4,7 +4,8 @@
  * concurrent clients, side by side in one run. Model: MLP 784-1024-1024-10 on wasm.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Bus, selectBackend, startNatsServer } from '../src/index.js';
+import { selectBackend, startNatsServer } from '../src/index.js';
+import { Bus } from '../src/transport/index.js';
 import { ModuleRuntime, moduleOfModel } from '../src/serve/moduleRuntime.js';
 import { ModuleClient } from '../src/serve/moduleClient.js';
 import { benchModel } from './jobs/bench.job.js';

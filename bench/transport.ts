@@ -3,7 +3,8 @@
  * reassemble) against raw `publish` of the same bytes in the same chunk sizes, with the same
  * NATS client, for 64 KB, 1 MB and 16 MB tensors. Interleaved rounds, medians.
  */
-import { Bus, startNatsServer } from '../src/index.js';
+import { startNatsServer } from '../src/index.js';
+import { Bus } from '../src/transport/index.js';
 import type { Frame } from '../src/protocol/frame.js';
 import { parseHeader } from '../src/protocol/frame.js';
 import { Reassembler } from '../src/protocol/reassembler.js';

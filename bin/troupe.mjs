@@ -1,8 +1,16 @@
 #!/usr/bin/env node
-// The `troupe` command: runs the TypeScript CLI through tsx's loader (job configs may be TypeScript too).
-import { register } from 'tsx/esm/api';
+// The `troupe` command. In the repository (tsconfig.json beside bin/) it runs the TypeScript
+// sources through tsx, so an edit needs no build; in the installed package, the compiled dist/.
+import { existsSync } from 'node:fs';
 
-register();
-const { main } = await import('../src/fleet/cli.ts');
+const inRepository = existsSync(new URL('../tsconfig.json', import.meta.url));
+let cli;
+if (inRepository) {
+  const { register } = await import('tsx/esm/api');
+  register();
+  cli = await import('../src/fleet/cli.ts');
+} else {
+  cli = await import('../dist/src/fleet/cli.js');
+}
 // Exit explicitly: a GPU backend (Dawn) keeps the process alive while its device lives.
-process.exit(await main(process.argv.slice(2)));
+process.exit(await cli.main(process.argv.slice(2)));

@@ -8,7 +8,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { assign, createActor, fromPromise, setup, toPromise } from 'xstate';
-import { Bus, createPipeline, Pool, PoolWorker, startNatsServer, type Pipeline } from '../src/index.js';
+import { createPipeline, startNatsServer, type Pipeline } from '../src/index.js';
+import { Pool, PoolWorker } from '../src/pool/index.js';
+import { Bus } from '../src/transport/index.js';
 
 /** What the pool's workers are asked: one chunk of predicted probabilities and the labels. */
 interface Chunk {

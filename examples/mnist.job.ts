@@ -3,7 +3,8 @@
  * 2 stages, 1F1B with 4 microbatches, Adam. Run it with `troupe up examples/mnist.job.ts`.
  */
 import * as tf from '@tensorflow/tfjs';
-import { defineJob, loadDigits } from '../src/index.js';
+import { defineJob } from '../src/index.js';
+import { loadDigits } from '../src/data/mnist.js';
 
 /** The model; seeded initialisers make every build identical (the driver's weights are sent anyway). */
 export function buildModel(): tf.LayersModel {

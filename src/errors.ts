@@ -119,3 +119,31 @@ export class CheckpointError extends TroupeError {
     this.path = options?.path;
   }
 }
+
+/** The run was interrupted (Ctrl-C). */
+export class InterruptedError extends TroupeError {
+  constructor(message: string) {
+    super('INTERRUPTED', message);
+  }
+}
+
+/** A command line that cannot run: wrong flags or values. */
+export class UsageError extends TroupeError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
+
+/** A task failed in a pool worker: the input's index, the worker, and its error. */
+export class PoolTaskError extends TroupeError {
+  constructor(
+    readonly index: number,
+    readonly worker: string,
+    readonly remote: { readonly name: string; readonly message: string },
+  ) {
+    super('POOL_TASK', `task ${index} failed in worker ${worker}: ${remote.name}: ${remote.message}`);
+  }
+}
+
+/** A module runtime refused a request or its batch failed: the runtime's code and message. */
+export class ServeError extends TroupeError {}

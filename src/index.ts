@@ -1,70 +1,54 @@
-/** Troupe's public API: everything a user imports comes from here. */
+/**
+ * Troupe's public API: train a model on a pipeline (createPipeline), run a job on a fleet of
+ * processes (defineJob, runJob), start NATS, plan and simulate schedules, and the errors.
+ * Those who build on the internals import the subpath entries: `troupe/actors`,
+ * `troupe/protocol`, `troupe/transport`, `troupe/compute`, `troupe/runtime`,
+ * `troupe/schedule`, `troupe/fleet`, `troupe/pool`, `troupe/serve`, `troupe/data`.
+ */
 export { createPipeline } from './runtime/pipeline.js';
-export type { Pipeline, PipelineOptions } from './runtime/pipeline.js';
+export type { Pipeline, PipelineOptions, PipelineActors, PipelineReplicaActors } from './runtime/pipeline.js';
 export type { StepResult } from './runtime/stepRunner.js';
 export type { StageStats } from './runtime/stageHost.js';
-export { StageHost } from './runtime/stageHost.js';
-export { SchedulerHost } from './runtime/schedulerHost.js';
-export * from './errors.js';
-export { Phase } from './protocol/phase.js';
-export type { Key } from './protocol/key.js';
-export { formatKey } from './protocol/key.js';
-export * as subjects from './protocol/subjects.js';
-export { encodeFrame, parseHeader, decodeSingle } from './protocol/frame.js';
-export type { Frame, WireTensor, WireMessage } from './protocol/frame.js';
-export { Reassembler } from './protocol/reassembler.js';
-export { DType } from './protocol/dtype.js';
-export { Bus } from './transport/bus.js';
-export type { BusOptions, BusMessage, BusStatus } from './transport/bus.js';
+export type { BusOptions } from './transport/bus.js';
 export { selectBackend, BackendName } from './compute/backend.js';
-export type { BackendChoice } from './compute/backend.js';
-export { partitionModel } from './compute/partition.js';
-export type { StagePartition, StageSpec } from './compute/partition.js';
-export { StageCompute } from './compute/stageCompute.js';
-export { resolveLoss } from './compute/loss.js';
+export type { BackendChoice, BackendOptions } from './compute/backend.js';
 export type { LossFn, LossSpec } from './compute/loss.js';
-export { describeOptimizer, createOptimizer } from './compute/optimizer.js';
 export type { OptimizerSpec, OptimizerDescription } from './compute/optimizer.js';
-export { gpipe } from './schedule/gpipe.js';
-export { oneFOneB } from './schedule/oneFOneB.js';
-export { validateSchedule, validatePlaced } from './schedule/validate.js';
-export { zeroBubbleH1 } from './schedule/zeroBubble.js';
-export { interleaved1F1B, loopedBFS, stageRows, deviceOf, formatDeviceSchedule } from './schedule/interleaved.js';
-export type { DeviceSchedule, PlacedSchedule } from './schedule/interleaved.js';
-export { DeviceTurn } from './runtime/deviceTurn.js';
-export { HeldTape } from './compute/heldTape.js';
-export { maxInFlight, inFlightBounds, releasedBy, type FeedMode } from './schedule/constraint.js';
-export { buildSchedule, buildPlacedSchedule, forwardOnlySchedule, ScheduleName } from './schedule/schedules.js';
-export { formatAction, parseAction, formatSchedule } from './schedule/action.js';
-export type { Action, Schedule } from './schedule/action.js';
-export { microbatchSizes } from './schedule/microbatch.js';
-export { stageMachine } from '../actors/stageMachine.js';
-export { schedulerMachine } from '../actors/schedulerMachine.js';
-export { startNatsServer } from './fleet/natsServer.js';
-export { startNatsCluster, NATS_CLUSTER_CONF } from './fleet/natsCluster.js';
-export type { NatsCluster } from './fleet/natsCluster.js';
-export type { NatsServer, NatsServerOptions } from './fleet/natsServer.js';
-export { defineJob, loadJobConfig } from './fleet/jobConfig.js';
+export type { StageSpec, StagePartition } from './compute/partition.js';
+export type { FeedMode } from './schedule/constraint.js';
+
+export { defineJob } from './fleet/jobConfig.js';
 export type { JobConfig, JobData, Examples } from './fleet/jobConfig.js';
-export { runJob, InterruptedError } from './fleet/runJob.js';
+export { runJob } from './fleet/runJob.js';
 export type { RunJobOptions, RunJobResult } from './fleet/runJob.js';
-export { runWorker } from './fleet/worker.js';
-export { saveCheckpoint, loadCheckpoint, CheckpointError } from './fleet/checkpoint.js';
-export { loadDigits } from './data/mnist.js';
+export { startNatsServer } from './fleet/natsServer.js';
+export { loadModel } from './fleet/loadModel.js';
+export type { NatsServer, NatsServerOptions } from './fleet/natsServer.js';
+
+export { buildSchedule, ScheduleName } from './schedule/schedules.js';
+export type { Action, Schedule } from './schedule/action.js';
+export type { DeviceSchedule, PlacedSchedule } from './schedule/interleaved.js';
 export { simulate } from './schedule/simulate.js';
 export type { Simulation, ActionCosts } from './schedule/simulate.js';
 export { drawTerminal, drawSvg } from './schedule/draw.js';
-export { parseScheduleTable, loadScheduleFile } from './schedule/scheduleFile.js';
-export { Pool, PoolTaskError } from './pool/pool.js';
-export type { PoolOptions, TaskAnswer } from './pool/pool.js';
-export { PoolWorker } from './pool/poolWorker.js';
-export type { Task, PoolWorkerOptions } from './pool/poolWorker.js';
-export { poolWorkerMachine } from '../actors/poolWorkerMachine.js';
-export { ModuleRuntime, moduleOfModel, serveSubject } from './serve/moduleRuntime.js';
-export type { ModuleBackend, ModuleRuntimeOptions, PoolStats } from './serve/moduleRuntime.js';
-export { ModuleClient, ServeError } from './serve/moduleClient.js';
-export { runtimeMachine } from '../actors/runtimeMachine.js';
-export { AllReduce } from './runtime/allReduce.js';
-export { runReplicas } from './runtime/replicas.js';
-export { cloneModel } from './compute/cloneModel.js';
-export { credentialsFor, ensureCredentials, stageRole, passwordVariable } from './transport/credentials.js';
+
+export {
+  TroupeError,
+  ConfigError,
+  PartitionError,
+  ScheduleError,
+  ShapeError,
+  StageError,
+  StepTimeoutError,
+  StateError,
+  TransportError,
+  FrameError,
+  StaleStepError,
+  DuplicateKeyError,
+  UnexpectedFrameError,
+  CheckpointError,
+  InterruptedError,
+  UsageError,
+  PoolTaskError,
+  ServeError,
+} from './errors.js';

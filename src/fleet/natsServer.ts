@@ -2,12 +2,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ConfigError, TransportError } from '../errors.js';
 import { ensureCredentials } from '../transport/credentials.js';
+import { packagePath } from '../packagePath.js';
 
 /** The project's nats.conf. */
-export const DEFAULT_NATS_CONF = fileURLToPath(new URL('../../nats.conf', import.meta.url));
+export const DEFAULT_NATS_CONF = packagePath('nats.conf');
 
 /** Options of `startNatsServer`. */
 export interface NatsServerOptions {

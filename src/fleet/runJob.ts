@@ -7,7 +7,7 @@
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { ConfigError, StageError, StateError, TroupeError, messageOf } from '../errors.js';
+import { ConfigError, InterruptedError, StageError, StateError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
@@ -77,6 +77,12 @@ export interface RunJobOptions {
   readonly trace?: string;
   /** Print the progress bar (default true). */
   readonly progress?: boolean;
+  /**
+   * `'quiet'`: only what went wrong or needs the user (refused checkpoints, restarts, the
+   * workers to start by hand); `'normal'` (default): also the progress bar, the fleet and the
+   * summary; `'verbose'`: also a line per checkpoint saved.
+   */
+  readonly verbosity?: 'quiet' | 'normal' | 'verbose';
   /** Where progress and the summary go (default stdout). */
   readonly out?: NodeJS.WritableStream & { isTTY?: boolean };
   /** Aborts the run (Ctrl-C). */
@@ -103,14 +109,12 @@ export interface RunJobResult {
   readonly seconds: number;
   /** Wall time of each training step, in milliseconds (checkpoints excluded). */
   readonly stepMs: readonly number[];
+  /** Each training step's loss (mean over its batch) and metric, in step order. */
+  readonly losses: readonly number[];
+  readonly metrics: readonly (number | null)[];
 }
 
-/** The run was interrupted (Ctrl-C). */
-export class InterruptedError extends TroupeError {
-  constructor(message: string) {
-    super('INTERRUPTED', message);
-  }
-}
+export { InterruptedError } from '../errors.js';
 
 interface Prepared {
   readonly cfg: JobConfig;
@@ -144,7 +148,7 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
     try {
       const fit = cutUnderBudget(model, cfg.stages, cfg.memoryBudget, memory);
       spec = fit.boundaries;
-      (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${fit.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
+      if (o.verbosity !== 'quiet') (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${fit.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
     } catch (cause) {
       throw new ConfigError(`${where}: field "memoryBudget": ${messageOf(cause)}`, { cause });
     }
@@ -195,7 +199,9 @@ async function initialStates(p: Prepared): Promise<RankState[]> {
 export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const t0 = performance.now();
   const out = o.out ?? process.stdout;
-  const say = (l: string) => out.write(`${l}\n`);
+  // Information, and what went wrong or needs the user (printed even when quiet).
+  const say = (l: string) => void (o.verbosity !== 'quiet' && out.write(`${l}\n`));
+  const warn = (l: string) => void out.write(`${l}\n`);
   const prep = await prepareJob(o);
   const { cfg, job, partitions, data, schedule } = prep;
   // Data parallel: k copies of the pipeline, each on subjects of its own (scope <job>.r<i>).
@@ -214,7 +220,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (inUse.length) say(`troupe up: ${inUse.join(', ')} in ${o.checkpointDir} belong to a live process: another run writes checkpoints there`);
   }
   const ckpt = o.resume && o.checkpointDir && hasCheckpoint(o.checkpointDir) ? await loadCheckpoint(o.checkpointDir) : null;
-  for (const s of ckpt?.skipped ?? []) say(`troupe up: checkpoint ${s.name} in ${o.checkpointDir} refused: ${s.reason}`);
+  for (const s of ckpt?.skipped ?? []) warn(`troupe up: checkpoint ${s.name} in ${o.checkpointDir} refused: ${s.reason}`);
   if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
   if (ckpt) {
     const opt = optimizerFactory(cfg.optimizer)();
@@ -233,7 +239,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const scheds: SchedulerHost[] = [];
   const onAbort = () => {
     // Ctrl-C: where every stage was, before everything stops.
-    for (const s of scheds) if (s.running) say(`troupe up: interrupted during ${s.report()}`);
+    for (const s of scheds) if (s.running) warn(`troupe up: interrupted during ${s.report()}`);
     failure.reject(new InterruptedError(`job ${job} interrupted`));
   };
   o.signal?.addEventListener('abort', onAbort, { once: true });
@@ -289,12 +295,12 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       for (let replica = 0; replica < k; replica++) {
         for (let dev = 0; dev < devices; dev++) {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
-          const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
+          const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : []), ...(o.verbosity === 'quiet' ? ['-q'] : [])];
           const slot = replica * devices + dev;
           supervisor.spawn(slot, args, deviceEnv(slot, gpus));
         }
       }
-    } else say(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+    } else warn(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
     const perReplica = await Promise.all(jobs.map((j) => waitForWorkers(bus!, j, p, o.readyTimeoutMs ?? 60_000, failure.promise)));
     const workers = perReplica.flat();
     perReplica.forEach((hs, i) => {
@@ -309,7 +315,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     for (const j of jobs) {
       scheds.push(
         await SchedulerHost.start({
-          bus, job: j, stages: p, inspect: o.inspect ?? false, onSilent: (m) => say(`troupe up: ${m}`),
+          bus, job: j, stages: p, inspect: o.inspect ?? false, onSilent: (m) => warn(`troupe up: ${m}`),
           ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
           ...(cfg.stallTimeoutMs ? { stallTimeoutMs: cfg.stallTimeoutMs } : {}),
         }),
@@ -327,6 +333,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const progress = new Progress(out);
     let last: StepResult | null = null;
     const stepMs: number[] = [];
+    const losses: number[] = [];
+    const metrics: (number | null)[] = [];
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
     const [trainX, trainY] = await Promise.all([fromTensor(data.train.x, 'x0'), fromTensor(data.train.y, 'y0')]);
     /** Runs `work` unless a worker dies first (then resolves to null: the caller recovers and retries). */
@@ -343,7 +351,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           // A silent (hung) stage: its worker is killed, and the death is recovered from like any other.
           if (restartLimit > 0 && err instanceof StageError && err.reason === 'STAGE_SILENT') {
             const dev = deviceOf(err.rank, devices);
-            say(`troupe up: killing worker ${dev} to restart it (${err.message.split('\n')[0]})`);
+            warn(`troupe up: killing worker ${dev} to restart it (${err.message.split('\n')[0]})`);
             return supervisor.kill(dev).then(() => null);
           }
           throw err;
@@ -364,13 +372,13 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       for (let round = 0; ; round++) {
         const exits = [...dead.values()];
         dead.clear();
-        if (outages > 0) say(`troupe up: the NATS connection came back during ${interrupted}; frames in flight may be lost`);
+        if (outages > 0) warn(`troupe up: the NATS connection came back during ${interrupted}; frames in flight may be lost`);
         const outage = outages > 0;
         outages = 0;
         for (const e of exits) {
           restarts++;
           const child = supervisor.respawn(e.rank);
-          say(`troupe up: ${exitText(e)} during ${interrupted}${round > 0 ? ' (while recovering)' : ''}; restarting it (restart ${restarts} of ${restartLimit}), pid ${child.pid}`);
+          warn(`troupe up: ${exitText(e)} during ${interrupted}${round > 0 ? ' (while recovering)' : ''}; restarting it (restart ${restarts} of ${restartLimit}), pid ${child.pid}`);
         }
         died = deferred<void>();
         const again = died.promise.then(() => true);
@@ -394,7 +402,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         );
         if (!(await Promise.race([outcome, again, failure.promise]))) break;
       }
-      say(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);
+      warn(`troupe up: recovered in ${(performance.now() - t).toFixed(0)} ms; replaying ${interrupted}`);
     };
     /** Step `s` on its batch of the training set. */
     const trainStep = (s: number) => {
@@ -419,9 +427,11 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         continue;
       }
       last = result;
+      losses.push(result.loss);
+      metrics.push(result.metric);
       stepMs.push(performance.now() - mark);
       mark = performance.now();
-      if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
+      if ((o.progress ?? true) && o.verbosity !== 'quiet') progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir || restartLimit > 0) {
         const states = await unlessDied(dumpStates(bus, jobs[0]!, p)); // replicas hold the same weights
         if (!states) {
@@ -433,7 +443,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         lastGood = states;
         if (o.checkpointDir) {
           await saveCheckpoint(o.checkpointDir, { step: s, stages: p, job, schedule: cfg.schedule ?? '1f1b', microbatches: cfg.microbatches }, states);
-          if (!out.isTTY) say(`checkpoint step ${s} saved in ${o.checkpointDir}`);
+          if (o.verbosity === 'verbose') progress.note(`checkpoint step ${s} saved in ${o.checkpointDir}`);
         }
       }
     }
@@ -461,13 +471,13 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     for (const st of stats) {
       say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
     }
-    if (o.save) say(`  model saved in ${o.save}`);
+    if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     if (trace) {
       await bus.flush(); // the last step's action events are in
       await trace.write(o.trace!);
       say(`  trace of ${trace.count} actions in ${o.trace} (Chrome trace event format: Perfetto, chrome://tracing)`);
     }
-    return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds, stepMs };
+    return { job, steps: prep.total - lastStep, last, heldOut, workers, stats, model: prep.model, natsPid: server?.pid ?? null, seconds, stepMs, losses, metrics };
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await trace?.close().catch(() => {});

@@ -1,9 +1,9 @@
 /** Worker processes of a local fleet: started together, watched, and ended by whoever started them. */
 import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { packagePath } from '../packagePath.js';
 
 /** The `troupe` executable the workers run. */
-export const TROUPE_BIN = fileURLToPath(new URL('../../bin/troupe.mjs', import.meta.url));
+export const TROUPE_BIN = packagePath('bin', 'troupe.mjs');
 
 const live = new Set<ChildProcess>();
 process.once('exit', () => {

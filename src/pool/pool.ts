@@ -5,21 +5,12 @@
  * or no worker at all) is sent again, up to `retries` times: every input gets exactly one
  * answer. A worker's exception rejects with a PoolTaskError naming the input's index.
  */
-import { TroupeError, TransportError, messageOf } from '../errors.js';
+import { PoolTaskError, TransportError, TroupeError, messageOf } from '../errors.js';
 import { encodeJson } from '../protocol/messages.js';
 import type { Bus } from '../transport/bus.js';
 import { poolTaskSubject, type TaskReply } from './poolProtocol.js';
 
-/** A task failed in a worker: the input's index, the worker, and its error. */
-export class PoolTaskError extends TroupeError {
-  constructor(
-    readonly index: number,
-    readonly worker: string,
-    readonly remote: { readonly name: string; readonly message: string },
-  ) {
-    super('POOL_TASK', `task ${index} failed in worker ${worker}: ${remote.name}: ${remote.message}`);
-  }
-}
+export { PoolTaskError } from '../errors.js';
 
 export interface PoolOptions {
   readonly bus: Bus;

@@ -1,14 +1,13 @@
 /** A client of a module runtime: forward (and backward) requests for one module. */
 import * as tf from '@tensorflow/tfjs';
-import { TroupeError } from '../errors.js';
+import { ServeError } from '../errors.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import type { Bus } from '../transport/bus.js';
 import { serveSubject } from './moduleRuntime.js';
 import { decodeTensors, encodeTensors } from './tensorMessage.js';
 
-/** The runtime refused a request or its batch failed: its code and message. */
-export class ServeError extends TroupeError {}
+export { ServeError } from '../errors.js';
 
 export interface ModuleClientOptions {
   readonly bus: Bus;

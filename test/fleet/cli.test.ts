@@ -1,13 +1,15 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { useNatsServer } from '../helpers/nats.js';
 import { alive, troupe, troupeToEnd } from '../helpers/troupeCli.js';
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
 const nats = useNatsServer();
+const tmp = mkdtempSync(join(tmpdir(), 'troupe-cli-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 describe('troupe command line', () => {
   it('prints help for itself and every subcommand', async () => {
@@ -87,5 +89,76 @@ describe('troupe command line', () => {
     expect(il.output).toMatch(/bubble: simulated 11\.1%, \(\(d-1\)\/v\)\/\(m\+\(d-1\)\/v\) = 11\.1%/);
     expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({ code: 1, output: expect.stringMatching(/unknown schedule "zigzag"/) });
     expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({ code: 2, output: expect.stringMatching(/-p must be an integer/) });
+  });
+});
+
+describe('command line conventions', () => {
+  it('--version (or -V) prints the package version', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const run = troupe([flag]);
+      expect((await run.exit).code, run.output()).toBe(0);
+      expect(run.stdout()).toBe(`troupe ${version}\n`);
+    }
+  });
+
+  it('up without -v prints the progress and summary but no line per checkpoint', async () => {
+    const run = troupe(['up', fixture('tiny.job.ts'), '--steps', '3', '--checkpoint-dir', join(tmp, 'plain')]);
+    expect((await run.exit).code, run.output()).toBe(0);
+    expect(run.stdout()).toMatch(/step 3\/3 epoch 1\/2/);
+    expect(run.stdout()).toMatch(/summary: job tiny, 3 steps/);
+    expect(run.output()).not.toMatch(/checkpoint step \d+ saved/);
+  });
+
+  it('up --json -q prints the JSON summary alone on stdout, and nothing on stderr', async () => {
+    const run = troupe(['up', fixture('tiny.job.ts'), '--steps', '3', '--json', '-q', '--checkpoint-dir', join(tmp, 'quiet')]);
+    expect((await run.exit).code, run.output()).toBe(0);
+    const lines = run.stdout().trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    const s = JSON.parse(lines[0]!);
+    expect(s).toMatchObject({ job: 'tiny', steps: 3 });
+    expect(s.losses).toHaveLength(3);
+    for (const l of s.losses) expect(Number.isFinite(l) && l > 0).toBe(true);
+    expect(s.metrics).toHaveLength(3);
+    expect(s.last).toEqual({ loss: s.losses[2], metric: s.metrics[2] });
+    expect(s.heldOut.loss).toBeGreaterThan(0);
+    expect(s.heldOut.metric).toBeGreaterThanOrEqual(0);
+    expect(s.heldOut.metric).toBeLessThanOrEqual(1);
+    // 3 steps of 4 microbatches, plus the held-out forward in 4.
+    expect(s.stages.map((st: { rank: number; forwards: number; backwards: number }) => [st.rank, st.forwards, st.backwards])).toEqual([[0, 16, 12], [1, 16, 12]]);
+    expect(s.workers.map((w: { rank: number; pid: number }) => w.rank)).toEqual([0, 1]);
+    expect(run.stderr()).toBe('');
+  });
+
+  it('up --json -v: people get the summary and a line per checkpoint on stderr, with the figures the JSON on stdout has', async () => {
+    const run = troupe(['up', fixture('tiny.job.ts'), '--steps', '3', '--json', '-v', '--checkpoint-dir', join(tmp, 'verbose')]);
+    expect((await run.exit).code, run.output()).toBe(0);
+    const s = JSON.parse(run.stdout());
+    expect(run.stderr().match(/checkpoint step \d+ saved/g)).toEqual(['checkpoint step 1 saved', 'checkpoint step 2 saved', 'checkpoint step 3 saved']);
+    expect(run.stderr()).toMatch(/step 3\/3 epoch 1\/2/);
+    expect(run.stderr()).toContain(`summary: job tiny, 3 steps`);
+    expect(run.stderr()).toContain(`last loss ${s.last.loss.toFixed(4)}`);
+    expect(run.stderr()).toContain(`held-out: loss ${s.heldOut.loss.toFixed(4)}, metric ${(s.heldOut.metric * 100).toFixed(2)}%`);
+    expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '-q', '-v'])).toMatchObject({ code: 2, output: expect.stringMatching(/-q or -v, not both/) });
+  });
+
+  it('troupe worker takes what it lacks in flags from TROUPE_NATS_URL, TROUPE_JOB, TROUPE_RANK and TROUPE_CONFIG', async () => {
+    const driver = troupe(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'fromenv', '--no-spawn', '--steps', '2']);
+    await driver.waitFor(/waiting for 2 workers/);
+    // As a process manager starts them: the same command line, the rank in the environment.
+    const workers = [0, 1].map((rank) => troupe(['worker'], { TROUPE_NATS_URL: nats.server.url, TROUPE_JOB: 'fromenv', TROUPE_RANK: String(rank), TROUPE_CONFIG: fixture('tiny.job.ts') }));
+    expect((await driver.exit).code, driver.output()).toBe(0);
+    expect(driver.output()).toMatch(/step 2\/2/);
+    for (const [rank, w] of workers.entries()) {
+      expect((await w.exit).code, w.output()).toBe(0);
+      expect(w.output()).toMatch(new RegExp(`job fromenv rank ${rank}/2 pid`));
+    }
+    // A flag wins over the environment.
+    const env = troupe(['worker', '--rank', '5'], { TROUPE_NATS_URL: nats.server.url, TROUPE_JOB: 'tiny', TROUPE_RANK: '0', TROUPE_CONFIG: fixture('tiny.job.ts') });
+    expect((await env.exit).code).toBe(1);
+    expect(env.output()).toMatch(/rank 5 does not exist: job tiny has 2 stages/);
+    const none = troupe(['worker'], { TROUPE_NATS_URL: '', TROUPE_JOB: 'x', TROUPE_RANK: '0', TROUPE_CONFIG: 'x.ts' });
+    expect((await none.exit).code).toBe(2);
+    expect(none.output()).toMatch(/troupe worker needs --nats \(or TROUPE_NATS_URL in the environment\)/);
   });
 });

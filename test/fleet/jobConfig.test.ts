@@ -1,6 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import * as v from 'valibot';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
-import { jobIdOf, validateJobConfig } from '../../src/fleet/jobConfig.js';
+import { JobConfigSchema, jobIdOf, validateJobConfig, type JobConfig } from '../../src/fleet/jobConfig.js';
 
 const good = {
   model: () => null,
@@ -42,6 +43,32 @@ describe('validateJobConfig', () => {
   ])('refuses %#, naming the field', (c, message) => {
     expect(() => validateJobConfig(c, 'cfg')).toThrow(ConfigError);
     expect(() => validateJobConfig(c, 'cfg')).toThrow(message);
+  });
+
+  it.each([
+    [{ ...good, model: 3 }, /field "model" must be a function returning a tf.LayersModel, got 3/],
+    [{ ...good, data: {} }, /field "data" must be a function returning \{ train: \{ x, y \}, test\? \}, got \{\}/],
+    [{ ...good, stages: [0, 1.5] }, /field "stages" boundaries must be layer names or indices, got \[0,1.5\]/],
+    [{ ...good, optimizer: { learningRate: 0.1 } }, /field "optimizer" must be \{ className, config \} or a function returning a tf.Optimizer, got \{"learningRate":0.1\}/],
+    [{ ...good, loss: null }, /field "loss" must be a tfjs loss name or a function, got null/],
+    [{ ...good, job: 7 }, /field "job" must be a string, got 7/],
+    [{ ...good, stepTimeoutMs: '5000' }, /field "stepTimeoutMs" must be a positive number, got "5000"/],
+    [{ ...good, memoryBudget: -1 }, /field "memoryBudget" must be a positive number of bytes, got -1/],
+    [{ ...good, replicas: 1.5 }, /field "replicas" must be a positive integer, got 1.5/],
+    [(({ loss: _, ...rest }) => rest)(good), /field "loss" must be a tfjs loss name or a function, got undefined/],
+  ])('refuses %#, naming the field and the value given', (c, message) => {
+    expect(() => validateJobConfig(c, 'cfg')).toThrow(message);
+  });
+
+  it('checks against the schema the JobConfig type is inferred from: its fields are the known ones', () => {
+    expectTypeOf<JobConfig>().toEqualTypeOf<Readonly<v.InferOutput<typeof JobConfigSchema>>>();
+    const known = Object.keys(JobConfigSchema.entries);
+    expect(known).toEqual(expect.arrayContaining(['model', 'data', 'stages', 'microbatches', 'optimizer', 'loss', 'epochs', 'batchSize', 'feed', 'memoryBudget']));
+    expect(() => validateJobConfig({ ...good, epoch: 3 }, 'cfg')).toThrow(`cfg: unknown field "epoch" (known: ${known.join(', ')})`);
+    // Every optional field of the schema is accepted when left out, and refused when given nonsense.
+    for (const k of known.filter((k) => !(k in good))) {
+      expect(() => validateJobConfig({ ...good, [k]: Symbol('nonsense') }, 'cfg'), k).toThrow(`field "${k}"`);
+    }
   });
 
   it('takes the job id from the config, else the file name', () => {

@@ -43,8 +43,8 @@ describe('troupe up --restarts', () => {
     const recoveries: number[] = [];
     for (let trial = 0; trial < 10; trial++) {
       const save = join(tmp, `trial-${trial}`);
-      // --checkpoint-dir prints a line per step: the moment is picked from those.
-      const run = troupe(['up', CONFIG, '--restarts', '2', '--save', save, '--checkpoint-dir', join(tmp, `ckpt-${trial}`)]);
+      // --checkpoint-dir with -v prints a line per step: the moment is picked from those.
+      const run = troupe(['up', CONFIG, '-v', '--restarts', '2', '--save', save, '--checkpoint-dir', join(tmp, `ckpt-${trial}`)]);
       const step = 1 + Math.floor(random() * 10);
       const victim = Math.floor(random() * 2);
       const delayMs = Math.floor(random() * 40);
@@ -69,7 +69,7 @@ describe('troupe up --restarts', () => {
   }, 240_000);
 
   it('beyond the restart limit the run fails, naming the worker and the limit, and leaves no process', async () => {
-    const run = troupe(['up', CONFIG, '--restarts', '1', '--checkpoint-dir', join(tmp, 'ckpt-limit')]);
+    const run = troupe(['up', CONFIG, '-v', '--restarts', '1', '--checkpoint-dir', join(tmp, 'ckpt-limit')]);
     const pid0 = Number((await run.waitFor(/rank 0: pid (\d+)/))[1]);
     await run.waitFor(/checkpoint step 2 saved/);
     process.kill(pid0, 'SIGKILL');
@@ -89,7 +89,7 @@ describe('troupe up --restarts', () => {
     let server: NatsServer | undefined = first;
     try {
       const save = join(tmp, 'nats-restart');
-      const run = troupe(['up', CONFIG, '--nats', first.url, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-nats')]);
+      const run = troupe(['up', CONFIG, '-v', '--nats', first.url, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-nats')]);
       await run.waitFor(/checkpoint step 4 saved/);
       await first.stop();
       server = undefined;
@@ -109,7 +109,7 @@ describe('troupe up --restarts', () => {
     const cluster = await startNatsCluster(3);
     try {
       const save = join(tmp, 'cluster');
-      const run = troupe(['up', CONFIG, '--nats', cluster.urls, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-cluster')]);
+      const run = troupe(['up', CONFIG, '-v', '--nats', cluster.urls, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-cluster')]);
       const on = (await run.waitFor(/driver on (\S+)/))[1]!;
       const node = cluster.nodes.find((n) => on.endsWith(`:${n.port}`));
       expect(node, on).toBeDefined();
@@ -126,7 +126,7 @@ describe('troupe up --restarts', () => {
   }, 60_000);
 
   it('a hung worker (SIGSTOP) is found silent within the liveness timeout, named with its state and awaited messages', async () => {
-    const run = troupe(['up', CONFIG, '--checkpoint-dir', join(tmp, 'ckpt-hung')], { TINY_LIVENESS_MS: '1500' });
+    const run = troupe(['up', CONFIG, '-v', '--checkpoint-dir', join(tmp, 'ckpt-hung')], { TINY_LIVENESS_MS: '1500' });
     const pid = Number((await run.waitFor(/rank 1: pid (\d+)/))[1]);
     await run.waitFor(/checkpoint step 3 saved/);
     const stoppedAt = performance.now();
@@ -149,7 +149,7 @@ describe('troupe up --restarts', () => {
 
   it('with --restarts, a hung worker is killed, restarted and its step replayed: the uninterrupted weights', async () => {
     const save = join(tmp, 'hung-restart');
-    const run = troupe(['up', CONFIG, '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-hung2')], { TINY_LIVENESS_MS: '1500' });
+    const run = troupe(['up', CONFIG, '-v', '--restarts', '1', '--save', save, '--checkpoint-dir', join(tmp, 'ckpt-hung2')], { TINY_LIVENESS_MS: '1500' });
     const pid = Number((await run.waitFor(/rank 0: pid (\d+)/))[1]);
     await run.waitFor(/checkpoint step 5 saved/);
     process.kill(pid, 'SIGSTOP');

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Bus, createPipeline, credentialsFor, loadCheckpoint } from '../../src/index.js';
+import { createPipeline, loadModel } from '../../src/index.js';
+import { Bus, credentialsFor } from '../../src/transport/index.js';
+import { loadCheckpoint } from '../../src/fleet/index.js';
 import type { JobConfig } from '../../src/fleet/jobConfig.js';
 import interleavedJob from '../fixtures/tiny-interleaved.job.js';
 import replicasJob from '../fixtures/tiny-replicas.job.js';
@@ -116,7 +118,7 @@ describe('troupe up with 2 worker processes', () => {
     expect(maxAbsDiff(await loadSaved(join(tmp, 'resharded')), await loadSaved(join(tmp, 'straight-4')))).toBeLessThan(1e-5);
   });
 
-  it('troupe checkpoint inspect lists layers, shapes, step and run; export writes a model tf.loadLayersModel predicts with', async () => {
+  it('troupe checkpoint inspect lists layers, shapes, step and run; export writes a model the loader it names predicts with', async () => {
     const dir = join(tmp, 'ckpt-export');
     const run = await troupeToEnd(['up', CONFIG, '--steps', '3', '--checkpoint-dir', dir, '--save', join(tmp, 'saved-3')]);
     expect(run.code, run.output).toBe(0);
@@ -129,7 +131,8 @@ describe('troupe up with 2 worker processes', () => {
     expect(shown.output).toMatch(/\d+ parameters in all/);
     const exported = await troupeToEnd(['checkpoint', 'export', dir, '--config', CONFIG, '--out', join(tmp, 'exported')]);
     expect(exported.code, exported.output).toBe(0);
-    const model = await loadSaved(join(tmp, 'exported'));
+    expect(exported.output).toContain(`load it in Node with loadModel(${JSON.stringify(join(tmp, 'exported'))}) from 'troupe'`);
+    const model = await loadModel(join(tmp, 'exported'));
     const fleet = await loadSaved(join(tmp, 'saved-3'));
     const x = tf.randomNormal([5, 8], 0, 1, 'float32', 4);
     const [a, b] = [model.predict(x) as tf.Tensor, fleet.predict(x) as tf.Tensor];
@@ -165,7 +168,7 @@ describe('troupe up with 2 worker processes', () => {
   it('Ctrl-C mid-run (SIGINT to the whole process group): non-zero exit, every process gone, the last checkpoint loads', async () => {
     const dir = join(tmp, 'sigint');
     // 10,000 epochs: the run cannot end before the signal.
-    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' }, true);
+    const run = troupe(['up', CONFIG, '-v', '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' }, true);
     await run.waitFor(/checkpoint step 3 saved/);
     const pids = printedPids(run.output());
     expect(pids).toHaveLength(3);

@@ -11,6 +11,9 @@ export interface CliRun {
   readonly child: ChildProcess;
   /** Everything printed so far (stdout and stderr). */
   output(): string;
+  /** What it printed on stdout alone, and on stderr alone. */
+  stdout(): string;
+  stderr(): string;
   /** Resolves when a line matching `re` has been printed (rejects if the process ends first). */
   waitFor(re: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
   /** Resolves with the exit code (or 128 + signal number style: the signal name). */
@@ -24,6 +27,7 @@ export interface CliRun {
 export function troupe(args: readonly string[], env: Record<string, string> = {}, group = false): CliRun {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TROUPE_BACKEND: 'wasm', ...env }, detached: group });
   let out = '';
+  const streams = { stdout: '', stderr: '' };
   const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void }[] = [];
   const onData = (b: Buffer) => {
     out += b.toString();
@@ -35,12 +39,20 @@ export function troupe(args: readonly string[], env: Record<string, string> = {}
       }
     }
   };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
+  child.stdout!.on('data', (b: Buffer) => {
+    streams.stdout += b.toString();
+    onData(b);
+  });
+  child.stderr!.on('data', (b: Buffer) => {
+    streams.stderr += b.toString();
+    onData(b);
+  });
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return {
     child,
     output: () => out,
+    stdout: () => streams.stdout,
+    stderr: () => streams.stderr,
     exit,
     waitFor(re, timeoutMs = 60_000) {
       const m = re.exec(out);

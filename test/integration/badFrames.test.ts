@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { Bus, createPipeline, encodeFrame, Phase, subjects } from '../../src/index.js';
+import { createPipeline } from '../../src/index.js';
+import { encodeFrame, Phase, subjects } from '../../src/protocol/index.js';
+import { Bus } from '../../src/transport/index.js';
 import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 import { countingLock } from '../helpers/countingLock.js';

@@ -5,7 +5,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { Bus, createPipeline, Phase, subjects } from '../../src/index.js';
+import { createPipeline } from '../../src/index.js';
+import { Phase, subjects } from '../../src/protocol/index.js';
+import { Bus } from '../../src/transport/index.js';
 import { decodeMessage } from '../../src/protocol/messages.js';
 import { CtlVerb } from '../../src/protocol/subjects.js';
 import { countingLock } from '../helpers/countingLock.js';

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { createPipeline, parseScheduleTable } from '../../src/index.js';
+import { createPipeline } from '../../src/index.js';
+import { parseScheduleTable } from '../../src/schedule/index.js';
 import { copyWeights, data, maxRelDiff, mlp, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 

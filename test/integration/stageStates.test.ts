@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { Bus, createPipeline } from '../../src/index.js';
+import { createPipeline } from '../../src/index.js';
+import { Bus } from '../../src/transport/index.js';
 import { dumpStates, loadStates } from '../../src/runtime/stageStates.js';
 import { data, maxRelDiff, mlp } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';

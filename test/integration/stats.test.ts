@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { Bus, createPipeline, subjects } from '../../src/index.js';
+import { createPipeline } from '../../src/index.js';
+import { subjects } from '../../src/protocol/index.js';
+import { Bus } from '../../src/transport/index.js';
 import { decodeMessage, type StatsMessage } from '../../src/protocol/messages.js';
 import { countingLock } from '../helpers/countingLock.js';
 import { data, mlp, slowLoss } from '../helpers/models.js';

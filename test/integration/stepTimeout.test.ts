@@ -1,7 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from 'xstate';
-import { Bus, partitionModel, SchedulerHost, StageCompute, StageHost, StepTimeoutError, subjects } from '../../src/index.js';
+import { StepTimeoutError } from '../../src/index.js';
+import { SchedulerHost, StageHost } from '../../src/runtime/index.js';
+import { subjects } from '../../src/protocol/index.js';
+import { Bus } from '../../src/transport/index.js';
+import { partitionModel, StageCompute } from '../../src/compute/index.js';
 import type { SchedulerHostOptions } from '../../src/runtime/schedulerHost.js';
 import { fromTensor } from '../../src/compute/wire.js';
 import { Phase } from '../../src/protocol/phase.js';

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { Bus, decodeSingle, encodeFrame, parseHeader, Reassembler, TransportError } from '../../src/index.js';
+import { TransportError } from '../../src/index.js';
+import { decodeSingle, encodeFrame, parseHeader, Reassembler } from '../../src/protocol/index.js';
+import { Bus } from '../../src/transport/index.js';
 import { startNatsServer } from '../../src/fleet/natsServer.js';
 import type { Frame } from '../../src/protocol/frame.js';
 import { countingLock } from '../helpers/countingLock.js';
