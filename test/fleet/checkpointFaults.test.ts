@@ -39,7 +39,7 @@ describe('checkpoint directories that cannot be written', () => {
 
   it('a directory replaced by a file mid-run fails the run at the next save: step, path and cause, no stack, no process left', async () => {
     const dir = join(tmp, 'goes-bad');
-    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir], { TINY_EPOCHS: '10000' });
+    const run = troupe(['up', CONFIG, '--checkpoint-dir', dir, '-v'], { TINY_EPOCHS: '10000' });
     await run.waitFor(/checkpoint step 2 saved/);
     rmSync(dir, { recursive: true, force: true });
     writeFileSync(dir, 'a file where the checkpoints were');

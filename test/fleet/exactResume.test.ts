@@ -105,7 +105,7 @@ describe('exact resume and replay', () => {
   it('Adam: a worker killed after step 2 is restarted, the step replayed from the kept state, and the run ends byte for byte', async () => {
     const want = (await straightRun(ADAM)).bytes;
     const save = join(tmp, 'saved-restart');
-    const run = troupe(['up', ADAM, '--steps', String(STEPS), '--restarts', '1', '--checkpoint-dir', join(tmp, 'ckpt-restart'), '--save', save]);
+    const run = troupe(['up', ADAM, '--steps', String(STEPS), '--restarts', '1', '--checkpoint-dir', join(tmp, 'ckpt-restart'), '--save', save, '-v']);
     const pid = Number((await run.waitFor(/rank 1: pid (\d+)/))[1]);
     await run.waitFor(/checkpoint step 2 saved/);
     process.kill(pid, 'SIGKILL');
