@@ -4,19 +4,17 @@
  * bar, checkpoints, evaluates held-out data, prints a summary, and ends every process it
  * started on success, failure or interruption.
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError, InterruptedError, StageError, StateError, messageOf } from '../errors.js';
 import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { missingOptimizerState } from '../compute/optimizerState.js';
-import { partitionModel, stageStartsOf, type StagePartition } from '../compute/partition.js';
-import { profileLayers } from '../compute/profileLayers.js';
+import { stageStartsOf, type StagePartition } from '../compute/partition.js';
 import { reshard } from '../compute/reshard.js';
-import { cutUnderBudget, describeMemory, slotsPerWeight, type MemoryModel } from '../compute/memoryBudget.js';
-import { maxInFlight } from '../schedule/constraint.js';
+import { describeMemory } from '../compute/memoryBudget.js';
 import { exportStageState, importStageState, stageWeights } from '../compute/stageState.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
@@ -24,7 +22,6 @@ import { sliceRows } from '../protocol/rows.js';
 import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
 import { CtlVerb, checkJobId, ctlSubject } from '../protocol/subjects.js';
 import { deviceOf, type PlacedSchedule } from '../schedule/interleaved.js';
-import { buildPlacedSchedule } from '../schedule/schedules.js';
 import { deferred } from '../runtime/deferred.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
@@ -43,6 +40,7 @@ import { replicaJob } from './worker.js';
 import { writeCredentialsFile } from '../transport/credentials.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { waitForWorkers } from './waitForWorkers.js';
+import { jobPlan } from './jobPlan.js';
 
 /** Options of `runJob` (the flags of `troupe up`). */
 export interface RunJobOptions {
@@ -136,35 +134,11 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   await selectBackend({ ...(o.backend ? { prefer: o.backend } : {}), log: null });
   const model = await cfg.model();
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
-  let partitions: StagePartition[];
-  let spec = cfg.stages;
-  if (cfg.memoryBudget !== undefined) {
-    // Under a memory budget the driver picks the cut (the workers get it as --boundaries).
-    if (typeof cfg.stages !== 'number') throw new ConfigError(`${where}: field "memoryBudget" chooses the cut: give "stages" as a count`);
-    const bounds = buildPlacedSchedule(cfg.schedule ?? '1f1b', cfg.stages, cfg.microbatches, cfg.virtualStages ?? 1).stages.map(maxInFlight);
-    const probe = optimizerFactory(cfg.optimizer)();
-    const memory: MemoryModel = { slotsPerWeight: slotsPerWeight(probe.getClassName()), rows: Math.ceil(cfg.batchSize / (cfg.replicas ?? 1) / cfg.microbatches), held: (r) => bounds[r]! };
-    probe.dispose();
-    try {
-      const fit = cutUnderBudget(model, cfg.stages, cfg.memoryBudget, memory);
-      spec = fit.boundaries;
-      if (o.verbosity !== 'quiet') (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${fit.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
-    } catch (cause) {
-      throw new ConfigError(`${where}: field "memoryBudget": ${messageOf(cause)}`, { cause });
-    }
-  }
-  try {
-    const costs = cfg.balance === 'time' && typeof cfg.stages === 'number' && cfg.memoryBudget === undefined ? await profileLayers(model, { rows: Math.ceil(cfg.batchSize / cfg.microbatches) }) : undefined;
-    partitions = partitionModel(model, spec, { recompute: cfg.recompute ?? false, ...(costs ? { costs } : {}) });
-  } catch (cause) {
-    throw new ConfigError(`${where}: field "stages": ${messageOf(cause)}`, { cause });
-  }
-  let schedule: PlacedSchedule;
-  try {
-    schedule = buildPlacedSchedule(cfg.schedule ?? '1f1b', partitions.length, cfg.microbatches, cfg.virtualStages ?? 1);
-  } catch (cause) {
-    throw new ConfigError(`${where}: field "schedule": ${messageOf(cause)}`, { cause });
-  }
+  // The driver picks the cut (by parameters, measured time or the memory budget); the workers get it as --boundaries.
+  const thePlan = await jobPlan(cfg, model, job, undefined, (field, cause) => new ConfigError(`${where}: field "${field}": ${messageOf(cause)}`, { cause }));
+  const partitions = [...thePlan.partitions];
+  const schedule = thePlan.placed;
+  if (thePlan.memory && o.verbosity !== 'quiet') (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${thePlan.memory.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
   resolveLoss(cfg.loss, cfg.metric);
   optimizerFactory(cfg.optimizer)().dispose();
   const data = await cfg.data();
