@@ -7,6 +7,7 @@ import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import { CtlVerb, ctlSubject, lastToken, snapshotWildcard, stateSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
+import { abortable, unlessAborted } from './abortable.js';
 
 /** The sender a state frame must name: only the driver loads states into stages. */
 export const STATE_SENDER = 'driver';
@@ -21,7 +22,7 @@ export interface RankState extends StageState {
  * Asks every stage for its state and collects the frames they publish. Replies come after
  * the frames on the same connection, so each reply finds its frame already assembled.
  */
-export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000): Promise<RankState[]> {
+export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000, signal?: AbortSignal): Promise<RankState[]> {
   const frames = new Map<number, Frame>();
   const errors: string[] = [];
   const r = new Reassembler(stages * 2);
@@ -35,7 +36,8 @@ export async function dumpStates(bus: Bus, job: string, stages: number, timeoutM
   });
   try {
     await bus.flush();
-    return await Promise.all(
+    unlessAborted(signal);
+    return await abortable(Promise.all(
       Array.from({ length: stages }, async (_, rank) => {
         const info = decodeReply('state', await bus.request(ctlSubject(job, rank, CtlVerb.DUMP), encodeJson({}), timeoutMs));
         const f = frames.get(rank);
@@ -44,21 +46,30 @@ export async function dumpStates(bus: Bus, job: string, stages: number, timeoutM
         }
         return { rank, step: info.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: f.tensors };
       }),
-    );
+    ), signal);
   } finally {
     await sub.drain();
   }
 }
 
-/** Sends each state to its stage and waits until every stage has applied it. */
-export async function loadStates(bus: Bus, job: string, states: readonly RankState[], timeoutMs = 30_000): Promise<void> {
-  await Promise.all(
-    states.map(async (s) => {
-      await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: STATE_SENDER, tensors: s.tensors });
-      const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
-      const ack = decodeAck(reply);
-      if (!ack.ok) throw new StateError(`stage ${s.rank} could not load state of step ${s.step}: ${ack.code}: ${ack.message}`);
-    }),
+/**
+ * Sends each state to its stage and waits until every stage has applied it. Once `signal`
+ * aborts, nothing more is sent and the call rejects: a load started after it (a new recovery
+ * round) finds its frames and requests after this one's on the same connection, never among them.
+ */
+export async function loadStates(bus: Bus, job: string, states: readonly RankState[], timeoutMs = 30_000, signal?: AbortSignal): Promise<void> {
+  await abortable(
+    Promise.all(
+      states.map(async (s) => {
+        unlessAborted(signal);
+        await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: STATE_SENDER, tensors: s.tensors });
+        unlessAborted(signal);
+        const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
+        const ack = decodeAck(reply);
+        if (!ack.ok) throw new StateError(`stage ${s.rank} could not load state of step ${s.step}: ${ack.code}: ${ack.message}`);
+      }),
+    ),
+    signal,
   );
 }
 
@@ -68,11 +79,15 @@ export async function loadStates(bus: Bus, job: string, states: readonly RankSta
  * sends it once every stage answers again, because the aborts the scheduler sent while the
  * stages could not be reached (a NATS outage) may never have arrived.
  */
-export async function dropStep(bus: Bus, job: string, stages: number, step: number, timeoutMs = 30_000): Promise<void> {
-  await Promise.all(
-    Array.from({ length: stages }, async (_, rank) => {
-      const ack = decodeAck(await bus.request(ctlSubject(job, rank, CtlVerb.ABORT), encodeJson({ step }), timeoutMs));
-      if (!ack.ok && ack.code !== 'STALE_STEP') throw new StateError(`stage ${rank} could not drop step ${step}: ${ack.code}: ${ack.message}`);
-    }),
+export async function dropStep(bus: Bus, job: string, stages: number, step: number, timeoutMs = 30_000, signal?: AbortSignal): Promise<void> {
+  unlessAborted(signal);
+  await abortable(
+    Promise.all(
+      Array.from({ length: stages }, async (_, rank) => {
+        const ack = decodeAck(await bus.request(ctlSubject(job, rank, CtlVerb.ABORT), encodeJson({ step }), timeoutMs));
+        if (!ack.ok && ack.code !== 'STALE_STEP') throw new StateError(`stage ${rank} could not drop step ${step}: ${ack.code}: ${ack.message}`);
+      }),
+    ),
+    signal,
   );
 }
