@@ -28,6 +28,8 @@ export interface NatsServer {
   readonly pid: number;
   /** Everything the server logged so far. */
   log(): string;
+  /** Resolves when the server has exited, whoever ended it (`stop`, a signal, a crash). */
+  readonly exited: Promise<void>;
   /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. */
   stop(): Promise<void>;
 }
@@ -97,6 +99,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     port,
     pid: child.pid!,
     log: () => out,
+    exited,
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGTERM');
