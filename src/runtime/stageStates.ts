@@ -91,3 +91,25 @@ export async function dropStep(bus: Bus, job: string, stages: number, step: numb
     signal,
   );
 }
+
+/**
+ * Brings every stage back to idle, whatever step it is in: each stage is asked where it is
+ * (probe), and one in a step is asked to abort that step, until every stage answers idle.
+ * What the driver sent while a stage could not be reached (an abort during a NATS outage)
+ * may never have arrived, and what it sent while itself disconnected (a plan begun ahead)
+ * may arrive late; this asks each stage rather than trusting either.
+ */
+export async function idleStages(bus: Bus, job: string, stages: number, timeoutMs = 30_000, signal?: AbortSignal): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  const ranks = Array.from({ length: stages }, (_, r) => r);
+  for (;;) {
+    unlessAborted(signal);
+    const where = await abortable(Promise.all(ranks.map(async (r) => decodeReply('probe', await bus.request(ctlSubject(job, r, CtlVerb.PROBE), encodeJson({}), timeoutMs)))), signal);
+    const busy = where.filter((w) => w.state !== 'idle');
+    if (busy.length === 0) return;
+    if (performance.now() > deadline) throw new StateError(`stages did not become idle within ${timeoutMs} ms: ${busy.map((w) => `stage ${w.rank} ${w.state} in step ${w.step}`).join(', ')}`);
+    unlessAborted(signal);
+    // An abort of a step the stage has just left is refused as stale: it is probed again.
+    await abortable(Promise.all(busy.map((w) => bus.request(ctlSubject(job, w.rank, CtlVerb.ABORT), encodeJson({ step: w.step }), timeoutMs))), signal);
+  }
+}
