@@ -278,8 +278,13 @@ export const jobMachine = setup({
               round: context.round + 1,
             })),
           },
-          // Without restarts: a lost connection fails the run, at once and naming the cause (a dead server's exit may follow its disconnect).
-          { target: '.troubled', actions: note(({ context, event }) => outageError(context, event.why, event.server)) },
+          // Without restarts: a lost connection fails the run, at once and naming the cause: a
+          // dead server rather than the disconnect it causes, whichever is told first.
+          { guard: ({ context, event }) => !event.server && context.serverDown, target: '.troubled' },
+          {
+            target: '.troubled',
+            actions: [...note(({ context, event }) => outageError(context, event.why, event.server)), assign({ serverDown: ({ context, event }) => context.serverDown || event.server })],
+          },
         ],
       },
       states: {

@@ -18,7 +18,7 @@ import { deviceOf } from '../schedule/interleaved.js';
 import { abortable, aborted } from '../runtime/abortable.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
-import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
+import { dumpStates, idleStages, loadStates, type RankState } from '../runtime/stageStates.js';
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
 import { TraceRecorder } from '../inspect/trace.js';
 import { startInspector, type Inspector } from '../inspect/inspectorServer.js';
@@ -60,6 +60,8 @@ export class Driver {
   private readonly p: Prepared;
   private readonly out: NodeJS.WritableStream & { isTTY?: boolean };
   private server: NatsServer | undefined;
+  /** The server above exited and is not started again yet. */
+  private serverGone = false;
   private serverAgain: Promise<NatsServer> | undefined;
   private url = '';
   private bus: Bus | undefined;
@@ -210,22 +212,26 @@ export class Driver {
   private watchServer(server: NatsServer): void {
     void server.exited.then(() => {
       if (this.closing || server !== this.server) return;
+      this.serverGone = true;
       this.actor.send({ type: 'NATS_LOST', why: `nats-server (pid ${server.pid}) exited`, server: true });
     });
   }
 
   /** Starts the nats-server again on its port with its configuration (the passwords are this process's): once per death. */
-  private restartServer(): Promise<NatsServer> {
-    this.serverAgain ??= (async () => {
-      const old = this.server!;
-      const server = await startNatsServer({ port: old.port, ...(this.o.natsConfig ? { config: this.o.natsConfig } : {}) });
-      this.server = server;
-      this.serverAgain = undefined;
-      this.watchServer(server);
-      this.warn(`troupe up: nats-server started again on port ${server.port} (pid ${server.pid}); every connection comes back to it`);
-      return server;
-    })();
-    return this.serverAgain;
+  private async restartServer(): Promise<void> {
+    if (!this.serverGone) return;
+    this.serverAgain ??= startNatsServer({ port: this.server!.port, ...(this.o.natsConfig ? { config: this.o.natsConfig } : {}) })
+      .then((server) => {
+        this.server = server;
+        this.serverGone = false;
+        this.watchServer(server);
+        this.warn(`troupe up: nats-server started again on port ${server.port} (pid ${server.pid}); every connection comes back to it`);
+        return server;
+      })
+      .finally(() => {
+        this.serverAgain = undefined;
+      });
+    await this.serverAgain;
   }
 
   /** Starts the workers (or prints how to), then waits for every rank of every replica. */
@@ -364,8 +370,11 @@ export class Driver {
       await abortable(sched.idle(), signal);
       await abortable(this.feed!.drop(), signal);
       this.hellos[0] = await waitForWorkers(bus, job, p, this.o.readyTimeoutMs ?? 60_000, aborted(signal));
-      // The scheduler's own abort may have gone out while the stages were unreachable.
-      await dropStep(bus, job, p, this.runners[0]!.step, 30_000, signal);
+      // What the driver published while disconnected (a plan begun ahead) goes out on reconnecting:
+      // it reaches the stages before they are asked where they are, not after.
+      await abortable(bus.flush(), signal);
+      // The scheduler's own abort may have gone out while the stages were unreachable: each is asked.
+      await idleStages(bus, job, p, 30_000, signal);
       await loadStates(bus, job, this.kept.states, 30_000, signal);
     })();
     this.round = round.catch(() => {});
@@ -465,10 +474,11 @@ export class Driver {
     await Promise.all(this.subs.map((s) => s.drain().catch(() => {})));
     await this.inspector?.close().catch(() => {});
     const bus = this.bus;
-    if (bus && !bus.isClosed) {
+    // With its server gone (and not started again) no stop request can reach the workers: they are signalled at once.
+    if (bus && !bus.isClosed && !this.serverGone) {
       await Promise.all(this.jobs.flatMap((j) => this.p.plan.partitions.map((_, r) => bus.request(ctlSubject(j, r, CtlVerb.STOP), encodeJson({ job: j }), 2_000).catch(() => {}))));
     }
-    if (this.o.signal?.aborted) await this.supervisor.killAll();
+    if (this.o.signal?.aborted || this.serverGone) await this.supervisor.killAll();
     else await this.supervisor.stopAll();
     await bus?.close().catch(() => {});
     await this.page?.close().catch(() => {});

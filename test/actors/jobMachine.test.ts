@@ -204,18 +204,49 @@ describe('job machine', () => {
     expect(h.log.some((l) => / server$/.test(l))).toBe(true);
   });
 
-  it('without restarts a lost NATS connection fails the run at once, naming it (a dead server, told a moment later, named instead)', async () => {
+  it.each([
+    ['before', true],
+    ['after', false],
+  ])('without restarts a lost NATS connection fails the run at once, naming it (a dead server, told %s the disconnect, named instead)', async (_, serverFirst) => {
     const h = harness({ restartLimit: 0 }, 100);
     h.held.set(2, deferred());
     h.actor.start();
     await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
-    h.actor.send({ type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false });
-    h.actor.send({ type: 'NATS_LOST', why: 'nats-server (pid 7) exited', server: true });
+    const disconnect = { type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false } as const;
+    const died = { type: 'NATS_LOST', why: 'nats-server (pid 7) exited', server: true } as const;
+    for (const e of serverFirst ? [died, disconnect] : [disconnect, died]) h.actor.send(e);
     const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
     expect(end.value).toBe('failed');
     const err = h.errors.at(-1) as Error;
     expect(err).toBeInstanceOf(TransportError);
     expect(err.message).toBe('nats-server (pid 7) exited during step 2: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again');
+  });
+
+  it('without restarts a disconnect alone fails the run, naming the server it was connected to', async () => {
+    const h = harness({ restartLimit: 0 }, 50);
+    h.held.set(2, deferred());
+    h.actor.start();
+    await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
+    h.actor.send({ type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false });
+    await waitFor(h.actor, (s) => s.status === 'done', WAIT);
+    expect((h.errors.at(-1) as Error).message).toBe('the driver lost its NATS connection to 127.0.0.1:4222 during step 2: frames in flight may be lost; troupe up --restarts replays such a step');
+  });
+
+  it('a failed step with no loss told: a census of the remote workers finds one gone, and the run waits for its replacement', async () => {
+    const h = harness({}, 30);
+    const machine = h.actor.logic.provide({
+      actors: { census: fromPromise<WorkerLoss[]>(async () => [{ worker: 1, why: "rank 1's worker (pid 9 on b) answers no ping", respawn: false, ranks: [1] }]) },
+    });
+    const actor = createActor(machine, { input: { step: 0, total: 3, keepEvery: 3, checkpoint: false, restartLimit: 1, evaluate: false } });
+    const step2 = deferred<{ loss: number; metric: number | null }>();
+    h.held.set(2, step2);
+    actor.start();
+    await waitFor(actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
+    step2.reject(new TransportError('request to troupe.j.ctl.1.step failed: 503'));
+    const end = await waitFor(actor, (s) => s.status === 'done', WAIT);
+    expect(end.value).toBe('done');
+    expect(end.context.restarts).toBe(1);
+    expect(h.log).toContain('restart worker 1 at step 2 round 1 (1 of 1)');
   });
 
   it('INTERRUPT ends the run from any state', async () => {
