@@ -26,7 +26,7 @@
  * `recover`) and the actions that print or touch processes are provided by the host
  * (src/fleet/driver.ts).
  */
-import { assign, fromPromise, setup } from 'xstate';
+import { and, assign, fromPromise, setup } from 'xstate';
 import { StageError, StateError, TransportError } from '../src/errors.js';
 
 /** A worker the run lost: its process exited, its stage went silent, or another process took its place. */
@@ -64,7 +64,7 @@ export interface JobInput {
   readonly step: number;
   /** The last step to train. */
   readonly total: number;
-  /** With restarts, the stages' state is kept every this many steps. */
+  /** With restarts, the stages' state is kept every this many steps (the keeps may revise it). */
   readonly keepEvery: number;
   /** A checkpoint directory: the state is kept (and saved) after every step. */
   readonly checkpoint: boolean;
@@ -173,8 +173,11 @@ export const jobMachine = setup({
     step: fromPromise<{ loss: number; metric: number | null }, StepInput>(async () => {
       throw new Error('job machine: step is not provided');
     }),
-    /** Takes every stage's state of step `step` into the driver (and its checkpoint directory). */
-    keep: fromPromise<void, { step: number }>(async () => {
+    /**
+     * Takes every stage's state of step `step` into the driver (and its checkpoint directory);
+     * resolves to the cadence of the next keeps when the host revises it (null: unchanged).
+     */
+    keep: fromPromise<{ keepEvery: number | null }, { step: number }>(async () => {
       throw new Error('job machine: keep is not provided');
     }),
     /** Evaluates the held-out data. */
@@ -210,8 +213,8 @@ export const jobMachine = setup({
     noteError: assign({ error: (_, params: { error: unknown }) => errorOf(params.error) }),
   },
   guards: {
-    canRestart: ({ context }) => context.restartLimit > 0 && context.restarts + context.lost.length < context.restartLimit,
     restartsOn: ({ context }) => context.restartLimit > 0,
+    restartsLeft: ({ context }) => context.restarts + context.lost.length < context.restartLimit,
     trainingLeft: ({ context }) => context.step < context.total,
     keepNow: ({ context }) => keepDue(context, context.step),
     toEvaluate: ({ context }) => context.evaluate && !context.evaluated,
@@ -254,7 +257,7 @@ export const jobMachine = setup({
       on: {
         WORKER_LOST: [
           {
-            guard: 'canRestart',
+            guard: and(['restartsOn', 'restartsLeft']),
             target: '.recovering',
             reenter: true,
             actions: assign(({ context, event }) => ({ lost: [...context.lost, event.loss], cause: context.cause ?? { rank: event.loss.ranks[0] ?? 0, code: 'WORKER_DIED' as const, message: `${event.loss.why}; its step is replayed` }, round: context.round + 1 })),
@@ -321,7 +324,7 @@ export const jobMachine = setup({
           invoke: {
             src: 'keep',
             input: ({ context }) => ({ step: context.step }),
-            onDone: { target: 'resume', actions: assign({ kept: ({ context }) => context.step }) },
+            onDone: { target: 'resume', actions: assign({ kept: ({ context }) => context.step, keepEvery: ({ context, event }) => event.output.keepEvery ?? context.keepEvery }) },
             onError: { target: 'troubled', actions: note(({ event }) => event.error) },
           },
         },
@@ -400,7 +403,7 @@ export const jobMachine = setup({
           on: {
             // A loss while recovering starts the round over (as `live` would), without naming a new cause.
             WORKER_LOST: {
-              guard: 'canRestart',
+              guard: and(['restartsOn', 'restartsLeft']),
               target: 'recovering',
               reenter: true,
               actions: assign(({ context, event }) => ({ lost: [...context.lost, event.loss], round: context.round + 1 })),

@@ -6,7 +6,7 @@
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { createActor, fromPromise, type Actor } from 'xstate';
-import { jobMachine, type RecoverInput, type StepInput, type WorkerLoss } from '../../actors/jobMachine.js';
+import { jobMachine, type JobEvent, type RecoverInput, type StepInput, type WorkerLoss } from '../../actors/jobMachine.js';
 import { importStageState } from '../compute/stageState.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { fromTensor } from '../compute/wire.js';
@@ -27,9 +27,10 @@ import { Bus } from '../transport/bus.js';
 import { writeCredentialsFile } from '../transport/credentials.js';
 import { saveCheckpoint } from './checkpoint.js';
 import { countGpus, deviceEnv } from './device.js';
-import { startNatsServer, type NatsServer } from './natsServer.js';
+import { startNatsServer, type NatsServer, type NatsServerOptions } from './natsServer.js';
 import { Progress } from './progress.js';
 import type { Prepared, RunJobOptions } from './runJob.js';
+import { keepCadenceByTime } from './keepCadence.js';
 import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
 import { StepFeed } from './stepFeed.js';
@@ -89,27 +90,29 @@ export class Driver {
   private recoveryT0 = 0;
   /** The recovery round under way: the next one waits until it has stopped. */
   private round: Promise<void> = Promise.resolve();
+  /** Preparing (server, connection, schedulers): closing waits for it, so nothing it starts outlives the run. */
+  private preparing: Promise<void> | undefined;
   private closing = false;
   /** The last error noted: what the run throws if it fails. */
   error: unknown;
 
-  constructor(o: RunJobOptions, p: Prepared, kept: Kept, keepEvery: number) {
+  constructor(o: RunJobOptions, p: Prepared, kept: Kept, private readonly keepEvery: number) {
     this.o = o;
     this.p = p;
     this.kept = kept;
     this.out = o.out ?? process.stdout;
     this.progress = new Progress(this.out);
     const restartLimit = o.restarts ?? 0;
-    this.supervisor = new Supervisor((e) => this.actor.send({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
+    this.supervisor = new Supervisor((e) => this.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
     // The job actor shows in the inspector like the others (under the scheduler's subjects: the only ones the driver's user may publish on).
     this.inspector = o.inspect ? new PendingInspector({ scope: p.job, actor: 'job', channel: 'scheduler' }) : undefined;
     const machine = jobMachine.provide({
       actors: {
-        prepare: fromPromise(({ signal }) => this.prepare(signal)),
+        prepare: fromPromise(({ signal }) => (this.preparing = this.prepare(signal))),
         awaitWorkers: fromPromise(({ signal }) => this.awaitWorkers(signal)),
         load: fromPromise(({ signal }) => this.load(signal)),
         step: fromPromise<{ loss: number; metric: number | null }, StepInput>(({ input }) => this.step(input)),
-        keep: fromPromise<void, { step: number }>(({ input, signal }) => this.keep(input.step, signal)),
+        keep: fromPromise<{ keepEvery: number | null }, { step: number }>(({ input, signal }) => this.keep(input.step, signal)),
         evaluate: fromPromise(({ signal }) => this.evaluate(signal)),
         finish: fromPromise(({ signal }) => this.finish(signal)),
         recover: fromPromise<void, RecoverInput>(({ input, signal }) => this.recover(input, signal)),
@@ -130,6 +133,11 @@ export class Driver {
       input: { step: kept.step, total: p.total, keepEvery, checkpoint: o.checkpointDir !== undefined, restartLimit, evaluate: p.data.test !== undefined },
       ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });
+  }
+
+  /** Tells the job actor what happened, unless the run is ending (the actor is stopped then). */
+  private tell(e: JobEvent): void {
+    if (!this.closing) this.actor.send(e);
   }
 
   private get jobs(): readonly string[] {
@@ -159,7 +167,7 @@ export class Driver {
     const restartLimit = o.restarts ?? 0;
     if (o.nats) this.url = o.nats;
     else {
-      this.server = await startNatsServer(o.natsConfig ? { config: o.natsConfig } : {});
+      this.server = await startNatsServer(this.serverOptions());
       this.url = this.server.url;
       this.watchServer(this.server);
       // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
@@ -177,8 +185,8 @@ export class Driver {
       if (this.closing) return;
       // With restarts, a connection that comes back replays the step (frames in flight may be lost);
       // without, a lost one fails the run at once, naming the server.
-      if (restartLimit > 0 && st.type === 'reconnect') this.actor.send({ type: 'NATS_LOST', why: 'the NATS connection came back', server: false });
-      if (restartLimit === 0 && st.type === 'disconnect') this.actor.send({ type: 'NATS_LOST', why: `the driver lost its NATS connection to ${st.detail || 'its server'}`, server: false });
+      if (restartLimit > 0 && st.type === 'reconnect') this.tell({ type: 'NATS_LOST', why: 'the NATS connection came back', server: false });
+      if (restartLimit === 0 && st.type === 'disconnect') this.tell({ type: 'NATS_LOST', why: `the driver lost its NATS connection to ${st.detail || 'its server'}`, server: false });
     });
     const { plan, cfg } = p;
     this.say(
@@ -208,19 +216,24 @@ export class Driver {
     this.feed = new StepFeed((s) => this.trainStep(s));
   }
 
+  /** How this run starts its nats-server: the first time, and again after it died (on the same port). */
+  private serverOptions(): NatsServerOptions {
+    return this.o.natsConfig ? { config: this.o.natsConfig } : {};
+  }
+
   /** A nats-server this driver started that exits on its own is a lost connection (started again with restarts). */
   private watchServer(server: NatsServer): void {
     void server.exited.then(() => {
       if (this.closing || server !== this.server) return;
       this.serverGone = true;
-      this.actor.send({ type: 'NATS_LOST', why: `nats-server (pid ${server.pid}) exited`, server: true });
+      this.tell({ type: 'NATS_LOST', why: `nats-server (pid ${server.pid}) exited`, server: true });
     });
   }
 
   /** Starts the nats-server again on its port with its configuration (the passwords are this process's): once per death. */
   private async restartServer(): Promise<void> {
     if (!this.serverGone) return;
-    this.serverAgain ??= startNatsServer({ port: this.server!.port, ...(this.o.natsConfig ? { config: this.o.natsConfig } : {}) })
+    this.serverAgain ??= startNatsServer({ ...this.serverOptions(), port: this.server!.port })
       .then((server) => {
         this.server = server;
         this.serverGone = false;
@@ -277,7 +290,7 @@ export class Driver {
     const dev = deviceOf(h.rank, this.p.plan.devices);
     const ranks = this.p.plan.ranksOn(dev);
     for (const r of ranks) this.hellos[replica]![r] = { ...h, rank: r };
-    this.actor.send({
+    this.tell({
       type: 'WORKER_LOST',
       loss: { worker: replica * this.p.plan.devices + dev, why: `rank ${h.rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`, respawn: false, ranks },
     });
@@ -316,9 +329,14 @@ export class Driver {
     }
   }
 
-  /** Every stage's state of step `step` into the driver (replicas hold the same weights), and into the checkpoint directory. */
-  private async keep(step: number, signal: AbortSignal): Promise<void> {
+  /**
+   * Every stage's state of step `step` into the driver (replicas hold the same weights), and
+   * into the checkpoint directory. Unless the user chose the cadence, the next keeps come as
+   * rarely as keeps its share of the time: what this one took against the recent steps.
+   */
+  private async keep(step: number, signal: AbortSignal): Promise<{ keepEvery: number | null }> {
     this.flowing = false;
+    const t0 = performance.now();
     const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, signal);
     const dir = this.o.checkpointDir;
     if (dir) {
@@ -327,6 +345,8 @@ export class Driver {
     }
     if (signal.aborted) throw new Error('abandoned');
     this.kept = { step, states };
+    if (this.o.keepEvery !== undefined || this.o.checkpointDir) return { keepEvery: null };
+    return { keepEvery: keepCadenceByTime(this.keepEvery, performance.now() - t0, this.records.stepMs.slice(-8)) };
   }
 
   private async evaluate(signal: AbortSignal): Promise<void> {
@@ -433,7 +453,7 @@ export class Driver {
     }
     // A remote worker cannot be killed from here: it is lost, and waited for.
     this.warn(`troupe up: worker ${dev} is silent (${why}); waiting for a worker to take its place`);
-    setTimeout(() => this.actor.send({ type: 'WORKER_LOST', loss: { worker: dev, why: `worker ${dev} went silent`, respawn: false, ranks: this.p.plan.ranksOn(dev) } }), 0);
+    setTimeout(() => this.tell({ type: 'WORKER_LOST', loss: { worker: dev, why: `worker ${dev} went silent`, respawn: false, ranks: this.p.plan.ranksOn(dev) } }), 0);
   }
 
   /** After a recovery: the records of the steps to replay go, and the user is told what is replayed. */
@@ -468,6 +488,7 @@ export class Driver {
   async close(): Promise<void> {
     this.closing = true;
     this.actor.stop();
+    await this.preparing?.catch(() => {});
     await this.round;
     await this.trace?.close().catch(() => {});
     await Promise.all(this.scheds.map((s) => s.close().catch(() => {})));

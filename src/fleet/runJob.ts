@@ -13,9 +13,8 @@ import { selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss } from '../compute/loss.js';
 import { optimizerFactory } from '../compute/optimizer.js';
 import { missingOptimizerState } from '../compute/optimizerState.js';
-import type { CutTensor, StagePartition } from '../compute/partition.js';
 import { reshard } from '../compute/reshard.js';
-import { describeMemory } from '../compute/memoryBudget.js';
+import { describeMemory, slotsPerWeight } from '../compute/memoryBudget.js';
 import { exportStageState, stageWeights } from '../compute/stageState.js';
 import type { Hello, StatsMessage } from '../protocol/messages.js';
 import { checkJobId } from '../protocol/subjects.js';
@@ -24,6 +23,7 @@ import type { RankState } from '../runtime/stageStates.js';
 import type { StepResult } from '../runtime/stepRunner.js';
 import { hasCheckpoint, loadCheckpoint, prepareCheckpointDir } from './checkpoint.js';
 import { Driver } from './driver.js';
+import { keepCadence } from './keepCadence.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { jobPlan } from './jobPlan.js';
 
@@ -163,20 +163,6 @@ async function initialStates(p: Omit<Prepared, 'firstStep'>): Promise<RankState[
   );
 }
 
-/** Bytes of the tensors crossing into a stage, per example (float32 and int32: 4 bytes an element). */
-const bytesPerRow = (ts: readonly CutTensor[]) => ts.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * 4, 0);
-
-/**
- * Every how many steps the driver keeps the stages' state by default: keeping costs at most
- * about a quarter of the bytes the steps move between stages (activations forward, gradients
- * back, inputs and labels in), and a recovery replays at most 100 steps.
- */
-export function keepCadence(partitions: readonly StagePartition[], batchSize: number, stateBytes: number): number {
-  const cuts = partitions.slice(0, -1).reduce((n, s) => n + 2 * bytesPerRow(s.outputs), 0);
-  const step = batchSize * (cuts + bytesPerRow(partitions[0]!.inputs) + bytesPerRow(partitions[partitions.length - 1]!.outputs));
-  return Math.max(1, Math.min(100, Math.ceil(stateBytes / (0.25 * Math.max(step, 1)))));
-}
-
 /** Runs a job end to end; see the module comment. */
 export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const t0 = performance.now();
@@ -217,7 +203,12 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   if (ckpt && ckptStates !== ckpt.states) say(`troupe up: checkpoint of ${ckpt.meta.stages} stages resharded by layer to this job's ${p}`);
   // The state every stage starts from: the driver's initial weights, or the checkpoint.
   const first = { step: ckpt?.meta.step ?? 0, states: ckptStates ?? (await initialStates(prep)) };
-  const keepEvery = o.keepEvery ?? keepCadence(partitions, cfg.batchSize, first.states.reduce((n, st) => n + st.tensors.reduce((m, t) => m + t.data.byteLength, 0), 0));
+  // The state as it will be kept: the weights and the optimizer's slots (a fresh optimizer has none yet).
+  const weightBytes = first.states.reduce((n, st) => n + st.tensors.reduce((m, t) => m + (t.name.startsWith('w') ? t.data.byteLength : 0), 0), 0);
+  const probe = optimizerFactory(cfg.optimizer)();
+  const stateBytes = weightBytes * (1 + slotsPerWeight(probe.getClassName()));
+  probe.dispose();
+  const keepEvery = o.keepEvery ?? keepCadence(partitions, cfg.batchSize, stateBytes);
   const driver = new Driver(o, { ...prep, firstStep: first.step }, first, keepEvery);
   const onAbort = () => driver.interrupt();
   try {

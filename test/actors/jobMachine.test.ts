@@ -24,7 +24,7 @@ interface Harness {
   readonly roundGates: Deferred<void>[];
 }
 
-function harness(input: Partial<JobInput> = {}, grace = 100): Harness {
+function harness(input: Partial<JobInput> = {}, grace = 100, keepEvery: (number | null)[] = []): Harness {
   const log: string[] = [];
   const rounds: AbortSignal[] = [];
   const errors: unknown[] = [];
@@ -47,8 +47,9 @@ function harness(input: Partial<JobInput> = {}, grace = 100): Harness {
         held.delete(input.step);
         return h ? h.promise : { loss: input.step, metric: null };
       }),
-      keep: fromPromise<void, { step: number }>(async ({ input }) => {
+      keep: fromPromise<{ keepEvery: number | null }, { step: number }>(async ({ input }) => {
         log.push(`keep ${input.step}`);
+        return { keepEvery: keepEvery.shift() ?? null };
       }),
       evaluate: fromPromise<void>(async () => {
         log.push('evaluate');
@@ -88,6 +89,13 @@ describe('job machine', () => {
     const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
     expect(end.value).toBe('done');
     expect(h.log).toEqual(['prepare', 'await workers', 'load', 'step 1 ahead', 'step 2 ahead', 'step 3', 'keep 3', 'step 4 ahead', 'step 5 ahead', 'step 6', 'keep 6', 'step 7', 'keep 7', 'evaluate', 'finish']);
+  });
+
+  it('a keep may revise the cadence of the next ones (the host measures what a keep costs)', async () => {
+    const h = harness({ total: 12, keepEvery: 2 }, 100, [5]);
+    h.actor.start();
+    await waitFor(h.actor, (s) => s.status === 'done', WAIT);
+    expect(h.log.filter((l) => l.startsWith('keep'))).toEqual(['keep 2', 'keep 7', 'keep 12']);
   });
 
   it('without restarts the state is kept at the end only, and with a checkpoint directory after every step', async () => {
