@@ -1,7 +1,8 @@
 /**
  * The benchmark job, shaped by environment variables so every process of the fleet builds
  * the same thing: BENCH_MODEL (mlp | conv | uniform), BENCH_STAGES, BENCH_V (stages per
- * worker), BENCH_M, BENCH_SCHEDULE, BENCH_BATCH, BENCH_STEPS, BENCH_FEED (step | bounded).
+ * worker), BENCH_M, BENCH_SCHEDULE, BENCH_BATCH, BENCH_STEPS, BENCH_FEED (step | bounded),
+ * BENCH_OPTIMIZER (sgd | adam).
  * Data are random: speed does not depend on the values.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -59,7 +60,7 @@ export default defineJob({
   schedule: env('BENCH_SCHEDULE', '1f1b'),
   virtualStages: Number(env('BENCH_V', '1')),
   feed: env('BENCH_FEED', 'step') as 'step' | 'bounded',
-  optimizer: { className: 'SGD', config: { learningRate: 0.01 } },
+  optimizer: env('BENCH_OPTIMIZER', 'sgd') === 'adam' ? { className: 'Adam', config: { learningRate: 0.001 } } : { className: 'SGD', config: { learningRate: 0.01 } },
   loss: 'categoricalCrossentropy',
   epochs: 1,
   batchSize: BATCH,
