@@ -3,8 +3,6 @@
  * actions do with worker processes, nats-server, NATS requests and files. The machine decides
  * what happens when; this file only does it.
  */
-import { rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { createActor, fromPromise, type Actor } from 'xstate';
 import { jobMachine, type JobEvent, type RecoverInput, type StepInput, type WorkerLoss } from '../../actors/jobMachine.js';
 import { importStageState } from '../compute/stageState.js';
@@ -12,9 +10,8 @@ import { optimizerFactory } from '../compute/optimizer.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
-import { decodeMessage, decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
-import { CtlVerb, ctlSubject, helloSubject } from '../protocol/subjects.js';
-import { deviceOf } from '../schedule/interleaved.js';
+import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
+import { CtlVerb, ctlSubject } from '../protocol/subjects.js';
 import { abortable, aborted } from '../runtime/abortable.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
@@ -24,17 +21,15 @@ import { TraceRecorder } from '../inspect/trace.js';
 import { startInspector, type Inspector } from '../inspect/inspectorServer.js';
 import { PendingInspector } from '../inspect/pendingInspector.js';
 import { Bus } from '../transport/bus.js';
-import { writeCredentialsFile } from '../transport/credentials.js';
 import { saveCheckpoint } from './checkpoint.js';
-import { countGpus, deviceEnv } from './device.js';
-import { startNatsServer, type NatsServer, type NatsServerOptions } from './natsServer.js';
+import type { NatsServerOptions } from './natsServer.js';
+import { OwnServer } from './ownServer.js';
 import { Progress } from './progress.js';
 import type { Prepared, RunJobOptions } from './runJob.js';
 import { keepCadenceByTime } from './keepCadence.js';
 import { saveModel } from './saveModel.js';
-import { Supervisor, type WorkerExit } from './supervisor.js';
 import { StepFeed } from './stepFeed.js';
-import { waitForWorkers } from './waitForWorkers.js';
+import { WorkerFleet } from './workerFleet.js';
 
 /** The state the driver keeps: a recovery loads it into every stage and replays the steps since. */
 export interface Kept {
@@ -60,22 +55,15 @@ export class Driver {
   private readonly o: RunJobOptions;
   private readonly p: Prepared;
   private readonly out: NodeJS.WritableStream & { isTTY?: boolean };
-  private server: NatsServer | undefined;
-  /** The server above exited and is not started again yet. */
-  private serverGone = false;
-  private serverAgain: Promise<NatsServer> | undefined;
+  private server: OwnServer | undefined;
   private url = '';
   private bus: Bus | undefined;
-  private credentialsFile: string | undefined;
   private page: Inspector | undefined;
   private trace: TraceRecorder | undefined;
   readonly scheds: SchedulerHost[] = [];
   private runners: StepRunner[] = [];
-  private readonly supervisor: Supervisor;
+  private readonly fleet: WorkerFleet;
   private readonly inspector: PendingInspector | undefined;
-  /** Each replica's workers, by rank (as last heard). */
-  private hellos: Hello[][] = [];
-  private readonly subs: { drain(): Promise<void> }[] = [];
   private kept: Kept;
   private feed: StepFeed | undefined;
   private train: readonly WireTensor[] = [];
@@ -103,7 +91,7 @@ export class Driver {
     this.out = o.out ?? process.stdout;
     this.progress = new Progress(this.out);
     const restartLimit = o.restarts ?? 0;
-    this.supervisor = new Supervisor((e) => this.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
+    this.fleet = new WorkerFleet({ o, plan: p.plan, tell: (e) => this.tell(e), recovering: () => this.actor.getSnapshot().matches({ live: 'recovering' }), say: (l) => this.say(l), warn: (l) => this.warn(l) });
     // The job actor shows in the inspector like the others (under the scheduler's subjects: the only ones the driver's user may publish on).
     this.inspector = o.inspect ? new PendingInspector({ scope: p.job, actor: 'job', channel: 'scheduler' }) : undefined;
     const machine = jobMachine.provide({
@@ -116,11 +104,11 @@ export class Driver {
         evaluate: fromPromise(({ signal }) => this.evaluate(signal)),
         finish: fromPromise(({ signal }) => this.finish(signal)),
         recover: fromPromise<void, RecoverInput>(({ input, signal }) => this.recover(input, signal)),
-        census: fromPromise(() => this.census()),
+        census: fromPromise(() => this.fleet.census()),
       },
       actions: {
         restartWorkers: (_, a) => this.restartWorkers(a.losses, a.at, a.round, a.restarts, a.limit, a.outage),
-        killSilent: (_, { rank, why }) => this.killSilent(rank, why),
+        killSilent: (_, { rank, why }) => this.fleet.killSilent(rank, why),
         recordStep: (_, { step, loss, metric }) => this.recordStep(step, loss, metric),
         recovered: (_, { kept, at }) => this.recovered(kept, at),
         keepError: (_, { error }) => {
@@ -153,26 +141,15 @@ export class Driver {
     this.out.write(`${l}\n`);
   }
 
-  private ranksOf(slot: number): number[] {
-    return this.p.plan.ranksOn(slot % this.p.plan.devices);
-  }
-
-  private exitText(e: WorkerExit): string {
-    return `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
-  }
-
   /** NATS (started, or the given servers), the driver's connection, the inspector, the schedulers. */
   private async prepare(signal: AbortSignal): Promise<void> {
     const { o, p } = this;
     const restartLimit = o.restarts ?? 0;
     if (o.nats) this.url = o.nats;
     else {
-      this.server = await startNatsServer(this.serverOptions());
+      this.server = await OwnServer.start(this.serverOptions(), (why) => this.tell({ type: 'NATS_LOST', why, server: true }));
       this.url = this.server.url;
-      this.watchServer(this.server);
-      // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
-      this.credentialsFile = await writeCredentialsFile();
-      this.say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${this.credentialsFile}`);
+      this.say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${this.server.credentialsFile}`);
     }
     if (signal.aborted) return;
     if (o.inspectPort !== undefined) {
@@ -221,79 +198,9 @@ export class Driver {
     return this.o.natsConfig ? { config: this.o.natsConfig } : {};
   }
 
-  /** A nats-server this driver started that exits on its own is a lost connection (started again with restarts). */
-  private watchServer(server: NatsServer): void {
-    void server.exited.then(() => {
-      if (this.closing || server !== this.server) return;
-      this.serverGone = true;
-      this.tell({ type: 'NATS_LOST', why: `nats-server (pid ${server.pid}) exited`, server: true });
-    });
-  }
-
-  /** Starts the nats-server again on its port with its configuration (the passwords are this process's): once per death. */
-  private async restartServer(): Promise<void> {
-    if (!this.serverGone) return;
-    this.serverAgain ??= startNatsServer({ ...this.serverOptions(), port: this.server!.port })
-      .then((server) => {
-        this.server = server;
-        this.serverGone = false;
-        this.watchServer(server);
-        this.warn(`troupe up: nats-server started again on port ${server.port} (pid ${server.pid}); every connection comes back to it`);
-        return server;
-      })
-      .finally(() => {
-        this.serverAgain = undefined;
-      });
-    await this.serverAgain;
-  }
-
   /** Starts the workers (or prints how to), then waits for every rank of every replica. */
   private async awaitWorkers(signal: AbortSignal): Promise<void> {
-    const { o, p } = this;
-    const { plan } = p;
-    const k = plan.replicas;
-    const boundaries = plan.boundaries.join(',');
-    if (o.spawn ?? true) {
-      // Worker r gets GPU r mod n (none without GPUs, or when the backend asked for computes on the CPU).
-      const gpus = o.backend === 'wasm' || o.backend === 'cpu' || o.backend === 'node' ? 0 : await countGpus();
-      for (let replica = 0; replica < k; replica++) {
-        for (let dev = 0; dev < plan.devices; dev++) {
-          // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
-          const args = ['--nats', this.url, '--job', p.job, '--rank', plan.ranksOn(dev).join(','), '--boundaries', boundaries, '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : []), ...(o.verbosity === 'quiet' ? ['-q'] : [])];
-          const slot = replica * plan.devices + dev;
-          this.supervisor.spawn(slot, args, deviceEnv(slot, gpus));
-        }
-      }
-    } else {
-      this.warn(`troupe up: waiting for ${plan.stages * k} workers: troupe worker --nats ${this.url} --job ${p.job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --boundaries ${boundaries} --config ${o.config}`);
-    }
-    const perReplica = await Promise.all(this.jobs.map((j) => waitForWorkers(this.bus!, j, plan.stages, o.readyTimeoutMs ?? 60_000, aborted(signal))));
-    this.hellos = perReplica;
-    perReplica.forEach((hs, i) => {
-      for (const w of hs) this.say(`  ${k > 1 ? `replica ${i} ` : ''}rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);
-    });
-    // A stage that says hello while the job runs is a new worker in a lost one's place (a remote one restarted by hand or by its host).
-    this.jobs.forEach((j, replica) => this.subs.push(this.bus!.subscribe(helloSubject(j), (m) => this.onHello(replica, m.data))));
-  }
-
-  private onHello(replica: number, data: Uint8Array): void {
-    let h: Hello;
-    try {
-      h = decodeMessage('hello', data);
-    } catch {
-      return; // not a hello: ignored here (waitForWorkers ignores it too)
-    }
-    const known = this.hellos[replica]?.[h.rank];
-    if (!known || (known.pid === h.pid && known.host === h.host)) return;
-    // During a recovery the round waits for workers itself; it takes this one.
-    if (this.actor.getSnapshot().matches({ live: 'recovering' })) return;
-    const dev = deviceOf(h.rank, this.p.plan.devices);
-    const ranks = this.p.plan.ranksOn(dev);
-    for (const r of ranks) this.hellos[replica]![r] = { ...h, rank: r };
-    this.tell({
-      type: 'WORKER_LOST',
-      loss: { worker: replica * this.p.plan.devices + dev, why: `rank ${h.rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`, respawn: false, ranks },
-    });
+    await this.fleet.start(this.url, this.bus!, aborted(signal));
   }
 
   /** Loads the kept state (initial weights or a checkpoint) into every stage of every replica. */
@@ -365,7 +272,7 @@ export class Driver {
       opt.dispose();
     }
     this.stats = await abortable(
-      Promise.all(this.jobs.flatMap((j, i) => this.hellos[i]!.map(async (w) => decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))))),
+      Promise.all(this.jobs.flatMap((j, i) => this.fleet.of(i).map(async (w) => decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))))),
       signal,
     );
     if (o.save && !o.signal?.aborted) await saveModel(p.model, o.save);
@@ -384,12 +291,12 @@ export class Driver {
       const job = this.jobs[0]!;
       const p = this.p.plan.stages;
       const sched = this.scheds[0]!;
-      if (input.serverDown) await abortable(this.restartServer(), signal);
+      if (input.serverDown) await abortable(this.server!.restart((l) => this.warn(l)), signal);
       // The interrupted step fails (aborted on every stage that answers); a step begun ahead of it fails with it.
       sched.failStep(input.cause.rank, input.cause.code, input.cause.message);
       await abortable(sched.idle(), signal);
       await abortable(this.feed!.drop(), signal);
-      this.hellos[0] = await waitForWorkers(bus, job, p, this.o.readyTimeoutMs ?? 60_000, aborted(signal));
+      await this.fleet.rejoin(aborted(signal));
       // What the driver published while disconnected (a plan begun ahead) goes out on reconnecting:
       // it reaches the stages before they are asked where they are, not after.
       await abortable(bus.flush(), signal);
@@ -401,59 +308,11 @@ export class Driver {
     return round;
   }
 
-  /**
-   * Remote workers (`--no-spawn`) that answer no ping, or answer as another process than the
-   * one known (a replacement that joined without being noticed): lost. Forked workers are
-   * reported by their exits, so none are counted here.
-   */
-  private async census(): Promise<WorkerLoss[]> {
-    if (this.o.spawn ?? true) return [];
-    const { plan } = this.p;
-    const losses = new Map<number, WorkerLoss>();
-    await Promise.all(
-      this.jobs.flatMap((j, replica) =>
-        plan.partitions.map(async ({ rank }) => {
-          const known = this.hellos[replica]?.[rank];
-          let why: string | null = null;
-          try {
-            const h = decodeReply('hello', await this.bus!.request(ctlSubject(j, rank, CtlVerb.PING), encodeJson({}), 2_000));
-            if (known && (h.pid !== known.pid || h.host !== known.host)) why = `rank ${rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`;
-          } catch {
-            why = `rank ${rank}'s worker${known ? ` (pid ${known.pid} on ${known.host})` : ''} answers no ping`;
-          }
-          const dev = deviceOf(rank, plan.devices);
-          const worker = replica * plan.devices + dev;
-          if (why && !losses.has(worker)) losses.set(worker, { worker, why, respawn: false, ranks: plan.ranksOn(dev) });
-        }),
-      ),
-    );
-    return [...losses.values()];
-  }
-
   private restartWorkers(losses: readonly WorkerLoss[], at: string, round: number, restarts: number, limit: number, outage: string | null): void {
     if (round <= 1) this.recoveryT0 = performance.now();
     this.flowing = false;
     if (outage) this.warn(`troupe up: ${outage} during ${at}; frames in flight may be lost`);
-    losses.forEach((l, i) => {
-      const n = restarts - losses.length + i + 1;
-      const during = `${l.why} during ${at}${round > 1 ? ' (while recovering)' : ''}`;
-      if (l.respawn) {
-        const child = this.supervisor.respawn(l.worker);
-        this.warn(`troupe up: ${during}; restarting it (restart ${n} of ${limit}), pid ${child.pid}`);
-      } else this.warn(`troupe up: ${during}; waiting for its worker to (re)join (restart ${n} of ${limit})`);
-    });
-  }
-
-  private killSilent(rank: number, why: string): void {
-    const dev = deviceOf(rank, this.p.plan.devices);
-    if (this.o.spawn ?? true) {
-      this.warn(`troupe up: killing worker ${dev} to restart it (${why})`);
-      void this.supervisor.kill(dev);
-      return;
-    }
-    // A remote worker cannot be killed from here: it is lost, and waited for.
-    this.warn(`troupe up: worker ${dev} is silent (${why}); waiting for a worker to take its place`);
-    setTimeout(() => this.tell({ type: 'WORKER_LOST', loss: { worker: dev, why: `worker ${dev} went silent`, respawn: false, ranks: this.p.plan.ranksOn(dev) } }), 0);
+    this.fleet.restart(losses, at, round, restarts, limit);
   }
 
   /** After a recovery: the records of the steps to replay go, and the user is told what is replayed. */
@@ -473,7 +332,7 @@ export class Driver {
 
   /** What the summary needs. */
   record(): DriverRecord {
-    return { workers: this.hellos.flat(), stats: this.stats, last: this.last, heldOut: this.heldOut, ...this.records, natsPid: this.server?.pid ?? null };
+    return { workers: this.fleet.workers, stats: this.stats, last: this.last, heldOut: this.heldOut, ...this.records, natsPid: this.server?.pid ?? null };
   }
 
   /** Writes the trace (after the last step's events are in), when one was asked for. */
@@ -492,20 +351,13 @@ export class Driver {
     await this.round;
     await this.trace?.close().catch(() => {});
     await Promise.all(this.scheds.map((s) => s.close().catch(() => {})));
-    await Promise.all(this.subs.map((s) => s.drain().catch(() => {})));
     await this.inspector?.close().catch(() => {});
-    const bus = this.bus;
     // With its server gone (and not started again) no stop request can reach the workers: they are signalled at once.
-    if (bus && !bus.isClosed && !this.serverGone) {
-      await Promise.all(this.jobs.flatMap((j) => this.p.plan.partitions.map((_, r) => bus.request(ctlSubject(j, r, CtlVerb.STOP), encodeJson({ job: j }), 2_000).catch(() => {}))));
-    }
-    if (this.o.signal?.aborted || this.serverGone) await this.supervisor.killAll();
-    else await this.supervisor.stopAll();
-    await bus?.close().catch(() => {});
+    const gone = this.server?.gone ?? false;
+    await this.fleet.stop(this.o.signal?.aborted === true || gone, !gone);
+    await this.bus?.close().catch(() => {});
     await this.page?.close().catch(() => {});
-    await this.serverAgain?.catch(() => {});
     await this.server?.stop();
-    if (this.credentialsFile) await rm(dirname(this.credentialsFile), { recursive: true, force: true });
   }
 }
 
