@@ -12,8 +12,8 @@ import type { StatsMessage } from '../src/protocol/messages.js';
 import { machineLine, median, table } from './report.js';
 
 const run = promisify(execFile);
-const ROUNDS = Number(process.env['ROUNDS'] ?? 3);
-const STEPS = Number(process.env['BENCH_STEPS'] ?? 64);
+const ROUNDS = Number(process.env['ROUNDS'] ?? 5);
+const STEPS = Number(process.env['BENCH_STEPS'] ?? 48);
 /** Steps before the steady state (JIT, first packing of weights): left out of the time. */
 const WARM = 2;
 
@@ -55,18 +55,18 @@ export async function benchRestarts(): Promise<string> {
       results[i]!.bytes.push(r.stats.find((st) => st.rank === 0)!.bytesOut);
     }
   }
-  const baseMs = median(results[0]!.ms);
-  const baseBytes = median(results[0]!.bytes);
+  // Ratios within each round (the runs of a round are next to each other in time), then their median.
+  const ratio = (xs: readonly number[], base: readonly number[]) => median(xs.map((x, r) => x / base[r]!));
   const rows = SERIES.map((s, i) => {
-    const ms = median(results[i]!.ms);
-    const bytes = median(results[i]!.bytes);
-    return [s.name, ((ms / (STEPS - WARM))).toFixed(1), (ms / baseMs).toFixed(3), (bytes / 1e6).toFixed(1), (bytes / baseBytes).toFixed(2)];
+    const { ms, bytes } = results[i]!;
+    return [s.name, (median(ms) / (STEPS - WARM)).toFixed(1), ratio(ms, results[0]!.ms).toFixed(3), (median(bytes) / 1e6).toFixed(1), ratio(bytes, results[0]!.bytes).toFixed(2)];
   });
   return [
     '### `troupe up --restarts`: time and bytes while nothing fails',
     '',
     `Reference MLP 784-1024-1024-10, batch 256, 2 stages in worker processes, 1F1B, m = 4, Adam, ${STEPS} steps; time from the end of step ${WARM} to the`,
-    `end of step ${STEPS} (keeps included), medians of ${ROUNDS} interleaved rounds. Stage 0's bytes out include the state it sends the driver. ${machineLine()}`,
+    `end of step ${STEPS} (keeps included); ${ROUNDS} interleaved rounds, medians, ratios taken within each round. Stage 0's bytes out include the state`,
+    `it sends the driver (every run sends its final state once). Workers on wasm. ${machineLine()}`,
     '',
     table(['run', 'ms/step', 'time ratio', "stage 0's MB out", 'bytes ratio'], rows),
     '',
