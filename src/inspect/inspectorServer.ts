@@ -83,7 +83,13 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
         const kind = lastToken(m.subject);
         if (kind === 'action') push(model.applyAction(decodeMessage('action', m.data)));
         else if (kind === 'error') push(model.applyError(decodeMessage('error', m.data)));
-        else if (kind === 'reject') push(model.applyReject(decodeMessage('reject', m.data)));
+        else if (kind === 'reject') {
+          const r = decodeMessage('reject', m.data);
+          push(model.applyReject(r));
+          // A refused INPUT fails its step: the error panel shows it.
+          const failed = InspectorModel.stepFailureOf(r);
+          if (failed) push(model.applyError(failed));
+        }
       } catch {
         // malformed: the scheduler counts those
       }

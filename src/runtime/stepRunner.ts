@@ -11,6 +11,7 @@ import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import { devicePositions, type DeviceSchedule } from '../schedule/interleaved.js';
 import { forwardOnlySchedule } from '../schedule/schedules.js';
 import type { SchedulerHost } from './schedulerHost.js';
+import { checkStepTensors, floatLabels, type StepTensorSpec } from './stepTensors.js';
 
 /** What a training or evaluation step returns. */
 export interface StepResult {
@@ -50,8 +51,8 @@ export interface StepRunnerOptions {
   /** Per device, its stages' actions in order, when devices host several stages (interleaved schedules). */
   readonly devices?: DeviceSchedule;
   readonly microbatches: number;
-  /** Number of model inputs stage 0 takes. */
-  readonly inputs: number;
+  /** The model's inputs and outputs and the loss's label rule: every step's tensors are checked against them before anything is published. */
+  readonly tensors: StepTensorSpec;
   readonly hasMetric: boolean;
   readonly stepTimeoutMs: number;
   /** How stage 0 gets its inputs (FeedMode); default `step`. */
@@ -98,12 +99,12 @@ export class StepRunner {
     const predict = extra.predict ?? false;
     const update = !forwardOnly && !predict && (extra.update ?? true);
     if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
-    if (xw.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xw.length}`);
     if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
+    // Wrong shapes and dtypes fail here, naming the tensor, before any frame goes out.
+    const checked = checkStepTensors(xw, yw, this.o.tensors);
+    xw = checked.xs;
+    yw = floatLabels(checked.ys, this.o.tensors.labels);
     const batch = xw[0]!.shape[0]!;
-    for (const t of [...xw, ...yw]) {
-      if (t.shape.length === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
-    }
     const sizes = microbatchSizes(batch, m);
     const offsets = microbatchOffsets(sizes);
     const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
