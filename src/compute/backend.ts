@@ -5,6 +5,7 @@ import { installFastWasmMatMul } from './wasmMatMul.js';
 import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
 import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
 import { installSharedWasmIdentity } from './wasmIdentity.js';
+import { removeWasmExitHandlers } from './wasmExitHandlers.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -86,6 +87,7 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
         installWasmConvFilterGrad();
         installWasmConvInputGrad();
         installSharedWasmIdentity();
+        removeWasmExitHandlers(); // emscripten's rethrowing handlers: an uncaught error would exit 7 with 40 KB of wasm source
       }
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
       return { name, tfName, skipped };
