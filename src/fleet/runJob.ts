@@ -36,6 +36,7 @@ import { hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { countGpus, deviceEnv, gpuBackendInstalled } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
+import { removeWithThisProcess } from './tiedProcess.js';
 import { Progress } from './progress.js';
 import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
@@ -240,6 +241,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
   let credentialsFile: string | undefined;
+  let dropCredentials: (() => void) | undefined;
   let trace: TraceRecorder | undefined;
   const restartLimit = o.restarts ?? 0;
   if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
@@ -265,6 +267,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (server) {
       // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
       credentialsFile = await writeCredentialsFile();
+      // The file goes with this process even if it is killed (SIGKILL leaves no finally).
+      dropCredentials = removeWithThisProcess(dirname(credentialsFile));
       say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
     }
     bus = await Bus.connect({ servers: url.split(','), name: `troupe-${job}-driver`, role: 'driver' });
@@ -473,5 +477,6 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await bus?.close().catch(() => {});
     await server?.stop();
     if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
+    dropCredentials?.();
   }
 }

@@ -14,6 +14,7 @@
  * until it exits, so the reader never signals a reused pid.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Socket } from 'node:net';
 
 const KEEPER = [
   '"$@" </dev/null 3<&- 4>&- &',
@@ -51,8 +52,8 @@ export interface TiedProcess {
  */
 export function tieToThisProcess(bin: string, args: readonly string[]): TiedProcess {
   const keeper = spawn('/bin/sh', ['-c', KEEPER, 'troupe-keeper', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], detached: true });
-  const lifeline = keeper.stdio[3] as NodeJS.WritableStream & { destroy(): void };
-  const report = keeper.stdio[4] as NodeJS.ReadableStream;
+  const lifeline = keeper.stdio[3] as Socket;
+  const report = keeper.stdio[4] as Socket;
   const pid = new Promise<number>((resolve, reject) => {
     let text = '';
     report.on('data', (b: Buffer) => {
@@ -65,6 +66,25 @@ export function tieToThisProcess(bin: string, args: readonly string[]): TiedProc
   });
   pid.catch(() => {}); // the caller sees the keeper's exit or error too
   // The lifeline is only ever closed; an error on it (the keeper gone) changes nothing.
-  (lifeline as unknown as NodeJS.EventEmitter).on('error', () => {});
+  lifeline.on('error', () => {});
   return { keeper, pid, cut: () => lifeline.destroy() };
+}
+
+/**
+ * Removes `path` (a file or directory of secrets) when this process ends, however it ends,
+ * through a sh that waits on a pipe from this process. Returns a function that removes it
+ * now (the same sh does). Neither keeps this process alive.
+ *
+ * @example
+ * const drop = removeWithThisProcess(dirname(credentialsFile));
+ * // ... on a normal end:
+ * drop();
+ */
+export function removeWithThisProcess(path: string): () => void {
+  const cleaner = spawn('/bin/sh', ['-c', 'while read -r _; do :; done <&3; rm -rf -- "$1"', 'troupe-cleanup', path], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
+  const lifeline = cleaner.stdio[3] as Socket;
+  lifeline.on('error', () => {});
+  lifeline.unref();
+  cleaner.unref();
+  return () => lifeline.destroy();
 }

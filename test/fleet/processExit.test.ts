@@ -1,9 +1,10 @@
 /**
  * A program using Troupe that ends badly, run in a child process: it prints the user's error
  * and stack (not the wasm module's source), exits 1, and no nats-server it started survives,
- * however it ends; nor do the workers of a `troupe up` killed with SIGKILL.
+ * however it ends; nor do the workers and the credentials file of a `troupe up` killed with SIGKILL.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, vi } from 'vitest';
 import { alive, printedPids, troupe } from '../helpers/troupeCli.js';
@@ -58,16 +59,19 @@ describe('a program using Troupe that ends badly', () => {
     await gone(run.pid);
   });
 
-  it('troupe up killed with SIGKILL: its nats-server and its workers end too', async () => {
+  it('troupe up killed with SIGKILL: its nats-server, its workers and its NATS credentials file end too', async () => {
     const run = troupe(['up', CONFIG], { TINY_EPOCHS: '1000' });
     try {
       await run.waitFor(/step \d+\/\d+/);
       const pids = printedPids(run.output());
       expect(pids).toHaveLength(3); // nats-server and two workers
       for (const pid of pids) expect(alive(pid)).toBe(true);
+      const credentials = /TROUPE_NATS_CREDENTIALS=(\S+)/.exec(run.output())![1]!;
+      expect(existsSync(credentials)).toBe(true);
       run.child.kill('SIGKILL');
       expect((await run.exit).signal).toBe('SIGKILL');
       for (const pid of pids) await gone(pid);
+      await vi.waitFor(() => expect(existsSync(credentials), `${credentials} still there`).toBe(false), { timeout: 5_000, interval: 20 });
     } finally {
       run.child.kill('SIGKILL');
     }
