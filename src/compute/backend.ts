@@ -6,6 +6,7 @@ import { installWasmConvFilterGrad } from './wasmConvFilterGrad.js';
 import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
 import { installSharedWasmIdentity } from './wasmIdentity.js';
 import { removeWasmExitHandlers } from './wasmExitHandlers.js';
+import { installWasmSegmentSum } from './wasmSegmentSum.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -87,6 +88,7 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
         installWasmConvFilterGrad();
         installWasmConvInputGrad();
         installSharedWasmIdentity();
+        installWasmSegmentSum(); // Gather's gradient: Embedding layers train on wasm
         removeWasmExitHandlers(); // emscripten's rethrowing handlers: an uncaught error would exit 7 with 40 KB of wasm source
       }
       log?.(`troupe: backend ${name}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}`);
