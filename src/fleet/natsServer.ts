@@ -1,10 +1,11 @@
 /** Starts and stops a nats-server process from the project's nats.conf. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { ConfigError, TransportError } from '../errors.js';
 import { ensureCredentials } from '../transport/credentials.js';
 import { packagePath } from '../packagePath.js';
+import { tieToThisProcess } from './tiedProcess.js';
 
 /** The project's nats.conf. */
 export const DEFAULT_NATS_CONF = packagePath('nats.conf');
@@ -28,7 +29,7 @@ export interface NatsServer {
   readonly pid: number;
   /** Everything the server logged so far. */
   log(): string;
-  /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. */
+  /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. It also ends with this process, however that ends. */
   stop(): Promise<void>;
 }
 
@@ -41,9 +42,10 @@ export function findNatsServer(): string {
   throw new ConfigError('nats-server is not installed: run `npm run setup` or `apt-get install nats-server` (Debian package nats-server)');
 }
 
-const live = new Set<ChildProcess>();
+/** Servers still running: at exit they are killed at once (their keepers would a moment later). */
+const live = new Set<{ keeper: ChildProcess; pid: number }>();
 process.once('exit', () => {
-  for (const c of live) c.kill('SIGKILL');
+  for (const s of live) if (s.keeper.exitCode === null && s.keeper.signalCode === null) process.kill(s.pid, 'SIGKILL');
 });
 
 /**
@@ -62,12 +64,14 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   // shared with this process's clients and the workers it forks.
   ensureCredentials();
   const args = ['-c', config, '-p', String(opts.port && opts.port > 0 ? opts.port : -1), ...(opts.args ?? [])];
-  // Its own process group: a terminal's Ctrl-C reaches the driver, which stops the server last.
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  live.add(child);
+  // Tied to this process: the server dies with it, even on SIGKILL. Its own process group:
+  // a terminal's Ctrl-C reaches the driver, which stops the server last.
+  const tied = tieToThisProcess(bin, args);
+  const child = tied.keeper;
   let out = '';
+  let entry: { keeper: ChildProcess; pid: number } | undefined;
   const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    live.delete(child);
+    if (entry) live.delete(entry);
     resolve();
   }));
   const port = await new Promise<number>((resolve, reject) => {
@@ -75,7 +79,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const timer = setTimeout(() => fail(`did not start within ${opts.readyTimeoutMs ?? 10_000} ms`), opts.readyTimeoutMs ?? 10_000);
     const fail = (why: string) => {
       clearTimeout(timer);
-      child.kill('SIGKILL');
+      tied.cut();
       reject(new TransportError(`nats-server ${args.join(' ')} ${why}:\n${out.slice(-2000)}`));
     };
     const onData = (b: Buffer) => {
@@ -92,17 +96,26 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     child.once('exit', (code) => fail(`exited with code ${String(code)}`));
     child.once('error', (err) => fail(`could not run: ${err.message}`));
   });
+  const pid = await tied.pid;
+  entry = { keeper: child, pid };
+  if (child.exitCode === null && child.signalCode === null) live.add(entry);
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
-    pid: child.pid!,
+    pid,
     log: () => out,
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      // The server is the keeper's unreaped child until it exits: its pid is still its own.
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // It exited a moment ago; the keeper is exiting too.
+      }
+      const t = setTimeout(() => tied.cut(), 5_000);
       await exited;
       clearTimeout(t);
+      tied.cut();
     },
   };
 }

@@ -20,6 +20,7 @@ import { maxInFlight } from '../schedule/constraint.js';
 import { exportStageState, importStageState, stageWeights } from '../compute/stageState.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
+import type { DType } from '../protocol/dtype.js';
 import { sliceRows } from '../protocol/rows.js';
 import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
 import { CtlVerb, checkJobId, ctlSubject } from '../protocol/subjects.js';
@@ -29,6 +30,7 @@ import { deferred } from '../runtime/deferred.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dropStep, dumpStates, loadStates, type RankState } from '../runtime/stageStates.js';
 import { StepRunner, type StepResult } from '../runtime/stepRunner.js';
+import { checkStepTensors, labelRuleOf, type StepTensorSpec } from '../runtime/stepTensors.js';
 import { TraceRecorder } from '../inspect/trace.js';
 import { startInspector, type Inspector } from '../inspect/inspectorServer.js';
 import { Bus } from '../transport/bus.js';
@@ -36,6 +38,7 @@ import { hasCheckpoint, loadCheckpoint, prepareCheckpointDir, saveCheckpoint } f
 import { countGpus, deviceEnv } from './device.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { startNatsServer, type NatsServer } from './natsServer.js';
+import { removeWithThisProcess } from './tiedProcess.js';
 import { Progress } from './progress.js';
 import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
@@ -175,12 +178,27 @@ export async function prepareJob(o: RunJobOptions): Promise<Prepared> {
   };
   check(data?.train, 'train');
   if (data.test !== undefined) check(data.test, 'test');
+  // The model's shapes and dtypes, checked before any process starts.
+  const tensors = stepTensorSpec(partitions, cfg);
+  for (const [what, e] of [['train', data.train], ['test', data.test]] as const) {
+    if (!e) continue;
+    try {
+      checkStepTensors([{ name: 'x0', dtype: e.x.dtype as DType, shape: e.x.shape }], [{ name: 'y0', dtype: e.y.dtype as DType, shape: e.y.shape }], tensors);
+    } catch (cause) {
+      throw new ConfigError(`${where}: field "data": ${what}: ${messageOf(cause)}`, { cause });
+    }
+  }
   const stepsPerEpoch = Math.floor(data.train.x.shape[0]! / cfg.batchSize);
   if (stepsPerEpoch < 1) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is larger than the ${data.train.x.shape[0]} training examples`);
   if (cfg.batchSize < cfg.microbatches) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is smaller than microbatches ${cfg.microbatches}`);
   const all = stepsPerEpoch * cfg.epochs;
   if (o.steps !== undefined && !(Number.isInteger(o.steps) && o.steps > 0)) throw new ConfigError(`--steps must be a positive integer, got ${o.steps}`);
   return { cfg, job, model, partitions, schedule, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
+}
+
+/** What every step's inputs and labels are checked against: the model's inputs and outputs, the loss's label rule. */
+function stepTensorSpec(partitions: readonly StagePartition[], cfg: JobConfig): StepTensorSpec {
+  return { inputs: partitions[0]!.inputs, outputs: partitions[partitions.length - 1]!.outputs, labels: labelRuleOf(cfg.loss) };
 }
 
 async function initialStates(p: Prepared): Promise<RankState[]> {
@@ -248,6 +266,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
   let credentialsFile: string | undefined;
+  let dropCredentials: (() => void) | undefined;
   let trace: TraceRecorder | undefined;
   let inspector: Inspector | undefined;
   const restartLimit = o.restarts ?? 0;
@@ -274,6 +293,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     if (server) {
       // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
       credentialsFile = await writeCredentialsFile();
+      // The file goes with this process even if it is killed (SIGKILL leaves no finally).
+      dropCredentials = removeWithThisProcess(dirname(credentialsFile));
       say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
     }
     if (o.inspectPort !== undefined) {
@@ -327,7 +348,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       (j, i) =>
         new StepRunner({
           scheduler: scheds[i]!, job: j, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
-          inputs: partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep, ...(cfg.feed ? { feed: cfg.feed } : {}),
+          tensors: stepTensorSpec(partitions, cfg), hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep, ...(cfg.feed ? { feed: cfg.feed } : {}),
         }),
     );
     const progress = new Progress(out);
@@ -491,5 +512,6 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await inspector?.close().catch(() => {});
     await server?.stop();
     if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
+    dropCredentials?.();
   }
 }

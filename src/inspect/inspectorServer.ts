@@ -134,7 +134,13 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       const kind = lastToken(m.subject);
       if (kind === 'action') push(model.applyAction(decodeMessage('action', m.data), scope));
       else if (kind === 'error') push(model.applyError(decodeMessage('error', m.data), scope));
-      else if (kind === 'reject') push(model.applyReject(decodeMessage('reject', m.data), scope));
+      else if (kind === 'reject') {
+        const r = decodeMessage('reject', m.data);
+        push(model.applyReject(r, scope));
+        // A refused INPUT fails its step: the error panel shows it.
+        const failed = InspectorModel.stepFailureOf(r);
+        if (failed) push(model.applyError(failed, scope));
+      }
     }),
     ...every('stats.*', (m, scope) => push(model.applyStats(decodeMessage('stats', m.data), scope))),
   ];

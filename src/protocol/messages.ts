@@ -59,7 +59,28 @@ export interface LossEvent { readonly step: number; readonly microbatch: number;
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
 export interface UpdatedEvent { readonly rank: number; readonly step: number }
 export interface ErrorEvent { readonly rank: number; readonly step: number; readonly key: string; readonly code: string; readonly message: string }
-export interface RejectEvent { readonly rank: number; readonly subject: string; readonly code: string; readonly message: string }
+/**
+ * A frame a stage refused. `step`, `microbatch` and `phase` are the frame's key when its
+ * headers could be read (null otherwise): a refused INPUT of the running step fails it.
+ */
+export interface RejectEvent {
+  readonly rank: number;
+  readonly subject: string;
+  readonly code: string;
+  readonly message: string;
+  readonly step: number | null;
+  readonly microbatch: number | null;
+  readonly phase: string | null;
+}
+
+/**
+ * Whether a refusal fails the frame's step: a stage found one of the step's INPUT frames the
+ * wrong tensors for it (SHAPE). Only the driver sends INPUT, so that slot will not be filled.
+ * A duplicate (its slot is filled) or a frame whose key could not be read does not.
+ */
+export function refusalFailsStep(r: Pick<RejectEvent, 'step' | 'phase' | 'code'>): boolean {
+  return r.step !== null && r.phase === 'INPUT' && r.code === 'SHAPE';
+}
 
 /** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */
 export interface StateInfo { readonly step: number; readonly weightNames: readonly string[]; readonly optimizerNames: readonly string[] }
@@ -103,7 +124,7 @@ export function encodeJson(v: unknown): Uint8Array {
   return enc.encode(JSON.stringify(v));
 }
 
-type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string[]'>;
+type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string|null' | 'string[]'>;
 
 function check<T>(what: string, v: unknown, shape: Shape): T {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
@@ -115,7 +136,9 @@ function check<T>(what: string, v: unknown, shape: Shape): T {
         ? Array.isArray(x) && x.every((e) => typeof e === 'string')
         : t === 'number|null'
           ? x === null || (typeof x === 'number' && Number.isFinite(x))
-          : typeof x === t && (t !== 'number' || Number.isFinite(x));
+          : t === 'string|null'
+            ? x === null || typeof x === 'string'
+            : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
   // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
@@ -138,7 +161,7 @@ const SHAPES = {
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
   error: { rank: 'number', step: 'number', key: 'string', code: 'string', message: 'string' },
-  reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
+  reject: { rank: 'number', subject: 'string', code: 'string', message: 'string', step: 'number|null', microbatch: 'number|null', phase: 'string|null' },
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },

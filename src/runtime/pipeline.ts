@@ -23,6 +23,7 @@ import { Bus, type BusOptions } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
+import { labelRuleOf } from './stepTensors.js';
 import { StageHost, type StageActor, type StageStats } from './stageHost.js';
 
 /** Options of `createPipeline`. */
@@ -273,7 +274,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
           schedule,
           ...(placed.devices ? { devices: placed.devices } : {}),
           microbatches: m,
-          inputs: partitions[0]!.inputs.length,
+          tensors: { inputs: partitions[0]!.inputs, outputs: partitions[p - 1]!.outputs, labels: labelRuleOf(o.loss) },
           hasMetric: metric !== null,
           stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
           ...(o.feed ? { feed: o.feed } : {}),

@@ -1,6 +1,6 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { freesForFeed, schedulerMachine, type SchedulerEvent, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import { freesForFeed, schedulerMachine, type RefusedFrame, type SchedulerEvent, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
 import { Reassembler } from '../protocol/reassembler.js';
@@ -64,8 +64,10 @@ interface Queued {
   begun?: Promise<number>;
 }
 
-/** Scheduler events that belong to a step (a REJECT names none). */
-type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }>;
+/** Scheduler events that belong to a step (a REJECT with its frame's key does too). */
+type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }> | { type: 'REJECT'; rank: number; refused: RefusedFrame };
+
+const stepOf = (e: StepEvent): number => (e.type === 'REJECT' ? e.refused.step : e.step);
 
 /** A step's outcome, and whether it began early (plans and first inputs sent while the previous step ran). */
 export interface RunOutcome extends StepOutcome {
@@ -285,7 +287,10 @@ export class SchedulerHost {
           this.lastRejects.push(e);
           if (this.lastRejects.length > 100) this.lastRejects.shift();
           this.rejects++;
-          return this.fromStage(e.rank, () => this.actor.send({ type: 'REJECT', rank: e.rank }));
+          if (e.step === null || e.phase === null) return this.fromStage(e.rank, () => this.actor.send({ type: 'REJECT', rank: e.rank }));
+          // With its key, the machine judges it (a refused INPUT fails its step); one of a begun step waits for it.
+          const key = `${this.o.job}/${e.step}/${e.microbatch ?? '?'}/${e.phase}`;
+          return this.deliver({ type: 'REJECT', rank: e.rank, refused: { step: e.step, phase: e.phase, key, code: e.code, message: e.message } });
         }
         default:
           throw new FrameError(`unknown scheduler event subject ${m.subject}`);
@@ -298,7 +303,7 @@ export class SchedulerHost {
   /** Hands a stage event to the actor; one of a step that began early but has not started yet waits for it. */
   private deliver(e: StepEvent): void {
     const head = this.queue[0];
-    if (head?.begun && e.step === head.work.step && e.step !== this.work?.step) {
+    if (head?.begun && stepOf(e) === head.work.step && stepOf(e) !== this.work?.step) {
       this.early.push(e);
       return;
     }
@@ -359,8 +364,8 @@ export class SchedulerHost {
     if (changed) this.rollCall?.announce();
     this.actor.send({ type: 'START', req });
     // Events of this step that came while the previous one finished.
-    const early = this.early.filter((e) => e.step === work.step);
-    this.early = this.early.filter((e) => e.step > work.step);
+    const early = this.early.filter((e) => stepOf(e) === work.step);
+    this.early = this.early.filter((e) => stepOf(e) > work.step);
     for (const e of early) this.deliver(e);
     const watchdog = this.watch(work.step);
     let failed: unknown;

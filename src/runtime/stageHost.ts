@@ -12,8 +12,8 @@ import { releaseDevice } from '../compute/wire.js';
 import { ActorInspector, actorSessionId, senderActor } from '../inspect/actorInspector.js';
 import { RollCall } from '../inspect/rollCall.js';
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
-import { formatKey } from '../protocol/key.js';
-import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
+import { formatKey, type Key } from '../protocol/key.js';
+import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type RejectEvent, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import {
@@ -128,7 +128,7 @@ export class StageHost {
         startUpdate: updateRunner((step) => this.applyUpdate(step)),
         reportReject: (_, { error, frame }) => {
           releaseDevice(frame.tensors);
-          this.reject(`frame ${formatKey(frame.key)}`, error);
+          this.reject(`frame ${formatKey(frame.key)}`, error, frame.key);
         },
         reportDone: (_, { step, peakHeld }) => {
           this.peakHeld = Math.max(this.peakHeld, peakHeld);
@@ -240,17 +240,21 @@ export class StageHost {
     });
   }
 
-  private reject(what: string, err: unknown): void {
+  /** Tells the scheduler of a refused frame; `key` when its headers were read (a refused INPUT of the running step fails it). */
+  private reject(what: string, err: unknown, key?: Key): void {
     const e = err instanceof TroupeError ? err : new FrameError(messageOf(err), { cause: err });
-    this.emit(SchedEvent.REJECT, { rank: this.rank, subject: what, code: e.code, message: e.message });
+    const body: RejectEvent = { rank: this.rank, subject: what, code: e.code, message: e.message, step: key?.step ?? null, microbatch: key?.microbatch ?? null, phase: key?.phase ?? null };
+    this.emit(SchedEvent.REJECT, body);
   }
 
   private onFrame(m: BusMessage): void {
     const t0 = performance.now();
     const before = this.machineMs + this.busyMs;
     const phase = lastToken(m.subject);
+    let key: Key | undefined;
     try {
       const h = parseHeader(m.header, phase, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
+      key = h.key;
       if (h.key.phase === Phase.UPDATE) return this.onUpdate(h.key.job, h.key.step);
       // Judge the key before assembling: a chunk of another step or job allocates nothing.
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
@@ -259,7 +263,7 @@ export class StageHost {
       if (frame) this.send({ type: 'FRAME', frame }, senderActor(frame.from));
     } catch (err) {
       this.refusedOnArrival++;
-      this.reject(m.subject, err);
+      this.reject(m.subject, err, key);
     } finally {
       // The machine's part (and an update an UPDATE frame ran at once) are counted apart.
       this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
@@ -278,7 +282,7 @@ export class StageHost {
     } catch (err) {
       releaseDevice(frame.tensors);
       this.refusedOnArrival++;
-      this.reject(`frame ${formatKey(frame.key)}`, err);
+      this.reject(`frame ${formatKey(frame.key)}`, err, frame.key);
     } finally {
       this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
     }

@@ -13,7 +13,7 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   done: { rank: 0, step: 3, peakHeld: 2 },
   updated: { rank: 2, step: 3 },
   error: { rank: 1, step: 3, key: 'mnist/3/2/FORWARD', code: 'SHAPE', message: 'bad shape' },
-  reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'FRAME', message: 'bad header' },
+  reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'SHAPE', message: 'bad shape', step: 3, microbatch: 2, phase: 'FORWARD' },
   state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
   hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
   probe: { rank: 1, step: 3, state: 'running.waiting', action: 'B2', awaiting: ['BACKWARD:2'] },
@@ -72,12 +72,18 @@ describe('decodeMessage', () => {
 
       it(`${kind}: refuses "${field}" of the wrong type`, () => {
         for (const bad of wrongFor(valid[field])) {
-          if (field === 'metric' && bad === null) continue; // null is a valid metric
+          // null is a valid metric, and a refused frame's key is null when its headers could not be read
+          if (bad === null && (field === 'metric' || (kind === 'reject' && ['step', 'microbatch', 'phase'].includes(field)))) continue;
           frameError(() => decodeMessage(kind, encodeJson({ ...valid, [field]: bad })), new RegExp(`^${kind}: field "${field}" must be `));
         }
       });
     }
   }
+
+  it('accepts a reject whose frame key is unknown (null step, microbatch and phase)', () => {
+    const r = { ...VALID.reject, step: null, microbatch: null, phase: null };
+    expect(decodeMessage('reject', encodeJson(r))).toEqual(r);
+  });
 
   it('refuses non-finite numbers written as overflowing literals', () => {
     // JSON cannot write NaN, but 1e999 parses to Infinity.
