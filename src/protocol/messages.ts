@@ -53,8 +53,24 @@ export interface ProbeReply {
 export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
 
 /** Events the stages publish on `troupe.<job>.sched.<event>`. */
-/** An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its duration. */
-export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly t0: number; readonly ms: number }
+/**
+ * An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its
+ * duration. Where the time went, when the stage knows: `sendAt` (ms after `t0`) is when it
+ * handed its output frame to the bus and `sendMs` how long that took (part of `ms`); `inAt`
+ * (Unix ms) is when the frame the action consumed (INPUT on stage 0's F, else the neighbour's
+ * FORWARD or BACKWARD) was whole at the stage. The scaling bench's breakdown and hop latencies
+ * come from them.
+ */
+export interface ActionEvent {
+  readonly rank: number;
+  readonly step: number;
+  readonly action: string;
+  readonly t0: number;
+  readonly ms: number;
+  readonly sendAt?: number;
+  readonly sendMs?: number;
+  readonly inAt?: number;
+}
 export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
 export interface UpdatedEvent { readonly rank: number; readonly step: number }
@@ -103,19 +119,23 @@ export function encodeJson(v: unknown): Uint8Array {
   return enc.encode(JSON.stringify(v));
 }
 
-type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string[]'>;
+/** Field types; `number?` may also be absent. */
+type Shape = Record<string, 'number' | 'number?' | 'string' | 'boolean' | 'number|null' | 'string[]'>;
 
 function check<T>(what: string, v: unknown, shape: Shape): T {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
   const o = v as Record<string, unknown>;
   for (const [k, t] of Object.entries(shape)) {
     const x = o[k];
+    if (t === 'number?' && x === undefined) continue;
     const ok =
       t === 'string[]'
         ? Array.isArray(x) && x.every((e) => typeof e === 'string')
         : t === 'number|null'
           ? x === null || (typeof x === 'number' && Number.isFinite(x))
-          : typeof x === t && (t !== 'number' || Number.isFinite(x));
+          : t === 'number?'
+            ? typeof x === 'number' && Number.isFinite(x)
+            : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
   // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
@@ -133,7 +153,7 @@ function parse(what: string, data: Uint8Array): unknown {
 
 const SHAPES = {
   plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
+  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
