@@ -99,6 +99,8 @@ export class StageHost {
   private executing = -1;
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
+  /** When each frame was whole at this stage (Unix ms), for its action's event (`inAt`). */
+  private readonly arrivedAt = new WeakMap<Frame, number>();
   private readonly from: string;
   private readonly offStatus: () => void;
 
@@ -226,7 +228,10 @@ export class StageHost {
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
       if (wrongStep) throw wrongStep;
       const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.send({ type: 'FRAME', frame });
+      if (frame) {
+        this.arrivedAt.set(frame, performance.timeOrigin + performance.now());
+        this.send({ type: 'FRAME', frame });
+      }
     } catch (err) {
       this.refusedOnArrival++;
       this.reject(m.subject, err);
@@ -442,6 +447,16 @@ export class StageHost {
     const last = rank === partition.stages - 1;
     const mb = action.microbatch;
     const key = (phase: Phase) => ({ job, step: plan.step, microbatch: mb, phase });
+    // When the action handed its output to the bus, and how long publishing took (its event says so).
+    let sendAt: number | undefined;
+    let sendMs = 0;
+    const publish = async (subject: string, phase: Phase, tensors: readonly WireTensor[]) => {
+      this.sendHeld();
+      const s0 = performance.now();
+      sendAt ??= s0 - t0;
+      await bus.publishFrame(subject, { key: key(phase), from: this.from, tensors });
+      sendMs += performance.now() - s0;
+    };
     let res: ActionResult;
     if (action.kind === 'F') {
       const first = frames[0]!;
@@ -452,24 +467,16 @@ export class StageHost {
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
       if (plan.predict && last) {
         // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
-        const outputs = compute.predict(inputs, size);
-        this.sendHeld();
-        await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
+        await publish(outputSubject(job), Phase.FORWARD, compute.predict(inputs, size));
         res = { tensors: [], loss: 0, metric: null };
       } else res = compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly);
-      if (!last) {
-        this.sendHeld();
-        await bus.publishFrame(stageSubject(job, rank + 1, Phase.FORWARD), { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
-      }
+      if (!last) await publish(stageSubject(job, rank + 1, Phase.FORWARD), Phase.FORWARD, res.tensors);
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
       // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
       res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.totalBatch) : compute.backward(mb, dy, plan.totalBatch);
-      if (rank > 0) {
-        this.sendHeld();
-        await bus.publishFrame(stageSubject(job, rank - 1, Phase.BACKWARD), { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
-      }
+      if (rank > 0) await publish(stageSubject(job, rank - 1, Phase.BACKWARD), Phase.BACKWARD, res.tensors);
       this.backwards++;
     } else {
       compute.backwardWeights(mb);
@@ -480,7 +487,8 @@ export class StageHost {
     const ms = performance.now() - t0;
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
-    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms };
+    const inAt = frames[0] ? this.arrivedAt.get(frames[0]) : undefined;
+    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
     // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
     // go at once (with what was held); once every input of the step is here, they wait too.
     if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) this.emit(SchedEvent.ACTION, done);
