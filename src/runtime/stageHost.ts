@@ -474,9 +474,12 @@ export class StageHost {
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
-      // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
-      res = this.splitBackward ? compute.backwardInputs(mb, dy, plan.totalBatch) : compute.backward(mb, dy, plan.totalBatch);
+      // The input gradients go upstream as soon as they exist: the previous stage's backward
+      // waits for them, not for this stage's weight gradients. A list with W actions adds
+      // those later (W); an unsplit backward adds them right after sending.
+      res = compute.backwardInputs(mb, dy, plan.totalBatch);
       if (rank > 0) await publish(stageSubject(job, rank - 1, Phase.BACKWARD), Phase.BACKWARD, res.tensors);
+      if (!this.splitBackward) compute.backwardWeights(mb);
       this.backwards++;
     } else {
       compute.backwardWeights(mb);

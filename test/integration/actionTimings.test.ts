@@ -1,11 +1,17 @@
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Bus, createPipeline } from '../../src/index.js';
+import { StageCompute } from '../../src/compute/stageCompute.js';
 import { decodeMessage, type ActionEvent } from '../../src/protocol/messages.js';
+import type { Frame } from '../../src/protocol/frame.js';
 import { data, mlp } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
 
 /** A 2-stage 1F1B pipeline of a small MLP in this process (so both stages share one clock). */
 async function twoStages(job: string, schedule = '1f1b') {
@@ -51,6 +57,33 @@ describe('action events say where the time went', () => {
       }
     } finally {
       await spy.close();
+      await pipe.close();
+      tf.dispose([x, y]);
+    }
+  });
+});
+
+describe('a stage sends what is ready as soon as it is ready', () => {
+  it('1F1B: the input gradients go upstream before the weight gradients are computed', async () => {
+    // The order of the stage's own calls: publishing the BACKWARD frame of microbatch i, and
+    // computing W of microbatch i (within an unsplit backward).
+    const log: string[] = [];
+    const publish = Bus.prototype.publishFrame;
+    vi.spyOn(Bus.prototype, 'publishFrame').mockImplementation(function (this: Bus, subject: string, frame: Frame) {
+      if (subject.endsWith('.BACKWARD')) log.push(`send ${frame.key.microbatch}`);
+      return publish.call(this, subject, frame);
+    });
+    const weights = StageCompute.prototype.backwardWeights;
+    vi.spyOn(StageCompute.prototype, 'backwardWeights').mockImplementation(function (this: StageCompute, mb: number) {
+      if (this.partition.rank === 1) log.push(`W ${mb}`);
+      return weights.call(this, mb);
+    });
+    const pipe = await twoStages('early-send');
+    const { x, y } = data(8, 6, 3, 10);
+    try {
+      await pipe.trainStep(x, y);
+      expect(log).toEqual(['send 0', 'W 0', 'send 1', 'W 1', 'send 2', 'W 2', 'send 3', 'W 3']);
+    } finally {
       await pipe.close();
       tf.dispose([x, y]);
     }
