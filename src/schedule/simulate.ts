@@ -20,6 +20,12 @@ export interface ActionCosts {
   readonly B: number;
   readonly W?: number;
   readonly comm?: number;
+  /**
+   * An unsplit backward sends its input gradients after its B part, while it still adds its
+   * weight gradients (W), as Troupe's stages do: the previous stage's backward may start
+   * `W` earlier. Default false: at its end, as the papers count (1F1B's (m+p-1)(F+B+W)).
+   */
+  readonly inputGradientsFirst?: boolean;
 }
 
 /** What action `a` costs on a stage whose list does or does not split its backward. */
@@ -61,6 +67,7 @@ export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts = { F:
   const lanes = placed.devices ?? rows;
   const p = rows.length;
   const comm = costs.comm ?? 0;
+  const early = costs.inputGradientsFirst ?? false;
   const free = lanes.map(() => 0);
   const split = rows.map(splitsBackward);
   const timeline: Placed[][] = lanes.map(() => []);
@@ -71,7 +78,8 @@ export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts = { F:
       const end = start + costOf(a, costs, split[a.stage]!);
       timeline[lane]!.push({ action: a, start, end });
       free[lane] = end;
-      return end;
+      // What depends on a backward (the previous stage's) waits for its input gradients only.
+      return a.kind === 'B' && early ? start + costs.B : end;
     },
     p,
   );
