@@ -48,6 +48,17 @@ describe('simulate', () => {
     expect(simulate(oneFOneB(2, 2), { F: 1, B: 1, W: 1 }).stepTime).toBe(9);
   });
 
+  it('takes costs per stage: the slowest stage sets the pace', () => {
+    // GPipe p=2 m=2 with stage 1 twice as slow: F 1 / 2, B 2 / 4.
+    const sim = simulate(gpipe(2, 2), (st) => (st === 0 ? { F: 1, B: 2 } : { F: 2, B: 4 }));
+    const at = sim.timeline.map((row) => row.map((x) => `${x.action.kind}${x.action.microbatch}@${x.start}`));
+    expect(at).toEqual([
+      ['F0@0', 'F1@1', 'B0@9', 'B1@13'],
+      ['F0@1', 'F1@3', 'B0@5', 'B1@9'],
+    ]);
+    expect(sim.stepTime).toBe(15);
+  });
+
   it('refuses a schedule that cannot finish, naming the stuck actions', () => {
     // Stage 0 wants B0 (needs stage 1's B0) before F0; stage 1 wants F0 (needs stage 0's F0) first.
     const stuck = [parseStageActions('B0 F0', 0), parseStageActions('F0 B0', 1)];
