@@ -58,8 +58,9 @@ export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: s
  * duration. Where the time went, when the stage knows: `sendAt` (ms after `t0`) is when it
  * handed its output frame to the bus and `sendMs` how long that took (part of `ms`); `inAt`
  * (Unix ms) is when the frame the action consumed (INPUT on stage 0's F, else the neighbour's
- * FORWARD or BACKWARD) was whole at the stage. The scaling bench's breakdown and hop latencies
- * come from them.
+ * FORWARD or BACKWARD) was whole at the stage; `hostMs` is the time the stage spent reading
+ * other frames and handling events while the action awaited (part of `ms`, not of `sendMs`).
+ * The scaling bench's breakdown and hop latencies come from them.
  */
 export interface ActionEvent {
   readonly rank: number;
@@ -70,6 +71,7 @@ export interface ActionEvent {
   readonly sendAt?: number;
   readonly sendMs?: number;
   readonly inAt?: number;
+  readonly hostMs?: number;
 }
 export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
@@ -153,7 +155,7 @@ function parse(what: string, data: Uint8Array): unknown {
 
 const SHAPES = {
   plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?' },
+  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?', hostMs: 'number?' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },

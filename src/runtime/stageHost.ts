@@ -450,12 +450,15 @@ export class StageHost {
     // When the action handed its output to the bus, and how long publishing took (its event says so).
     let sendAt: number | undefined;
     let sendMs = 0;
+    const hostBefore = this.machineMs + this.framesMs;
     const publish = async (subject: string, phase: Phase, tensors: readonly WireTensor[]) => {
       this.sendHeld();
       const s0 = performance.now();
+      const host0 = this.machineMs + this.framesMs;
       sendAt ??= s0 - t0;
       await bus.publishFrame(subject, { key: key(phase), from: this.from, tensors });
-      sendMs += performance.now() - s0;
+      // Frames read and events handled while the publish awaited are the host's, not sending.
+      sendMs += performance.now() - s0 - (this.machineMs + this.framesMs - host0);
     };
     let res: ActionResult;
     if (action.kind === 'F') {
@@ -491,7 +494,8 @@ export class StageHost {
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
     const inAt = frames[0] ? this.arrivedAt.get(frames[0]) : undefined;
-    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
+    const hostMs = this.machineMs + this.framesMs - hostBefore;
+    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, hostMs, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
     // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
     // go at once (with what was held); once every input of the step is here, they wait too.
     if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) this.emit(SchedEvent.ACTION, done);

@@ -45,6 +45,11 @@ describe('action events say where the time went', () => {
           expect(e.sendMs).toBeGreaterThanOrEqual(0);
           expect(e.sendAt! + e.sendMs!).toBeLessThanOrEqual(e.ms + 1e-9);
         }
+        for (const e of [f0, f1, b0, b1]) {
+          // Reading other frames while the action awaited is the host's time, not the action's sending.
+          expect(e.hostMs).toBeGreaterThanOrEqual(0);
+          expect(e.hostMs! + (e.sendMs ?? 0)).toBeLessThanOrEqual(e.ms + 1e-9);
+        }
         expect(b0.sendAt).toBeUndefined();
         expect(f1.sendAt).toBeUndefined(); // the last stage's forward sends nothing on
         // Every action that consumed a frame says when it was whole: after its sender handed it

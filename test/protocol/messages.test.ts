@@ -95,7 +95,7 @@ describe('decodeMessage', () => {
   });
 
   it("takes an action's optional timings when they are numbers, and refuses them otherwise", () => {
-    const timed = { ...VALID.action, sendAt: 0.5, sendMs: 0.125, inAt: 1763900000000.5 };
+    const timed = { ...VALID.action, sendAt: 0.5, sendMs: 0.125, inAt: 1763900000000.5, hostMs: 0.25 };
     expect(decodeMessage('action', encodeJson(timed))).toEqual(timed);
     expect(decodeMessage('action', encodeJson(VALID.action))).toEqual(VALID.action);
     frameError(() => decodeMessage('action', encodeJson({ ...timed, sendMs: null })), /action: field "sendMs" must be number\?, got null/);
