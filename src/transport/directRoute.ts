@@ -1,0 +1,33 @@
+/**
+ * Which frames may take the direct path, and where an offer is answered. Only activations and
+ * input gradients between neighbouring stages do: `troupe.<job>.stage.<k>.FORWARD` (sent by
+ * stage k-1, answered by stage k on `troupe.<job>.stage.<k-1>.BACKWARD`) and
+ * `troupe.<job>.stage.<k>.BACKWARD` (sent by stage k+1, answered on `...stage.<k+1>.FORWARD`).
+ * Those are the subjects nats.conf lets exactly one neighbour publish to, so an offer on one
+ * comes from the stage the subject allows and its answer from the stage it names.
+ */
+import { Phase } from '../protocol/phase.js';
+import { stageSubject } from '../protocol/subjects.js';
+
+const FRAME = /^troupe\.([A-Za-z0-9_-]{1,64})\.stage\.(0|[1-9][0-9]{0,5})\.(FORWARD|BACKWARD)$/;
+
+/** The subject on which the receiver of frames on `subject` answers an offer; null when such frames stay on NATS. */
+export function answerSubject(subject: string): string | null {
+  const m = FRAME.exec(subject);
+  if (!m) return null;
+  const job = m[1]!;
+  const k = Number(m[2]);
+  if (m[3] === Phase.FORWARD) return k >= 1 ? stageSubject(job, k - 1, Phase.BACKWARD) : null;
+  return stageSubject(job, k + 1, Phase.FORWARD);
+}
+
+/** Whether a NATS subscription `pattern` (`*` one token, `>` the rest) covers `subject`. */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  const p = pattern.split('.');
+  const s = subject.split('.');
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === '>') return s.length > i;
+    if (i >= s.length || (p[i] !== '*' && p[i] !== s[i])) return false;
+  }
+  return p.length === s.length;
+}
