@@ -227,7 +227,7 @@ export class StageHost {
       // Judge the key before assembling: a chunk of another step or job allocates nothing.
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
       if (wrongStep) throw wrongStep;
-      const frame = this.reassembler.accept(h, m.data);
+      const frame = this.reassembler.accept(h, m.data, m.owned);
       if (frame) {
         this.arrivedAt.set(frame, performance.timeOrigin + performance.now());
         this.send({ type: 'FRAME', frame });
