@@ -111,6 +111,9 @@ export interface StatsMessage {
   readonly machineMs: number;
   /** Milliseconds judging and assembling received frames outside the machine (headers, chunks; not the NATS client's parsing). */
   readonly framesMs: number;
+  /** Of bytesIn and bytesOut, those that went over direct links between stages rather than NATS (absent when the path is off). */
+  readonly directBytesIn?: number;
+  readonly directBytesOut?: number;
 }
 
 const enc = new TextEncoder();
@@ -166,7 +169,7 @@ const SHAPES = {
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   abort: { step: 'number' },
   stop: { job: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */
