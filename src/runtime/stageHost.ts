@@ -161,6 +161,7 @@ export class StageHost {
 
   /** The stage's counters. */
   stats(): StageStats {
+    const direct = this.o.bus.directCounters;
     return {
       rank: this.rank,
       step: this.actor.getSnapshot().context.step,
@@ -176,6 +177,7 @@ export class StageHost {
       tensors: tf.memory().numTensors,
       machineMs: this.machineMs,
       framesMs: this.framesMs,
+      ...(direct ? { directBytesIn: direct.bytesIn, directBytesOut: direct.bytesOut } : {}),
     };
   }
 
