@@ -33,7 +33,8 @@ export interface BusOptions {
   /**
    * Large frames between neighbouring stages over a direct TCP link, negotiated over NATS
    * (directPath.ts): true, options, or false. Default: the TROUPE_DIRECT variable (`1` on,
-   * `0` off), else on without TLS and off with it (a link is not encrypted).
+   * `0` off), else on without TLS and off with it (a link is not encrypted). Only a stage's
+   * bus (role `stage<r>`) uses it.
    */
   readonly direct?: boolean | DirectOptions;
 }
@@ -87,6 +88,7 @@ export class Bus {
     private readonly maxInFlight: number,
     direct: DirectOptions | null,
     servers: readonly string[],
+    role: string | undefined,
   ) {
     void this.watchStatus();
     if (direct) {
@@ -98,6 +100,7 @@ export class Bus {
           status: (type, detail) => this.emit({ type, detail }),
         },
         servers,
+        role,
         direct,
       );
     }
@@ -118,7 +121,8 @@ export class Bus {
         ...auth,
         ...(caFile ? { tls: { caFile } } : {}),
       });
-      return new Bus(nc, opts.maxInFlightBytes ?? 32 * 1024 * 1024, directOptions(opts.direct, caFile !== undefined && caFile !== ''), servers);
+      const tls = (caFile !== undefined && caFile !== '') || servers.some((s) => s.startsWith('tls://'));
+      return new Bus(nc, opts.maxInFlightBytes ?? 32 * 1024 * 1024, directOptions(opts.direct, tls), servers, opts.user ?? opts.role);
     } catch (cause) {
       throw new TransportError(`cannot connect to NATS at ${servers.join(', ')}: ${messageOf(cause)}`, { cause });
     }

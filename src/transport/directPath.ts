@@ -19,7 +19,7 @@ import { networkInterfaces } from 'node:os';
 import { TransportError, messageOf } from '../errors.js';
 import { encodeFrame, frameByteLength, type Frame } from '../protocol/frame.js';
 import { deferred, type Deferred } from '../runtime/deferred.js';
-import { answerSubject } from './directRoute.js';
+import { linkEnds } from './directRoute.js';
 import { HELLO_BYTES, MAC_BYTES, keyPair, linkId, linkKey, nonce, parseHello, proof, sameProof, type KeyPair } from './directHandshake.js';
 import { LinkReceiver, LinkSender, SocketReader, type Unacked } from './directLink.js';
 
@@ -30,7 +30,7 @@ export const RESENT_HEADER = 'Troupe-Resent';
 
 /** Options of the direct path. */
 export interface DirectOptions {
-  /** Frames with at least this many body bytes go direct (default 64 KiB); smaller ones keep NATS's latency. */
+  /** Frames with at least this many body bytes go direct (default 64 KiB, or TROUPE_DIRECT_MIN_BYTES); smaller ones keep NATS's latency. */
   readonly minBytes?: number;
   /**
    * The address to listen on and give neighbours (default: 127.0.0.1 when every NATS server
@@ -114,12 +114,18 @@ export class DirectPath {
   private readonly host: string;
   private readonly advertise: string;
 
+  /**
+   * @param role the bus's NATS role: only `stage<r>` takes part, offering links for the frames
+   *   stage r sends and answering offers of frames for stage r (a driver's, inspector's or
+   *   admin's bus that reads stage subjects never answers, so it cannot take a link)
+   */
   constructor(
     private readonly hooks: DirectHooks,
     servers: readonly string[],
+    private readonly role: string | undefined,
     o: DirectOptions = {},
   ) {
-    this.minBytes = o.minBytes ?? 64 * 1024;
+    this.minBytes = o.minBytes ?? (Number(process.env['TROUPE_DIRECT_MIN_BYTES'] ?? '') || 64 * 1024);
     this.handshakeMs = o.handshakeMs ?? 5_000;
     this.maxFrameBytes = o.maxFrameBytes ?? 1024 * 1024 * 1024;
     this.host = o.host ?? process.env['TROUPE_DIRECT_HOST'] ?? defaultHost(servers);
@@ -145,8 +151,9 @@ export class DirectPath {
     if (this.closed) return null;
     const bytes = frameByteLength(frame.tensors);
     if (bytes < this.minBytes) return null;
-    const answerOn = answerSubject(subject);
-    if (!answerOn) return null;
+    const ends = linkEnds(subject);
+    if (!ends || this.role !== `stage${ends.sender}`) return null;
+    const answerOn = ends.answerOn;
     const route = this.routes.get(subject) ?? { state: 'idle', retryAt: 0, failures: 0 };
     if (route.state === 'up') {
       const msg = encodeFrame(frame, Math.max(4, bytes))[0]!;
@@ -291,8 +298,10 @@ export class DirectPath {
 
   /** An offer of frames on `subject`: answer with our key, connect, and hand the frames to the subscriptions. */
   private onOffer(subject: string, id: string, peerKey: string, host: unknown, port: unknown): void {
-    const answerOn = answerSubject(subject);
-    if (!answerOn || typeof host !== 'string' || host.length === 0 || host.length > 255 || typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('malformed offer');
+    const ends = linkEnds(subject);
+    if (!ends || this.role !== `stage${ends.receiver}`) throw new Error(`an offer for stage ${ends?.receiver ?? '?'} heard by ${this.role ?? 'a bus without a role'}`);
+    const answerOn = ends.answerOn;
+    if (typeof host !== 'string' || host.length === 0 || host.length > 255 || typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('malformed offer');
     if (this.answered.has(id)) return;
     this.answered.add(id);
     if (this.answered.size > 256) this.answered.delete(this.answered.values().next().value!);

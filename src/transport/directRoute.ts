@@ -11,14 +11,27 @@ import { stageSubject } from '../protocol/subjects.js';
 
 const FRAME = /^troupe\.([A-Za-z0-9_-]{1,64})\.stage\.(0|[1-9][0-9]{0,5})\.(FORWARD|BACKWARD)$/;
 
-/** The subject on which the receiver of frames on `subject` answers an offer; null when such frames stay on NATS. */
-export function answerSubject(subject: string): string | null {
+/** The two ends of a link for frames on a subject: the stage that sends them, the one that takes them, and where it answers. */
+export interface LinkEnds {
+  readonly sender: number;
+  readonly receiver: number;
+  /** The subject on which the receiver answers an offer (one only it may publish to). */
+  readonly answerOn: string;
+}
+
+/** The ends of a link for frames on `subject`; null when such frames stay on NATS. */
+export function linkEnds(subject: string): LinkEnds | null {
   const m = FRAME.exec(subject);
   if (!m) return null;
   const job = m[1]!;
   const k = Number(m[2]);
-  if (m[3] === Phase.FORWARD) return k >= 1 ? stageSubject(job, k - 1, Phase.BACKWARD) : null;
-  return stageSubject(job, k + 1, Phase.FORWARD);
+  if (m[3] === Phase.FORWARD) return k >= 1 ? { sender: k - 1, receiver: k, answerOn: stageSubject(job, k - 1, Phase.BACKWARD) } : null;
+  return { sender: k + 1, receiver: k, answerOn: stageSubject(job, k + 1, Phase.FORWARD) };
+}
+
+/** The subject on which the receiver of frames on `subject` answers an offer; null when such frames stay on NATS. */
+export function answerSubject(subject: string): string | null {
+  return linkEnds(subject)?.answerOn ?? null;
 }
 
 /** Whether a NATS subscription `pattern` (`*` one token, `>` the rest) covers `subject`. */

@@ -212,6 +212,29 @@ describe('direct path between two processes', () => {
     expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([[1, sumOf(frames[0]!), false], [2, sumOf(frames[1]!), true], [3, sumOf(frames[2]!), true]]);
   });
 
+  it("a bus that reads a stage's subjects without being that stage (an admin's) never answers, so it cannot take the link", async () => {
+    const job = 'direct-reader';
+    // The reader subscribes first: it hears the offer as early as anyone.
+    const reader = await Bus.connect({ role: 'admin', servers: nats.server.url, direct: true });
+    buses.push(reader);
+    let read = 0;
+    reader.subscribe(`troupe.${job}.stage.1.*`, () => read++);
+    await reader.flush();
+    const rx = await peer(job);
+    const tx = await stage0(job);
+    const subject = `troupe.${job}.stage.1.FORWARD`;
+    const frames = [0, 1, 2].map((mb) => activation(job, mb, MB / 4));
+    await tx.bus.publishFrame(subject, frames[0]!);
+    await tx.next('direct-up');
+    for (const f of frames.slice(1)) await tx.bus.publishFrame(subject, f);
+    await rx.frameCount(3);
+    expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([[0, sumOf(frames[0]!), false], [1, sumOf(frames[1]!), true], [2, sumOf(frames[2]!), true]]);
+    await reader.flush();
+    expect(reader.directCounters!.linksIn).toBe(0);
+    expect(reader.directCounters!.ignored).toBeGreaterThanOrEqual(1); // the offer
+    expect(read).toBe(2); // the NATS chunks of the first frame; the rest went over the link
+  });
+
   it('falls back to NATS when the link cannot be made (an address the receiver cannot reach)', async () => {
     const job = 'direct-unreachable';
     const rx = await peer(job, { handshakeMs: 500 });
