@@ -162,8 +162,8 @@ export class Bus {
 
   /**
    * Publishes a frame: over the direct link to the subject's stage when there is one and the
-   * frame is large (then it resolves once the kernel has the bytes), else over NATS, chunked
-   * below max_payload. Resolves to the body bytes sent.
+   * frame is large, else over NATS, chunked below max_payload. Resolves to the body bytes sent.
+   * The frame's arrays must not change afterwards (they are sent as they are).
    */
   async publishFrame(subject: string, frame: Frame): Promise<number> {
     const direct = await this.direct?.publish(subject, frame);

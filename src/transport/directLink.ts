@@ -75,10 +75,16 @@ export class SocketReader {
   }
 }
 
+/** Bytes a link may queue in the process (a receiver busy computing reads nothing) before `send` waits, as NATS's max_pending. */
+export const MAX_QUEUED = 128 * 1024 * 1024;
+
 /**
- * The sending end, on the connection the sender accepted. `send` resolves true once the
- * kernel has the frame's bytes (the frame's arrays may be reused then), false when the link
- * failed first; a failed link hands its unacknowledged frames to `onDown` once.
+ * The sending end, on the connection the sender accepted. `send` queues a frame and resolves
+ * true at once, as a NATS publish does: the bytes leave while the event loop is free, and a
+ * receiver busy computing does not hold the sender up. Past MAX_QUEUED bytes it resolves once
+ * this frame is written. It resolves false when the link failed first. A frame's arrays are
+ * kept until the receiver acknowledges it: a failed link hands its unacknowledged frames to
+ * `onDown` once, to go over NATS.
  */
 export class LinkSender {
   private nextSeq = 1;
@@ -134,6 +140,7 @@ export class LinkSender {
         else settle(true);
       });
       this.socket.uncork();
+      if (this.socket.writableLength <= MAX_QUEUED) settle(true);
     });
   }
 

@@ -28,6 +28,14 @@ bus.subscribe(`troupe.${job}.stage.${rank}.*`, (m) => {
 });
 process.on('message', (m: unknown) => {
   if (m === 'counters') process.send!({ counters: bus.directCounters, bytesIn: bus.bytesIn });
+  // Busy, as a stage computing: the event loop reads nothing for `block` ms.
+  const block = (m as { block?: number }).block;
+  if (block !== undefined) {
+    process.send!({ blocking: true });
+    const until = performance.now() + block;
+    while (performance.now() < until);
+    process.send!({ unblockedAt: performance.timeOrigin + performance.now() });
+  }
 });
 await bus.flush();
 process.send!('ready');

@@ -29,6 +29,8 @@ interface Peer {
   /** Resolves once `n` frames are in. */
   frameCount(n: number): Promise<void>;
   counters(): Promise<{ counters: Record<string, number> | null; bytesIn: number }>;
+  /** Holds the peer's event loop for `ms` (as a stage computing); resolves once it has begun, and `done` once it is over (its Unix ms). */
+  block(ms: number): Promise<{ done: Promise<number> }>;
 }
 
 const peers: ChildProcess[] = [];
@@ -69,6 +71,20 @@ async function peer(job: string, direct: boolean | object = true): Promise<Peer>
     counters: () => new Promise((resolve) => {
       countersWaiter = resolve;
       child.send('counters');
+    }),
+    block: (ms) => new Promise((resolve) => {
+      const done = new Promise<number>((end) => {
+        const on = (m: unknown) => {
+          const msg = m as { blocking?: boolean; unblockedAt?: number };
+          if (msg.blocking) resolve({ done });
+          if (msg.unblockedAt !== undefined) {
+            child.off('message', on);
+            end(msg.unblockedAt);
+          }
+        };
+        child.on('message', on);
+      });
+      child.send({ block: ms });
     }),
   };
 }
@@ -247,6 +263,23 @@ describe('direct path between two processes', () => {
     for (const f of frames.slice(1)) await tx.bus.publishFrame(`troupe.${job}.stage.1.FORWARD`, f);
     await rx.frameCount(3);
     expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual(frames.map((f) => [f.key.microbatch, sumOf(f), false]));
+  });
+
+  it('a receiver busy computing does not hold the sender up: frames are queued, as NATS would take them', async () => {
+    const job = 'direct-busy';
+    const rx = await peer(job);
+    const tx = await stage0(job);
+    const subject = `troupe.${job}.stage.1.FORWARD`;
+    await tx.bus.publishFrame(subject, activation(job, 0, MB / 4));
+    await tx.next('direct-up');
+    // 32 MB, more than the sockets' buffers take while nobody reads.
+    const frames = Array.from({ length: 8 }, (_, i) => activation(job, i + 1, MB));
+    const { done } = await rx.block(1_500);
+    for (const f of frames) await tx.bus.publishFrame(subject, f);
+    const published = performance.timeOrigin + performance.now();
+    expect(published).toBeLessThan(await done);
+    await rx.frameCount(9);
+    expect(rx.frames.slice(1).map((f) => [f.mb, f.sum, f.direct])).toEqual(frames.map((f) => [f.key.microbatch, sumOf(f), true]));
   });
 
   it('a killed receiver: the sender goes on over NATS and links to the stage that takes its place', async () => {
