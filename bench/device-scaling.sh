@@ -2,12 +2,12 @@
 # The scaling bench at full size on a many-core host (the 16-core GPU machine), in one go of
 # about 5 minutes: the uniform MLP (8 x 1024, batch 1024, m = 16) on p = 1, 2, 4, 8 worker
 # processes with 1F1B (over NATS and over the direct path), ZB-H1 and interleaved, then the
-# transport table. Writes under $1, else $OUT, else ./bench-out:
+# transport table and the per-hop latency table. Writes under $1, else $OUT, else ./bench-out:
 #   scaling.md                    the tables (rewritten after every configuration)
 #   <config>.timeline.txt         the last two steady steps drawn per device
 #   <config>.trace.json           every action as a Chrome trace (Perfetto), with send -> arrival flows
 #   <config>.json                 the raw run: step times, counters, action events, /proc CPU samples
-#   transport.md, machine.txt, log.txt
+#   transport.md, hops.md, machine.txt, log.txt
 # Run from the repository root: bash .devpack/run.sh bash bench/device-scaling.sh
 set -uo pipefail
 out="${1:-${OUT:-bench-out}}"
@@ -26,6 +26,8 @@ start=$(date +%s)
 SCALING_FULL=1 SCALING_OUT="$out" SCALING_TRANSPORTS="${SCALING_TRANSPORTS:-nats,direct}" \
   timeout "${SCALING_LIMIT:-400}" npx tsx bench/run.ts scaling > "$out/scaling-stdout.md" 2> "$out/log.txt"
 echo "scaling: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
-ROUNDS=3 timeout 90 npx tsx bench/run.ts transport > "$out/transport.md" 2>> "$out/log.txt"
+ROUNDS=3 timeout 80 npx tsx bench/run.ts transport > "$out/transport.md" 2>> "$out/log.txt"
 echo "transport: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
-cat "$out/scaling.md" "$out/transport.md" 2>/dev/null
+timeout 90 npx tsx bench/run.ts hops > "$out/hops.md" 2>> "$out/log.txt"
+echo "hops: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
+cat "$out/scaling.md" "$out/transport.md" "$out/hops.md" 2>/dev/null

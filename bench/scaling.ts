@@ -8,8 +8,9 @@
  *
  * Full size (8 x 1024 layers, batch 1024, m = 16) on hosts with 10 cores or more, else a small
  * model (256 wide, batch 256) on p = 1, 2. Shaped by SCALING_P (e.g. `1,2,4`), SCALING_SCHEDULES,
- * SCALING_M, SCALING_BATCH, SCALING_WIDTH, SCALING_STEPS, SCALING_FULL=1; SCALING_OUT=<dir>
- * writes every run's actions, a Chrome trace and a drawn step per configuration there.
+ * SCALING_M, SCALING_BATCH, SCALING_WIDTH, SCALING_STEPS, SCALING_FULL=1, SCALING_TRANSPORTS;
+ * SCALING_OUT=<dir> writes every run's actions, a Chrome trace and a drawn step per
+ * configuration there.
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -36,7 +37,11 @@ const BATCH = Number(env('SCALING_BATCH') ?? (FULL ? 1024 : 256));
 const WIDTH = Number(env('SCALING_WIDTH') ?? (FULL ? 1024 : 256));
 const STEPS = Number(env('SCALING_STEPS') ?? 8);
 const OUT = env('SCALING_OUT');
-/** Frame path of the stages (TROUPE_DIRECT for the workers); unset: the default. */
+/**
+ * The 1F1B rows once per frame path (SCALING_TRANSPORTS=nats,direct): `nats` keeps every frame
+ * on the relay, `direct` sends every FORWARD/BACKWARD frame over links (whatever its size);
+ * unset, the stages' default (links for frames of 64 KiB and more).
+ */
 const TRANSPORTS = (env('SCALING_TRANSPORTS') ?? '').split(',').filter(Boolean);
 
 interface Config {
@@ -72,7 +77,7 @@ async function fleet(c: Config): Promise<FleetRun> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
     env: {
       ...process.env, BENCH_MODEL: 'uniform', BENCH_WIDTH: String(WIDTH), BENCH_STAGES: String(c.p * c.v), BENCH_V: String(c.v), BENCH_M: String(M),
-      BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS), TROUPE_BACKEND: 'wasm', ...(c.transport ? { TROUPE_DIRECT: c.transport === 'direct' ? '1' : '0' } : {}),
+      BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS), TROUPE_BACKEND: 'wasm', ...(c.transport === 'nats' ? { TROUPE_DIRECT: '0' } : c.transport === 'direct' ? { TROUPE_DIRECT: '1', TROUPE_DIRECT_MIN_BYTES: '1' } : {}),
     },
     maxBuffer: 1 << 28,
   });
@@ -103,14 +108,17 @@ export async function benchScaling(): Promise<string> {
     const comm = waitedHops.length ? median(waitedHops) : 0;
     const placed = buildPlacedSchedule(c.schedule, c.p * c.v, M, c.v);
     const between = betweenSteps(r, s);
-    const sim = simulate(placed, measuredCosts(r, s, comm)).stepTime + between;
+    const costs = measuredCosts(r, s, comm);
+    const sim = simulate(placed, costs).stepTime + between;
     const simFree = simulate(placed, measuredCosts(r, s, 0)).stepTime + between;
+    // The same with the input gradients sent after W, as stages did before this round.
+    const simLate = simulate(placed, (st) => ({ ...costs(st), inputGradientsFirst: false })).stepTime + between;
     const nats = cpuPerStep(r, s, 'nats');
     const driver = cpuPerStep(r, s, 'driver');
     const speed = t1 / ms;
     rows.push([
       String(c.p), `${c.schedule}${c.v > 1 ? `, v=${c.v}` : ''}${c.transport ? ` (${c.transport})` : ''}`, f1(ms), f1(stepSpan(r, s)), f1(between), c.p === 1 ? '1.00' : speed.toFixed(2), ideal.toFixed(2), pct(speed / ideal),
-      f1(sim), pct(t1 / sim / ideal), f1(simFree), pct(t1 / simFree / ideal), comm.toFixed(2),
+      f1(sim), pct(t1 / sim / ideal), f1(simFree), pct(t1 / simFree / ideal), pct(t1 / simLate / ideal), comm.toFixed(2),
       nats === null ? '-' : `${f1(nats)} (${pct(nats / ms)})`, driver === null ? '-' : f1(driver),
     ]);
     const b = breakdown(r, s);
@@ -136,9 +144,9 @@ function report(rows: string[][], kindRows: string[][], hopRows: string[][]): st
     '',
     `${machineLine()} Cores: ${cores}.${FULL ? '' : ' Fewer than 10 cores: a small model, and only the p that fit (SCALING_P to choose); the full figures need a many-core host (bench/device-scaling.sh).'}`,
     '',
-    'One worker process per device, nats-server and the driver beside them. "Span": a step from its first action to its last; "between": from a step\'s last action to the next step\'s first (the update, UPDATE\'s round trip). Speed-up against p = 1, and its share of the ideal p*m/(m+p-1). "Simulated": the schedule simulated with this run\'s median action times per stage (a backward\'s input gradients leave before its weight gradients, as the stages send them) and its median hop latency between stages, plus the measured time between steps; "no transfer": the same with free messages. nats-server: its CPU ms per step (/proc) and that as a share of the step.',
+    'One worker process per device, nats-server and the driver beside them. "Span": a step from its first action to its last; "between": from a step\'s last action to the next step\'s first (the update, UPDATE\'s round trip). Speed-up against p = 1, and its share of the ideal p*m/(m+p-1). "Simulated": the schedule simulated with this run\'s median action times per stage (a backward\'s input gradients leave before its weight gradients, as the stages send them) and its median hop latency between stages, plus the measured time between steps; "no transfer": the same with free messages; "gradients after W": the same as the stages sent them before (after the weight gradients), the change side by side in the model. nats-server: its CPU ms per step (/proc) and that as a share of the step.',
     '',
-    table(['p', 'schedule', 'ms/step', 'span', 'between', 'speed-up', 'ideal', 'of ideal', 'simulated ms/step', 'simulated of ideal', 'no transfer', 'no transfer of ideal', 'hop ms (sim)', 'nats-server CPU ms/step', 'driver CPU ms/step'], rows),
+    table(['p', 'schedule', 'ms/step', 'span', 'between', 'speed-up', 'ideal', 'of ideal', 'simulated ms/step', 'simulated of ideal', 'no transfer', 'no transfer of ideal', 'simulated, gradients after W, of ideal', 'hop ms (sim)', 'nats-server CPU ms/step', 'driver CPU ms/step'], rows),
     '',
     '#### Where each device\'s time goes (ms per step, steady steps)',
     '',
