@@ -46,7 +46,7 @@ async function peer(url: string, direct: boolean): Promise<Peer> {
     });
   });
   await ready;
-  const bus = await Bus.connect({ role: 'admin', servers: url, name: `bench-pub-${job}`, direct });
+  const bus = await Bus.connect({ role: 'stage0', servers: url, name: `bench-pub-${job}`, direct });
   // The sender hears the receiver's answer on its own stage subject, as stage 0 does.
   bus.subscribe(`troupe.${job}.stage.0.*`, () => {});
   await bus.flush();
