@@ -36,6 +36,14 @@ spy.subscribe('troupe.bench.stats.1', (m) => {
 await spy.flush();
 const config = fileURLToPath(new URL('./jobs/bench.job.ts', import.meta.url));
 const bin = fileURLToPath(new URL('../bin/troupe.mjs', import.meta.url));
+// A run that does not end in time says so and leaves nothing behind.
+const limit = setTimeout(() => {
+  process.stderr.write(`hopRun: no end after ${Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000)} ms\n`);
+  for (const w of workers) w.kill('SIGKILL');
+  proxy.close();
+  void server.stop().finally(() => process.exit(2));
+}, Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000));
+limit.unref();
 const workers = [server.url, proxy.url].map((url, rank) =>
   fork(bin, ['worker', '--nats', url, '--job', 'bench', '--rank', String(rank), '--config', config], { env: { ...process.env, TROUPE_DIRECT: '0' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }),
 );
@@ -44,6 +52,7 @@ try {
   await new Promise((r) => setTimeout(r, 50)); // the last report
   process.stdout.write(`${JSON.stringify({ stepMs: result.stepMs, phases })}\n`);
 } finally {
+  clearTimeout(limit);
   for (const w of workers) if (w.exitCode === null) w.kill();
   proxy.close();
   await spy.close();
