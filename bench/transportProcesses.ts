@@ -6,6 +6,7 @@
  * frames stay on NATS either way). Interleaved rounds, medians.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { Bus } from '../src/transport/bus.js';
 import type { Frame } from '../src/protocol/frame.js';
 import { median, table } from './report.js';
@@ -18,17 +19,31 @@ interface Arrival {
 
 interface Peer {
   readonly job: string;
-  readonly bus: Bus;
+  /** Sends frame `mb` of step `step` with `data`; resolves when it may send the next. */
+  send(step: number, mb: number, data: Float32Array): Promise<void>;
+  readonly bus: Bus | null;
   readonly child: ChildProcess;
   /** Resolves with the arrivals once `n` frames of step `step` are in. */
   expect(step: number, n: number): Promise<Arrival[]>;
+  close(): Promise<void>;
 }
 
-async function peer(url: string, direct: boolean): Promise<Peer> {
-  const job = direct ? 'direct' : 'relay';
+/** The receiving process (transportPeer.ts) and the parent's end: a stage 0 bus, or with `tcp` a plain socket. */
+async function peer(url: string, kind: 'relay' | 'direct' | 'tcp'): Promise<Peer> {
+  const job = kind;
+  let server: net.Server | undefined;
+  let socket: Promise<net.Socket> | undefined;
+  if (kind === 'tcp') {
+    server = net.createServer();
+    socket = new Promise((resolve) => server!.once('connection', (s: net.Socket) => resolve(s)));
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+  }
   const child = fork(new URL('./transportPeer.ts', import.meta.url).pathname, [], {
     execArgv: ['--import', 'tsx'],
-    env: { ...process.env, TROUPE_BENCH_NATS: url, TROUPE_BENCH_JOB: job, TROUPE_BENCH_DIRECT: direct ? '1' : '0' },
+    env: {
+      ...process.env, TROUPE_BENCH_NATS: url, TROUPE_BENCH_JOB: job, TROUPE_BENCH_DIRECT: kind === 'direct' ? '1' : '0',
+      ...(server ? { TROUPE_BENCH_TCP: String((server.address() as net.AddressInfo).port) } : {}),
+    },
   });
   const arrivals: Arrival[] = [];
   let waiter: { step: number; n: number; resolve: (a: Arrival[]) => void } | null = null;
@@ -46,20 +61,47 @@ async function peer(url: string, direct: boolean): Promise<Peer> {
     });
   });
   await ready;
-  const bus = await Bus.connect({ role: 'stage0', servers: url, name: `bench-pub-${job}`, direct });
+  const expectFor = (step: number, n: number) => new Promise<Arrival[]>((resolve) => {
+    waiter = { step, n, resolve };
+    const mine = arrivals.filter((a) => a.step === step);
+    if (mine.length >= n) {
+      waiter = null;
+      resolve(mine);
+    }
+  });
+  if (socket) {
+    const s = await socket;
+    s.setNoDelay(true);
+    return {
+      job, bus: null, child, expect: expectFor,
+      send: async (step, mb, data) => {
+        const head = Buffer.alloc(12);
+        head.writeUInt32LE(step, 0);
+        head.writeUInt32LE(mb, 4);
+        head.writeUInt32LE(data.byteLength, 8);
+        s.cork();
+        s.write(head);
+        const ok = s.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+        s.uncork();
+        if (!ok && s.writableLength > 128 * 1024 * 1024) await new Promise((r) => s.once('drain', r));
+      },
+      close: async () => {
+        s.destroy();
+        server!.close();
+      },
+    };
+  }
+  const bus = await Bus.connect({ role: 'stage0', servers: url, name: `bench-pub-${job}`, direct: kind === 'direct' });
   // The sender hears the receiver's answer on its own stage subject, as stage 0 does.
   bus.subscribe(`troupe.${job}.stage.0.*`, () => {});
   await bus.flush();
   return {
     job, bus, child,
-    expect: (step, n) => new Promise((resolve) => {
-      waiter = { step, n, resolve };
-      const mine = arrivals.filter((a) => a.step === step);
-      if (mine.length >= n) {
-        waiter = null;
-        resolve(mine);
-      }
-    }),
+    send: async (step, mb, data) => {
+      await bus.publishFrame(`troupe.${job}.stage.1.FORWARD`, frame(job, step, mb, data));
+    },
+    close: () => bus.close(),
+    expect: expectFor,
   };
 }
 
@@ -74,7 +116,7 @@ async function throughput(p: Peer, data: Float32Array, n: number): Promise<numbe
   const step = ++stepId;
   const all = p.expect(step, n);
   const t0 = performance.now();
-  for (let i = 0; i < n; i++) await p.bus.publishFrame(`troupe.${p.job}.stage.1.FORWARD`, frame(p.job, step, i, data));
+  for (let i = 0; i < n; i++) await p.send(step, i, data);
   await all;
   return (n * data.byteLength) / ((performance.now() - t0) / 1000);
 }
@@ -86,7 +128,7 @@ async function latency(p: Peer, data: Float32Array, n: number): Promise<number> 
     const step = ++stepId;
     const got = p.expect(step, 1);
     const t0 = performance.timeOrigin + performance.now();
-    await p.bus.publishFrame(`troupe.${p.job}.stage.1.FORWARD`, frame(p.job, step, 0, data));
+    await p.send(step, 0, data);
     ms.push((await got)[0]!.at - t0);
   }
   return median(ms);
@@ -96,32 +138,31 @@ const KB = 1024;
 const MB = 1024 * 1024;
 const label = (size: number) => (size >= MB ? `${size / MB} MB` : `${size / KB} KB`);
 
-export async function betweenProcesses(url: string, rounds: number): Promise<string> {
-  const relay = await peer(url, false);
-  const direct = await peer(url, true);
-  const sizes = [64 * KB, MB, 16 * MB];
+export async function betweenProcesses(url: string, rounds: number, sizes = [64 * KB, MB, 16 * MB], latSizes = [KB, 64 * KB, 256 * KB]): Promise<string> {
+  const relay = await peer(url, 'relay');
+  const direct = await peer(url, 'direct');
+  const tcp = await peer(url, 'tcp');
   const rates = new Map<string, number[]>();
   const lat = new Map<string, number[]>();
-  const latSizes = [KB, 64 * KB, 256 * KB];
   try {
     // Warm-up: the direct path's link comes up with its first large frames (they go over NATS meanwhile).
     const warm = new Float32Array(MB / 4);
-    for (const p of [relay, direct]) for (let i = 0; i < 3; i++) await throughput(p, warm, 4);
-    if (direct.bus.directLinks?.out !== 1) throw new Error(`the direct link did not come up (${JSON.stringify(direct.bus.directCounters)})`);
+    for (const p of [relay, direct, tcp]) for (let i = 0; i < 3; i++) await throughput(p, warm, 4);
+    if (direct.bus!.directLinks?.out !== 1) throw new Error(`the direct link did not come up (${JSON.stringify(direct.bus!.directCounters)})`);
     for (let r = 0; r < rounds; r++) {
       for (const size of sizes) {
         const data = new Float32Array(size / 4).map((_, i) => i);
         const n = Math.max(8, Math.min(512, Math.floor((256 * MB) / size)));
-        for (const p of [relay, direct]) (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
+        for (const p of [relay, direct, tcp]) (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
       }
       for (const size of latSizes) {
         const data = new Float32Array(size / 4);
-        for (const p of [relay, direct]) (lat.get(`${p.job} ${size}`) ?? lat.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await latency(p, data, 20));
+        for (const p of [relay, direct, tcp]) (lat.get(`${p.job} ${size}`) ?? lat.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await latency(p, data, 20));
       }
     }
   } finally {
-    for (const p of [relay, direct]) {
-      await p.bus.close();
+    for (const p of [relay, direct, tcp]) {
+      await p.close();
       p.child.disconnect();
     }
   }
@@ -129,21 +170,23 @@ export async function betweenProcesses(url: string, rounds: number): Promise<str
   const rateRows = sizes.map((size) => {
     const a = rates.get(`relay ${size}`)!;
     const b = rates.get(`direct ${size}`)!;
+    const c = rates.get(`tcp ${size}`)!;
     const ratios = b.map((x, i) => x / a[i]!);
-    return [label(size), mbps(median(a)), mbps(median(b)), `${median(ratios).toFixed(2)}x`, `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x`];
+    const ofTcp = b.map((x, i) => x / c[i]!);
+    return [label(size), mbps(median(a)), mbps(median(b)), `${median(ratios).toFixed(2)}x`, `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x`, mbps(median(c)), `${(median(ofTcp) * 100).toFixed(0)}%`];
   });
-  const latRows = latSizes.map((size) => [label(size), median(lat.get(`relay ${size}`)!).toFixed(2), median(lat.get(`direct ${size}`)!).toFixed(2), size >= 64 * KB ? 'direct link' : 'NATS (below minBytes)']);
+  const latRows = latSizes.map((size) => [label(size), median(lat.get(`relay ${size}`)!).toFixed(2), median(lat.get(`direct ${size}`)!).toFixed(2), size >= 64 * KB ? 'direct link' : 'NATS (below minBytes)', median(lat.get(`tcp ${size}`)!).toFixed(2)]);
   return [
     `#### Between two processes: the NATS relay against the direct path (${rounds} rounds, each size relay then direct)`,
     '',
-    'A publishing process and a receiving process that judges and assembles each frame as a stage does, on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). "Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); "direct": both on, the link up before the timing starts (frames of 64 KB and more take it).',
+    'A publishing process and a receiving process that judges and assembles each frame as a stage does, on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). "Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); "direct": both on, the link up before the timing starts (frames of 64 KB and more take it). "Plain TCP": the same bytes over a bare loopback socket read straight into buffers (no headers, no checks), measured in the same rounds: the ceiling this machine allows at the time, and the direct path\'s share of it.',
     '',
-    table(['tensor', 'relay (median)', 'direct (median)', 'direct / relay (median of rounds)', 'range of rounds'], rateRows),
+    table(['tensor', 'relay (median)', 'direct (median)', 'direct / relay (median of rounds)', 'range of rounds', 'plain TCP (median)', 'direct / plain TCP (median of rounds)'], rateRows),
     '',
     'Target: a 16 MB activation at 1 GB/s or more between two processes on one host.',
     '',
     'One-way latency of a single frame, ms from the publisher handing it over to it being whole at the receiver (medians of 20, then of rounds):',
     '',
-    table(['frame', 'relay', 'direct path', 'the direct path sends it over'], latRows),
+    table(['frame', 'relay', 'direct path', 'the direct path sends it over', 'plain TCP'], latRows),
   ].join('\n');
 }
