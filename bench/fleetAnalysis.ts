@@ -186,7 +186,7 @@ export function hops(r: FleetRun, s: Shape): Hop[] {
 }
 
 /**
- * Each stage's action times for the simulator, from the steady steps: F, and B as the part
+ * Each stage's mean action times for the simulator, from the steady steps: F, and B as the part
  * before its input gradients went out (an unsplit backward sends them first, then adds its
  * weight gradients: W); a split list's B and W as timed.
  */
@@ -195,7 +195,8 @@ export function measuredCosts(r: FleetRun, s: Shape, comm: number): (stage: numb
   const costs = Array.from({ length: s.stages }, (_, st): ActionCosts => {
     const mine = r.actions.filter((a) => a.rank === st && steady.has(a.step));
     const of = (k: string) => mine.filter((a) => a.action[0] === k);
-    const med = (xs: number[]) => (xs.length ? median(xs) : 0);
+    // Means, not medians: a step is a sum of actions, and a shared machine's action times have long tails.
+    const med = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
     const F = med(of('F').map((a) => a.ms));
     const split = of('W').length > 0;
     if (split) return { F, B: med(of('B').map((a) => a.ms)), W: med(of('W').map((a) => a.ms)), comm, inputGradientsFirst: true };
