@@ -149,11 +149,14 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
     const warm = new Float32Array(MB / 4);
     for (const p of [relay, direct, tcp]) for (let i = 0; i < 3; i++) await throughput(p, warm, 4);
     if (direct.bus!.directLinks?.out !== 1) throw new Error(`the direct link did not come up (${JSON.stringify(direct.bus!.directCounters)})`);
+    // Each round in another order: a process still freeing the last run's buffers slows the next one down.
+    const orders = [[relay, direct, tcp], [tcp, relay, direct], [direct, tcp, relay]];
+    const order = (r: number) => orders[r % orders.length]!;
     for (let r = 0; r < rounds; r++) {
       for (const size of sizes) {
         const data = new Float32Array(size / 4).map((_, i) => i);
         const n = Math.max(8, Math.min(512, Math.floor((256 * MB) / size)));
-        for (const p of [relay, direct, tcp]) (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
+        for (const p of order(r)) (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
       }
       for (const size of latSizes) {
         const data = new Float32Array(size / 4);
@@ -177,7 +180,7 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
   });
   const latRows = latSizes.map((size) => [label(size), median(lat.get(`relay ${size}`)!).toFixed(2), median(lat.get(`direct ${size}`)!).toFixed(2), size >= 64 * KB ? 'direct link' : 'NATS (below minBytes)', median(lat.get(`tcp ${size}`)!).toFixed(2)]);
   return [
-    `#### Between two processes: the NATS relay against the direct path (${rounds} rounds, each size relay then direct)`,
+    `#### Between two processes: the NATS relay against the direct path (${rounds} rounds, the three in a turning order)`,
     '',
     'A publishing process and a receiving process that judges and assembles each frame as a stage does, on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). "Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); "direct": both on, the link up before the timing starts (frames of 64 KB and more take it). "Plain TCP": the same bytes over a bare loopback socket read straight into buffers (no headers, no checks), measured in the same rounds: the ceiling this machine allows at the time, and the direct path\'s share of it.',
     '',
