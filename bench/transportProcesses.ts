@@ -160,7 +160,7 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
       }
       for (const size of latSizes) {
         const data = new Float32Array(size / 4);
-        for (const p of [relay, direct, tcp]) (lat.get(`${p.job} ${size}`) ?? lat.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await latency(p, data, 20));
+        for (const p of order(r)) (lat.get(`${p.job} ${size}`) ?? lat.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await latency(p, data, 20));
       }
     }
   } finally {

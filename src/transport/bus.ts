@@ -166,10 +166,11 @@ export class Bus {
    * The frame's arrays must not change afterwards (they are sent as they are).
    */
   async publishFrame(subject: string, frame: Frame): Promise<number> {
-    const direct = await this.direct?.publish(subject, frame);
-    if (direct !== undefined && direct !== null) {
-      this.bytesOut += direct;
-      return direct;
+    const direct = this.direct?.publish(subject, frame);
+    if (direct) {
+      const n = await direct;
+      this.bytesOut += n;
+      return n;
     }
     return this.publishFrameOverNats(subject, frame, {});
   }
