@@ -170,7 +170,7 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
     }
   }
   const mbps = (x: number) => `${(x / 1e6).toFixed(0)} MB/s`;
-  const rateRows = sizes.map((size) => {
+  const rateRows = sizes.filter((size) => rates.has(`relay ${size}`)).map((size) => {
     const a = rates.get(`relay ${size}`)!;
     const b = rates.get(`direct ${size}`)!;
     const c = rates.get(`tcp ${size}`)!;
