@@ -156,7 +156,7 @@ export class DirectPath {
     if (!ends || this.role !== `stage${ends.sender}`) return null;
     const answerOn = ends.answerOn;
     const route = this.routes.get(subject) ?? { state: 'idle', retryAt: 0, failures: 0 };
-    if (route.state === 'up') {
+    if (route.state === 'up' && !route.link.isDown) {
       const msg = encodeFrame(frame, Math.max(4, bytes))[0]!;
       return route.link.send(subject, msg, frame).then((ok) => {
         if (ok) {
