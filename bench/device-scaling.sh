@@ -23,11 +23,11 @@ mkdir -p "$out"
 cat "$out/machine.txt"
 start=$(date +%s)
 # The 1F1B rows twice, relay and direct; each configuration is a fresh fleet (a few seconds to start).
-SCALING_FULL=1 SCALING_OUT="$out" SCALING_TRANSPORTS="${SCALING_TRANSPORTS:-nats,direct}" \
-  timeout "${SCALING_LIMIT:-400}" npx tsx bench/run.ts scaling > "$out/scaling-stdout.md" 2> "$out/log.txt"
+SCALING_FULL="${SCALING_FULL:-1}" SCALING_OUT="$out" SCALING_TRANSPORTS="${SCALING_TRANSPORTS:-nats,direct}" \
+  timeout "${SCALING_LIMIT:-360}" npx tsx bench/run.ts scaling > "$out/scaling-stdout.md" 2> "$out/log.txt"
 echo "scaling: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
-ROUNDS=3 timeout 80 npx tsx bench/run.ts transport > "$out/transport.md" 2>> "$out/log.txt"
+ROUNDS="${ROUNDS:-3}" timeout 70 npx tsx bench/run.ts transport > "$out/transport.md" 2>> "$out/log.txt"
 echo "transport: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
-timeout 90 npx tsx bench/run.ts hops > "$out/hops.md" 2>> "$out/log.txt"
+timeout 80 npx tsx bench/run.ts hops > "$out/hops.md" 2>> "$out/log.txt"
 echo "hops: exit $? after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
 cat "$out/scaling.md" "$out/transport.md" "$out/hops.md" 2>/dev/null
