@@ -1,7 +1,8 @@
 /**
  * Activation bytes per second through Troupe's frames (encode, chunk, publish, parse,
  * reassemble) against raw `publish` of the same bytes in the same chunk sizes, with the same
- * NATS client, for 64 KB, 1 MB and 16 MB tensors. Interleaved rounds, medians.
+ * NATS client, for 64 KB, 1 MB and 16 MB tensors; then between two processes, the NATS relay
+ * against the direct path (transportProcesses.ts). Interleaved rounds, medians.
  */
 import { startNatsServer } from '../src/index.js';
 import { Bus } from '../src/transport/index.js';
@@ -9,6 +10,7 @@ import type { Frame } from '../src/protocol/frame.js';
 import { parseHeader } from '../src/protocol/frame.js';
 import { Reassembler } from '../src/protocol/reassembler.js';
 import { machineLine, median, table } from './report.js';
+import { betweenProcesses } from './transportProcesses.js';
 
 const ROUNDS = Number(process.env['ROUNDS'] ?? 5);
 const TOTAL = 256 * 1024 * 1024;
@@ -19,9 +21,10 @@ function waitFor(count: () => boolean, subscribeTick: (f: () => void) => void): 
 
 export async function benchTransport(): Promise<string> {
   const server = await startNatsServer();
-  const a = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-pub' });
-  const b = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-sub' });
+  const a = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-pub', direct: false });
+  const b = await Bus.connect({ role: 'admin', servers: server.url, name: 'bench-sub', direct: false });
   const rows: string[][] = [];
+  let two = '';
   try {
     for (const size of [64 * 1024, 1024 * 1024, 16 * 1024 * 1024]) {
       const n = Math.max(8, Math.floor(TOTAL / size));
@@ -74,6 +77,7 @@ export async function benchTransport(): Promise<string> {
       const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
       rows.push([label, String(n), `${(median(raw) / 1e6).toFixed(0)} MB/s`, `${(median(framed) / 1e6).toFixed(0)} MB/s`, pct(median(ratios)), `${pct(Math.min(...ratios))}-${pct(Math.max(...ratios))}`]);
     }
+    two = await betweenProcesses(server.url, ROUNDS);
   } finally {
     await a.close();
     await b.close();
@@ -87,6 +91,8 @@ export async function benchTransport(): Promise<string> {
     table(['tensor', 'messages', 'raw publish (median)', 'Troupe frames (median)', 'frames / raw (median of rounds)', 'range of rounds'], rows),
     '',
     'Target: frames at least 80 % of raw publish.',
+    '',
+    two,
   ].join('\n');
 }
 

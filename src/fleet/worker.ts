@@ -64,6 +64,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     const partition = parts[r]!;
     const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${rjob}-stage-${r}`, role: stageRole(r) });
     buses.push(bus);
+    // Direct links between stages: when they come up or go, and any connection refused.
+    bus.onStatus((s) => s.type.startsWith('direct-') && log(`troupe worker: rank ${r}: ${s.detail}`));
     const allReduce = replicas > 1 ? await AllReduce.start({ bus, group: o.job, rank: r, replica, replicas }) : undefined;
     if (allReduce) reducers.push(allReduce);
     hosts.push(await StageHost.start({ bus, job: rjob, ...(allReduce ? { allReduce } : {}), partition, compute: computes[i]!, identity: { backend: choice.name, device }, handoff: isGpuBackend(choice.name), inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));

@@ -258,13 +258,18 @@ export function bodyBuffer(bytes: number): Uint8Array {
 /**
  * Decodes a frame carried by one message. The bytes are copied into a buffer of the
  * frame's own: socket buffers may be unaligned, and some backends keep the arrays they get.
+ * `owned` data (a buffer nobody else holds, as the direct path reads a frame into) become the
+ * frame's body as they are when aligned to 8 bytes.
  */
-export function decodeSingle(h: FrameHeader, data: Uint8Array): Frame {
+export function decodeSingle(h: FrameHeader, data: Uint8Array, owned = false): Frame {
   if (h.chunks !== 1) throw new FrameError(`chunk ${h.chunk}/${h.chunks} decoded as a whole frame`);
   if (data.byteLength !== h.totalBytes) {
     throw new FrameError(`${data.byteLength} bytes received, the headers announce ${h.totalBytes}`);
   }
-  const body = bodyBuffer(data.byteLength);
-  body.set(data);
+  let body = data;
+  if (!owned || data.byteOffset % 8 !== 0) {
+    body = bodyBuffer(data.byteLength);
+    body.set(data);
+  }
   return { key: h.key, from: h.from, tensors: tensorsFromBody(h, body) };
 }

@@ -53,8 +53,26 @@ export interface ProbeReply {
 export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
 
 /** Events the stages publish on `troupe.<job>.sched.<event>`. */
-/** An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its duration. */
-export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly t0: number; readonly ms: number }
+/**
+ * An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its
+ * duration. Where the time went, when the stage knows: `sendAt` (ms after `t0`) is when it
+ * handed its output frame to the bus and `sendMs` how long that took (part of `ms`); `inAt`
+ * (Unix ms) is when the frame the action consumed (INPUT on stage 0's F, else the neighbour's
+ * FORWARD or BACKWARD) was whole at the stage; `hostMs` is the time the stage spent reading
+ * other frames and handling events while the action awaited (part of `ms`, not of `sendMs`).
+ * The scaling bench's breakdown and hop latencies come from them.
+ */
+export interface ActionEvent {
+  readonly rank: number;
+  readonly step: number;
+  readonly action: string;
+  readonly t0: number;
+  readonly ms: number;
+  readonly sendAt?: number;
+  readonly sendMs?: number;
+  readonly inAt?: number;
+  readonly hostMs?: number;
+}
 export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
 export interface UpdatedEvent { readonly rank: number; readonly step: number }
@@ -114,6 +132,9 @@ export interface StatsMessage {
   readonly machineMs: number;
   /** Milliseconds judging and assembling received frames outside the machine (headers, chunks; not the NATS client's parsing). */
   readonly framesMs: number;
+  /** Of bytesIn and bytesOut, those that went over direct links between stages rather than NATS (absent when the path is off). */
+  readonly directBytesIn?: number;
+  readonly directBytesOut?: number;
 }
 
 const enc = new TextEncoder();
@@ -124,13 +145,15 @@ export function encodeJson(v: unknown): Uint8Array {
   return enc.encode(JSON.stringify(v));
 }
 
-type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string|null' | 'string[]'>;
+/** Field types; `number?` may also be absent. */
+type Shape = Record<string, 'number' | 'number?' | 'string' | 'boolean' | 'number|null' | 'string|null' | 'string[]'>;
 
 function check<T>(what: string, v: unknown, shape: Shape): T {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
   const o = v as Record<string, unknown>;
   for (const [k, t] of Object.entries(shape)) {
     const x = o[k];
+    if (t === 'number?' && x === undefined) continue;
     const ok =
       t === 'string[]'
         ? Array.isArray(x) && x.every((e) => typeof e === 'string')
@@ -138,6 +161,8 @@ function check<T>(what: string, v: unknown, shape: Shape): T {
           ? x === null || (typeof x === 'number' && Number.isFinite(x))
           : t === 'string|null'
             ? x === null || typeof x === 'string'
+          : t === 'number?'
+            ? typeof x === 'number' && Number.isFinite(x)
             : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
@@ -156,7 +181,7 @@ function parse(what: string, data: Uint8Array): unknown {
 
 const SHAPES = {
   plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
+  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?', hostMs: 'number?' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
@@ -167,7 +192,7 @@ const SHAPES = {
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   abort: { step: 'number' },
   stop: { job: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */

@@ -111,6 +111,8 @@ export class StageHost {
   private executing = -1;
   /** Frames refused before they reached the actor (bad headers, chunks). */
   private refusedOnArrival = 0;
+  /** When each frame was whole at this stage (Unix ms), for its action's event (`inAt`). */
+  private readonly arrivedAt = new WeakMap<Frame, number>();
   private readonly from: string;
   private readonly offStatus: () => void;
   /** Frames handed over in this process whose device tensors may still be unclaimed (freed when dropped). */
@@ -189,6 +191,7 @@ export class StageHost {
 
   /** The stage's counters. */
   stats(): StageStats {
+    const direct = this.o.bus.directCounters;
     return {
       rank: this.rank,
       step: this.actor.getSnapshot().context.step,
@@ -204,6 +207,7 @@ export class StageHost {
       tensors: tf.memory().numTensors,
       machineMs: this.machineMs,
       framesMs: this.framesMs,
+      ...(direct ? { directBytesIn: direct.bytesIn, directBytesOut: direct.bytesOut } : {}),
     };
   }
 
@@ -259,8 +263,11 @@ export class StageHost {
       // Judge the key before assembling: a chunk of another step or job allocates nothing.
       const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
       if (wrongStep) throw wrongStep;
-      const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.send({ type: 'FRAME', frame }, senderActor(frame.from));
+      const frame = this.reassembler.accept(h, m.data, m.owned);
+      if (frame) {
+        this.arrivedAt.set(frame, performance.timeOrigin + performance.now());
+        this.send({ type: 'FRAME', frame }, senderActor(frame.from));
+      }
     } catch (err) {
       this.refusedOnArrival++;
       this.reject(m.subject, err, key);
@@ -513,6 +520,22 @@ export class StageHost {
     const last = rank === partition.stages - 1;
     const mb = action.microbatch;
     const key = (phase: Phase) => ({ job, step: plan.step, microbatch: mb, phase });
+    // When the action handed its output to the bus, and how long publishing took (its event says so).
+    let sendAt: number | undefined;
+    let sendMs = 0;
+    const hostBefore = this.machineMs + this.framesMs;
+    /** Sends to a neighbour stage (by hand in this process, else on the bus) or the driver's outputs. */
+    const publish = async (to: number | 'output', phase: Phase, tensors: readonly WireTensor[]) => {
+      this.sendHeld();
+      const s0 = performance.now();
+      const host0 = this.machineMs + this.framesMs;
+      sendAt ??= s0 - t0;
+      const frame = { key: key(phase), from: this.from, tensors };
+      if (to === 'output') await bus.publishFrame(outputSubject(job), frame);
+      else await sendFrame(bus, job, to, phase, frame);
+      // Frames read and events handled while the publish awaited are the host's, not sending.
+      sendMs += performance.now() - s0 - (this.machineMs + this.framesMs - host0);
+    };
     let res: ActionResult;
     if (action.kind === 'F') {
       const first = frames[0]!;
@@ -523,19 +546,19 @@ export class StageHost {
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
       if (plan.predict && last) {
         // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
-        const outputs = await compute.predict(inputs, size);
-        this.sendHeld();
-        await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
+        await publish('output', Phase.FORWARD, await compute.predict(inputs, size));
         res = { tensors: [], loss: 0, metric: null };
       } else res = await compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly, this.byHand(rank + 1));
-      if (!last) await this.sendTo(rank + 1, Phase.FORWARD, { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
+      if (!last) await publish(rank + 1, Phase.FORWARD, res.tensors);
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
-      // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
-      const device = this.byHand(rank - 1);
-      res = this.splitBackward ? await compute.backwardInputs(mb, dy, plan.totalBatch, device) : await compute.backward(mb, dy, plan.totalBatch, device);
-      if (rank > 0) await this.sendTo(rank - 1, Phase.BACKWARD, { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
+      // The input gradients go upstream as soon as they exist: the previous stage's backward
+      // waits for them, not for this stage's weight gradients. A list with W actions adds
+      // those later (W); an unsplit backward adds them right after sending.
+      res = await compute.backwardInputs(mb, dy, plan.totalBatch, this.byHand(rank - 1));
+      if (rank > 0) await publish(rank - 1, Phase.BACKWARD, res.tensors);
+      if (!this.splitBackward) compute.backwardWeights(mb);
       this.backwards++;
     } else {
       compute.backwardWeights(mb);
@@ -546,7 +569,9 @@ export class StageHost {
     const ms = performance.now() - t0;
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
-    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms };
+    const inAt = frames[0] ? this.arrivedAt.get(frames[0]) : undefined;
+    const hostMs = this.machineMs + this.framesMs - hostBefore;
+    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, hostMs, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
     // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
     // go at once (with what was held); once every input of the step is here, they wait too.
     if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) this.emit(SchedEvent.ACTION, done);
@@ -556,12 +581,6 @@ export class StageHost {
   /** Whether frames to stage `rank` are handed over in this process (their tensors may stay on the device). */
   private byHand(rank: number): boolean {
     return (this.o.handoff ?? false) && rank >= 0 && rank < this.o.partition.stages && isLocalStage(this.o.job, rank);
-  }
-
-  /** Sends a frame to a neighbour: by hand in this process, else on the bus. */
-  private async sendTo(rank: number, phase: Phase, frame: Frame): Promise<void> {
-    this.sendHeld();
-    await sendFrame(this.o.bus, this.o.job, rank, phase, frame);
   }
 
   /** Whether some INPUT microbatch of the running step has not arrived yet. */

@@ -100,6 +100,14 @@ describe('decodeMessage', () => {
     frameError(() => decodeMessage('action', encodeJson({ ...VALID.action, ms: Infinity })), /action: field "ms" must be number, got null/);
   });
 
+  it("takes an action's optional timings when they are numbers, and refuses them otherwise", () => {
+    const timed = { ...VALID.action, sendAt: 0.5, sendMs: 0.125, inAt: 1763900000000.5, hostMs: 0.25 };
+    expect(decodeMessage('action', encodeJson(timed))).toEqual(timed);
+    expect(decodeMessage('action', encodeJson(VALID.action))).toEqual(VALID.action);
+    frameError(() => decodeMessage('action', encodeJson({ ...timed, sendMs: null })), /action: field "sendMs" must be number\?, got null/);
+    frameError(() => decodeMessage('action', encodeJson({ ...timed, inAt: '3' })), /action: field "inAt" must be number\?, got "3"/);
+  });
+
   it.each(KINDS)('%s: refuses unknown fields, naming them', (kind) => {
     frameError(() => decodeMessage(kind, encodeJson({ ...VALID[kind], extra: 1 })), new RegExp(`^${kind}: unknown field "extra"$`));
     frameError(() => decodeMessage(kind, encodeJson({ ...VALID[kind], Step: 1 })), new RegExp(`^${kind}: unknown field "Step"$`));
