@@ -6,7 +6,7 @@ import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
 import { Reassembler } from '../protocol/reassembler.js';
 import { decodeAck, decodeMessage, decodeReply, encodeJson, type ErrorEvent, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { CtlVerb, SchedEvent, ctlSubject, lastToken, outputSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import { CtlVerb, SchedEvent, ctlSubject, outputSubject, parseSchedSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
 import { ActorInspector, actorSessionId } from '../inspect/actorInspector.js';
 import { RollCall, type StepShape } from '../inspect/rollCall.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
@@ -264,28 +264,39 @@ export class SchedulerHost {
 
   private onEvent(m: BusMessage): void {
     try {
-      switch (lastToken(m.subject)) {
+      // The sender is the subject's rank, which only that stage's user may publish on; a body
+      // naming another rank is refused.
+      const from = parseSchedSubject(m.subject);
+      if (!from || from.rank >= this.o.stages) throw new FrameError(`unknown scheduler event subject ${m.subject}`);
+      const { rank } = from;
+      const mine = <T extends { rank: number }>(e: T): T => {
+        if (e.rank !== rank) throw new FrameError(`${m.subject}: the event names stage ${e.rank}, the subject stage ${rank}`);
+        return e;
+      };
+      switch (from.event) {
         case SchedEvent.ACTION: {
-          const e = decodeMessage('action', m.data);
-          return this.deliver({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
+          const e = mine(decodeMessage('action', m.data));
+          return this.deliver({ type: 'ACTION', rank, step: e.step, action: e.action });
         }
         case SchedEvent.LOSS:
+          // A loss comes from the last stage.
+          if (rank !== this.o.stages - 1) throw new FrameError(`${m.subject}: a loss from stage ${rank}, not the last`);
           return this.deliver({ type: 'LOSS', ...decodeMessage('loss', m.data) });
         case SchedEvent.DONE:
-          return this.deliver({ type: 'DONE', ...decodeMessage('done', m.data) });
+          return this.deliver({ type: 'DONE', ...mine(decodeMessage('done', m.data)) });
         case SchedEvent.UPDATED:
-          return this.deliver({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
+          return this.deliver({ type: 'UPDATED', ...mine(decodeMessage('updated', m.data)) });
         case SchedEvent.ERROR: {
-          const e = decodeMessage('error', m.data);
+          const e = mine(decodeMessage('error', m.data));
           this.keepError(e);
-          return this.deliver({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
+          return this.deliver({ type: 'STAGE_ERROR', rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
         }
         case SchedEvent.REJECT: {
-          const e = decodeMessage('reject', m.data);
+          const e = mine(decodeMessage('reject', m.data));
           this.lastRejects.push(e);
           if (this.lastRejects.length > 100) this.lastRejects.shift();
           this.rejects++;
-          return this.fromStage(e.rank, () => this.actor.send({ type: 'REJECT', rank: e.rank }));
+          return this.fromStage(rank, () => this.actor.send({ type: 'REJECT', rank }));
         }
         default:
           throw new FrameError(`unknown scheduler event subject ${m.subject}`);

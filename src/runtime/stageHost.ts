@@ -235,7 +235,7 @@ export class StageHost {
   }
 
   private publishEvent(event: SchedEvent, data: Uint8Array): void {
-    this.o.bus.publish(schedSubject(this.o.job, event), data).catch((err: unknown) => {
+    this.o.bus.publish(schedSubject(this.o.job, this.rank, event), data).catch((err: unknown) => {
       process.stderr.write(`troupe: stage ${this.rank} could not publish ${event}: ${messageOf(err)}\n`);
     });
   }

@@ -19,7 +19,7 @@ describe('malformed frames on a running job', () => {
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'spy' });
     const rejects: { rank: number; code: string; message: string }[] = [];
     const lock = countingLock(6);
-    spy.subscribe(subjects.schedSubject(job, 'reject'), (m) => {
+    spy.subscribe(subjects.schedWildcard(job, 'reject'), (m) => {
       rejects.push(JSON.parse(new TextDecoder().decode(m.data)));
       lock.count();
     });

@@ -50,7 +50,7 @@ describe('feeding stage 0', () => {
     // What the server delivered, in its order: `INPUT <mb>` and `<action> ` of stage 0, step 1.
     const seen: string[] = [];
     spy.subscribe(`troupe.${job}.stage.0.INPUT`, (msg) => seen.push(`INPUT ${msg.header('Troupe-Mb') ?? '?'}`));
-    spy.subscribe(`troupe.${job}.sched.action`, (msg) => {
+    spy.subscribe(`troupe.${job}.sched.*.action`, (msg) => {
       const e = decodeMessage('action', msg.data);
       if (e.step === 1) seen.push(e.action);
     });
@@ -124,7 +124,7 @@ describe('feeding stage 0', () => {
     const { pipe } = await loneStage({ sizes: SIZES, seed: 38, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const done: { step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
+      if (subject === `troupe.${job}.sched.0.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
       return publishOriginal.call(this, subject, body, headers);
     });
     const admin = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-ctl-test' });

@@ -18,6 +18,7 @@ import {
   inspectSubject,
   lastToken,
   schedSubject,
+  parseSchedSubject,
   schedWildcard,
   stageSubject,
   stageWildcard,
@@ -51,13 +52,16 @@ describe('subject builders', () => {
     expect(ctlSubject('mnist', 4, CtlVerb.ABORT)).toBe('troupe.mnist.ctl.4.abort');
     expect(ctlSubject('mnist', 4, CtlVerb.STOP)).toBe('troupe.mnist.ctl.4.stop');
     expect(ctlWildcard('mnist', 4)).toBe('troupe.mnist.ctl.4.*');
-    expect(schedSubject('mnist', SchedEvent.ACTION)).toBe('troupe.mnist.sched.action');
-    expect(schedSubject('mnist', SchedEvent.LOSS)).toBe('troupe.mnist.sched.loss');
-    expect(schedSubject('mnist', SchedEvent.DONE)).toBe('troupe.mnist.sched.done');
-    expect(schedSubject('mnist', SchedEvent.UPDATED)).toBe('troupe.mnist.sched.updated');
-    expect(schedSubject('mnist', SchedEvent.ERROR)).toBe('troupe.mnist.sched.error');
-    expect(schedSubject('mnist', SchedEvent.REJECT)).toBe('troupe.mnist.sched.reject');
-    expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*');
+    expect(schedSubject('mnist', 0, SchedEvent.ACTION)).toBe('troupe.mnist.sched.0.action');
+    expect(schedSubject('mnist', 1, SchedEvent.LOSS)).toBe('troupe.mnist.sched.1.loss');
+    expect(schedSubject('mnist', 2, SchedEvent.DONE)).toBe('troupe.mnist.sched.2.done');
+    expect(schedSubject('mnist', 0, SchedEvent.UPDATED)).toBe('troupe.mnist.sched.0.updated');
+    expect(schedSubject('mnist', 3, SchedEvent.ERROR)).toBe('troupe.mnist.sched.3.error');
+    expect(schedSubject('mnist', 0, SchedEvent.REJECT)).toBe('troupe.mnist.sched.0.reject');
+    expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*.*');
+    expect(schedWildcard('mnist', SchedEvent.ACTION)).toBe('troupe.mnist.sched.*.action');
+    expect(parseSchedSubject('troupe.mnist.r1.sched.12.done')).toEqual({ rank: 12, event: 'done' });
+    expect(parseSchedSubject('troupe.mnist.sched.done')).toBeNull();
     expect(inspectSubject('mnist', 'stage-1')).toBe('troupe.mnist.inspect.stage-1');
   });
 
@@ -75,13 +79,13 @@ describe('subject builders', () => {
     for (const sc of scopes) {
       expect(matches('troupe.mnist.>', statsSubject(sc, 1))).toBe(true);
       expect(matches('troupe.mnist.*.inspect.*', inspectSubject(sc, 'stage-0'))).toBe(true);
-      expect(matches(everyScope('mnist', 'stats.*')[1], statsSubject(sc, 1))).toBe(true);
+      expect(matches(everyScope('mnist', 'stats')[1], statsSubject(sc, 1))).toBe(true);
       expect(scopeOfSubject('mnist', statsSubject(sc, 1))).toBe(sc);
     }
     // Another job's replicas are not covered, nor does the job's own wildcard reach them.
     expect(matches('troupe.mnist.>', statsSubject('mnist2.r0', 1))).toBe(false);
     expect(scopeOfSubject('mnist', statsSubject('mnist', 1))).toBe('mnist');
-    expect(matches(everyScope('mnist', 'stats.*')[0], statsSubject('mnist', 1))).toBe(true);
+    expect(matches(everyScope('mnist', 'stats')[0], statsSubject('mnist', 1))).toBe(true);
     expect(scopeOfSubject('mnist', 'troupe.other.stats.1')).toBeNull();
     expect(() => replicaScope('mnist', 3, 3)).toThrow(ConfigError);
     expect(() => checkScope('mnist.r')).toThrow(ConfigError);
@@ -112,7 +116,7 @@ describe('subject builders', () => {
       expect(lastToken(s)).toBe(verb);
     }
     for (const ev of Object.values(SchedEvent)) {
-      const s = schedSubject('j', ev);
+      const s = schedSubject('j', 1, ev);
       expect(matches(schedWildcard('j'), s)).toBe(true);
       expect(matches(schedWildcard('j-2'), s)).toBe(false);
       expect(lastToken(s)).toBe(ev);
@@ -143,7 +147,7 @@ describe('job ids', () => {
       () => stageWildcard(job, 0),
       () => ctlSubject(job, 0, CtlVerb.STEP),
       () => ctlWildcard(job, 0),
-      () => schedSubject(job, SchedEvent.LOSS),
+      () => schedSubject(job, 0, SchedEvent.LOSS),
       () => schedWildcard(job),
       () => inspectSubject(job, 'x'),
     ];
