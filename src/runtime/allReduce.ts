@@ -9,13 +9,10 @@ import { StateError, StepTimeoutError, UnexpectedFrameError } from '../errors.js
 import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import { Reassembler } from '../protocol/reassembler.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { allReduceSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
 
-export function allReduceSubject(group: string, rank: number): string {
-  return `troupe.${checkJobId(group)}.allreduce.${rank}`;
-}
 
 export interface AllReduceOptions {
   readonly bus: Bus;

@@ -4,7 +4,7 @@ import { TroupeError } from '../errors.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import type { Bus } from '../transport/bus.js';
-import { serveSubject } from './moduleRuntime.js';
+import { serveSubject } from '../protocol/subjects.js';
 import { decodeTensors, encodeTensors } from './tensorMessage.js';
 
 /** The runtime refused a request or its batch failed: its code and message. */

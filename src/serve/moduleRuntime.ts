@@ -13,7 +13,10 @@ import { ConfigError, ShapeError, TroupeError, messageOf } from '../errors.js';
 import type { CutTensor } from '../compute/partition.js';
 import { fromTensor, toTensor } from '../compute/wire.js';
 import { busInspector } from '../inspect/busInspector.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { checkJobId, serveScope, serveSubject } from '../protocol/subjects.js';
+
+/** Subject of a runtime's module op (built in protocol/subjects.ts). */
+export { serveSubject };
 import type { WireTensor } from '../protocol/frame.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { decodeTensors, encodeError, encodeTensors } from './tensorMessage.js';
@@ -112,10 +115,6 @@ class TaskPool {
   }
 }
 
-/** Subject of a runtime's module op: `troupe.serve.<runtime>.<module>.<op>`. */
-export function serveSubject(runtime: string, module: string, op: Op): string {
-  return `troupe.serve.${checkJobId(runtime)}.${checkJobId(module)}.${op}`;
-}
 
 export interface ModuleRuntimeOptions {
   readonly bus: Bus;
@@ -150,7 +149,7 @@ export class ModuleRuntime {
     this.actor = createActor(runtimeMachine, {
       input: { name: o.name },
       id: `runtime-${o.name}`,
-      ...(o.inspect ? { inspect: busInspector(o.bus, `serve-${o.name}`, 'runtime') } : {}),
+      ...(o.inspect ? { inspect: busInspector(o.bus, serveScope(o.name), 'runtime') } : {}),
     });
     this.actor.start();
     for (const p of this.pools) this.subs.push(o.bus.subscribe(serveSubject(o.name, p.module.name, p.op), (m) => this.arrive(p, m), 'runtime'));
