@@ -3,6 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { TransportError, messageOf } from '../errors.js';
 import { credentialsFor } from './credentials.js';
+import { inboxPrefix } from '../protocol/subjects.js';
 import { encodeFrame, type Frame, type WireMessage } from '../protocol/frame.js';
 
 /** Options of a bus connection. */
@@ -82,6 +83,9 @@ export class Bus {
     const rolePass = opts.user === undefined && opts.role !== undefined ? credentialsFor(opts.role) : undefined;
     const auth = opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? '' } : rolePass !== undefined ? { user: opts.role!, pass: rolePass } : {};
     const caFile = opts.caFile ?? process.env['TROUPE_NATS_CA'];
+    // Replies come under the user's own prefix, the only one its permissions let it read.
+    const user = opts.user ?? (rolePass !== undefined ? opts.role : undefined);
+    const inbox = user !== undefined ? inboxPrefix(user) : undefined;
     try {
       const nc = await connect({
         servers,
@@ -89,6 +93,7 @@ export class Bus {
         maxReconnectAttempts: opts.maxReconnectAttempts ?? -1,
         reconnectTimeWait: opts.reconnectTimeWait ?? 250,
         ...auth,
+        ...(inbox ? { inboxPrefix: inbox } : {}),
         ...(caFile ? { tls: { caFile } } : {}),
       });
       return new Bus(nc, opts.maxInFlightBytes ?? 32 * 1024 * 1024);
