@@ -40,7 +40,8 @@ import { Progress } from './progress.js';
 import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
 import { replicaJob } from './worker.js';
-import { writeCredentialsFile } from '../transport/credentials.js';
+import { roleEnv, writeCredentialsFile } from '../transport/credentials.js';
+import { stageRole } from '../protocol/subjects.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { waitForWorkers } from './waitForWorkers.js';
 
@@ -241,7 +242,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
-  let credentialsFile: string | undefined;
+  const credentialsFiles: string[] = [];
   let trace: TraceRecorder | undefined;
   let inspector: Inspector | undefined;
   const restartLimit = o.restarts ?? 0;
@@ -264,11 +265,17 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     }
   });
   try {
-    const url = o.nats ?? (server = await startNatsServer(o.natsConfig ? { config: o.natsConfig } : {})).url;
+    // A server of this job's own: its users act in this job only, with passwords made for it.
+    const url = o.nats ?? (server = await startNatsServer({ job, ...(o.natsConfig ? { config: o.natsConfig } : {}) })).url;
+    /** A file holding the passwords of `roles` only, for another process; it goes with the run. */
+    const credentialsFor = async (roles: readonly string[], name: string) => {
+      const file = await writeCredentialsFile(roles, process.env, name);
+      credentialsFiles.push(file);
+      return file;
+    };
     if (server) {
-      // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
-      credentialsFile = await writeCredentialsFile();
-      say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
+      // troupe inspect logs in as the inspector, with this file and nothing else.
+      say(`troupe up: NATS credentials for troupe inspect: TROUPE_NATS_CREDENTIALS=${await credentialsFor(['inspector'], 'inspector')}`);
     }
     if (o.inspectPort !== undefined) {
       inspector = await startInspector({ nats: url, job, port: o.inspectPort, stately: true });
@@ -291,10 +298,19 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
           const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : [])];
           const slot = replica * devices + dev;
-          supervisor.spawn(slot, args, deviceEnv(slot, gpus));
+          // The worker's environment holds its own stages' passwords and no other.
+          supervisor.spawn(slot, args, { ...deviceEnv(slot, gpus), ...roleEnv(ranksOn(dev).map(stageRole)) });
         }
       }
-    } else say(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+    } else {
+      say(`troupe up: waiting for ${p * k} workers, one per device:`);
+      // Each command names a credentials file with its own stages' passwords only.
+      for (let dev = 0; dev < devices; dev++) {
+        const ranks = ranksOn(dev);
+        const file = server ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
+        say(`  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+      }
+    }
     const perReplica = await Promise.all(jobs.map((j) => waitForWorkers(bus!, j, p, o.readyTimeoutMs ?? 60_000, failure.promise)));
     const workers = perReplica.flat();
     perReplica.forEach((hs, i) => {
@@ -480,6 +496,6 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await bus?.close().catch(() => {});
     await inspector?.close().catch(() => {});
     await server?.stop();
-    if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
+    for (const file of credentialsFiles) await rm(dirname(file), { recursive: true, force: true });
   }
 }
