@@ -53,6 +53,10 @@ export const CtlVerb = {
   STATS: 'stats',
   /** Liveness: your state and the messages you wait for. */
   PROBE: 'probe',
+  /** Your seal key (made by the stage itself; the reply goes to the driver alone). */
+  KEY: 'key',
+  /** The seal keys of your neighbours, whose frames you take. */
+  PEERS: 'peers',
 } as const;
 export type CtlVerb = (typeof CtlVerb)[keyof typeof CtlVerb];
 

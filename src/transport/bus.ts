@@ -4,6 +4,7 @@ import { headers as natsHeaders, type Msg, type NatsConnection, type Subscriptio
 import { TransportError, messageOf } from '../errors.js';
 import { credentialsFor } from './credentials.js';
 import { inboxPrefix } from '../protocol/subjects.js';
+import { subscribeFrames, type FrameSubscription, type SubscribeFramesOptions } from './subscribeFrames.js';
 import { encodeFrame, type Frame, type WireMessage } from '../protocol/frame.js';
 
 /** Options of a bus connection. */
@@ -191,6 +192,11 @@ export class Bus {
         if (!sub.isClosed()) await sub.drain();
       },
     };
+  }
+
+  /** Subscribes to the frames on `subject`: parsed, judged, reassembled under a size limit, refusals counted (subscribeFrames.ts). */
+  subscribeFrames(subject: string, o: SubscribeFramesOptions): FrameSubscription {
+    return subscribeFrames(this, subject, o);
   }
 
   /** Sends a request and resolves to the reply's body, or throws a TransportError naming the subject. */
