@@ -392,6 +392,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         const again = died.promise.then(() => true);
         const steps = (async () => {
           await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
+          // A restarted worker's stages seal with new keys: the next step asks every stage again.
+          sched!.reseal();
           for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
           if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
           await sched!.idle();
@@ -439,7 +441,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       mark = performance.now();
       if (o.progress ?? true) progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir || restartLimit > 0) {
-        const states = await unlessDied(dumpStates(bus, jobs[0]!, p)); // replicas hold the same weights
+        const states = await unlessDied(dumpStates(bus, jobs[0]!, p, undefined, scheds[0]!.sealKeys())); // replicas hold the same weights
         if (!states) {
           // Every stage finished step s, but its state is not in hand: step s runs again from s - 1.
           await recover(`step ${s}`);
@@ -454,7 +456,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       }
     }
     // The driver's model takes the trained weights, for held-out evaluation and saving.
-    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, jobs[0]!, p), failure.promise]);
+    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, jobs[0]!, p, undefined, scheds[0]!.sealKeys()), failure.promise]);
     for (const st of final) {
       const ws = st.tensors.filter((t) => t.name.startsWith('w'));
       const opt = optimizerFactory(cfg.optimizer)();
@@ -475,7 +477,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);
     if (heldOut) say(`  held-out: loss ${heldOut.loss.toFixed(4)}${heldOut.metric !== null ? `, metric ${(heldOut.metric * 100).toFixed(2)}%` : ''} on ${data.test!.x.shape[0]} examples`);
     for (const st of stats) {
-      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
+      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
     }
     if (o.save) say(`  model saved in ${o.save}`);
     if (trace) {
