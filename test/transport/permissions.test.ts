@@ -311,8 +311,13 @@ describe('scheduler events', () => {
       await stage0.publish(schedSubject('ranks', 0, SchedEvent.REJECT), encodeJson({ rank: 1, subject: 'x', code: 'FRAME', message: 'forged' }));
       await stage0.flush();
       await driver.flush();
-      await vi.waitFor(() => expect(sched.malformedEvents).toBe(2));
-      expect(sched.lastRejects).toEqual([]);
+      // Stage 1's own, on its own subject, is taken.
+      const stage1 = await Bus.connect({ role: 'stage1', servers: nats.server.url });
+      await stage1.publish(schedSubject('ranks', 1, SchedEvent.REJECT), encodeJson({ rank: 1, subject: 'y', code: 'FRAME', message: 'bad header' }));
+      await stage1.close();
+      await vi.waitFor(() => expect(sched.lastRejects).toHaveLength(1));
+      expect(sched.lastRejects[0]).toMatchObject({ rank: 1, subject: 'y' });
+      expect(sched.malformedEvents).toBe(2);
     } finally {
       await sched.close();
       await stage0.close();
