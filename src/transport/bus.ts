@@ -37,8 +37,8 @@ export interface BusMessage {
   readonly subject: string;
   readonly data: Uint8Array;
   header(name: string): string | undefined;
-  /** Answers a request; false when the message was not one. */
-  respond(data: Uint8Array): boolean;
+  /** Answers a request (with headers: a frame's); false when the message was not one. */
+  respond(data: Uint8Array, headers?: Record<string, string>): boolean;
 }
 
 /** Connection events: `disconnect`, `reconnect`, `reconnecting`, `error`, `close` and others from nats.js. */
@@ -201,9 +201,13 @@ export class Bus {
 
   /** Sends a request and resolves to the reply's body, or throws a TransportError naming the subject. */
   async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    return (await this.requestMessage(subject, data, timeoutMs)).data;
+  }
+
+  /** Sends a request (with headers: a frame's) and resolves to the reply, headers and all, or throws a TransportError naming the subject. */
+  async requestMessage(subject: string, data: Uint8Array, timeoutMs: number, headers?: Record<string, string>): Promise<Pick<BusMessage, 'data' | 'header'>> {
     try {
-      const m = await this.nc.request(subject, data, { timeout: timeoutMs });
-      return m.data;
+      return wrap(await this.nc.request(subject, data, { timeout: timeoutMs, ...(headers ? { headers: toNatsHeaders(headers) } : {}) }));
     } catch (cause) {
       throw new TransportError(`request to ${subject} failed: ${messageOf(cause)}`, { cause });
     }
@@ -258,6 +262,6 @@ function wrap(msg: Msg): BusMessage {
       const v = msg.headers?.get(name);
       return v === undefined || v === '' ? undefined : v;
     },
-    respond: (data) => msg.respond(data),
+    respond: (data, headers) => msg.respond(data, headers ? { headers: toNatsHeaders(headers) } : undefined),
   };
 }
