@@ -253,9 +253,10 @@ export function allReduceSubject(group: string, rank: number): string {
   return at(checkJobId(group), tail.allreduce(checkRank(rank)));
 }
 
-/** A task pool's subject of `kind` (`task`, ...): `troupe.pool.<name>.<kind>`. */
-export function poolSubject(name: string, kind: string): string {
-  return `troupe.pool.${checkJobId(name)}.${checkJobId(kind)}`;
+/** A task pool's subject of `kind` (`task`, `caller.<id>`, ...: each token checked): `troupe.pool.<name>.<kind>...`. */
+export function poolSubject(name: string, ...kind: readonly string[]): string {
+  if (kind.length === 0) throw new ConfigError(`a subject of pool ${name} needs a kind`);
+  return `troupe.pool.${checkJobId(name)}.${kind.map(checkJobId).join('.')}`;
 }
 
 /** Subject of a module runtime's op: `troupe.serve.<runtime>.<module>.<op>`. */
