@@ -177,3 +177,38 @@ describe('ranks', () => {
     expect(ctlWildcard('j', 1000)).toBe('troupe.j.ctl.1000.*');
   });
 });
+
+describe('the permissions table', () => {
+  it('is what the committed nats.conf says (run scripts/nats-conf.ts after changing it)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { natsConfText } = await import('../../src/fleet/natsConf.js');
+    expect(readFileSync(new URL('../../nats.conf', import.meta.url), 'utf8')).toBe(natsConfText());
+  });
+
+  it('builds its patterns from the same shapes as the subjects: each subject a user needs is allowed, in any job and in its own', async () => {
+    const { permissionsOf } = await import('../../src/protocol/subjects.js');
+    for (const job of ['*', 'mnist']) {
+      const allowed = (role: string, kind: 'publish' | 'subscribe', subject: string) => permissionsOf(role, job)[kind].some((p) => matches(p, subject));
+      for (const scope of ['mnist', 'mnist.r1']) {
+        expect(allowed('stage1', 'publish', stageSubject(scope, 2, Phase.FORWARD))).toBe(true);
+        expect(allowed('stage1', 'publish', stageSubject(scope, 0, Phase.BACKWARD))).toBe(true);
+        expect(allowed('stage1', 'publish', schedSubject(scope, 1, SchedEvent.DONE))).toBe(true);
+        expect(allowed('stage1', 'publish', schedSubject(scope, 0, SchedEvent.DONE))).toBe(false);
+        expect(allowed('stage1', 'subscribe', stageWildcard(scope, 1))).toBe(true);
+        expect(allowed('stage1', 'subscribe', ctlWildcard(scope, 1))).toBe(true);
+        expect(allowed('driver', 'publish', ctlSubject(scope, 3, CtlVerb.KEY))).toBe(true);
+        expect(allowed('driver', 'subscribe', schedWildcard(scope))).toBe(true);
+        expect(allowed('inspector', 'subscribe', stageWildcard(scope, 1))).toBe(false);
+      }
+      expect(allowed('stage1', 'publish', stageSubject('other', 2, Phase.FORWARD))).toBe(job === '*');
+    }
+    expect(() => permissionsOf('stage1', 'a.b')).toThrow(ConfigError);
+    expect(() => permissionsOf('root')).toThrow(/no NATS user "root"/);
+  });
+
+  it('pool subjects check every token', async () => {
+    const { poolSubject } = await import('../../src/protocol/subjects.js');
+    expect(poolSubject('p', 'caller', 'c-1')).toBe('troupe.pool.p.caller.c-1');
+    expect(() => poolSubject('p', 'caller', 'a.b')).toThrow(ConfigError);
+  });
+});
