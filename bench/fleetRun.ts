@@ -18,7 +18,7 @@ const steps: StatsMessage[] = [];
 const actions: ActionEvent[] = [];
 const hellos: Hello[] = [];
 spy.subscribe('troupe.bench.stats.*', (m) => steps.push(decodeMessage('stats', m.data)));
-spy.subscribe('troupe.bench.sched.action', (m) => actions.push(decodeMessage('action', m.data)));
+spy.subscribe('troupe.bench.sched.*.action', (m) => actions.push(decodeMessage('action', m.data)));
 spy.subscribe('troupe.bench.hello', (m) => hellos.push(decodeMessage('hello', m.data)));
 await spy.flush();
 // Workers join by their hello; `stage<r>` is the process hosting stage r (co-hosted stages share one).

@@ -32,6 +32,23 @@ export class DuplicateKeyError extends TroupeError {
   }
 }
 
+/**
+ * A frame repeats a key whose frame the stage holds, with other bytes: one of the two is not
+ * what its sender computed, and the stage cannot tell which. Neither is kept; the step fails.
+ */
+export class ConflictingFrameError extends TroupeError {
+  constructor(message: string) {
+    super('CONFLICTING_FRAME', message);
+  }
+}
+
+/** A frame does not carry its sender's seal (a keyed hash over its headers): not from the stage it claims to be from. */
+export class ForgedFrameError extends TroupeError {
+  constructor(message: string) {
+    super('FORGED_FRAME', message);
+  }
+}
+
 /** A frame arrived that this stage has no use for (wrong stage, microbatch out of range, wrong phase). */
 export class UnexpectedFrameError extends TroupeError {
   constructor(message: string) {

@@ -1,10 +1,13 @@
 /** Starts and stops a nats-server process from the project's nats.conf. */
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, delimiter, join } from 'node:path';
 import { ConfigError, TransportError } from '../errors.js';
+import { checkJobId } from '../protocol/subjects.js';
 import { ensureCredentials } from '../transport/credentials.js';
 import { packagePath } from '../packagePath.js';
+import { natsConfText } from './natsConf.js';
 import { tieToThisProcess } from './tiedProcess.js';
 
 /** The project's nats.conf. */
@@ -20,6 +23,14 @@ export interface NatsServerOptions {
   readonly readyTimeoutMs?: number;
   /** Extra command-line arguments. */
   readonly args?: readonly string[];
+  /**
+   * Confine every user to this job's subjects: the server runs on nats.conf's users generated
+   * for the job (natsConfText), under the given configuration when it includes ./nats.conf
+   * (nats-tls.conf, nats-cluster.conf). A stage user of another job can then do nothing here.
+   */
+  readonly job?: string;
+  /** Variables the server's configuration reads besides the passwords (nats-cluster.conf's listen and routes). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /** A running nats-server. */
@@ -44,8 +55,11 @@ export function findNatsServer(): string {
 
 /** Servers still running: at exit they are killed at once (their keepers would a moment later). */
 const live = new Set<{ keeper: ChildProcess; pid: number }>();
+/** Generated configurations still in use (no secrets: they name password variables), removed at exit too. */
+const configs = new Set<() => void>();
 process.once('exit', () => {
   for (const s of live) if (s.keeper.exitCode === null && s.keeper.signalCode === null) process.kill(s.pid, 'SIGKILL');
+  for (const remove of configs) remove();
 });
 
 /**
@@ -57,21 +71,24 @@ process.once('exit', () => {
  * await server.stop();
  */
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
-  const config = opts.config ?? DEFAULT_NATS_CONF;
-  if (!existsSync(config)) throw new ConfigError(`NATS configuration ${config} does not exist`);
+  const given = opts.config ?? DEFAULT_NATS_CONF;
+  if (!existsSync(given)) throw new ConfigError(`NATS configuration ${given} does not exist`);
   const bin = findNatsServer();
+  const scoped = opts.job === undefined ? null : jobConfig(given, checkJobId(opts.job));
+  const config = scoped?.config ?? given;
   // nats.conf reads every role's password from the environment: random ones for those unset,
   // shared with this process's clients and the workers it forks.
   ensureCredentials();
   const args = ['-c', config, '-p', String(opts.port && opts.port > 0 ? opts.port : -1), ...(opts.args ?? [])];
   // Tied to this process: the server dies with it, even on SIGKILL. Its own process group:
   // a terminal's Ctrl-C reaches the driver, which stops the server last.
-  const tied = tieToThisProcess(bin, args);
+  const tied = tieToThisProcess(bin, args, opts.env);
   const child = tied.keeper;
   let out = '';
   let entry: { keeper: ChildProcess; pid: number } | undefined;
   const exited = new Promise<void>((resolve) => child.once('exit', () => {
     if (entry) live.delete(entry);
+    scoped?.remove();
     resolve();
   }));
   const port = await new Promise<number>((resolve, reject) => {
@@ -118,4 +135,30 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       tied.cut();
     },
   };
+}
+
+/**
+ * The configuration of a server for job `job`: nats.conf's users confined to the job, in a
+ * directory of its own, with the given configuration beside it when that one includes
+ * ./nats.conf (it then includes the job's). The files hold no secrets (password variables).
+ */
+function jobConfig(given: string, job: string): { config: string; remove(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'troupe-natsconf-'));
+  const remove = () => {
+    configs.delete(remove);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  configs.add(remove);
+  try {
+    writeFileSync(join(dir, 'nats.conf'), natsConfText({ job }));
+    if (given === DEFAULT_NATS_CONF) return { config: join(dir, 'nats.conf'), remove };
+    const text = readFileSync(given, 'utf8');
+    if (!/^\s*include\s+"?\.\/nats\.conf"?\s*$/m.test(text)) return { config: given, remove };
+    const config = join(dir, `main-${basename(given)}`);
+    writeFileSync(config, text);
+    return { config, remove };
+  } catch (err) {
+    remove();
+    throw err;
+  }
 }

@@ -43,7 +43,8 @@ import { Progress } from './progress.js';
 import { saveModel } from './saveModel.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
 import { replicaJob } from './worker.js';
-import { writeCredentialsFile } from '../transport/credentials.js';
+import { roleEnv, writeCredentialsFile } from '../transport/credentials.js';
+import { stageRole } from '../protocol/subjects.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { waitForWorkers } from './waitForWorkers.js';
 
@@ -265,8 +266,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let server: NatsServer | undefined;
   let bus: Bus | undefined;
   let sched: SchedulerHost | undefined;
-  let credentialsFile: string | undefined;
-  let dropCredentials: (() => void) | undefined;
+  const credentialsFiles: string[] = [];
+  /** Each file also goes with this process if it is killed (SIGKILL leaves no finally). */
+  const dropCredentials: (() => void)[] = [];
   let trace: TraceRecorder | undefined;
   let inspector: Inspector | undefined;
   const restartLimit = o.restarts ?? 0;
@@ -289,13 +291,18 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     }
   });
   try {
-    const url = o.nats ?? (server = await startNatsServer(o.natsConfig ? { config: o.natsConfig } : {})).url;
+    // A server of this job's own: its users act in this job only, with passwords made for it.
+    const url = o.nats ?? (server = await startNatsServer({ job, ...(o.natsConfig ? { config: o.natsConfig } : {}) })).url;
+    /** A file holding the passwords of `roles` only, for another process; it goes with the run. */
+    const credentialsFor = async (roles: readonly string[], name: string) => {
+      const file = await writeCredentialsFile(roles, process.env, name);
+      credentialsFiles.push(file);
+      dropCredentials.push(removeWithThisProcess(dirname(file)));
+      return file;
+    };
     if (server) {
-      // Other processes (troupe inspect, a worker on another host) log in with these; the file goes with the server.
-      credentialsFile = await writeCredentialsFile();
-      // The file goes with this process even if it is killed (SIGKILL leaves no finally).
-      dropCredentials = removeWithThisProcess(dirname(credentialsFile));
-      say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${credentialsFile}`);
+      // troupe inspect logs in as the inspector, with this file and nothing else.
+      say(`troupe up: NATS credentials for troupe inspect: TROUPE_NATS_CREDENTIALS=${await credentialsFor(['inspector'], 'inspector')}`);
     }
     if (o.inspectPort !== undefined) {
       inspector = await startInspector({ nats: url, job, port: o.inspectPort, stately: true });
@@ -318,10 +325,19 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
           const args = ['--nats', url, '--job', job, '--rank', ranksOn(dev).join(','), '--boundaries', stageStartsOf(partitions).slice(1, -1).join(','), '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : []), ...(o.verbosity === 'quiet' ? ['-q'] : [])];
           const slot = replica * devices + dev;
-          supervisor.spawn(slot, args, deviceEnv(slot, gpus));
+          // The worker's environment holds its own stages' passwords and no other.
+          supervisor.spawn(slot, args, { ...deviceEnv(slot, gpus), ...roleEnv(ranksOn(dev).map(stageRole)) });
         }
       }
-    } else warn(`troupe up: waiting for ${p * k} workers: troupe worker --nats ${url} --job ${job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+    } else {
+      warn(`troupe up: waiting for ${p * k} workers, one per device:`);
+      // Each command names a credentials file with its own stages' passwords only.
+      for (let dev = 0; dev < devices; dev++) {
+        const ranks = ranksOn(dev);
+        const file = server ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
+        warn(`  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config}`);
+      }
+    }
     const perReplica = await Promise.all(jobs.map((j) => waitForWorkers(bus!, j, p, o.readyTimeoutMs ?? 60_000, failure.promise)));
     const workers = perReplica.flat();
     perReplica.forEach((hs, i) => {
@@ -405,6 +421,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
         const again = died.promise.then(() => true);
         const steps = (async () => {
           await waitForWorkers(bus!, job, p, o.readyTimeoutMs ?? 60_000, failure.promise);
+          // A restarted worker's stages seal with new keys: the next step asks every stage again.
+          sched!.reseal();
           for (const e of exits) for (const r of ranksOn(e.rank)) sched!.failStep(r, 'WORKER_DIED', `${exitText(e)}; its step is replayed`);
           if (outage) sched!.failStep(0, 'NATS_RECONNECT', 'the NATS connection was lost; the step is replayed');
           await sched!.idle();
@@ -454,7 +472,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       mark = performance.now();
       if ((o.progress ?? true) && o.verbosity !== 'quiet') progress.update({ step: s, total: prep.total, epoch: Math.floor((s - 1) / prep.stepsPerEpoch) + 1, epochs: cfg.epochs, loss: last.loss, metric: last.metric, samples: (s - lastStep) * cfg.batchSize });
       if (o.checkpointDir || restartLimit > 0) {
-        const states = await unlessDied(dumpStates(bus, jobs[0]!, p)); // replicas hold the same weights
+        const states = await unlessDied(dumpStates(bus, jobs[0]!, p, undefined, scheds[0]!.sealKeys())); // replicas hold the same weights
         if (!states) {
           // Every stage finished step s, but its state is not in hand: step s runs again from s - 1.
           await recover(`step ${s}`);
@@ -469,7 +487,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       }
     }
     // The driver's model takes the trained weights, for held-out evaluation and saving.
-    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, jobs[0]!, p), failure.promise]);
+    const final = restartLimit > 0 ? lastGood : await Promise.race([dumpStates(bus, jobs[0]!, p, undefined, scheds[0]!.sealKeys()), failure.promise]);
     for (const st of final) {
       const ws = st.tensors.filter((t) => t.name.startsWith('w'));
       const opt = optimizerFactory(cfg.optimizer)();
@@ -490,7 +508,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);
     if (heldOut) say(`  held-out: loss ${heldOut.loss.toFixed(4)}${heldOut.metric !== null ? `, metric ${(heldOut.metric * 100).toFixed(2)}%` : ''} on ${data.test!.x.shape[0]} examples`);
     for (const st of stats) {
-      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
+      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
     }
     if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     if (trace) {
@@ -511,7 +529,7 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     await bus?.close().catch(() => {});
     await inspector?.close().catch(() => {});
     await server?.stop();
-    if (credentialsFile) await rm(dirname(credentialsFile), { recursive: true, force: true });
-    dropCredentials?.();
+    for (const file of credentialsFiles) await rm(dirname(file), { recursive: true, force: true });
+    for (const drop of dropCredentials) drop();
   }
 }

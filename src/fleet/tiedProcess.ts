@@ -42,7 +42,7 @@ export interface TiedProcess {
 }
 
 /**
- * Runs `bin args` under a keeper in a process group of its own (a terminal's Ctrl-C reaches
+ * Runs `bin args` (with `env` added to this process's environment) under a keeper in a process group of its own (a terminal's Ctrl-C reaches
  * only this process, which ends the command as it sees fit). The command's stdout and stderr
  * are the keeper's (`keeper.stdout`, `keeper.stderr`); its stdin is /dev/null.
  *
@@ -50,8 +50,8 @@ export interface TiedProcess {
  * const t = tieToThisProcess('/usr/sbin/nats-server', ['-c', 'nats.conf']);
  * process.kill(await t.pid, 'SIGTERM');
  */
-export function tieToThisProcess(bin: string, args: readonly string[]): TiedProcess {
-  const keeper = spawn('/bin/sh', ['-c', KEEPER, 'troupe-keeper', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], detached: true });
+export function tieToThisProcess(bin: string, args: readonly string[], env?: Readonly<Record<string, string>>): TiedProcess {
+  const keeper = spawn('/bin/sh', ['-c', KEEPER, 'troupe-keeper', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], detached: true, ...(env ? { env: { ...process.env, ...env } } : {}) });
   const lifeline = keeper.stdio[3] as Socket;
   const report = keeper.stdio[4] as Socket;
   const pid = new Promise<number>((resolve, reject) => {

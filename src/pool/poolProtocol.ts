@@ -1,9 +1,9 @@
 /** The messages of a task pool: a request per task, a reply per task. */
-import { checkJobId } from '../protocol/subjects.js';
+import { poolSubject } from '../protocol/subjects.js';
 
 /** Tasks of pool `name` go to `troupe.pool.<name>.task` (a queue group of workers). */
 export function poolTaskSubject(name: string): string {
-  return `troupe.pool.${checkJobId(name)}.task`;
+  return poolSubject(name, 'task');
 }
 
 /** A task as sent: the caller's input index and the JSON input. */

@@ -9,7 +9,7 @@ import { poolWorkerMachine } from '../../actors/poolWorkerMachine.js';
 import { FrameError, messageOf } from '../errors.js';
 import { busInspector } from '../inspect/busInspector.js';
 import { encodeJson } from '../protocol/messages.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { checkJobId, poolScope } from '../protocol/subjects.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { poolTaskSubject, type TaskReply, type TaskRequest } from './poolProtocol.js';
 
@@ -45,7 +45,7 @@ export class PoolWorker<I = unknown, O = unknown> {
     this.actor = createActor(poolWorkerMachine, {
       input: { pool: o.pool },
       id: `pool-${o.pool}-worker`,
-      ...(o.inspect ? { inspect: busInspector(o.bus, `pool-${o.pool}`, `worker-${workers}`) } : {}),
+      ...(o.inspect ? { inspect: busInspector(o.bus, poolScope(o.pool), `worker-${workers}`) } : {}),
     });
     this.actor.start();
     this.sub = o.bus.subscribe(poolTaskSubject(o.pool), (m) => this.enqueue(m), 'workers');

@@ -103,6 +103,12 @@ export function refusalFailsStep(r: Pick<RejectEvent, 'step' | 'phase' | 'code'>
 /** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */
 export interface StateInfo { readonly step: number; readonly weightNames: readonly string[]; readonly optimizerNames: readonly string[] }
 
+/** A stage's answer to `key`: its seal key (base64), which it made itself (seal.ts). */
+export interface KeyReply { readonly key: string }
+
+/** Body of `ctl.<rank>.peers`: the seal keys (base64) of the stages before and after it, '' where there is none. */
+export interface PeerKeys { readonly prev: string; readonly next: string }
+
 /** A stage's answer to `ping`. */
 export interface Hello { readonly rank: number; readonly stages: number; readonly pid: number; readonly host: string; readonly backend: string; readonly device: string }
 
@@ -124,8 +130,10 @@ export interface StatsMessage {
   readonly bytesOut: number;
   /** Highest number of microbatches held for a backward in any step. */
   readonly peakHeld: number;
-  /** Frames refused on arrival. */
+  /** Frames refused on arrival: dropped, harmless (a step's frames are taken once, from their sender only). */
   readonly rejected: number;
+  /** Frames that came with other bytes for a slot whose frame the stage held: neither was used, and the step failed. */
+  readonly conflicts: number;
   /** Tensors alive in the stage's process (tf.memory().numTensors). */
   readonly tensors: number;
   /** Milliseconds the stage machine took to handle the host's events: frames, action ends, plans, updates. */
@@ -192,7 +200,9 @@ const SHAPES = {
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   abort: { step: 'number' },
   stop: { job: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
+  key: { key: 'string' },
+  peers: { prev: 'string', next: 'string' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', conflicts: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */
@@ -212,6 +222,8 @@ export interface MessageTypes {
   abort: { readonly step: number };
   /** Body of `ctl.<rank>.stop`: the job, so that a stray message stops nothing. */
   stop: { readonly job: string };
+  key: KeyReply;
+  peers: PeerKeys;
 }
 
 /** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */

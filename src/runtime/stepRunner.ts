@@ -24,7 +24,11 @@ export interface StepResult {
   readonly microbatchLosses: readonly number[];
   /** Most microbatches each stage held for a backward during the step. */
   readonly peakHeld: readonly number[];
-  /** Frames the stages refused during the step. */
+  /**
+   * Frames the stages refused during the step, each dropped unused: harmless (a malformed,
+   * stale, duplicate or unsealed frame). A frame that conflicts with one a stage holds for its
+   * slot is no refusal: it fails the step (StageError, reason CONFLICTING_FRAME).
+   */
   readonly rejected: number;
   /** A prediction's outputs (the last stage's), in batch order. */
   readonly outputs?: readonly WireTensor[];

@@ -4,7 +4,7 @@ import { ServeError } from '../errors.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import type { Bus } from '../transport/bus.js';
-import { serveSubject } from './moduleRuntime.js';
+import { serveSubject } from '../protocol/subjects.js';
 import { decodeTensors, encodeTensors } from './tensorMessage.js';
 
 export { ServeError } from '../errors.js';
@@ -23,8 +23,8 @@ export class ModuleClient {
   }
 
   private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
-    const body = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))));
-    const reply = decodeTensors(await this.o.bus.request(serveSubject(this.o.runtime, this.o.module, op), body, this.o.timeoutMs ?? 30_000));
+    const m = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))), op, 'client');
+    const reply = decodeTensors(await this.o.bus.requestMessage(serveSubject(this.o.runtime, this.o.module, op), m.data, this.o.timeoutMs ?? 30_000, m.headers), op);
     if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
     return reply.tensors;
   }

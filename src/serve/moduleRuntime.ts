@@ -13,8 +13,11 @@ import { ConfigError, ShapeError, TroupeError, messageOf } from '../errors.js';
 import type { CutTensor } from '../compute/partition.js';
 import { fromTensor, toTensor } from '../compute/wire.js';
 import { busInspector } from '../inspect/busInspector.js';
-import { checkJobId } from '../protocol/subjects.js';
-import type { WireTensor } from '../protocol/frame.js';
+import { checkJobId, serveScope, serveSubject } from '../protocol/subjects.js';
+
+/** Subject of a runtime's module op (built in protocol/subjects.ts). */
+export { serveSubject };
+import type { WireMessage, WireTensor } from '../protocol/frame.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { decodeTensors, encodeError, encodeTensors } from './tensorMessage.js';
 
@@ -112,10 +115,6 @@ class TaskPool {
   }
 }
 
-/** Subject of a runtime's module op: `troupe.serve.<runtime>.<module>.<op>`. */
-export function serveSubject(runtime: string, module: string, op: Op): string {
-  return `troupe.serve.${checkJobId(runtime)}.${checkJobId(module)}.${op}`;
-}
 
 export interface ModuleRuntimeOptions {
   readonly bus: Bus;
@@ -150,7 +149,7 @@ export class ModuleRuntime {
     this.actor = createActor(runtimeMachine, {
       input: { name: o.name },
       id: `runtime-${o.name}`,
-      ...(o.inspect ? { inspect: busInspector(o.bus, `serve-${o.name}`, 'runtime') } : {}),
+      ...(o.inspect ? { inspect: busInspector(o.bus, serveScope(o.name), 'runtime') } : {}),
     });
     this.actor.start();
     for (const p of this.pools) this.subs.push(o.bus.subscribe(serveSubject(o.name, p.module.name, p.op), (m) => this.arrive(p, m), 'runtime'));
@@ -166,7 +165,7 @@ export class ModuleRuntime {
   /** A request: checked alone (a wrong one is answered at once), then queued for a batch. */
   private arrive(pool: TaskPool, msg: BusMessage): void {
     try {
-      const got = decodeTensors(msg.data);
+      const got = decodeTensors(msg, pool.op);
       if ('error' in got) throw new ShapeError('a request carries tensors, not an error');
       const want = pool.op === 'forward' ? pool.module.inputs.length : pool.module.inputs.length * 2;
       if (got.tensors.length !== want) throw new ShapeError(`${pool.name}: ${got.tensors.length} tensors, expected ${want}`);
@@ -184,7 +183,7 @@ export class ModuleRuntime {
     } catch (err) {
       pool.refused++;
       const e = err instanceof TroupeError ? err : new ShapeError(messageOf(err));
-      respond(msg, encodeError(e.code, e.message));
+      respond(msg, encodeError(e.code, e.message, pool.op));
     }
   }
 
@@ -248,14 +247,14 @@ export class ModuleRuntime {
     } catch (err) {
       pool.failed += batch.length;
       const e = err instanceof TroupeError ? err : new TroupeError('BATCH_FAILED', `${pool.name}: the batch of ${rows} failed: ${messageOf(err)}`);
-      for (const w of batch) respond(w.msg, encodeError(e.code, e.message));
+      for (const w of batch) respond(w.msg, encodeError(e.code, e.message, pool.op));
       pool.busyMs += performance.now() - t0;
       return;
     }
     pool.batches++;
     pool.examples += rows;
     pool.busyMs += performance.now() - t0;
-    batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!)));
+    batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!, pool.op)));
   }
 
   /** Per-pool counters (rates over the runtime's lifetime). */
@@ -291,9 +290,9 @@ export class ModuleRuntime {
 }
 
 /** Answers a request; a connection that closed meanwhile leaves the requester to its timeout. */
-function respond(msg: BusMessage, body: Uint8Array): void {
+function respond(msg: BusMessage, reply: WireMessage): void {
   try {
-    msg.respond(body);
+    msg.respond(reply.data, reply.headers);
   } catch {
     // closed: nothing to do
   }

@@ -5,6 +5,8 @@ import { TransportError, messageOf } from '../errors.js';
 import { credentialsFor } from './credentials.js';
 import { DIRECT_HEADER, DirectPath, RESENT_HEADER, type DirectCounters, type DirectOptions } from './directPath.js';
 import { subjectMatches } from './directRoute.js';
+import { inboxPrefix } from '../protocol/subjects.js';
+import { subscribeFrames, type FrameSubscription, type SubscribeFramesOptions } from './subscribeFrames.js';
 import { encodeFrame, type Frame, type WireMessage } from '../protocol/frame.js';
 
 /** Options of a bus connection. */
@@ -44,8 +46,8 @@ export interface BusMessage {
   readonly subject: string;
   readonly data: Uint8Array;
   header(name: string): string | undefined;
-  /** Answers a request; false when the message was not one. */
-  respond(data: Uint8Array): boolean;
+  /** Answers a request (with headers: a frame's); false when the message was not one. */
+  respond(data: Uint8Array, headers?: Record<string, string>): boolean;
   /** The data are a buffer of their own, which a handler may keep without copying (a frame from a direct link). */
   readonly owned?: boolean;
 }
@@ -112,6 +114,9 @@ export class Bus {
     const rolePass = opts.user === undefined && opts.role !== undefined ? credentialsFor(opts.role) : undefined;
     const auth = opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? '' } : rolePass !== undefined ? { user: opts.role!, pass: rolePass } : {};
     const caFile = opts.caFile ?? process.env['TROUPE_NATS_CA'];
+    // Replies come under the user's own prefix, the only one its permissions let it read.
+    const user = opts.user ?? (rolePass !== undefined ? opts.role : undefined);
+    const inbox = user !== undefined ? inboxPrefix(user) : undefined;
     try {
       const nc = await connect({
         servers,
@@ -119,6 +124,7 @@ export class Bus {
         maxReconnectAttempts: opts.maxReconnectAttempts ?? -1,
         reconnectTimeWait: opts.reconnectTimeWait ?? 250,
         ...auth,
+        ...(inbox ? { inboxPrefix: inbox } : {}),
         ...(caFile ? { tls: { caFile } } : {}),
       });
       const tls = (caFile !== undefined && caFile !== '') || servers.some((s) => s.startsWith('tls://'));
@@ -274,11 +280,20 @@ export class Bus {
     };
   }
 
+  /** Subscribes to the frames on `subject`: parsed, judged, reassembled under a size limit, refusals counted (subscribeFrames.ts). */
+  subscribeFrames(subject: string, o: SubscribeFramesOptions): FrameSubscription {
+    return subscribeFrames(this, subject, o);
+  }
+
   /** Sends a request and resolves to the reply's body, or throws a TransportError naming the subject. */
   async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    return (await this.requestMessage(subject, data, timeoutMs)).data;
+  }
+
+  /** Sends a request (with headers: a frame's) and resolves to the reply, headers and all, or throws a TransportError naming the subject. */
+  async requestMessage(subject: string, data: Uint8Array, timeoutMs: number, headers?: Record<string, string>): Promise<Pick<BusMessage, 'data' | 'header'>> {
     try {
-      const m = await this.nc.request(subject, data, { timeout: timeoutMs });
-      return m.data;
+      return wrap(await this.nc.request(subject, data, { timeout: timeoutMs, ...(headers ? { headers: toNatsHeaders(headers) } : {}) }));
     } catch (cause) {
       throw new TransportError(`request to ${subject} failed: ${messageOf(cause)}`, { cause });
     }
@@ -347,6 +362,6 @@ function wrap(msg: Msg): BusMessage {
       const v = msg.headers?.get(name);
       return v === undefined || v === '' ? undefined : v;
     },
-    respond: (data) => msg.respond(data),
+    respond: (data, headers) => msg.respond(data, headers ? { headers: toNatsHeaders(headers) } : undefined),
   };
 }

@@ -28,7 +28,7 @@ describe('action events say where the time went', () => {
     const pipe = await twoStages(job);
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'timings-spy' });
     const events: ActionEvent[] = [];
-    spy.subscribe(`troupe.${job}.sched.action`, (m) => events.push(decodeMessage('action', m.data)));
+    spy.subscribe(`troupe.${job}.sched.*.action`, (m) => events.push(decodeMessage('action', m.data)));
     await spy.flush();
     const { x, y } = data(8, 6, 3, 9);
     try {

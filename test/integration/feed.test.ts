@@ -57,7 +57,7 @@ describe('feeding stage 0', () => {
       return publishFrameOriginal.call(this, subject, frame);
     });
     const publishSpy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject === `troupe.${job}.sched.action`) {
+      if (subject === `troupe.${job}.sched.0.action`) {
         const e = decodeMessage('action', body);
         if (e.step === 1) timeline.push(`stage did ${e.action}`);
       }
@@ -67,7 +67,7 @@ describe('feeding stage 0', () => {
     const subscribeSpy = vi.spyOn(Bus.prototype, 'subscribe').mockImplementation(function (this: Bus, subject: string, handler: (msg: BusMessage) => void, queue?: string) {
       const seen = (msg: BusMessage) => {
         if (subject === `troupe.${job}.stage.0.*` && msg.subject.endsWith('.INPUT') && msg.header('Troupe-Step') === '1') timeline.push(`stage got INPUT ${msg.header('Troupe-Mb')}`);
-        if (subject === `troupe.${job}.sched.*` && msg.subject.endsWith('.action')) {
+        if (subject === `troupe.${job}.sched.*.*` && msg.subject.endsWith('.action')) {
           const e = decodeMessage('action', msg.data);
           if (e.step === 1) timeline.push(`sched heard ${e.action}`);
         }
@@ -153,7 +153,7 @@ describe('feeding stage 0', () => {
     const { pipe } = await loneStage({ sizes: SIZES, seed: 38, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const done: { step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
+      if (subject === `troupe.${job}.sched.0.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
       return publishOriginal.call(this, subject, body, headers);
     });
     const admin = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-ctl-test' });

@@ -19,7 +19,9 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   probe: { rank: 1, step: 3, state: 'running.waiting', action: 'B2', awaiting: ['BACKWARD:2'] },
   abort: { step: 3 },
   stop: { job: 'mnist' },
-  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, tensors: 12, machineMs: 1.5, framesMs: 0.5 },
+  key: { key: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
+  peers: { prev: '', next: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
+  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, conflicts: 0, tensors: 12, machineMs: 1.5, framesMs: 0.5 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
 
