@@ -88,13 +88,21 @@ export class StepRunner {
     return this.runWire(xs, ys, forwardOnly);
   }
 
+  /** Microbatches per step. */
+  get microbatches(): number {
+    return this.o.microbatches;
+  }
+
+  /** The scheduler this runner's steps go through. */
+  get scheduler(): SchedulerHost {
+    return this.o.scheduler;
+  }
+
   /**
-   * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
-   * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
+   * Every check that can refuse a step of (xw, yw), without starting it (no step id is taken):
+   * data-parallel replicas check each replica's share before any of them starts.
    */
-  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
-    const { job, microbatches: m } = this.o;
-    const p = this.o.schedule.length;
+  check(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}): { predict: boolean; update: boolean; batch: number; sizes: number[] } {
     const predict = extra.predict ?? false;
     const update = !forwardOnly && !predict && (extra.update ?? true);
     if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
@@ -104,7 +112,17 @@ export class StepRunner {
     for (const t of [...xw, ...yw]) {
       if (t.shape.length === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
     }
-    const sizes = microbatchSizes(batch, m);
+    return { predict, update, batch, sizes: microbatchSizes(batch, this.o.microbatches) };
+  }
+
+  /**
+   * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
+   * passes row slices of it (`sliceRows`) and no tensor is made or read on this side.
+   */
+  async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
+    const { job, microbatches: m } = this.o;
+    const p = this.o.schedule.length;
+    const { predict, update, batch, sizes } = this.check(xw, yw, forwardOnly, extra);
     const offsets = microbatchOffsets(sizes);
     const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => sliceRows(w, offsets[mb]!, sizes[mb]!));
     const s = ++this.step;
