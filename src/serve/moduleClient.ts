@@ -7,8 +7,10 @@ import type { Bus } from '../transport/bus.js';
 import { serveSubject } from './moduleRuntime.js';
 import { decodeTensors, encodeTensors } from './tensorMessage.js';
 
-/** The runtime refused a request or its batch failed: its code and message. */
+/** The runtime refused a request or the request failed: its code and message (which names the request's id). */
 export class ServeError extends TroupeError {}
+
+let clients = 0;
 
 export interface ModuleClientOptions {
   readonly bus: Bus;
@@ -16,15 +18,21 @@ export interface ModuleClientOptions {
   readonly module: string;
   /** Milliseconds to wait for an answer (default 30 s). */
   readonly timeoutMs?: number;
+  /** This client's name in request ids (`<name>#<n>`), which the runtime's errors quote (default client-<pid>-<n>). */
+  readonly name?: string;
 }
 
 export class ModuleClient {
+  readonly name: string;
+  private sent = 0;
+
   constructor(private readonly o: ModuleClientOptions) {
     serveSubject(o.runtime, o.module, 'forward');
+    this.name = o.name ?? `client-${process.pid}-${++clients}`;
   }
 
   private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
-    const body = encodeTensors(tensors.map((t, i) => fromTensor(t, `x${i}`)));
+    const body = encodeTensors(tensors.map((t, i) => fromTensor(t, `x${i}`)), `${this.name}#${++this.sent}`);
     const reply = decodeTensors(await this.o.bus.request(serveSubject(this.o.runtime, this.o.module, op), body, this.o.timeoutMs ?? 30_000));
     if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
     return reply.tensors;
