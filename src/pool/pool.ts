@@ -178,7 +178,7 @@ export class Pool<I = unknown, O = unknown> {
   }
 
   private async runEncoded(index: number, json: string): Promise<TaskAnswer<O>> {
-    await this.takePlace();
+    await this.takePlace(index);
     const t = new TaskRun(index, json);
     this.runs.add(t);
     try {
@@ -190,8 +190,10 @@ export class Pool<I = unknown, O = unknown> {
     }
   }
 
-  private async takePlace(): Promise<void> {
-    if (this.closed) throw new TroupeError('POOL_CLOSED', `pool ${this.o.name} is closed`);
+  /** One of the `concurrency` places, in call order. */
+  private async takePlace(index: number): Promise<void> {
+    const closed = () => new PoolTaskError(index, 'closed', `task ${index}: pool ${this.o.name} is closed`);
+    if (this.closed) throw closed();
     if (this.free > 0) {
       this.free--;
       return;
@@ -199,7 +201,7 @@ export class Pool<I = unknown, O = unknown> {
     await new Promise<void>((resolve) => this.queued.push(resolve));
     if (this.closed) {
       this.givePlace();
-      throw new TroupeError('POOL_CLOSED', `pool ${this.o.name} is closed`);
+      throw closed();
     }
   }
 
