@@ -5,13 +5,14 @@ import { benchFeed } from './feed.js';
 import { benchGaps } from './gaps.js';
 import { benchHalves } from './halves.js';
 import { benchInspect } from './inspect.js';
+import { benchPool } from './pool.js';
 import { benchProfile } from './profile.js';
 import { benchServe } from './serve.js';
 import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, inspect: benchInspect };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, profile: benchProfile, transport: benchTransport, serve: benchServe, pool: benchPool, inspect: benchInspect };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;
