@@ -27,10 +27,10 @@ interface WorkerProcess {
   readonly taskPids: number[];
 }
 
-async function startWorkers(pool: string, n: number, env: Record<string, string> = {}): Promise<WorkerProcess[]> {
+async function startWorkers(pool: string, n: number, env: Record<string, string> = {}, args: readonly string[] = []): Promise<WorkerProcess[]> {
   return Promise.all(
     Array.from({ length: n }, async () => {
-      const run = troupe(['pool-worker', '--nats', nats.server.url, '--pool', pool, '--task', TASK], { DOUBLE_WORK: '1500000', ...env });
+      const run = troupe(['pool-worker', '--nats', nats.server.url, '--pool', pool, '--task', TASK, ...args], { DOUBLE_WORK: '1500000', ...env });
       const m = await run.waitFor(/worker (\S+) pid (\d+) ready; task processes ([\d, ]+)/);
       return { run, id: m[1]!, pid: Number(m[2]), taskPids: m[3]!.split(', ').map(Number) };
     }),
@@ -165,10 +165,11 @@ describe('Pool over worker processes', () => {
     }
   }, 60_000);
 
-  it('300 puts over 3 workers while no worker dies: each task runs exactly once, however long it waits', async () => {
-    // 300 tasks of 20 ms over 3 workers wait up to 2 s for a slot, twice the pool's 1 s deadline:
-    // a task that waits is not running, and nothing re-sends it.
-    const workers = await startWorkers('once', 3, { DOUBLE_WORK: '1000', DOUBLE_SLEEP_MS: '20', DOUBLE_LOG: '1' });
+  it('300 puts over 2 workers of 2 slots while no worker dies: each task runs exactly once, however long it waits', async () => {
+    // 300 tasks of 20 ms over 4 slots wait up to 1.5 s for one, longer than the pool's 1 s
+    // deadline: a task that waits is not running, and nothing re-sends it.
+    const workers = await startWorkers('once', 2, { DOUBLE_WORK: '1000', DOUBLE_SLEEP_MS: '20', DOUBLE_LOG: '1' }, ['--concurrency', '2']);
+    for (const w of workers) expect(w.taskPids).toHaveLength(2);
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
     const pool = new Pool<number, number>({ bus, name: 'once', timeoutMs: 1_000 });
     try {
