@@ -165,6 +165,24 @@ describe('Pool over worker processes', () => {
     }
   }, 60_000);
 
+  it('a worker killed (SIGKILL) while its task spins leaves no task process behind', async () => {
+    const [w] = await startWorkers('orphan', 1, { DOUBLE_LOG: '1' });
+    const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
+    const pool = new Pool<number, number>({ bus, name: 'orphan', waitForWorkerMs: 500, heartbeatMs: 200, silentMs: 1_000 });
+    try {
+      const id = pool.put(-2);
+      await w!.run.waitFor(/^ran -2$/m);
+      process.kill(w!.pid, 'SIGKILL');
+      await w!.run.exit;
+      // Its task process spins and cannot read that its channel closed; its watchdog thread ends it.
+      expect(await gone(w!.taskPids[0]!)).toBe(true);
+      await expect(pool.get(id)).rejects.toThrow(PoolTaskError);
+    } finally {
+      await pool.close();
+      await bus.close();
+    }
+  }, 60_000);
+
   it('300 puts over 2 workers of 2 slots while no worker dies: each task runs exactly once, however long it waits', async () => {
     // 300 tasks of 20 ms over 4 slots wait up to 1.5 s for one, longer than the pool's 1 s
     // deadline: a task that waits is not running, and nothing re-sends it.
