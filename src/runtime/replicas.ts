@@ -16,9 +16,21 @@ import type { StepExtra, StepResult, StepRunner } from './stepRunner.js';
  * (their stages may wait in the all-reduce for the failed one's gradients) and aborted on
  * every stage before the error is thrown, so the next call finds every stage idle.
  */
-export async function runReplicas(runners: readonly StepRunner[], xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}, scale = 1): Promise<StepResult> {
+export async function runReplicas(
+  runners: readonly StepRunner[],
+  xw: readonly WireTensor[],
+  yw: readonly WireTensor[],
+  forwardOnly: boolean,
+  extra: StepExtra = {},
+  scale = 1,
+  /** Called once the call is accepted, just before it starts: what it returns joins `extra` (a refused call calls nothing). */
+  accepted?: () => StepExtra,
+): Promise<StepResult> {
   const k = runners.length;
-  if (k === 1) return runners[0]!.runWire(xw, yw, forwardOnly, xw[0]!.shape[0]! * scale, extra);
+  if (k === 1) {
+    runners[0]!.check(xw, yw, forwardOnly, extra);
+    return runners[0]!.runWire(xw, yw, forwardOnly, xw[0]!.shape[0]! * scale, { ...extra, ...accepted?.() });
+  }
   const m = runners[0]!.microbatches;
   const total = checkSplit(xw, yw, k, m);
   const sizes = microbatchSizes(total, k);
@@ -28,6 +40,7 @@ export async function runReplicas(runners: readonly StepRunner[], xw: readonly W
   runners.forEach((r, i) => r.check(share(xw, i), share(yw, i), forwardOnly, extra));
   const step = runners[0]!.step + 1;
   if (runners.some((r) => r.step + 1 !== step)) throw new StateError(`the replicas' steps disagree (${runners.map((r) => r.step).join(', ')}): the pipeline cannot go on`);
+  extra = { ...extra, ...accepted?.() };
 
   let failed: { replica: number; error: unknown } | null = null;
   const cancelling: Promise<void>[] = [];

@@ -81,6 +81,34 @@ describe('replicas under bad calls', () => {
     }
   });
 
+  it('with accumulate: 2, a refused call does not shift the cycle: the next two calls make one update', async () => {
+    const SIZES = [6, 12, 12, 3];
+    const { model, ref } = mlpAndReference(SIZES, 55, tf.train.adam(0.02));
+    const pipe = await createPipeline({
+      model, stages: 2, replicas: 2, accumulate: 2, microbatches: 2, optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    });
+    const a = data(8, SIZES[0]!, 3, 70);
+    const b = data(8, SIZES[0]!, 3, 71);
+    const few = data(3, SIZES[0]!, 3, 72);
+    try {
+      await expect(pipe.trainStep(few.x, few.y)).rejects.toThrow(/a batch of 3 rows cannot be split over 2 replicas x 2 microbatches/);
+      const before = model.getWeights().map((w) => w.clone());
+      await pipe.trainStep(a.x, a.y);
+      // The first of two: no update yet.
+      expect(Math.max(...model.getWeights().map((w, i) => tf.tidy(() => tf.max(tf.abs(tf.sub(w, before[i]!))).dataSync()[0]!)))).toBe(0);
+      await pipe.trainStep(b.x, b.y);
+      const x = tf.concat([a.x, b.x]);
+      const y = tf.concat([a.y, b.y]);
+      await ref.trainOnBatch(x, y);
+      expect(maxAbsDiff(model, ref)).toBeLessThan(1e-5);
+      tf.dispose([x, y, ...before]);
+    } finally {
+      await pipe.close();
+      tf.dispose([a.x, a.y, b.x, b.y, few.x, few.y]);
+    }
+  });
+
   it('a loss that throws on one replica fails the step on every replica; nothing is applied and the next step equals trainOnBatch', async () => {
     const SIZES = [6, 12, 12, 3];
     const { model, ref } = mlpAndReference(SIZES, 53, tf.train.adam(0.01));
