@@ -133,6 +133,7 @@ export class Pool<I = unknown, O = unknown> {
     }
     if (o.concurrency !== undefined && !Number.isInteger(o.concurrency)) throw new ConfigError(`pool ${o.name}: concurrency must be an integer, got ${o.concurrency}`);
     if (o.retries !== undefined && !(Number.isInteger(o.retries) && o.retries >= 0)) throw new ConfigError(`pool ${o.name}: retries must be a non-negative integer, got ${String(o.retries)}`);
+    if (this.heartbeatMs < 10) throw new ConfigError(`pool ${o.name}: heartbeatMs must be at least 10, got ${this.heartbeatMs}`);
     if (this.silentMs <= this.heartbeatMs) throw new ConfigError(`pool ${o.name}: silentMs (${this.silentMs}) must exceed heartbeatMs (${this.heartbeatMs})`);
     this.free = o.concurrency ?? 32;
     this.inbox = o.bus.subscribe(poolCallerSubject(o.name, this.cid), (m) => {
@@ -286,7 +287,7 @@ export class Pool<I = unknown, O = unknown> {
     this.byOffer.set(offer, t);
     t.offers.push(offer);
     t.pendingEvents.length = 0;
-    const head: Offer = { caller: this.cid, offer, index: t.index, timeoutMs: this.timeoutMs, heartbeatMs: this.heartbeatMs };
+    const head: Offer = { caller: this.cid, offer, index: t.index, timeoutMs: Math.ceil(this.timeoutMs), heartbeatMs: Math.ceil(this.heartbeatMs) };
     let reply: OfferReply | null = null;
     let noResponders = false;
     try {

@@ -116,6 +116,7 @@ function need(what: string, o: Record<string, unknown>, fields: Record<string, '
 export function decodeOffer(data: Uint8Array): { offer: Offer; input: string } {
   const { head, value } = split('offer', data);
   need('offer', head, { caller: 'string', offer: 'number', index: 'number', timeoutMs: 'number', heartbeatMs: 'number' });
+  if ((head['timeoutMs'] as number) < 1 || (head['heartbeatMs'] as number) < 10) throw new FrameError(`pool offer: timeoutMs must be at least 1 and heartbeatMs at least 10, got ${String(head['timeoutMs'])} and ${String(head['heartbeatMs'])}`);
   if (value === null) throw new FrameError('pool offer: no input after the head');
   return { offer: head as unknown as Offer, input: value };
 }
