@@ -16,20 +16,9 @@ import { ConfigError, TroupeError } from '../errors.js';
 import type { Bus } from '../transport/bus.js';
 import { encodeJsonValue } from './jsonValue.js';
 import { PoolTaskError, PoolValueError } from './poolErrors.js';
-import {
-  decodeCallerEvent,
-  decodeOfferReply,
-  encode,
-  encodeWithValue,
-  poolCallerSubject,
-  poolCancelSubject,
-  poolPresenceSubject,
-  poolTaskSubject,
-  type CallerEvent,
-  type Cancel,
-  type Offer,
-  type OfferReply,
-} from './poolProtocol.js';
+import { Placer } from './placer.js';
+import { decodeCallerEvent, encode, poolCallerSubject, poolCancelSubject, type CallerEvent, type Cancel } from './poolProtocol.js';
+import { TaskRun, type Started } from './taskRun.js';
 
 export { PoolTaskError, PoolValueError } from './poolErrors.js';
 
@@ -63,44 +52,8 @@ export interface TaskAnswer<O> {
 /** A task's answer or its error, as `mapSettled` reports it. */
 export type TaskSettled<O> = ({ readonly ok: true } & TaskAnswer<O>) | { readonly ok: false; readonly index: number; readonly error: TroupeError };
 
-/** How long a "some worker is up" answer is trusted. */
-const PRESENCE_MS = 500;
-/** Most offers out at once (the window grows while offers are taken, and falls to 1 when workers are full). */
-const MAX_OFFERS = 8;
-
-/** A task that a worker started. */
-type Started = OfferReply & { readonly offer: number };
-
 /** How a task's run on one worker ended. */
 type Outcome = { kind: 'done'; event: Extract<CallerEvent, { type: 'done' }> } | { kind: 'released' | 'silent' | 'timeout' | 'closed' };
-
-/** One task while it is out. */
-class TaskRun {
-  /** Every offer made for it: their messages are this task's. */
-  readonly offers: number[] = [];
-  /** An answer that came while no run was watched (from an earlier offer, whose worker was presumed dead). */
-  early: Extract<CallerEvent, { type: 'done' }> | null = null;
-  /** Events of the offer out now, before its worker's acknowledgement was read. */
-  readonly pendingEvents: CallerEvent[] = [];
-  /** The watcher of the current run. */
-  listener: ((e: CallerEvent) => void) | null = null;
-  /** Ends the current run's watch (the pool closes). */
-  interrupt: (() => void) | null = null;
-
-  constructor(
-    readonly index: number,
-    readonly input: string,
-  ) {}
-}
-
-/** A task waiting to be placed on a worker. */
-interface Placing {
-  readonly t: TaskRun;
-  /** When it began to wait. */
-  readonly since: number;
-  resolve(started: Started | null): void;
-  reject(err: unknown): void;
-}
 
 export class Pool<I = unknown, O = unknown> {
   private next = 0;
@@ -108,22 +61,12 @@ export class Pool<I = unknown, O = unknown> {
   /** This caller's token: workers report on troupe.pool.<name>.caller.<cid>. */
   private readonly cid = randomBytes(6).toString('hex');
   private readonly inbox: { drain(): Promise<void> };
-  private offerSeq = 0;
   private readonly byOffer = new Map<number, TaskRun>();
   private readonly runs = new Set<TaskRun>();
   /** Free places among `concurrency`, and tasks waiting for one (in call order). */
   private free: number;
   private readonly queued: (() => void)[] = [];
-  /** Tasks waiting for a worker, oldest first; offers out, and how many may be. */
-  private readonly toPlace: Placing[] = [];
-  private offering = 0;
-  private window = 1;
-  /** Placing pauses while no worker has room (see `dispatch`). */
-  private paused: NodeJS.Timeout | null = null;
-  private pauseMs = 0;
-  /** Since when no worker of the pool has been up at all (null: one is). */
-  private nobodySince: number | null = null;
-  private presence: { at: number; up: Promise<boolean> } | null = null;
+  private readonly placer: Placer;
   private closed = false;
 
   constructor(private readonly o: PoolOptions) {
@@ -149,8 +92,22 @@ export class Pool<I = unknown, O = unknown> {
       if (e.type !== 'done') return void (e.offer === t.offers.at(-1) && t.pendingEvents.push(e));
       // An answer while the task is being offered again (or before its offer's reply was read).
       t.early = e;
-      const waiting = this.toPlace.findIndex((w) => w.t === t);
-      if (waiting >= 0) this.toPlace.splice(waiting, 1)[0]!.resolve(null);
+      this.placer.answered(t);
+    });
+    this.placer = new Placer({
+      bus: o.bus,
+      name: o.name,
+      cid: this.cid,
+      timeoutMs: this.timeoutMs,
+      heartbeatMs: this.heartbeatMs,
+      silentMs: this.silentMs,
+      waitForWorkerMs: o.waitForWorkerMs ?? 30_000,
+      onOffer: (offer, t) => {
+        this.byOffer.set(offer, t);
+        t.offers.push(offer);
+        t.pendingEvents.length = 0;
+      },
+      cancel: (offer) => this.cancel(offer),
     });
   }
 
@@ -219,7 +176,7 @@ export class Pool<I = unknown, O = unknown> {
     let resent = 0;
     let last = '';
     for (;;) {
-      const started = t.early ? null : await this.place(t);
+      const started = t.early ? null : await this.placer.place(t);
       if (started) last = started.worker;
       const outcome: Outcome = started ? await this.watch(t, started) : t.early ? { kind: 'done', event: t.early } : { kind: 'closed' };
       switch (outcome.kind) {
@@ -227,7 +184,7 @@ export class Pool<I = unknown, O = unknown> {
           const e = outcome.event;
           // An earlier run answered after all (its worker was only slow): the current one stops.
           if (started && e.offer !== started.offer) this.cancel(started.offer);
-          this.roomFreed();
+          this.placer.roomFreed();
           if (e.ok) return { index: t.index, output: e.output as O, worker: e.worker, retries: resent };
           if (e.timedOut) throw new PoolTaskError(t.index, 'timeout', `task ${t.index} in worker ${e.worker} ${e.error.message}`, e.worker, e.error);
           throw PoolTaskError.failed(t.index, e.worker, e.error);
@@ -235,7 +192,7 @@ export class Pool<I = unknown, O = unknown> {
         case 'timeout':
           // The worker stops a task at its deadline and says so; this is the backstop when it did not.
           this.cancel(started!.offer);
-          this.roomFreed();
+          this.placer.roomFreed();
           throw new PoolTaskError(t.index, 'timeout', `task ${t.index} in worker ${last} ran past its ${this.timeoutMs} ms deadline, and the worker did not report stopping it: it was cancelled`, last);
         case 'closed':
           if (started) this.cancel(started.offer);
@@ -251,106 +208,6 @@ export class Pool<I = unknown, O = unknown> {
           break;
       }
     }
-  }
-
-  /** A worker that started task `t` (null: the pool closed, or an earlier run answered meanwhile). */
-  private place(t: TaskRun): Promise<Started | null> {
-    return new Promise<Started | null>((resolve, reject) => {
-      this.toPlace.push({ t, since: performance.now(), resolve, reject });
-      this.dispatch();
-    });
-  }
-
-  /**
-   * Places waiting tasks, oldest first. Offers go out `window` at a time: it grows while
-   * workers take them and falls to one when one is refused, so a free slot does not draw a
-   * storm of offers. A busy answer (a worker that filled up as the offer reached it) is
-   * offered again at once; when no worker has room, placing pauses until a task of this pool
-   * ends (its worker has a slot again) or, for room that other callers or new workers make,
-   * for a while that grows from 10 to 250 ms.
-   */
-  private dispatch(): void {
-    while (this.paused === null && this.offering < this.window && this.toPlace.length > 0) {
-      const req = this.toPlace.shift()!;
-      this.offering++;
-      void this.offerOnce(req).finally(() => {
-        this.offering--;
-        this.dispatch();
-      });
-    }
-  }
-
-  private async offerOnce(req: Placing): Promise<void> {
-    const { t } = req;
-    if (this.closed || t.early) return req.resolve(null);
-    const offer = ++this.offerSeq;
-    this.byOffer.set(offer, t);
-    t.offers.push(offer);
-    t.pendingEvents.length = 0;
-    const head: Offer = { caller: this.cid, offer, index: t.index, timeoutMs: Math.ceil(this.timeoutMs), heartbeatMs: Math.ceil(this.heartbeatMs) };
-    let reply: OfferReply | null = null;
-    let noResponders = false;
-    try {
-      // A worker answers at once; one that does not within silentMs is presumed dead (it may have started the task: cancelled below).
-      reply = decodeOfferReply(await this.o.bus.request(poolTaskSubject(this.o.name), encodeWithValue(head, t.input), this.silentMs));
-    } catch (err) {
-      noResponders = (err as { cause?: { isNoResponders?: () => boolean } }).cause?.isNoResponders?.() === true;
-      if (!noResponders) this.cancel(offer);
-    }
-    if (reply?.started) {
-      this.pauseMs = 0;
-      this.window = Math.min(MAX_OFFERS, this.window + 1);
-      return req.resolve({ ...reply, offer });
-    }
-    if (t.early) return req.resolve(null);
-    this.toPlace.unshift(req);
-    this.window = 1;
-    if (reply) {
-      this.nobodySince = null;
-      return; // busy: offered again at once
-    }
-    if (await this.anyoneUp()) this.nobodySince = null;
-    else {
-      this.nobodySince ??= performance.now();
-      const limit = this.o.waitForWorkerMs ?? 30_000;
-      const now = performance.now();
-      for (const w of this.toPlace.filter((w) => now - Math.max(w.since, this.nobodySince!) >= limit)) {
-        this.toPlace.splice(this.toPlace.indexOf(w), 1);
-        w.reject(new PoolTaskError(w.t.index, 'unserved', `task ${w.t.index}: no worker of pool ${this.o.name} was up for ${limit} ms`));
-      }
-    }
-    this.pause();
-  }
-
-  /** Stops placing for a while (see `dispatch`); a task ending resumes it at once. */
-  private pause(): void {
-    if (this.paused !== null) return;
-    this.pauseMs = Math.min(250, Math.max(10, this.pauseMs * 2));
-    this.paused = setTimeout(() => this.resume(), this.pauseMs);
-  }
-
-  private resume(): void {
-    if (this.paused !== null) clearTimeout(this.paused);
-    this.paused = null;
-    this.dispatch();
-  }
-
-  /** A task ended: its worker has a slot free, so placing goes on now. */
-  private roomFreed(): void {
-    if (this.paused !== null) this.resume();
-  }
-
-  /** Whether any worker of the pool is up, full or not (asked at most every PRESENCE_MS). */
-  private anyoneUp(): Promise<boolean> {
-    const now = performance.now();
-    if (!this.presence || now - this.presence.at > PRESENCE_MS) {
-      const up = this.o.bus.request(poolPresenceSubject(this.o.name), encode({}), 1_000).then(
-        () => true,
-        () => false,
-      );
-      this.presence = { at: now, up };
-    }
-    return this.presence.up;
   }
 
   /** Follows a started task on its worker: its answer, its deadline, the worker's silence or leaving. */
@@ -465,8 +322,7 @@ export class Pool<I = unknown, O = unknown> {
     if (this.closed) return;
     this.closed = true;
     for (const q of this.queued.splice(0)) q();
-    for (const p of this.toPlace.splice(0)) p.resolve(null);
-    if (this.paused !== null) clearTimeout(this.paused);
+    this.placer.close();
     for (const t of this.runs) t.interrupt?.();
     await this.o.bus.flush().catch(() => {}); // the cancels are out
     await this.inbox.drain();
