@@ -61,7 +61,8 @@ async function gone(pid: number, timeoutMs = 10_000): Promise<boolean> {
 
 describe('Pool over worker processes', () => {
   it('1,000 tasks over 3 workers, one killed midway and one joining: every task answered once, in order', async () => {
-    const workers = await startWorkers('double', 3, { DOUBLE_LOG: '1' });
+    // Worker 0's tasks take 200 ms more, so that once it has printed a start it surely holds that task when killed.
+    const workers = (await Promise.all([startWorkers('double', 1, { DOUBLE_LOG: '1', DOUBLE_SLEEP_MS: '200' }), startWorkers('double', 2, { DOUBLE_LOG: '1' })])).flat();
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
     const pool = new Pool<number, number>({ bus, name: 'double', timeoutMs: 20_000, concurrency: 24, heartbeatMs: 200, silentMs: 1_500 });
     const inputs = Array.from({ length: 1000 }, (_, i) => i);
@@ -112,7 +113,7 @@ describe('Pool over worker processes', () => {
   it('one task of 100 never answers (a synchronous loop): it alone times out, the other 99 and a later batch are answered, nothing runs twice', async () => {
     const workers = await startWorkers('stuck', 2, { DOUBLE_WORK: '20000', DOUBLE_LOG: '1' });
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
-    const pool = new Pool<number, number>({ bus, name: 'stuck', timeoutMs: 3_000, heartbeatMs: 200, silentMs: 2_000 });
+    const pool = new Pool<number, number>({ bus, name: 'stuck', timeoutMs: 3_000, heartbeatMs: 200, silentMs: 5_000 });
     const inputs = Array.from({ length: 100 }, (_, i) => (i === 37 ? -2 : i));
     try {
       const settled = await pool.mapSettled(inputs);
@@ -208,7 +209,7 @@ describe('Pool over worker processes', () => {
   it('a silent worker (SIGSTOP) has its task run again elsewhere; the task still gets exactly one answer', async () => {
     const workers = await startWorkers('silent', 2, { DOUBLE_WORK: '1000', DOUBLE_SLEEP_MS: '1500', DOUBLE_LOG: '1' });
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
-    const pool = new Pool<number, number>({ bus, name: 'silent', heartbeatMs: 100, silentMs: 600 });
+    const pool = new Pool<number, number>({ bus, name: 'silent', heartbeatMs: 100, silentMs: 1_500 });
     let frozen: WorkerProcess | undefined;
     try {
       const answered: TaskAnswer<number>[] = [];
