@@ -7,6 +7,7 @@ import { benchGpu } from './gpu.js';
 import { benchHalves } from './halves.js';
 import { benchHops } from './hopLatency.js';
 import { benchInspect } from './inspect.js';
+import { benchPool } from './pool.js';
 import { benchProfile } from './profile.js';
 import { benchScaling } from './scaling.js';
 import { benchServe } from './serve.js';
@@ -14,7 +15,7 @@ import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, inspect: benchInspect, gpu: benchGpu };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, pool: benchPool, inspect: benchInspect, gpu: benchGpu };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

@@ -280,7 +280,13 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   let died = deferred<void>();
   /** NATS reconnections not yet recovered from (they count against no limit). */
   let outages = 0;
-  const exitText = (e: WorkerExit) => `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
+  // A worker process is a slot (replica * devices + device): with replicas, named by its replica and ranks.
+  const workerName = (slot: number) => {
+    if (k === 1) return `worker ${slot}`;
+    const ranks = ranksOn(slot % devices);
+    return `replica ${Math.floor(slot / devices)} rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}`;
+  };
+  const exitText = (e: WorkerExit) => `${workerName(e.rank)} exited with ${e.signal ?? `code ${e.code}`}`;
   const supervisor = new Supervisor((e) => {
     if (restarts + dead.size < restartLimit) {
       dead.set(e.rank, e);
@@ -501,14 +507,15 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
       if (heldOut) break;
       await recover('the held-out evaluation');
     }
-    const stats = await Promise.all(jobs.flatMap((j, i) => perReplica[i]!.map(async (w) => decodeReply('stats', await bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)))));
+    const replicaStats = await Promise.all(jobs.flatMap((j, i) => perReplica[i]!.map(async (w) => ({ replica: i, st: decodeReply('stats', await bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)) }))));
+    const stats = replicaStats.map((r) => r.st);
     if (o.signal?.aborted) throw new InterruptedError(`job ${job} interrupted`);
     if (o.save) await saveModel(prep.model, o.save);
     const seconds = (performance.now() - t0) / 1000;
     say(`summary: job ${job}, ${prep.total - lastStep} steps in ${seconds.toFixed(1)} s${last ? `, last loss ${last.loss.toFixed(4)}` : ''}`);
     if (heldOut) say(`  held-out: loss ${heldOut.loss.toFixed(4)}${heldOut.metric !== null ? `, metric ${(heldOut.metric * 100).toFixed(2)}%` : ''} on ${data.test!.x.shape[0]} examples`);
-    for (const st of stats) {
-      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
+    for (const { replica, st } of replicaStats) {
+      say(`  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
     }
     if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     if (trace) {

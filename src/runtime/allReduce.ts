@@ -65,6 +65,7 @@ export class AllReduce {
   /** The sum over every replica of `grads` (this replica's), for step `step`. */
   async reduce(step: number, grads: readonly WireTensor[]): Promise<WireTensor[]> {
     const d = deferred<void>();
+    d.promise.catch(() => {}); // a cancel while publishing is seen in the race below
     this.waiting.set(step, d);
     await this.o.bus.publishFrame(allReduceSubject(this.o.group, this.o.rank), { key: { job: this.o.group, step, microbatch: this.o.replica, phase: Phase.UPDATE }, from: `replica.${this.o.replica}`, tensors: [...grads] });
     if ((this.got.get(step)?.size ?? 0) === this.o.replicas) d.resolve();
@@ -94,6 +95,17 @@ export class AllReduce {
       }
       return { name: g.name, dtype: 'float32' as const, shape: g.shape, data: sum };
     });
+  }
+
+  /**
+   * Gives up waiting for step `step` (it was aborted: a replica failed and will send no
+   * gradients): its `reduce` rejects and what arrived of the step is dropped. A reduce that
+   * already has every replica's gradients is not taken back.
+   */
+  cancel(step: number): void {
+    if ((this.got.get(step)?.size ?? 0) === this.o.replicas) return;
+    this.waiting.get(step)?.reject(new StateError(`stage ${this.o.rank}: the all-reduce of step ${step} was cancelled (the step was aborted)`));
+    this.got.delete(step);
   }
 
   async close(): Promise<void> {

@@ -600,6 +600,39 @@ export class SchedulerHost {
     this.actor.send({ type: 'STAGE_ERROR', rank, step: s.context.req.step, failure: { key: `rank ${rank}`, code, message } });
   }
 
+  /**
+   * Fails step `step` from outside (data-parallel replicas: another replica's step failed, so
+   * this one cannot reach its all-reduce) and resolves once every stage has left it. Running,
+   * it is aborted on every stage, also while its stages wait in the all-reduce (the machine
+   * aborts nothing in `updating`; with replicas no stage can have applied an update that
+   * another replica never sent gradients for). Queued, it is dropped (aborted on the stages
+   * that began it) and rejects unrun. Over, or never called: nothing.
+   */
+  async cancel(step: number, code: string, message: string): Promise<void> {
+    const queued = [this.queue, this.afterSettling].flatMap((list) => list.filter((q) => q.work.step === step).map((q) => ({ list, q })));
+    for (const { list, q } of queued) {
+      list.splice(list.indexOf(q), 1);
+      this.early = this.early.filter((e) => stepOf(e) !== step);
+      if (q.begun) {
+        await q.begun.catch(() => {});
+        await this.abortStages(step);
+      }
+      q.pending.reject(new StateError(`step ${step} was not run: ${message}`));
+    }
+    if (queued.length > 0) return;
+    const s = this.actor.getSnapshot();
+    if (s.matches('idle') || s.context.req?.step !== step) return;
+    const updating = s.matches({ active: 'updating' });
+    this.actor.send({ type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step}`, code, message } });
+    if (updating) await this.abortStages(step);
+    await this.idle();
+  }
+
+  /** Asks every stage to abort step `step` (a stage past it refuses, one idle in it has nothing to do); refusals are ignored. */
+  async abortStages(step: number): Promise<void> {
+    await this.requestAll(CtlVerb.ABORT, () => encodeJson({ step }), this.o.requestTimeoutMs ?? 10_000).catch(() => {});
+  }
+
   /** Resolves once no step is running (an aborted step has finished aborting). */
   async idle(): Promise<void> {
     await waitFor(this.actor, (s) => s.matches('idle'), { timeout: Infinity });

@@ -534,8 +534,11 @@ export class StageHost {
   }
 
   private async abort(): Promise<void> {
-    this.o.turn?.abort(this.actor.getSnapshot().context.step);
+    const step = this.actor.getSnapshot().context.step;
+    this.o.turn?.abort(step);
     this.fromPeer('scheduler', () => this.actor.send({ type: 'ABORT' }));
+    // An update waiting for the other replicas' gradients would wait for its timeout: it ends now, as a failed update of an aborted step.
+    this.o.allReduce?.cancel(step);
     await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
     this.frames.clear();
     // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).

@@ -93,18 +93,38 @@ export class StepRunner {
     return this.runWire(xs, ys, forwardOnly);
   }
 
+  /** Microbatches per step. */
+  get microbatches(): number {
+    return this.o.microbatches;
+  }
+
+  /** The scheduler this runner's steps go through. */
+  get scheduler(): SchedulerHost {
+    return this.o.scheduler;
+  }
+
+  /**
+   * Every check that can refuse a step of (xw, yw), without starting it (no step id is taken):
+   * data-parallel replicas check each replica's share before any of them starts. Wrong shapes
+   * and dtypes fail here, naming the tensor, before any frame goes out.
+   */
+  check(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[]; sizes: number[] } {
+    const predict = extra.predict ?? false;
+    const update = !forwardOnly && !predict && (extra.update ?? true);
+    if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
+    if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
+    const { xs, ys } = checkStepTensors(xw, yw, this.o.tensors);
+    return { predict, update, xs, ys, sizes: microbatchSizes(xs[0]!.shape[0]!, this.o.microbatches) };
+  }
+
   /**
    * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
    * passes row slices of it (`sliceRows`) and no tensor is made or read on this side. Device
    * wires (`deviceWire`) are sliced on their device; the caller keeps owning the ones it passed.
    */
   async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
-    const predict = extra.predict ?? false;
-    const update = !forwardOnly && !predict && (extra.update ?? true);
-    if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
-    if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
-    // Wrong shapes and dtypes fail here, naming the tensor, before any frame goes out.
-    const checked = checkStepTensors(xw, yw, this.o.tensors);
+    const checked = this.check(xw, yw, forwardOnly, extra);
+    const { predict, update } = checked;
     // Tensors made here from the caller's (a reshaped [n] label, a cast one) are this step's to free.
     const made: WireTensor[] = [];
     const keep = (from: readonly WireTensor[], to: readonly WireTensor[]) => to.map((w, i) => (w === from[i] ? w : (made.push(w), w)));

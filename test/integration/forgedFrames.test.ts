@@ -5,10 +5,10 @@
  * but conflicts with the one stage 1 holds for its slot fails its step loudly; the next works.
  */
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { waitFor } from 'xstate';
 import { createPipeline, StageError, StateError, type Pipeline } from '../../src/index.js';
-import { encodeFrame, Phase, subjects } from '../../src/protocol/index.js';
+import { encodeFrame, Phase, subjects, type Frame } from '../../src/protocol/index.js';
 import { Bus } from '../../src/transport/index.js';
 import { decodeReply, type RejectEvent } from '../../src/protocol/messages.js';
 import { parseSealKey, sealFrame } from '../../src/protocol/seal.js';
@@ -111,20 +111,34 @@ describe('forged frames', () => {
       // Stage 0's seal key, as the driver asks for it: this frame is one stage 0 could have sent.
       const key = parseSealKey(decodeReply('key', await admin.request(subjects.ctlSubject('conflict', 0, subjects.CtlVerb.KEY), new Uint8Array(0), 5_000)).key);
       const subject = subjects.stageSubject('conflict', 1, Phase.FORWARD);
-      // Step 3's last microbatch, sent while stage 1 holds step 3 queued: stage 0's real one comes much later.
-      const sent = queuedOnStage1(pipe, 3).then(async () => {
-        for (const msg of encodeFrame(sealFrame(zeroFrame(pipe, 'conflict', 3, M - 1), subject, key), 1 << 20)) await admin.publish(subject, msg.data, msg.headers);
+      // Stage 1 is kept in step 2 (its UPDATE held back) while stage 0, granted its update early,
+      // goes on to step 3 and sends its real first frame: stage 1 then holds it for the queued
+      // step 3, and the forged one comes second for the same slot, whatever the machine's load.
+      let conflictIn!: () => void;
+      const released = new Promise<void>((r) => (conflictIn = r));
+      const publish = Bus.prototype.publish;
+      const update1 = subjects.stageSubject('conflict', 1, Phase.UPDATE);
+      const hold = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, to: string, data: Uint8Array, headers?: Record<string, string>) {
+        if (to === update1 && headers?.['Troupe-Step'] === '2') await released;
+        return publish.call(this, to, data, headers);
+      });
+      const slot = `${Phase.FORWARD}:0`;
+      const sent = waitFor(pipe.actors.stages[1]!, (s) => s.context.next?.step === 3 && s.context.early[slot] !== undefined, { timeout: 30_000 }).then(async () => {
+        for (const msg of encodeFrame(sealFrame(zeroFrame(pipe, 'conflict', 3, 0), subject, key), 1 << 20)) await admin.publish(subject, msg.data, msg.headers);
         await admin.flush();
+        await vi.waitFor(() => expect(pipe.stats()[1]!.conflicts).toBe(1), { timeout: 30_000 });
+        conflictIn();
       });
       const results = await train(pipe, x, y, 4);
       await sent;
+      hold.mockRestore();
       expect(results.slice(0, 2).map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
       const failed = results[2]!;
       expect(failed.status).toBe('rejected');
       const err = (failed as PromiseRejectedResult).reason as StageError;
       expect(err).toBeInstanceOf(StageError);
       expect(err.reason).toBe('CONFLICTING_FRAME');
-      expect(err.message).toMatch(/conflict\/3\/3\/FORWARD from stage\.0: received twice with different bytes; neither is used, and step 3 fails/);
+      expect(err.message).toMatch(/conflict\/3\/0\/FORWARD from stage\.0: received twice with different bytes; neither is used, and step 3 fails/);
       expect((results[3] as PromiseRejectedResult).reason).toBeInstanceOf(StateError);
       expect(pipe.stats()[1]!.conflicts).toBe(1);
       // The next step works.
