@@ -27,9 +27,12 @@ export type ChildMessage =
 /** A task's result as the child gave it. */
 export type TaskResult = { readonly ok: true; readonly json: string } | { readonly ok: false; readonly error: RemoteError };
 
-const CHILD = fileURLToPath(new URL('./taskChild.ts', import.meta.url));
-// The child loads TypeScript (Troupe's and the task's) through tsx, as `troupe` does.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+// Compiled (the installed package) the child is JavaScript and needs nothing; in the repository
+// it is TypeScript and runs through tsx, as `troupe` does. A task module in TypeScript is
+// loaded by importDefault, which registers tsx when it must.
+const COMPILED = import.meta.url.endsWith('.js');
+const CHILD = fileURLToPath(new URL(COMPILED ? './taskChild.js' : './taskChild.ts', import.meta.url));
+const childArgv = (): string[] => (COMPILED ? [] : ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href]);
 
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
@@ -60,7 +63,7 @@ export class TaskProcess {
 
   /** Starts a process on `module` and resolves once the module is loaded (a ConfigError when it cannot be). */
   static async start(module: string): Promise<TaskProcess> {
-    const child = fork(CHILD, [module], { execArgv: ['--import', TSX], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(CHILD, [module], { execArgv: childArgv(), stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const t = new TaskProcess(child);
     const first = await new Promise<ChildMessage | null>((resolve) => {
       child.once('message', (m: ChildMessage) => resolve(m));
