@@ -1,5 +1,5 @@
 /** Decides whether a stage takes a received frame: right job, step, phase, microbatch, shapes, first time. */
-import { DuplicateKeyError, ShapeError, StaleStepError, UnexpectedFrameError, type TroupeError } from '../src/errors.js';
+import { ConflictingFrameError, DuplicateKeyError, ShapeError, StaleStepError, UnexpectedFrameError, type TroupeError } from '../src/errors.js';
 import type { Frame, WireTensor } from '../src/protocol/frame.js';
 import { formatKey, slotOf, type Key } from '../src/protocol/key.js';
 import { Phase } from '../src/protocol/phase.js';
@@ -56,6 +56,31 @@ export function admitStep(c: Pick<AdmitContext, 'job' | 'rank' | 'step' | 'plan'
   return null;
 }
 
+/** Whether two frames carry the same tensors, byte for byte (frames whose tensors are on a device cannot be compared: not the same). */
+function sameBytes(a: Frame, b: Frame): boolean {
+  if (a === b) return true;
+  if (a.tensors.length !== b.tensors.length) return false;
+  return a.tensors.every((t, i) => {
+    const u = b.tensors[i]!;
+    if (t.name !== u.name || t.dtype !== u.dtype || t.shape.length !== u.shape.length || t.shape.some((d, j) => d !== u.shape[j])) return false;
+    const n = t.shape.reduce((x, d) => x * d, 1);
+    if (t.data.length !== n || u.data.length !== n) return false;
+    return Buffer.compare(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), new Uint8Array(u.data.buffer, u.data.byteOffset, u.data.byteLength)) === 0;
+  });
+}
+
+/**
+ * The frame the stage holds for `f`'s slot (of the running step, or of the queued one),
+ * when `f` belongs to one of those steps and its bytes differ: a conflict. One of the two
+ * is not what its sender computed, and the stage cannot tell which.
+ */
+export function conflictOf(stage: AdmitContext, f: Frame): { held: Frame; error: ConflictingFrameError } | null {
+  const c = viewFor(stage, f.key);
+  const held = c.inbox[slotOf(f.key.phase, f.key.microbatch)];
+  if (!held || admitStep(c, f.key, f.from) || sameBytes(held, f)) return null;
+  return { held, error: new ConflictingFrameError(`${formatKey(f.key)} from ${f.from}: received twice with different bytes; neither is used, and step ${f.key.step} fails`) };
+}
+
 /** Null when the stage takes `f`; otherwise the typed error saying why not. */
 export function admitFrame(stage: AdmitContext, f: Frame): TroupeError | null {
   const k = f.key;
@@ -65,7 +90,9 @@ export function admitFrame(stage: AdmitContext, f: Frame): TroupeError | null {
   if (wrongStep) return wrongStep;
   const plan = c.plan!;
   const slot = slotOf(k.phase, k.microbatch);
-  if (c.inbox[slot] || c.consumed.includes(slot)) return new DuplicateKeyError(`${id} from ${f.from}: received twice`);
+  const held = c.inbox[slot];
+  if (held && !sameBytes(held, f)) return conflictOf(stage, f)!.error;
+  if (held || c.consumed.includes(slot)) return new DuplicateKeyError(`${id} from ${f.from}: received twice`);
   if (k.microbatch >= plan.microbatches) {
     return new UnexpectedFrameError(`${id} from ${f.from}: microbatch ${k.microbatch} is outside 0..${plan.microbatches - 1}`);
   }

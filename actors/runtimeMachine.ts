@@ -1,7 +1,8 @@
 /**
  * A module runtime (hivemind's Runtime): serves batched requests for its modules, one batch
  * at a time. serving.idle -> serving.processing (a batch of one pool) -> serving.idle;
- * STOP drains: no new requests, the queued ones are served, then stopped.
+ * a batch that fails with several requests is split (BATCH_SPLIT: each runs alone) within
+ * `processing`; STOP drains: no new requests, the queued ones are served, then stopped.
  */
 import { assign, setup } from 'xstate';
 
@@ -12,19 +13,25 @@ export interface RuntimeContext {
   readonly batchSize: number;
   readonly batches: number;
   readonly examples: number;
+  /** Failed batches run again request by request. */
+  readonly splits: number;
 }
 
 export type RuntimeEvent =
   | { type: 'BATCH_START'; pool: string; size: number }
+  | { type: 'BATCH_SPLIT'; requests: number }
   | { type: 'BATCH_END' }
   | { type: 'STOP' }
   | { type: 'DRAINED' };
 
 export const runtimeMachine = setup({
   types: { context: {} as RuntimeContext, events: {} as RuntimeEvent, input: {} as { name: string } },
+  actions: {
+    countSplit: assign({ splits: ({ context }) => context.splits + 1 }),
+  },
 }).createMachine({
   id: 'runtime',
-  context: ({ input }) => ({ name: input.name, pool: null, batchSize: 0, batches: 0, examples: 0 }),
+  context: ({ input }) => ({ name: input.name, pool: null, batchSize: 0, batches: 0, examples: 0, splits: 0 }),
   initial: 'serving',
   states: {
     serving: {
@@ -34,6 +41,7 @@ export const runtimeMachine = setup({
         idle: { on: { BATCH_START: { target: 'processing', actions: assign({ pool: ({ event }) => event.pool, batchSize: ({ event }) => event.size }) } } },
         processing: {
           on: {
+            BATCH_SPLIT: { actions: 'countSplit' },
             BATCH_END: {
               target: 'idle',
               actions: assign({ pool: null, batches: ({ context }) => context.batches + 1, examples: ({ context }) => context.examples + context.batchSize }),
@@ -45,6 +53,7 @@ export const runtimeMachine = setup({
     stopping: {
       on: {
         BATCH_START: { actions: assign({ pool: ({ event }) => event.pool, batchSize: ({ event }) => event.size }) },
+        BATCH_SPLIT: { actions: 'countSplit' },
         BATCH_END: { actions: assign({ pool: null, batches: ({ context }) => context.batches + 1, examples: ({ context }) => context.examples + context.batchSize }) },
         DRAINED: 'stopped',
       },

@@ -18,7 +18,7 @@
  * grants it already (`grantInPlan`): the grant is noted and no UPDATE is sent.
  */
 import { and, assign, fromPromise, not, setup, stateIn } from 'xstate';
-import { appliesUpdate } from '../src/protocol/messages.js';
+import { appliesUpdate, refusalFailsStep } from '../src/protocol/messages.js';
 import type { StageFailure } from './stageMachine.js';
 
 /** One step to run. */
@@ -46,6 +46,12 @@ export interface StepOutcome {
   readonly metricShares: readonly (number | null)[];
   readonly peakHeld: readonly number[];
   readonly rejected: number;
+}
+
+/** A frame a stage refused, with its key as the stage read it. */
+export interface RefusedFrame extends StageFailure {
+  readonly step: number;
+  readonly phase: string;
 }
 
 /** The first failure of a step. */
@@ -76,7 +82,8 @@ export type SchedulerEvent =
   | { type: 'DONE'; rank: number; step: number; peakHeld: number }
   | { type: 'UPDATED'; rank: number; step: number }
   | { type: 'STAGE_ERROR'; rank: number; step: number; failure: StageFailure }
-  | { type: 'REJECT'; rank: number };
+  /** A stage refused a frame; `refused` names it when its key could be read. */
+  | { type: 'REJECT'; rank: number; refused?: RefusedFrame };
 
 type StepEvent = Extract<SchedulerEvent, { step: number }>;
 
@@ -84,6 +91,15 @@ const isStepEvent = (e: SchedulerEvent): e is StepEvent => 'step' in e;
 
 function allLossesIn(c: SchedulerContext): boolean {
   return c.losses.every((l) => l !== null);
+}
+
+/**
+ * A stage refused one of this step's INPUT frames as the wrong tensors for it (refusalFailsStep):
+ * the step cannot finish, and fails now rather than at its timeout.
+ */
+export function refusesStepInput(c: Pick<SchedulerContext, 'req' | 'stages'>, e: SchedulerEvent): boolean {
+  if (e.type !== 'REJECT' || !e.refused || !c.req) return false;
+  return e.refused.step === c.req.step && refusalFailsStep(e.refused) && Number.isInteger(e.rank) && e.rank >= 0 && e.rank < c.stages;
 }
 
 /** A stage event names a real rank, a loss a real microbatch (rank -1 is the scheduler's own transport). */
@@ -170,9 +186,15 @@ export const schedulerMachine = setup({
     markGranted: assign({ granted: ({ context }) => context.done.indexOf(false) }),
     countStage0: assign(({ context, event }) => (event.type === 'ACTION' && freesForFeed(context.req!, event) ? { stage0Done: context.stage0Done + 1 } : {})),
     keepFirstFailure: assign(({ context, event }) => {
-      if (context.failure || event.type !== 'STAGE_ERROR') return {};
+      if (context.failure) return {};
+      if (event.type === 'REJECT' && event.refused) {
+        const { key, code, message } = event.refused;
+        return { failure: { rank: event.rank, key, code, message: `refused INPUT frame: ${message}` } };
+      }
+      if (event.type !== 'STAGE_ERROR') return {};
       return { failure: { rank: event.rank, ...event.failure } };
     }),
+    countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
   },
   guards: {
     thisStep: ({ context, event }) => isStepEvent(event) && context.req !== null && event.step === context.req.step && inRange(context, event),
@@ -184,6 +206,7 @@ export const schedulerMachine = setup({
     /** A training step with one stage left running, not yet granted its update. */
     canGrant: ({ context }) => context.granted < 0 && appliesUpdate(context.req!) && context.done.filter((d) => !d).length === 1,
     grantInPlan: ({ context }) => context.req!.grantInPlan,
+    refusesStepInput: ({ context, event }) => refusesStepInput(context, event),
   },
   delays: {
     stepTimeout: ({ context }) => context.req?.timeoutMs ?? 60_000,
@@ -206,7 +229,7 @@ export const schedulerMachine = setup({
   }),
   initial: 'idle',
   on: {
-    REJECT: { actions: assign({ rejected: ({ context }) => context.rejected + 1 }) },
+    REJECT: { actions: 'countReject' },
   },
   states: {
     idle: {
@@ -233,6 +256,8 @@ export const schedulerMachine = setup({
       initial: 'starting',
       on: {
         STAGE_ERROR: { guard: 'thisStep', target: '.aborting', actions: 'keepFirstFailure' },
+        // A refused INPUT of this step: it cannot finish (see refusesStepInput).
+        REJECT: [{ guard: 'refusesStepInput', target: '.aborting', actions: ['countReject', 'keepFirstFailure'] }, { actions: 'countReject' }],
         ACTION: { guard: 'thisStep', actions: 'countStage0' },
         LOSS: {
           guard: 'thisStep',
@@ -307,6 +332,8 @@ export const schedulerMachine = setup({
                 },
               ],
             },
+            // Every INPUT was taken before the update: a refusal now is a stray copy, only counted.
+            REJECT: { actions: 'countReject' },
           },
           always: { guard: 'allUpdated', target: 'finished' },
         },
@@ -335,7 +362,7 @@ export const schedulerMachine = setup({
               actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) },
             },
           },
-          on: { STAGE_ERROR: { actions: [] } },
+          on: { STAGE_ERROR: { actions: [] }, REJECT: { actions: 'countReject' } },
         },
       },
       after: {

@@ -16,7 +16,10 @@
  * ```
  * Frames are judged on arrival (`admitFrame`): a refused one is reported and dropped, and
  * the stage carries on with its step. Frames of a queued step are judged against its plan
- * and kept apart (`early`) until it starts. An ABORT drops the queued step too.
+ * and kept apart (`early`) until it starts. An ABORT drops the queued step too. A frame whose
+ * slot holds a frame with other bytes is a conflict: neither is kept (the slot takes no
+ * more; a queued step is dropped) and the stage reports it as its step's error, which fails
+ * the step (the scheduler aborts it).
  */
 import { and, assign, fromPromise, setup, type AnyActorRef } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
@@ -26,7 +29,7 @@ import { appliesUpdate, type StepPlan } from '../src/protocol/messages.js';
 import { formatAction, parseStageActions, type Action } from '../src/schedule/action.js';
 import { releasedBy } from '../src/schedule/constraint.js';
 import { needs } from '../src/schedule/needs.js';
-import { admitFrame } from './admitFrame.js';
+import { admitFrame, conflictOf } from './admitFrame.js';
 
 /** Input of a stage actor. */
 export interface StageInput {
@@ -145,6 +148,25 @@ const notProvided = (name: string) => () => {
   throw new Error(`stage machine: ${name} is not provided`);
 };
 
+type FrameEvent = Extract<StageEvent, { type: 'FRAME' }>;
+
+/** What `reportConflict` gets: the step that fails, why, and the two frames (neither kept). */
+function conflictParams({ context, event }: { context: StageContext; event: StageEvent }) {
+  const frame = (event as FrameEvent).frame;
+  const { held, error } = conflictOf(context, frame)!;
+  return { step: frame.key.step, error, frames: [held, frame] as const };
+}
+
+/**
+ * The transitions of a frame that conflicts with the one held for its slot: in the queued
+ * step, that step is dropped; in the running one, the slot is emptied and takes no more. The
+ * stage reports the step's failure (`reportConflict`); the scheduler aborts the step.
+ */
+const conflictingFrame = [
+  { guard: 'conflictsQueued', actions: [{ type: 'reportConflict', params: conflictParams }, 'dropQueued'] },
+  { guard: 'conflicts', actions: [{ type: 'reportConflict', params: conflictParams }, 'dropSlot'] },
+] as const;
+
 /** The transition that drops a frame `admitFrame` refuses, counting and reporting it. */
 const refuseFrame = {
   guard: 'frameRefused',
@@ -177,6 +199,8 @@ export const stageMachine = setup({
     startRun: (_, _params: readonly ExecuteInput[]) => notProvided('startRun')(),
     /** Tell the scheduler a frame was refused. */
     reportReject: (_, _params: { error: TroupeError; frame: Frame }) => {},
+    /** Tell the scheduler step `step` fails: a frame conflicted with the one held for its slot (neither is kept). */
+    reportConflict: (_, _params: { step: number; error: TroupeError; frames: readonly [Frame, Frame] }) => {},
     /** Tell the scheduler the stage finished its action list. */
     reportDone: (_, _params: { step: number; peakHeld: number }) => {},
     /** Tell the scheduler the update is applied. */
@@ -211,6 +235,13 @@ export const stageMachine = setup({
       error: null,
     })),
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
+    /** Empties the slot of a conflicting frame of the running step; later copies are refused as duplicates. */
+    dropSlot: assign(({ context, event }) => {
+      if (event.type !== 'FRAME') return {};
+      const slot = `${event.frame.key.phase}:${event.frame.key.microbatch}`;
+      const { [slot]: _dropped, ...inbox } = context.inbox;
+      return { inbox, consumed: [...context.consumed, slot] };
+    }),
     /** Past the actions of the run that are done (the event's `count`); the run is over. */
     advance: assign(({ context, event }) => {
       const count = event.type === 'ACTION_DONE' || event.type === 'ACTION_FAILED' ? event.count : 0;
@@ -235,6 +266,10 @@ export const stageMachine = setup({
   },
   guards: {
     frameRefused: ({ context, event }) => event.type === 'FRAME' && admitFrame(context, event.frame) !== null,
+    /** A frame of the running step whose slot holds one with other bytes. */
+    conflicts: ({ context, event }) => event.type === 'FRAME' && conflictOf(context, event.frame) !== null,
+    /** A frame of the queued step whose slot holds one with other bytes. */
+    conflictsQueued: ({ context, event }) => event.type === 'FRAME' && context.next !== null && event.frame.key.step === context.next.step && conflictOf(context, event.frame) !== null,
     aborting: ({ context }) => context.abortRequested,
     allDone: ({ context }) => context.cursor >= context.actions.length,
     forwardOnly: ({ context }) => context.plan?.forwardOnly ?? false,
@@ -264,7 +299,7 @@ export const stageMachine = setup({
   context: ({ input }) => ({ ...input, ...noStep(), step: -1, next: null, early: {}, peakHeld: 0, rejected: 0, error: null }),
   initial: 'booting',
   on: {
-    FRAME: [refuseFrame, { actions: 'stash' }],
+    FRAME: [...conflictingFrame, refuseFrame, { actions: 'stash' }],
     STOP: { target: '.stopped', actions: 'resetCompute' },
   },
   states: {
@@ -330,6 +365,7 @@ export const stageMachine = setup({
           entry: 'sendHeld',
           on: {
             FRAME: [
+              ...conflictingFrame,
               refuseFrame,
               { actions: 'stash', target: 'next' },
             ],

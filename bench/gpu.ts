@@ -104,15 +104,16 @@ async function hop(bytes: number, a: Bus, b: Bus): Promise<string[]> {
   const wire: number[] = [];
   const upload: number[] = [];
   const subject = `bench.gpu.hop.${bytes}`;
-  const re = new Reassembler(4);
   let done: (() => void) | null = null;
   let received: Float32Array | null = null;
-  const sub = b.subscribe(subject, (m) => {
-    const f = re.accept(parseHeader(m.header, 'FORWARD', 1 << 30), m.data);
-    if (f) {
+  const sub = b.subscribeFrames(subject, {
+    maxBytes: 1 << 30,
+    phase: 'FORWARD',
+    maxPartial: 4,
+    onFrame: (f) => {
       received = f.tensors[0]!.data as Float32Array;
       done?.();
-    }
+    },
   });
   await b.flush();
   try {

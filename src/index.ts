@@ -10,8 +10,8 @@ export type { Pipeline, PipelineOptions, PipelineActors, PipelineReplicaActors }
 export type { StepResult } from './runtime/stepRunner.js';
 export type { StageStats } from './runtime/stageHost.js';
 export type { BusOptions } from './transport/bus.js';
-export { selectBackend, BackendName } from './compute/backend.js';
-export type { BackendChoice, BackendOptions } from './compute/backend.js';
+export { selectBackend } from './compute/backend.js';
+export type { BackendChoice, BackendName, BackendOptions } from './compute/backend.js';
 export type { LossFn, LossSpec } from './compute/loss.js';
 export type { OptimizerSpec, OptimizerDescription } from './compute/optimizer.js';
 export type { StageSpec, StagePartition } from './compute/partition.js';
@@ -30,7 +30,6 @@ export type { Action, Schedule } from './schedule/action.js';
 export type { DeviceSchedule, PlacedSchedule } from './schedule/interleaved.js';
 export { simulate } from './schedule/simulate.js';
 export type { Simulation, ActionCosts } from './schedule/simulate.js';
-export { drawTerminal, drawSvg } from './schedule/draw.js';
 
 export {
   TroupeError,
@@ -45,10 +44,13 @@ export {
   FrameError,
   StaleStepError,
   DuplicateKeyError,
+  ConflictingFrameError,
+  ForgedFrameError,
   UnexpectedFrameError,
   CheckpointError,
   InterruptedError,
   UsageError,
   PoolTaskError,
+  PoolValueError,
   ServeError,
 } from './errors.js';

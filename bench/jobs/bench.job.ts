@@ -2,7 +2,7 @@
  * The benchmark job, shaped by environment variables so every process of the fleet builds
  * the same thing: BENCH_MODEL (mlp | conv | uniform), BENCH_STAGES, BENCH_V (stages per
  * worker), BENCH_M, BENCH_SCHEDULE, BENCH_BATCH, BENCH_STEPS, BENCH_FEED (step | bounded),
- * BENCH_OPTIMIZER (sgd | adam).
+ * BENCH_OPTIMIZER (sgd | adam), BENCH_WIDTH (the uniform MLP's width, default 1024).
  * Data are random: speed does not depend on the values.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -13,8 +13,8 @@ export const MODEL = env('BENCH_MODEL', 'mlp');
 export const BATCH = Number(env('BENCH_BATCH', '256'));
 const STEPS = Number(env('BENCH_STEPS', '12'));
 
-/** Width of the uniform MLP's layers. */
-export const UNIFORM_WIDTH = 1024;
+/** Width of the uniform MLP's layers (smaller ones let the scaling bench run on few cores). */
+export const UNIFORM_WIDTH = Number(env('BENCH_WIDTH', '1024'));
 /** Equal layers of the uniform MLP (divisible by 2, 4 and 8 stages). */
 export const UNIFORM_LAYERS = 8;
 

@@ -7,6 +7,8 @@ import { installWasmConvInputGrad } from './wasmConvInputGrad.js';
 import { installSharedWasmIdentity } from './wasmIdentity.js';
 import { installCopyingCpuCast } from './cpuCast.js';
 import { NoGpuAdapter, startWebGpu } from './webgpu.js';
+import { removeWasmExitHandlers } from './wasmExitHandlers.js';
+import { installWasmSegmentSum } from './wasmSegmentSum.js';
 
 /** Backends Troupe knows, best first. */
 export const BackendName = { NODE_GPU: 'node-gpu', WEBGPU: 'webgpu', NODE: 'node', WASM: 'wasm', CPU: 'cpu' } as const;
@@ -124,6 +126,8 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
         installWasmConvFilterGrad();
         installWasmConvInputGrad();
         installSharedWasmIdentity();
+        installWasmSegmentSum(); // Gather's gradient: Embedding layers train on wasm
+        removeWasmExitHandlers(); // emscripten's rethrowing handlers: an uncaught error would exit 7 with 40 KB of wasm source
       }
       const moved = previous && previous.tfName !== tfName ? `; switched from ${previous.tfName}${previous.tensors ? `, whose ${previous.tensors} tensors move here on first use` : ''}` : '';
       log?.(`troupe: backend ${name} on ${device}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}${moved}`);

@@ -104,7 +104,7 @@ export function stageStarts(model: tf.LayersModel, spec: StageSpec, costs?: read
  *
  * @example
  * const [s0, s1] = partitionModel(model, 2);          // even split by parameter count
- * const parts = partitionModel(model, ['dense_2']);    // stage 1 starts at layer dense_2
+ * const parts = partitionModel(model, ['dense_Dense2']); // stage 1 starts at layer dense_Dense2 (see model.layers.map((l) => l.name))
  */
 export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: PartitionOptions = {}): StagePartition[] {
   const layers = layersOf(model);

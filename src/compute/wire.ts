@@ -132,6 +132,27 @@ export async function toBytes(w: WireTensor): Promise<WireTensor> {
 }
 
 /**
+ * `w` with another shape of as many elements: a view of its bytes, or, for a device wire, a
+ * new device wire of the reshaped tensor (the original stays owned by `w`).
+ */
+export function reshapeWire(w: WireTensor, shape: readonly number[]): WireTensor {
+  const t = onDevice.get(w);
+  if (!t) return { ...w, shape: [...shape] };
+  return deviceWire(tf.reshape(t, [...shape]), w.name);
+}
+
+/**
+ * `w` as float32 (int32 values up to 2^24 and bools convert exactly): converted bytes, or, for
+ * a device wire, a new device wire of the cast tensor (the original stays owned by `w`).
+ */
+export function floatWire(w: WireTensor): WireTensor {
+  if (w.dtype === 'float32') return w;
+  const t = onDevice.get(w);
+  if (!t) return { ...w, dtype: 'float32', data: Float32Array.from(w.data) };
+  return deviceWire(tf.cast(t, 'float32'), w.name);
+}
+
+/**
  * Rows [start, start + count) of `w`: a view of its bytes, or, for a device wire, a new
  * device wire of the sliced tensor (the original stays owned by `w`).
  */

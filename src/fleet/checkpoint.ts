@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, messageOf } from '../errors.js';
-import { decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
+import { H, decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import type { RankState } from '../runtime/stageStates.js';
 import { checkpointIo as io } from './checkpointIo.js';
@@ -150,7 +150,7 @@ export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'sa
     await writeSynced(at, JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
     for (const s of states) {
       // The states belong to training step meta.step (a replayed step ran under another step id).
-      const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.UPDATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
+      const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.STATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
       at = join(tmp, `stage-${s.rank}.json`);
       await writeSynced(at, JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) }, null, 1));
       at = join(tmp, `stage-${s.rank}.bin`);
@@ -238,7 +238,8 @@ async function loadStepDir(at: string): Promise<Omit<Checkpoint, 'skipped'>> {
     for (let rank = 0; rank < meta.stages; rank++) {
       const info = JSON.parse(await io.readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[]; sha256?: string };
       const body = new Uint8Array(await io.readFile(join(at, `stage-${rank}.bin`)));
-      const h = parseHeader((k) => info.headers[k], Phase.UPDATE, Number.MAX_SAFE_INTEGER);
+      // A STATE frame; checkpoints of an older Troupe named their state frames UPDATE.
+      const h = parseHeader((k) => info.headers[k], info.headers[H.phase] === Phase.UPDATE ? Phase.UPDATE : Phase.STATE, Number.MAX_SAFE_INTEGER);
       const frame = decodeSingle(h, body);
       if (info.sha256 !== undefined && sha256(body) !== info.sha256) throw new Error(`stage-${rank}.bin does not match its SHA-256 (altered)`);
       if (h.key.step !== meta.step) throw new Error(`stage-${rank} is of step ${h.key.step}, meta says ${meta.step}`);

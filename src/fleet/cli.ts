@@ -73,11 +73,13 @@ inspect: the checkpoint's step, the run's configuration and every layer weight w
 model with the checkpoint's weights, as a TensorFlow.js model directory (model.json +
 weights.bin): in Node, loadModel(dir) from 'troupe' loads it (plain @tensorflow/tfjs has no
 file:// loader); in a browser, tf.loadLayersModel('<url>/model.json').`,
-  'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--inspect]
+  'pool-worker': `usage: troupe pool-worker --nats <url> --pool <name> --task <module> [--concurrency <n>] [--inspect]
 
-Joins task pool <name> (the queue group of troupe.pool.<name>.task) and answers each task with
-the default export of <module>, a function of (input, index). Workers may join and leave at
-any time; a caller's Pool sends a task whose worker died to another. Stops on SIGTERM.`,
+Joins task pool <name> and answers its tasks with the default export of <module>, a function
+of (input, index), running up to <n> at once (default 1), each in a child process: a task
+past its deadline is stopped by killing that process. Workers may join and leave at any time;
+a caller's Pool sends a task whose worker died or went silent to another. Stops on SIGTERM
+(running tasks get 5 s, then go back to their callers; a second signal cuts that short).`,
   worker: `usage: troupe worker --nats <url> --job <id> --rank <r>[,<r>...] --config <job-config> [--backend <name>]
 
 Builds stage <r> of the job from the config module and serves it on NATS until the driver
@@ -230,12 +232,12 @@ async function checkpoint(argv: string[]): Promise<number> {
 async function poolWorker(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { nats: { type: 'string' }, pool: { type: 'string' }, task: { type: 'string' }, inspect: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { nats: { type: 'string' }, pool: { type: 'string' }, task: { type: 'string' }, concurrency: { type: 'string' }, inspect: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) return print(HELP['pool-worker']!);
   if (positionals.length > 0) throw new UsageError(`troupe pool-worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'pool', 'task'] as const) if (!values[f]) throw new UsageError(`troupe pool-worker needs --${f}`);
-  await runPoolWorker({ nats: values.nats!, pool: values.pool!, task: values.task!, inspect: values.inspect ?? false });
+  await runPoolWorker({ nats: values.nats!, pool: values.pool!, task: values.task!, concurrency: intOf('--concurrency', values.concurrency, 1) ?? 1, inspect: values.inspect ?? false });
   return 0;
 }
 

@@ -37,10 +37,16 @@ export interface Kept {
   readonly states: readonly RankState[];
 }
 
+/** One stage's counters, and the replica it belongs to. */
+export interface StageStats {
+  readonly replica: number;
+  readonly st: StatsMessage;
+}
+
 /** What a finished run's driver holds for the summary. */
 export interface DriverRecord {
   readonly workers: readonly Hello[];
-  readonly stats: readonly StatsMessage[];
+  readonly stageStats: readonly StageStats[];
   readonly last: StepResult | null;
   readonly heldOut: StepResult | null;
   readonly stepMs: readonly number[];
@@ -71,7 +77,7 @@ export class Driver {
   private readonly records = { losses: [] as number[], metrics: [] as (number | null)[], stepMs: [] as number[] };
   private last: StepResult | null = null;
   private heldOut: StepResult | null = null;
-  private stats: StatsMessage[] = [];
+  private stats: StageStats[] = [];
   /** When the current step began to count (the end of the previous one, when they overlap). */
   private mark = 0;
   private flowing = false;
@@ -149,7 +155,8 @@ export class Driver {
     else {
       this.server = await OwnServer.start(this.serverOptions(), (why) => this.tell({ type: 'NATS_LOST', why, server: true }));
       this.url = this.server.url;
-      this.say(`troupe up: NATS credentials for other processes: TROUPE_NATS_CREDENTIALS=${this.server.credentialsFile}`);
+      // troupe inspect logs in as the inspector, with this file and nothing else.
+      this.say(`troupe up: NATS credentials for troupe inspect: TROUPE_NATS_CREDENTIALS=${await this.server.credentialsFor(['inspector'], 'inspector')}`);
     }
     if (signal.aborted) return;
     if (o.inspectPort !== undefined) {
@@ -185,7 +192,7 @@ export class Driver {
       (j, i) =>
         new StepRunner({
           scheduler: this.scheds[i]!, job: j, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
-          inputs: plan.partitions[0]!.inputs.length, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep: this.kept.step, ...(cfg.feed ? { feed: cfg.feed } : {}),
+          tensors: p.tensors, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep: this.kept.step, ...(cfg.feed ? { feed: cfg.feed } : {}),
         }),
     );
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
@@ -193,14 +200,18 @@ export class Driver {
     this.feed = new StepFeed((s) => this.trainStep(s));
   }
 
-  /** How this run starts its nats-server: the first time, and again after it died (on the same port). */
+  /**
+   * How this run starts its nats-server, the first time and again after it died (on the same
+   * port): a server of this job's own, whose users act in this job only.
+   */
   private serverOptions(): NatsServerOptions {
-    return this.o.natsConfig ? { config: this.o.natsConfig } : {};
+    return { job: this.p.job, ...(this.o.natsConfig ? { config: this.o.natsConfig } : {}) };
   }
 
   /** Starts the workers (or prints how to), then waits for every rank of every replica. */
   private async awaitWorkers(signal: AbortSignal): Promise<void> {
-    await this.fleet.start(this.url, this.bus!, aborted(signal));
+    const server = this.server;
+    await this.fleet.start(this.url, this.bus!, aborted(signal), server ? (roles, name) => server.credentialsFor(roles, name) : null);
   }
 
   /** Loads the kept state (initial weights or a checkpoint) into every stage of every replica. */
@@ -244,7 +255,8 @@ export class Driver {
   private async keep(step: number, signal: AbortSignal): Promise<{ keepEvery: number | null }> {
     this.flowing = false;
     const t0 = performance.now();
-    const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, signal);
+    // Each stage's state must carry its seal (the keys the scheduler asked for this step's).
+    const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, this.scheds[0]!.sealKeys(), signal);
     const dir = this.o.checkpointDir;
     if (dir) {
       await saveCheckpoint(dir, { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches }, states);
@@ -272,7 +284,7 @@ export class Driver {
       opt.dispose();
     }
     this.stats = await abortable(
-      Promise.all(this.jobs.flatMap((j, i) => this.fleet.of(i).map(async (w) => decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000))))),
+      Promise.all(this.jobs.flatMap((j, i) => this.fleet.of(i).map(async (w) => ({ replica: i, st: decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)) })))),
       signal,
     );
     if (o.save && !o.signal?.aborted) await saveModel(p.model, o.save);
@@ -297,6 +309,8 @@ export class Driver {
       await abortable(sched.idle(), signal);
       await abortable(this.feed!.drop(), signal);
       await this.fleet.rejoin(aborted(signal));
+      // A replaced worker's stages seal with new keys: the next step asks every stage again.
+      sched.reseal();
       // What the driver published while disconnected (a plan begun ahead) goes out on reconnecting:
       // it reaches the stages before they are asked where they are, not after.
       await abortable(bus.flush(), signal);
@@ -332,7 +346,7 @@ export class Driver {
 
   /** What the summary needs. */
   record(): DriverRecord {
-    return { workers: this.fleet.workers, stats: this.stats, last: this.last, heldOut: this.heldOut, ...this.records, natsPid: this.server?.pid ?? null };
+    return { workers: this.fleet.workers, stageStats: this.stats, last: this.last, heldOut: this.heldOut, ...this.records, natsPid: this.server?.pid ?? null };
   }
 
   /** Writes the trace (after the last step's events are in), when one was asked for. */

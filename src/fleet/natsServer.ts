@@ -1,10 +1,14 @@
 /** Starts and stops a nats-server process from the project's nats.conf. */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, delimiter, join } from 'node:path';
 import { ConfigError, TransportError } from '../errors.js';
+import { checkJobId } from '../protocol/subjects.js';
 import { ensureCredentials } from '../transport/credentials.js';
 import { packagePath } from '../packagePath.js';
+import { natsConfText } from './natsConf.js';
+import { tieToThisProcess } from './tiedProcess.js';
 
 /** The project's nats.conf. */
 export const DEFAULT_NATS_CONF = packagePath('nats.conf');
@@ -19,6 +23,14 @@ export interface NatsServerOptions {
   readonly readyTimeoutMs?: number;
   /** Extra command-line arguments. */
   readonly args?: readonly string[];
+  /**
+   * Confine every user to this job's subjects: the server runs on nats.conf's users generated
+   * for the job (natsConfText), under the given configuration when it includes ./nats.conf
+   * (nats-tls.conf, nats-cluster.conf). A stage user of another job can then do nothing here.
+   */
+  readonly job?: string;
+  /** Variables the server's configuration reads besides the passwords (nats-cluster.conf's listen and routes). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /** A running nats-server. */
@@ -30,7 +42,7 @@ export interface NatsServer {
   log(): string;
   /** Resolves when the server has exited, whoever ended it (`stop`, a signal, a crash). */
   readonly exited: Promise<void>;
-  /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. */
+  /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. It also ends with this process, however that ends. */
   stop(): Promise<void>;
 }
 
@@ -43,9 +55,13 @@ export function findNatsServer(): string {
   throw new ConfigError('nats-server is not installed: run `npm run setup` or `apt-get install nats-server` (Debian package nats-server)');
 }
 
-const live = new Set<ChildProcess>();
+/** Servers still running: at exit they are killed at once (their keepers would a moment later). */
+const live = new Set<{ keeper: ChildProcess; pid: number }>();
+/** Generated configurations still in use (no secrets: they name password variables), removed at exit too. */
+const configs = new Set<() => void>();
 process.once('exit', () => {
-  for (const c of live) c.kill('SIGKILL');
+  for (const s of live) if (s.keeper.exitCode === null && s.keeper.signalCode === null) process.kill(s.pid, 'SIGKILL');
+  for (const remove of configs) remove();
 });
 
 /**
@@ -57,19 +73,24 @@ process.once('exit', () => {
  * await server.stop();
  */
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
-  const config = opts.config ?? DEFAULT_NATS_CONF;
-  if (!existsSync(config)) throw new ConfigError(`NATS configuration ${config} does not exist`);
+  const given = opts.config ?? DEFAULT_NATS_CONF;
+  if (!existsSync(given)) throw new ConfigError(`NATS configuration ${given} does not exist`);
   const bin = findNatsServer();
+  const scoped = opts.job === undefined ? null : jobConfig(given, checkJobId(opts.job));
+  const config = scoped?.config ?? given;
   // nats.conf reads every role's password from the environment: random ones for those unset,
   // shared with this process's clients and the workers it forks.
   ensureCredentials();
   const args = ['-c', config, '-p', String(opts.port && opts.port > 0 ? opts.port : -1), ...(opts.args ?? [])];
-  // Its own process group: a terminal's Ctrl-C reaches the driver, which stops the server last.
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  live.add(child);
+  // Tied to this process: the server dies with it, even on SIGKILL. Its own process group:
+  // a terminal's Ctrl-C reaches the driver, which stops the server last.
+  const tied = tieToThisProcess(bin, args, opts.env);
+  const child = tied.keeper;
   let out = '';
+  let entry: { keeper: ChildProcess; pid: number } | undefined;
   const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    live.delete(child);
+    if (entry) live.delete(entry);
+    scoped?.remove();
     resolve();
   }));
   const port = await new Promise<number>((resolve, reject) => {
@@ -77,7 +98,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const timer = setTimeout(() => fail(`did not start within ${opts.readyTimeoutMs ?? 10_000} ms`), opts.readyTimeoutMs ?? 10_000);
     const fail = (why: string) => {
       clearTimeout(timer);
-      child.kill('SIGKILL');
+      tied.cut();
       reject(new TransportError(`nats-server ${args.join(' ')} ${why}:\n${out.slice(-2000)}`));
     };
     const onData = (b: Buffer) => {
@@ -94,18 +115,53 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     child.once('exit', (code) => fail(`exited with code ${String(code)}`));
     child.once('error', (err) => fail(`could not run: ${err.message}`));
   });
+  const pid = await tied.pid;
+  entry = { keeper: child, pid };
+  if (child.exitCode === null && child.signalCode === null) live.add(entry);
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
-    pid: child.pid!,
+    pid,
     log: () => out,
     exited,
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      // The server is the keeper's unreaped child until it exits: its pid is still its own.
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // It exited a moment ago; the keeper is exiting too.
+      }
+      const t = setTimeout(() => tied.cut(), 5_000);
       await exited;
       clearTimeout(t);
+      tied.cut();
     },
   };
+}
+
+/**
+ * The configuration of a server for job `job`: nats.conf's users confined to the job, in a
+ * directory of its own, with the given configuration beside it when that one includes
+ * ./nats.conf (it then includes the job's). The files hold no secrets (password variables).
+ */
+function jobConfig(given: string, job: string): { config: string; remove(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'troupe-natsconf-'));
+  const remove = () => {
+    configs.delete(remove);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  configs.add(remove);
+  try {
+    writeFileSync(join(dir, 'nats.conf'), natsConfText({ job }));
+    if (given === DEFAULT_NATS_CONF) return { config: join(dir, 'nats.conf'), remove };
+    const text = readFileSync(given, 'utf8');
+    if (!/^\s*include\s+"?\.\/nats\.conf"?\s*$/m.test(text)) return { config: given, remove };
+    const config = join(dir, `main-${basename(given)}`);
+    writeFileSync(config, text);
+    return { config, remove };
+  } catch (err) {
+    remove();
+    throw err;
+  }
 }

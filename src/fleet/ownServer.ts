@@ -1,38 +1,47 @@
 /**
- * The nats-server `troupe up` starts when it is given none: the credentials file it prints
- * for other processes, its death told to the job actor, and starting it again on its port
- * (the passwords are this process's, so every client logs in again as before).
+ * The nats-server `troupe up` starts when it is given none, confined to the job: the
+ * credentials files it hands other processes (each with the passwords of the roles it names
+ * only), its death told to the job actor, and starting it again on its port (the passwords
+ * are this process's, so every client logs in again as before).
  */
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { writeCredentialsFile } from '../transport/credentials.js';
 import { startNatsServer, type NatsServer, type NatsServerOptions } from './natsServer.js';
+import { removeWithThisProcess } from './tiedProcess.js';
 
 export class OwnServer {
   private closing = false;
   /** The server exited on its own and is not started again yet. */
   private down = false;
   private again: Promise<void> | undefined;
+  /** The credentials files handed out: removed when the server stops. */
+  private readonly files: string[] = [];
+  /** Each file also goes with this process if it is killed (SIGKILL leaves no finally). */
+  private readonly drops: (() => void)[] = [];
 
   private constructor(
     private server: NatsServer,
     private readonly options: NatsServerOptions,
-    /** Other processes (troupe inspect, a worker on another host) log in with it; it goes with the server. */
-    readonly credentialsFile: string,
     private readonly onExit: (why: string) => void,
   ) {
     this.watch(server);
   }
 
-  /** Starts the server and writes the credentials file; `onExit` hears of an exit nobody asked for. */
+  /** Starts the server (`options.job` confines it to the job); `onExit` hears of an exit nobody asked for. */
   static async start(options: NatsServerOptions, onExit: (why: string) => void): Promise<OwnServer> {
-    const server = await startNatsServer(options);
-    try {
-      return new OwnServer(server, options, await writeCredentialsFile(), onExit);
-    } catch (err) {
-      await server.stop();
-      throw err;
-    }
+    return new OwnServer(await startNatsServer(options), options, onExit);
+  }
+
+  /**
+   * A file holding the passwords of `roles` only, for another process (troupe inspect, a
+   * worker on another host); it goes with the server, and with this process however it ends.
+   */
+  async credentialsFor(roles: readonly string[], name: string): Promise<string> {
+    const file = await writeCredentialsFile(roles, process.env, name);
+    this.files.push(file);
+    this.drops.push(removeWithThisProcess(dirname(file)));
+    return file;
   }
 
   get url(): string {
@@ -72,11 +81,12 @@ export class OwnServer {
     await this.again;
   }
 
-  /** Stops the server (waiting for a restart under way) and removes the credentials file. */
+  /** Stops the server (waiting for a restart under way) and removes the credentials files. */
   async stop(): Promise<void> {
     this.closing = true;
     await this.again?.catch(() => {});
     await this.server.stop();
-    await rm(dirname(this.credentialsFile), { recursive: true, force: true });
+    for (const file of this.files) await rm(dirname(file), { recursive: true, force: true });
+    for (const drop of this.drops) drop();
   }
 }

@@ -16,11 +16,13 @@ import { missingOptimizerState } from '../compute/optimizerState.js';
 import { reshard } from '../compute/reshard.js';
 import { describeMemory, slotsPerWeight } from '../compute/memoryBudget.js';
 import { exportStageState, stageWeights } from '../compute/stageState.js';
+import type { DType } from '../protocol/dtype.js';
 import type { Hello, StatsMessage } from '../protocol/messages.js';
 import { checkJobId } from '../protocol/subjects.js';
 import type { Plan } from '../runtime/plan.js';
 import type { RankState } from '../runtime/stageStates.js';
 import type { StepResult } from '../runtime/stepRunner.js';
+import { checkStepTensors, labelRuleOf, type StepTensorSpec } from '../runtime/stepTensors.js';
 import { hasCheckpoint, loadCheckpoint, prepareCheckpointDir } from './checkpoint.js';
 import { Driver } from './driver.js';
 import { keepCadence } from './keepCadence.js';
@@ -115,6 +117,8 @@ export interface Prepared {
   readonly model: tf.LayersModel;
   /** The cut, the placed schedule, the replicas' scopes (the workers get the boundaries). */
   readonly plan: Plan;
+  /** What every step's inputs and labels are checked against: the model's inputs and outputs, the loss's label rule. */
+  readonly tensors: StepTensorSpec;
   readonly data: JobData;
   readonly stepsPerEpoch: number;
   /** The last step to train. */
@@ -144,12 +148,22 @@ export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firs
   };
   check(data?.train, 'train');
   if (data.test !== undefined) check(data.test, 'test');
+  // The model's shapes and dtypes, checked before any process starts.
+  const tensors: StepTensorSpec = { inputs: plan.partitions[0]!.inputs, outputs: plan.partitions[plan.stages - 1]!.outputs, labels: labelRuleOf(cfg.loss) };
+  for (const [what, e] of [['train', data.train], ['test', data.test]] as const) {
+    if (!e) continue;
+    try {
+      checkStepTensors([{ name: 'x0', dtype: e.x.dtype as DType, shape: e.x.shape }], [{ name: 'y0', dtype: e.y.dtype as DType, shape: e.y.shape }], tensors);
+    } catch (cause) {
+      throw new ConfigError(`${where}: field "data": ${what}: ${messageOf(cause)}`, { cause });
+    }
+  }
   const stepsPerEpoch = Math.floor(data.train.x.shape[0]! / cfg.batchSize);
   if (stepsPerEpoch < 1) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is larger than the ${data.train.x.shape[0]} training examples`);
   if (cfg.batchSize < cfg.microbatches) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is smaller than microbatches ${cfg.microbatches}`);
   const all = stepsPerEpoch * cfg.epochs;
   if (o.steps !== undefined && !(Number.isInteger(o.steps) && o.steps > 0)) throw new ConfigError(`--steps must be a positive integer, got ${o.steps}`);
-  return { cfg, job, model, plan, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
+  return { cfg, job, model, plan, tensors, data, stepsPerEpoch, total: Math.min(all, o.steps ?? all) };
 }
 
 async function initialStates(p: Omit<Prepared, 'firstStep'>): Promise<RankState[]> {
@@ -223,12 +237,12 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const steps = prep.total - first.step;
     say(`summary: job ${job}, ${steps} steps in ${seconds.toFixed(1)} s${r.last ? `, last loss ${r.last.loss.toFixed(4)}` : ''}${end.context.restarts ? `, ${end.context.restarts} restart${end.context.restarts > 1 ? 's' : ''}` : ''}`);
     if (r.heldOut) say(`  held-out: loss ${r.heldOut.loss.toFixed(4)}${r.heldOut.metric !== null ? `, metric ${(r.heldOut.metric * 100).toFixed(2)}%` : ''} on ${prep.data.test!.x.shape[0]} examples`);
-    for (const st of r.stats) {
-      say(`  stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected}`);
+    for (const { replica, st } of r.stageStats) {
+      say(`  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
     }
     if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     await driver.writeTrace();
-    return { job, steps, last: r.last, heldOut: r.heldOut, workers: r.workers, stats: r.stats, model: prep.model, natsPid: r.natsPid, seconds, stepMs: r.stepMs, losses: r.losses, metrics: r.metrics, restarts: end.context.restarts };
+    return { job, steps, last: r.last, heldOut: r.heldOut, workers: r.workers, stats: r.stageStats.map((s) => s.st), model: prep.model, natsPid: r.natsPid, seconds, stepMs: r.stepMs, losses: r.losses, metrics: r.metrics, restarts: end.context.restarts };
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await driver.close();

@@ -1,6 +1,7 @@
 /** Worker processes of a local fleet: started together, watched, and ended by whoever started them. */
 import { fork, type ChildProcess } from 'node:child_process';
 import { packagePath } from '../packagePath.js';
+import { withoutCredentials } from '../transport/credentials.js';
 
 /** The `troupe` executable the workers run. */
 export const TROUPE_BIN = packagePath('bin', 'troupe.mjs');
@@ -29,10 +30,13 @@ export class Supervisor {
 
   constructor(private readonly onUnexpectedExit: (e: WorkerExit) => void) {}
 
-  /** Forks `troupe worker <args>` for `rank` with extra environment variables. */
+  /**
+   * Forks `troupe worker <args>` for `rank` with extra environment variables. No NATS password
+   * of this process reaches it: it gets those `env` gives it (its own role's).
+   */
   spawn(rank: number, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
     this.launches.set(rank, { args, env });
-    const child = fork(TROUPE_BIN, ['worker', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(TROUPE_BIN, ['worker', ...args], { env: { ...withoutCredentials(process.env), ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     live.add(child);
     this.children.set(rank, child);
     this.exits.set(

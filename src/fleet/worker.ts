@@ -52,6 +52,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const connect = async (r: number) => {
     const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${rjob}-stage-${r}`, role: stageRole(r) });
     buses.push(bus);
+    // Direct links between stages: when they come up or go, and any connection refused.
+    bus.onStatus((s) => s.type.startsWith('direct-') && log(`troupe worker: rank ${r}: ${s.detail}`));
     return bus;
   };
   let stages: StartedStages;

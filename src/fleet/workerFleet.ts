@@ -4,10 +4,11 @@
  */
 import type { JobEvent, WorkerLoss } from '../../actors/jobMachine.js';
 import { decodeMessage, decodeReply, encodeJson, type Hello } from '../protocol/messages.js';
-import { CtlVerb, ctlSubject, helloSubject } from '../protocol/subjects.js';
+import { CtlVerb, ctlSubject, helloSubject, stageRole } from '../protocol/subjects.js';
 import { deviceOf } from '../schedule/interleaved.js';
 import type { Plan } from '../runtime/plan.js';
 import type { Bus } from '../transport/bus.js';
+import { roleEnv } from '../transport/credentials.js';
 import { countGpus, deviceEnv } from './device.js';
 import type { RunJobOptions } from './runJob.js';
 import { Supervisor, type WorkerExit } from './supervisor.js';
@@ -33,7 +34,18 @@ export class WorkerFleet {
   private bus: Bus | undefined;
 
   constructor(private readonly h: FleetHost) {
-    this.supervisor = new Supervisor((e) => h.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
+    this.supervisor = new Supervisor((e) => h.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
+  }
+
+  /** A worker process is a slot (replica * devices + device): with replicas, named by its replica and ranks. */
+  private workerName(slot: number): string {
+    if (this.h.plan.replicas === 1) return `worker ${slot}`;
+    const ranks = this.ranksOf(slot);
+    return `replica ${Math.floor(slot / this.h.plan.devices)} rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}`;
+  }
+
+  private exitText(e: WorkerExit): string {
+    return `${this.workerName(e.rank)} exited with ${e.signal ?? `code ${e.code}`}`;
   }
 
   /** Whether the driver forks its workers (else they join by hand). */
@@ -55,8 +67,12 @@ export class WorkerFleet {
     return this.hellos[replica] ?? [];
   }
 
-  /** Forks one worker per device of every replica (or prints how to start them), then waits for every rank. */
-  async start(url: string, bus: Bus, failed: Promise<never>): Promise<void> {
+  /**
+   * Forks one worker per device of every replica (or prints how to start them), then waits
+   * for every rank. `credentialsFor` writes a file with the given roles' passwords (for the
+   * workers started by hand; null when the run uses a server it was given).
+   */
+  async start(url: string, bus: Bus, failed: Promise<never>, credentialsFor: ((roles: readonly string[], name: string) => Promise<string>) | null): Promise<void> {
     this.bus = bus;
     const { o, plan } = this.h;
     const k = plan.replicas;
@@ -69,11 +85,18 @@ export class WorkerFleet {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
           const args = ['--nats', url, '--job', plan.job, '--rank', plan.ranksOn(dev).join(','), '--boundaries', boundaries, '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : []), ...(o.verbosity === 'quiet' ? ['-q'] : [])];
           const slot = replica * plan.devices + dev;
-          this.supervisor.spawn(slot, args, deviceEnv(slot, gpus));
+          // The worker's environment holds its own stages' passwords and no other.
+          this.supervisor.spawn(slot, args, { ...deviceEnv(slot, gpus), ...roleEnv(plan.ranksOn(dev).map(stageRole)) });
         }
       }
     } else {
-      this.h.warn(`troupe up: waiting for ${plan.stages * k} workers: troupe worker --nats ${url} --job ${plan.job} --rank <r>${k > 1 ? ' --replica <i> --replicas ' + k : ''} --boundaries ${boundaries} --config ${o.config}`);
+      this.h.warn(`troupe up: waiting for ${plan.stages * k} workers, one per device:`);
+      // Each command names a credentials file with its own stages' passwords only.
+      for (let dev = 0; dev < plan.devices; dev++) {
+        const ranks = plan.ranksOn(dev);
+        const file = credentialsFor ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
+        this.h.warn(`  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`);
+      }
     }
     const perReplica = await Promise.all(plan.replicaJobs.map((j) => waitForWorkers(bus, j, plan.stages, o.readyTimeoutMs ?? 60_000, failed)));
     this.hellos = perReplica;
@@ -174,8 +197,4 @@ export class WorkerFleet {
     if (now) await this.supervisor.killAll();
     else await this.supervisor.stopAll();
   }
-}
-
-function exitText(e: WorkerExit): string {
-  return `worker ${e.rank} exited with ${e.signal ?? `code ${e.code}`}`;
 }

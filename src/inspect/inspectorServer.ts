@@ -16,7 +16,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
 import { decodeMessage, encodeJson } from '../protocol/messages.js';
-import { checkJobId, everyScope, lastToken, scopeOfSubject, whoSubject } from '../protocol/subjects.js';
+import { checkJobId, everyScope, parseSchedSubject, scopeOfSubject, whoSubject, type WatchedFamily } from '../protocol/subjects.js';
 import { ConfigError, TransportError, messageOf } from '../errors.js';
 import { Bus, type BusMessage } from '../transport/bus.js';
 import { credentialsFor } from '../transport/credentials.js';
@@ -105,9 +105,9 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       ask();
     }, Math.max(0, lastAsked + WHO_EVERY_MS - performance.now()));
   };
-  /** Subscribes to `troupe.<job>.<tail>` and to it in every replica's scope. */
-  const every = (tail: string, handler: (m: BusMessage, scope: string) => void) =>
-    everyScope(job, tail).map((subject) =>
+  /** Subscribes to a family of the job's subjects in the job and in every replica's scope. */
+  const every = (family: WatchedFamily, handler: (m: BusMessage, scope: string) => void) =>
+    everyScope(job, family).map((subject) =>
       bus.subscribe(subject, (m) => {
         try {
           handler(m, scopeOfSubject(job, m.subject) ?? job);
@@ -117,7 +117,7 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       }),
     );
   const subs = [
-    ...every('inspect.*', (m, scope) => {
+    ...every('inspect', (m, scope) => {
       const text = dec.decode(m.data);
       const ev = JSON.parse(text) as StatelyEvent;
       if (typeof ev?.type !== 'string' || typeof ev.sessionId !== 'string') return;
@@ -125,18 +125,27 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       push(model.applyInspection(ev, scope));
       if (relay.unknownSeen || model.unknownSeen) askSoon();
     }),
-    ...every('present.*', (m) => {
+    ...every('present', (m) => {
       const p = decodePresence(m.data);
       for (const a of relay.takePresence(p)) toViewers(JSON.stringify(a));
       for (const u of model.applyPresence(p)) push(u);
     }),
-    ...every('sched.*', (m, scope) => {
-      const kind = lastToken(m.subject);
-      if (kind === 'action') push(model.applyAction(decodeMessage('action', m.data), scope));
-      else if (kind === 'error') push(model.applyError(decodeMessage('error', m.data), scope));
-      else if (kind === 'reject') push(model.applyReject(decodeMessage('reject', m.data), scope));
+    ...every('sched', (m, scope) => {
+      // The rank is the subject's, which only that stage may publish on.
+      const from = parseSchedSubject(m.subject);
+      if (!from) return;
+      const { rank, event: kind } = from;
+      if (kind === 'action') push(model.applyAction({ ...decodeMessage('action', m.data), rank }, scope));
+      else if (kind === 'error') push(model.applyError({ ...decodeMessage('error', m.data), rank }, scope));
+      else if (kind === 'reject') {
+        const r = { ...decodeMessage('reject', m.data), rank };
+        push(model.applyReject(r, scope));
+        // A refused INPUT fails its step: the error panel shows it.
+        const failed = InspectorModel.stepFailureOf(r);
+        if (failed) push(model.applyError(failed, scope));
+      }
     }),
-    ...every('stats.*', (m, scope) => push(model.applyStats(decodeMessage('stats', m.data), scope))),
+    ...every('stats', (m, scope) => push(model.applyStats(decodeMessage('stats', m.data), scope))),
   ];
   await bus.flush();
   ask();

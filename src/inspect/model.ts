@@ -1,5 +1,5 @@
 /** What the inspector knows about a job: its actors, the timeline of recent steps, counters, errors. */
-import type { ActionEvent, ErrorEvent, RejectEvent, StatsMessage } from '../protocol/messages.js';
+import { refusalFailsStep, type ActionEvent, type ErrorEvent, type RejectEvent, type StatsMessage } from '../protocol/messages.js';
 import type { Presence, StepShape } from './rollCall.js';
 import type { StatelyActorEvent, StatelyEvent } from './statelyEvents.js';
 
@@ -217,6 +217,12 @@ export class InspectorModel {
     this.rejects = [...this.rejects.slice(-19), r];
     count(this.rejectCounts, scope).live++;
     return { kind: 'reject', reject: r, count: this.rejected };
+  }
+
+  /** The error a refusal is when it fails its step (a refused INPUT, see refusalFailsStep), else null. */
+  static stepFailureOf(r: RejectEvent): ErrorEvent | null {
+    if (!refusalFailsStep(r)) return null;
+    return { rank: r.rank, step: r.step!, key: r.subject.replace(/^frame /, ''), code: r.code, message: `refused INPUT frame: ${r.message}` };
   }
 
   /** Everything, as the updates a page that just opened needs. */

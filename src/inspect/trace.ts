@@ -1,7 +1,7 @@
 /** Chrome trace event export of the pipeline timeline: one complete event per stage action. */
 import { writeAtomically } from '../writeAtomically.js';
 import { decodeMessage, type ActionEvent } from '../protocol/messages.js';
-import { SchedEvent, schedSubject } from '../protocol/subjects.js';
+import { SchedEvent, parseSchedSubject, schedWildcard } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 
 /** One event of the trace event format (the subset Troupe writes). */
@@ -80,9 +80,11 @@ export class TraceRecorder {
   /** Subscribes to the job's action events; resolves once the server has the subscription. */
   static async start(bus: Bus, job: string): Promise<TraceRecorder> {
     const rec = new TraceRecorder(job);
-    rec.sub = bus.subscribe(schedSubject(job, SchedEvent.ACTION), (m) => {
+    rec.sub = bus.subscribe(schedWildcard(job, SchedEvent.ACTION), (m) => {
       try {
-        rec.actions.push(decodeMessage('action', m.data));
+        const from = parseSchedSubject(m.subject);
+        // The rank is the subject's, which only that stage may publish on.
+        if (from) rec.actions.push({ ...decodeMessage('action', m.data), rank: from.rank });
       } catch {
         // malformed events are the scheduler's to count
       }

@@ -7,6 +7,7 @@
  * Troupe-Step: 7             Troupe-Bytes:   101632      (total body bytes, all chunks)
  * Troupe-Mb: 3               Troupe-Chunk:   0/2/65536   (index / count / nominal chunk size)
  * Troupe-Phase: INPUT        Troupe-From:    sched
+ *                            Troupe-Seal:    (a stage's frames) its sender's seal, see seal.ts
  * body: x's bytes, padded to 4, then y's bytes ...; chunk i holds bytes [i*size, (i+1)*size)
  * ```
  */
@@ -29,6 +30,8 @@ export interface Frame {
   readonly key: Key;
   readonly from: string;
   readonly tensors: readonly WireTensor[];
+  /** Its sender's seal (seal.ts), sent as a header; the frames stages send to each other carry one. */
+  readonly seal?: string;
 }
 
 /** One NATS message of a frame. */
@@ -57,6 +60,8 @@ export interface FrameHeader {
   readonly chunk: number;
   readonly chunks: number;
   readonly chunkSize: number;
+  /** The sender's seal, when the frame carries one. */
+  readonly seal?: string;
 }
 
 export const H = {
@@ -70,6 +75,9 @@ export const H = {
   chunk: 'Troupe-Chunk',
 } as const;
 
+/** The optional header of a sealed frame (seal.ts). */
+export const SEAL_HEADER = 'Troupe-Seal';
+
 const NAME = /^[A-Za-z0-9_]{1,64}$/;
 const UINT = /^(0|[1-9][0-9]{0,15})$/;
 
@@ -80,7 +88,8 @@ export function frameByteLength(tensors: readonly TensorSpec[]): number {
   return n;
 }
 
-function specString(tensors: readonly TensorSpec[]): string {
+/** The `Troupe-Tensors` header of these tensors. */
+export function specString(tensors: readonly TensorSpec[]): string {
   return tensors.map((t) => `${t.name}:${t.dtype}:${t.shape.join(',')}`).join(';');
 }
 
@@ -142,6 +151,7 @@ export function encodeFrame(frame: Frame, maxChunkBytes: number): WireMessage[] 
     [H.from]: frame.from,
     [H.tensors]: specString(frame.tensors),
     [H.bytes]: String(total),
+    ...(frame.seal !== undefined ? { [SEAL_HEADER]: frame.seal } : {}),
   };
   const out: WireMessage[] = [];
   for (let i = 0; i < chunks; i++) {
@@ -223,7 +233,8 @@ export function parseHeader(get: HeaderGetter, subjectPhase: string, maxFrameByt
   if (chunks === 1 && chunkSize !== expected) {
     throw new FrameError(`single chunk claims size ${chunkSize} for ${totalBytes} bytes`);
   }
-  return { key, from, tensorsSpec, specs, totalBytes, chunk, chunks, chunkSize };
+  const seal = get(SEAL_HEADER);
+  return { key, from, tensorsSpec, specs, totalBytes, chunk, chunks, chunkSize, ...(seal !== undefined ? { seal } : {}) };
 }
 
 /** Byte length chunk `h.chunk` must have. */
@@ -258,13 +269,18 @@ export function bodyBuffer(bytes: number): Uint8Array {
 /**
  * Decodes a frame carried by one message. The bytes are copied into a buffer of the
  * frame's own: socket buffers may be unaligned, and some backends keep the arrays they get.
+ * `owned` data (a buffer nobody else holds, as the direct path reads a frame into) become the
+ * frame's body as they are when aligned to 8 bytes.
  */
-export function decodeSingle(h: FrameHeader, data: Uint8Array): Frame {
+export function decodeSingle(h: FrameHeader, data: Uint8Array, owned = false): Frame {
   if (h.chunks !== 1) throw new FrameError(`chunk ${h.chunk}/${h.chunks} decoded as a whole frame`);
   if (data.byteLength !== h.totalBytes) {
     throw new FrameError(`${data.byteLength} bytes received, the headers announce ${h.totalBytes}`);
   }
-  const body = bodyBuffer(data.byteLength);
-  body.set(data);
+  let body = data;
+  if (!owned || data.byteOffset % 8 !== 0) {
+    body = bodyBuffer(data.byteLength);
+    body.set(data);
+  }
   return { key: h.key, from: h.from, tensors: tensorsFromBody(h, body) };
 }

@@ -53,16 +53,61 @@ export interface ProbeReply {
 export type Ack = { readonly ok: true } | { readonly ok: false; readonly code: string; readonly message: string };
 
 /** Events the stages publish on `troupe.<job>.sched.<event>`. */
-/** An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its duration. */
-export interface ActionEvent { readonly rank: number; readonly step: number; readonly action: string; readonly t0: number; readonly ms: number }
+/**
+ * An action a stage finished: `t0` is its start in Unix milliseconds (fractional), `ms` its
+ * duration. Where the time went, when the stage knows: `sendAt` (ms after `t0`) is when it
+ * handed its output frame to the bus and `sendMs` how long that took (part of `ms`); `inAt`
+ * (Unix ms) is when the frame the action consumed (INPUT on stage 0's F, else the neighbour's
+ * FORWARD or BACKWARD) was whole at the stage; `hostMs` is the time the stage spent reading
+ * other frames and handling events while the action awaited (part of `ms`, not of `sendMs`).
+ * The scaling bench's breakdown and hop latencies come from them.
+ */
+export interface ActionEvent {
+  readonly rank: number;
+  readonly step: number;
+  readonly action: string;
+  readonly t0: number;
+  readonly ms: number;
+  readonly sendAt?: number;
+  readonly sendMs?: number;
+  readonly inAt?: number;
+  readonly hostMs?: number;
+}
 export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
 export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
 export interface UpdatedEvent { readonly rank: number; readonly step: number }
 export interface ErrorEvent { readonly rank: number; readonly step: number; readonly key: string; readonly code: string; readonly message: string }
-export interface RejectEvent { readonly rank: number; readonly subject: string; readonly code: string; readonly message: string }
+/**
+ * A frame a stage refused. `step`, `microbatch` and `phase` are the frame's key when its
+ * headers could be read (null otherwise): a refused INPUT of the running step fails it.
+ */
+export interface RejectEvent {
+  readonly rank: number;
+  readonly subject: string;
+  readonly code: string;
+  readonly message: string;
+  readonly step: number | null;
+  readonly microbatch: number | null;
+  readonly phase: string | null;
+}
+
+/**
+ * Whether a refusal fails the frame's step: a stage found one of the step's INPUT frames the
+ * wrong tensors for it (SHAPE). Only the driver sends INPUT, so that slot will not be filled.
+ * A duplicate (its slot is filled) or a frame whose key could not be read does not.
+ */
+export function refusalFailsStep(r: Pick<RejectEvent, 'step' | 'phase' | 'code'>): boolean {
+  return r.step !== null && r.phase === 'INPUT' && r.code === 'SHAPE';
+}
 
 /** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */
 export interface StateInfo { readonly step: number; readonly weightNames: readonly string[]; readonly optimizerNames: readonly string[] }
+
+/** A stage's answer to `key`: its seal key (base64), which it made itself (seal.ts). */
+export interface KeyReply { readonly key: string }
+
+/** Body of `ctl.<rank>.peers`: the seal keys (base64) of the stages before and after it, '' where there is none. */
+export interface PeerKeys { readonly prev: string; readonly next: string }
 
 /** A stage's answer to `ping`. */
 export interface Hello { readonly rank: number; readonly stages: number; readonly pid: number; readonly host: string; readonly backend: string; readonly device: string }
@@ -85,14 +130,19 @@ export interface StatsMessage {
   readonly bytesOut: number;
   /** Highest number of microbatches held for a backward in any step. */
   readonly peakHeld: number;
-  /** Frames refused on arrival. */
+  /** Frames refused on arrival: dropped, harmless (a step's frames are taken once, from their sender only). */
   readonly rejected: number;
+  /** Frames that came with other bytes for a slot whose frame the stage held: neither was used, and the step failed. */
+  readonly conflicts: number;
   /** Tensors alive in the stage's process (tf.memory().numTensors). */
   readonly tensors: number;
   /** Milliseconds the stage machine took to handle the host's events: frames, action ends, plans, updates. */
   readonly machineMs: number;
   /** Milliseconds judging and assembling received frames outside the machine (headers, chunks; not the NATS client's parsing). */
   readonly framesMs: number;
+  /** Of bytesIn and bytesOut, those that went over direct links between stages rather than NATS (absent when the path is off). */
+  readonly directBytesIn?: number;
+  readonly directBytesOut?: number;
 }
 
 const enc = new TextEncoder();
@@ -103,19 +153,25 @@ export function encodeJson(v: unknown): Uint8Array {
   return enc.encode(JSON.stringify(v));
 }
 
-type Shape = Record<string, 'number' | 'string' | 'boolean' | 'number|null' | 'string[]'>;
+/** Field types; `number?` may also be absent. */
+type Shape = Record<string, 'number' | 'number?' | 'string' | 'boolean' | 'number|null' | 'string|null' | 'string[]'>;
 
 function check<T>(what: string, v: unknown, shape: Shape): T {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FrameError(`${what}: not a JSON object`);
   const o = v as Record<string, unknown>;
   for (const [k, t] of Object.entries(shape)) {
     const x = o[k];
+    if (t === 'number?' && x === undefined) continue;
     const ok =
       t === 'string[]'
         ? Array.isArray(x) && x.every((e) => typeof e === 'string')
         : t === 'number|null'
           ? x === null || (typeof x === 'number' && Number.isFinite(x))
-          : typeof x === t && (t !== 'number' || Number.isFinite(x));
+          : t === 'string|null'
+            ? x === null || typeof x === 'string'
+          : t === 'number?'
+            ? typeof x === 'number' && Number.isFinite(x)
+            : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
   // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
@@ -133,18 +189,20 @@ function parse(what: string, data: Uint8Array): unknown {
 
 const SHAPES = {
   plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number' },
+  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?', hostMs: 'number?' },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
   error: { rank: 'number', step: 'number', key: 'string', code: 'string', message: 'string' },
-  reject: { rank: 'number', subject: 'string', code: 'string', message: 'string' },
+  reject: { rank: 'number', subject: 'string', code: 'string', message: 'string', step: 'number|null', microbatch: 'number|null', phase: 'string|null' },
   state: { step: 'number', weightNames: 'string[]', optimizerNames: 'string[]' },
   hello: { rank: 'number', stages: 'number', pid: 'number', host: 'string', backend: 'string', device: 'string' },
   probe: { rank: 'number', step: 'number', state: 'string', action: 'string', awaiting: 'string[]' },
   abort: { step: 'number' },
   stop: { job: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number' },
+  key: { key: 'string' },
+  peers: { prev: 'string', next: 'string' },
+  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', conflicts: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */
@@ -164,6 +222,8 @@ export interface MessageTypes {
   abort: { readonly step: number };
   /** Body of `ctl.<rank>.stop`: the job, so that a stray message stops nothing. */
   stop: { readonly job: string };
+  key: KeyReply;
+  peers: PeerKeys;
 }
 
 /** Parses and validates a JSON message of kind `kind`, throwing a FrameError naming the bad field. */

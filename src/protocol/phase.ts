@@ -1,9 +1,10 @@
-/** The four phases of a pipeline message. */
+/** The kinds of frames: the four phases of a pipeline message, and a stage's state. */
 
 /**
  * Phases of pipeline messages: INPUT (data and labels from the scheduler), FORWARD
  * (activations to the next stage), BACKWARD (gradients to the previous stage) and UPDATE
- * (apply accumulated gradients and reset).
+ * (apply accumulated gradients and reset). STATE is no phase of a step: the frame of a
+ * stage's weights and optimizer state (loads, dumps, checkpoints).
  *
  * @example
  * if (key.phase === Phase.FORWARD) { ... }
@@ -13,6 +14,7 @@ export const Phase = {
   FORWARD: 'FORWARD',
   BACKWARD: 'BACKWARD',
   UPDATE: 'UPDATE',
+  STATE: 'STATE',
 } as const;
 export type Phase = (typeof Phase)[keyof typeof Phase];
 

@@ -33,12 +33,13 @@ export class Reassembler {
     return this.partial.size;
   }
 
-  accept(h: FrameHeader, data: Uint8Array): Frame | null {
+  /** `owned`: the data are a buffer of their own (see decodeSingle), which a whole frame in one message keeps. */
+  accept(h: FrameHeader, data: Uint8Array, owned = false): Frame | null {
     const len = chunkLength(h);
     if (data.byteLength !== len) {
       throw new FrameError(`chunk ${h.chunk}/${h.chunks} of ${formatKey(h.key)} has ${data.byteLength} bytes, expected ${len}`);
     }
-    if (h.chunks === 1) return decodeSingle(h, data);
+    if (h.chunks === 1) return decodeSingle(h, data, owned);
     const name = formatKey(h.key);
     // Keyed by sender too: two stages may send frames of the same key at once (state dumps).
     const id = `${name} from ${h.from}`;

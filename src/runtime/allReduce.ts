@@ -6,16 +6,12 @@
  * same bits and applies the same update.
  */
 import { StateError, StepTimeoutError, UnexpectedFrameError } from '../errors.js';
-import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
+import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
-import { Reassembler } from '../protocol/reassembler.js';
-import { checkJobId } from '../protocol/subjects.js';
+import { allReduceSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
 
-export function allReduceSubject(group: string, rank: number): string {
-  return `troupe.${checkJobId(group)}.allreduce.${rank}`;
-}
 
 export interface AllReduceOptions {
   readonly bus: Bus;
@@ -26,26 +22,27 @@ export interface AllReduceOptions {
   readonly replicas: number;
   /** Milliseconds to wait for every replica's gradients (default 120 s). */
   readonly timeoutMs?: number;
+  /** Largest gradients frame taken, in bytes (default 4 GiB). */
+  readonly maxFrameBytes?: number;
 }
 
 export class AllReduce {
   private readonly got = new Map<number, Map<number, Frame>>();
   private readonly waiting = new Map<number, Deferred<void>>();
-  private readonly reassembler: Reassembler;
   private readonly sub: { drain(): Promise<void> };
+  /** Frames refused (malformed, foreign, oversize): not ones of ours. */
+  refused = 0;
 
   private constructor(private readonly o: AllReduceOptions) {
-    // Every replica's gradients of a step arrive together (and a fast replica's of the next): room for all.
-    this.reassembler = new Reassembler(Math.max(64, 4 * o.replicas), 16 * 1024 * 1024 * 1024);
-    this.sub = o.bus.subscribe(allReduceSubject(o.group, o.rank), (m) => {
-      try {
-        const h = parseHeader(m.header, Phase.UPDATE, Number.MAX_SAFE_INTEGER);
-        if (h.key.job !== o.group) throw new UnexpectedFrameError(`gradients of job ${h.key.job}, not ${o.group}`);
-        const f = this.reassembler.accept(h, m.data);
-        if (f) this.take(f);
-      } catch {
-        // A malformed or foreign frame: not one of ours.
-      }
+    this.sub = o.bus.subscribeFrames(allReduceSubject(o.group, o.rank), {
+      maxBytes: o.maxFrameBytes ?? 4 * 1024 * 1024 * 1024,
+      phase: Phase.UPDATE,
+      // Every replica's gradients of a step arrive together (and a fast replica's of the next): room for all.
+      maxPartial: Math.max(64, 4 * o.replicas),
+      maxPendingBytes: 16 * 1024 * 1024 * 1024,
+      admit: (h) => (h.key.job !== o.group ? new UnexpectedFrameError(`gradients of job ${h.key.job}, not ${o.group}`) : null),
+      onFrame: (f) => this.take(f),
+      onRefuse: () => this.refused++,
     });
   }
 
@@ -68,6 +65,7 @@ export class AllReduce {
   /** The sum over every replica of `grads` (this replica's), for step `step`. */
   async reduce(step: number, grads: readonly WireTensor[]): Promise<WireTensor[]> {
     const d = deferred<void>();
+    d.promise.catch(() => {}); // a cancel while publishing is seen in the race below
     this.waiting.set(step, d);
     await this.o.bus.publishFrame(allReduceSubject(this.o.group, this.o.rank), { key: { job: this.o.group, step, microbatch: this.o.replica, phase: Phase.UPDATE }, from: `replica.${this.o.replica}`, tensors: [...grads] });
     if ((this.got.get(step)?.size ?? 0) === this.o.replicas) d.resolve();
@@ -97,6 +95,17 @@ export class AllReduce {
       }
       return { name: g.name, dtype: 'float32' as const, shape: g.shape, data: sum };
     });
+  }
+
+  /**
+   * Gives up waiting for step `step` (it was aborted: a replica failed and will send no
+   * gradients): its `reduce` rejects and what arrived of the step is dropped. A reduce that
+   * already has every replica's gradients is not taken back.
+   */
+  cancel(step: number): void {
+    if ((this.got.get(step)?.size ?? 0) === this.o.replicas) return;
+    this.waiting.get(step)?.reject(new StateError(`stage ${this.o.rank}: the all-reduce of step ${step} was cancelled (the step was aborted)`));
+    this.got.delete(step);
   }
 
   async close(): Promise<void> {

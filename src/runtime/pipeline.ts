@@ -20,6 +20,7 @@ import { Bus, type BusOptions } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
+import { labelRuleOf } from './stepTensors.js';
 import { StageHost, type StageActor, type StageStats } from './stageHost.js';
 
 /** Options of `createPipeline`. */
@@ -249,7 +250,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
           schedule,
           ...(placed.devices ? { devices: placed.devices } : {}),
           microbatches: m,
-          inputs: partitions[0]!.inputs.length,
+          tensors: { inputs: partitions[0]!.inputs, outputs: partitions[p - 1]!.outputs, labels: labelRuleOf(o.loss) },
           hasMetric: metric !== null,
           stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
           ...(o.feed ? { feed: o.feed } : {}),
@@ -263,7 +264,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   let closed = false;
   const accumulate = o.accumulate ?? 1;
   let accumulated = 0;
-  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[] | null, forwardOnly: boolean, extra: StepExtra = {}): Promise<StepResult> => {
+  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[] | null, forwardOnly: boolean, extra: StepExtra = {}, accepted?: () => StepExtra): Promise<StepResult> => {
     if (closed) throw new StateError(`pipeline ${job} is closed`);
     // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all
     // (and, accumulating, over the `accumulate` batches that make one update).
@@ -292,7 +293,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     const xw = ok.slice(0, xl.length);
     const yw = ok.slice(xl.length);
     try {
-      return await runReplicas(runners, xw, yw, forwardOnly, extra, forwardOnly ? 1 : accumulate);
+      return await runReplicas(runners, xw, yw, forwardOnly, extra, forwardOnly ? 1 : accumulate, accepted);
     } finally {
       releaseDevice([...xw, ...yw]);
     }
@@ -309,11 +310,13 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     schedule,
     ...(placed.devices ? { devices: placed.devices } : {}),
     partitions,
-    trainStep: (x, y) => {
-      // Gradient accumulation: the update comes with every `accumulate`-th step.
-      accumulated = (accumulated % accumulate) + 1;
-      return run(x, y, false, { update: accumulated === accumulate });
-    },
+    // Gradient accumulation: the update comes with every `accumulate`-th step the pipeline
+    // accepts (counted as it starts, so a refused call does not shift the cycle).
+    trainStep: (x, y) =>
+      run(x, y, false, {}, () => {
+        accumulated = (accumulated % accumulate) + 1;
+        return { update: accumulated === accumulate };
+      }),
     evaluate: (x, y) => run(x, y, true),
     predict: async (x) => {
       const r = await run(x, null, true, { predict: true });

@@ -1,12 +1,13 @@
 /** Binds the scheduler actor to NATS: step plans and INPUT frames out, stage events in. */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { freesForFeed, schedulerMachine, type SchedulerEvent, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
-import { FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
-import { encodeKeyOnly, parseHeader, type Frame } from '../protocol/frame.js';
-import { Reassembler } from '../protocol/reassembler.js';
+import { freesForFeed, schedulerMachine, type RefusedFrame, type SchedulerEvent, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import { ForgedFrameError, FrameError, StageError, StateError, StepTimeoutError, TransportError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
+import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
+import { checkSeal, parseSealKey, sealKeyText } from '../protocol/seal.js';
+import type { FrameSubscription } from '../transport/subscribeFrames.js';
 import { decodeAck, decodeMessage, decodeReply, encodeJson, type ErrorEvent, type ProbeReply, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { CtlVerb, SchedEvent, ctlSubject, lastToken, outputSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import { CtlVerb, SchedEvent, ctlSubject, outputSubject, parseSchedSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
 import { ActorInspector, actorSessionId } from '../inspect/actorInspector.js';
 import { RollCall, type StepShape } from '../inspect/rollCall.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
@@ -20,6 +21,8 @@ export interface SchedulerHostOptions {
   readonly stages: number;
   /** Milliseconds a control request may wait for its ack (default 10 s). */
   readonly requestTimeoutMs?: number;
+  /** Largest output frame of a prediction taken, in bytes (default 256 MiB). */
+  readonly maxFrameBytes?: number;
   /**
    * Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off).
    * With or without, the host answers an inspector's `who` with the step's shape and the
@@ -64,8 +67,10 @@ interface Queued {
   begun?: Promise<number>;
 }
 
-/** Scheduler events that belong to a step (a REJECT names none). */
-type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }>;
+/** Scheduler events that belong to a step (a REJECT with its frame's key does too). */
+type StepEvent = Exclude<SchedulerEvent, { type: 'START' | 'REJECT' }> | { type: 'REJECT'; rank: number; refused: RefusedFrame };
+
+const stepOf = (e: StepEvent): number => (e.type === 'REJECT' ? e.refused.step : e.step);
 
 /** A step's outcome, and whether it began early (plans and first inputs sent while the previous step ran). */
 export interface RunOutcome extends StepOutcome {
@@ -133,6 +138,7 @@ export class SchedulerHost {
             this.beginEarly();
             return fed;
           }
+          await this.seal(timeout);
           await this.requestAll(CtlVerb.STEP, (r) => encodeJson(w.plan(r)), timeout);
           // Every stage has this step's plan: the next one's may follow.
           this.planned = input.step;
@@ -157,6 +163,8 @@ export class SchedulerHost {
         rejectStep: (_, { step, failure }) => {
           // A stage's own error was kept as it came; a failure of the scheduler's (timeout, silence, transport) is kept here.
           if (!this.lastErrors.some((e) => e.step === step && e.key === failure.key && e.code === failure.code)) this.keepError({ step, ...failure });
+          // A stage may have been replaced (a restarted worker makes a new key): asked again before the next step.
+          this.keys = null;
           this.pending?.reject(errorOf(failure));
         },
       },
@@ -169,20 +177,22 @@ export class SchedulerHost {
       ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });
     this.sub = o.bus.subscribe(schedWildcard(o.job), (m) => this.onEvent(m));
-    // A prediction's outputs: the last stage's frames, kept by step and microbatch until taken.
-    this.outputSub = o.bus.subscribe(outputSubject(o.job), (m) => {
-      try {
-        const h = parseHeader(m.header, Phase.FORWARD, Number.MAX_SAFE_INTEGER);
-        if (h.key.job !== o.job) throw new UnexpectedFrameError(`output of job ${h.key.job}`);
-        const f = this.outputAssembly.accept(h, m.data);
-        if (f) {
-          const byMb = this.outputFrames.get(f.key.step) ?? new Map<number, Frame>();
-          byMb.set(f.key.microbatch, f);
-          this.outputFrames.set(f.key.step, byMb);
-        }
-      } catch {
-        this.malformedEvents++;
-      }
+    // A prediction's outputs: the last stage's frames (sealed by it), kept by step and microbatch until taken.
+    this.outputSub = o.bus.subscribeFrames(outputSubject(o.job), {
+      maxBytes: o.maxFrameBytes ?? 256 * 1024 * 1024,
+      phase: Phase.FORWARD,
+      admit: (h, m) => {
+        if (h.key.job !== o.job) return new UnexpectedFrameError(`output of job ${h.key.job}`);
+        const key = this.keys?.[o.stages - 1];
+        if (!key || !checkSeal(h, m.subject, key)) return new ForgedFrameError(`output ${h.key.step}/${h.key.microbatch} does not carry the last stage's seal`);
+        return null;
+      },
+      onFrame: (f) => {
+        const byMb = this.outputFrames.get(f.key.step) ?? new Map<number, Frame>();
+        byMb.set(f.key.microbatch, f);
+        this.outputFrames.set(f.key.step, byMb);
+      },
+      onRefuse: () => this.malformedEvents++,
     });
   }
 
@@ -209,6 +219,39 @@ export class SchedulerHost {
     this.firstError ??= e;
     this.lastErrors.push(e);
     if (this.lastErrors.length > 20) this.lastErrors.shift();
+  }
+
+  /**
+   * Every stage's seal key, asked of each (the reply comes to this connection alone), and
+   * each stage told its neighbours' keys: done before the first step, and again after a
+   * failed step (a worker may have been replaced and made a new key).
+   */
+  private async seal(timeoutMs: number): Promise<void> {
+    if (this.keys) return;
+    const ranks = Array.from({ length: this.o.stages }, (_, r) => r);
+    const keys = await Promise.all(
+      ranks.map(async (r) => {
+        const subject = ctlSubject(this.o.job, r, CtlVerb.KEY);
+        try {
+          return parseSealKey(decodeReply('key', await this.o.bus.request(subject, encodeJson({}), timeoutMs)).key);
+        } catch (cause) {
+          throw new TransportError(`stage ${r} gave no seal key: ${messageOf(cause)}`, { cause });
+        }
+      }),
+    );
+    const text = (r: number) => (r >= 0 && r < keys.length ? sealKeyText(keys[r]!) : '');
+    await this.requestAll(CtlVerb.PEERS, (r) => encodeJson({ prev: text(r - 1), next: text(r + 1) }), timeoutMs);
+    this.keys = keys;
+  }
+
+  /** The stages' seal keys (by rank) as last asked; null before the first step and after a failed one. */
+  sealKeys(): readonly Uint8Array[] | null {
+    return this.keys;
+  }
+
+  /** Forgets the stages' seal keys: the next step asks them again (call it when a stage was replaced). */
+  reseal(): void {
+    this.keys = null;
   }
 
   private async requestAll(verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number, skip: ReadonlySet<number> = new Set()): Promise<void> {
@@ -264,28 +307,42 @@ export class SchedulerHost {
 
   private onEvent(m: BusMessage): void {
     try {
-      switch (lastToken(m.subject)) {
+      // The sender is the subject's rank, which only that stage's user may publish on; a body
+      // naming another rank is refused.
+      const from = parseSchedSubject(m.subject);
+      if (!from || from.rank >= this.o.stages) throw new FrameError(`unknown scheduler event subject ${m.subject}`);
+      const { rank } = from;
+      const mine = <T extends { rank: number }>(e: T): T => {
+        if (e.rank !== rank) throw new FrameError(`${m.subject}: the event names stage ${e.rank}, the subject stage ${rank}`);
+        return e;
+      };
+      switch (from.event) {
         case SchedEvent.ACTION: {
-          const e = decodeMessage('action', m.data);
-          return this.deliver({ type: 'ACTION', rank: e.rank, step: e.step, action: e.action });
+          const e = mine(decodeMessage('action', m.data));
+          return this.deliver({ type: 'ACTION', rank, step: e.step, action: e.action });
         }
         case SchedEvent.LOSS:
+          // A loss comes from the last stage.
+          if (rank !== this.o.stages - 1) throw new FrameError(`${m.subject}: a loss from stage ${rank}, not the last`);
           return this.deliver({ type: 'LOSS', ...decodeMessage('loss', m.data) });
         case SchedEvent.DONE:
-          return this.deliver({ type: 'DONE', ...decodeMessage('done', m.data) });
+          return this.deliver({ type: 'DONE', ...mine(decodeMessage('done', m.data)) });
         case SchedEvent.UPDATED:
-          return this.deliver({ type: 'UPDATED', ...decodeMessage('updated', m.data) });
+          return this.deliver({ type: 'UPDATED', ...mine(decodeMessage('updated', m.data)) });
         case SchedEvent.ERROR: {
-          const e = decodeMessage('error', m.data);
+          const e = mine(decodeMessage('error', m.data));
           this.keepError(e);
-          return this.deliver({ type: 'STAGE_ERROR', rank: e.rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
+          return this.deliver({ type: 'STAGE_ERROR', rank, step: e.step, failure: { key: e.key, code: e.code, message: e.message } });
         }
         case SchedEvent.REJECT: {
-          const e = decodeMessage('reject', m.data);
+          const e = mine(decodeMessage('reject', m.data));
           this.lastRejects.push(e);
           if (this.lastRejects.length > 100) this.lastRejects.shift();
           this.rejects++;
-          return this.fromStage(e.rank, () => this.actor.send({ type: 'REJECT', rank: e.rank }));
+          if (e.step === null || e.phase === null) return this.fromStage(rank, () => this.actor.send({ type: 'REJECT', rank }));
+          // With its key, the machine judges it (a refused INPUT fails its step); one of a begun step waits for it.
+          const key = `${this.o.job}/${e.step}/${e.microbatch ?? '?'}/${e.phase}`;
+          return this.deliver({ type: 'REJECT', rank, refused: { step: e.step, phase: e.phase, key, code: e.code, message: e.message } });
         }
         default:
           throw new FrameError(`unknown scheduler event subject ${m.subject}`);
@@ -298,7 +355,7 @@ export class SchedulerHost {
   /** Hands a stage event to the actor; one of a step that began early but has not started yet waits for it. */
   private deliver(e: StepEvent): void {
     const head = this.queue[0];
-    if (head?.begun && e.step === head.work.step && e.step !== this.work?.step) {
+    if (head?.begun && stepOf(e) === head.work.step && stepOf(e) !== this.work?.step) {
       this.early.push(e);
       return;
     }
@@ -359,8 +416,8 @@ export class SchedulerHost {
     if (changed) this.rollCall?.announce();
     this.actor.send({ type: 'START', req });
     // Events of this step that came while the previous one finished.
-    const early = this.early.filter((e) => e.step === work.step);
-    this.early = this.early.filter((e) => e.step > work.step);
+    const early = this.early.filter((e) => stepOf(e) === work.step);
+    this.early = this.early.filter((e) => stepOf(e) > work.step);
     for (const e of early) this.deliver(e);
     const watchdog = this.watch(work.step);
     let failed: unknown;
@@ -370,7 +427,7 @@ export class SchedulerHost {
       failed = err;
       // A failed prediction's outputs will not be taken: they go.
       for (const s of [...this.outputFrames.keys()]) if (s <= work.step) this.outputFrames.delete(s);
-      this.outputAssembly.keepOnly(work.step + 1);
+      this.outputSub.keepOnly(work.step + 1);
       throw err;
     } finally {
       watchdog.stop();
@@ -474,8 +531,9 @@ export class SchedulerHost {
     };
   }
 
-  private readonly outputSub: { drain(): Promise<void> };
-  private readonly outputAssembly = new Reassembler();
+  private readonly outputSub: FrameSubscription;
+  /** Every stage's seal key by rank, once asked (seal); null until then and after a failed step. */
+  private keys: Uint8Array[] | null = null;
   private readonly outputFrames = new Map<number, Map<number, Frame>>();
 
   /** The output frames of predict step `step`, in microbatch order (and forgets them). */
@@ -540,6 +598,39 @@ export class SchedulerHost {
     const s = this.actor.getSnapshot();
     if (s.matches('idle') || !s.context.req) return;
     this.actor.send({ type: 'STAGE_ERROR', rank, step: s.context.req.step, failure: { key: `rank ${rank}`, code, message } });
+  }
+
+  /**
+   * Fails step `step` from outside (data-parallel replicas: another replica's step failed, so
+   * this one cannot reach its all-reduce) and resolves once every stage has left it. Running,
+   * it is aborted on every stage, also while its stages wait in the all-reduce (the machine
+   * aborts nothing in `updating`; with replicas no stage can have applied an update that
+   * another replica never sent gradients for). Queued, it is dropped (aborted on the stages
+   * that began it) and rejects unrun. Over, or never called: nothing.
+   */
+  async cancel(step: number, code: string, message: string): Promise<void> {
+    const queued = [this.queue, this.afterSettling].flatMap((list) => list.filter((q) => q.work.step === step).map((q) => ({ list, q })));
+    for (const { list, q } of queued) {
+      list.splice(list.indexOf(q), 1);
+      this.early = this.early.filter((e) => stepOf(e) !== step);
+      if (q.begun) {
+        await q.begun.catch(() => {});
+        await this.abortStages(step);
+      }
+      q.pending.reject(new StateError(`step ${step} was not run: ${message}`));
+    }
+    if (queued.length > 0) return;
+    const s = this.actor.getSnapshot();
+    if (s.matches('idle') || s.context.req?.step !== step) return;
+    const updating = s.matches({ active: 'updating' });
+    this.actor.send({ type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step}`, code, message } });
+    if (updating) await this.abortStages(step);
+    await this.idle();
+  }
+
+  /** Asks every stage to abort step `step` (a stage past it refuses, one idle in it has nothing to do); refusals are ignored. */
+  async abortStages(step: number): Promise<void> {
+    await this.requestAll(CtlVerb.ABORT, () => encodeJson({ step }), this.o.requestTimeoutMs ?? 10_000).catch(() => {});
   }
 
   /** Resolves once no step is running (an aborted step has finished aborting). */

@@ -4,18 +4,18 @@ import * as tf from '@tensorflow/tfjs';
 import { createActor, waitFor, type Actor } from 'xstate';
 import { admitStep, splitInput } from '../../actors/admitFrame.js';
 import { actionRunner, missing, stageMachine, updateRunner, type ExecuteInput, type StageEvent } from '../../actors/stageMachine.js';
-import { FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
+import { ForgedFrameError, FrameError, StaleStepError, StateError, TroupeError, UnexpectedFrameError, messageOf } from '../errors.js';
 import type { StageCompute, ActionResult } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
 import { exportStageState, importStageState } from '../compute/stageState.js';
 import { releaseDevice } from '../compute/wire.js';
 import { ActorInspector, actorSessionId, senderActor } from '../inspect/actorInspector.js';
 import { RollCall } from '../inspect/rollCall.js';
-import { parseHeader, type Frame, type WireTensor } from '../protocol/frame.js';
-import { formatKey } from '../protocol/key.js';
-import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type ProbeReply, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
+import type { Frame, FrameHeader, WireTensor } from '../protocol/frame.js';
+import { formatKey, type Key } from '../protocol/key.js';
+import { appliesUpdate, decodeMessage, encodeJson, type Ack, type Hello, type KeyReply, type ProbeReply, type RejectEvent, type StateInfo, type StatsMessage, type StepPlan } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { Reassembler } from '../protocol/reassembler.js';
+import { checkSeal, newSealKey, parseSealKey, sealFrame, sealKeyText } from '../protocol/seal.js';
 import {
   CtlVerb,
   SchedEvent,
@@ -25,6 +25,7 @@ import {
   outputSubject,
   schedSubject,
   snapshotSubject,
+  stageSubject,
   stageWildcard,
   stateSubject,
   statsSubject,
@@ -37,6 +38,7 @@ import { isLocalStage, registerLocalStage, sendFrame } from './localStages.js';
 import { STATE_SENDER } from './stageStates.js';
 import { microbatchSizes } from '../schedule/microbatch.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
+import type { FrameSubscription } from '../transport/subscribeFrames.js';
 
 /** Longest a finished action's event is held back (see `StageHost.hold`). */
 const HOLD_MS = 50;
@@ -47,7 +49,7 @@ export interface StageHostOptions {
   readonly job: string;
   readonly partition: StagePartition;
   readonly compute: StageCompute;
-  /** Largest frame accepted, in bytes (default 256 MiB). */
+  /** Largest frame accepted, in bytes (default 256 MiB), state frames included. */
   readonly maxFrameBytes?: number;
   /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
   readonly abortTimeoutMs?: number;
@@ -86,8 +88,18 @@ export type StageActor = Actor<typeof stageMachine>;
  */
 export class StageHost {
   readonly actor: StageActor;
-  private readonly reassembler = new Reassembler();
+  /** The frames of steps (and UPDATE), and the state frames, as they come off the bus. */
+  private readonly frames: FrameSubscription;
+  private readonly states: FrameSubscription;
   private readonly subs: { drain(): Promise<void> }[] = [];
+  /**
+   * The key this stage seals its frames with: made here, told only to the driver (in the
+   * reply to `key`), which tells the neighbours. Another connection of this stage's user
+   * cannot seal.
+   */
+  private readonly sealKey = newSealKey();
+  /** The seal keys of the stages before and after this one (from `peers`); their frames are taken only with them. */
+  private peerKeys: { prev: Uint8Array | null; next: Uint8Array | null } = { prev: null, next: null };
   private busyMs = 0;
   private idleMs = 0;
   /** Time in the stage machine's handling of events, and in reading frames outside it (stats). */
@@ -109,8 +121,12 @@ export class StageHost {
   private peakHeld = 0;
   /** Index of the action `execute` was last given in this step (the one computing, within a run); -1: none yet. */
   private executing = -1;
-  /** Frames refused before they reached the actor (bad headers, chunks). */
+  /** Frames refused before they reached the actor (bad headers, chunks, seals). */
   private refusedOnArrival = 0;
+  /** When each frame was whole at this stage (Unix ms), for its action's event (`inAt`). */
+  private readonly arrivedAt = new WeakMap<Frame, number>();
+  /** Frames that conflicted with the one held for their slot (each failed its step). */
+  private conflicts = 0;
   private readonly from: string;
   private readonly offStatus: () => void;
   /** Frames handed over in this process whose device tensors may still be unclaimed (freed when dropped). */
@@ -128,7 +144,12 @@ export class StageHost {
         startUpdate: updateRunner((step) => this.applyUpdate(step)),
         reportReject: (_, { error, frame }) => {
           releaseDevice(frame.tensors);
-          this.reject(`frame ${formatKey(frame.key)}`, error);
+          this.reject(`frame ${formatKey(frame.key)}`, error, frame.key);
+        },
+        reportConflict: (_, { step, error, frames }) => {
+          for (const f of frames) releaseDevice(f.tensors);
+          this.conflicts++;
+          this.emit(SchedEvent.ERROR, { rank: part.rank, step, key: formatKey(frames[1].key), code: error.code, message: error.message });
         },
         reportDone: (_, { step, peakHeld }) => {
           this.peakHeld = Math.max(this.peakHeld, peakHeld);
@@ -165,9 +186,35 @@ export class StageHost {
       if (snap.matches('idle') || snap.status !== 'active') return;
       this.emit(SchedEvent.ERROR, { rank: part.rank, step: snap.context.step, key: `${job}/${snap.context.step}/reconnect`, code: 'NATS_RECONNECT', message: `stage ${part.rank} lost its NATS connection during step ${snap.context.step}; frames in flight may be lost` });
     });
-    this.subs.push(bus.subscribe(stageWildcard(job, part.rank), (m) => this.onFrame(m)));
+    const maxBytes = o.maxFrameBytes ?? 256 * 1024 * 1024;
+    const refuse = (subject: string, err: TroupeError, key?: Key) => {
+      this.refusedOnArrival++;
+      this.reject(subject, err, key);
+    };
+    this.frames = bus.subscribeFrames(stageWildcard(job, part.rank), {
+      maxBytes,
+      admit: (h, m) => this.admitChunk(h, m),
+      onFrame: (frame) => {
+        if (frame.key.phase === Phase.UPDATE) return this.onUpdate(frame.key.job, frame.key.step);
+        this.arrivedAt.set(frame, performance.timeOrigin + performance.now());
+        this.send({ type: 'FRAME', frame }, senderActor(frame.from));
+      },
+      onRefuse: refuse,
+      around: (handle) => this.timedFrames(handle),
+    });
+    this.states = bus.subscribeFrames(stateSubject(job, part.rank), {
+      maxBytes,
+      phase: Phase.STATE,
+      admit: (h) => {
+        if (h.key.job !== job) return new UnexpectedFrameError(`state for job ${h.key.job}, not ${job}`);
+        if (h.from !== STATE_SENDER) return new UnexpectedFrameError(`state frame from "${h.from}": only the ${STATE_SENDER} sends states`);
+        return null;
+      },
+      onFrame: (frame) => (this.pendingState = frame),
+      onRefuse: refuse,
+    });
+    this.subs.push(this.frames, this.states);
     this.subs.push(bus.subscribe(ctlWildcard(job, part.rank), (m) => void this.onCtl(m)));
-    this.subs.push(bus.subscribe(stateSubject(job, part.rank), (m) => this.onState(m)));
   }
 
   /** Starts the actor and its subscriptions; resolves once the stage is idle and subscribed. */
@@ -189,6 +236,7 @@ export class StageHost {
 
   /** The stage's counters. */
   stats(): StageStats {
+    const direct = this.o.bus.directCounters;
     return {
       rank: this.rank,
       step: this.actor.getSnapshot().context.step,
@@ -201,9 +249,11 @@ export class StageHost {
       bytesOut: this.o.bus.bytesOut,
       peakHeld: this.peakHeld,
       rejected: this.actor.getSnapshot().context.rejected + this.refusedOnArrival,
+      conflicts: this.conflicts,
       tensors: tf.memory().numTensors,
       machineMs: this.machineMs,
       framesMs: this.framesMs,
+      ...(direct ? { directBytesIn: direct.bytesIn, directBytesOut: direct.bytesOut } : {}),
     };
   }
 
@@ -235,35 +285,48 @@ export class StageHost {
   }
 
   private publishEvent(event: SchedEvent, data: Uint8Array): void {
-    this.o.bus.publish(schedSubject(this.o.job, event), data).catch((err: unknown) => {
+    this.o.bus.publish(schedSubject(this.o.job, this.rank, event), data).catch((err: unknown) => {
       process.stderr.write(`troupe: stage ${this.rank} could not publish ${event}: ${messageOf(err)}\n`);
     });
   }
 
-  private reject(what: string, err: unknown): void {
+  /** Tells the scheduler of a refused frame; `key` when its headers were read (a refused INPUT of the running step fails it). */
+  private reject(what: string, err: unknown, key?: Key): void {
     const e = err instanceof TroupeError ? err : new FrameError(messageOf(err), { cause: err });
-    this.emit(SchedEvent.REJECT, { rank: this.rank, subject: what, code: e.code, message: e.message });
+    const body: RejectEvent = { rank: this.rank, subject: what, code: e.code, message: e.message, step: key?.step ?? null, microbatch: key?.microbatch ?? null, phase: key?.phase ?? null };
+    this.emit(SchedEvent.REJECT, body);
   }
 
-  private onFrame(m: BusMessage): void {
+  /**
+   * Judges a chunk by its headers, before its bytes are assembled: a chunk of another step or
+   * job allocates nothing, and a neighbour's frame must carry that neighbour's seal (the
+   * subject says which neighbour: FORWARD comes from the stage before, BACKWARD from the one
+   * after; the header's sender is not trusted). UPDATE is judged once whole (onUpdate).
+   */
+  private admitChunk(h: FrameHeader, m: BusMessage): TroupeError | null {
+    if (h.key.phase === Phase.UPDATE) return null;
+    const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
+    if (wrongStep) return wrongStep;
+    if (h.key.phase !== Phase.FORWARD && h.key.phase !== Phase.BACKWARD) return null;
+    const peer = h.key.phase === Phase.FORWARD ? this.rank - 1 : this.rank + 1;
+    const key = h.key.phase === Phase.FORWARD ? this.peerKeys.prev : this.peerKeys.next;
+    if (!key) return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: stage ${this.rank} holds no seal key of stage ${peer}, so takes no frame from it`);
+    if (!checkSeal(h, m.subject, key)) return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: ${h.seal === undefined ? 'no seal' : 'its seal is not'} stage ${peer}'s`);
+    return null;
+  }
+
+  /** Runs the handling of one received frame message, counting its time outside the machine (stats: framesMs). */
+  private timedFrames(handle: () => void): void {
     const t0 = performance.now();
     const before = this.machineMs + this.busyMs;
-    const phase = lastToken(m.subject);
-    try {
-      const h = parseHeader(m.header, phase, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
-      if (h.key.phase === Phase.UPDATE) return this.onUpdate(h.key.job, h.key.step);
-      // Judge the key before assembling: a chunk of another step or job allocates nothing.
-      const wrongStep = admitStep(this.actor.getSnapshot().context, h.key, h.from);
-      if (wrongStep) throw wrongStep;
-      const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.send({ type: 'FRAME', frame }, senderActor(frame.from));
-    } catch (err) {
-      this.refusedOnArrival++;
-      this.reject(m.subject, err);
-    } finally {
-      // The machine's part (and an update an UPDATE frame ran at once) are counted apart.
-      this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
-    }
+    handle();
+    // The machine's part (and an update an UPDATE frame ran at once) are counted apart.
+    this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
+  }
+
+  /** `frame` sealed for `subject` with this stage's key. */
+  private sealed(frame: Frame, subject: string): Frame {
+    return sealFrame(frame, subject, this.sealKey);
   }
 
   /** A frame handed over by a stage or the driver of this process: judged like one from the bus. */
@@ -278,7 +341,7 @@ export class StageHost {
     } catch (err) {
       releaseDevice(frame.tensors);
       this.refusedOnArrival++;
-      this.reject(`frame ${formatKey(frame.key)}`, err);
+      this.reject(`frame ${formatKey(frame.key)}`, err, frame.key);
     } finally {
       this.framesMs += performance.now() - t0 - (this.machineMs + this.busyMs - before);
     }
@@ -348,6 +411,8 @@ export class StageHost {
       else if (verb === CtlVerb.PROBE) reply = this.probe();
       else if (verb === CtlVerb.LOAD) await this.load(decodeMessage('state', m.data));
       else if (verb === CtlVerb.DUMP) reply = await this.dump();
+      else if (verb === CtlVerb.KEY) reply = { key: sealKeyText(this.sealKey) } satisfies KeyReply;
+      else if (verb === CtlVerb.PEERS) this.takePeers(decodeMessage('peers', m.data));
       else throw new FrameError(`unknown control verb "${verb}"`);
     } catch (err) {
       // The requester reads the refusal in the reply; frames refused are counted apart.
@@ -382,19 +447,6 @@ export class StageHost {
     if (!s.matches('idle')) throw new StateError(`stage ${this.rank} cannot ${what}: it is ${JSON.stringify(s.value)}`);
   }
 
-  private onState(m: BusMessage): void {
-    try {
-      const h = parseHeader(m.header, Phase.UPDATE, this.o.maxFrameBytes ?? 256 * 1024 * 1024);
-      if (h.key.job !== this.o.job) throw new UnexpectedFrameError(`state for job ${h.key.job}, not ${this.o.job}`);
-      if (h.from !== STATE_SENDER) throw new UnexpectedFrameError(`state frame from "${h.from}": only the ${STATE_SENDER} sends states`);
-      const frame = this.reassembler.accept(h, m.data);
-      if (frame) this.pendingState = frame;
-    } catch (err) {
-      this.refusedOnArrival++;
-      this.reject(m.subject, err);
-    }
-  }
-
   /** Applies the state frame received last; its step becomes the stage's step. */
   private async load(info: StateInfo): Promise<void> {
     this.requireIdle('load state');
@@ -412,8 +464,9 @@ export class StageHost {
     this.requireIdle('dump state');
     const step = this.actor.getSnapshot().context.step;
     const state = await exportStageState(this.o.partition, this.o.compute.optimizer);
-    const key = { job: this.o.job, step, microbatch: 0, phase: Phase.UPDATE };
-    await this.o.bus.publishFrame(snapshotSubject(this.o.job, this.rank), { key, from: this.from, tensors: state.tensors });
+    const key = { job: this.o.job, step, microbatch: 0, phase: Phase.STATE };
+    const subject = snapshotSubject(this.o.job, this.rank);
+    await this.o.bus.publishFrame(subject, this.sealed({ key, from: this.from, tensors: state.tensors }, subject));
     return { step, weightNames: state.weightNames, optimizerNames: state.optimizerNames };
   }
 
@@ -461,7 +514,7 @@ export class StageHost {
     this.executing = -1;
     this.release = releasedBy(actions);
     this.positions = parseOrder(plan.order, actions.length, this.rank);
-    this.reassembler.keepOnly(plan.step);
+    this.frames.keepOnly(plan.step);
     this.releaseHanded(plan.step);
     this.stepStartedAt = performance.now();
     this.busyAtStepStart = this.busyMs;
@@ -481,10 +534,13 @@ export class StageHost {
   }
 
   private async abort(): Promise<void> {
-    this.o.turn?.abort(this.actor.getSnapshot().context.step);
+    const step = this.actor.getSnapshot().context.step;
+    this.o.turn?.abort(step);
     this.fromPeer('scheduler', () => this.actor.send({ type: 'ABORT' }));
+    // An update waiting for the other replicas' gradients would wait for its timeout: it ends now, as a failed update of an aborted step.
+    this.o.allReduce?.cancel(step);
     await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: this.o.abortTimeoutMs ?? 30_000 });
-    this.reassembler.clear();
+    this.frames.clear();
     // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).
     this.sendHeld();
   }
@@ -509,6 +565,23 @@ export class StageHost {
     const last = rank === partition.stages - 1;
     const mb = action.microbatch;
     const key = (phase: Phase) => ({ job, step: plan.step, microbatch: mb, phase });
+    // When the action handed its output to the bus, and how long publishing took (its event says so).
+    let sendAt: number | undefined;
+    let sendMs = 0;
+    const hostBefore = this.machineMs + this.framesMs;
+    /** Sends to a neighbour stage (by hand in this process, else on the bus) or the driver's outputs. */
+    const publish = async (to: number | 'output', phase: Phase, tensors: readonly WireTensor[]) => {
+      this.sendHeld();
+      const s0 = performance.now();
+      const host0 = this.machineMs + this.framesMs;
+      sendAt ??= s0 - t0;
+      const frame = { key: key(phase), from: this.from, tensors };
+      // Sealed for the subject it is for (a seal covers headers only: a device wire seals as its bytes would).
+      if (to === 'output') await bus.publishFrame(outputSubject(job), this.sealed(frame, outputSubject(job)));
+      else await sendFrame(bus, job, to, phase, this.sealed(frame, stageSubject(job, to, phase)));
+      // Frames read and events handled while the publish awaited are the host's, not sending.
+      sendMs += performance.now() - s0 - (this.machineMs + this.framesMs - host0);
+    };
     let res: ActionResult;
     if (action.kind === 'F') {
       const first = frames[0]!;
@@ -519,19 +592,19 @@ export class StageHost {
       const size = microbatchSizes(plan.batchSize, plan.microbatches)[mb]!;
       if (plan.predict && last) {
         // A prediction: the outputs go to the driver; a zero loss tells the scheduler this microbatch is done.
-        const outputs = await compute.predict(inputs, size);
-        this.sendHeld();
-        await bus.publishFrame(outputSubject(job), { key: key(Phase.FORWARD), from: this.from, tensors: outputs });
+        await publish('output', Phase.FORWARD, await compute.predict(inputs, size));
         res = { tensors: [], loss: 0, metric: null };
       } else res = await compute.forward(mb, inputs, labels, size, plan.totalBatch, !plan.forwardOnly, this.byHand(rank + 1));
-      if (!last) await this.sendTo(rank + 1, Phase.FORWARD, { key: key(Phase.FORWARD), from: this.from, tensors: res.tensors });
+      if (!last) await publish(rank + 1, Phase.FORWARD, res.tensors);
       this.forwards++;
     } else if (action.kind === 'B') {
       const dy = last ? [] : frames[0]!.tensors;
-      // A list with W actions splits the backward: B sends the input gradients, W adds the weight gradients later.
-      const device = this.byHand(rank - 1);
-      res = this.splitBackward ? await compute.backwardInputs(mb, dy, plan.totalBatch, device) : await compute.backward(mb, dy, plan.totalBatch, device);
-      if (rank > 0) await this.sendTo(rank - 1, Phase.BACKWARD, { key: key(Phase.BACKWARD), from: this.from, tensors: res.tensors });
+      // The input gradients go upstream as soon as they exist: the previous stage's backward
+      // waits for them, not for this stage's weight gradients. A list with W actions adds
+      // those later (W); an unsplit backward adds them right after sending.
+      res = await compute.backwardInputs(mb, dy, plan.totalBatch, this.byHand(rank - 1));
+      if (rank > 0) await publish(rank - 1, Phase.BACKWARD, res.tensors);
+      if (!this.splitBackward) compute.backwardWeights(mb);
       this.backwards++;
     } else {
       compute.backwardWeights(mb);
@@ -542,7 +615,9 @@ export class StageHost {
     const ms = performance.now() - t0;
     // Busy is compute and sending; time spent waiting for the server to take bytes is not.
     this.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
-    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms };
+    const inAt = frames[0] ? this.arrivedAt.get(frames[0]) : undefined;
+    const hostMs = this.machineMs + this.framesMs - hostBefore;
+    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, hostMs, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
     // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
     // go at once (with what was held); once every input of the step is here, they wait too.
     if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) this.emit(SchedEvent.ACTION, done);
@@ -554,10 +629,12 @@ export class StageHost {
     return (this.o.handoff ?? false) && rank >= 0 && rank < this.o.partition.stages && isLocalStage(this.o.job, rank);
   }
 
-  /** Sends a frame to a neighbour: by hand in this process, else on the bus. */
-  private async sendTo(rank: number, phase: Phase, frame: Frame): Promise<void> {
-    this.sendHeld();
-    await sendFrame(this.o.bus, this.o.job, rank, phase, frame);
+  /** The seal keys of the neighbours ('' where there is none); a key for a stage that does not exist is refused. */
+  private takePeers(p: { prev: string; next: string }): void {
+    const last = this.o.partition.stages - 1;
+    if (this.rank === 0 && p.prev !== '') throw new FrameError('stage 0 has no stage before it to take a seal key of');
+    if (this.rank === last && p.next !== '') throw new FrameError(`stage ${this.rank} is the last; it takes no seal key of a stage after it`);
+    this.peerKeys = { prev: p.prev === '' ? null : parseSealKey(p.prev), next: p.next === '' ? null : parseSealKey(p.next) };
   }
 
   /** Whether some INPUT microbatch of the running step has not arrived yet. */

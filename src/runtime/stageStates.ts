@@ -1,16 +1,19 @@
 /** Moving stages' weights and optimizer state over NATS: dump from running stages, load into them. */
-import { StateError, TransportError } from '../errors.js';
+import { ForgedFrameError, StateError, TransportError, UnexpectedFrameError } from '../errors.js';
 import type { StageState } from '../compute/stageState.js';
-import { parseHeader, type Frame } from '../protocol/frame.js';
+import type { Frame } from '../protocol/frame.js';
 import { decodeAck, decodeReply, encodeJson } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { Reassembler } from '../protocol/reassembler.js';
+import { checkSeal } from '../protocol/seal.js';
 import { CtlVerb, ctlSubject, lastToken, snapshotWildcard, stateSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 import { abortable, unlessAborted } from './abortable.js';
 
 /** The sender a state frame must name: only the driver loads states into stages. */
 export const STATE_SENDER = 'driver';
+
+/** Largest state frame taken (a stage's weights and optimizer state), in bytes. */
+export const MAX_STATE_BYTES = 1024 * 1024 * 1024;
 
 /** One stage's state and the step it belongs to. */
 export interface RankState extends StageState {
@@ -20,19 +23,24 @@ export interface RankState extends StageState {
 
 /**
  * Asks every stage for its state and collects the frames they publish. Replies come after
- * the frames on the same connection, so each reply finds its frame already assembled.
+ * the frames on the same connection, so each reply finds its frame already assembled. Given
+ * the stages' seal keys (SchedulerHost.sealKeys), a frame without its stage's seal is refused.
  */
-export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000, signal?: AbortSignal): Promise<RankState[]> {
+export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000, keys: readonly Uint8Array[] | null = null, signal?: AbortSignal): Promise<RankState[]> {
   const frames = new Map<number, Frame>();
   const errors: string[] = [];
-  const r = new Reassembler(stages * 2);
-  const sub = bus.subscribe(snapshotWildcard(job), (m) => {
-    try {
-      const f = r.accept(parseHeader(m.header, Phase.UPDATE, Number.MAX_SAFE_INTEGER), m.data);
-      if (f) frames.set(Number(lastToken(m.subject)), f);
-    } catch (err) {
-      errors.push(`${m.subject}: ${String(err)}`);
-    }
+  const sub = bus.subscribeFrames(snapshotWildcard(job), {
+    maxBytes: MAX_STATE_BYTES,
+    phase: Phase.STATE,
+    maxPartial: stages * 2,
+    admit: (h, m) => {
+      const rank = Number(lastToken(m.subject));
+      if (h.key.job !== job) return new UnexpectedFrameError(`state of job ${h.key.job}, not ${job}`);
+      if (keys && !(keys[rank] && checkSeal(h, m.subject, keys[rank]))) return new ForgedFrameError(`state ${h.key.step} on ${m.subject} does not carry stage ${rank}'s seal`);
+      return null;
+    },
+    onFrame: (f, m) => frames.set(Number(lastToken(m.subject)), f),
+    onRefuse: (subject, err) => errors.push(`${subject}: ${err.message}`),
   });
   try {
     await bus.flush();
@@ -62,7 +70,7 @@ export async function loadStates(bus: Bus, job: string, states: readonly RankSta
     Promise.all(
       states.map(async (s) => {
         unlessAborted(signal);
-        await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.UPDATE }, from: STATE_SENDER, tensors: s.tensors });
+        await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.STATE }, from: STATE_SENDER, tensors: s.tensors });
         unlessAborted(signal);
         const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
         const ack = decodeAck(reply);

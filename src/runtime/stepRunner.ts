@@ -1,7 +1,7 @@
 /** Turns a batch into one scheduled step: microbatch split, INPUT frames, plans, and the step's result. */
 import * as tf from '@tensorflow/tfjs';
 import { ConfigError } from '../errors.js';
-import { fromTensor, rowsOf } from '../compute/wire.js';
+import { fromTensor, releaseDevice, reshapeWire, rowsOf } from '../compute/wire.js';
 import type { Frame, WireTensor } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
 import { concatRows } from '../protocol/rows.js';
@@ -11,6 +11,7 @@ import { microbatchOffsets, microbatchSizes } from '../schedule/microbatch.js';
 import { devicePositions, type DeviceSchedule } from '../schedule/interleaved.js';
 import { forwardOnlySchedule } from '../schedule/schedules.js';
 import type { SchedulerHost } from './schedulerHost.js';
+import { checkStepTensors, floatLabels, type StepTensorSpec } from './stepTensors.js';
 
 /** What a training or evaluation step returns. */
 export interface StepResult {
@@ -23,7 +24,11 @@ export interface StepResult {
   readonly microbatchLosses: readonly number[];
   /** Most microbatches each stage held for a backward during the step. */
   readonly peakHeld: readonly number[];
-  /** Frames the stages refused during the step. */
+  /**
+   * Frames the stages refused during the step, each dropped unused: harmless (a malformed,
+   * stale, duplicate or unsealed frame). A frame that conflicts with one a stage holds for its
+   * slot is no refusal: it fails the step (StageError, reason CONFLICTING_FRAME).
+   */
   readonly rejected: number;
   /** A prediction's outputs (the last stage's), in batch order. */
   readonly outputs?: readonly WireTensor[];
@@ -50,8 +55,8 @@ export interface StepRunnerOptions {
   /** Per device, its stages' actions in order, when devices host several stages (interleaved schedules). */
   readonly devices?: DeviceSchedule;
   readonly microbatches: number;
-  /** Number of model inputs stage 0 takes. */
-  readonly inputs: number;
+  /** The model's inputs and outputs and the loss's label rule: every step's tensors are checked against them before anything is published. */
+  readonly tensors: StepTensorSpec;
   readonly hasMetric: boolean;
   readonly stepTimeoutMs: number;
   /** How stage 0 gets its inputs (FeedMode); default `step`. */
@@ -88,23 +93,57 @@ export class StepRunner {
     return this.runWire(xs, ys, forwardOnly);
   }
 
+  /** Microbatches per step. */
+  get microbatches(): number {
+    return this.o.microbatches;
+  }
+
+  /** The scheduler this runner's steps go through. */
+  get scheduler(): SchedulerHost {
+    return this.o.scheduler;
+  }
+
+  /**
+   * Every check that can refuse a step of (xw, yw), without starting it (no step id is taken):
+   * data-parallel replicas check each replica's share before any of them starts. Wrong shapes
+   * and dtypes fail here, naming the tensor, before any frame goes out.
+   */
+  check(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[]; sizes: number[] } {
+    const predict = extra.predict ?? false;
+    const update = !forwardOnly && !predict && (extra.update ?? true);
+    if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
+    if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
+    const { xs, ys } = checkStepTensors(xw, yw, this.o.tensors);
+    return { predict, update, xs, ys, sizes: microbatchSizes(xs[0]!.shape[0]!, this.o.microbatches) };
+  }
+
   /**
    * The same from wire tensors (`x<i>`, `y<i>`): a caller holding a whole data set as bytes
    * passes row slices of it (`sliceRows`) and no tensor is made or read on this side. Device
    * wires (`deviceWire`) are sliced on their device; the caller keeps owning the ones it passed.
    */
   async runWire(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, totalBatch?: number, extra: StepExtra = {}): Promise<StepResult> {
+    const checked = this.check(xw, yw, forwardOnly, extra);
+    const { predict, update } = checked;
+    // Tensors made here from the caller's (a reshaped [n] label, a cast one) are this step's to free.
+    const made: WireTensor[] = [];
+    const keep = (from: readonly WireTensor[], to: readonly WireTensor[]) => to.map((w, i) => (w === from[i] ? w : (made.push(w), w)));
+    const asChecked = (ws: readonly WireTensor[], checkedWs: readonly WireTensor[]) => keep(ws, ws.map((w, i) => (checkedWs[i] === w ? w : reshapeWire(w, checkedWs[i]!.shape))));
+    xw = asChecked(xw, checked.xs);
+    const shaped = asChecked(yw, checked.ys);
+    yw = keep(shaped, floatLabels(shaped, this.o.tensors.labels));
+    try {
+      return await this.runChecked(xw, yw, forwardOnly, predict, update, totalBatch);
+    } finally {
+      releaseDevice(made);
+    }
+  }
+
+  /** The step itself, on checked inputs and labels. */
+  private async runChecked(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, predict: boolean, update: boolean, totalBatch: number | undefined): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
     const p = this.o.schedule.length;
-    const predict = extra.predict ?? false;
-    const update = !forwardOnly && !predict && (extra.update ?? true);
-    if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
-    if (xw.length !== this.o.inputs) throw new ConfigError(`the model takes ${this.o.inputs} inputs, got ${xw.length}`);
-    if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
     const batch = xw[0]!.shape[0]!;
-    for (const t of [...xw, ...yw]) {
-      if (t.shape.length === 0 || t.shape[0] !== batch) throw new ConfigError(`every input and label needs the same batch dimension ${batch}, got [${t.shape.join(',')}]`);
-    }
     const sizes = microbatchSizes(batch, m);
     const offsets = microbatchOffsets(sizes);
     const rows = (ws: readonly WireTensor[], mb: number) => ws.map((w) => rowsOf(w, offsets[mb]!, sizes[mb]!));

@@ -20,6 +20,12 @@ export interface ActionCosts {
   readonly B: number;
   readonly W?: number;
   readonly comm?: number;
+  /**
+   * An unsplit backward sends its input gradients after its B part, while it still adds its
+   * weight gradients (W), as Troupe's stages do: the previous stage's backward may start
+   * `W` earlier. Default false: at its end, as the papers count (1F1B's (m+p-1)(F+B+W)).
+   */
+  readonly inputGradientsFirst?: boolean;
 }
 
 /** What action `a` costs on a stage whose list does or does not split its backward. */
@@ -54,24 +60,29 @@ export interface Simulation {
 /**
  * Simulates `s` (per-stage lists, or a placed schedule whose devices run their lists one
  * action at a time); throws a ScheduleError naming the stuck actions if it cannot finish.
+ * `costs` are the same on every stage, or a function of the stage (measured stages differ:
+ * stage 0 computes no input gradients, the last stage its loss); a stage's `comm` is what a
+ * message to it takes.
  */
-export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts = { F: 1, B: 2 }): Simulation {
+export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts | ((stage: number) => ActionCosts) = { F: 1, B: 2 }): Simulation {
   const placed: PlacedSchedule = Array.isArray(s) ? { stages: s as Schedule } : (s as PlacedSchedule);
   const rows = placed.stages;
   const lanes = placed.devices ?? rows;
   const p = rows.length;
-  const comm = costs.comm ?? 0;
+  const of = rows.map((_, st) => (typeof costs === 'function' ? costs(st) : costs));
   const free = lanes.map(() => 0);
   const split = rows.map(splitsBackward);
   const timeline: Placed[][] = lanes.map(() => []);
   const stuck = walk(
     lanes,
     (a, lane, depEnds) => {
-      const start = Math.max(free[lane]!, ...depEnds.map((e) => e + comm));
-      const end = start + costOf(a, costs, split[a.stage]!);
+      const c = of[a.stage]!;
+      const start = Math.max(free[lane]!, ...depEnds.map((e) => e + (c.comm ?? 0)));
+      const end = start + costOf(a, c, split[a.stage]!);
       timeline[lane]!.push({ action: a, start, end });
       free[lane] = end;
-      return end;
+      // What depends on a backward (the previous stage's) waits for its input gradients only.
+      return a.kind === 'B' && c.inputGradientsFirst ? start + c.B : end;
     },
     p,
   );

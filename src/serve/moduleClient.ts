@@ -4,10 +4,12 @@ import { ServeError } from '../errors.js';
 import { fromTensor } from '../compute/wire.js';
 import type { WireTensor } from '../protocol/frame.js';
 import type { Bus } from '../transport/bus.js';
-import { serveSubject } from './moduleRuntime.js';
+import { serveSubject } from '../protocol/subjects.js';
 import { decodeTensors, encodeTensors } from './tensorMessage.js';
 
 export { ServeError } from '../errors.js';
+
+let clients = 0;
 
 export interface ModuleClientOptions {
   readonly bus: Bus;
@@ -15,16 +17,22 @@ export interface ModuleClientOptions {
   readonly module: string;
   /** Milliseconds to wait for an answer (default 30 s). */
   readonly timeoutMs?: number;
+  /** This client's name in request ids (`<name>#<n>`), which the runtime's errors quote (default client-<pid>-<n>). */
+  readonly name?: string;
 }
 
 export class ModuleClient {
+  readonly name: string;
+  private sent = 0;
+
   constructor(private readonly o: ModuleClientOptions) {
     serveSubject(o.runtime, o.module, 'forward');
+    this.name = o.name ?? `client-${process.pid}-${++clients}`;
   }
 
   private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
-    const body = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))));
-    const reply = decodeTensors(await this.o.bus.request(serveSubject(this.o.runtime, this.o.module, op), body, this.o.timeoutMs ?? 30_000));
+    const m = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))), op, `${this.name}#${++this.sent}`);
+    const reply = decodeTensors(await this.o.bus.requestMessage(serveSubject(this.o.runtime, this.o.module, op), m.data, this.o.timeoutMs ?? 30_000, m.headers), op);
     if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
     return reply.tensors;
   }

@@ -3,8 +3,9 @@
  * (a trained stage, an expert) and serves forward and backward requests from many clients.
  * Requests wait in a pool per (module, op) and are batched up to `maxBatchSize` examples or
  * until the oldest has waited `maxWaitMs`; one batch runs at a time, from the ready pool of
- * highest priority (then the oldest). A failing batch answers its error to each requester
- * and the runtime goes on; a request of the wrong shape is refused on arrival, alone.
+ * highest priority (then the oldest). When a batch of several requests fails, each runs
+ * alone: the good ones are answered and a failing one gets its own error, naming it; a
+ * request of the wrong shape is refused on arrival, alone.
  */
 import * as tf from '@tensorflow/tfjs';
 import { createActor, type Actor } from 'xstate';
@@ -13,8 +14,11 @@ import { ConfigError, ShapeError, TroupeError, messageOf } from '../errors.js';
 import type { CutTensor } from '../compute/partition.js';
 import { fromTensor, toTensor } from '../compute/wire.js';
 import { busInspector } from '../inspect/busInspector.js';
-import { checkJobId } from '../protocol/subjects.js';
-import type { WireTensor } from '../protocol/frame.js';
+import { checkJobId, serveScope, serveSubject } from '../protocol/subjects.js';
+
+/** Subject of a runtime's module op (built in protocol/subjects.ts). */
+export { serveSubject };
+import type { WireMessage, WireTensor } from '../protocol/frame.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { decodeTensors, encodeError, encodeTensors } from './tensorMessage.js';
 
@@ -65,14 +69,20 @@ export interface PoolStats {
   readonly examplesPerSecond: number;
   /** Requests refused on arrival (wrong shape, malformed). */
   readonly refused: number;
-  /** Requests answered with their batch's error. */
+  /** Requests that failed (each alone, after its batch failed, when the batch held several). */
   readonly failed: number;
+  /** Batches that failed and were run again request by request. */
+  readonly split: number;
+  /** Requests waiting for a batch now. */
+  readonly queued: number;
 }
 
 type Op = 'forward' | 'backward';
 
 interface Waiting {
   readonly msg: BusMessage;
+  /** The request's id as its client sent it, or `#<n>` (its arrival in the pool). */
+  readonly id: string;
   readonly tensors: WireTensor[];
   readonly rows: number;
   readonly at: number;
@@ -84,6 +94,8 @@ class TaskPool {
   examples = 0;
   refused = 0;
   failed = 0;
+  split = 0;
+  arrived = 0;
   busyMs = 0;
 
   constructor(
@@ -112,10 +124,6 @@ class TaskPool {
   }
 }
 
-/** Subject of a runtime's module op: `troupe.serve.<runtime>.<module>.<op>`. */
-export function serveSubject(runtime: string, module: string, op: Op): string {
-  return `troupe.serve.${checkJobId(runtime)}.${checkJobId(module)}.${op}`;
-}
 
 export interface ModuleRuntimeOptions {
   readonly bus: Bus;
@@ -150,7 +158,7 @@ export class ModuleRuntime {
     this.actor = createActor(runtimeMachine, {
       input: { name: o.name },
       id: `runtime-${o.name}`,
-      ...(o.inspect ? { inspect: busInspector(o.bus, `serve-${o.name}`, 'runtime') } : {}),
+      ...(o.inspect ? { inspect: busInspector(o.bus, serveScope(o.name), 'runtime') } : {}),
     });
     this.actor.start();
     for (const p of this.pools) this.subs.push(o.bus.subscribe(serveSubject(o.name, p.module.name, p.op), (m) => this.arrive(p, m), 'runtime'));
@@ -166,7 +174,7 @@ export class ModuleRuntime {
   /** A request: checked alone (a wrong one is answered at once), then queued for a batch. */
   private arrive(pool: TaskPool, msg: BusMessage): void {
     try {
-      const got = decodeTensors(msg.data);
+      const got = decodeTensors(msg, pool.op);
       if ('error' in got) throw new ShapeError('a request carries tensors, not an error');
       const want = pool.op === 'forward' ? pool.module.inputs.length : pool.module.inputs.length * 2;
       if (got.tensors.length !== want) throw new ShapeError(`${pool.name}: ${got.tensors.length} tensors, expected ${want}`);
@@ -179,12 +187,13 @@ export class ModuleRuntime {
         if (t.shape[0] !== rows) throw new ShapeError(`${pool.name}: tensor ${i} has ${t.shape[0]} rows, tensor 0 has ${rows}`);
       });
       if (rows < 1 || rows > pool.maxBatch) throw new ShapeError(`${pool.name}: ${rows} examples in one request; 1 to ${pool.maxBatch} allowed`);
-      pool.queue.push({ msg, tensors: got.tensors, rows, at: performance.now() });
+      pool.arrived++;
+      pool.queue.push({ msg, id: got.id ?? `#${pool.arrived}`, tensors: got.tensors, rows, at: performance.now() });
       this.pump();
     } catch (err) {
       pool.refused++;
       const e = err instanceof TroupeError ? err : new ShapeError(messageOf(err));
-      respond(msg, encodeError(e.code, e.message));
+      respond(msg, encodeError(e.code, e.message, pool.op));
     }
   }
 
@@ -222,40 +231,66 @@ export class ModuleRuntime {
     });
   }
 
+  /**
+   * Runs a batch and answers each request. When the batch fails and holds several requests,
+   * one of them may be the cause: each then runs alone, so the good ones get their answers
+   * and a failing one gets an error naming it (its id, its examples).
+   */
   private async runBatch(pool: TaskPool, batch: readonly Waiting[], rows: number): Promise<void> {
     const t0 = performance.now();
-    let outs: WireTensor[][];
     try {
-      const nIn = pool.module.inputs.length;
-      const results = tf.tidy(() => {
-        const cat = (k: number) => tf.concat(batch.map((w) => toTensor(w.tensors[k]!, undefined, undefined, `${pool.name} input ${k}`)), 0);
-        const xs = Array.from({ length: nIn }, (_, k) => cat(k));
-        const ys = pool.op === 'forward' ? pool.module.forward(xs) : pool.module.backward!(xs, Array.from({ length: nIn }, (_, k) => cat(nIn + k)));
-        return ys.map((y) => (y.shape[0] === rows ? y : tf.broadcastTo(y, [rows, ...y.shape.slice(1)])));
-      });
-      // Split each output by request, in arrival order.
-      try {
-        const sizes = batch.map((w) => w.rows);
-        const parts = results.map((y) => tf.split(y, sizes, 0));
-        try {
-          outs = await Promise.all(batch.map((_, j) => Promise.all(parts.map((p, i) => fromTensor(p[j]!, `y${i}`)))));
-        } finally {
-          tf.dispose(parts);
-        }
-      } finally {
-        tf.dispose(results);
-      }
+      const outs = await this.compute(pool, batch, rows);
+      pool.batches++;
+      pool.examples += rows;
+      batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!, pool.op)));
     } catch (err) {
-      pool.failed += batch.length;
-      const e = err instanceof TroupeError ? err : new TroupeError('BATCH_FAILED', `${pool.name}: the batch of ${rows} failed: ${messageOf(err)}`);
-      for (const w of batch) respond(w.msg, encodeError(e.code, e.message));
-      pool.busyMs += performance.now() - t0;
-      return;
+      if (batch.length === 1) this.fail(pool, batch[0]!, err, '');
+      else {
+        pool.split++;
+        this.actor.send({ type: 'BATCH_SPLIT', requests: batch.length });
+        for (const w of batch) {
+          try {
+            const [out] = await this.compute(pool, [w], w.rows);
+            pool.batches++;
+            pool.examples += w.rows;
+            respond(w.msg, encodeTensors(out!, pool.op));
+          } catch (alone) {
+            this.fail(pool, w, alone, ` alone, after its batch of ${batch.length} requests (${rows} examples) failed`);
+          }
+        }
+      }
     }
-    pool.batches++;
-    pool.examples += rows;
     pool.busyMs += performance.now() - t0;
-    batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!)));
+  }
+
+  /** The outputs of each request of `batch`, run as one batch of `rows` examples. */
+  private async compute(pool: TaskPool, batch: readonly Waiting[], rows: number): Promise<WireTensor[][]> {
+    const nIn = pool.module.inputs.length;
+    const results = tf.tidy(() => {
+      const cat = (k: number) => tf.concat(batch.map((w) => toTensor(w.tensors[k]!, undefined, undefined, `${pool.name} input ${k}`)), 0);
+      const xs = Array.from({ length: nIn }, (_, k) => cat(k));
+      const ys = pool.op === 'forward' ? pool.module.forward(xs) : pool.module.backward!(xs, Array.from({ length: nIn }, (_, k) => cat(nIn + k)));
+      return ys.map((y) => (y.shape[0] === rows ? y : tf.broadcastTo(y, [rows, ...y.shape.slice(1)])));
+    });
+    // Split each output by request, in arrival order.
+    try {
+      const parts = results.map((y) => tf.split(y, batch.map((w) => w.rows), 0));
+      try {
+        return await Promise.all(batch.map((_, j) => Promise.all(parts.map((p, i) => fromTensor(p[j]!, `y${i}`)))));
+      } finally {
+        tf.dispose(parts);
+      }
+    } finally {
+      tf.dispose(results);
+    }
+  }
+
+  /** Answers request `w` with its failure, naming it. */
+  private fail(pool: TaskPool, w: Waiting, err: unknown, how: string): void {
+    pool.failed++;
+    const code = err instanceof TroupeError ? err.code : 'REQUEST_FAILED';
+    const examples = `${w.rows} example${w.rows === 1 ? '' : 's'}`;
+    respond(w.msg, encodeError(code, `${pool.name}: request ${w.id} (${examples}) failed${how}: ${messageOf(err)}`, pool.op));
   }
 
   /** Per-pool counters (rates over the runtime's lifetime). */
@@ -270,6 +305,8 @@ export class ModuleRuntime {
       examplesPerSecond: p.examples / s,
       refused: p.refused,
       failed: p.failed,
+      split: p.split,
+      queued: p.queue.length,
     }));
   }
 
@@ -291,9 +328,9 @@ export class ModuleRuntime {
 }
 
 /** Answers a request; a connection that closed meanwhile leaves the requester to its timeout. */
-function respond(msg: BusMessage, body: Uint8Array): void {
+function respond(msg: BusMessage, reply: WireMessage): void {
   try {
-    msg.respond(body);
+    msg.respond(reply.data, reply.headers);
   } catch {
     // closed: nothing to do
   }

@@ -1,66 +1,48 @@
 /**
- * Tensors in one message body, for serving requests and replies: a 4-byte length, a JSON
- * list of { dtype, shape } (or an error), then each tensor's raw bytes at 4-byte boundaries.
+ * Tensors in one message, for serving requests and replies: a frame of one chunk
+ * (protocol/frame.ts, Troupe's one tensor encoding): its headers name the tensors, its body
+ * holds their bytes. A reply that carries an error instead is a frame without tensors whose
+ * `Troupe-Error` header holds `{ "code": ..., "message": ... }`.
  */
 import { FrameError, messageOf } from '../errors.js';
-import { isDType, paddedByteLength, sizeOf, bytesPerElement, viewOf, type DType } from '../protocol/dtype.js';
-import type { WireTensor } from '../protocol/frame.js';
-import { encodeJson } from '../protocol/messages.js';
+import { decodeSingle, encodeFrame, parseHeader, type HeaderGetter, type WireMessage, type WireTensor } from '../protocol/frame.js';
+import { Phase } from '../protocol/phase.js';
 
-interface Head {
-  readonly tensors?: readonly { readonly dtype: string; readonly shape: readonly number[] }[];
-  readonly error?: { readonly code: string; readonly message: string };
-}
+/** The header of an error reply. */
+export const ERROR_HEADER = 'Troupe-Error';
 
-const dec = new TextDecoder();
+/** What a serving message's frame is keyed by: the op's phase, nothing of a step. */
+const key = (op: 'forward' | 'backward') => ({ job: 'serve', step: 0, microbatch: 0, phase: op === 'forward' ? Phase.FORWARD : Phase.BACKWARD });
 
-function pack(head: Head, tensors: readonly WireTensor[]): Uint8Array {
-  const json = encodeJson(head);
-  const start = Math.ceil((4 + json.byteLength) / 4) * 4;
-  const total = tensors.reduce((n, t) => n + paddedByteLength(t.dtype, t.shape), start);
-  const out = new Uint8Array(total);
-  new DataView(out.buffer).setUint32(0, json.byteLength, true);
-  out.set(json, 4);
-  let at = start;
-  for (const t of tensors) {
-    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), at);
-    at += paddedByteLength(t.dtype, t.shape);
-  }
-  return out;
-}
-
-/** A message carrying `tensors`. */
-export function encodeTensors(tensors: readonly WireTensor[]): Uint8Array {
-  return pack({ tensors: tensors.map((t) => ({ dtype: t.dtype, shape: t.shape })) }, tensors);
+/** A message carrying `tensors` for `op` (a request or its answer), from `from` (a request's id). */
+export function encodeTensors(tensors: readonly WireTensor[], op: 'forward' | 'backward' = 'forward', from = 'runtime'): WireMessage {
+  return encodeFrame({ key: key(op), from, tensors }, Number.MAX_SAFE_INTEGER)[0]!;
 }
 
 /** A message carrying an error instead of tensors. */
-export function encodeError(code: string, message: string): Uint8Array {
-  return pack({ error: { code, message } }, []);
+export function encodeError(code: string, message: string, op: 'forward' | 'backward' = 'forward'): WireMessage {
+  const m = encodeTensors([], op);
+  return { headers: { ...m.headers, [ERROR_HEADER]: JSON.stringify({ code, message }) }, data: m.data };
 }
 
-/** The tensors of a message, or the error it carries as `{ error }`; FrameError when malformed. */
-export function decodeTensors(body: Uint8Array): { tensors: WireTensor[] } | { error: { code: string; message: string } } {
+/**
+ * The tensors of a message, or the error it carries as `{ error }`; FrameError when it is no
+ * frame of one chunk for `op` of at most `maxBytes` bytes. The tensors own their bytes.
+ */
+export function decodeTensors(m: { readonly data: Uint8Array; header: HeaderGetter }, op: 'forward' | 'backward' = 'forward', maxBytes = 256 * 1024 * 1024): { tensors: WireTensor[]; id?: string } | { error: { code: string; message: string } } {
+  const error = m.header(ERROR_HEADER);
+  if (error !== undefined) {
+    try {
+      const e = JSON.parse(error) as { code?: unknown; message?: unknown };
+      return { error: { code: String(e.code), message: String(e.message) } };
+    } catch (cause) {
+      throw new FrameError(`malformed tensor message: ${ERROR_HEADER} is not JSON: ${messageOf(cause)}`, { cause });
+    }
+  }
   try {
-    if (body.byteLength < 4) throw new Error(`${body.byteLength} bytes, too short`);
-    const n = new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(0, true);
-    if (4 + n > body.byteLength) throw new Error(`a ${n}-byte head in ${body.byteLength} bytes`);
-    const head = JSON.parse(dec.decode(body.subarray(4, 4 + n))) as Head;
-    if (head.error) return { error: { code: String(head.error.code), message: String(head.error.message) } };
-    if (!Array.isArray(head.tensors)) throw new Error('no tensor list');
-    // A copy, so that the typed views are aligned and own their bytes.
-    const copy = new Uint8Array(body.subarray(Math.ceil((4 + n) / 4) * 4));
-    let at = 0;
-    const tensors = head.tensors.map((t, i) => {
-      if (!isDType(t.dtype)) throw new Error(`tensor ${i}: dtype ${String(t.dtype)}`);
-      if (!Array.isArray(t.shape) || t.shape.some((d: number) => !Number.isInteger(d) || d < 0)) throw new Error(`tensor ${i}: shape ${JSON.stringify(t.shape)}`);
-      const bytes = sizeOf(t.shape) * bytesPerElement(t.dtype as DType);
-      if (at + bytes > copy.byteLength) throw new Error(`tensor ${i} needs ${bytes} bytes, ${copy.byteLength - at} left`);
-      const data = viewOf(t.dtype as DType, copy.buffer, copy.byteOffset + at, sizeOf(t.shape));
-      at += paddedByteLength(t.dtype as DType, t.shape);
-      return { name: `t${i}`, dtype: t.dtype as DType, shape: [...t.shape], data };
-    });
-    return { tensors };
+    const h = parseHeader(m.header, key(op).phase, maxBytes);
+    // A request's id (`<client>#<n>`) travels as its sender; the runtime's errors name it.
+    return { tensors: [...decodeSingle(h, m.data).tensors], ...(h.from !== 'client' && h.from !== 'runtime' ? { id: h.from } : {}) };
   } catch (cause) {
     throw new FrameError(`malformed tensor message: ${messageOf(cause)}`, { cause });
   }

@@ -1,7 +1,9 @@
 /**
- * NATS credentials of Troupe's roles: `driver`, `stage<r>`, `inspector`, `admin`. A role's
- * password comes from the environment (`TROUPE_NATS_PASS_<ROLE>`) or from a JSON file named by
- * `TROUPE_NATS_CREDENTIALS` (`{ "driver": "...", "stage0": "..." }`), never from code.
+ * NATS credentials of Troupe's roles: `driver`, `stage<r>`, `pool`, `inspector`, `admin`, and
+ * `route` (the password cluster nodes route with). A role's password comes from the
+ * environment (`TROUPE_NATS_PASS_<ROLE>`) or from a JSON file named by
+ * `TROUPE_NATS_CREDENTIALS` (`{ "driver": "...", "stage0": "..." }`), never from code. A
+ * process is given only its own role's (`roleEnv`, `withoutCredentials`).
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -9,18 +11,16 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, messageOf } from '../errors.js';
+import { roles } from '../protocol/subjects.js';
 
-/** Stage users nats.conf defines (ranks 0..MAX_STAGE_USERS-1). */
-export const MAX_STAGE_USERS = 16;
+export { MAX_STAGE_USERS, stageRole } from '../protocol/subjects.js';
 
-/** Every role nats.conf knows. */
+/** The user cluster nodes authenticate their routes with (nats-cluster.conf). */
+export const ROUTE_ROLE = 'route';
+
+/** Every role a server Troupe starts needs a password for: the client users of the permissions table, and the route user. */
 export function allRoles(): string[] {
-  return ['driver', ...Array.from({ length: MAX_STAGE_USERS }, (_, r) => `stage${r}`), 'pool', 'inspector', 'admin'];
-}
-
-/** The NATS user of stage `rank`. */
-export function stageRole(rank: number): string {
-  return `stage${rank}`;
+  return [...roles(), ROUTE_ROLE];
 }
 
 /** The environment variable holding `role`'s password. */
@@ -68,18 +68,36 @@ export function ensureCredentials(env: NodeJS.ProcessEnv = process.env): Record<
 
 const PASSWORD = /^[A-Za-z][A-Za-z0-9]{7,127}$/;
 
-/**
- * Writes every role's password (from the environment) to a new file readable by this user
- * only, for `TROUPE_NATS_CREDENTIALS` in other processes; returns its path.
- */
-export async function writeCredentialsFile(env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const all: Record<string, string> = {};
-  for (const role of allRoles()) {
+/** The passwords of `roles` (from `env` or its credentials file), by role; roles without one are left out. */
+export function passwordsOf(roles: readonly string[], env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const role of roles) {
     const p = credentialsFor(role, env);
-    if (p) all[role] = p;
+    if (p) out[role] = p;
   }
+  return out;
+}
+
+/** The variables that give a process the passwords of `roles` and nothing else (`TROUPE_NATS_PASS_<ROLE>`). */
+export function roleEnv(roles: readonly string[], env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  return Object.fromEntries(Object.entries(passwordsOf(roles, env)).map(([role, p]) => [passwordVariable(role), p]));
+}
+
+/** A copy of `env` without any Troupe NATS password or credentials file: the base of a child process's environment. */
+export function withoutCredentials(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (!k.startsWith('TROUPE_NATS_PASS_') && k !== 'TROUPE_NATS_CREDENTIALS') out[k] = v;
+  return out;
+}
+
+/**
+ * Writes the passwords of `roles` (from the environment) to a new file readable by this user
+ * only, for `TROUPE_NATS_CREDENTIALS` in another process (a worker on another host gets its
+ * stage's, `troupe inspect` the inspector's); returns its path. The caller removes it.
+ */
+export async function writeCredentialsFile(roles: readonly string[], env: NodeJS.ProcessEnv = process.env, name = 'credentials'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'troupe-nats-'));
-  const file = join(dir, 'credentials.json');
-  await writeFile(file, JSON.stringify(all, null, 1), { mode: 0o600 });
+  const file = join(dir, `${name}.json`);
+  await writeFile(file, JSON.stringify(passwordsOf(roles, env), null, 1), { mode: 0o600 });
   return file;
 }

@@ -436,3 +436,54 @@ describe('schedulerMachine: failures', () => {
     expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'resolve 1', 'begin 2', 'feed 2 0-1', 'grant 2 0', 'abort 2', 'reject 2 STEP_TIMEOUT']);
   });
 });
+
+describe('schedulerMachine: refused frames', () => {
+  const refused = (over: Partial<{ step: number; phase: string; code: string }> = {}) => ({
+    step: 1, phase: 'INPUT', key: 'j/1/0/INPUT', code: 'SHAPE', message: 'j/1/0/INPUT inputs tensor 0: got float32[2,7], expected float32[2,8]', ...over,
+  });
+
+  it("a SHAPE refusal of the running step's INPUT aborts the step at once and rejects it with the stage's reason", async () => {
+    const h = harness({ stages: 2 });
+    // A step timeout far beyond the test's: only the refusal can end this step.
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2, timeoutMs: 600_000 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused() });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1', 'reject 1 SHAPE']);
+    expect(h.failures[0]!.failure).toEqual({ rank: 0, key: 'j/1/0/INPUT', code: 'SHAPE', message: `refused INPUT frame: ${refused().message}` });
+  });
+
+  it('a refusal of another step, another phase, a duplicate or a frame without a key is only counted', async () => {
+    const h = harness({ stages: 2 });
+    h.actor.send({ type: 'START', req: req({ microbatches: 1, feedBound: 1, timeoutMs: 600_000 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused({ step: 0, code: 'STALE_STEP' }) });
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused({ step: 2 }) });
+    h.actor.send({ type: 'REJECT', rank: 1, refused: refused({ phase: 'FORWARD' }) });
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused({ code: 'DUPLICATE_KEY' }) });
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused({ code: 'FRAME' }) });
+    h.actor.send({ type: 'REJECT', rank: 5, refused: refused() }); // no such stage
+    h.actor.send({ type: 'REJECT', rank: 0 });
+    expect(h.actor.getSnapshot().matches({ active: 'draining' })).toBe(true);
+    h.actor.send({ type: 'LOSS', step: 1, microbatch: 0, loss: 0.5, metric: null });
+    h.actor.send({ type: 'DONE', rank: 0, step: 1, peakHeld: 1 });
+    h.actor.send({ type: 'DONE', rank: 1, step: 1, peakHeld: 1 });
+    h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
+    h.actor.send({ type: 'UPDATED', rank: 1, step: 1 });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.outcomes.length > 0, WAIT);
+    expect(h.failures).toEqual([]);
+    expect(h.outcomes[0]!.rejected).toBe(7);
+  });
+
+  it('while aborting, a refused INPUT neither restarts abortStep nor replaces the first failure', async () => {
+    const gate = deferred<void>();
+    const h = harness({ stages: 2, abort: () => gate.promise });
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2, timeoutMs: 600_000 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'STAGE_ERROR', rank: 1, step: 1, failure: { key: 'j/1/1F0', code: 'COMPUTE', message: 'first' } });
+    h.actor.send({ type: 'REJECT', rank: 0, refused: refused() });
+    gate.resolve();
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1', 'reject 1 COMPUTE']);
+  });
+});

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { createActor, waitFor, type Actor, type SnapshotFrom } from 'xstate';
-import { DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
+import { ConflictingFrameError, DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
 import type { CutTensor } from '../../src/compute/partition.js';
 import type { DType } from '../../src/protocol/dtype.js';
 import type { Frame, WireTensor } from '../../src/protocol/frame.js';
@@ -59,6 +59,8 @@ interface Harness {
   readonly runs: string[];
   readonly rejects: Rejection[];
   readonly errors: { step: number; failure: StageFailure }[];
+  /** Conflicts the stage reported: the step that fails, why, the held frame and the one that came. */
+  readonly conflicts: { step: number; error: TroupeError; frames: readonly [Frame, Frame] }[];
   send(...frames: Frame[]): void;
   /** Waits until the stage waits for a frame with `cursor` actions done. */
   waitingAt(cursor: number): Promise<Snap>;
@@ -78,6 +80,7 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
   const runs: string[] = [];
   const rejects: Rejection[] = [];
   const errors: { step: number; failure: StageFailure }[] = [];
+  const conflicts: Harness['conflicts'] = [];
   const runner = actionRunner(async (ex) => {
     log.push(`exec ${formatAction(ex.action)}`);
     executed.push(ex);
@@ -99,6 +102,10 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
       reportReject: (_, { error, frame: f }) => {
         log.push(`reject ${error.code}`);
         rejects.push({ error, frame: f });
+      },
+      reportConflict: (_, { step, error, frames }) => {
+        log.push(`conflict ${step} ${error.code}`);
+        conflicts.push({ step, error, frames });
       },
       reportDone: (_, { step, peakHeld }) => void log.push(`done ${step} peak ${peakHeld}`),
       reportUpdated: (_, { step }) => void log.push(`updated ${step}`),
@@ -123,6 +130,7 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
     runs,
     rejects,
     errors,
+    conflicts,
     send: (...frames) => frames.forEach((f) => actor.send({ type: 'FRAME', frame: f })),
     waitingAt: (cursor) => waitFor(actor, (s) => s.matches({ running: 'waiting' }) && s.context.cursor === cursor, WAIT),
   };
@@ -504,6 +512,79 @@ describe('stageMachine: refused frames', () => {
     gate.resolve();
     await h.waitingAt(2);
     expect(execs(h)).toEqual(['1F0', '1F1']);
+  });
+});
+
+describe('stageMachine: conflicting frames (#20 item 1)', () => {
+  /** A frame like `f` whose first element differs. */
+  const altered = (f: Frame): Frame => {
+    const data = new Float32Array(f.tensors[0]!.data as Float32Array);
+    data[0] = 7;
+    return { ...f, tensors: [{ ...f.tensors[0]!, data }] };
+  };
+
+  it('a frame with other bytes for a held slot: reported as the step\'s failure, neither kept, and the slot takes no more', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const held = fwd(1);
+    const other = altered(held);
+    h.send(held, other);
+    expect(h.conflicts).toHaveLength(1);
+    expect(h.conflicts[0]!.step).toBe(1);
+    expect(h.conflicts[0]!.error).toBeInstanceOf(ConflictingFrameError);
+    expect(h.conflicts[0]!.error.message).toMatch(/j\/1\/1\/FORWARD from test: received twice with different bytes; neither is used, and step 1 fails/);
+    expect(h.conflicts[0]!.frames).toEqual([held, other]);
+    // Neither is kept; a third copy (either one) is refused, not used.
+    expect(h.actor.getSnapshot().context.inbox['FORWARD:1']).toBeUndefined();
+    const third = fwd(1);
+    h.send(third);
+    expect(h.rejects.map((r) => [r.error.constructor, r.frame])).toEqual([[DuplicateKeyError, third]]);
+    gate.resolve();
+    await h.waitingAt(1); // F1 never runs: its frame is gone
+    expect(execs(h)).toEqual(['1F0']);
+    h.actor.send({ type: 'ABORT' });
+    await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
+  });
+
+  it('the same bytes again are a harmless duplicate: refused, and the held frame is used', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
+    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const held = fwd(1);
+    const copy = fwd(1); // another object, the same bytes
+    h.send(held, copy);
+    expect(h.conflicts).toEqual([]);
+    expect(h.rejects.map((r) => [r.error.constructor, r.frame])).toEqual([[DuplicateKeyError, copy]]);
+    gate.resolve();
+    await h.waitingAt(2);
+    expect(h.executed[1]!.frames[0]).toBe(held);
+  });
+
+  it('a conflict in the queued step drops that step (its frames are refused from then on) and reports it as that step\'s failure', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    await h.waitingAt(0);
+    h.actor.send({ type: 'STEP', plan: plan('F0 F1 B0 B1', { step: 2, microbatches: 2, batchSize: 4 }) });
+    const early = fwd(0, 2);
+    h.send(early, altered(early));
+    expect(h.conflicts.map((c) => [c.step, c.error.code])).toEqual([[2, 'CONFLICTING_FRAME']]);
+    let s = h.actor.getSnapshot();
+    expect(s.context.next).toBeNull();
+    expect(s.context.early).toEqual({});
+    h.send(fwd(1, 2));
+    expect(h.rejects.map((r) => r.error.constructor)).toEqual([UnexpectedFrameError]);
+    // Step 1 goes on untouched, and no step 2 follows its update.
+    h.send(fwd(0), bwd(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(s.context.step).toBe(1);
+    expect(execs(h)).toEqual(['1F0', '1B0']);
   });
 });
 

@@ -87,6 +87,8 @@ describe('troupe up with 2 worker processes', () => {
     for (const r of [0, 1]) for (const rank of [0, 1]) expect(output).toMatch(new RegExp(`replica ${r} rank ${rank}: pid \\d+ on`));
     expect(new Set(printedPids(output)).size).toBe(5); // nats-server and 4 workers
     expect(output).toMatch(/step 6\/6 epoch 1\/1/);
+    // The summary says which replica each stage line belongs to.
+    for (const r of [0, 1]) for (const rank of [0, 1]) expect(output).toMatch(new RegExp(`^  replica ${r} stage ${rank}: busy [\\d.]+ s`, 'm'));
     for (const pid of printedPids(output)) expect(alive(pid), `pid ${pid} still running`).toBe(false);
     expect(maxAbsDiff(await loadSaved(save), await inProcess(6, replicasJob))).toBeLessThan(1e-6);
   });
@@ -191,6 +193,19 @@ describe('troupe up with 2 worker processes', () => {
     const { code } = await run.exit;
     expect(code).toBe(1);
     expect(run.output()).toMatch(/worker 1 exited with SIGKILL during the run/);
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+  });
+
+  it('with replicas, a dead worker is named by its replica and rank', async () => {
+    const run = troupe(['up', REPLICAS], { TINY_EPOCHS: '10000' });
+    await run.waitFor(/step \d+\/\d+ epoch/);
+    const pids = printedPids(run.output());
+    const victim = Number(/replica 1 rank 1: pid (\d+)/.exec(run.output())![1]);
+    process.kill(victim, 'SIGKILL');
+    const { code } = await run.exit;
+    expect(code).toBe(1);
+    expect(run.output()).toMatch(/replica 1 rank 1 exited with SIGKILL during the run/);
+    expect(run.output()).not.toMatch(/worker \d+ exited/);
     for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
   });
 });

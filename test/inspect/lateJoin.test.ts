@@ -5,6 +5,7 @@
  * actor with its machine and current state at once, and the frames refused before they
  * opened.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -49,12 +50,14 @@ const late: CliRun[] = [];
 
 beforeAll(async () => {
   // A job that does not end on its own; the inspector comes later.
-  up = troupe(['up', CONFIG, '--job', JOB, '--inspect'], { TINY_EPOCHS: '100000' });
+  // The admin password is the test's own (the printed file holds the inspector's only).
+  const adminPass = `k${randomBytes(16).toString('hex')}`;
+  up = troupe(['up', CONFIG, '--job', JOB, '--inspect'], { TINY_EPOCHS: '100000', TROUPE_NATS_PASS_ADMIN: adminPass });
   credentials = (await up.waitFor(/TROUPE_NATS_CREDENTIALS=(\S+)/))[1]!;
   pageUrl = (await up.waitFor(/inspector at (http:\/\/\S+)/))[1]!;
   nats = (await up.waitFor(/NATS (nats:\/\/\S+) \(nats-server pid/))[1]!;
-  const pass = JSON.parse(readFileSync(credentials, 'utf8')) as Record<string, string>;
-  const admin = await Bus.connect({ servers: nats, user: 'admin', pass: pass['admin']! });
+  expect(Object.keys(JSON.parse(readFileSync(credentials, 'utf8')) as Record<string, string>)).toEqual(['inspector']);
+  const admin = await Bus.connect({ servers: nats, user: 'admin', pass: adminPass });
   try {
     // Steps have run (both stages counted step 3 done): the job is well under way before anything else joins.
     const ranks = new Set<number>();
@@ -66,7 +69,7 @@ beforeAll(async () => {
       }),
     );
     // A frame refused before the late inspector exists: it must show up there all the same.
-    const refused = new Promise<void>((resolve) => admin.subscribe(`troupe.${JOB}.sched.reject`, () => resolve()));
+    const refused = new Promise<void>((resolve) => admin.subscribe(`troupe.${JOB}.sched.*.reject`, () => resolve()));
     await admin.flush();
     await admin.publish(`troupe.${JOB}.stage.0.INPUT`, new TextEncoder().encode('not a frame'));
     await refused;

@@ -65,7 +65,8 @@ function comparable(f: Frame, prefix: string): Frame {
   return out;
 }
 
-const finished = (frames: Frame[]) => frames.some((f) => f.type === '@xstate.snapshot' && f.snapshot?.status === 'done');
+/** The root actor's final snapshot has come (the promise child's own 'done' snapshot comes earlier). */
+const finished = (frames: Frame[]) => frames.some((f) => f.type === '@xstate.snapshot' && f.snapshot?.status === 'done' && f.sessionId === f['rootId']);
 
 describe('Troupe frames against @statelyai/inspect 0.7.2', () => {
   it("match the library's createWebSocketInspector frame by frame for the same actor", async () => {

@@ -71,7 +71,7 @@ describe('an inspector that opens late', () => {
     expect(m.applyInspection(snap, 'j')).toBeNull();
     expect(m.unknownSeen).toBe(true);
     const first = { rank: 1, step: 3, key: 'j/3/1F0', code: 'COMPUTE', message: 'boom' };
-    const reject = { rank: 0, subject: 'troupe.j.stage.0.INPUT', code: 'SHAPE', message: 'x: shape [3] is not [4]' };
+    const reject = { rank: 0, subject: 'troupe.j.stage.0.INPUT', code: 'SHAPE', message: 'x: shape [3] is not [4]', step: null, microbatch: null, phase: null };
     const updates = m.applyPresence({
       scope: 'j', actor: 'scheduler',
       actors: [actor('j:scheduler', 'scheduler', { active: 'feeding' }), actor('j:scheduler/x:9', 'beginStep', null, 'j:scheduler')],

@@ -38,7 +38,7 @@ describe('what a late inspector is told', () => {
       await expect(pipe.trainStep(x, y)).rejects.toThrow(/the loss broke/);
       fail = false;
       await pipe.trainStep(x, y);
-      const refused = new Promise<void>((resolve) => admin.subscribe(`troupe.${job}.sched.reject`, () => resolve()));
+      const refused = new Promise<void>((resolve) => admin.subscribe(`troupe.${job}.sched.*.reject`, () => resolve()));
       await admin.flush();
       await admin.publish(`troupe.${job}.stage.0.INPUT`, new TextEncoder().encode('not a frame'));
       await refused;

@@ -6,6 +6,8 @@ import { Bus } from '../../src/transport/index.js';
 import { data, maxRelDiff, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 import { countingLock } from '../helpers/countingLock.js';
+import { decodeReply } from '../../src/protocol/messages.js';
+import { parseSealKey, sealFrame } from '../../src/protocol/seal.js';
 
 const nats = useNatsServer();
 
@@ -21,7 +23,7 @@ describe('malformed frames on a running job', () => {
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'spy' });
     const rejects: { rank: number; code: string; message: string }[] = [];
     const lock = countingLock(6);
-    spy.subscribe(subjects.schedSubject(job, 'reject'), (m) => {
+    spy.subscribe(subjects.schedWildcard(job, 'reject'), (m) => {
       rejects.push(JSON.parse(new TextDecoder().decode(m.data)));
       lock.count();
     });
@@ -32,7 +34,7 @@ describe('malformed frames on a running job', () => {
       if (injected || m.header('Troupe-Step') !== '2') return;
       injected = true;
       const headers: Record<string, string> = {};
-      for (const h of ['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Troupe-From', 'Troupe-Tensors', 'Troupe-Bytes', 'Troupe-Chunk']) headers[h] = m.header(h)!;
+      for (const h of ['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Troupe-From', 'Troupe-Tensors', 'Troupe-Bytes', 'Troupe-Chunk', 'Troupe-Seal']) headers[h] = m.header(h)!;
       const send = (subject: string, h: Record<string, string>, body: Uint8Array) => void spy.publish(subject, body, h);
       // 1. duplicate key: the very same frame again
       send(m.subject, headers, m.data);
@@ -46,10 +48,13 @@ describe('malformed frames on a running job', () => {
       // 5. stale step
       send(m.subject, { ...headers, 'Troupe-Step': '1' }, m.data);
       // 6. wrong shape for a microbatch not yet received: refused, and the real one still counts
-      const wrong = encodeFrame({ key: { job, step: 2, microbatch: 15, phase: Phase.FORWARD }, from: 'spy', tensors: [{ name: 'a0', dtype: 'float32', shape: [1, 31], data: new Float32Array(31) }] }, 1 << 20)[0]!;
+      //    (sealed with stage 0's key, as stage 0 would send it: the shape is what is wrong)
+      const wrong = encodeFrame(sealFrame({ key: { job, step: 2, microbatch: 15, phase: Phase.FORWARD }, from: 'spy', tensors: [{ name: 'a0', dtype: 'float32', shape: [1, 31], data: new Float32Array(31) }] }, m.subject, stage0Key), 1 << 20)[0]!;
       send(m.subject, wrong.headers, wrong.data);
     });
     await spy.flush();
+    // Stage 0's seal key, as the driver asks it (an admin may too).
+    const stage0Key = parseSealKey(decodeReply('key', await spy.request(subjects.ctlSubject(job, 0, subjects.CtlVerb.KEY), new Uint8Array(0), 5_000)).key);
     const { x, y } = data(64, SIZES[0]!, 4, 5);
     try {
       for (let s = 0; s < 3; s++) {

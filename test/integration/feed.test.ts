@@ -1,21 +1,24 @@
 /**
  * How stage 0 gets its inputs, over a real nats-server: `feed: 'step'` (the default) sends
  * every microbatch of a step as it begins, `feed: 'bounded'` the schedule's bound plus one and
- * then one per microbatch stage 0 releases. Both train like single-process tfjs; a spy on the
- * server sees the order each one promises.
+ * then one per microbatch stage 0 releases. Both train like single-process tfjs; what the
+ * scheduler sent and the stage received before each acted is what each one promises.
  */
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { createPipeline, ConfigError, type FeedMode } from '../../src/index.js';
 import { decodeMessage, encodeJson } from '../../src/protocol/messages.js';
 import { CtlVerb, ctlSubject } from '../../src/protocol/subjects.js';
-import { Bus } from '../../src/transport/bus.js';
+import { Bus, type BusMessage } from '../../src/transport/bus.js';
+import type { Frame } from '../../src/protocol/frame.js';
 import { data, maxRelDiff, mlpAndReference, slowLoss, stepBoth } from '../helpers/models.js';
 import { loneStage } from '../helpers/loneStage.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
 const publishOriginal = Bus.prototype.publish;
+const publishFrameOriginal = Bus.prototype.publishFrame;
+const subscribeOriginal = Bus.prototype.subscribe;
 const SIZES = [10, 16, 12, 3];
 
 describe('feeding stage 0', () => {
@@ -42,41 +45,67 @@ describe('feeding stage 0', () => {
     }
   });
 
-  it.each(['step', 'bounded'] as const)("feed '%s': the order on the wire, and every action event arrives", async (feed: FeedMode) => {
+  it.each(['step', 'bounded'] as const)("feed '%s': what the scheduler sent and the stage received before each acted, and every action event arrives", async (feed: FeedMode) => {
     const m = 6;
     const job = `feed-${feed}`;
-    const { pipe } = await loneStage({ sizes: SIZES, seed: 33, microbatches: m, job, feed, servers: nats.server.url });
-    const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-spy' });
-    // What the server delivered, in its order: `INPUT <mb>` and `<action> ` of stage 0, step 1.
-    const seen: string[] = [];
-    spy.subscribe(`troupe.${job}.stage.0.INPUT`, (msg) => seen.push(`INPUT ${msg.header('Troupe-Mb') ?? '?'}`));
-    spy.subscribe(`troupe.${job}.sched.action`, (msg) => {
-      const e = decodeMessage('action', msg.data);
-      if (e.step === 1) seen.push(e.action);
+    // Scheduler and stage share this process: one timeline, in the order things happened here.
+    // (A spy connection would see the scheduler's and the stage's messages in an order NATS
+    // does not promise: they come from two connections.)
+    const timeline: string[] = [];
+    const frameSpy = vi.spyOn(Bus.prototype, 'publishFrame').mockImplementation(function (this: Bus, subject: string, frame: Frame) {
+      if (subject === `troupe.${job}.stage.0.INPUT` && frame.key.step === 1) timeline.push(`sched sends INPUT ${frame.key.microbatch}`);
+      return publishFrameOriginal.call(this, subject, frame);
     });
-    await spy.flush();
+    const publishSpy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
+      if (subject === `troupe.${job}.sched.0.action`) {
+        const e = decodeMessage('action', body);
+        if (e.step === 1) timeline.push(`stage did ${e.action}`);
+      }
+      return publishOriginal.call(this, subject, body, headers);
+    });
+    // What the stage's and the scheduler's subscriptions are handed, when they are handed it.
+    const subscribeSpy = vi.spyOn(Bus.prototype, 'subscribe').mockImplementation(function (this: Bus, subject: string, handler: (msg: BusMessage) => void, queue?: string) {
+      const seen = (msg: BusMessage) => {
+        if (subject === `troupe.${job}.stage.0.*` && msg.subject.endsWith('.INPUT') && msg.header('Troupe-Step') === '1') timeline.push(`stage got INPUT ${msg.header('Troupe-Mb')}`);
+        if (subject === `troupe.${job}.sched.*.*` && msg.subject.endsWith('.action')) {
+          const e = decodeMessage('action', msg.data);
+          if (e.step === 1) timeline.push(`sched heard ${e.action}`);
+        }
+        handler(msg);
+      };
+      return subscribeOriginal.call(this, subject, seen, queue);
+    });
+    const { pipe } = await loneStage({ sizes: SIZES, seed: 33, microbatches: m, job, feed, servers: nats.server.url });
     const { x, y } = data(12, SIZES[0]!, 3, 34);
     try {
       await pipe.trainStep(x, y);
-      await spy.flush();
-      const inputs = seen.filter((s) => s.startsWith('INPUT'));
-      const actions = seen.filter((s) => !s.startsWith('INPUT'));
-      expect(inputs).toHaveLength(m);
+      const at = (label: string) => {
+        const i = timeline.indexOf(label);
+        expect(i, `${label} in\n${timeline.join('\n')}`).toBeGreaterThan(-1);
+        return i;
+      };
+      const mbs = Array.from({ length: m }, (_, i) => i);
       // Held back or not, every action of the step reached the scheduler once.
-      expect(actions.sort()).toEqual([...Array.from({ length: m }, (_, i) => `F${i}`), ...Array.from({ length: m }, (_, i) => `B${i}`)].sort());
-      const at = (label: string) => seen.indexOf(label);
-      const release = at('B0');
-      expect(release).toBeGreaterThan(-1);
+      const heard = timeline.filter((t) => t.startsWith('sched heard ')).map((t) => t.slice('sched heard '.length));
+      expect(heard.sort()).toEqual([...mbs.map((i) => `F${i}`), ...mbs.map((i) => `B${i}`)].sort());
+      for (const mb of mbs) expect(at(`stage got INPUT ${mb}`)).toBeGreaterThan(at(`sched sends INPUT ${mb}`));
       if (feed === 'step') {
-        // Every input went out as the step began, before stage 0 could release anything.
-        for (let mb = 0; mb < m; mb++) expect(at(`INPUT ${mb}`), `INPUT ${mb}`).toBeLessThan(release);
+        // Every input went out as the step began: before the stage had received any of them.
+        const firstGot = Math.min(...mbs.map((mb) => at(`stage got INPUT ${mb}`)));
+        for (const mb of mbs) expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeLessThan(firstGot);
       } else {
-        // 1 stage, 1F1B: bound 1, so 2 inputs at first; the third goes out once B0 is released.
-        expect(at('INPUT 1')).toBeLessThan(release);
-        expect(at('INPUT 2')).toBeGreaterThan(release);
+        // 1 stage, 1F1B: bound 1, so 2 inputs at first; input k goes out once the scheduler heard
+        // B(k-2), so the stage had done B(k-2) before it received input k.
+        for (const mb of [0, 1]) expect(at(`sched sends INPUT ${mb}`)).toBeLessThan(at('sched heard B0'));
+        for (const mb of mbs.slice(2)) {
+          expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`sched heard B${mb - 2}`));
+          expect(at(`stage got INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`stage did B${mb - 2}`));
+        }
       }
     } finally {
-      await spy.close();
+      frameSpy.mockRestore();
+      publishSpy.mockRestore();
+      subscribeSpy.mockRestore();
       await pipe.close();
       tf.dispose([x, y]);
     }
@@ -124,7 +153,7 @@ describe('feeding stage 0', () => {
     const { pipe } = await loneStage({ sizes: SIZES, seed: 38, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const done: { step: number; at: number }[] = [];
     const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject === `troupe.${job}.sched.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
+      if (subject === `troupe.${job}.sched.0.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
       return publishOriginal.call(this, subject, body, headers);
     });
     const admin = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'feed-ctl-test' });

@@ -57,7 +57,7 @@ describe('fuzzing a running job', () => {
     let refusedFrames = 0;
     let expectedFrames = Infinity;
     const codes = new Map<string, number>();
-    const rejects = fuzzer.subscribe(subjects.schedSubject(job, 'reject'), (m) => {
+    const rejects = fuzzer.subscribe(subjects.schedWildcard(job, 'reject'), (m) => {
       try {
         const r = decodeMessage('reject', m.data);
         codes.set(r.code, (codes.get(r.code) ?? 0) + 1);
@@ -83,7 +83,7 @@ describe('fuzzing a running job', () => {
     ];
     const stageSubjects = [0, 1].flatMap((r) => [Phase.INPUT, Phase.FORWARD, Phase.BACKWARD, Phase.UPDATE].map((ph) => subjects.stageSubject(job, r, ph)));
     const stateSubjects = [0, 1].map((r) => subjects.stateSubject(job, r));
-    const schedSubjects = ['action', 'loss', 'done', 'updated', 'error', 'reject'].map((e) => `troupe.${job}.sched.${e}`);
+    const schedSubjects = ['action', 'loss', 'done', 'updated', 'error', 'reject'].flatMap((e) => [0, 1].map((r) => `troupe.${job}.sched.${r}.${e}`));
     const ctlVerbs = [CtlVerb.STEP, CtlVerb.ABORT, CtlVerb.STOP, CtlVerb.LOAD, 'launch', 'rm'];
     const garbageJson = () => pick(['', '{', 'null', '[]', '{"step":"3"}', '{"job":4}', '{"step":1,"microbatches":-1}', String.fromCharCode(...bytes(20).map((b) => 32 + (b % 95)))]);
 

@@ -56,6 +56,40 @@ describe('tensors handed over between stages of one process', () => {
     }
   });
 
+  it('labels the driver adapts stay on the device: [n] for an [n, 1] output, int32 one-hot for categorical cross-entropy', async () => {
+    const { x, y } = data(12, 8, 3, 12);
+    const column = tf.tidy(() => tf.sum(y, 1)); // [n] where the model outputs [n, 1]
+    const ids = tf.cast(y, 'int32'); // one-hot as int32
+    const cases = [
+      { out: 1, loss: 'meanSquaredError', labels: column, ref: tf.reshape(column, [12, 1]) },
+      { out: 3, loss: 'categoricalCrossentropy', labels: ids, ref: y },
+    ] as const;
+    try {
+      for (const c of cases) {
+        const model = mlp([8, 10, c.out], 74);
+        const ref = mlp([8, 10, c.out], 75);
+        copyWeights(model, ref);
+        ref.compile({ optimizer: tf.train.sgd(0.1), loss: c.loss });
+        const pipe = await createPipeline({ model, stages: 2, microbatches: 3, handoff: true, optimizer: tf.train.sgd(0.1), loss: c.loss, nats: { servers: nats.server.url } });
+        try {
+          const before = tf.memory().numTensors;
+          for (let s = 0; s < 2; s++) expect((await pipe.trainStep(x, c.labels)).loss).toBeCloseTo((await ref.trainOnBatch(x, c.ref)) as number, 5);
+          expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+          // The reshaped and cast labels were freed with their step.
+          await pipe.trainStep(x, c.labels);
+          const third = tf.memory().numTensors;
+          await pipe.trainStep(x, c.labels);
+          expect(tf.memory().numTensors).toBe(third);
+          expect(third).toBeGreaterThanOrEqual(before);
+        } finally {
+          await pipe.close();
+        }
+      }
+    } finally {
+      tf.dispose([x, y, column, ids, cases[0].ref]);
+    }
+  });
+
   it('a step that fails half-way frees every tensor handed over, and the next steps train and stay flat', async () => {
     const SIZES = [8, 16, 12, 4];
     const model = mlp(SIZES, 73);

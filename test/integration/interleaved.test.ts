@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createPipeline } from '../../src/index.js';
 import { decodeMessage, type ActionEvent } from '../../src/protocol/messages.js';
-import { SchedEvent, schedSubject } from '../../src/protocol/subjects.js';
+import { SchedEvent, schedWildcard } from '../../src/protocol/subjects.js';
 import { formatAction } from '../../src/schedule/action.js';
 import { deviceOf } from '../../src/schedule/interleaved.js';
 import { Bus } from '../../src/transport/bus.js';
@@ -29,7 +29,7 @@ describe('interleaved 1F1B over a real nats-server', () => {
     });
     const watcher = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'watcher' });
     const events: ActionEvent[] = [];
-    const sub = watcher.subscribe(schedSubject(job, SchedEvent.ACTION), (msg) => events.push(decodeMessage('action', msg.data)));
+    const sub = watcher.subscribe(schedWildcard(job, SchedEvent.ACTION), (msg) => events.push(decodeMessage('action', msg.data)));
     await watcher.flush();
     const { x, y } = data(16, sizes[0]!, 3, 2);
     try {

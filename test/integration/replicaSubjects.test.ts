@@ -17,7 +17,8 @@ const nats = useNatsServer();
 describe('replica subjects', () => {
   it("one wildcard of the job covers every replica's stages", async () => {
     const job = 'wild';
-    const listener = await Bus.connect({ role: 'inspector', servers: nats.server.url });
+    // An admin: the inspector user hears only what the inspector shows (no frames).
+    const listener = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const seen = new Set<string>();
     const subjects = new Set<string>();
     // Each of 2 replicas x 2 stages publishes its counters after the step.
@@ -42,7 +43,7 @@ describe('replica subjects', () => {
       // Frames, events and counters of both replicas, and the replicas' all-reduce, all under troupe.<job>.>.
       for (const r of ['r0', 'r1']) {
         expect(subjects).toContain(`troupe.${job}.${r}.stage.1.FORWARD`);
-        expect(subjects).toContain(`troupe.${job}.${r}.sched.done`);
+        expect(subjects).toContain(`troupe.${job}.${r}.sched.1.done`);
       }
       expect(subjects).toContain(`troupe.${job}.allreduce.0`);
     } finally {

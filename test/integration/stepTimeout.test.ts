@@ -31,7 +31,9 @@ async function stepWithSilentRankOne(
   const [busA, busB, busC] = await Promise.all([0, 1, 2].map(() => Bus.connect({ role: 'admin', servers: nats.server.url })));
   const compute = new StageCompute({ partition: parts[0]!, optimizer: tf.train.sgd(0.1) });
   const stage0 = await StageHost.start({ bus: busA!, job, partition: parts[0]!, compute });
-  busC!.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(enc.encode(o.probe && m.subject.endsWith('.probe') ? JSON.stringify(o.probe) : '{"ok":true}')));
+  // Its seal key, asked before the first step, is any 32 bytes: it never sends a frame.
+  const key = JSON.stringify({ key: Buffer.alloc(32, 7).toString('base64') });
+  busC!.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(enc.encode(o.probe && m.subject.endsWith('.probe') ? JSON.stringify(o.probe) : m.subject.endsWith('.key') ? key : '{"ok":true}')));
   await busC!.flush();
   const sched = await SchedulerHost.start({ bus: busB!, job, stages: 2, ...o.sched });
   const { x, y } = data(4, 4, 2);

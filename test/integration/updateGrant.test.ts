@@ -25,7 +25,7 @@ async function watch(job: string): Promise<{ spy: Bus; seen: Map<number, string[
   const seen = new Map<number, string[]>();
   const at = (step: number) => seen.get(step) ?? (seen.set(step, []), seen.get(step)!);
   spy.subscribe(`troupe.${job}.stage.*.UPDATE`, (m) => at(Number(m.header('Troupe-Step'))).push(`UPDATE ${m.subject.split('.')[3]}`));
-  spy.subscribe(`troupe.${job}.sched.done`, (m) => {
+  spy.subscribe(`troupe.${job}.sched.*.done`, (m) => {
     const e = decodeMessage('done', m.data);
     at(e.step).push(`DONE ${e.rank}`);
   });
@@ -110,8 +110,8 @@ describe('the early UPDATE of the last stage running', () => {
     const { spy, seen } = await watch(job);
     const rejects: { code: string; message: string }[] = [];
     const losses: number[] = [];
-    spy.subscribe(`troupe.${job}.sched.reject`, (m) => rejects.push(decodeMessage('reject', m.data)));
-    spy.subscribe(`troupe.${job}.sched.loss`, (m) => losses.push(decodeMessage('loss', m.data).step));
+    spy.subscribe(`troupe.${job}.sched.*.reject`, (m) => rejects.push(decodeMessage('reject', m.data)));
+    spy.subscribe(`troupe.${job}.sched.*.loss`, (m) => losses.push(decodeMessage('loss', m.data).step));
     await spy.flush();
     const { x, y } = data(8, SIZES[0]!, 3, 46);
     try {

@@ -187,6 +187,29 @@ describe('encodeFrame / parseHeader / decodeSingle round trips', () => {
     expectSameTensors(new Reassembler().accept(h, m.data)!.tensors, tensors);
   });
 
+  it('keeps an owned, aligned buffer as the body, and copies any other', () => {
+    const tensors = [tensor('a0', 'float32', [4, 6])];
+    const m = encodeFrame(frameOf(tensors), 1 << 20)[0]!;
+    const h = headerOf(m);
+    /** The message's bytes at `offset` of a buffer of their own. */
+    const at = (offset: number) => {
+      const view = new Uint8Array(new ArrayBuffer(m.data.byteLength + 16), offset, m.data.byteLength);
+      view.set(m.data);
+      return view;
+    };
+    // Owned and aligned: the frame's tensor is a view of that very buffer.
+    const mine = at(8);
+    const kept = new Reassembler().accept(h, mine, true)!.tensors[0]!;
+    expect(kept.data.buffer).toBe(mine.buffer);
+    expectSameTensors([kept], tensors);
+    // Not owned (a socket's buffer), or owned but not aligned to 8: copied into a body of the frame's own.
+    for (const [data, owned] of [[at(8), false], [at(4), true]] as const) {
+      const copied = decodeSingle(h, data, owned).tensors[0]!;
+      expect(copied.data.buffer).not.toBe(data.buffer);
+      expectSameTensors([copied], tensors);
+    }
+  });
+
   it('writes the documented headers', () => {
     const m = encodeFrame(frameOf([tensor('x', 'float32', [32, 784]), tensor('y', 'float32', [32, 10])]), 1 << 20)[0]!;
     expect(m.headers).toEqual({

@@ -13,13 +13,15 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   done: { rank: 0, step: 3, peakHeld: 2 },
   updated: { rank: 2, step: 3 },
   error: { rank: 1, step: 3, key: 'mnist/3/2/FORWARD', code: 'SHAPE', message: 'bad shape' },
-  reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'FRAME', message: 'bad header' },
+  reject: { rank: 1, subject: 'troupe.mnist.stage.1.FORWARD', code: 'SHAPE', message: 'bad shape', step: 3, microbatch: 2, phase: 'FORWARD' },
   state: { step: 4, weightNames: ['dense_Dense1/kernel', 'dense_Dense1/bias'], optimizerNames: [] },
   hello: { rank: 1, stages: 2, pid: 1234, host: 'node-a', backend: 'wasm', device: 'cpu' },
   probe: { rank: 1, step: 3, state: 'running.waiting', action: 'B2', awaiting: ['BACKWARD:2'] },
   abort: { step: 3 },
   stop: { job: 'mnist' },
-  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, tensors: 12, machineMs: 1.5, framesMs: 0.5 },
+  key: { key: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
+  peers: { prev: '', next: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
+  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, conflicts: 0, tensors: 12, machineMs: 1.5, framesMs: 0.5 },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
 
@@ -72,12 +74,18 @@ describe('decodeMessage', () => {
 
       it(`${kind}: refuses "${field}" of the wrong type`, () => {
         for (const bad of wrongFor(valid[field])) {
-          if (field === 'metric' && bad === null) continue; // null is a valid metric
+          // null is a valid metric, and a refused frame's key is null when its headers could not be read
+          if (bad === null && (field === 'metric' || (kind === 'reject' && ['step', 'microbatch', 'phase'].includes(field)))) continue;
           frameError(() => decodeMessage(kind, encodeJson({ ...valid, [field]: bad })), new RegExp(`^${kind}: field "${field}" must be `));
         }
       });
     }
   }
+
+  it('accepts a reject whose frame key is unknown (null step, microbatch and phase)', () => {
+    const r = { ...VALID.reject, step: null, microbatch: null, phase: null };
+    expect(decodeMessage('reject', encodeJson(r))).toEqual(r);
+  });
 
   it('refuses non-finite numbers written as overflowing literals', () => {
     // JSON cannot write NaN, but 1e999 parses to Infinity.
@@ -92,6 +100,14 @@ describe('decodeMessage', () => {
     // JSON.stringify turns NaN into null.
     frameError(() => decodeMessage('done', encodeJson({ ...VALID.done, peakHeld: NaN })), /done: field "peakHeld" must be number, got null/);
     frameError(() => decodeMessage('action', encodeJson({ ...VALID.action, ms: Infinity })), /action: field "ms" must be number, got null/);
+  });
+
+  it("takes an action's optional timings when they are numbers, and refuses them otherwise", () => {
+    const timed = { ...VALID.action, sendAt: 0.5, sendMs: 0.125, inAt: 1763900000000.5, hostMs: 0.25 };
+    expect(decodeMessage('action', encodeJson(timed))).toEqual(timed);
+    expect(decodeMessage('action', encodeJson(VALID.action))).toEqual(VALID.action);
+    frameError(() => decodeMessage('action', encodeJson({ ...timed, sendMs: null })), /action: field "sendMs" must be number\?, got null/);
+    frameError(() => decodeMessage('action', encodeJson({ ...timed, inAt: '3' })), /action: field "inAt" must be number\?, got "3"/);
   });
 
   it.each(KINDS)('%s: refuses unknown fields, naming them', (kind) => {

@@ -18,6 +18,7 @@ import {
   inspectSubject,
   lastToken,
   schedSubject,
+  parseSchedSubject,
   schedWildcard,
   stageSubject,
   stageWildcard,
@@ -51,13 +52,16 @@ describe('subject builders', () => {
     expect(ctlSubject('mnist', 4, CtlVerb.ABORT)).toBe('troupe.mnist.ctl.4.abort');
     expect(ctlSubject('mnist', 4, CtlVerb.STOP)).toBe('troupe.mnist.ctl.4.stop');
     expect(ctlWildcard('mnist', 4)).toBe('troupe.mnist.ctl.4.*');
-    expect(schedSubject('mnist', SchedEvent.ACTION)).toBe('troupe.mnist.sched.action');
-    expect(schedSubject('mnist', SchedEvent.LOSS)).toBe('troupe.mnist.sched.loss');
-    expect(schedSubject('mnist', SchedEvent.DONE)).toBe('troupe.mnist.sched.done');
-    expect(schedSubject('mnist', SchedEvent.UPDATED)).toBe('troupe.mnist.sched.updated');
-    expect(schedSubject('mnist', SchedEvent.ERROR)).toBe('troupe.mnist.sched.error');
-    expect(schedSubject('mnist', SchedEvent.REJECT)).toBe('troupe.mnist.sched.reject');
-    expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*');
+    expect(schedSubject('mnist', 0, SchedEvent.ACTION)).toBe('troupe.mnist.sched.0.action');
+    expect(schedSubject('mnist', 1, SchedEvent.LOSS)).toBe('troupe.mnist.sched.1.loss');
+    expect(schedSubject('mnist', 2, SchedEvent.DONE)).toBe('troupe.mnist.sched.2.done');
+    expect(schedSubject('mnist', 0, SchedEvent.UPDATED)).toBe('troupe.mnist.sched.0.updated');
+    expect(schedSubject('mnist', 3, SchedEvent.ERROR)).toBe('troupe.mnist.sched.3.error');
+    expect(schedSubject('mnist', 0, SchedEvent.REJECT)).toBe('troupe.mnist.sched.0.reject');
+    expect(schedWildcard('mnist')).toBe('troupe.mnist.sched.*.*');
+    expect(schedWildcard('mnist', SchedEvent.ACTION)).toBe('troupe.mnist.sched.*.action');
+    expect(parseSchedSubject('troupe.mnist.r1.sched.12.done')).toEqual({ rank: 12, event: 'done' });
+    expect(parseSchedSubject('troupe.mnist.sched.done')).toBeNull();
     expect(inspectSubject('mnist', 'stage-1')).toBe('troupe.mnist.inspect.stage-1');
   });
 
@@ -75,13 +79,13 @@ describe('subject builders', () => {
     for (const sc of scopes) {
       expect(matches('troupe.mnist.>', statsSubject(sc, 1))).toBe(true);
       expect(matches('troupe.mnist.*.inspect.*', inspectSubject(sc, 'stage-0'))).toBe(true);
-      expect(matches(everyScope('mnist', 'stats.*')[1], statsSubject(sc, 1))).toBe(true);
+      expect(matches(everyScope('mnist', 'stats')[1], statsSubject(sc, 1))).toBe(true);
       expect(scopeOfSubject('mnist', statsSubject(sc, 1))).toBe(sc);
     }
     // Another job's replicas are not covered, nor does the job's own wildcard reach them.
     expect(matches('troupe.mnist.>', statsSubject('mnist2.r0', 1))).toBe(false);
     expect(scopeOfSubject('mnist', statsSubject('mnist', 1))).toBe('mnist');
-    expect(matches(everyScope('mnist', 'stats.*')[0], statsSubject('mnist', 1))).toBe(true);
+    expect(matches(everyScope('mnist', 'stats')[0], statsSubject('mnist', 1))).toBe(true);
     expect(scopeOfSubject('mnist', 'troupe.other.stats.1')).toBeNull();
     expect(() => replicaScope('mnist', 3, 3)).toThrow(ConfigError);
     expect(() => checkScope('mnist.r')).toThrow(ConfigError);
@@ -112,7 +116,7 @@ describe('subject builders', () => {
       expect(lastToken(s)).toBe(verb);
     }
     for (const ev of Object.values(SchedEvent)) {
-      const s = schedSubject('j', ev);
+      const s = schedSubject('j', 1, ev);
       expect(matches(schedWildcard('j'), s)).toBe(true);
       expect(matches(schedWildcard('j-2'), s)).toBe(false);
       expect(lastToken(s)).toBe(ev);
@@ -143,7 +147,7 @@ describe('job ids', () => {
       () => stageWildcard(job, 0),
       () => ctlSubject(job, 0, CtlVerb.STEP),
       () => ctlWildcard(job, 0),
-      () => schedSubject(job, SchedEvent.LOSS),
+      () => schedSubject(job, 0, SchedEvent.LOSS),
       () => schedWildcard(job),
       () => inspectSubject(job, 'x'),
     ];
@@ -171,5 +175,40 @@ describe('ranks', () => {
   it('takes 0 and large integers', () => {
     expect(stageSubject('j', 0, Phase.FORWARD)).toBe('troupe.j.stage.0.FORWARD');
     expect(ctlWildcard('j', 1000)).toBe('troupe.j.ctl.1000.*');
+  });
+});
+
+describe('the permissions table', () => {
+  it('is what the committed nats.conf says (run scripts/nats-conf.ts after changing it)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { natsConfText } = await import('../../src/fleet/natsConf.js');
+    expect(readFileSync(new URL('../../nats.conf', import.meta.url), 'utf8')).toBe(natsConfText());
+  });
+
+  it('builds its patterns from the same shapes as the subjects: each subject a user needs is allowed, in any job and in its own', async () => {
+    const { permissionsOf } = await import('../../src/protocol/subjects.js');
+    for (const job of ['*', 'mnist']) {
+      const allowed = (role: string, kind: 'publish' | 'subscribe', subject: string) => permissionsOf(role, job)[kind].some((p) => matches(p, subject));
+      for (const scope of ['mnist', 'mnist.r1']) {
+        expect(allowed('stage1', 'publish', stageSubject(scope, 2, Phase.FORWARD))).toBe(true);
+        expect(allowed('stage1', 'publish', stageSubject(scope, 0, Phase.BACKWARD))).toBe(true);
+        expect(allowed('stage1', 'publish', schedSubject(scope, 1, SchedEvent.DONE))).toBe(true);
+        expect(allowed('stage1', 'publish', schedSubject(scope, 0, SchedEvent.DONE))).toBe(false);
+        expect(allowed('stage1', 'subscribe', stageWildcard(scope, 1))).toBe(true);
+        expect(allowed('stage1', 'subscribe', ctlWildcard(scope, 1))).toBe(true);
+        expect(allowed('driver', 'publish', ctlSubject(scope, 3, CtlVerb.KEY))).toBe(true);
+        expect(allowed('driver', 'subscribe', schedWildcard(scope))).toBe(true);
+        expect(allowed('inspector', 'subscribe', stageWildcard(scope, 1))).toBe(false);
+      }
+      expect(allowed('stage1', 'publish', stageSubject('other', 2, Phase.FORWARD))).toBe(job === '*');
+    }
+    expect(() => permissionsOf('stage1', 'a.b')).toThrow(ConfigError);
+    expect(() => permissionsOf('root')).toThrow(/no NATS user "root"/);
+  });
+
+  it('pool subjects check every token', async () => {
+    const { poolSubject } = await import('../../src/protocol/subjects.js');
+    expect(poolSubject('p', 'caller', 'c-1')).toBe('troupe.pool.p.caller.c-1');
+    expect(() => poolSubject('p', 'caller', 'a.b')).toThrow(ConfigError);
   });
 });

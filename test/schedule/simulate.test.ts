@@ -35,6 +35,30 @@ describe('simulate', () => {
     expect(slow.timeline[1]![0]!.start).toBe(2);
   });
 
+  it("lets the previous stage's backward start once an unsplit backward has its input gradients, before its weight gradients", () => {
+    // 1F1B p=2 m=2, F = B = W = 1: stage 1's backward takes 2 (B + W) but sends after 1.
+    const sim = simulate(oneFOneB(2, 2), { F: 1, B: 1, W: 1, inputGradientsFirst: true });
+    const at = sim.timeline.map((row) => row.map((x) => `${x.action.kind}${x.action.microbatch}@${x.start}-${x.end}`));
+    expect(at).toEqual([
+      ['F0@0-1', 'F1@1-2', 'B0@3-5', 'B1@6-8'],
+      ['F0@1-2', 'B0@2-4', 'F1@4-5', 'B1@5-7'],
+    ]);
+    expect(sim.stepTime).toBe(8);
+    // As the papers count it (the gradients leave at the backward's end): 9.
+    expect(simulate(oneFOneB(2, 2), { F: 1, B: 1, W: 1 }).stepTime).toBe(9);
+  });
+
+  it('takes costs per stage: the slowest stage sets the pace', () => {
+    // GPipe p=2 m=2 with stage 1 twice as slow: F 1 / 2, B 2 / 4.
+    const sim = simulate(gpipe(2, 2), (st) => (st === 0 ? { F: 1, B: 2 } : { F: 2, B: 4 }));
+    const at = sim.timeline.map((row) => row.map((x) => `${x.action.kind}${x.action.microbatch}@${x.start}`));
+    expect(at).toEqual([
+      ['F0@0', 'F1@1', 'B0@9', 'B1@13'],
+      ['F0@1', 'F1@3', 'B0@5', 'B1@9'],
+    ]);
+    expect(sim.stepTime).toBe(15);
+  });
+
   it('refuses a schedule that cannot finish, naming the stuck actions', () => {
     // Stage 0 wants B0 (needs stage 1's B0) before F0; stage 1 wants F0 (needs stage 0's F0) first.
     const stuck = [parseStageActions('B0 F0', 0), parseStageActions('F0 B0', 1)];

@@ -4,7 +4,7 @@
  * each requester and the runtime goes on; shutdown serves what is queued.
  */
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ModuleRuntime, moduleOfModel, type ModuleBackend } from '../../src/serve/moduleRuntime.js';
 import { ModuleClient, ServeError } from '../../src/serve/moduleClient.js';
 import { Bus } from '../../src/transport/bus.js';
@@ -70,10 +70,11 @@ describe('ModuleRuntime', () => {
     try {
       const x = tf.ones([1, 4]);
       const failures = await Promise.all(Array.from({ length: 4 }, () => client.forward(x).catch((e: unknown) => e)));
-      for (const f of failures) {
+      // Each request failed on its own too: each error names its request.
+      failures.forEach((f, n) => {
         expect(f).toBeInstanceOf(ServeError);
-        expect((f as Error).message).toMatch(/m\.forward: the batch of \d+ failed: device lost/);
-      }
+        expect((f as Error).message).toMatch(new RegExp(`m\\.forward: request ${client.name}#${n + 1} \\(1 example\\) failed.*: device lost`));
+      });
       explode = false;
       const [y] = await client.forward(x);
       expect(maxDiff(y!, model.predict(x) as tf.Tensor)).toBeLessThan(1e-6);
@@ -88,6 +89,49 @@ describe('ModuleRuntime', () => {
     } finally {
       await runtime.stop();
       await bus.close();
+    }
+  });
+
+  it('one poisoned request in a batch: the batch runs again request by request, the others get their answers and the poisoned one its own error', async () => {
+    const model = mlp([4, 8, 2], 8);
+    const good = moduleOfModel('m', model, { maxBatchSize: 16, maxWaitMs: 10_000 });
+    // A module that cannot take a negative first feature (a bad row, a token out of range...).
+    const picky: ModuleBackend = {
+      ...good,
+      forward: (xs) => {
+        if (tf.tidy(() => tf.min(xs[0]!.slice([0, 0], [-1, 1])).dataSync()[0]!) < 0) throw new RangeError('negative feature');
+        return good.forward(xs);
+      },
+    };
+    const bus = await connect();
+    const runtime = await ModuleRuntime.start({ bus, name: 'rt4', modules: [picky] });
+    const clients = Array.from({ length: 7 }, (_, k) => new ModuleClient({ bus, runtime: 'rt4', module: 'm', name: `good${k}` }));
+    const poisoner = new ModuleClient({ bus, runtime: 'rt4', module: 'm', name: 'poisoner' });
+    const xs = tf.randomUniform([7, 4], 0, 1, 'float32', 9);
+    const rows = tf.split(xs, 7, 0);
+    const poison = tf.tensor2d([[-1, 0, 0, 0]]);
+    try {
+      // maxBatchSize 16 and a long wait: the 8 requests form one batch, run when stop() flushes it.
+      const answers = clients.map((c, k) => c.forward(rows[k]!));
+      const refused = poisoner.forward(poison).catch((e: unknown) => e);
+      // A client reads its tensors (asynchronously) before it sends: wait until all 8 wait in the pool.
+      await vi.waitFor(() => expect(runtime.stats()[0]!.queued).toBe(8));
+      await runtime.stop();
+      const outs = await Promise.all(answers);
+      const want = model.predict(xs) as tf.Tensor;
+      expect(maxDiff(tf.concat(outs.map((o) => o[0]!), 0), want)).toBeLessThan(1e-6);
+      const err = await refused;
+      expect(err).toBeInstanceOf(ServeError);
+      expect((err as ServeError).code).toBe('REQUEST_FAILED');
+      expect((err as Error).message).toBe('m.forward: request poisoner#1 (1 example) failed alone, after its batch of 8 requests (8 examples) failed: negative feature');
+      const [stats] = runtime.stats();
+      expect(stats).toMatchObject({ failed: 1, split: 1, examples: 7 });
+      expect(runtime.actor.getSnapshot().context.splits).toBe(1);
+      tf.dispose([want, ...outs.flat()]);
+    } finally {
+      await runtime.stop();
+      await bus.close();
+      tf.dispose([xs, poison, ...rows]);
     }
   });
 
