@@ -98,8 +98,8 @@ export class Driver {
     this.progress = new Progress(this.out);
     const restartLimit = o.restarts ?? 0;
     this.fleet = new WorkerFleet({ o, plan: p.plan, tell: (e) => this.tell(e), recovering: () => this.actor.getSnapshot().matches({ live: 'recovering' }), say: (l) => this.say(l), warn: (l) => this.warn(l) });
-    // The job actor shows in the inspector like the others (under the scheduler's subjects: the only ones the driver's user may publish on).
-    this.inspector = o.inspect ? new PendingInspector({ scope: p.job, actor: 'job', channel: 'scheduler' }) : undefined;
+    // The job actor shows in the inspector like the others.
+    this.inspector = o.inspect ? new PendingInspector({ scope: p.job, actor: 'job' }) : undefined;
     const machine = jobMachine.provide({
       actors: {
         prepare: fromPromise(({ signal }) => (this.preparing = this.prepare(signal))),

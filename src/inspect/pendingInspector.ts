@@ -12,13 +12,8 @@ import { RollCall } from './rollCall.js';
 export interface PendingInspectorOptions {
   /** The job (or a replica's scope). */
   readonly scope: string;
-  /** The actor's name: its session id is `<scope>:<actor>`. */
+  /** The actor's name: its session id is `<scope>:<actor>`, its subjects `inspect.<actor>` and `present.<actor>`. */
   readonly actor: string;
-  /**
-   * The subject token its events and presence go under, when the connection's user may not
-   * publish under `actor` (the driver's user publishes as the scheduler only: subjects.ts).
-   */
-  readonly channel?: string;
 }
 
 export class PendingInspector {
@@ -36,11 +31,11 @@ export class PendingInspector {
 
   /** Publishes the events so far and every later one on `bus`, and answers `who`. */
   async attach(bus: Bus): Promise<void> {
-    const insp = new ActorInspector({ bus, scope: this.o.scope, actor: this.o.channel ?? this.o.actor, sessionId: actorSessionId(this.o.scope, this.o.actor) });
+    const insp = new ActorInspector({ bus, scope: this.o.scope, actor: this.o.actor, sessionId: actorSessionId(this.o.scope, this.o.actor) });
     this.inspector = insp;
     for (const ev of this.waiting ?? []) insp.inspect(ev);
     this.waiting = null;
-    this.rollCall = await RollCall.start({ bus, scope: this.o.scope, actor: this.o.channel ?? this.o.actor, answer: () => ({ actors: insp.present() }) });
+    this.rollCall = await RollCall.start({ bus, scope: this.o.scope, actor: this.o.actor, answer: () => ({ actors: insp.present() }) });
   }
 
   /** Publishes nothing more; stops answering `who`. */
