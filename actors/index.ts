@@ -6,6 +6,8 @@
 export { stageMachine, actionRunner, updateRunner, missing, runLength } from './stageMachine.js';
 export type { StageInput, StageContext, StageEvent, ExecuteInput, StageFailure } from './stageMachine.js';
 export { schedulerMachine, freesForFeed } from './schedulerMachine.js';
+export { jobMachine } from './jobMachine.js';
+export type { JobInput, JobContext, JobEvent, JobError, WorkerLoss, RecoverInput, StepInput } from './jobMachine.js';
 export type { StepRequest, StepOutcome, StepFailure, SchedulerContext, SchedulerEvent } from './schedulerMachine.js';
 export { admitFrame, admitStep, splitInput } from './admitFrame.js';
 export type { AdmitContext } from './admitFrame.js';

@@ -9,13 +9,14 @@ import { benchHops } from './hopLatency.js';
 import { benchInspect } from './inspect.js';
 import { benchPool } from './pool.js';
 import { benchProfile } from './profile.js';
+import { benchRestarts } from './restarts.js';
 import { benchScaling } from './scaling.js';
 import { benchServe } from './serve.js';
 import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, pool: benchPool, inspect: benchInspect, gpu: benchGpu };
+const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, pool: benchPool, inspect: benchInspect, restarts: benchRestarts, gpu: benchGpu };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

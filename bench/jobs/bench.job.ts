@@ -2,7 +2,7 @@
  * The benchmark job, shaped by environment variables so every process of the fleet builds
  * the same thing: BENCH_MODEL (mlp | conv | uniform), BENCH_STAGES, BENCH_V (stages per
  * worker), BENCH_M, BENCH_SCHEDULE, BENCH_BATCH, BENCH_STEPS, BENCH_FEED (step | bounded),
- * BENCH_WIDTH (the uniform MLP's width, default 1024).
+ * BENCH_OPTIMIZER (sgd | adam), BENCH_WIDTH (the uniform MLP's width, default 1024).
  * Data are random: speed does not depend on the values.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -60,7 +60,7 @@ export default defineJob({
   schedule: env('BENCH_SCHEDULE', '1f1b'),
   virtualStages: Number(env('BENCH_V', '1')),
   feed: env('BENCH_FEED', 'step') as 'step' | 'bounded',
-  optimizer: { className: 'SGD', config: { learningRate: 0.01 } },
+  optimizer: env('BENCH_OPTIMIZER', 'sgd') === 'adam' ? { className: 'Adam', config: { learningRate: 0.001 } } : { className: 'SGD', config: { learningRate: 0.01 } },
   loss: 'categoricalCrossentropy',
   epochs: 1,
   batchSize: BATCH,

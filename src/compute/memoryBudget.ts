@@ -5,6 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { PartitionError } from '../errors.js';
+import { minMaxCut } from './balance.js';
 import { HeldTape } from './heldTape.js';
 import { layerInputs } from './layerInputs.js';
 
@@ -85,28 +86,7 @@ export function describeMemory(e: StageMemory): string {
  */
 export function cutUnderBudget(model: tf.LayersModel, p: number, budget: number, m: MemoryModel): { boundaries: number[]; estimates: StageMemory[] } {
   const costs = layerCosts(model, m.rows);
-  const n = costs.params.length;
-  if (p < 1 || p > n) throw new PartitionError(`cannot cut ${n} layers into ${p} stages`);
-  // best[k][j]: the smallest largest-stage total for the first j layers in k stages.
-  const best = Array.from({ length: p + 1 }, () => new Array<number>(n + 1).fill(Infinity));
-  const from = Array.from({ length: p + 1 }, () => new Array<number>(n + 1).fill(0));
-  best[0]![0] = 0;
-  for (let k = 1; k <= p; k++) {
-    for (let j = k; j <= n; j++) {
-      for (let i = k - 1; i < j; i++) {
-        const v = Math.max(best[k - 1]![i]!, estimate(costs, i, j, k - 1, m).total);
-        if (v < best[k]![j]!) {
-          best[k]![j] = v;
-          from[k]![j] = i;
-        }
-      }
-    }
-  }
-  const starts = [n];
-  for (let k = p, j = n; k >= 1; k--) {
-    j = from[k]![j]!;
-    starts.unshift(j);
-  }
+  const starts = minMaxCut(costs.params.length, p, (from, to, rank) => estimate(costs, from, to, rank, m).total);
   const estimates = starts.slice(0, -1).map((s, r) => estimate(costs, s, starts[r + 1]!, r, m));
   const over = estimates.filter((e) => e.total > budget).sort((a, b) => b.total - a.total)[0];
   if (over) {

@@ -53,8 +53,12 @@ options:
                           page (and Stately's relay) on 127.0.0.1:<port> (default a free
                           port); the URL is printed. 'troupe inspect' may join at any time too
   --trace <file>          write every step's timeline as a Chrome trace (Perfetto)
-  --restarts <n>          survive n worker deaths: restart the worker, load every stage with
-                          the last completed step and replay the interrupted step (default 0)
+  --restarts <n>          survive n losses (a worker that dies or hangs, a remote worker
+                          replaced, the nats-server troupe up started): restart it, load every
+                          stage with the state the driver kept and replay the steps since
+                          (default 0)
+  --keep-every <k>        with --restarts, keep the stages' state every k steps (default: as
+                          rarely as costs a quarter of the bytes the steps move, at most 100)
   --json                  print a JSON summary on stdout (steps, losses, held-out loss and
                           metric, each stage's counters, the workers); the rest goes to stderr
   -q, --quiet             no progress bar, fleet or summary lines: only what went wrong or
@@ -157,6 +161,7 @@ async function up(args: string[]): Promise<number> {
       backend: { type: 'string' },
       trace: { type: 'string' },
       restarts: { type: 'string' },
+      'keep-every': { type: 'string' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       verbose: { type: 'boolean', short: 'v' },
@@ -179,6 +184,7 @@ async function up(args: string[]): Promise<number> {
     const steps = intOf('--steps', values.steps, 1);
     const ready = intOf('--ready-timeout', values['ready-timeout'], 1);
     const restarts = intOf('--restarts', values.restarts, 0);
+    const keepEvery = intOf('--keep-every', values['keep-every'], 1);
     const backend = backendOf(values.backend);
     const result = await runJob({
       config: positionals[0]!,
@@ -196,6 +202,7 @@ async function up(args: string[]): Promise<number> {
       ...(inspectPort !== undefined ? { inspectPort } : {}),
       ...(values.trace ? { trace: values.trace } : {}),
       ...(restarts !== undefined ? { restarts } : {}),
+      ...(keepEvery !== undefined ? { keepEvery } : {}),
       verbosity: values.quiet ? 'quiet' : values.verbose ? 'verbose' : 'normal',
       out,
       signal: ac.signal,

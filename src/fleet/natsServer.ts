@@ -40,6 +40,8 @@ export interface NatsServer {
   readonly pid: number;
   /** Everything the server logged so far. */
   log(): string;
+  /** Resolves when the server has exited, whoever ended it (`stop`, a signal, a crash). */
+  readonly exited: Promise<void>;
   /** Ends the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. It also ends with this process, however that ends. */
   stop(): Promise<void>;
 }
@@ -121,6 +123,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     port,
     pid,
     log: () => out,
+    exited,
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       // The server is the keeper's unreaped child until it exits: its pid is still its own.

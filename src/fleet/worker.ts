@@ -1,18 +1,13 @@
 /** A worker process: the stage actors of one device of a job, joined to the fleet only through NATS. */
 import { ConfigError } from '../errors.js';
 import { isGpuBackend, selectBackend, type BackendName } from '../compute/backend.js';
-import { resolveLoss } from '../compute/loss.js';
-import { optimizerFactory } from '../compute/optimizer.js';
-import { partitionModel } from '../compute/partition.js';
-import { StageCompute } from '../compute/stageCompute.js';
 import { deferred } from '../runtime/deferred.js';
-import { AllReduce } from '../runtime/allReduce.js';
-import { DeviceTurn } from '../runtime/deviceTurn.js';
-import { StageHost } from '../runtime/stageHost.js';
+import { startStages, type StartedStages } from '../runtime/startStages.js';
 import { replicaScope } from '../protocol/subjects.js';
 import { Bus } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { loadJobConfig } from './jobConfig.js';
+import { jobPlan } from './jobPlan.js';
 
 /** Options of `runWorker` (the flags of `troupe worker`). */
 export interface WorkerOptions {
@@ -45,31 +40,37 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const device = choice.device;
   const cfg = await loadJobConfig(o.config);
   const model = await cfg.model();
-  const parts = partitionModel(model, o.boundaries ?? cfg.stages, { recompute: cfg.recompute ?? false });
-  for (const r of o.ranks) if (!parts[r]) throw new ConfigError(`rank ${r} does not exist: job ${o.job} has ${parts.length} stages`);
-  const makeOptimizer = optimizerFactory(cfg.optimizer);
-  const objective = resolveLoss(cfg.loss, cfg.metric);
-  const computes = o.ranks.map((r) => StageCompute.forPartition(parts[r]!, makeOptimizer(), objective, cfg.recompute ?? false));
-  // One connection per stage, each logged in as its rank (NATS lets a stage talk to its neighbours only).
-  const buses: Bus[] = [];
-  const turn = o.ranks.length > 1 ? new DeviceTurn() : undefined;
-  const hosts: StageHost[] = [];
   const replicas = o.replicas ?? 1;
   const replica = o.replica ?? 0;
   if (!Number.isInteger(replica) || replica < 0 || replica >= replicas) throw new ConfigError(`replica ${replica} does not exist: the job has ${replicas}`);
+  const thePlan = await jobPlan({ ...cfg, replicas }, model, o.job, o.boundaries);
+  for (const r of o.ranks) if (!thePlan.partitions[r]) throw new ConfigError(`rank ${r} does not exist: job ${o.job} has ${thePlan.stages} stages`);
   // A replica's stages talk on subjects of their own; the replicas of a stage meet in the all-reduce.
-  const rjob = replicaJob(o.job, replica, replicas);
-  const reducers: AllReduce[] = [];
-  for (const [i, r] of o.ranks.entries()) {
-    const partition = parts[r]!;
+  const rjob = thePlan.replicaJobs[replica]!;
+  // One connection per stage, each logged in as its rank (NATS lets a stage talk to its neighbours only).
+  const buses: Bus[] = [];
+  const connect = async (r: number) => {
     const bus = await Bus.connect({ servers: o.nats.split(','), name: `troupe-${rjob}-stage-${r}`, role: stageRole(r) });
     buses.push(bus);
     // Direct links between stages: when they come up or go, and any connection refused.
     bus.onStatus((s) => s.type.startsWith('direct-') && log(`troupe worker: rank ${r}: ${s.detail}`));
-    const allReduce = replicas > 1 ? await AllReduce.start({ bus, group: o.job, rank: r, replica, replicas }) : undefined;
-    if (allReduce) reducers.push(allReduce);
-    hosts.push(await StageHost.start({ bus, job: rjob, ...(allReduce ? { allReduce } : {}), partition, compute: computes[i]!, identity: { backend: choice.name, device }, handoff: isGpuBackend(choice.name), inspect: o.inspect ?? false, ...(turn ? { turn } : {}) }));
-    log(`troupe worker: job ${rjob} rank ${r}/${parts.length} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
+    return bus;
+  };
+  let stages: StartedStages;
+  try {
+    stages = await startStages(thePlan, o.ranks, connect, {
+      optimizer: cfg.optimizer, loss: cfg.loss, ...(cfg.metric !== undefined ? { metric: cfg.metric } : {}), recompute: cfg.recompute ?? false, replica,
+      identity: { backend: choice.name, device }, handoff: isGpuBackend(choice.name), inspect: o.inspect ?? false,
+    });
+  } catch (err) {
+    await Promise.all(buses.map((b) => b.close().catch(() => {})));
+    model.dispose();
+    throw err;
+  }
+  const hosts = stages.hosts;
+  for (const h of hosts) {
+    const partition = thePlan.partitions[h.rank]!;
+    log(`troupe worker: job ${rjob} rank ${h.rank}/${thePlan.stages} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
   }
   const who = `rank ${o.ranks.join(', ')}`;
 
@@ -77,9 +78,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const stop = (why: string): Promise<void> =>
     (stopping ??= (async () => {
       log(`troupe worker: ${who} stopping (${why})`);
-      await Promise.all(hosts.map((h) => h.close()));
-      await Promise.all(reducers.map((a) => a.close()));
-      for (const c of computes) c.dispose();
+      await stages.close();
       await Promise.all(buses.map((b) => b.close().catch(() => {})));
       model.dispose();
     })());

@@ -329,8 +329,9 @@ export function permissionsOf(role: string, job = '*'): Permissions {
   const inbox = (user: string) => `${inboxPrefix(user)!}.>`;
   if (role === 'driver') {
     return {
-      // Feeds inputs and updates, sends plans and states, reads events, snapshots and outputs.
-      publish: inJob(job, [tail.stage('*', Phase.INPUT), tail.stage('*', Phase.UPDATE), tail.ctl('*', '*'), tail.state('*'), tail.inspect('scheduler'), tail.present('scheduler')]),
+      // Feeds inputs and updates, sends plans and states, reads events, snapshots and outputs;
+      // shows its scheduler and (troupe up) its job actor to inspectors.
+      publish: inJob(job, [tail.stage('*', Phase.INPUT), tail.stage('*', Phase.UPDATE), tail.ctl('*', '*'), tail.state('*'), tail.inspect('scheduler'), tail.present('scheduler'), tail.inspect('job'), tail.present('job')]),
       subscribe: [...inJob(job, [tail.sched('*', '*'), tail.snapshot('*'), tail.stats('*'), tail.hello(), tail.output()]), ...ofJob(job, [tail.who()]), inbox('driver')],
       responses: false,
     };

@@ -3,22 +3,19 @@ import * as tf from '@tensorflow/tfjs';
 import { ConfigError, StateError, messageOf } from '../errors.js';
 import { isGpuBackend, selectBackend, type BackendName } from '../compute/backend.js';
 import { resolveLoss, type LossSpec } from '../compute/loss.js';
-import { optimizerFactory, type OptimizerSpec } from '../compute/optimizer.js';
-import { partitionModel, stageStartsOf, type StagePartition, type StageSpec } from '../compute/partition.js';
-import { profileLayers } from '../compute/profileLayers.js';
-import { cutUnderBudget, estimateStages, slotsPerWeight, type MemoryModel, type StageMemory } from '../compute/memoryBudget.js';
-import { isFeedMode, maxInFlight, type FeedMode } from '../schedule/constraint.js';
-import { StageCompute } from '../compute/stageCompute.js';
+import type { OptimizerSpec } from '../compute/optimizer.js';
+import { stageStartsOf, type StagePartition, type StageSpec } from '../compute/partition.js';
+import { estimateStages, slotsPerWeight, type StageMemory } from '../compute/memoryBudget.js';
+import { isFeedMode, type FeedMode } from '../schedule/constraint.js';
 import { cloneModel } from '../compute/cloneModel.js';
 import { deviceWire, fromTensor, releaseDevice } from '../compute/wire.js';
-import { AllReduce } from './allReduce.js';
+import { plan } from './plan.js';
 import { runReplicas } from './replicas.js';
+import { startStages, type StartedStages } from './startStages.js';
 import type { StepExtra } from './stepRunner.js';
-import { checkJobId, replicaScope } from '../protocol/subjects.js';
+import { checkJobId } from '../protocol/subjects.js';
 import type { Schedule } from '../schedule/action.js';
-import { deviceOf, type DeviceSchedule, type PlacedSchedule } from '../schedule/interleaved.js';
-import { buildPlacedSchedule } from '../schedule/schedules.js';
-import { DeviceTurn } from './deviceTurn.js';
+import type { DeviceSchedule, PlacedSchedule } from '../schedule/interleaved.js';
 import { Bus, type BusOptions } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
@@ -203,27 +200,15 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const handoff = o.handoff ?? isGpuBackend(backend.name);
   const job = checkJobId(o.job ?? `job-${Math.random().toString(36).slice(2, 10)}`);
   const k = o.replicas ?? 1;
-  const costs = o.balance === 'time' && typeof o.stages === 'number' ? await profileLayers(o.model, { rows: 32 }) : undefined;
   const m = o.microbatches;
-  const { loss, metric } = resolveLoss(o.loss, o.metric);
-  const makeOptimizer = optimizerFactory(o.optimizer);
-  // Under a memory budget: the cut whose largest stage estimate is smallest, or an error naming the stage.
-  let spec: StageSpec = o.stages;
-  let budgeted: { memory: MemoryModel; estimates: StageMemory[] } | null = null;
-  if (o.memoryBudget) {
-    if (typeof o.stages !== 'number') throw new ConfigError('memoryBudget chooses the cut: give stages as a count');
-    const probe = makeOptimizer();
-    const bounds = buildPlacedSchedule(o.schedule ?? '1f1b', o.stages, m, o.virtualStages ?? 1).stages.map(maxInFlight);
-    const memory: MemoryModel = { slotsPerWeight: slotsPerWeight(probe.getClassName()), rows: Math.ceil(o.memoryBudget.batchSize / m), held: (r) => bounds[r]! };
-    probe.dispose();
-    const cutFit = cutUnderBudget(o.model, o.stages, o.memoryBudget.bytesPerStage, memory);
-    spec = cutFit.boundaries;
-    budgeted = { memory, estimates: cutFit.estimates };
-  }
-  const cut = (model: tf.LayersModel) => partitionModel(model, spec, { recompute: o.recompute ?? false, ...(costs ? { costs } : {}) });
-  const partitions = cut(o.model);
+  const { metric } = resolveLoss(o.loss, o.metric);
+  const thePlan = await plan({
+    job, model: o.model, stages: o.stages, microbatches: m, optimizer: o.optimizer, replicas: k, recompute: o.recompute ?? false,
+    ...(o.virtualStages !== undefined ? { virtualStages: o.virtualStages } : {}), ...(o.schedule !== undefined ? { schedule: o.schedule } : {}),
+    ...(o.balance ? { balance: o.balance } : {}), ...(o.memoryBudget ? { memoryBudget: o.memoryBudget } : {}),
+  });
+  const { partitions, placed } = thePlan;
   const p = partitions.length;
-  const placed = buildPlacedSchedule(o.schedule ?? '1f1b', p, m, o.virtualStages ?? 1);
   const schedule = placed.stages;
   // Replica 0 trains the caller's model; the others train copies with the same weights.
   const models = [o.model];
@@ -231,8 +216,7 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
 
   const buses: Bus[] = [];
   const hosts: StageHost[] = [];
-  const computes: StageCompute[] = [];
-  const reducers: AllReduce[] = [];
+  const started: StartedStages[] = [];
   const scheds: SchedulerHost[] = [];
   const runners: StepRunner[] = [];
   // Each connection logs in as its role (stage<r>, driver) unless the caller names a user.
@@ -243,28 +227,20 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   };
   const closeAll = async () => {
     await Promise.all(scheds.map((s) => s.close()));
-    await Promise.all(hosts.map((h) => h.close()));
-    await Promise.all(reducers.map((r) => r.close()));
-    for (const c of computes) c.dispose();
+    await Promise.all(started.map((s) => s.close()));
     await Promise.all(buses.map((b) => b.close()));
     for (const model of models.slice(1)) model.dispose();
   };
   try {
     for (let replica = 0; replica < k; replica++) {
       // One pipeline per replica, on subjects of its own; their stages meet only in the all-reduce.
-      const rjob = replicaScope(job, replica, k);
-      const parts = replica === 0 ? partitions : cut(models[replica]!);
-      // Stages sharing a device take turns in its order.
-      const turns = placed.devices ? placed.devices.map(() => new DeviceTurn()) : null;
-      for (const partition of parts) {
-        const compute = StageCompute.forPartition(partition, makeOptimizer(), { loss, metric }, o.recompute ?? false);
-        computes.push(compute);
-        const turn = turns?.[deviceOf(partition.rank, turns.length)];
-        const bus = await connect(`r${replica}-stage-${partition.rank}`, stageRole(partition.rank));
-        const allReduce = k > 1 ? await AllReduce.start({ bus, group: job, rank: partition.rank, replica, replicas: k, timeoutMs: o.stepTimeoutMs ?? 120_000 }) : undefined;
-        if (allReduce) reducers.push(allReduce);
-        hosts.push(await StageHost.start({ bus, job: rjob, partition, compute, handoff, inspect: o.inspect ?? false, ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}) }));
-      }
+      const rjob = thePlan.replicaJobs[replica]!;
+      const stages = await startStages(thePlan, partitions.map((s) => s.rank), (r) => connect(`r${replica}-stage-${r}`, stageRole(r)), {
+        optimizer: o.optimizer, loss: o.loss, ...(o.metric !== undefined ? { metric: o.metric } : {}), recompute: o.recompute ?? false, replica,
+        ...(replica > 0 ? { partitions: thePlan.cut(models[replica]!) } : {}), handoff, inspect: o.inspect ?? false, allReduceTimeoutMs: o.stepTimeoutMs ?? 120_000,
+      });
+      started.push(stages);
+      hosts.push(...stages.hosts);
       const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}), ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}) });
       scheds.push(sched);
       runners.push(
@@ -349,7 +325,8 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     stats: () => hosts.map((h) => h.stats()),
     malformedEvents: () => scheds.reduce((n, s) => n + s.malformedEvents, 0),
     memory: async () => {
-      const est = budgeted?.estimates ?? estimateStages(o.model, stageStartsOf(partitions), { slotsPerWeight: slotsPerWeight(computes[0]!.optimizer.getClassName()), rows: 0, held: () => 0 });
+      const computes = started[0]!.computes;
+      const est = thePlan.memory?.estimates ?? estimateStages(o.model, stageStartsOf(partitions), { slotsPerWeight: slotsPerWeight(computes[0]!.optimizer.getClassName()), rows: 0, held: () => 0 });
       return Promise.all(partitions.map(async (_, r) => ({ rank: r, estimate: est[r]!, measured: await computes[r]!.measuredMemory() })));
     },
     close: async () => {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PartitionError } from '../../src/errors.js';
-import { balanceByCost } from '../../src/compute/balance.js';
+import { balanceByCost, minMaxCut } from '../../src/compute/balance.js';
 import { partitionModel, stageStarts, type StagePartition } from '../../src/compute/partition.js';
 import { mlp, skipModel } from '../helpers/models.js';
 
@@ -70,6 +70,20 @@ describe('balanceByCost', () => {
       for (let k = 0; k < p; k++) expect(got[k + 1]!).toBeGreaterThan(got[k]!);
       expect(cost(got)).toBe(Math.min(...allSplits(costs.length, p).map(cost)));
     }
+  });
+
+  it('minMaxCut, the one DP under balanceByCost and the memory-budget cut, is optimal for a cost that depends on the stage too', () => {
+    const weights = [3, 8, 1, 6, 2, 5, 4];
+    // As the memory budget's estimate: a stage holds more of its activations the earlier it is in the pipeline.
+    const stageCost = (p: number) => (from: number, to: number, stage: number) => weights.slice(from, to).reduce((a, b) => a + b, 0) * (1 + (p - 1 - stage) * 0.5);
+    for (let p = 1; p <= weights.length; p++) {
+      const cost = stageCost(p);
+      const worst = (starts: number[]) => Math.max(...starts.slice(0, -1).map((s, k) => cost(s, starts[k + 1]!, k)));
+      const got = minMaxCut(weights.length, p, cost);
+      expect(got).toHaveLength(p + 1);
+      expect(worst(got)).toBe(Math.min(...allSplits(weights.length, p).map(worst)));
+    }
+    expect(() => minMaxCut(3, 4, () => 0)).toThrow(/cannot cut 3 layers into 4 stages/);
   });
 
   it('refuses more stages than items, or fewer than one', () => {

@@ -102,7 +102,7 @@ describe('an inspector joining a running job', () => {
       ws.on('message', (d) => {
         const f = JSON.parse(d.toString()) as Frame;
         if (f.type === '@xstate.actor' && f.parentId === undefined) roots.set(f.name, f);
-        if (roots.size === 3) resolve();
+        if (roots.size === 4) resolve();
       });
     });
     await new Promise<void>((resolve, reject) => {
@@ -118,12 +118,13 @@ describe('an inspector joining a running job', () => {
       clearTimeout(timer);
       ws.close();
     }
-    expect([...roots.keys()].sort()).toEqual(['scheduler', 'stage-0', 'stage-1']);
+    // The driver's job actor, its scheduler and the two stages.
+    expect([...roots.keys()].sort()).toEqual(['job', 'scheduler', 'stage-0', 'stage-1']);
     for (const [name, f] of roots) {
       expect(f.sessionId).toBe(`${JOB}:${name}`);
       // The machine, with its guards and actions named as the library names them.
       const def = JSON.parse(f.definition) as { id: string; states: Record<string, unknown> };
-      expect(def.id).toBe(name === 'scheduler' ? 'scheduler' : 'stage');
+      expect(def.id).toBe(name.startsWith('stage') ? 'stage' : name);
       expect(f.definition).toContain('{"type":"and"}');
       expect(f.definition).toContain('{"type":"assign"}');
       // Its current state: a state of that machine, in a job steps into.
@@ -139,8 +140,8 @@ describe('an inspector joining a running job', () => {
     try {
       const page = await browser.newPage();
       await page.goto(url);
-      await page.waitForFunction(() => ['scheduler', 'stage-0', 'stage-1'].every((n) => document.querySelector(`.actor[data-name="${n}"] g.state.active`) && document.querySelector(`.actor[data-name="${n}"]`)?.getAttribute('data-state')), undefined, { timeout: 1000 });
-      expect(await page.locator('#actor-count').textContent()).toBe('3');
+      await page.waitForFunction(() => ['job', 'scheduler', 'stage-0', 'stage-1'].every((n) => document.querySelector(`.actor[data-name="${n}"] g.state.active`) && document.querySelector(`.actor[data-name="${n}"]`)?.getAttribute('data-state')), undefined, { timeout: 1000 });
+      expect(await page.locator('#actor-count').textContent()).toBe('4');
       await page.waitForFunction(() => /\d+ frames refused/.test(document.querySelector('.rejects')?.textContent ?? ''), undefined, { timeout: 1000 });
       expect(await page.locator('.rejects').textContent()).toMatch(/stage 0 \w+/);
     } finally {
@@ -152,7 +153,7 @@ describe('an inspector joining a running job', () => {
     const html = await (await fetch(pageUrl)).text();
     expect(html).toContain(`troupe inspect · job ${JOB}`);
     const model = (await (await fetch(`${pageUrl}model`)).json()) as { kind: string; actor?: { name: string } }[];
-    expect(model.filter((u) => u.kind === 'actor').map((u) => u.actor!.name).sort()).toEqual(['scheduler', 'stage-0', 'stage-1']);
+    expect(model.filter((u) => u.kind === 'actor').map((u) => u.actor!.name).sort()).toEqual(['job', 'scheduler', 'stage-0', 'stage-1']);
     expect(model.some((u) => u.kind === 'reject')).toBe(true);
   });
 

@@ -76,6 +76,8 @@ describe("nats.conf's users and permissions", () => {
     ['inspector', 'troupe.job.present.scheduler'],
     ['stage0', 'troupe.job.present.stage-1'],
     ['stage0', 'troupe.job.who'],
+    ['driver', 'troupe.job.present.stage-0'],
+    ['stage0', 'troupe.job.inspect.job'],
   ])('%s may not publish on %s: a permission error, and nothing arrives', async (role, subject) => {
     const r = await tryPublish(role, subject);
     expect(r.delivered).toBe(false);
@@ -98,6 +100,9 @@ describe("nats.conf's users and permissions", () => {
     ['stage1', 'troupe.job.present.stage-1'],
     ['stage1', 'troupe.job.r1.present.stage-1'],
     ['driver', 'troupe.job.r0.present.scheduler'],
+    // troupe up's job actor, shown to inspectors under its own name.
+    ['driver', 'troupe.job.inspect.job'],
+    ['driver', 'troupe.job.present.job'],
   ])('%s may publish on %s', async (role, subject) => {
     const r = await tryPublish(role, subject);
     expect(r.violations).toEqual([]);
