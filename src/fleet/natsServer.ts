@@ -8,7 +8,7 @@ import { checkJobId } from '../protocol/subjects.js';
 import { ensureCredentials } from '../transport/credentials.js';
 import { packagePath } from '../packagePath.js';
 import { natsConfText } from './natsConf.js';
-import { tieToThisProcess } from './tiedProcess.js';
+import { removeWithThisProcess, tieToThisProcess } from './tiedProcess.js';
 
 /** The project's nats.conf. */
 export const DEFAULT_NATS_CONF = packagePath('nats.conf');
@@ -147,9 +147,12 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
  */
 function jobConfig(given: string, job: string): { config: string; remove(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'troupe-natsconf-'));
+  // Gone with this process too, however it ends (SIGKILL runs no exit hook).
+  const drop = removeWithThisProcess(dir);
   const remove = () => {
     configs.delete(remove);
     rmSync(dir, { recursive: true, force: true });
+    drop();
   };
   configs.add(remove);
   try {

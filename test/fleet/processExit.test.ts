@@ -4,7 +4,8 @@
  * however it ends; nor do the workers and the credentials file of a `troupe up` killed with SIGKILL.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, vi } from 'vitest';
 import { alive, printedPids, troupe } from '../helpers/troupeCli.js';
@@ -59,7 +60,7 @@ describe('a program using Troupe that ends badly', () => {
     await gone(run.pid);
   });
 
-  it('troupe up killed with SIGKILL: its nats-server, its workers and its NATS credentials file end too', async () => {
+  it("troupe up killed with SIGKILL: its nats-server, its workers, its NATS credentials file and its job's server configuration end too", async () => {
     const run = troupe(['up', CONFIG], { TINY_EPOCHS: '1000' });
     try {
       await run.waitFor(/step \d+\/\d+/);
@@ -68,10 +69,17 @@ describe('a program using Troupe that ends badly', () => {
       for (const pid of pids) expect(alive(pid)).toBe(true);
       const credentials = /TROUPE_NATS_CREDENTIALS=(\S+)/.exec(run.output())![1]!;
       expect(existsSync(credentials)).toBe(true);
+      // The job-confined configuration the server runs on (its -c argument), in a folder of its own.
+      const server = Number(/nats-server pid (\d+)/.exec(run.output())![1]);
+      const args = readFileSync(`/proc/${server}/cmdline`, 'utf8').split('\0');
+      const configDir = dirname(args[args.indexOf('-c') + 1]!);
+      expect(configDir).toMatch(/troupe-natsconf-/);
+      expect(existsSync(configDir)).toBe(true);
       run.child.kill('SIGKILL');
       expect((await run.exit).signal).toBe('SIGKILL');
       for (const pid of pids) await gone(pid);
       await vi.waitFor(() => expect(existsSync(credentials), `${credentials} still there`).toBe(false), { timeout: 5_000, interval: 20 });
+      await vi.waitFor(() => expect(existsSync(configDir), `${configDir} still there`).toBe(false), { timeout: 5_000, interval: 20 });
     } finally {
       run.child.kill('SIGKILL');
     }
