@@ -9,10 +9,9 @@ import * as tf from '@tensorflow/tfjs';
 import { createActor, waitFor, type Actor } from 'xstate';
 import { admitStep } from '../../actors/admitFrame.js';
 import { actionRunner, stageMachine, updateRunner, type StageEvent } from '../../actors/stageMachine.js';
-import { UnexpectedFrameError, type TroupeError } from '../errors.js';
+import type { TroupeError } from '../errors.js';
 import type { StageCompute } from '../compute/stageCompute.js';
 import type { StagePartition } from '../compute/partition.js';
-import { importStageState } from '../compute/stageState.js';
 import { releaseDevice } from '../compute/wire.js';
 import { ActorInspector, actorSessionId, senderActor } from '../inspect/actorInspector.js';
 import { RollCall } from '../inspect/rollCall.js';
@@ -20,18 +19,17 @@ import type { Frame } from '../protocol/frame.js';
 import { formatKey } from '../protocol/key.js';
 import { encodeJson, type Hello, type ProbeReply, type StatsMessage } from '../protocol/messages.js';
 import { Phase } from '../protocol/phase.js';
-import { SchedEvent, ctlWildcard, helloSubject, stageSubject, stageWildcard, stateSubject, statsSubject } from '../protocol/subjects.js';
+import { SchedEvent, helloSubject, stageSubject, stageWildcard, statsSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 import type { FrameSubscription } from '../transport/subscribeFrames.js';
 import type { AllReduce } from './allReduce.js';
 import type { DeviceTurn } from './deviceTurn.js';
 import { HandedFrames } from './localStages.js';
 import { StageActions } from './stageActions.js';
-import { answerControl, dumpState, probeOf, requireIdle, stateFrameFor } from './stageControl.js';
+import { StageControl, probeOf } from './stageControl.js';
 import { StageCounters } from './stageCounters.js';
 import { StageEvents } from './stageEvents.js';
 import { StageSeals } from './stageSeals.js';
-import { STATE_SENDER } from './stageStates.js';
 
 /** Options of a stage host. */
 export interface StageHostOptions {
@@ -76,14 +74,10 @@ export class StageHost {
   private readonly seals: StageSeals;
   private readonly actions: StageActions;
   private readonly handed = new HandedFrames();
-  /** The frames of steps (and UPDATE), and the state frames, as they come off the bus. */
+  /** The frames of steps (and UPDATE) as they come off the bus. */
   private readonly frames: FrameSubscription;
-  private readonly subs: { drain(): Promise<void> }[] = [];
-  /** A state frame received on the state subject, applied by the next `load`. */
-  private pendingState: Frame | undefined;
+  private readonly control: StageControl;
   private readonly arrivedAt = new WeakMap<Frame, number>();
-  /** While a control request is handed to the machine: what it decided. */
-  private decision: { refused: TroupeError | null; aborting: boolean } | null = null;
   private readonly offStatus: () => void;
   private readonly inspector: ActorInspector | undefined;
   private rollCall: RollCall | undefined;
@@ -114,14 +108,12 @@ export class StageHost {
           this.events.reject(`frame ${formatKey(frame.key)}`, error, frame.key);
         },
         rejectUpdate: (_, { step, job: of, error }) => this.events.reject(stageSubject(job, rank, Phase.UPDATE), error, { job: of, step, microbatch: 0, phase: Phase.UPDATE }),
-        refuseControl: (_, { error }) => {
-          if (this.decision) this.decision.refused = error;
-        },
+        refuseControl: (_, { error }) => this.control.refused(error),
         abortStarts: (_, { step }) => {
           o.turn?.abort(step);
           // An update waiting for the other replicas' gradients would wait for its timeout: it ends now, as a failed update of an aborted step.
           o.allReduce?.cancel(step);
-          if (this.decision) this.decision.aborting = true;
+          this.control.aborting();
         },
         reportConflict: (_, { step, error, frames }) => {
           for (const f of frames) releaseDevice(f.tensors);
@@ -169,18 +161,18 @@ export class StageHost {
       onRefuse: refuse,
       around: (handle) => this.counters.timedFrames(handle),
     });
-    const states = bus.subscribeFrames(stateSubject(job, rank), {
-      maxBytes,
-      phase: Phase.STATE,
-      admit: (h) => {
-        if (h.key.job !== job) return new UnexpectedFrameError(`state for job ${h.key.job}, not ${job}`);
-        if (h.from !== STATE_SENDER) return new UnexpectedFrameError(`state frame from "${h.from}": only the ${STATE_SENDER} sends states`);
-        return null;
+    this.control = new StageControl({
+      ...o, maxFrameBytes: maxBytes, abortTimeoutMs: o.abortTimeoutMs ?? 30_000, actor: this.actor, seals: this.seals, refuse,
+      send: (event) => this.send(event, 'scheduler'),
+      aborted: () => {
+        this.frames.clear();
+        // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).
+        this.events.sendHeld();
       },
-      onFrame: (frame) => (this.pendingState = frame),
-      onRefuse: refuse,
+      hello: () => this.hello(),
+      stats: () => this.stats(),
+      probe: () => this.probe(),
     });
-    this.subs.push(this.frames, states, bus.subscribe(ctlWildcard(job, rank), (m) => void answerControl(m, this.verbs())));
   }
 
   /** Starts the actor and its subscriptions; resolves once the stage is idle and subscribed. */
@@ -208,7 +200,7 @@ export class StageHost {
 
   /** Where the stage is: its state, its action and the slots that action waits for. */
   probe(): ProbeReply {
-    return probeOf(this.rank, this.actor.getSnapshot(), this.actions.executing);
+    return probeOf(this.rank, this.actor, this.actions.executing);
   }
 
   private hello(): Hello {
@@ -227,57 +219,6 @@ export class StageHost {
     this.counters.timed(() => (this.inspector && from ? this.inspector.sendFrom(from, () => this.actor.send(event)) : this.actor.send(event)));
   }
 
-  /** Hands the machine a control request's event and returns what it decided: a refusal, or an abort of its own step begun. */
-  private decide(event: StageEvent): { refused: TroupeError | null; aborting: boolean } {
-    const d = (this.decision = { refused: null, aborting: false });
-    try {
-      this.send(event, 'scheduler');
-    } finally {
-      this.decision = null;
-    }
-    return d;
-  }
-
-  /** The control verbs, each handed to the machine or answered from the parts. */
-  private verbs() {
-    const { o } = this;
-    const refuse = (d: { refused: TroupeError | null }) => {
-      if (d.refused) throw d.refused;
-    };
-    return {
-      step: (plan) => refuse(this.decide({ type: 'STEP', plan })),
-      abort: async (step) => {
-        const d = this.decide({ type: 'ABORT_STEP', step });
-        refuse(d);
-        if (!d.aborting) return; // a later step's, or the queued one's: nothing runs to wait for
-        await waitFor(this.actor, (s) => s.matches('idle') || s.status === 'done', { timeout: o.abortTimeoutMs ?? 30_000 });
-        this.frames.clear();
-        // The events of the action that ended during the abort (the scheduler ignores them; traces keep them).
-        this.events.sendHeld();
-      },
-      stop: (job) => {
-        if (job !== o.job) throw new UnexpectedFrameError(`stop for job ${job}, not ${o.job}`);
-        this.actor.send({ type: 'STOP' });
-      },
-      ping: () => this.hello(),
-      stats: () => this.stats(),
-      probe: () => this.probe(),
-      load: async (info) => {
-        requireIdle(this.rank, this.actor.getSnapshot(), 'load state');
-        const frame = stateFrameFor(this.rank, this.pendingState, info);
-        this.pendingState = undefined;
-        await importStageState(o.partition, o.compute.optimizer, { ...info, tensors: frame.tensors });
-        this.actor.send({ type: 'LOADED', step: info.step });
-      },
-      dump: async () => {
-        requireIdle(this.rank, this.actor.getSnapshot(), 'dump state');
-        return dumpState(o.bus, o.job, o.partition, o.compute.optimizer, this.actor.getSnapshot().context.step, (f, subject) => this.seals.seal(f, subject));
-      },
-      key: () => this.seals.keyReply(),
-      peers: (p) => this.seals.takePeers(p),
-    } satisfies Parameters<typeof answerControl>[1];
-  }
-
   /** Stops the actor, drains the subscriptions and drops the step's tensors. The bus stays open. */
   async close(): Promise<void> {
     this.events.sendHeld();
@@ -287,7 +228,7 @@ export class StageHost {
     this.actor.stop();
     this.inspector?.close();
     await this.rollCall?.close();
-    await Promise.all(this.subs.map((s) => s.drain()));
+    await Promise.all([this.frames.drain(), this.control.drain()]);
     this.o.compute.reset();
     this.handed.release(Infinity);
   }

@@ -48,7 +48,7 @@ function harness(o: HarnessOptions = {}): Harness {
         await o.begin?.();
         return o.alreadyFed ?? 0;
       }),
-      abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
+      abortStep: fromPromise<void, { step: number; skip?: readonly number[] }>(async ({ input }) => {
         log.push(`abort ${input.step}${input.skip?.length ? ` skip ${input.skip.join(',')}` : ''}`);
         await o.abort?.();
       }),
