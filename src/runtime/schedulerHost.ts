@@ -8,17 +8,17 @@ import { livenessProbes } from '../../actors/liveness.js';
 import { freesForFeed, schedulerMachine, type SchedulerEvent, type SilentStage, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 import { stepGrid } from '../../actors/stepGrid.js';
 import { StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
-import { encodeKeyOnly, type Frame } from '../protocol/frame.js';
-import { decodeReply, encodeJson, type ErrorEvent, type RejectEvent, type StepPlan } from '../protocol/messages.js';
-import { Phase } from '../protocol/phase.js';
-import { CtlVerb, ctlSubject, schedWildcard, stageSubject } from '../protocol/subjects.js';
+import type { Frame } from '../protocol/frame.js';
+import { decodeReply, encodeJson, type RejectEvent, type StepPlan } from '../protocol/messages.js';
+import { CtlVerb, ctlSubject, schedWildcard } from '../protocol/subjects.js';
 import { ActorInspector, actorSessionId } from '../inspect/actorInspector.js';
-import { RollCall, type StepShape } from '../inspect/rollCall.js';
+import { RollCall } from '../inspect/rollCall.js';
 import type { Bus } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
-import { sendFrame } from './localStages.js';
 import { PredictOutputs } from './predictOutputs.js';
 import { readSchedEvent } from './schedEvents.js';
+import { SchedulerPresence } from './schedulerPresence.js';
+import { SchedulerSends } from './schedulerSends.js';
 import { askSealKeys, requestAll } from './stageRequests.js';
 import { StepProgressTracker } from './stepProgress.js';
 
@@ -95,21 +95,14 @@ export class SchedulerHost {
   private readonly progress: StepProgressTracker;
   private readonly outputs: PredictOutputs;
   private readonly sub: { drain(): Promise<void> };
-  /** Input publishes, chained so microbatches go out in order even when a publish waits for the server. */
-  private feeding: Promise<void> = Promise.resolve();
+  private readonly sends: SchedulerSends;
+  private readonly presence = new SchedulerPresence();
   /** Every stage's seal key by rank, once asked; null until then and after a failed step. */
   private keys: Uint8Array[] | null = null;
   /** The last failed step's error: the cause of the steps it drops. */
   private failed: { step: number; error: TroupeError } | null = null;
   /** Scheduler events that could not be parsed. */
   malformedEvents = 0;
-  /** The latest frames the stages refused (at most 100), newest last. */
-  readonly lastRejects: RejectEvent[] = [];
-  private rejects = 0;
-  /** Stage errors and step failures since the start: how many, the first, the latest (at most 20). */
-  private errors = { count: 0, first: null as ErrorEvent | null, latest: [] as ErrorEvent[] };
-  /** The running (or last) step's shape, as last announced to inspectors. */
-  private shape: StepShape | undefined;
   private readonly inspector: ActorInspector | undefined;
   private rollCall: RollCall | undefined;
 
@@ -117,6 +110,8 @@ export class SchedulerHost {
     const { bus, job, stages } = o;
     const timeout = o.requestTimeoutMs ?? 10_000;
     this.progress = new StepProgressTracker(stages);
+    // A failed early input of a begun step fails that step once it starts (the machine holds it).
+    this.sends = new SchedulerSends(bus, job, (step, err) => this.deliver(-1, { type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } }));
     const machine = schedulerMachine.provide({
       actors: {
         beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
@@ -132,12 +127,13 @@ export class SchedulerHost {
       },
       actions: {
         feedInputs: (_, { step, from, to }) => {
-          for (let mb = from; mb < to; mb++) this.feed(step, mb);
+          const w = this.calls.get(step)?.work;
+          for (let mb = from; w && mb < to; mb++) this.sends.feed(step, () => w.inputs(mb));
         },
         sendUpdate: (_, { step, except }) => {
-          for (let r = 0; r < stages; r++) if (r !== except) this.sendUpdate(step, r);
+          for (let r = 0; r < stages; r++) if (r !== except) this.sends.update(step, r);
         },
-        grantUpdate: (_, { step, rank }) => this.sendUpdate(step, rank),
+        grantUpdate: (_, { step, rank }) => this.sends.update(step, rank),
         planEarly: ({ self }, { step }) => {
           const answer = (e: SchedulerEvent) => self.getSnapshot().status === 'active' && self.send(e);
           requestAll(bus, job, stages, CtlVerb.STEP, (r) => encodeJson(this.work(step).plan(r)), timeout).then(
@@ -152,10 +148,7 @@ export class SchedulerHost {
           const call = this.calls.get(step);
           if (call) call.begunEarly = begunEarly;
           this.progress.start(step);
-          // Inspectors learn the step's real shape (for its theoretical bubble) when it changes.
-          const changed = this.shape?.microbatches !== call?.work.microbatches;
-          this.shape = { step, stages, microbatches: call?.work.microbatches ?? 0 };
-          if (changed) this.rollCall?.announce();
+          if (this.presence.stepShape({ step, stages, microbatches: call?.work.microbatches ?? 0 })) this.rollCall?.announce();
         },
         resolveStep: (_, outcome) => {
           const call = this.calls.get(outcome.step);
@@ -163,7 +156,7 @@ export class SchedulerHost {
         },
         rejectStep: (_, { step, failure }) => {
           // A stage's own error was kept as it came; a failure of the scheduler's (timeout, silence, transport) is kept here.
-          if (!this.errors.latest.some((e) => e.step === step && e.key === failure.key && e.code === failure.code)) this.keepError({ step, ...failure });
+          if (!this.presence.hasError(step, failure.key, failure.code)) this.presence.keepError({ step, ...failure });
           // A stage may have been replaced (a restarted worker makes a new key): asked again before the next step.
           this.keys = null;
           // A failed prediction's outputs will not be taken.
@@ -190,8 +183,8 @@ export class SchedulerHost {
     this.sub = bus.subscribe(schedWildcard(job), (m) => {
       try {
         const { rank, event, error, reject } = readSchedEvent(m, job, stages);
-        if (error) this.keepError(error);
-        if (reject) this.keepReject(reject);
+        if (error) this.presence.keepError(error);
+        if (reject) this.presence.keepReject(reject);
         this.deliver(rank, event);
       } catch {
         this.malformedEvents++;
@@ -204,17 +197,7 @@ export class SchedulerHost {
   static async start(o: SchedulerHostOptions): Promise<SchedulerHost> {
     const h = new SchedulerHost(o);
     h.actor.start();
-    h.rollCall = await RollCall.start({
-      bus: o.bus,
-      scope: o.job,
-      actor: 'scheduler',
-      answer: () => ({
-        actors: h.inspector?.present() ?? [],
-        ...(h.shape ? { shape: h.shape } : {}),
-        errors: { ...h.errors, latest: [...h.errors.latest] },
-        rejects: { count: h.rejects, latest: h.lastRejects.slice(-20) },
-      }),
-    });
+    h.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: 'scheduler', answer: () => h.presence.answer(h.inspector?.present() ?? []) });
     return h;
   }
 
@@ -244,19 +227,6 @@ export class SchedulerHost {
     return call.work;
   }
 
-  private keepError(e: ErrorEvent): void {
-    this.errors.count++;
-    this.errors.first ??= e;
-    this.errors.latest.push(e);
-    if (this.errors.latest.length > 20) this.errors.latest.shift();
-  }
-
-  private keepReject(e: RejectEvent): void {
-    this.lastRejects.push(e);
-    if (this.lastRejects.length > 100) this.lastRejects.shift();
-    this.rejects++;
-  }
-
   /** Hands a stage event to the actor; most ACTIONs only count as progress (a transition each costs the driver 0.2-0.3 ms here). */
   private deliver(rank: number, e: SchedulerEvent): void {
     if (e.type === 'ACTION') {
@@ -268,25 +238,6 @@ export class SchedulerHost {
     const from = e.type === 'LOSS' ? this.o.stages - 1 : rank;
     if (this.inspector && from >= 0) this.inspector.sendFrom(`stage-${from}`, () => this.actor.send(e));
     else this.actor.send(e);
-  }
-
-  private feed(step: number, mb: number): void {
-    const w = this.calls.get(step)?.work;
-    if (!w) return;
-    this.feeding = this.feeding.then(async () => {
-      for (const { rank, frame } of w.inputs(mb)) await sendFrame(this.o.bus, this.o.job, rank, Phase.INPUT, frame);
-    }).catch((err: unknown) => this.transportFailed(step, err));
-  }
-
-  /** Publishes UPDATE of `step` to stage `rank`. */
-  private sendUpdate(step: number, rank: number): void {
-    const m = encodeKeyOnly({ job: this.o.job, step, microbatch: 0, phase: Phase.UPDATE }, 'sched');
-    void this.o.bus.publish(stageSubject(this.o.job, rank, Phase.UPDATE), m.data, m.headers).catch((err: unknown) => this.transportFailed(step, err));
-  }
-
-  private transportFailed(step: number, err: unknown): void {
-    // A failed early input of a begun step fails that step once it starts (the machine holds it).
-    this.deliver(-1, { type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } });
   }
 
   /** The stages' seal keys (by rank) as last asked; null before the first step and after a failed one. */
@@ -307,6 +258,11 @@ export class SchedulerHost {
   /** Whether a step is running. */
   get running(): boolean {
     return this.actor.getSnapshot().matches('active');
+  }
+
+  /** The latest frames the stages refused (at most 100), newest last. */
+  get lastRejects(): readonly RejectEvent[] {
+    return this.presence.lastRejects;
   }
 
   /** Stages the liveness watch found silent, latest last. */
@@ -350,7 +306,7 @@ export class SchedulerHost {
   /** Resolves once no step is running (an aborted step has finished aborting). */
   async idle(): Promise<void> {
     await waitFor(this.actor, (s) => s.matches('idle'), { timeout: Infinity });
-    await this.feeding;
+    await this.sends.settled();
   }
 
   /** Stops the actor and drains the subscription. The bus stays open. */
