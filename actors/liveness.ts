@@ -2,10 +2,13 @@
  * The scheduler's liveness watch, an actor it invokes while a step is active: it probes every
  * stage at once and every heartbeat, and tells the scheduler each answer (PROBED) and the time
  * at each heartbeat (TICK, with when an action last ended and what each stage has done). The
- * scheduler machine judges silence and stalls from these; this actor only asks and tells.
+ * scheduler machine judges silence and stalls from these, with the functions at the end of
+ * this file; the actor only asks and tells.
  */
 import { fromCallback } from 'xstate';
 import type { ProbeReply } from '../src/protocol/messages.js';
+import type { SchedulerContext, SchedulerEvent } from './schedulerMachine.js';
+import { firstStuck, stepGrid } from './stepGrid.js';
 
 /** What the watch of one step needs. */
 export interface LivenessInput {
@@ -71,4 +74,48 @@ export function livenessProbes(o: { probe(rank: number, timeoutMs: number): Prom
     });
     return stop;
   });
+}
+
+// The judgement, in the scheduler machine's guards and actions.
+
+/** The step's grid now, from a TICK's progress and the last probes. */
+function gridOf(c: SchedulerContext, ran: readonly (readonly string[])[]): string {
+  const r = c.req!;
+  return stepGrid({ step: r.step, microbatches: r.microbatches, forwardOnly: r.forwardOnly, actions: r.actions ?? [], ran, probes: c.probes });
+}
+
+/** The first stage silent past the liveness timeout at `now` (-1: none). */
+export function silentStage(c: SchedulerContext, now: number): number {
+  if (c.watchFrom === null) return -1;
+  for (let r = 0; r < c.stages; r++) if (now - (c.heard[r] ?? c.watchFrom) >= c.livenessTimeoutMs) return r;
+  return -1;
+}
+
+export type Tick = Extract<SchedulerEvent, { type: 'TICK' }>;
+
+export type WatchCode = 'STAGE_SILENT' | 'STEP_STALLED';
+
+/** What a silence or a stall found at a TICK fails: the stage, and the message with the grid. */
+export function watchFailure(c: SchedulerContext, e: Tick, code: WatchCode): { rank: number; message: string } {
+  const step = c.req!.step;
+  if (code === 'STEP_STALLED') {
+    return { rank: firstStuck(c.req!.actions ?? [], e.ran), message: `step ${step} made no progress for ${Math.round(e.now - e.lastAction)} ms\n${gridOf(c, e.ran)}` };
+  }
+  const r = silentStage(c, e.now);
+  const seen = c.probes[r];
+  const where = seen
+    ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
+    : 'never answered a probe';
+  return { rank: r, message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.heard[r] ?? c.watchFrom!))} ms; ${where}\n${gridOf(c, e.ran)}` };
+}
+
+/** Every stage answers, but no action has ended for too long: a stuck step. */
+export function stalledAt(c: SchedulerContext, e: Tick): boolean {
+  return c.stallTimeoutMs !== null && e.now - e.lastAction >= c.stallTimeoutMs;
+}
+
+/** The STAGE_ERROR a silence or a stall found at a TICK raises. */
+export function failedByWatch(c: SchedulerContext, e: Tick, code: WatchCode): SchedulerEvent {
+  const f = watchFailure(c, e, code);
+  return { type: 'STAGE_ERROR', rank: f.rank, step: c.req!.step, failure: { key: `rank ${f.rank}`, code, message: f.message } };
 }

@@ -28,9 +28,8 @@
  */
 import { and, assign, enqueueActions, fromCallback, fromPromise, not, raise, sendTo, setup, stateIn } from 'xstate';
 import { appliesUpdate, refusalFailsStep, type ProbeReply } from '../src/protocol/messages.js';
-import type { LivenessCommand, LivenessEvent, LivenessInput } from './liveness.js';
+import { failedByWatch, silentStage, stalledAt, watchFailure, type LivenessCommand, type LivenessEvent, type LivenessInput, type Tick } from './liveness.js';
 import type { StageFailure } from './stageMachine.js';
-import { firstStuck, stepGrid } from './stepGrid.js';
 
 /** One step to run. */
 export interface StepRequest {
@@ -256,42 +255,6 @@ const grant = [
 
 /** Holds an event of the early step until that step starts. */
 const holdEarly = { guard: 'ofEarlyStep', actions: 'holdEvent' } as const;
-
-/** The step's grid now, from a TICK's progress and the last probes. */
-function gridOf(c: SchedulerContext, ran: readonly (readonly string[])[]): string {
-  const r = c.req!;
-  return stepGrid({ step: r.step, microbatches: r.microbatches, forwardOnly: r.forwardOnly, actions: r.actions ?? [], ran, probes: c.probes });
-}
-
-/** The first stage silent past the liveness timeout at `now` (-1: none). */
-function silentStage(c: SchedulerContext, now: number): number {
-  if (c.watchFrom === null) return -1;
-  for (let r = 0; r < c.stages; r++) if (now - (c.heard[r] ?? c.watchFrom) >= c.livenessTimeoutMs) return r;
-  return -1;
-}
-
-type Tick = Extract<SchedulerEvent, { type: 'TICK' }>;
-
-type WatchCode = 'STAGE_SILENT' | 'STEP_STALLED';
-
-/** What a silence or a stall found at a TICK fails: the stage, and the message with the grid. */
-function watchFailure(c: SchedulerContext, e: Tick, code: WatchCode): { rank: number; message: string } {
-  const step = c.req!.step;
-  if (code === 'STEP_STALLED') {
-    return { rank: firstStuck(c.req!.actions ?? [], e.ran), message: `step ${step} made no progress for ${Math.round(e.now - e.lastAction)} ms\n${gridOf(c, e.ran)}` };
-  }
-  const r = silentStage(c, e.now);
-  const seen = c.probes[r];
-  const where = seen
-    ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
-    : 'never answered a probe';
-  return { rank: r, message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.heard[r] ?? c.watchFrom!))} ms; ${where}\n${gridOf(c, e.ran)}` };
-}
-
-/** Every stage answers, but no action has ended for too long: a stuck step. */
-function stalledAt(c: SchedulerContext, e: Tick): boolean {
-  return c.stallTimeoutMs !== null && e.now - e.lastAction >= c.stallTimeoutMs;
-}
 
 /** The per-step part of the context as a step begins. */
 function beginning(c: SchedulerContext, req: StepRequest): Partial<SchedulerContext> {
@@ -759,9 +722,3 @@ export const schedulerMachine = setup({
     },
   },
 });
-
-/** The STAGE_ERROR a silence or a stall found at a TICK raises. */
-function failedByWatch(c: SchedulerContext, e: Tick, code: WatchCode): SchedulerEvent {
-  const f = watchFailure(c, e, code);
-  return { type: 'STAGE_ERROR', rank: f.rank, step: c.req!.step, failure: { key: `rank ${f.rank}`, code, message: f.message } };
-}
