@@ -702,7 +702,8 @@ export const schedulerMachine = setup({
         aborting: {
           invoke: {
             src: 'abortStep',
-            input: ({ context }) => ({ step: context.early!.step }),
+            // A stage found silent in the failed step would only time this abort out too.
+            input: ({ context }) => ({ step: context.early!.step, skip: context.silent.filter((x) => x.step === context.failedStep).map((x) => x.rank) }),
             onDone: 'dropped',
             onError: 'dropped',
           },
