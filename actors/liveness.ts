@@ -81,13 +81,14 @@ export function livenessProbes(o: { probe(rank: number, timeoutMs: number): Prom
 /** The step's grid now, from a TICK's progress and the last probes. */
 function gridOf(c: SchedulerContext, ran: readonly (readonly string[])[]): string {
   const r = c.req!;
-  return stepGrid({ step: r.step, microbatches: r.microbatches, forwardOnly: r.forwardOnly, actions: r.actions ?? [], ran, probes: c.probes });
+  return stepGrid({ step: r.step, microbatches: r.microbatches, forwardOnly: r.forwardOnly, actions: r.actions ?? [], ran, probes: c.watch.probes });
 }
 
 /** The first stage silent past the liveness timeout at `now` (-1: none). */
 export function silentStage(c: SchedulerContext, now: number): number {
-  if (c.watchFrom === null) return -1;
-  for (let r = 0; r < c.stages; r++) if (now - (c.heard[r] ?? c.watchFrom) >= c.livenessTimeoutMs) return r;
+  const w = c.watch;
+  if (w.from === null) return -1;
+  for (let r = 0; r < c.stages; r++) if (now - (w.heard[r] ?? w.from) >= w.livenessTimeoutMs) return r;
   return -1;
 }
 
@@ -102,16 +103,16 @@ export function watchFailure(c: SchedulerContext, e: Tick, code: WatchCode): { r
     return { rank: firstStuck(c.req!.actions ?? [], e.ran), message: `step ${step} made no progress for ${Math.round(e.now - e.lastAction)} ms\n${gridOf(c, e.ran)}` };
   }
   const r = silentStage(c, e.now);
-  const seen = c.probes[r];
+  const seen = c.watch.probes[r];
   const where = seen
     ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
     : 'never answered a probe';
-  return { rank: r, message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.heard[r] ?? c.watchFrom!))} ms; ${where}\n${gridOf(c, e.ran)}` };
+  return { rank: r, message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.watch.heard[r] ?? c.watch.from!))} ms; ${where}\n${gridOf(c, e.ran)}` };
 }
 
 /** Every stage answers, but no action has ended for too long: a stuck step. */
 export function stalledAt(c: SchedulerContext, e: Tick): boolean {
-  return c.stallTimeoutMs !== null && e.now - e.lastAction >= c.stallTimeoutMs;
+  return c.watch.stallTimeoutMs !== null && e.now - e.lastAction >= c.watch.stallTimeoutMs;
 }
 
 /** The STAGE_ERROR a silence or a stall found at a TICK raises. */

@@ -89,6 +89,26 @@ export interface EarlyStart {
   readonly failed: string | null;
   /** Why the step was cancelled (CANCEL) while it began: it is aborted on the stages once its plans are acked. */
   readonly cancelled: string | null;
+  /** Its events that came before it started, handed over when it does. */
+  readonly held: readonly StageEventOfStep[];
+}
+
+/** The liveness watch of the running step, and what it keeps across steps. */
+export interface Watch {
+  readonly livenessTimeoutMs: number;
+  readonly heartbeatMs: number;
+  /** Null: a step never stalls. */
+  readonly stallTimeoutMs: number | null;
+  /** When the watch of the running step began (its first TICK), null before. */
+  readonly from: number | null;
+  /** When each stage last answered a probe in this step (null: not yet). */
+  readonly heard: readonly (number | null)[];
+  /** False once a silence or a stall is found: the watch is over for this step. */
+  readonly watching: boolean;
+  /** Each stage's last answer to a probe, kept across steps. */
+  readonly probes: readonly (ProbeReply | null)[];
+  /** Stages found silent, latest last. */
+  readonly silent: readonly SilentStage[];
 }
 
 /** Input of the scheduler actor. */
@@ -102,12 +122,14 @@ export interface SchedulerInput {
   readonly stallTimeoutMs?: number;
 }
 
+/**
+ * The scheduler's context, with what belongs together grouped (`early`, `settle`, `watch`):
+ * xstate's `assign` copies the context with `Object.assign({}, ...)`, which V8 runs many
+ * times slower from about 20 top-level properties on (30 keys here made a step of the machine
+ * 2.4 times as long: bench/machines.ts).
+ */
 export interface SchedulerContext {
   readonly stages: number;
-  readonly livenessTimeoutMs: number;
-  readonly heartbeatMs: number;
-  /** Null: a step never stalls. */
-  readonly stallTimeoutMs: number | null;
   req: StepRequest | null;
   fed: number;
   stage0Done: number;
@@ -118,30 +140,14 @@ export interface SchedulerContext {
   peakHeld: number[];
   rejected: number;
   failure: StepFailure | null;
-  /** The failure came during UPDATE: its message names the stages that had applied it. */
-  failedInUpdate: boolean;
   /** The stage sent its UPDATE early, as the last one still running (-1: none). */
   granted: number;
-  /** The running step began early. */
-  begunEarly: boolean;
   /** Steps called while one runs or settles, in order. */
   queue: StepRequest[];
   early: EarlyStart | null;
-  /** The last step whose plans every stage has acked. */
-  planned: number;
-  /** Events of the early step that came before it started. */
-  held: StageEventOfStep[];
   /** While settling: the steps a failure drops, and the step that failed. */
-  dropping: StepRequest[];
-  failedStep: number;
-  /** Liveness of the running step: when the watch began (its first TICK), when each stage last answered, until a silence or stall is found. */
-  watchFrom: number | null;
-  heard: (number | null)[];
-  watching: boolean;
-  /** Each stage's last answer to a probe, kept across steps. */
-  probes: (ProbeReply | null)[];
-  /** Stages found silent, latest last. */
-  silent: SilentStage[];
+  settle: { readonly dropping: readonly StepRequest[]; readonly failedStep: number } | null;
+  watch: Watch;
 }
 
 export type SchedulerEvent =
@@ -201,8 +207,9 @@ function ofThisStep(c: SchedulerContext, e: SchedulerEvent): boolean {
 
 /** A stage event of the step that began early, before that step started: held until it does. */
 function ofEarlyStep(c: SchedulerContext, e: SchedulerEvent): boolean {
+  if (c.early === null || c.early.cancelled !== null) return false;
   const step = stepOf(e);
-  return step !== null && c.early !== null && c.early.cancelled === null && step === c.early.step && step !== c.req?.step;
+  return step === c.early.step && step !== c.req?.step;
 }
 
 /** Microbatches stage 0 may have been fed by now: its completed ones plus the schedule's bound. */
@@ -219,12 +226,11 @@ const feed = {
 /**
  * The failure an aborted step reports. A stage granted its update early applies it if it
  * finished its list before the abort reached it (a timeout while its DONE was on the way):
- * the failure says so unless that stage's own error (not a timeout) is the cause, or the
- * failure came during UPDATE and names the stages that had applied it already.
+ * the failure says so unless that stage's own error (not a timeout) is the cause.
  */
 function abortedFailure(c: SchedulerContext): StepFailure {
   const f = c.failure!;
-  if (c.granted < 0 || c.failedInUpdate || (f.rank === c.granted && f.code !== 'STEP_TIMEOUT')) return f;
+  if (c.granted < 0 || (f.rank === c.granted && f.code !== 'STEP_TIMEOUT')) return f;
   return { ...f, message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)` };
 }
 
@@ -253,6 +259,16 @@ const grant = [
   },
 ] as const;
 
+/**
+ * The first queued step begins early (its plans go out) as soon as it may: in the states
+ * where every stage holds the running step's plan (past `starting`) and the step is not
+ * failing (not `aborting`).
+ */
+const beginEarly = {
+  guard: 'canBeginEarly',
+  actions: ['markEarly', { type: 'planEarly', params: ({ context }: { context: SchedulerContext }) => context.queue[0]! }],
+} as const;
+
 /** Holds an event of the early step until that step starts. */
 const holdEarly = { guard: 'ofEarlyStep', actions: 'holdEvent' } as const;
 
@@ -269,17 +285,23 @@ function beginning(c: SchedulerContext, req: StepRequest): Partial<SchedulerCont
     peakHeld: new Array<number>(c.stages).fill(0),
     rejected: 0,
     failure: null,
-    failedInUpdate: false,
     granted: -1,
-    begunEarly: c.early !== null && c.early.step === req.step && c.early.cancelled === null,
-    watchFrom: null,
-    heard: new Array<number | null>(c.stages).fill(null),
-    watching: true,
+    watch: { ...c.watch, from: null, heard: new Array<number | null>(c.stages).fill(null), watching: true },
   };
 }
 
 /** The actions that start a step (its request set by the one before): its held events handed over, and the host told. */
-const starts = ['replayHeld', { type: 'stepStarts', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, begunEarly: context.begunEarly }) }] as const;
+const starts = ['replayHeld', { type: 'stepStarts', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, begunEarly: begunEarly(context) }) }] as const;
+
+/** The stages found silent in step `step`: an abort would only time out on them. */
+function silentIn(c: SchedulerContext, step: number): number[] {
+  return c.watch.silent.filter((x) => x.step === step).map((x) => x.rank);
+}
+
+/** The running step began early (its early beginning is not cleared yet as it starts). */
+function begunEarly(c: SchedulerContext): boolean {
+  return c.early !== null && c.early.step === c.req?.step && c.early.cancelled === null;
+}
 
 /** The scheduler machine; hosts `provide` the I/O actors and actions. */
 export const schedulerMachine = setup({
@@ -331,6 +353,8 @@ export const schedulerMachine = setup({
     /** A stage was found silent or the step stalled (the step fails): tell someone at once. */
     reportSilence: (_, _params: { message: string }) => {},
     markFed: assign({ fed: ({ context }) => feedLimit(context) }),
+    markEarly: assign({ early: ({ context }) => ({ step: context.queue[0]!.step, fed: null, failed: null, cancelled: null, held: [] }) }),
+    unwatch: assign({ watch: ({ context }) => ({ ...context.watch, watching: false }) }),
     markGranted: assign({ granted: ({ context }) => context.done.indexOf(false) }),
     countStage0: assign(({ context, event }) => (event.type === 'ACTION' && freesForFeed(context.req!, event) ? { stage0Done: context.stage0Done + 1 } : {})),
     keepFirstFailure: assign(({ context, event }) => {
@@ -345,16 +369,16 @@ export const schedulerMachine = setup({
     }),
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
     enqueue: assign({ queue: ({ context, event }) => (event.type === 'RUN' ? [...context.queue, event.req] : context.queue) }),
-    holdEvent: assign({ held: ({ context, event }) => [...context.held, event as StageEventOfStep] }),
+    holdEvent: assign({ early: ({ context, event }) => ({ ...context.early!, held: [...context.early!.held, event as StageEventOfStep] }) }),
     replayHeld: enqueueActions(({ context, enqueue }) => {
-      const held = context.held.filter((e) => stepOf(e) === context.req!.step);
-      enqueue.assign({ held: [] });
-      for (const e of held) enqueue.raise(e);
+      if (!begunEarly(context)) return;
+      enqueue.assign({ early: { ...context.early!, held: [] } });
+      for (const e of context.early!.held) enqueue.raise(e);
     }),
     startFromEvent: assign(({ context, event }) => beginning(context, (event as Extract<SchedulerEvent, { type: 'RUN' | 'START' }>).req)),
     startFromQueue: assign(({ context }) => ({ ...beginning(context, context.queue[0]!), queue: context.queue.slice(1) })),
     /** The early step's plans are acked (it is still queued): its first inputs go out (feedInputs). */
-    markEarlyFed: assign(({ context }) => ({ planned: context.early!.step, early: { ...context.early!, fed: Math.min(context.queue[0]!.microbatches, context.queue[0]!.feedBound) } })),
+    markEarlyFed: assign(({ context }) => ({ early: { ...context.early!, fed: Math.min(context.queue[0]!.microbatches, context.queue[0]!.feedBound) } })),
   },
   guards: {
     thisStep: ({ context, event }) => ofThisStep(context, event),
@@ -374,7 +398,7 @@ export const schedulerMachine = setup({
      * running step applies an UPDATE or its stages share no device (after a step without one
      * each stage goes on by itself once its own list is done; a co-hosted stage may still be in it).
      */
-    canBeginEarly: ({ context }) => context.early === null && context.queue.length > 0 && context.req !== null && context.planned === context.req.step && (context.req.update || !context.req.ordered),
+    canBeginEarly: ({ context }) => context.early === null && context.queue.length > 0 && context.req !== null && (context.req.update || !context.req.ordered),
     /** The running step began early and its plans are acked (its first inputs out), or failed. */
     earlyReady: ({ context }) => context.early !== null && context.early.step === context.req?.step && context.early.fed !== null,
     earlyFailed: ({ context }) => context.early !== null && context.early.step === context.req?.step && context.early.failed !== null,
@@ -383,14 +407,15 @@ export const schedulerMachine = setup({
     earlyQueued: ({ context, event }) => 'step' in event && context.early?.step === event.step && context.early.cancelled === null && context.queue[0]?.step === event.step,
     earlyCancelled: ({ context, event }) => 'step' in event && context.early?.step === event.step && context.early.cancelled !== null,
     /** While settling: the early step is one the failure drops. */
-    earlyDropped: ({ context }) => context.early !== null && context.early.cancelled === null && context.dropping.some((q) => q.step === context.early!.step),
-    earlyDroppedPlanning: ({ context }) => context.early !== null && context.early.cancelled === null && context.early.fed === null && context.early.failed === null && context.dropping.some((q) => q.step === context.early!.step),
+    earlyDropped: ({ context }) => context.early !== null && context.early.cancelled === null && (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
+    earlyDroppedPlanning: ({ context }) =>
+      context.early !== null && context.early.cancelled === null && context.early.fed === null && context.early.failed === null && (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
     cancelsRunning: ({ context, event }) => event.type === 'CANCEL' && context.req?.step === event.step,
     cancelsQueued: ({ context, event }) => event.type === 'CANCEL' && context.queue.some((q) => q.step === event.step) && context.early?.step !== event.step,
     cancelsEarly: ({ context, event }) => event.type === 'CANCEL' && context.queue.some((q) => q.step === event.step) && context.early?.step === event.step,
-    unwatched: ({ context }) => !context.watching,
-    firstTick: ({ context }) => context.watchFrom === null,
-    stalled: ({ context, event }) => event.type === 'TICK' && context.watchFrom !== null && stalledAt(context, event),
+    unwatched: ({ context }) => !context.watch.watching,
+    firstTick: ({ context }) => context.watch.from === null,
+    stalled: ({ context, event }) => event.type === 'TICK' && context.watch.from !== null && stalledAt(context, event),
     stageSilent: ({ context, event }) => event.type === 'TICK' && silentStage(context, event.now) >= 0,
   },
   delays: {
@@ -400,9 +425,6 @@ export const schedulerMachine = setup({
   id: 'scheduler',
   context: ({ input }) => ({
     stages: input.stages,
-    livenessTimeoutMs: input.livenessTimeoutMs ?? 30_000,
-    heartbeatMs: input.heartbeatMs ?? 1_000,
-    stallTimeoutMs: input.stallTimeoutMs !== undefined && Number.isFinite(input.stallTimeoutMs) ? input.stallTimeoutMs : null,
     req: null,
     fed: 0,
     stage0Done: 0,
@@ -413,20 +435,20 @@ export const schedulerMachine = setup({
     peakHeld: [],
     rejected: 0,
     failure: null,
-    failedInUpdate: false,
     granted: -1,
-    begunEarly: false,
     queue: [],
     early: null,
-    planned: -1,
-    held: [],
-    dropping: [],
-    failedStep: -1,
-    watchFrom: null,
-    heard: [],
-    watching: false,
-    probes: new Array<ProbeReply | null>(input.stages).fill(null),
-    silent: [],
+    settle: null,
+    watch: {
+      livenessTimeoutMs: input.livenessTimeoutMs ?? 30_000,
+      heartbeatMs: input.heartbeatMs ?? 1_000,
+      stallTimeoutMs: input.stallTimeoutMs !== undefined && Number.isFinite(input.stallTimeoutMs) ? input.stallTimeoutMs : null,
+      from: null,
+      heard: [],
+      watching: false,
+      probes: new Array<ProbeReply | null>(input.stages).fill(null),
+      silent: [],
+    },
   }),
   initial: 'idle',
   on: {
@@ -443,7 +465,7 @@ export const schedulerMachine = setup({
     ],
     EARLY_ABORTED: {
       guard: 'earlyCancelled',
-      actions: [{ type: 'cancelStep', params: ({ context }) => ({ step: context.early!.step, message: context.early!.cancelled! }) }, assign({ early: null, held: [] })],
+      actions: [{ type: 'cancelStep', params: ({ context }) => ({ step: context.early!.step, message: context.early!.cancelled! }) }, assign({ early: null })],
     },
     CANCEL: [
       // Begun early: out of the queue now; aborted on the stages once its plans are acked, then told.
@@ -452,7 +474,7 @@ export const schedulerMachine = setup({
         actions: [
           assign(({ context, event }) => {
             const e = event as Extract<SchedulerEvent, { type: 'CANCEL' }>;
-            return { queue: context.queue.filter((q) => q.step !== e.step), early: { ...context.early!, cancelled: e.message }, held: [] };
+            return { queue: context.queue.filter((q) => q.step !== e.step), early: { ...context.early!, cancelled: e.message, held: [] } };
           }),
           enqueueActions(({ context, enqueue }) => {
             if (context.early!.fed !== null || context.early!.failed !== null) enqueue({ type: 'abortEarly', params: { step: context.early!.step } });
@@ -481,13 +503,9 @@ export const schedulerMachine = setup({
       invoke: {
         id: 'liveness',
         src: 'liveness',
-        input: ({ context }) => ({ stages: context.stages, heartbeatMs: context.heartbeatMs, timeoutMs: context.livenessTimeoutMs }),
+        input: ({ context }) => ({ stages: context.stages, heartbeatMs: context.watch.heartbeatMs, timeoutMs: context.watch.livenessTimeoutMs }),
       },
       // The first queued step begins as soon as it may.
-      always: {
-        guard: 'canBeginEarly',
-        actions: [assign({ early: ({ context }) => ({ step: context.queue[0]!.step, fed: null, failed: null, cancelled: null }) }), { type: 'planEarly', params: ({ context }) => context.queue[0]! }],
-      },
       on: {
         STAGE_ERROR: [holdEarly, { guard: 'thisStep', target: '.aborting', actions: 'keepFirstFailure' }],
         // A refused INPUT of this step: it cannot finish (see refusesStepInput).
@@ -538,31 +556,32 @@ export const schedulerMachine = setup({
           guard: not('unwatched'),
           actions: assign(({ context, event }) => {
             const e = event as Extract<SchedulerEvent, { type: 'PROBED' }>;
-            const heard = [...context.heard];
-            const probes = [...context.probes];
+            const heard = [...context.watch.heard];
+            const probes = [...context.watch.probes];
             heard[e.rank] = e.at;
             probes[e.rank] = e.reply;
-            return { heard, probes };
+            return { watch: { ...context.watch, heard, probes } };
           }),
         },
         // A stall or a silence fails the step as that stage's error would (STAGE_ERROR: aborted, or failed as it is during UPDATE).
         TICK: [
           { guard: 'unwatched' },
-          { guard: 'firstTick', actions: assign({ watchFrom: ({ event }) => (event as Tick).now }) },
+          { guard: 'firstTick', actions: assign({ watch: ({ context, event }) => ({ ...context.watch, from: (event as Tick).now }) }) },
           {
             guard: and(['stalled', not(stateIn('#scheduler.active.updating')), not(stateIn('#scheduler.active.aborting'))]),
-            actions: [assign({ watching: false }), sendTo('liveness', { type: 'UNWATCH' }), { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event as Tick, 'STEP_STALLED').message }) }, raise(({ context, event }) => failedByWatch(context, event as Tick, 'STEP_STALLED'))],
+            actions: ['unwatch', sendTo('liveness', { type: 'UNWATCH' }), { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event as Tick, 'STEP_STALLED').message }) }, raise(({ context, event }) => failedByWatch(context, event as Tick, 'STEP_STALLED'))],
           },
           {
             guard: 'stageSilent',
             actions: [
-              assign({ watching: false }),
+              'unwatch',
               sendTo('liveness', { type: 'UNWATCH' }),
               assign({
-                silent: ({ context, event }) => {
+                watch: ({ context, event }) => {
+                  const w = context.watch;
                   const r = silentStage(context, (event as Tick).now);
-                  const seen = context.probes[r];
-                  return [...context.silent, { rank: r, step: context.req!.step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] }];
+                  const seen = w.probes[r];
+                  return { ...w, silent: [...w.silent, { rank: r, step: context.req!.step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] }] };
                 },
               }),
               { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event as Tick, 'STAGE_SILENT').message }) },
@@ -579,7 +598,7 @@ export const schedulerMachine = setup({
               always: [
                 { guard: 'earlyFailed', target: '#scheduler.active.aborting', actions: assign({ failure: ({ context }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: context.early!.failed! }), early: null }) },
                 // Begun early: its plans are acked and its first inputs out.
-                { guard: 'earlyReady', target: '#scheduler.active.feeding', actions: assign({ fed: ({ context }) => context.early!.fed!, planned: ({ context }) => context.req!.step, early: null }) },
+                { guard: 'earlyReady', target: '#scheduler.active.feeding', actions: assign({ fed: ({ context }) => context.early!.fed!, early: null }) },
                 { guard: 'earlyPlanning', target: 'awaitingPlans' },
                 { target: 'planning' },
               ],
@@ -587,7 +606,7 @@ export const schedulerMachine = setup({
             // Begun early, its plans not acked yet.
             awaitingPlans: {
               on: {
-                PLANNED: { target: '#scheduler.active.feeding', actions: assign({ fed: 0, planned: ({ context }) => context.req!.step, early: null }) },
+                PLANNED: { target: '#scheduler.active.feeding', actions: assign({ fed: 0, early: null }) },
                 PLAN_FAILED: {
                   target: '#scheduler.active.aborting',
                   actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: (event as Extract<SchedulerEvent, { type: 'PLAN_FAILED' }>).message }), early: null }),
@@ -599,7 +618,7 @@ export const schedulerMachine = setup({
                 src: 'beginStep',
                 input: ({ context }) => context.req!,
                 // Every stage has this step's plan: the next one's may follow.
-                onDone: { target: '#scheduler.active.feeding', actions: assign({ fed: ({ event }) => event.output, planned: ({ context }) => context.req!.step }) },
+                onDone: { target: '#scheduler.active.feeding', actions: assign({ fed: ({ event }) => event.output }) },
                 onError: {
                   target: '#scheduler.active.aborting',
                   actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: String((event.error as Error)?.message ?? event.error) }) }),
@@ -611,13 +630,14 @@ export const schedulerMachine = setup({
         feeding: {
           entry: [feed, 'markFed'],
           on: { ACTION: { guard: 'thisStep', actions: ['countStage0', feed, 'markFed'] } },
-          always: [...grant, { guard: 'allFed', target: 'draining' }],
+          always: [...grant, { guard: 'allFed', target: 'draining' }, beginEarly],
         },
         draining: {
           always: [
             { guard: and(['drained', 'noUpdate']), target: 'finished' },
             { guard: 'drained', target: 'updating' },
             ...grant,
+            beginEarly,
           ],
         },
         updating: {
@@ -637,13 +657,13 @@ export const schedulerMachine = setup({
             // replica never sent gradients for, and stages may wait in the all-reduce: aborted.
             CANCEL: {
               guard: 'cancelsRunning',
-              target: 'aborting',
-              actions: ['keepFirstFailure', assign({ failure: ({ context }) => duringUpdate(context, context.failure!), failedInUpdate: true })],
+              target: 'cancelling',
+              actions: ['keepFirstFailure', assign({ failure: ({ context }) => duringUpdate(context, context.failure!) })],
             },
             // Every INPUT was taken before the update: a refusal now is a stray copy, only counted.
             REJECT: [holdEarly, { actions: 'countReject' }],
           },
-          always: { guard: 'allUpdated', target: 'finished' },
+          always: [{ guard: 'allUpdated', target: 'finished' }, beginEarly],
         },
         finished: {
           always: {
@@ -664,9 +684,19 @@ export const schedulerMachine = setup({
           invoke: {
             src: 'abortStep',
             // A stage found silent in this step would only time the abort out: it is not asked.
-            input: ({ context }) => ({ step: context.req!.step, skip: context.silent.filter((s) => s.step === context.req!.step).map((s) => s.rank) }),
+            input: ({ context }) => ({ step: context.req!.step, skip: silentIn(context, context.req!.step) }),
             onDone: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) } },
             onError: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) } },
+          },
+          on: { STAGE_ERROR: { actions: [] }, CANCEL: { guard: 'cancelsRunning' }, REJECT: { actions: 'countReject' } },
+        },
+        // Cancelled during UPDATE (replicas): aborted on every stage, and failed saying who had applied it.
+        cancelling: {
+          invoke: {
+            src: 'abortStep',
+            input: ({ context }) => ({ step: context.req!.step, skip: silentIn(context, context.req!.step) }),
+            onDone: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
+            onError: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
           },
           on: { STAGE_ERROR: { actions: [] }, CANCEL: { guard: 'cancelsRunning' }, REJECT: { actions: 'countReject' } },
         },
@@ -675,7 +705,7 @@ export const schedulerMachine = setup({
         stepTimeout: {
           // Already aborting (after a stage error): re-entering would start a second abortStep.
           // Updating: stages apply the update in a moment; an abort would leave them disagreeing.
-          guard: and([not(stateIn('#scheduler.active.aborting')), not(stateIn('#scheduler.active.updating'))]),
+          guard: and([not(stateIn('#scheduler.active.aborting')), not(stateIn('#scheduler.active.cancelling')), not(stateIn('#scheduler.active.updating'))]),
           target: '.aborting',
           actions: assign(({ context }) => ({
             failure: context.failure ?? {
@@ -692,7 +722,7 @@ export const schedulerMachine = setup({
     // stage first (once its plans are acked), so no abort meant for it can take a later step's
     // plan. Steps called meanwhile are queued and run after.
     settling: {
-      entry: assign(({ context }) => ({ dropping: context.queue, queue: [], failedStep: context.req!.step, held: [] })),
+      entry: assign(({ context }) => ({ settle: { dropping: context.queue, failedStep: context.req!.step }, queue: [], early: context.early && { ...context.early, held: [] } })),
       initial: 'choosing',
       states: {
         choosing: {
@@ -703,7 +733,7 @@ export const schedulerMachine = setup({
           invoke: {
             src: 'abortStep',
             // A stage found silent in the failed step would only time this abort out too.
-            input: ({ context }) => ({ step: context.early!.step, skip: context.silent.filter((x) => x.step === context.failedStep).map((x) => x.rank) }),
+            input: ({ context }) => ({ step: context.early!.step, skip: silentIn(context, context.settle!.failedStep) }),
             onDone: 'dropped',
             onError: 'dropped',
           },
@@ -713,9 +743,9 @@ export const schedulerMachine = setup({
             target: '#scheduler.idle',
             actions: [
               enqueueActions(({ context, enqueue }) => {
-                for (const q of context.dropping) enqueue({ type: 'dropStep', params: { step: q.step, failedStep: context.failedStep } });
+                for (const q of context.settle!.dropping) enqueue({ type: 'dropStep', params: { step: q.step, failedStep: context.settle!.failedStep } });
               }),
-              assign(({ context }) => ({ dropping: [], early: context.early?.cancelled ? context.early : null })),
+              assign(({ context }) => ({ settle: null, early: context.early?.cancelled ? context.early : null })),
             ],
           },
         },

@@ -267,7 +267,7 @@ export class SchedulerHost {
 
   /** Stages the liveness watch found silent, latest last. */
   get silent(): readonly SilentStage[] {
-    return this.actor.getSnapshot().context.silent;
+    return this.actor.getSnapshot().context.watch.silent;
   }
 
   /** The running step's action grid (see actors/stepGrid.ts). */
@@ -275,7 +275,7 @@ export class SchedulerHost {
     const s = this.actor.getSnapshot();
     const req = s.context.req;
     if (!s.matches('active') || !req) return 'no step is running';
-    return stepGrid({ step: req.step, microbatches: req.microbatches, forwardOnly: req.forwardOnly, actions: req.actions ?? [], ran: this.progress.progress().ran, probes: s.context.probes });
+    return stepGrid({ step: req.step, microbatches: req.microbatches, forwardOnly: req.forwardOnly, actions: req.actions ?? [], ran: this.progress.progress().ran, probes: s.context.watch.probes });
   }
 
   /** Fails the running step as if stage `rank` had reported an error (a worker the driver saw die): aborted on every stage, its promise rejects. No-op when idle. */

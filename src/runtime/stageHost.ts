@@ -133,7 +133,8 @@ export class StageHost {
     // Named by job and rank, so that the stages and the scheduler in other processes can name it as a sender.
     this.inspector = o.inspect ? new ActorInspector({ bus, scope: job, actor: name, sessionId: actorSessionId(job, name) }) : undefined;
     this.actor = createActor(machine, {
-      input: { job, rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs, sharesDevice: o.turn !== undefined },
+      // (sharesDevice only where it does: the context keeps the key count it had, see the scheduler machine's context.)
+      input: { job, rank, stages: part.stages, inputs: part.inputs, outputs: part.outputs, ...(o.turn ? { sharesDevice: true } : {}) },
       id: name,
       ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });

@@ -526,20 +526,20 @@ describe('schedulerMachine: the queue of steps (#21 item 1)', () => {
     gate.resolve();
     await inState(h, 'feeding');
     expect(h.queue).toEqual(['starts 1 now', 'plan 2']);
-    expect(h.actor.getSnapshot().context.early).toEqual({ step: 2, fed: null, failed: null, cancelled: null });
+    expect(h.actor.getSnapshot().context.early).toEqual({ step: 2, fed: null, failed: null, cancelled: null, held: [] });
     // Step 2's plans acked: its first inputs (its bound) go out at once, while step 1 runs.
     h.planned(2);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'feed 2 0-1']);
     // Stage 0 finished B0 of step 2 before step 2 started here: held, and counted once it starts.
     h.actor.send({ type: 'ACTION', rank: 0, step: 2, action: 'B0' });
-    expect(h.actor.getSnapshot().context.held).toHaveLength(1);
+    expect(h.actor.getSnapshot().context.early?.held).toHaveLength(1);
     h.actor.send({ type: 'ACTION', rank: 0, step: 1, action: 'B0' });
     finish(h, 1, 2, 2);
     await waitFor(h.actor, (s) => s.context.req?.step === 2 && s.matches({ active: 'draining' }), WAIT);
     // Step 2 never asked beginStep: it started fed, and its held B0 fed microbatch 1.
     expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'feed 2 0-1', 'feed 1 1-2', 'grant 1 1', 'update 1 except 1', 'resolve 1', 'feed 2 1-2']);
     expect(h.queue).toEqual(['starts 1 now', 'plan 2', 'starts 2 early']);
-    expect(h.actor.getSnapshot().context).toMatchObject({ held: [], early: null, queue: [], stage0Done: 1, planned: 2 });
+    expect(h.actor.getSnapshot().context).toMatchObject({ early: null, queue: [], stage0Done: 1 });
   });
 
   it('a step queued behind a step whose plans are still being acked early waits for them, then feeds', async () => {
@@ -661,7 +661,7 @@ describe('schedulerMachine: liveness (#21 item 1)', () => {
     expect(f.message).toMatch(/stage 1 {2}running\.computing {2}\[F0\] ·· ·· ·· {3}at F0/);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1 skip 1', 'reject 1 STAGE_SILENT']);
     expect(h.queue).toEqual(['starts 1 now', 'silence: stage 1 answered no liveness probe for 1000 ms; last seen in step 1, state running.computing at F0']);
-    expect(h.actor.getSnapshot().context.silent).toEqual([{ rank: 1, step: 1, state: 'running.computing', action: 'F0', awaiting: [] }]);
+    expect(h.actor.getSnapshot().context.watch.silent).toEqual([{ rank: 1, step: 1, state: 'running.computing', action: 'F0', awaiting: [] }]);
   });
 
   it('a stage that never answered is timed from the watch\'s start; after the silence the watch is over', async () => {
@@ -675,7 +675,7 @@ describe('schedulerMachine: liveness (#21 item 1)', () => {
     expect(h.queue.at(-1)).toBe('silence: stage 0 answered no liveness probe for 500 ms; never answered a probe');
     h.actor.send(tick(5000));
     expect(h.queue.filter((q) => q.startsWith('silence'))).toHaveLength(1);
-    expect(h.actor.getSnapshot().context.watching).toBe(false);
+    expect(h.actor.getSnapshot().context.watch.watching).toBe(false);
   });
 
   it('a step whose actions stop ending fails as STEP_STALLED with its grid, naming the first stage not done; never while updating', async () => {
@@ -734,7 +734,7 @@ describe('livenessProbes: the watch the scheduler invokes', () => {
     // Stage 0 was asked at every heartbeat, stage 1 once: its probe never came back.
     expect(asked.filter((r) => r === 1)).toHaveLength(1);
     expect(asked.filter((r) => r === 0).length).toBeGreaterThan(3);
-    expect(actor.getSnapshot().context.probes[0]).toMatchObject({ rank: 0, state: 'running.waiting' });
+    expect(actor.getSnapshot().context.watch.probes[0]).toMatchObject({ rank: 0, state: 'running.waiting' });
     // The watch ended with the step (its timer cleared as it stopped).
     expect(actor.getSnapshot().children['liveness']).toBeUndefined();
     actor.stop();
