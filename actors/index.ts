@@ -6,7 +6,10 @@
 export { stageMachine, actionRunner, updateRunner, missing, runLength } from './stageMachine.js';
 export type { StageInput, StageContext, StageEvent, ExecuteInput, StageFailure } from './stageMachine.js';
 export { schedulerMachine, freesForFeed } from './schedulerMachine.js';
-export type { StepRequest, StepOutcome, StepFailure, SchedulerContext, SchedulerEvent } from './schedulerMachine.js';
+export type { StepRequest, StepOutcome, StepFailure, SchedulerContext, SchedulerEvent, SchedulerInput, SilentStage } from './schedulerMachine.js';
+export { livenessProbes } from './liveness.js';
+export type { LivenessInput, LivenessEvent, StepProgress } from './liveness.js';
+export { stepGrid } from './stepGrid.js';
 export { admitFrame, admitStep, splitInput } from './admitFrame.js';
 export type { AdmitContext } from './admitFrame.js';
 export { poolWorkerMachine } from './poolWorkerMachine.js';
