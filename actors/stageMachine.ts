@@ -402,8 +402,6 @@ export const stageMachine = setup({
       initial: 'next',
       on: {
         ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
-        // The refusal names the state as a whole; a queued plan waits for the running step's end.
-        STEP: [refuseStep('{"running":"next"}'), { actions: 'queueNext' }],
         DROP_NEXT: { actions: 'dropQueued' },
       },
       states: {
@@ -428,6 +426,7 @@ export const stageMachine = setup({
           // About to wait: the events of the actions just done go now.
           entry: 'sendHeld',
           on: {
+            // A plan while the step runs is queued, to start after this step's end.
             STEP: [refuseStep('{"running":"waiting"}'), { actions: 'queueNext' }],
             UPDATE: grantWhileRunning('{"running":"waiting"}'),
             FRAME: [
