@@ -8,7 +8,10 @@ export type { StageInput, StageContext, StageEvent, ExecuteInput, StageFailure }
 export { schedulerMachine, freesForFeed } from './schedulerMachine.js';
 export { jobMachine } from './jobMachine.js';
 export type { JobInput, JobContext, JobEvent, JobError, WorkerLoss, RecoverInput, StepInput } from './jobMachine.js';
-export type { StepRequest, StepOutcome, StepFailure, SchedulerContext, SchedulerEvent } from './schedulerMachine.js';
+export type { StepRequest, StepOutcome, StepFailure, SchedulerContext, SchedulerEvent, SchedulerInput, SilentStage } from './schedulerMachine.js';
+export { livenessProbes } from './liveness.js';
+export type { LivenessInput, LivenessEvent, StepProgress } from './liveness.js';
+export { stepGrid } from './stepGrid.js';
 export { admitFrame, admitStep, splitInput } from './admitFrame.js';
 export type { AdmitContext } from './admitFrame.js';
 export { poolWorkerMachine } from './poolWorkerMachine.js';

@@ -21,7 +21,7 @@
  * more; a queued step is dropped) and the stage reports it as its step's error, which fails
  * the step (the scheduler aborts it).
  */
-import { and, assign, fromPromise, setup, type AnyActorRef } from 'xstate';
+import { and, assign, fromPromise, raise, setup, type AnyActorRef } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
 import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
@@ -30,6 +30,7 @@ import { formatAction, parseStageActions, type Action } from '../src/schedule/ac
 import { releasedBy } from '../src/schedule/constraint.js';
 import { needs } from '../src/schedule/needs.js';
 import { admitFrame, conflictOf } from './admitFrame.js';
+import { abortRefusal, stepRefusal, updateRefusal, type StateText } from './stageRefusals.js';
 
 /** Input of a stage actor. */
 export interface StageInput {
@@ -38,6 +39,8 @@ export interface StageInput {
   readonly stages: number;
   readonly inputs: readonly CutTensor[];
   readonly outputs: readonly CutTensor[];
+  /** The stage shares its device with others (a plan may give its actions device positions). */
+  readonly sharesDevice?: boolean;
 }
 
 /** What `execute` gets for one action of a run: the action and the frames it needs, in `needs` order. */
@@ -81,7 +84,8 @@ export interface StageContext extends StageInput {
 export type StageEvent =
   | { type: 'STEP'; plan: StepPlan }
   | { type: 'FRAME'; frame: Frame }
-  | { type: 'UPDATE'; step: number }
+  /** UPDATE of step `step` (for job `job`, as its frame named it): applied, taken as a grant, or refused (`rejectUpdate`). */
+  | { type: 'UPDATE'; step: number; job?: string }
   /**
    * The run that began at action `index` of step `step` ended (sent by `actionRunner`) with
    * `count` of its actions done: all of them, or fewer when an ABORT stopped it between two.
@@ -93,6 +97,12 @@ export type StageEvent =
   | { type: 'UPDATE_DONE'; step: number }
   | { type: 'UPDATE_FAILED'; step: number; error: unknown }
   | { type: 'ABORT' }
+  /**
+   * The scheduler asks to abort step `step`: one that is over is refused (`refuseControl`), a
+   * queued one is dropped, a later one has nothing to abort, the stage's own step is aborted
+   * (`abortStarts`, then ABORT).
+   */
+  | { type: 'ABORT_STEP'; step: number }
   /** Forget the queued step (the scheduler aborted it before it began). */
   | { type: 'DROP_NEXT' }
   | { type: 'STOP' }
@@ -182,6 +192,38 @@ const refuseFrame = {
   ],
 } as const;
 
+type StepEvent = Extract<StageEvent, { type: 'STEP' }>;
+type UpdateEvent = Extract<StageEvent, { type: 'UPDATE' }>;
+
+/** A plan the stage refuses in state `state`: the refusal goes back in the reply to the plan's request. */
+const refuseStep = (state: StateText) =>
+  ({
+    guard: { type: 'stepRefused', params: { state } },
+    actions: {
+      type: 'refuseControl',
+      params: ({ context, event }: { context: StageContext; event: StageEvent }) => ({ verb: 'step' as const, error: stepRefusal(context, (event as StepEvent).plan, state)! }),
+    },
+  }) as const;
+
+/** An UPDATE the stage refuses in state `state`: counted and reported like a refused frame. */
+const refuseUpdate = (state: StateText) =>
+  ({
+    guard: { type: 'updateRefused', params: { state } },
+    actions: [
+      'countReject',
+      {
+        type: 'rejectUpdate',
+        params: ({ context, event }: { context: StageContext; event: StageEvent }) => {
+          const e = event as UpdateEvent;
+          return { step: e.step, job: e.job ?? context.job, error: updateRefusal(context, e.step, e.job, state)! };
+        },
+      },
+    ],
+  }) as const;
+
+/** An UPDATE while the step runs: the grant to the last stage still running, or refused. */
+const grantWhileRunning = (state: StateText) => [refuseUpdate(state), { actions: 'takeGrant' }] as const;
+
 /** The stage machine; hosts `provide` the actors and the report actions. */
 export const stageMachine = setup({
   types: {
@@ -199,6 +241,12 @@ export const stageMachine = setup({
     startRun: (_, _params: readonly ExecuteInput[]) => notProvided('startRun')(),
     /** Tell the scheduler a frame was refused. */
     reportReject: (_, _params: { error: TroupeError; frame: Frame }) => {},
+    /** Tell the scheduler an UPDATE was refused (it is counted like a refused frame). */
+    rejectUpdate: (_, _params: { step: number; job: string; error: TroupeError }) => {},
+    /** Answer a control request (a plan, an abort) with the refusal: the requester reads it in the reply. */
+    refuseControl: (_, _params: { verb: 'step' | 'abort'; error: TroupeError }) => {},
+    /** The stage's own step is being aborted: release what waits outside the machine (device turns, an all-reduce). */
+    abortStarts: (_, _params: { step: number }) => {},
     /** Tell the scheduler step `step` fails: a frame conflicted with the one held for its slot (neither is kept). */
     reportConflict: (_, _params: { step: number; error: TroupeError; frames: readonly [Frame, Frame] }) => {},
     /** Tell the scheduler the stage finished its action list. */
@@ -235,6 +283,7 @@ export const stageMachine = setup({
       error: null,
     })),
     countReject: assign({ rejected: ({ context }) => context.rejected + 1 }),
+    takeGrant: assign({ updateGranted: true }),
     /** Empties the slot of a conflicting frame of the running step; later copies are refused as duplicates. */
     dropSlot: assign(({ context, event }) => {
       if (event.type !== 'FRAME') return {};
@@ -265,6 +314,13 @@ export const stageMachine = setup({
     clearStep: assign(noStep),
   },
   guards: {
+    stepRefused: ({ context, event }, { state }: { state: StateText }) => event.type === 'STEP' && stepRefusal(context, event.plan, state) !== null,
+    updateRefused: ({ context, event }, { state }: { state: StateText }) => event.type === 'UPDATE' && updateRefusal(context, event.step, event.job, state) !== null,
+    abortRefused: ({ context, event }) => event.type === 'ABORT_STEP' && abortRefusal(context, event.step) !== null,
+    /** An abort of the step queued behind this one. */
+    abortsQueued: ({ context, event }) => event.type === 'ABORT_STEP' && context.next !== null && event.step === context.next.step,
+    /** An abort of a step whose plan never came: nothing to abort. */
+    abortsLater: ({ context, event }) => event.type === 'ABORT_STEP' && event.step > context.step,
     frameRefused: ({ context, event }) => event.type === 'FRAME' && admitFrame(context, event.frame) !== null,
     /** A frame of the running step whose slot holds one with other bytes. */
     conflicts: ({ context, event }) => event.type === 'FRAME' && conflictOf(context, event.frame) !== null,
@@ -276,15 +332,9 @@ export const stageMachine = setup({
     /** No UPDATE ends this step: evaluation, prediction, or a step whose gradients wait for the next (accumulation). */
     noUpdate: ({ context }) => context.plan !== null && !appliesUpdate(context.plan),
     ready: ({ context }) => missing(context).length === 0,
-    updateOfThisStep: ({ context, event }) => event.type === 'UPDATE' && event.step === context.step,
     /** The end of this step's update (not of another's). */
     thisUpdate: ({ context, event }) => (event.type === 'UPDATE_DONE' || event.type === 'UPDATE_FAILED') && event.step === context.step,
-    /** An UPDATE of the running training step, not granted before. */
-    grantOfThisStep: ({ context, event }) =>
-      event.type === 'UPDATE' && event.step === context.step && !context.updateGranted && context.plan !== null && appliesUpdate(context.plan),
     updateGranted: ({ context }) => context.updateGranted,
-    /** One step may wait behind the current one, and only a later one. */
-    canQueue: ({ context, event }) => event.type === 'STEP' && context.next === null && event.plan.step > context.step,
     hasQueued: ({ context }) => context.next !== null,
     /** The end of the run the stage is computing (not of an aborted step's), with a count that fits it. */
     thisRun: ({ context, event }) =>
@@ -301,9 +351,19 @@ export const stageMachine = setup({
   on: {
     FRAME: [...conflictingFrame, refuseFrame, { actions: 'stash' }],
     STOP: { target: '.stopped', actions: 'resetCompute' },
+    ABORT_STEP: [
+      {
+        guard: 'abortRefused',
+        actions: { type: 'refuseControl', params: ({ context, event }) => ({ verb: 'abort' as const, error: abortRefusal(context, (event as Extract<StageEvent, { type: 'ABORT_STEP' }>).step)! }) },
+      },
+      { guard: 'abortsQueued', actions: 'dropQueued' },
+      { guard: 'abortsLater' },
+      { actions: [{ type: 'abortStarts', params: ({ context }) => ({ step: context.step }) }, raise({ type: 'ABORT' })] },
+    ],
   },
   states: {
     booting: {
+      on: { STEP: refuseStep('"booting"'), UPDATE: refuseUpdate('"booting"') },
       invoke: {
         src: 'boot',
         onDone: 'idle',
@@ -317,7 +377,10 @@ export const stageMachine = setup({
       always: { guard: 'hasQueued', target: 'running', actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) }] },
       on: {
         LOADED: { actions: assign({ step: ({ event }) => event.step }) },
-        STEP: {
+        UPDATE: refuseUpdate('"idle"'),
+        STEP: [
+          refuseStep('"idle"'),
+          {
           target: 'running',
           actions: [
             assign(({ event, context }) => ({
@@ -331,16 +394,15 @@ export const stageMachine = setup({
             })),
             { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) },
           ],
-        },
+          },
+        ],
       },
     },
     running: {
       initial: 'next',
       on: {
         ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
-        STEP: { guard: 'canQueue', actions: 'queueNext' },
         DROP_NEXT: { actions: 'dropQueued' },
-        UPDATE: { guard: 'grantOfThisStep', actions: assign({ updateGranted: true }) },
       },
       states: {
         next: {
@@ -364,6 +426,9 @@ export const stageMachine = setup({
           // About to wait: the events of the actions just done go now.
           entry: 'sendHeld',
           on: {
+            // A plan while the step runs is queued, to start after this step's end.
+            STEP: [refuseStep('{"running":"waiting"}'), { actions: 'queueNext' }],
+            UPDATE: grantWhileRunning('{"running":"waiting"}'),
             FRAME: [
               ...conflictingFrame,
               refuseFrame,
@@ -374,6 +439,8 @@ export const stageMachine = setup({
         computing: {
           entry: [assign({ run: ({ context }) => runLength(context) }), { type: 'startRun', params: runInputs }],
           on: {
+            STEP: [refuseStep('{"running":"computing"}'), { actions: 'queueNext' }],
+            UPDATE: grantWhileRunning('{"running":"computing"}'),
             ABORT: { actions: assign({ abortRequested: true }) },
             ACTION_DONE: { guard: 'thisRun', target: 'next', actions: 'advance' },
             ACTION_FAILED: [
@@ -399,8 +466,8 @@ export const stageMachine = setup({
     awaitingUpdate: {
       always: { guard: 'noUpdate', target: 'idle', actions: 'clearStep' },
       on: {
-        UPDATE: { guard: 'updateOfThisStep', target: 'updating' },
-        STEP: { guard: 'canQueue', actions: 'queueNext' },
+        UPDATE: [refuseUpdate('"awaitingUpdate"'), { target: 'updating' }],
+        STEP: [refuseStep('"awaitingUpdate"'), { actions: 'queueNext' }],
         DROP_NEXT: { actions: 'dropQueued' },
         ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
       },
@@ -411,7 +478,8 @@ export const stageMachine = setup({
       entry: { type: 'startUpdate', params: ({ context }) => ({ step: context.step }) },
       on: {
         ABORT: { actions: assign({ abortRequested: true }) },
-        STEP: { guard: 'canQueue', actions: 'queueNext' },
+        STEP: [refuseStep('"updating"'), { actions: 'queueNext' }],
+        UPDATE: refuseUpdate('"updating"'),
         DROP_NEXT: { actions: 'dropQueued' },
         UPDATE_DONE: {
           guard: 'thisUpdate',
@@ -432,7 +500,12 @@ export const stageMachine = setup({
       },
     },
     failed: {
-      on: { ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] }, DROP_NEXT: { actions: 'dropQueued' } },
+      on: {
+        ABORT: { target: 'idle', actions: ['resetCompute', 'clearStep', 'dropQueued'] },
+        DROP_NEXT: { actions: 'dropQueued' },
+        STEP: refuseStep('"failed"'),
+        UPDATE: refuseUpdate('"failed"'),
+      },
     },
     stopped: { type: 'final' },
   },

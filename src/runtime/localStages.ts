@@ -5,7 +5,7 @@
  * every other stage go on the bus as bytes. Registration is per stage host and off unless it
  * asks (`StageHostOptions.handoff`).
  */
-import { toBytes } from '../compute/wire.js';
+import { releaseDevice, toBytes } from '../compute/wire.js';
 import type { Frame } from '../protocol/frame.js';
 import type { Phase } from '../protocol/phase.js';
 import { stageSubject } from '../protocol/subjects.js';
@@ -41,4 +41,38 @@ export async function sendFrame(bus: Bus, job: string, rank: number, phase: Phas
   if (take) return take(frame);
   const tensors = await Promise.all(frame.tensors.map(toBytes));
   await bus.publishFrame(stageSubject(job, rank, phase), { ...frame, tensors });
+}
+
+/**
+ * A stage host's side of the handoff: its registration, and the frames handed to it whose
+ * device tensors may still be unclaimed (a frame the machine refuses or drops never reaches
+ * `toTensor`), freed once their step is over.
+ */
+export class HandedFrames {
+  private handed: Frame[] = [];
+  private off: () => void = () => {};
+
+  /** Takes frames by hand as stage `rank` of `job`, each passed on to `take` (which judges it like one from the bus). */
+  register(job: string, rank: number, take: TakeFrame): void {
+    this.off = registerLocalStage(job, rank, (frame) => {
+      this.handed.push(frame);
+      take(frame);
+    });
+  }
+
+  /** Frees the unclaimed device tensors of frames handed over for steps before `step` (all: Infinity). */
+  release(step: number): void {
+    const keep: Frame[] = [];
+    for (const f of this.handed) {
+      if (f.key.step < step) releaseDevice(f.tensors);
+      else keep.push(f);
+    }
+    this.handed = keep;
+  }
+
+  /** Stops taking frames by hand and frees every unclaimed one. */
+  close(): void {
+    this.off();
+    this.release(Infinity);
+  }
 }

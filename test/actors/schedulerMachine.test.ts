@@ -5,7 +5,8 @@
 import { describe, expect, it, vi } from 'vitest';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { deferred, type Deferred } from '../../src/runtime/deferred.js';
-import { schedulerMachine, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import { livenessProbes } from '../../actors/liveness.js';
+import { schedulerMachine, type SchedulerInput, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
 
 const WAIT = { timeout: 2000 };
 
@@ -19,6 +20,10 @@ interface Harness {
   readonly fed: number[];
   readonly outcomes: StepOutcome[];
   readonly failures: { step: number; failure: StepFailure }[];
+  /** What the queue and the watch did, in order: `starts S early|now`, `plan S`, `abortEarly S`, `drop S after F`, `cancel S: why`, `silence: first line`. */
+  readonly queue: string[];
+  /** Answers the early step's plans (PLANNED), or fails them. */
+  planned(step: number, failure?: string): void;
 }
 
 interface HarnessOptions {
@@ -27,6 +32,7 @@ interface HarnessOptions {
   readonly abort?: () => Promise<void>;
   /** What beginStep resolves to: microbatches fed before START (a step begun early). */
   readonly alreadyFed?: number;
+  readonly input?: Partial<SchedulerInput>;
 }
 
 function harness(o: HarnessOptions = {}): Harness {
@@ -34,6 +40,7 @@ function harness(o: HarnessOptions = {}): Harness {
   const fed: number[] = [];
   const outcomes: StepOutcome[] = [];
   const failures: { step: number; failure: StepFailure }[] = [];
+  const queue: string[] = [];
   const machine = schedulerMachine.provide({
     actors: {
       beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
@@ -41,8 +48,8 @@ function harness(o: HarnessOptions = {}): Harness {
         await o.begin?.();
         return o.alreadyFed ?? 0;
       }),
-      abortStep: fromPromise<void, { step: number }>(async ({ input }) => {
-        log.push(`abort ${input.step}`);
+      abortStep: fromPromise<void, { step: number; skip?: readonly number[] }>(async ({ input }) => {
+        log.push(`abort ${input.step}${input.skip?.length ? ` skip ${input.skip.join(',')}` : ''}`);
         await o.abort?.();
       }),
     },
@@ -61,11 +68,21 @@ function harness(o: HarnessOptions = {}): Harness {
         log.push(`reject ${f.step} ${f.failure.code}`);
         failures.push(f);
       },
+      stepStarts: (_, { step, begunEarly }) => void queue.push(`starts ${step} ${begunEarly ? 'early' : 'now'}`),
+      planEarly: (_, req) => void queue.push(`plan ${req.step}`),
+      abortEarly: ({ self }, { step }) => {
+        queue.push(`abortEarly ${step}`);
+        setTimeout(() => self.send({ type: 'EARLY_ABORTED', step }), 0);
+      },
+      dropStep: (_, { step, failedStep }) => void queue.push(`drop ${step} after ${failedStep}`),
+      cancelStep: (_, { step, message }) => void queue.push(`cancel ${step}: ${message}`),
+      reportSilence: (_, { message }) => void queue.push(`silence: ${message.split('\n')[0]}`),
     },
   });
-  const actor = createActor(machine, { input: { stages: o.stages ?? 3 } });
+  const actor = createActor(machine, { input: { stages: o.stages ?? 3, ...o.input } });
   actor.start();
-  return { actor, log, fed, outcomes, failures };
+  const planned = (step: number, failure?: string) => actor.send(failure ? { type: 'PLAN_FAILED', step, message: failure } : { type: 'PLANNED', step });
+  return { actor, log, fed, outcomes, failures, queue, planned };
 }
 
 function req(over: Partial<StepRequest> = {}): StepRequest {
@@ -485,5 +502,241 @@ describe('schedulerMachine: refused frames', () => {
     gate.resolve();
     await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1', 'reject 1 COMPUTE']);
+  });
+});
+
+/** Reports every loss and DONE of step `step` (m microbatches, `stages` stages), then every UPDATED when it updates. */
+function finish(h: Harness, step: number, m: number, stages: number, update = true): void {
+  for (let i = 0; i < m; i++) h.actor.send({ type: 'LOSS', step, microbatch: i, loss: 1, metric: null });
+  for (let r = 0; r < stages; r++) h.actor.send({ type: 'DONE', rank: r, step, peakHeld: 1 });
+  if (update) for (let r = 0; r < stages; r++) h.actor.send({ type: 'UPDATED', rank: r, step });
+}
+
+describe('schedulerMachine: the queue of steps (#21 item 1)', () => {
+  const two = (step: number, over: Partial<StepRequest> = {}) => req({ step, microbatches: 2, feedBound: 1, ...over });
+
+  it('a step called while one runs is queued, begins early once every stage holds the running plan, and starts fed when the running step ends', async () => {
+    const gate = deferred<void>();
+    const h = harness({ stages: 2, begin: () => gate.promise });
+    h.actor.send({ type: 'RUN', req: two(1) });
+    h.actor.send({ type: 'RUN', req: two(2) });
+    // Step 1's plans are not acked yet: step 2 waits, its plans unsent.
+    expect(h.actor.getSnapshot().context.queue.map((q) => q.step)).toEqual([2]);
+    expect(h.queue).toEqual(['starts 1 now']);
+    gate.resolve();
+    await inState(h, 'feeding');
+    expect(h.queue).toEqual(['starts 1 now', 'plan 2']);
+    expect(h.actor.getSnapshot().context.early).toEqual({ step: 2, fed: null, failed: null, cancelled: null, held: [] });
+    // Step 2's plans acked: its first inputs (its bound) go out at once, while step 1 runs.
+    h.planned(2);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'feed 2 0-1']);
+    // Stage 0 finished B0 of step 2 before step 2 started here: held, and counted once it starts.
+    h.actor.send({ type: 'ACTION', rank: 0, step: 2, action: 'B0' });
+    expect(h.actor.getSnapshot().context.early?.held).toHaveLength(1);
+    h.actor.send({ type: 'ACTION', rank: 0, step: 1, action: 'B0' });
+    finish(h, 1, 2, 2);
+    await waitFor(h.actor, (s) => s.context.req?.step === 2 && s.matches({ active: 'draining' }), WAIT);
+    // Step 2 never asked beginStep: it started fed, and its held B0 fed microbatch 1.
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'feed 2 0-1', 'feed 1 1-2', 'grant 1 1', 'update 1 except 1', 'resolve 1', 'feed 2 1-2']);
+    expect(h.queue).toEqual(['starts 1 now', 'plan 2', 'starts 2 early']);
+    expect(h.actor.getSnapshot().context).toMatchObject({ early: null, queue: [], stage0Done: 1 });
+  });
+
+  it('a step queued behind a step whose plans are still being acked early waits for them, then feeds', async () => {
+    const h = harness({ stages: 1 });
+    h.actor.send({ type: 'RUN', req: two(1, { feedBound: 2 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'RUN', req: two(2) });
+    expect(h.queue).toEqual(['starts 1 now', 'plan 2']);
+    finish(h, 1, 2, 1);
+    await waitFor(h.actor, (s) => s.context.req?.step === 2, WAIT);
+    expect(h.actor.getSnapshot().matches({ active: { starting: 'awaitingPlans' } })).toBe(true);
+    expect(h.fed).toEqual([0, 1]);
+    h.planned(2);
+    await inState(h, 'feeding');
+    expect(h.fed).toEqual([0, 1, 0]);
+    expect(h.log.filter((l) => l.startsWith('begin'))).toEqual(['begin 1']);
+  });
+
+  it('after a step without UPDATE on shared devices the next does not begin early; on devices of their own it does', async () => {
+    for (const ordered of [true, false]) {
+      const h = harness({ stages: 2 });
+      h.actor.send({ type: 'RUN', req: two(1, { forwardOnly: true, update: false, releasedBy: 'F', ordered }) });
+      await inState(h, 'feeding');
+      h.actor.send({ type: 'RUN', req: two(2) });
+      expect(h.queue).toEqual(ordered ? ['starts 1 now'] : ['starts 1 now', 'plan 2']);
+    }
+  });
+
+  it('a failure drops the steps queued behind it: a begun one is aborted once its plans are acked, then each is told; a step called meanwhile runs after', async () => {
+    const gate = deferred<void>();
+    const h = harness({ stages: 2, abort: () => gate.promise });
+    h.actor.send({ type: 'RUN', req: two(1) });
+    await inState(h, 'feeding');
+    h.actor.send({ type: 'RUN', req: two(2) });
+    h.actor.send({ type: 'RUN', req: two(3) });
+    h.actor.send({ type: 'STAGE_ERROR', rank: 1, step: 1, failure: { key: 'j/1/1F0', code: 'COMPUTE', message: 'boom' } });
+    // Step 1 is aborting; step 2's plans are still out.
+    gate.resolve();
+    await waitFor(h.actor, (s) => s.matches({ settling: 'awaitingPlans' }), WAIT);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'abort 1', 'reject 1 COMPUTE']);
+    h.actor.send({ type: 'RUN', req: two(4) });
+    h.planned(2);
+    await waitFor(h.actor, (s) => s.context.req?.step === 4, WAIT);
+    // Step 2 was aborted on the stages before anyone was told; no input of it went out.
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-1', 'abort 1', 'reject 1 COMPUTE', 'abort 2', 'begin 4']);
+    expect(h.queue).toEqual(['starts 1 now', 'plan 2', 'drop 2 after 1', 'drop 3 after 1', 'starts 4 now']);
+  });
+
+  it('the early plans failing fail that step as it starts (TRANSPORT), after the running one succeeds', async () => {
+    const h = harness({ stages: 1 });
+    h.actor.send({ type: 'RUN', req: two(1, { feedBound: 2 }) });
+    await inState(h, 'draining');
+    h.actor.send({ type: 'RUN', req: two(2) });
+    h.planned(2, 'stage 0 refused step: STATE: no');
+    finish(h, 1, 2, 1);
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.outcomes.map((o) => o.step)).toEqual([1]);
+    expect(h.failures[0]).toEqual({ step: 2, failure: { rank: -1, key: 'step 2', code: 'TRANSPORT', message: 'stage 0 refused step: STATE: no' } });
+    expect(h.log.slice(-2)).toEqual(['abort 2', 'reject 2 TRANSPORT']);
+  });
+
+  it('CANCEL: the running step is aborted with the reason; a queued one is told at once; a begun one is aborted on the stages first', async () => {
+    const h = harness({ stages: 2 });
+    h.actor.send({ type: 'RUN', req: two(1) });
+    await inState(h, 'feeding');
+    h.actor.send({ type: 'RUN', req: two(2) });
+    h.actor.send({ type: 'RUN', req: two(3) });
+    h.actor.send({ type: 'CANCEL', step: 3, code: 'REPLICA_FAILED', message: 'replica 1 failed step 3' });
+    expect(h.queue.at(-1)).toBe('cancel 3: replica 1 failed step 3');
+    h.actor.send({ type: 'CANCEL', step: 2, code: 'REPLICA_FAILED', message: 'replica 1 failed step 2' });
+    expect(h.actor.getSnapshot().context.queue).toEqual([]);
+    // Its plans are still out: the abort waits for them.
+    expect(h.queue).toEqual(['starts 1 now', 'plan 2', 'cancel 3: replica 1 failed step 3']);
+    h.planned(2);
+    await vi.waitFor(() => expect(h.queue.at(-1)).toBe('cancel 2: replica 1 failed step 2'));
+    expect(h.queue).toContain('abortEarly 2');
+    expect(h.fed).toEqual([0]); // nothing of step 2 was fed
+    h.actor.send({ type: 'CANCEL', step: 1, code: 'REPLICA_FAILED', message: 'replica 1 failed step 1' });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.failures[0]).toEqual({ step: 1, failure: { rank: -1, key: 'step 1', code: 'REPLICA_FAILED', message: 'replica 1 failed step 1' } });
+    expect(h.log.slice(-2)).toEqual(['abort 1', 'reject 1 REPLICA_FAILED']);
+  });
+
+  it('CANCEL while updating aborts the step (stages may wait in an all-reduce), naming who had applied it', async () => {
+    const h = harness({ stages: 2 });
+    h.actor.send({ type: 'RUN', req: two(1, { feedBound: 2 }) });
+    await inState(h, 'draining');
+    finish(h, 1, 2, 2, false);
+    await inState(h, 'updating');
+    h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
+    h.actor.send({ type: 'CANCEL', step: 1, code: 'REPLICA_FAILED', message: 'replica 0 failed' });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.log.slice(-2)).toEqual(['abort 1', 'reject 1 REPLICA_FAILED']);
+    expect(h.failures[0]!.failure.message).toBe('replica 0 failed (during UPDATE: stages 0 had applied it; restore a checkpoint)');
+  });
+});
+
+describe('schedulerMachine: liveness (#21 item 1)', () => {
+  const tick = (now: number, lastAction = now, ran: string[][] = []) => ({ type: 'TICK' as const, now, lastAction, ran });
+  const probe = (rank: number, state: string, action: string, awaiting: string[] = []) => ({ rank, step: 1, state, action, awaiting });
+  const actions = ['F0 F1 B0 B1', 'F0 B0 F1 B1'];
+
+  it('a stage silent past the liveness timeout fails the step as STAGE_SILENT, naming where it was last seen, and is not asked to abort', async () => {
+    const h = harness({ stages: 2, input: { livenessTimeoutMs: 1000 } });
+    h.actor.send({ type: 'RUN', req: req({ microbatches: 2, feedBound: 2, actions }) });
+    await inState(h, 'draining');
+    h.actor.send(tick(100));
+    h.actor.send({ type: 'PROBED', rank: 0, reply: probe(0, 'running.waiting', 'B0', ['BACKWARD:0']), at: 150 });
+    h.actor.send({ type: 'PROBED', rank: 1, reply: probe(1, 'running.computing', 'F0'), at: 150 });
+    h.actor.send({ type: 'PROBED', rank: 0, reply: probe(0, 'running.waiting', 'B0', ['BACKWARD:0']), at: 1050 });
+    h.actor.send(tick(1100, 1100, [['F0', 'F1'], []]));
+    expect(h.failures).toEqual([]); // stage 1 last answered 950 ms ago
+    h.actor.send(tick(1150, 1150, [['F0', 'F1'], []]));
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    const f = h.failures[0]!.failure;
+    expect(f).toMatchObject({ rank: 1, key: 'rank 1', code: 'STAGE_SILENT' });
+    expect(f.message).toMatch(/^stage 1 answered no liveness probe for 1000 ms; last seen in step 1, state running\.computing at F0\nstep 1, 2 microbatches:\n/);
+    expect(f.message).toMatch(/stage 0 {2}running\.waiting {4}F0 F1 \[B0\] ·· {3}waiting for BACKWARD:0/);
+    expect(f.message).toMatch(/stage 1 {2}running\.computing {2}\[F0\] ·· ·· ·· {3}at F0/);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1 skip 1', 'reject 1 STAGE_SILENT']);
+    expect(h.queue).toEqual(['starts 1 now', 'silence: stage 1 answered no liveness probe for 1000 ms; last seen in step 1, state running.computing at F0']);
+    expect(h.actor.getSnapshot().context.watch.silent).toEqual([{ rank: 1, step: 1, state: 'running.computing', action: 'F0', awaiting: [] }]);
+  });
+
+  it('a stage that never answered is timed from the watch\'s start; after the silence the watch is over', async () => {
+    const h = harness({ stages: 2, input: { livenessTimeoutMs: 500 }, abort: () => new Promise(() => {}) });
+    h.actor.send({ type: 'RUN', req: req({ microbatches: 2, feedBound: 2, actions }) });
+    await inState(h, 'draining');
+    h.actor.send(tick(0));
+    h.actor.send({ type: 'PROBED', rank: 1, reply: probe(1, 'running.waiting', 'F0'), at: 400 });
+    h.actor.send(tick(500));
+    await inState(h, 'aborting');
+    expect(h.queue.at(-1)).toBe('silence: stage 0 answered no liveness probe for 500 ms; never answered a probe');
+    h.actor.send(tick(5000));
+    expect(h.queue.filter((q) => q.startsWith('silence'))).toHaveLength(1);
+    expect(h.actor.getSnapshot().context.watch.watching).toBe(false);
+  });
+
+  it('a step whose actions stop ending fails as STEP_STALLED with its grid, naming the first stage not done; never while updating', async () => {
+    const h = harness({ stages: 2, input: { stallTimeoutMs: 600 } });
+    h.actor.send({ type: 'RUN', req: req({ microbatches: 2, feedBound: 2, actions }) });
+    await inState(h, 'draining');
+    h.actor.send(tick(0));
+    h.actor.send({ type: 'PROBED', rank: 0, reply: probe(0, 'running.waiting', 'B0', ['BACKWARD:0']), at: 10 });
+    h.actor.send(tick(500, 100, [['F0', 'F1'], []]));
+    expect(h.failures).toEqual([]);
+    h.actor.send(tick(700, 100, [['F0', 'F1'], []]));
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    const f = h.failures[0]!.failure;
+    expect(f).toMatchObject({ rank: 0, code: 'STEP_STALLED' });
+    expect(f.message).toMatch(/^step 1 made no progress for 600 ms\n/);
+    expect(f.message).toMatch(/stage 1 {2}\(no answer\) {6}\[F0\] ·· ·· ·· {3}at F0/);
+    expect(h.queue.at(-1)).toBe('silence: step 1 made no progress for 600 ms');
+
+    const u = harness({ stages: 1, input: { stallTimeoutMs: 600 } });
+    u.actor.send({ type: 'RUN', req: req({ microbatches: 1, feedBound: 1, actions: ['F0 B0'] }) });
+    await inState(u, 'draining');
+    finish(u, 1, 1, 1, false);
+    await inState(u, 'updating');
+    u.actor.send(tick(0));
+    u.actor.send(tick(10_000, 0));
+    expect(u.actor.getSnapshot().matches({ active: 'updating' })).toBe(true);
+    expect(u.failures).toEqual([]);
+  });
+});
+
+describe('livenessProbes: the watch the scheduler invokes', () => {
+  it('probes every stage at once and each heartbeat, one probe out per stage at most; the machine fails the silent one, and the watch stops', async () => {
+    const asked: number[] = [];
+    const never = new Promise<never>(() => {});
+    const machine = schedulerMachine.provide({
+      actors: {
+        beginStep: fromPromise(async () => 0),
+        abortStep: fromPromise(async () => {}),
+        liveness: livenessProbes({
+          probe: async (rank) => {
+            asked.push(rank);
+            // Stage 1 never answers (a hung process); stage 0 answers at once.
+            return rank === 1 ? never : { rank, step: 1, state: 'running.waiting', action: 'F0', awaiting: [] };
+          },
+          progress: () => ({ lastAction: performance.now(), ran: [] }),
+        }),
+      },
+    });
+    const failures: StepFailure[] = [];
+    const actor = createActor(machine.provide({ actions: { rejectStep: (_, f) => void failures.push(f.failure) } }), { input: { stages: 2, heartbeatMs: 20, livenessTimeoutMs: 150 } });
+    actor.start();
+    actor.send({ type: 'START', req: req({ microbatches: 1, feedBound: 1, timeoutMs: 60_000, actions: ['F0 B0', 'F0 B0'] }) });
+    await waitFor(actor, (s) => s.matches('idle') && failures.length > 0, WAIT);
+    expect(failures[0]).toMatchObject({ rank: 1, code: 'STAGE_SILENT' });
+    expect(failures[0]!.message).toMatch(/^stage 1 answered no liveness probe for \d+ ms; never answered a probe/);
+    // Stage 0 was asked at every heartbeat, stage 1 once: its probe never came back.
+    expect(asked.filter((r) => r === 1)).toHaveLength(1);
+    expect(asked.filter((r) => r === 0).length).toBeGreaterThan(3);
+    expect(actor.getSnapshot().context.watch.probes[0]).toMatchObject({ rank: 0, state: 'running.waiting' });
+    // The watch ended with the step (its timer cleared as it stopped).
+    expect(actor.getSnapshot().children['liveness']).toBeUndefined();
+    actor.stop();
   });
 });

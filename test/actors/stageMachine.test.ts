@@ -61,6 +61,10 @@ interface Harness {
   readonly errors: { step: number; failure: StageFailure }[];
   /** Conflicts the stage reported: the step that fails, why, the held frame and the one that came. */
   readonly conflicts: { step: number; error: TroupeError; frames: readonly [Frame, Frame] }[];
+  /** Control requests the stage refused (a plan, an abort), and UPDATEs it refused, as `verb CODE: message`. */
+  readonly refusals: string[];
+  /** Steps whose abort started (`abortStarts`). */
+  readonly abortsStarted: number[];
   send(...frames: Frame[]): void;
   /** Waits until the stage waits for a frame with `cursor` actions done. */
   waitingAt(cursor: number): Promise<Snap>;
@@ -81,6 +85,8 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
   const rejects: Rejection[] = [];
   const errors: { step: number; failure: StageFailure }[] = [];
   const conflicts: Harness['conflicts'] = [];
+  const refusals: string[] = [];
+  const abortsStarted: number[] = [];
   const runner = actionRunner(async (ex) => {
     log.push(`exec ${formatAction(ex.action)}`);
     executed.push(ex);
@@ -114,6 +120,9 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
         errors.push(e);
       },
       resetCompute: () => void log.push('reset'),
+      refuseControl: (_, { verb, error }) => void refusals.push(`${verb} ${error.code}: ${error.message}`),
+      rejectUpdate: (_, { step, job, error }) => void refusals.push(`UPDATE ${job}/${step} ${error.code}: ${error.message}`),
+      abortStarts: (_, { step }) => void abortsStarted.push(step),
       startRun: (args, run) => {
         runs.push(run.map((ex) => formatAction(ex.action)).join(' '));
         runner(args, run);
@@ -131,6 +140,8 @@ async function harness(input: Partial<StageInput> & { rank: number; stages: numb
     rejects,
     errors,
     conflicts,
+    refusals,
+    abortsStarted,
     send: (...frames) => frames.forEach((f) => actor.send({ type: 'FRAME', frame: f })),
     waitingAt: (cursor) => waitFor(actor, (s) => s.matches({ running: 'waiting' }) && s.context.cursor === cursor, WAIT),
   };
@@ -285,11 +296,12 @@ describe('stageMachine: a step', () => {
     await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 2, WAIT);
     expect(h.log).toEqual(['exec 0F0', 'exec 0B0', 'done 1 peak 1', 'update 1', 'updated 1', 'exec 0F0', 'exec 0B0', 'done 2 peak 1', 'update 2', 'updated 2']);
 
+    // A forward-only plan that grants an update is refused (its grant would count for nothing): the stage stays idle.
     h.actor.send({ type: 'STEP', plan: plan('F0', { step: 3, microbatches: 1, batchSize: 2, forwardOnly: true, granted: true }) });
-    expect(h.actor.getSnapshot().context.updateGranted).toBe(false);
-    h.send(xy(3));
-    await waitFor(h.actor, (x) => x.matches('idle') && x.context.step === 3, WAIT);
-    expect(h.log.slice(10)).toEqual(['exec 0F0', 'done 3 peak 0']);
+    expect(h.refusals).toEqual(['step FRAME: plan of step 3 grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)']);
+    expect(h.actor.getSnapshot().value).toBe('idle');
+    expect(h.actor.getSnapshot().context.step).toBe(2);
+    expect(h.log).toHaveLength(10);
   });
 });
 
@@ -874,5 +886,144 @@ describe('stageMachine: a step queued behind the update (overlapped steps)', () 
     s = await waitFor(g.actor, (x) => x.matches('idle'), WAIT);
     expect(s.context.step).toBe(1); // nothing queued runs
     expect(g.log.at(-1)).toBe('updated 1');
+  });
+});
+
+describe('stageMachine: refusals it decides and reports (#21 item 2)', () => {
+  const gated = async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { execute: () => gate.promise });
+    return { h, gate };
+  };
+
+  it('a plan: refused when over, when one already waits, when failed, and when the plan itself is wrong; each refusal names why', async () => {
+    const h = await harness({ rank: 1, stages: 3 });
+    const p = (over: Partial<StepPlan>) => plan('F0 B0', { microbatches: 1, batchSize: 2, ...over });
+    // Idle: a plan that is wrong in itself, whatever the state.
+    h.actor.send({ type: 'STEP', plan: p({ totalBatch: 1 }) });
+    h.actor.send({ type: 'STEP', plan: p({ batchSize: 1, microbatches: 2 }) });
+    h.actor.send({ type: 'STEP', plan: p({ actions: 'F0 X9' }) });
+    h.actor.send({ type: 'STEP', plan: p({ order: '0 1 2' }) });
+    h.actor.send({ type: 'STEP', plan: p({ order: '0 1' }) }); // a device order, but no shared device
+    expect(h.refusals).toEqual([
+      'step FRAME: plan totalBatch 1 must be an integer of at least batchSize 2',
+      'step CONFIG: a batch of 1 examples cannot be split into 2 microbatches',
+      'step SCHEDULE: "1X9" is not an action like 1F0',
+      'step FRAME: stage 1: plan order "0 1 2" must give one device position per action (2)',
+      'step STATE: stage 1 got a device order but shares no device',
+    ]);
+    expect(h.actor.getSnapshot().value).toBe('idle');
+    h.refusals.length = 0;
+
+    // Running step 1 with step 2 queued: an old step, a second queued one, and a wrong plan to queue.
+    h.actor.send({ type: 'STEP', plan: p({}) });
+    h.actor.send({ type: 'STEP', plan: p({ step: 1 }) });
+    h.actor.send({ type: 'STEP', plan: p({ step: 2, totalBatch: 0 }) });
+    h.actor.send({ type: 'STEP', plan: p({ step: 2 }) });
+    h.actor.send({ type: 'STEP', plan: p({ step: 3 }) });
+    expect(h.refusals).toEqual([
+      'step STALE_STEP: step 1 is not after step 1',
+      'step FRAME: plan totalBatch 0 must be an integer of at least batchSize 2',
+      'step STATE: stage 1 cannot queue step 3: step 2 already waits behind step 1',
+    ]);
+    expect(h.actor.getSnapshot().context.next?.step).toBe(2);
+    expect(h.actor.getSnapshot().matches({ running: 'waiting' })).toBe(true);
+  });
+
+  it('a plan while failed is refused naming the state; a stage that shares its device takes a device order', async () => {
+    const h = await harness({ rank: 1, stages: 3 }, { execute: async () => Promise.reject(new ShapeError('boom')) });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0));
+    await waitFor(h.actor, (x) => x.matches('failed'), WAIT);
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 2, microbatches: 1, batchSize: 2 }) });
+    expect(h.refusals).toEqual(['step STATE: stage 1 cannot start step 2: it is "failed"']);
+
+    const shared = await harness({ rank: 1, stages: 3, sharesDevice: true });
+    shared.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2, order: '0 3' }) });
+    expect(shared.refusals).toEqual([]);
+    expect(shared.actor.getSnapshot().matches('running')).toBe(true);
+  });
+
+  it('an UPDATE: refused for another job, a step that is over, a second grant, a grant its plan made, a step without update, and out of turn; counted as refused', async () => {
+    const { h, gate } = await gated();
+    h.actor.send({ type: 'UPDATE', step: 0 });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.actor.send({ type: 'UPDATE', step: 1, job: 'other' });
+    h.actor.send({ type: 'UPDATE', step: 2 }); // a later step's, while waiting for a frame
+    h.send(fwd(0));
+    await vi.waitFor(() => expect(h.log).toContain('exec 1F0'));
+    h.actor.send({ type: 'UPDATE', step: 1 }); // the grant: taken
+    h.actor.send({ type: 'UPDATE', step: 1 }); // again
+    expect(h.actor.getSnapshot().context.updateGranted).toBe(true);
+    expect(h.refusals).toEqual([
+      'UPDATE j/0 UNEXPECTED_FRAME: UPDATE for step 0 while stage 1 is "idle"',
+      'UPDATE other/1 UNEXPECTED_FRAME: UPDATE for job other, not j',
+      'UPDATE j/2 UNEXPECTED_FRAME: UPDATE for step 2 while stage 1 is {"running":"waiting"}',
+      'UPDATE j/1 UNEXPECTED_FRAME: UPDATE for step 1 came twice',
+    ]);
+    expect(h.actor.getSnapshot().context.rejected).toBe(4);
+    gate.resolve();
+    h.send(bwd(0));
+    await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log).toEqual(['exec 1F0', 'exec 1B0', 'done 1 peak 1', 'update 1', 'updated 1']);
+    h.actor.send({ type: 'UPDATE', step: 0 });
+    expect(h.refusals.at(-1)).toBe('UPDATE j/0 STALE_STEP: UPDATE for step 0, which is over (now 1)');
+
+    // A lone stage whose plan granted its update, and an evaluation: neither takes an UPDATE while running.
+    const lone = await harness({ rank: 0, stages: 1 }, { execute: () => new Promise<void>(() => {}) });
+    lone.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2, granted: true }) });
+    lone.actor.send({ type: 'UPDATE', step: 1 });
+    lone.actor.send({ type: 'STEP', plan: plan('F0', { step: 2, microbatches: 1, batchSize: 2, forwardOnly: true }) });
+    const evalStage = await harness({ rank: 1, stages: 3 });
+    evalStage.actor.send({ type: 'STEP', plan: plan('F0', { microbatches: 1, batchSize: 2, forwardOnly: true }) });
+    evalStage.actor.send({ type: 'UPDATE', step: 1 });
+    expect(lone.refusals).toEqual(['UPDATE j/1 UNEXPECTED_FRAME: UPDATE for step 1, whose plan granted it already']);
+    expect(evalStage.refusals).toEqual(['UPDATE j/1 UNEXPECTED_FRAME: UPDATE for step 1, which applies no update (evaluation, prediction or accumulation)']);
+  });
+
+  it('an UPDATE while updating, awaiting another step, or failed is refused naming the state', async () => {
+    const gate = deferred<void>();
+    const h = await harness({ rank: 1, stages: 3 }, { update: () => gate.promise });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
+    h.send(fwd(0), bwd(0));
+    await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
+    h.actor.send({ type: 'UPDATE', step: 2 });
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    await waitFor(h.actor, (x) => x.matches('updating'), WAIT);
+    h.actor.send({ type: 'UPDATE', step: 1 });
+    expect(h.refusals).toEqual([
+      'UPDATE j/2 UNEXPECTED_FRAME: UPDATE for step 2 while stage 1 is "awaitingUpdate"',
+      'UPDATE j/1 UNEXPECTED_FRAME: UPDATE for step 1 while stage 1 is "updating"',
+    ]);
+    gate.resolve();
+    await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(h.log.filter((l) => l.startsWith('update'))).toEqual(['update 1', 'updated 1']);
+  });
+
+  it('an abort: one of a step that is over is refused, of the queued step drops it, of a later step does nothing, of its own step starts the abort', async () => {
+    const { h, gate } = await gated();
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 5, microbatches: 1, batchSize: 2 }) });
+    h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 6, microbatches: 1, batchSize: 2 }) });
+    h.actor.send({ type: 'ABORT_STEP', step: 4 });
+    expect(h.refusals).toEqual(['abort STALE_STEP: abort of step 4, which is over (now 5)']);
+    h.actor.send({ type: 'ABORT_STEP', step: 7 });
+    expect(h.actor.getSnapshot().context.next?.step).toBe(6);
+    h.actor.send({ type: 'ABORT_STEP', step: 6 });
+    expect(h.actor.getSnapshot().context.next).toBeNull();
+    expect(h.actor.getSnapshot().matches('running')).toBe(true);
+    expect(h.abortsStarted).toEqual([]);
+    h.send(fwd(0, 5));
+    await vi.waitFor(() => expect(h.log).toContain('exec 1F0'));
+    h.actor.send({ type: 'ABORT_STEP', step: 5 });
+    expect(h.abortsStarted).toEqual([5]);
+    expect(h.actor.getSnapshot().context.abortRequested).toBe(true);
+    gate.resolve();
+    const s = await waitFor(h.actor, (x) => x.matches('idle'), WAIT);
+    expect(s.context.step).toBe(5);
+    expect(h.log).toEqual(['exec 1F0', 'reset']);
+    // Idle in its step, an abort of it is taken (nothing to drop) and refuses nothing.
+    h.actor.send({ type: 'ABORT_STEP', step: 5 });
+    expect(h.abortsStarted).toEqual([5, 5]);
+    expect(h.refusals).toHaveLength(1);
   });
 });
