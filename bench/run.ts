@@ -1,5 +1,5 @@
 /** `npm run bench`: every benchmark, printed and written to bench/RESULTS.md with the date and command. */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { benchBubble } from './bubble.js';
 import { benchFeed } from './feed.js';
 import { benchGaps } from './gaps.js';
@@ -16,6 +16,7 @@ import { benchSteps } from './steps.js';
 import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
+const RECORDED_MARKER = '<!-- recorded:';
 const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, pool: benchPool, inspect: benchInspect, restarts: benchRestarts, gpu: benchGpu };
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
@@ -31,4 +32,10 @@ const doc = [
   ...sections.flatMap((s) => [s, '']),
 ].join('\n');
 console.log(doc);
-if (!only) await writeFile(new URL('./RESULTS.md', import.meta.url), doc);
+if (!only) {
+  // Tables recorded by hand (single benches, runs on the device host) sit below the marker and survive a full run.
+  const file = new URL('./RESULTS.md', import.meta.url);
+  const old = await readFile(file, 'utf8').catch(() => '');
+  const at = old.indexOf(RECORDED_MARKER);
+  await writeFile(file, at < 0 ? doc : `${doc}\n${old.slice(at)}`);
+}

@@ -29,8 +29,8 @@ export interface WorkerOptions {
 }
 
 /**
- * Builds the ranks' stages from the job config, serves them on NATS (one connection; the
- * stages of one process take turns in their device's order) and resolves when the driver
+ * Builds the ranks' stages from the job config, serves them on NATS (a connection per stage,
+ * logged in as `stage<r>`; the stages of one process take turns in their device's order) and resolves when the driver
  * stops them, the process is signalled, or the connection is lost for good.
  */
 export async function runWorker(o: WorkerOptions): Promise<void> {

@@ -150,8 +150,6 @@ export interface Pipeline {
   trainStep(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Forward only, no labels: the model's outputs for x (the last stage's), in batch order. */
   predict(x: tf.Tensor | tf.Tensor[]): Promise<tf.Tensor[]>;
-  /** Forward only, no labels: the model's outputs for x (the last stage's), in batch order. */
-  predict(x: tf.Tensor | tf.Tensor[]): Promise<tf.Tensor[]>;
   /** Forward only: loss and metric of (x, y), weights untouched. */
   evaluate(x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[]): Promise<StepResult>;
   /** Counters of every stage. */
