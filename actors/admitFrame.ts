@@ -65,7 +65,12 @@ function sameBytes(a: Frame, b: Frame): boolean {
     if (t.name !== u.name || t.dtype !== u.dtype || t.shape.length !== u.shape.length || t.shape.some((d, j) => d !== u.shape[j])) return false;
     const n = t.shape.reduce((x, d) => x * d, 1);
     if (t.data.length !== n || u.data.length !== n) return false;
-    return Buffer.compare(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), new Uint8Array(u.data.buffer, u.data.byteOffset, u.data.byteLength)) === 0;
+    return (
+      Buffer.compare(
+        new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+        new Uint8Array(u.data.buffer, u.data.byteOffset, u.data.byteLength),
+      ) === 0
+    );
   });
 }
 
@@ -78,7 +83,10 @@ export function conflictOf(stage: AdmitContext, f: Frame): { held: Frame; error:
   const c = viewFor(stage, f.key);
   const held = c.inbox[slotOf(f.key.phase, f.key.microbatch)];
   if (!held || admitStep(c, f.key, f.from) || sameBytes(held, f)) return null;
-  return { held, error: new ConflictingFrameError(`${formatKey(f.key)} from ${f.from}: received twice with different bytes; neither is used, and step ${f.key.step} fails`) };
+  return {
+    held,
+    error: new ConflictingFrameError(`${formatKey(f.key)} from ${f.from}: received twice with different bytes; neither is used, and step ${f.key.step} fails`),
+  };
 }
 
 /** Null when the stage takes `f`; otherwise the typed error saying why not. */

@@ -133,7 +133,10 @@ function lostError(c: JobContext, why: string): StateError {
 
 /** A lost NATS connection the run cannot recover from. */
 function outageError(c: JobContext, why: string, server: boolean): TransportError {
-  const restarts = c.restartLimit > 0 ? ` (restart limit ${c.restartLimit} reached)` : `: frames in flight may be lost; troupe up --restarts replays such a step${server ? ' on a nats-server started again' : ''}`;
+  const restarts =
+    c.restartLimit > 0
+      ? ` (restart limit ${c.restartLimit} reached)`
+      : `: frames in flight may be lost; troupe up --restarts replays such a step${server ? ' on a nats-server started again' : ''}`;
   return new TransportError(`${why} during ${c.at}${restarts}`);
 }
 
@@ -260,7 +263,11 @@ export const jobMachine = setup({
             guard: and(['restartsOn', 'restartsLeft']),
             target: '.recovering',
             reenter: true,
-            actions: assign(({ context, event }) => ({ lost: [...context.lost, event.loss], cause: context.cause ?? { rank: event.loss.ranks[0] ?? 0, code: 'WORKER_DIED' as const, message: `${event.loss.why}; its step is replayed` }, round: context.round + 1 })),
+            actions: assign(({ context, event }) => ({
+              lost: [...context.lost, event.loss],
+              cause: context.cause ?? { rank: event.loss.ranks[0] ?? 0, code: 'WORKER_DIED' as const, message: `${event.loss.why}; its step is replayed` },
+              round: context.round + 1,
+            })),
           },
           {
             target: '#job.failed',
@@ -286,7 +293,10 @@ export const jobMachine = setup({
           { guard: ({ context, event }) => !event.server && context.serverDown, target: '.troubled' },
           {
             target: '.troubled',
-            actions: [...note(({ context, event }) => outageError(context, event.why, event.server)), assign({ serverDown: ({ context, event }) => context.serverDown || event.server })],
+            actions: [
+              ...note(({ context, event }) => outageError(context, event.why, event.server)),
+              assign({ serverDown: ({ context, event }) => context.serverDown || event.server }),
+            ],
           },
         ],
       },
@@ -324,7 +334,10 @@ export const jobMachine = setup({
           invoke: {
             src: 'keep',
             input: ({ context }) => ({ step: context.step }),
-            onDone: { target: 'resume', actions: assign({ kept: ({ context }) => context.step, keepEvery: ({ context, event }) => event.output.keepEvery ?? context.keepEvery }) },
+            onDone: {
+              target: 'resume',
+              actions: assign({ kept: ({ context }) => context.step, keepEvery: ({ context, event }) => event.output.keepEvery ?? context.keepEvery }),
+            },
             onError: { target: 'troubled', actions: note(({ event }) => event.error) },
           },
         },
@@ -384,7 +397,11 @@ export const jobMachine = setup({
                       round: context.round + 1,
                     })),
                   },
-                  { guard: ({ event }) => event.output.length > 0, target: '#job.failed', actions: note(({ context, event }) => lostError(context, event.output.map((l: WorkerLoss) => l.why).join('; '))) },
+                  {
+                    guard: ({ event }) => event.output.length > 0,
+                    target: '#job.failed',
+                    actions: note(({ context, event }) => lostError(context, event.output.map((l: WorkerLoss) => l.why).join('; '))),
+                  },
                   { target: '#job.failed' },
                 ],
                 onError: '#job.failed',
@@ -396,7 +413,14 @@ export const jobMachine = setup({
           entry: [
             {
               type: 'restartWorkers',
-              params: ({ context }) => ({ losses: context.lost, at: context.at, round: context.round, restarts: context.restarts + context.lost.length, limit: context.restartLimit, outage: context.outage }),
+              params: ({ context }) => ({
+                losses: context.lost,
+                at: context.at,
+                round: context.round,
+                restarts: context.restarts + context.lost.length,
+                limit: context.restartLimit,
+                outage: context.outage,
+              }),
             },
             assign(({ context }) => ({ restarts: context.restarts + context.lost.length, lost: [], outage: null })),
           ],

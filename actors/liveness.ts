@@ -100,14 +100,20 @@ export type WatchCode = 'STAGE_SILENT' | 'STEP_STALLED';
 export function watchFailure(c: SchedulerContext, e: Tick, code: WatchCode): { rank: number; message: string } {
   const step = c.req!.step;
   if (code === 'STEP_STALLED') {
-    return { rank: firstStuck(c.req!.actions ?? [], e.ran), message: `step ${step} made no progress for ${Math.round(e.now - e.lastAction)} ms\n${gridOf(c, e.ran)}` };
+    return {
+      rank: firstStuck(c.req!.actions ?? [], e.ran),
+      message: `step ${step} made no progress for ${Math.round(e.now - e.lastAction)} ms\n${gridOf(c, e.ran)}`,
+    };
   }
   const r = silentStage(c, e.now);
   const seen = c.watch.probes[r];
   const where = seen
     ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
     : 'never answered a probe';
-  return { rank: r, message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.watch.heard[r] ?? c.watch.from!))} ms; ${where}\n${gridOf(c, e.ran)}` };
+  return {
+    rank: r,
+    message: `stage ${r} answered no liveness probe for ${Math.round(e.now - (c.watch.heard[r] ?? c.watch.from!))} ms; ${where}\n${gridOf(c, e.ran)}`,
+  };
 }
 
 /** Every stage answers, but no action has ended for too long: a stuck step. */

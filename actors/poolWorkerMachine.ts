@@ -53,7 +53,11 @@ const notProvided = (name: string) => () => {
 /** Tasks while the worker serves (idle or busy). */
 const serving = {
   TASK: [
-    { guard: 'hasRoom', target: '#poolWorker.busy', actions: ['start', { type: 'startTask', params: ({ event }: { event: PoolWorkerEvent }) => event as Extract<PoolWorkerEvent, { type: 'TASK' }> }] },
+    {
+      guard: 'hasRoom',
+      target: '#poolWorker.busy',
+      actions: ['start', { type: 'startTask', params: ({ event }: { event: PoolWorkerEvent }) => event as Extract<PoolWorkerEvent, { type: 'TASK' }> }],
+    },
     { actions: ['countRefused', { type: 'refuseTask', params: key }] },
   ],
   CANCEL: { guard: 'running', actions: { type: 'stopTask', params: key } },

@@ -54,7 +54,9 @@ export const runtimeMachine = setup({
       on: {
         BATCH_START: { actions: assign({ pool: ({ event }) => event.pool, batchSize: ({ event }) => event.size }) },
         BATCH_SPLIT: { actions: 'countSplit' },
-        BATCH_END: { actions: assign({ pool: null, batches: ({ context }) => context.batches + 1, examples: ({ context }) => context.examples + context.batchSize }) },
+        BATCH_END: {
+          actions: assign({ pool: null, batches: ({ context }) => context.batches + 1, examples: ({ context }) => context.examples + context.batchSize }),
+        },
         DRAINED: 'stopped',
       },
     },

@@ -231,12 +231,18 @@ const feed = {
 function abortedFailure(c: SchedulerContext): StepFailure {
   const f = c.failure!;
   if (c.granted < 0 || (f.rank === c.granted && f.code !== 'STEP_TIMEOUT')) return f;
-  return { ...f, message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)` };
+  return {
+    ...f,
+    message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)`,
+  };
 }
 
 /** A failure during UPDATE: some stages may have applied it, and no abort takes that back. */
 function duringUpdate(c: SchedulerContext, f: StepFailure): StepFailure {
-  return { ...f, message: `${f.message} (during UPDATE: stages ${c.updated.flatMap((u, r) => (u ? [r] : [])).join(', ') || 'none'} had applied it; restore a checkpoint)` };
+  return {
+    ...f,
+    message: `${f.message} (during UPDATE: stages ${c.updated.flatMap((u, r) => (u ? [r] : [])).join(', ') || 'none'} had applied it; restore a checkpoint)`,
+  };
 }
 
 /**
@@ -291,7 +297,10 @@ function beginning(c: SchedulerContext, req: StepRequest): Partial<SchedulerCont
 }
 
 /** The actions that start a step (its request set by the one before): its held events handed over, and the host told. */
-const starts = ['replayHeld', { type: 'stepStarts', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, begunEarly: begunEarly(context) }) }] as const;
+const starts = [
+  'replayHeld',
+  { type: 'stepStarts', params: ({ context }: { context: SchedulerContext }) => ({ step: context.req!.step, begunEarly: begunEarly(context) }) },
+] as const;
 
 /** The stages found silent in step `step`: an abort would only time out on them. */
 function silentIn(c: SchedulerContext, step: number): number[] {
@@ -404,12 +413,18 @@ export const schedulerMachine = setup({
     earlyFailed: ({ context }) => context.early !== null && context.early.step === context.req?.step && context.early.failed !== null,
     earlyPlanning: ({ context }) => context.early !== null && context.early.step === context.req?.step,
     /** An answer about the early step, which is still queued, or cancelled. */
-    earlyQueued: ({ context, event }) => 'step' in event && context.early?.step === event.step && context.early.cancelled === null && context.queue[0]?.step === event.step,
+    earlyQueued: ({ context, event }) =>
+      'step' in event && context.early?.step === event.step && context.early.cancelled === null && context.queue[0]?.step === event.step,
     earlyCancelled: ({ context, event }) => 'step' in event && context.early?.step === event.step && context.early.cancelled !== null,
     /** While settling: the early step is one the failure drops. */
-    earlyDropped: ({ context }) => context.early !== null && context.early.cancelled === null && (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
+    earlyDropped: ({ context }) =>
+      context.early !== null && context.early.cancelled === null && (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
     earlyDroppedPlanning: ({ context }) =>
-      context.early !== null && context.early.cancelled === null && context.early.fed === null && context.early.failed === null && (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
+      context.early !== null &&
+      context.early.cancelled === null &&
+      context.early.fed === null &&
+      context.early.failed === null &&
+      (context.settle?.dropping ?? []).some((q) => q.step === context.early!.step),
     cancelsRunning: ({ context, event }) => event.type === 'CANCEL' && context.req?.step === event.step,
     cancelsQueued: ({ context, event }) => event.type === 'CANCEL' && context.queue.some((q) => q.step === event.step) && context.early?.step !== event.step,
     cancelsEarly: ({ context, event }) => event.type === 'CANCEL' && context.queue.some((q) => q.step === event.step) && context.early?.step === event.step,
@@ -456,12 +471,32 @@ export const schedulerMachine = setup({
     RUN: { actions: 'enqueue' },
     // The early step, still queued: its first inputs go. Cancelled meanwhile: it is aborted on every stage.
     PLANNED: [
-      { guard: 'earlyCancelled', actions: [assign({ early: ({ context }) => ({ ...context.early!, fed: 0 }) }), { type: 'abortEarly', params: ({ context }) => ({ step: context.early!.step }) }] },
-      { guard: 'earlyQueued', actions: ['markEarlyFed', { type: 'feedInputs', params: ({ context }) => ({ step: context.early!.step, from: 0, to: context.early!.fed! }) }] },
+      {
+        guard: 'earlyCancelled',
+        actions: [
+          assign({ early: ({ context }) => ({ ...context.early!, fed: 0 }) }),
+          { type: 'abortEarly', params: ({ context }) => ({ step: context.early!.step }) },
+        ],
+      },
+      {
+        guard: 'earlyQueued',
+        actions: ['markEarlyFed', { type: 'feedInputs', params: ({ context }) => ({ step: context.early!.step, from: 0, to: context.early!.fed! }) }],
+      },
     ],
     PLAN_FAILED: [
-      { guard: 'earlyCancelled', actions: [assign({ early: ({ context }) => ({ ...context.early!, fed: 0 }) }), { type: 'abortEarly', params: ({ context }) => ({ step: context.early!.step }) }] },
-      { guard: 'earlyQueued', actions: assign({ early: ({ context, event }) => ({ ...context.early!, failed: (event as Extract<SchedulerEvent, { type: 'PLAN_FAILED' }>).message }) }) },
+      {
+        guard: 'earlyCancelled',
+        actions: [
+          assign({ early: ({ context }) => ({ ...context.early!, fed: 0 }) }),
+          { type: 'abortEarly', params: ({ context }) => ({ step: context.early!.step }) },
+        ],
+      },
+      {
+        guard: 'earlyQueued',
+        actions: assign({
+          early: ({ context, event }) => ({ ...context.early!, failed: event.message }),
+        }),
+      },
     ],
     EARLY_ABORTED: {
       guard: 'earlyCancelled',
@@ -473,7 +508,7 @@ export const schedulerMachine = setup({
         guard: 'cancelsEarly',
         actions: [
           assign(({ context, event }) => {
-            const e = event as Extract<SchedulerEvent, { type: 'CANCEL' }>;
+            const e = event;
             return { queue: context.queue.filter((q) => q.step !== e.step), early: { ...context.early!, cancelled: e.message, held: [] } };
           }),
           enqueueActions(({ context, enqueue }) => {
@@ -517,7 +552,7 @@ export const schedulerMachine = setup({
           {
             guard: 'thisStep',
             actions: assign(({ context, event }) => {
-              const e = event as Extract<SchedulerEvent, { type: 'LOSS' }>;
+              const e = event;
               const losses = [...context.losses];
               const metrics = [...context.metrics];
               losses[e.microbatch] = e.loss;
@@ -531,7 +566,7 @@ export const schedulerMachine = setup({
           {
             guard: 'thisStep',
             actions: assign(({ context, event }) => {
-              const e = event as Extract<SchedulerEvent, { type: 'DONE' }>;
+              const e = event;
               const done = [...context.done];
               const peakHeld = [...context.peakHeld];
               done[e.rank] = true;
@@ -547,7 +582,7 @@ export const schedulerMachine = setup({
             guard: 'thisStep',
             actions: assign(({ context, event }) => {
               const updated = [...context.updated];
-              updated[(event as Extract<SchedulerEvent, { type: 'UPDATED' }>).rank] = true;
+              updated[event.rank] = true;
               return { updated };
             }),
           },
@@ -555,7 +590,7 @@ export const schedulerMachine = setup({
         PROBED: {
           guard: not('unwatched'),
           actions: assign(({ context, event }) => {
-            const e = event as Extract<SchedulerEvent, { type: 'PROBED' }>;
+            const e = event;
             const heard = [...context.watch.heard];
             const probes = [...context.watch.probes];
             heard[e.rank] = e.at;
@@ -566,10 +601,15 @@ export const schedulerMachine = setup({
         // A stall or a silence fails the step as that stage's error would (STAGE_ERROR: aborted, or failed as it is during UPDATE).
         TICK: [
           { guard: 'unwatched' },
-          { guard: 'firstTick', actions: assign({ watch: ({ context, event }) => ({ ...context.watch, from: (event as Tick).now }) }) },
+          { guard: 'firstTick', actions: assign({ watch: ({ context, event }) => ({ ...context.watch, from: event.now }) }) },
           {
             guard: and(['stalled', not(stateIn('#scheduler.active.updating')), not(stateIn('#scheduler.active.aborting'))]),
-            actions: ['unwatch', sendTo('liveness', { type: 'UNWATCH' }), { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event as Tick, 'STEP_STALLED').message }) }, raise(({ context, event }) => failedByWatch(context, event as Tick, 'STEP_STALLED'))],
+            actions: [
+              'unwatch',
+              sendTo('liveness', { type: 'UNWATCH' }),
+              { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event, 'STEP_STALLED').message }) },
+              raise(({ context, event }) => failedByWatch(context, event, 'STEP_STALLED')),
+            ],
           },
           {
             guard: 'stageSilent',
@@ -579,13 +619,19 @@ export const schedulerMachine = setup({
               assign({
                 watch: ({ context, event }) => {
                   const w = context.watch;
-                  const r = silentStage(context, (event as Tick).now);
+                  const r = silentStage(context, event.now);
                   const seen = w.probes[r];
-                  return { ...w, silent: [...w.silent, { rank: r, step: context.req!.step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] }] };
+                  return {
+                    ...w,
+                    silent: [
+                      ...w.silent,
+                      { rank: r, step: context.req!.step, state: seen?.state ?? null, action: seen?.action ?? null, awaiting: seen?.awaiting ?? [] },
+                    ],
+                  };
                 },
               }),
-              { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event as Tick, 'STAGE_SILENT').message }) },
-              raise(({ context, event }) => failedByWatch(context, event as Tick, 'STAGE_SILENT')),
+              { type: 'reportSilence', params: ({ context, event }) => ({ message: watchFailure(context, event, 'STAGE_SILENT').message }) },
+              raise(({ context, event }) => failedByWatch(context, event, 'STAGE_SILENT')),
             ],
           },
         ],
@@ -596,7 +642,14 @@ export const schedulerMachine = setup({
           states: {
             choosing: {
               always: [
-                { guard: 'earlyFailed', target: '#scheduler.active.aborting', actions: assign({ failure: ({ context }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: context.early!.failed! }), early: null }) },
+                {
+                  guard: 'earlyFailed',
+                  target: '#scheduler.active.aborting',
+                  actions: assign({
+                    failure: ({ context }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: context.early!.failed! }),
+                    early: null,
+                  }),
+                },
                 // Begun early: its plans are acked and its first inputs out.
                 { guard: 'earlyReady', target: '#scheduler.active.feeding', actions: assign({ fed: ({ context }) => context.early!.fed!, early: null }) },
                 { guard: 'earlyPlanning', target: 'awaitingPlans' },
@@ -609,7 +662,15 @@ export const schedulerMachine = setup({
                 PLANNED: { target: '#scheduler.active.feeding', actions: assign({ fed: 0, early: null }) },
                 PLAN_FAILED: {
                   target: '#scheduler.active.aborting',
-                  actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: (event as Extract<SchedulerEvent, { type: 'PLAN_FAILED' }>).message }), early: null }),
+                  actions: assign({
+                    failure: ({ context, event }) => ({
+                      rank: -1,
+                      key: `step ${context.req!.step}`,
+                      code: 'TRANSPORT',
+                      message: event.message,
+                    }),
+                    early: null,
+                  }),
                 },
               },
             },
@@ -621,7 +682,14 @@ export const schedulerMachine = setup({
                 onDone: { target: '#scheduler.active.feeding', actions: assign({ fed: ({ event }) => event.output }) },
                 onError: {
                   target: '#scheduler.active.aborting',
-                  actions: assign({ failure: ({ context, event }) => ({ rank: -1, key: `step ${context.req!.step}`, code: 'TRANSPORT', message: String((event.error as Error)?.message ?? event.error) }) }),
+                  actions: assign({
+                    failure: ({ context, event }) => ({
+                      rank: -1,
+                      key: `step ${context.req!.step}`,
+                      code: 'TRANSPORT',
+                      message: String((event.error as Error)?.message ?? event.error),
+                    }),
+                  }),
                 },
               },
             },
@@ -633,12 +701,7 @@ export const schedulerMachine = setup({
           always: [...grant, { guard: 'allFed', target: 'draining' }, beginEarly],
         },
         draining: {
-          always: [
-            { guard: and(['drained', 'noUpdate']), target: 'finished' },
-            { guard: 'drained', target: 'updating' },
-            ...grant,
-            beginEarly,
-          ],
+          always: [{ guard: and(['drained', 'noUpdate']), target: 'finished' }, { guard: 'drained', target: 'updating' }, ...grant, beginEarly],
         },
         updating: {
           entry: { type: 'sendUpdate', params: ({ context }) => ({ step: context.req!.step, except: context.granted }) },
@@ -685,8 +748,14 @@ export const schedulerMachine = setup({
             src: 'abortStep',
             // A stage found silent in this step would only time the abort out: it is not asked.
             input: ({ context }) => ({ step: context.req!.step, skip: silentIn(context, context.req!.step) }),
-            onDone: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) } },
-            onError: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) } },
+            onDone: {
+              target: '#scheduler.settling',
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) },
+            },
+            onError: {
+              target: '#scheduler.settling',
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: abortedFailure(context) }) },
+            },
           },
           on: { STAGE_ERROR: { actions: [] }, CANCEL: { guard: 'cancelsRunning' }, REJECT: { actions: 'countReject' } },
         },
@@ -695,8 +764,14 @@ export const schedulerMachine = setup({
           invoke: {
             src: 'abortStep',
             input: ({ context }) => ({ step: context.req!.step, skip: silentIn(context, context.req!.step) }),
-            onDone: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
-            onError: { target: '#scheduler.settling', actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) } },
+            onDone: {
+              target: '#scheduler.settling',
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) },
+            },
+            onError: {
+              target: '#scheduler.settling',
+              actions: { type: 'rejectStep', params: ({ context }) => ({ step: context.req!.step, failure: context.failure! }) },
+            },
           },
           on: { STAGE_ERROR: { actions: [] }, CANCEL: { guard: 'cancelsRunning' }, REJECT: { actions: 'countReject' } },
         },
@@ -722,7 +797,11 @@ export const schedulerMachine = setup({
     // stage first (once its plans are acked), so no abort meant for it can take a later step's
     // plan. Steps called meanwhile are queued and run after.
     settling: {
-      entry: assign(({ context }) => ({ settle: { dropping: context.queue, failedStep: context.req!.step }, queue: [], early: context.early && { ...context.early, held: [] } })),
+      entry: assign(({ context }) => ({
+        settle: { dropping: context.queue, failedStep: context.req!.step },
+        queue: [],
+        early: context.early && { ...context.early, held: [] },
+      })),
       initial: 'choosing',
       states: {
         choosing: {

@@ -201,7 +201,10 @@ const refuseStep = (state: StateText) =>
     guard: { type: 'stepRefused', params: { state } },
     actions: {
       type: 'refuseControl',
-      params: ({ context, event }: { context: StageContext; event: StageEvent }) => ({ verb: 'step' as const, error: stepRefusal(context, (event as StepEvent).plan, state)! }),
+      params: ({ context, event }: { context: StageContext; event: StageEvent }) => ({
+        verb: 'step' as const,
+        error: stepRefusal(context, (event as StepEvent).plan, state)!,
+      }),
     },
   }) as const;
 
@@ -315,7 +318,8 @@ export const stageMachine = setup({
   },
   guards: {
     stepRefused: ({ context, event }, { state }: { state: StateText }) => event.type === 'STEP' && stepRefusal(context, event.plan, state) !== null,
-    updateRefused: ({ context, event }, { state }: { state: StateText }) => event.type === 'UPDATE' && updateRefusal(context, event.step, event.job, state) !== null,
+    updateRefused: ({ context, event }, { state }: { state: StateText }) =>
+      event.type === 'UPDATE' && updateRefusal(context, event.step, event.job, state) !== null,
     abortRefused: ({ context, event }) => event.type === 'ABORT_STEP' && abortRefusal(context, event.step) !== null,
     /** An abort of the step queued behind this one. */
     abortsQueued: ({ context, event }) => event.type === 'ABORT_STEP' && context.next !== null && event.step === context.next.step,
@@ -325,7 +329,8 @@ export const stageMachine = setup({
     /** A frame of the running step whose slot holds one with other bytes. */
     conflicts: ({ context, event }) => event.type === 'FRAME' && conflictOf(context, event.frame) !== null,
     /** A frame of the queued step whose slot holds one with other bytes. */
-    conflictsQueued: ({ context, event }) => event.type === 'FRAME' && context.next !== null && event.frame.key.step === context.next.step && conflictOf(context, event.frame) !== null,
+    conflictsQueued: ({ context, event }) =>
+      event.type === 'FRAME' && context.next !== null && event.frame.key.step === context.next.step && conflictOf(context, event.frame) !== null,
     aborting: ({ context }) => context.abortRequested,
     allDone: ({ context }) => context.cursor >= context.actions.length,
     forwardOnly: ({ context }) => context.plan?.forwardOnly ?? false,
@@ -354,7 +359,13 @@ export const stageMachine = setup({
     ABORT_STEP: [
       {
         guard: 'abortRefused',
-        actions: { type: 'refuseControl', params: ({ context, event }) => ({ verb: 'abort' as const, error: abortRefusal(context, (event as Extract<StageEvent, { type: 'ABORT_STEP' }>).step)! }) },
+        actions: {
+          type: 'refuseControl',
+          params: ({ context, event }) => ({
+            verb: 'abort' as const,
+            error: abortRefusal(context, event.step)!,
+          }),
+        },
       },
       { guard: 'abortsQueued', actions: 'dropQueued' },
       { guard: 'abortsLater' },
@@ -374,26 +385,30 @@ export const stageMachine = setup({
       },
     },
     idle: {
-      always: { guard: 'hasQueued', target: 'running', actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) }] },
+      always: {
+        guard: 'hasQueued',
+        target: 'running',
+        actions: ['startQueued', { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) }],
+      },
       on: {
         LOADED: { actions: assign({ step: ({ event }) => event.step }) },
         UPDATE: refuseUpdate('"idle"'),
         STEP: [
           refuseStep('"idle"'),
           {
-          target: 'running',
-          actions: [
-            assign(({ event, context }) => ({
-              ...noStep(),
-              step: event.plan.step,
-              plan: event.plan,
-              actions: parseStageActions(event.plan.actions, context.rank),
-              updateGranted: grantedByPlan(event.plan),
-              peakHeld: 0,
-              error: null,
-            })),
-            { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) },
-          ],
+            target: 'running',
+            actions: [
+              assign(({ event, context }) => ({
+                ...noStep(),
+                step: event.plan.step,
+                plan: event.plan,
+                actions: parseStageActions(event.plan.actions, context.rank),
+                updateGranted: grantedByPlan(event.plan),
+                peakHeld: 0,
+                error: null,
+              })),
+              { type: 'stepBegins', params: ({ context }) => ({ plan: context.plan!, actions: context.actions }) },
+            ],
           },
         ],
       },
@@ -429,11 +444,7 @@ export const stageMachine = setup({
             // A plan while the step runs is queued, to start after this step's end.
             STEP: [refuseStep('{"running":"waiting"}'), { actions: 'queueNext' }],
             UPDATE: grantWhileRunning('{"running":"waiting"}'),
-            FRAME: [
-              ...conflictingFrame,
-              refuseFrame,
-              { actions: 'stash', target: 'next' },
-            ],
+            FRAME: [...conflictingFrame, refuseFrame, { actions: 'stash', target: 'next' }],
           },
         },
         computing: {
@@ -453,7 +464,7 @@ export const stageMachine = setup({
                   // Past the actions done before the failure: the error names the one that failed.
                   'advance',
                   assign({
-                    error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, (event as Extract<StageEvent, { type: 'ACTION_FAILED' }>).error),
+                    error: ({ context, event }) => failureOf(`${context.job}/${context.step}/${formatAction(current(context)!)}`, event.error),
                   }),
                   { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
                 ],
@@ -492,7 +503,9 @@ export const stageMachine = setup({
             guard: 'thisUpdate',
             target: 'failed',
             actions: [
-              assign({ error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, (event as Extract<StageEvent, { type: 'UPDATE_FAILED' }>).error) }),
+              assign({
+                error: ({ context, event }) => failureOf(`${context.job}/${context.step}/UPDATE`, event.error),
+              }),
               { type: 'reportError', params: ({ context }) => ({ step: context.step, failure: context.error! }) },
             ],
           },

@@ -26,8 +26,10 @@ export function parseOrder(order: string, actions: number, rank: number): number
 export function planError(plan: StepPlan, rank: number, sharesDevice: boolean): TroupeError | null {
   try {
     microbatchSizes(plan.batchSize, plan.microbatches);
-    if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize) throw new FrameError(`plan totalBatch ${plan.totalBatch} must be an integer of at least batchSize ${plan.batchSize}`);
-    if (plan.granted && !appliesUpdate(plan)) throw new FrameError(`plan of step ${plan.step} grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)`);
+    if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize)
+      throw new FrameError(`plan totalBatch ${plan.totalBatch} must be an integer of at least batchSize ${plan.batchSize}`);
+    if (plan.granted && !appliesUpdate(plan))
+      throw new FrameError(`plan of step ${plan.step} grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)`);
     const actions = parseStageActions(plan.actions, rank);
     const positions = parseOrder(plan.order, actions.length, rank);
     if (positions.length > 0 && !sharesDevice) throw new StateError(`stage ${rank} got a device order but shares no device`);
@@ -60,9 +62,12 @@ export function updateRefusal(c: StageContext, step: number, job: string | undef
   if (job !== undefined && job !== c.job) return new UnexpectedFrameError(`UPDATE for job ${job}, not ${c.job}`);
   if (step < c.step) return new StaleStepError(`UPDATE for step ${step}, which is over (now ${c.step})`);
   const running = state.startsWith('{"running"') && step === c.step && c.plan !== null;
-  if (running && c.updateGranted) return new UnexpectedFrameError(c.plan!.granted ? `UPDATE for step ${step}, whose plan granted it already` : `UPDATE for step ${step} came twice`);
-  if (running && !appliesUpdate(c.plan!)) return new UnexpectedFrameError(`UPDATE for step ${step}, which applies no update (evaluation, prediction or accumulation)`);
-  if (!running && (state !== '"awaitingUpdate"' || step !== c.step)) return new UnexpectedFrameError(`UPDATE for step ${step} while stage ${c.rank} is ${state}`);
+  if (running && c.updateGranted)
+    return new UnexpectedFrameError(c.plan!.granted ? `UPDATE for step ${step}, whose plan granted it already` : `UPDATE for step ${step} came twice`);
+  if (running && !appliesUpdate(c.plan!))
+    return new UnexpectedFrameError(`UPDATE for step ${step}, which applies no update (evaluation, prediction or accumulation)`);
+  if (!running && (state !== '"awaitingUpdate"' || step !== c.step))
+    return new UnexpectedFrameError(`UPDATE for step ${step} while stage ${c.rank} is ${state}`);
   return null;
 }
 

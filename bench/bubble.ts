@@ -42,8 +42,13 @@ interface Measured {
 /** One fleet run: each device's idle share of the steady steps, and the mean action times. */
 async function measure(c: Config): Promise<Measured> {
   const result = await tracedRun({
-    BENCH_MODEL: 'uniform', BENCH_STAGES: String(c.devices * c.v), BENCH_V: String(c.v), BENCH_M: String(M),
-    BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS),
+    BENCH_MODEL: 'uniform',
+    BENCH_STAGES: String(c.devices * c.v),
+    BENCH_V: String(c.v),
+    BENCH_M: String(M),
+    BENCH_SCHEDULE: c.schedule,
+    BENCH_BATCH: String(BATCH),
+    BENCH_STEPS: String(STEPS),
   });
   const actions = result.actions.filter((e) => e.args!.step! > 1 && e.args!.step! <= STEPS);
   // Per step and device: the span from its first action's start to the step's last end, and its busy time.
@@ -82,14 +87,25 @@ export async function benchBubble(): Promise<string> {
     const simUnit = simulate(placed, split ? { F: 1, B: 1, W: 1 } : { F: 1, B: 2 }).bubble;
     const f = formula(c);
     const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-    rows.push([String(c.devices), c.v > 1 ? `${c.schedule}, v=${c.v}` : c.schedule, got.stepMs.toFixed(0), pct(got.bubble), pct(simMeasured), pct(simUnit), `${pct(f.value)} ${f.text}`, `F ${got.costs.F.toFixed(1)} / B ${got.costs.B.toFixed(1)}${split ? ` / W ${got.costs.W.toFixed(1)}` : ''}`]);
+    rows.push([
+      String(c.devices),
+      c.v > 1 ? `${c.schedule}, v=${c.v}` : c.schedule,
+      got.stepMs.toFixed(0),
+      pct(got.bubble),
+      pct(simMeasured),
+      pct(simUnit),
+      `${pct(f.value)} ${f.text}`,
+      `F ${got.costs.F.toFixed(1)} / B ${got.costs.B.toFixed(1)}${split ? ` / W ${got.costs.W.toFixed(1)}` : ''}`,
+    ]);
   }
   return [
     `### Bubble by schedule: measured, simulated, formula (uniform MLP ${8} x 1024, batch ${BATCH}, m = ${M})`,
     '',
     machineLine(),
     '',
-    'Measured: each device\'s idle share of a step (from the first action to the last), averaged over devices and steps 2..' + STEPS + ', from the run\'s trace; one worker process per device. Simulated: the same schedule with the action times measured in that run (median per kind), and with unit costs (F=1, B=2; F=B=W=1 when B and W are split). The measured column is higher than the simulation by the time frames take between devices (a 256 KB activation per message) and, with 4 devices on 2 cores, by two processes sharing a core; the order of the schedules is the simulation\'s. Action times differ between runs of different schedules (this VM drifts), which is why the simulation uses each run\'s own.',
+    "Measured: each device's idle share of a step (from the first action to the last), averaged over devices and steps 2.." +
+      STEPS +
+      ", from the run's trace; one worker process per device. Simulated: the same schedule with the action times measured in that run (median per kind), and with unit costs (F=1, B=2; F=B=W=1 when B and W are split). The measured column is higher than the simulation by the time frames take between devices (a 256 KB activation per message) and, with 4 devices on 2 cores, by two processes sharing a core; the order of the schedules is the simulation's. Action times differ between runs of different schedules (this VM drifts), which is why the simulation uses each run's own.",
     '',
     table(['devices p', 'schedule', 'ms/step', 'measured', 'simulated (measured costs)', 'simulated (unit costs)', 'formula', 'action ms'], rows),
   ].join('\n');

@@ -28,10 +28,11 @@ export async function startDelayProxy(natsPort: number): Promise<DelayProxy> {
   return {
     url: `nats://127.0.0.1:${port}`,
     setDelay: (ms) => child.send({ delayMs: ms }),
-    report: () => new Promise((resolve) => {
-      child.once('message', (m) => resolve(m as { meanMs: number; chunks: number }));
-      child.send('report');
-    }),
+    report: () =>
+      new Promise((resolve) => {
+        child.once('message', (m) => resolve(m as { meanMs: number; chunks: number }));
+        child.send('report');
+      }),
     close: () => void child.kill(),
   };
 }

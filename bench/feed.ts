@@ -30,16 +30,33 @@ const CASES: Case[] = [
 function model(sizes: readonly number[]): tf.LayersModel {
   const m = tf.sequential();
   for (let i = 1; i < sizes.length; i++) {
-    m.add(tf.layers.dense({ units: sizes[i]!, activation: i === sizes.length - 1 ? 'softmax' : 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed: i }), ...(i === 1 ? { inputShape: [sizes[0]!] } : {}) }));
+    m.add(
+      tf.layers.dense({
+        units: sizes[i]!,
+        activation: i === sizes.length - 1 ? 'softmax' : 'relu',
+        kernelInitializer: tf.initializers.glorotUniform({ seed: i }),
+        ...(i === 1 ? { inputShape: [sizes[0]!] } : {}),
+      }),
+    );
   }
   return m;
 }
 
 /** Median ms per step of `STEPS` steps, one call queued behind the running one. */
 async function stepMs(c: Case, feed: FeedMode, url: string): Promise<number> {
-  const pipe = await createPipeline({ model: model(c.sizes), stages: c.stages, microbatches: c.m, schedule: '1f1b', feed, optimizer: tf.train.sgd(0.01), loss: 'categoricalCrossentropy', nats: { servers: url }, backend: 'wasm' });
+  const pipe = await createPipeline({
+    model: model(c.sizes),
+    stages: c.stages,
+    microbatches: c.m,
+    schedule: '1f1b',
+    feed,
+    optimizer: tf.train.sgd(0.01),
+    loss: 'categoricalCrossentropy',
+    nats: { servers: url },
+    backend: 'wasm',
+  });
   const x = tf.randomUniform([c.batch, c.sizes[0]!], 0, 1, 'float32', 1);
-  const y = tf.oneHot(tf.randomUniform([c.batch], 0, c.sizes.at(-1)!, 'int32', 2), c.sizes.at(-1)!).toFloat();
+  const y = tf.oneHot(tf.randomUniform([c.batch], 0, c.sizes.at(-1), 'int32', 2), c.sizes.at(-1)!).toFloat();
   try {
     for (let i = 0; i < 5; i++) await pipe.trainStep(x, y);
     const ends: number[] = [];
@@ -69,7 +86,15 @@ export async function benchFeed(): Promise<string> {
       const by: Record<FeedMode, number[]> = { step: [], bounded: [] };
       for (let r = 0; r < ROUNDS; r++) for (const feed of ['bounded', 'step'] as const) by[feed].push(await stepMs(c, feed, server.url));
       const ratios = by.step.map((s, i) => s / by.bounded[i]!);
-      rows.push([c.name, String(c.stages), String(c.m), median(by.bounded).toFixed(2), median(by.step).toFixed(2), median(ratios).toFixed(2), `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}`]);
+      rows.push([
+        c.name,
+        String(c.stages),
+        String(c.m),
+        median(by.bounded).toFixed(2),
+        median(by.step).toFixed(2),
+        median(ratios).toFixed(2),
+        `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}`,
+      ]);
     }
   } finally {
     await server.stop();

@@ -104,7 +104,17 @@ export function breakdown(r: FleetRun, s: Shape): { kinds: KindRow[]; devices: D
     }
     for (const kind of ['F', 'B', 'W'] as const) {
       const k = acc[kind];
-      if (k) kinds.push({ device: d, kind, actions: k.actions / n, compute: k.compute / n, send: k.send / n, wait: k.wait / n, react: k.react / n, host: k.host / n });
+      if (k)
+        kinds.push({
+          device: d,
+          kind,
+          actions: k.actions / n,
+          compute: k.compute / n,
+          send: k.send / n,
+          wait: k.wait / n,
+          react: k.react / n,
+          host: k.host / n,
+        });
     }
     const ranks = Array.from({ length: s.stages }, (_, rank) => rank).filter((rank) => deviceOf(rank, s.devices) === d);
     const counter = (c: 'machineMs' | 'framesMs') => ranks.reduce((sum, rank) => sum + statDelta(r, rank, c, s), 0) / n;
@@ -179,7 +189,16 @@ export function hops(r: FleetRun, s: Shape): Hop[] {
       }
       if (all.length === 0) continue;
       const sorted = [...all].sort((x, y) => x - y);
-      out.push({ from: src, to: dst, phase, median: median(all), p90: sorted[Math.floor(0.9 * (sorted.length - 1))]!, waited: waited.length ? median(waited) : null, count: all.length, waitedCount: waited.length });
+      out.push({
+        from: src,
+        to: dst,
+        phase,
+        median: median(all),
+        p90: sorted[Math.floor(0.9 * (sorted.length - 1))]!,
+        waited: waited.length ? median(waited) : null,
+        count: all.length,
+        waitedCount: waited.length,
+      });
     }
   }
   return out;
@@ -236,7 +255,9 @@ export function drawStep(r: FleetRun, s: Shape, step: number, width = 160): stri
   const t0 = Math.min(...acts.map((a) => a.t0));
   const span = Math.max(...acts.map(end)) - t0;
   const per = span / width;
-  const lines = [`step ${step}: ${span.toFixed(1)} ms, ${per.toFixed(2)} ms per column; letters are compute (F, B, W, microbatch at the start), '>' sending, '.' idle`];
+  const lines = [
+    `step ${step}: ${span.toFixed(1)} ms, ${per.toFixed(2)} ms per column; letters are compute (F, B, W, microbatch at the start), '>' sending, '.' idle`,
+  ];
   for (let d = 0; d < s.devices; d++) {
     const row = new Array<string>(width).fill('.');
     for (const a of acts.filter((x) => deviceOf(x.rank, s.devices) === d)) {
@@ -263,7 +284,16 @@ export function chromeTrace(r: FleetRun, label: string): object {
   const by = new Map(r.actions.map((a) => [`${a.step}/${a.rank}/${a.action}`, a]));
   let id = 0;
   for (const a of r.actions) {
-    events.push({ name: a.action, cat: a.action[0], ph: 'X', pid: 0, tid: a.rank, ts: us(a.t0), dur: Math.max(1, Math.round(a.ms * 1000)), args: { step: a.step, sendAt: a.sendAt, sendMs: a.sendMs, inAt: a.inAt === undefined ? undefined : a.inAt - origin, hostMs: a.hostMs } });
+    events.push({
+      name: a.action,
+      cat: a.action[0],
+      ph: 'X',
+      pid: 0,
+      tid: a.rank,
+      ts: us(a.t0),
+      dur: Math.max(1, Math.round(a.ms * 1000)),
+      args: { step: a.step, sendAt: a.sendAt, sendMs: a.sendMs, inAt: a.inAt === undefined ? undefined : a.inAt - origin, hostMs: a.hostMs },
+    });
     if (a.sendAt === undefined) continue;
     const to = by.get(`${a.step}/${a.action[0] === 'F' ? a.rank + 1 : a.rank - 1}/${a.action}`);
     if (to?.inAt === undefined) continue;

@@ -25,9 +25,20 @@ const restarts = process.env['BENCH_RESTARTS'];
 const keepEvery = process.env['BENCH_KEEP_EVERY'];
 await spy.flush();
 // Workers join by their hello; `stage<r>` is the process hosting stage r (co-hosted stages share one).
-const cpu = sampleCpu(() => ({ nats: server.pid, driver: process.pid, ...Object.fromEntries(hellos.map((h) => [`stage${h.rank}`, h.pid])) }), Number(process.env['BENCH_CPU_MS'] ?? 100));
+const cpu = sampleCpu(
+  () => ({ nats: server.pid, driver: process.pid, ...Object.fromEntries(hellos.map((h) => [`stage${h.rank}`, h.pid])) }),
+  Number(process.env['BENCH_CPU_MS'] ?? 100),
+);
 try {
-  const result = await runJob({ config: new URL('./jobs/bench.job.ts', import.meta.url).pathname, nats: server.url, progress: false, out: { write: () => true } as unknown as NodeJS.WritableStream, ...(trace ? { trace } : {}), ...(restarts ? { restarts: Number(restarts) } : {}), ...(keepEvery ? { keepEvery: Number(keepEvery) } : {}) });
+  const result = await runJob({
+    config: new URL('./jobs/bench.job.ts', import.meta.url).pathname,
+    nats: server.url,
+    progress: false,
+    out: { write: () => true } as unknown as NodeJS.WritableStream,
+    ...(trace ? { trace } : {}),
+    ...(restarts ? { restarts: Number(restarts) } : {}),
+    ...(keepEvery ? { keepEvery: Number(keepEvery) } : {}),
+  });
   await spy.flush();
   process.stdout.write(`${JSON.stringify({ stepMs: result.stepMs, stats: result.stats, steps, actions, hellos, cpu: cpu.stop() })}\n`);
 } finally {

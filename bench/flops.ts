@@ -1,5 +1,5 @@
 /** Floating-point operations of a training step, counted from the layers (dense and conv2d). */
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 
 /** Forward multiply-adds x 2 of every Dense and Conv2D layer for `batch` examples. */
 export function forwardFlops(model: tf.LayersModel, batch: number): number {
@@ -8,7 +8,7 @@ export function forwardFlops(model: tf.LayersModel, batch: number): number {
     const cls = l.getClassName();
     const out = l.outputShape as number[];
     if (cls === 'Dense') {
-      const inDim = (l.inputSpec?.[0]?.axes?.[-1] as number | undefined) ?? (l.getWeights()[0]!.shape[0] as number);
+      const inDim = l.inputSpec?.[0]?.axes?.[-1] ?? l.getWeights()[0]!.shape[0];
       n += 2 * batch * inDim * (out[out.length - 1] as number);
     } else if (cls === 'Conv2D') {
       const [kh, kw, cin, cout] = l.getWeights()[0]!.shape as number[];

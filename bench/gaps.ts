@@ -43,10 +43,17 @@ export async function benchGaps(): Promise<string> {
   const kinds = ['F->B', 'B->F', 'F->F', 'B->B', 'between steps'];
   const rows: string[][] = [];
   for (const stages of [1, 2]) {
-    const r = await tracedRun({ BENCH_MODEL: 'mlp', BENCH_STAGES: String(stages), BENCH_M: String(M), BENCH_SCHEDULE: '1f1b', BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS) });
+    const r = await tracedRun({
+      BENCH_MODEL: 'mlp',
+      BENCH_STAGES: String(stages),
+      BENCH_M: String(M),
+      BENCH_SCHEDULE: '1f1b',
+      BENCH_BATCH: String(BATCH),
+      BENCH_STEPS: String(STEPS),
+    });
     for (let rank = 0; rank < stages; rank++) {
       const g = gapsOf(r.actions, rank);
-      rows.push([String(stages), String(rank), ...kinds.map((k) => (g.median[k] === undefined ? '-' : g.median[k]!.toFixed(2))), g.perMicrobatch.toFixed(2)]);
+      rows.push([String(stages), String(rank), ...kinds.map((k) => (g.median[k] === undefined ? '-' : g.median[k].toFixed(2))), g.perMicrobatch.toFixed(2)]);
     }
   }
   return [

@@ -127,7 +127,11 @@ async function hop(bytes: number, a: Bus, b: Bus): Promise<string[]> {
       act.dispose();
       t0 = performance.now();
       const arrived = new Promise<void>((resolve) => (done = resolve));
-      await a.publishFrame(subject, { key: { job: 'bench', step: r + 1, microbatch: 0, phase: 'FORWARD' }, from: 'stage.0', tensors: [{ name: 'a0', dtype: 'float32', shape: [n], data: values }] });
+      await a.publishFrame(subject, {
+        key: { job: 'bench', step: r + 1, microbatch: 0, phase: 'FORWARD' },
+        from: 'stage.0',
+        tensors: [{ name: 'a0', dtype: 'float32', shape: [n], data: values }],
+      });
       await arrived;
       const tWire = performance.now() - t0;
       t0 = performance.now();
@@ -165,7 +169,18 @@ async function child(): Promise<void> {
       '',
       `${machineLine()} GPU: ${choice.device}. ${new Date().toISOString().slice(0, 10)}. SGD, median ms per step of ${STEPS} after ${WARMUP} warm-up steps; Troupe in one process (createPipeline), tensors between its stages handed over on the GPU.`,
       '',
-      table(['model', 'stock trainOnBatch', 'Troupe 1 stage, m=1', 'Troupe 1 stage, m=4', 'Troupe 2 stages, m=4', '1 stage / stock (target <= 1.5x)', '2 stages speed / 1 stage (target >= 0.8x)'], rows),
+      table(
+        [
+          'model',
+          'stock trainOnBatch',
+          'Troupe 1 stage, m=1',
+          'Troupe 1 stage, m=4',
+          'Troupe 2 stages, m=4',
+          '1 stage / stock (target <= 1.5x)',
+          '2 stages speed / 1 stage (target >= 0.8x)',
+        ],
+        rows,
+      ),
       '',
       'One stage-to-stage hop of an activation that leaves the GPU (stages in different processes): median ms per part.',
       '',

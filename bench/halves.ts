@@ -59,7 +59,9 @@ async function partMs(kind: string, which: string, m: number, seconds: number): 
 }
 
 async function child(kind: string, which: string, m: number): Promise<number> {
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, kind, which, String(m), String(SECONDS)], { env: { ...process.env, TROUPE_BACKEND: 'wasm' } });
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, kind, which, String(m), String(SECONDS)], {
+    env: { ...process.env, TROUPE_BACKEND: 'wasm' },
+  });
   return (JSON.parse(stdout.trim().split('\n').pop()!) as { ms: number }).ms;
 }
 
@@ -74,19 +76,24 @@ export async function benchHalves(): Promise<string> {
       const slow = together.map((t, i) => t / alone[i]!);
       const ceiling = all / Math.max(...together);
       rows.push([
-        kind, String(m), all.toFixed(1), `${alone[0]!.toFixed(1)} / ${alone[1]!.toFixed(1)}`, `${together[0]!.toFixed(1)} / ${together[1]!.toFixed(1)}`,
-        `${slow.map((x) => `${((x - 1) * 100).toFixed(0)}%`).join(' / ')}`, ceiling.toFixed(2),
+        kind,
+        String(m),
+        all.toFixed(1),
+        `${alone[0]!.toFixed(1)} / ${alone[1]!.toFixed(1)}`,
+        `${together[0].toFixed(1)} / ${together[1].toFixed(1)}`,
+        `${slow.map((x) => `${((x - 1) * 100).toFixed(0)}%`).join(' / ')}`,
+        ceiling.toFixed(2),
         // 1F1B's fill and drain on top, ceiling x m/(m+1), over the target's ideal 2 x m/(m+1): ceiling / 2.
         `${((ceiling / 2) * 100).toFixed(0)}%`,
       ]);
     }
   }
   return [
-    '### The machine\'s ceiling for 2 stages: stage compute alone and at once, no messages',
+    "### The machine's ceiling for 2 stages: stage compute alone and at once, no messages",
     '',
     `Each part trains its share of a ${BATCH}-row batch in m microbatches (forward, backward, SGD update) in a process of its own, ${SECONDS} s each, median ms per step. "At once": both stages' processes run together. "Ceiling": the whole model's time over the slower stage's time at once, the most 2 stages could gain with free scheduling, messages and bubbles. ${machineLine()}`,
     '',
-    'The last column is the ceiling with 1F1B\'s bubble, ceiling x m/(m+1), over the issue\'s ideal 2 x m/(m+1) (that is, ceiling / 2): the most of that ideal a 1F1B pipeline of this cut could reach on this machine.',
+    "The last column is the ceiling with 1F1B's bubble, ceiling x m/(m+1), over the issue's ideal 2 x m/(m+1) (that is, ceiling / 2): the most of that ideal a 1F1B pipeline of this cut could reach on this machine.",
     '',
     table(['model', 'm', 'whole model', 'stage 0 / 1 alone', 'stage 0 / 1 at once', 'slower at once', 'ceiling', 'ceiling of the ideal'], rows),
   ].join('\n');

@@ -42,8 +42,17 @@ export async function benchHops(): Promise<string> {
   for (const schedule of (process.env['HOP_SCHEDULES'] ?? '1f1b,zbh1').split(',')) {
     const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./hopRun.ts', import.meta.url).pathname], {
       env: {
-        ...process.env, BENCH_MODEL: 'uniform', BENCH_WIDTH: '256', BENCH_BATCH: '128', BENCH_M: '4', BENCH_STAGES: '2', BENCH_SCHEDULE: schedule,
-        BENCH_STEPS: String(2 + DELAYS.length * K), HOP_DELAYS: DELAYS.join(','), HOP_PHASE: String(K), TROUPE_BACKEND: 'wasm',
+        ...process.env,
+        BENCH_MODEL: 'uniform',
+        BENCH_WIDTH: '256',
+        BENCH_BATCH: '128',
+        BENCH_M: '4',
+        BENCH_STAGES: '2',
+        BENCH_SCHEDULE: schedule,
+        BENCH_STEPS: String(2 + DELAYS.length * K),
+        HOP_DELAYS: DELAYS.join(','),
+        HOP_PHASE: String(K),
+        TROUPE_BACKEND: 'wasm',
       },
       maxBuffer: 1 << 24,
     });
@@ -62,7 +71,11 @@ export async function benchHops(): Promise<string> {
       }
       (added.get(ph.delay) ?? added.set(ph.delay, []).get(ph.delay)!).push(ph.addedMs);
     }
-    rows.push([schedule, ...unique.map((d) => `${median(byDelay.get(d) ?? [0]).toFixed(1)} (+${median(added.get(d) ?? [0]).toFixed(2)})`), slope(xs, ys).toFixed(2)]);
+    rows.push([
+      schedule,
+      ...unique.map((d) => `${median(byDelay.get(d) ?? [0]).toFixed(1)} (+${median(added.get(d) ?? [0]).toFixed(2)})`),
+      slope(xs, ys).toFixed(2),
+    ]);
   }
   return [
     '### Per-hop latency: step time against a delay added before stage 1 (2 stages, m = 4)',

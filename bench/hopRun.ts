@@ -37,15 +37,21 @@ await spy.flush();
 const config = fileURLToPath(new URL('./jobs/bench.job.ts', import.meta.url));
 const bin = fileURLToPath(new URL('../bin/troupe.mjs', import.meta.url));
 // A run that does not end in time says so and leaves nothing behind.
-const limit = setTimeout(() => {
-  process.stderr.write(`hopRun: no end after ${Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000)} ms\n`);
-  for (const w of workers) w.kill('SIGKILL');
-  proxy.close();
-  void server.stop().finally(() => process.exit(2));
-}, Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000));
+const limit = setTimeout(
+  () => {
+    process.stderr.write(`hopRun: no end after ${Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000)} ms\n`);
+    for (const w of workers) w.kill('SIGKILL');
+    proxy.close();
+    void server.stop().finally(() => process.exit(2));
+  },
+  Number(process.env['HOP_TIMEOUT_MS'] ?? 300_000),
+);
 limit.unref();
 const workers = [server.url, proxy.url].map((url, rank) =>
-  fork(bin, ['worker', '--nats', url, '--job', 'bench', '--rank', String(rank), '--config', config], { env: { ...process.env, TROUPE_DIRECT: '0' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }),
+  fork(bin, ['worker', '--nats', url, '--job', 'bench', '--rank', String(rank), '--config', config], {
+    env: { ...process.env, TROUPE_DIRECT: '0' },
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  }),
 );
 try {
   const result = await runJob({ config, nats: server.url, spawn: false, progress: false, out: { write: () => true } as unknown as NodeJS.WritableStream });

@@ -20,7 +20,14 @@ const CASES = [
 function model(sizes: readonly number[]): tf.LayersModel {
   const m = tf.sequential();
   for (let i = 1; i < sizes.length; i++) {
-    m.add(tf.layers.dense({ units: sizes[i]!, activation: i === sizes.length - 1 ? 'softmax' : 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed: i }), ...(i === 1 ? { inputShape: [sizes[0]!] } : {}) }));
+    m.add(
+      tf.layers.dense({
+        units: sizes[i]!,
+        activation: i === sizes.length - 1 ? 'softmax' : 'relu',
+        kernelInitializer: tf.initializers.glorotUniform({ seed: i }),
+        ...(i === 1 ? { inputShape: [sizes[0]!] } : {}),
+      }),
+    );
   }
   return m;
 }
@@ -31,7 +38,16 @@ async function main(): Promise<void> {
   try {
     for (const c of CASES) {
       const sizes = [8, 8, 8, 2];
-      const pipe = await createPipeline({ model: model(sizes), stages: c.stages, microbatches: c.m, schedule: '1f1b', optimizer: tf.train.sgd(0.01), loss: 'categoricalCrossentropy', nats: { servers: server.url }, backend: 'wasm' });
+      const pipe = await createPipeline({
+        model: model(sizes),
+        stages: c.stages,
+        microbatches: c.m,
+        schedule: '1f1b',
+        optimizer: tf.train.sgd(0.01),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: server.url },
+        backend: 'wasm',
+      });
       const x = tf.randomUniform([64, sizes[0]!], 0, 1, 'float32', 1);
       const y = tf.oneHot(tf.randomUniform([64], 0, 2, 'int32', 2), 2).toFloat();
       try {

@@ -25,7 +25,16 @@ export async function benchInspect(): Promise<string> {
   const x = tf.randomUniform([64, 784], 0, 1, 'float32', 1);
   const y = tf.oneHot(tf.randomUniform([64], 0, 10, 'int32', 2), 10).toFloat();
   const make = (job: string, inspect: boolean) =>
-    createPipeline({ model: mlp(), stages: 2, microbatches: 4, job, inspect, optimizer: tf.train.adam(1e-3), loss: 'categoricalCrossentropy', nats: { servers: server.url } });
+    createPipeline({
+      model: mlp(),
+      stages: 2,
+      microbatches: 4,
+      job,
+      inspect,
+      optimizer: tf.train.adam(1e-3),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: server.url },
+    });
   const series: Record<string, { pipe: Pipeline; ms: number[] }> = {
     'off (A)': { pipe: await make('bench-off-a', false), ms: [] },
     'off (B)': { pipe: await make('bench-off-b', false), ms: [] },
@@ -46,7 +55,12 @@ export async function benchInspect(): Promise<string> {
     tf.dispose([x, y]);
   }
   const base = median(series['off (A)']!.ms);
-  const rows = Object.entries(series).map(([name, s]) => [name, median(s.ms).toFixed(2), (median(s.ms) / base).toFixed(3), `${Math.min(...s.ms).toFixed(2)}-${Math.max(...s.ms).toFixed(2)}`]);
+  const rows = Object.entries(series).map(([name, s]) => [
+    name,
+    median(s.ms).toFixed(2),
+    (median(s.ms) / base).toFixed(3),
+    `${Math.min(...s.ms).toFixed(2)}-${Math.max(...s.ms).toFixed(2)}`,
+  ]);
   return [
     `### Inspection off vs on`,
     ``,

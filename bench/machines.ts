@@ -19,14 +19,30 @@ const M = 16;
 
 async function stageSteps(): Promise<number> {
   const machine = stageMachine.provide({ actions: { startRun: actionRunner(async () => {}), startUpdate: updateRunner(() => {}) } });
-  const actor = createActor(machine, { input: { job: 'b', rank: 1, stages: 3, inputs: [{ shape: [3], dtype: 'float32' }], outputs: [{ shape: [2], dtype: 'float32' }] } });
+  const actor = createActor(machine, {
+    input: { job: 'b', rank: 1, stages: 3, inputs: [{ shape: [3], dtype: 'float32' }], outputs: [{ shape: [2], dtype: 'float32' }] },
+  });
   actor.start();
   await waitFor(actor, (s) => s.matches('idle'));
   const actions = formatStageActions(oneFOneB(3, M)[1]!);
   const t = (name: string, shape: number[]) => ({ name, dtype: 'float32' as const, shape, data: new Float32Array(shape[0]! * shape[1]!) });
   const t0 = performance.now();
   for (let step = 1; step <= STEPS; step++) {
-    actor.send({ type: 'STEP', plan: { step, microbatches: M, batchSize: 2 * M, totalBatch: 2 * M, forwardOnly: false, predict: false, update: true, granted: false, actions, order: '' } });
+    actor.send({
+      type: 'STEP',
+      plan: {
+        step,
+        microbatches: M,
+        batchSize: 2 * M,
+        totalBatch: 2 * M,
+        forwardOnly: false,
+        predict: false,
+        update: true,
+        granted: false,
+        actions,
+        order: '',
+      },
+    });
     for (let mb = 0; mb < M; mb++) {
       const f: Frame = { key: { job: 'b', step, microbatch: mb, phase: Phase.FORWARD }, from: 'x', tensors: [t('t0', [2, 3])] };
       const b: Frame = { key: { job: 'b', step, microbatch: mb, phase: Phase.BACKWARD }, from: 'x', tensors: [t('t0', [2, 2])] };

@@ -23,8 +23,8 @@ interface Worker {
 async function startWorker(url: string, pool: string): Promise<Worker> {
   const child = spawn(process.execPath, [BIN, 'pool-worker', '--nats', url, '--pool', pool, '--task', TASK], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
   await new Promise<void>((resolve, reject) => {
     const check = setInterval(() => {
       if (/ready/.test(out)) resolve();

@@ -61,7 +61,7 @@ export function cpuBetween(samples: readonly CpuSample[], name: string, from: nu
   const at = (t: number): number | null => {
     const known = samples.filter((s) => typeof s.cpu[name] === 'number');
     if (known.length === 0 || t < known[0]!.t || t > known[known.length - 1]!.t) return null;
-    let i = known.findIndex((s) => s.t >= t);
+    const i = known.findIndex((s) => s.t >= t);
     if (i <= 0) return known[Math.max(0, i)]!.cpu[name] as number;
     const a = known[i - 1]!;
     const b = known[i]!;

@@ -29,7 +29,9 @@ export async function receiveMsPerByte(servers: string, size: number, count: num
   const subject = `bench.receive.${size}.${process.pid}`;
   const pub = await Bus.connect({ role: 'admin', servers, name: 'bench-receive-pub' });
   try {
-    const child = execFile(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--child', servers, subject, String(count)], { maxBuffer: 1 << 20 });
+    const child = execFile(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--child', servers, subject, String(count)], {
+      maxBuffer: 1 << 20,
+    });
     const ready = new Promise<void>((resolve, reject) => {
       child.stdout!.once('data', (d: Buffer) => (String(d).startsWith('ready') ? resolve() : reject(new Error(`receiver said ${String(d)}`))));
       child.once('exit', (code) => reject(new Error(`receiver exited with ${code} before it was ready`)));
@@ -37,7 +39,9 @@ export async function receiveMsPerByte(servers: string, size: number, count: num
     const report = new Promise<ChildReport>((resolve, reject) => {
       let out = '';
       child.stdout!.on('data', (d: Buffer) => (out += String(d)));
-      child.once('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as ChildReport) : reject(new Error(`receiver exited with ${code}`))));
+      child.once('exit', (code) =>
+        code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as ChildReport) : reject(new Error(`receiver exited with ${code}`)),
+      );
     });
     report.catch(() => {}); // awaited below; a failed start rejects `ready` first
     await ready;
@@ -47,7 +51,8 @@ export async function receiveMsPerByte(servers: string, size: number, count: num
     await pub.flush();
     const published = performance.now() - t0;
     const r = await report;
-    if (published >= HOLD_MS) throw new Error(`publishing ${count} messages of ${size} bytes took ${published.toFixed(0)} ms, not within the receiver's ${HOLD_MS} ms hold`);
+    if (published >= HOLD_MS)
+      throw new Error(`publishing ${count} messages of ${size} bytes took ${published.toFixed(0)} ms, not within the receiver's ${HOLD_MS} ms hold`);
     return r.busyMs / r.bytes;
   } finally {
     await pub.close();

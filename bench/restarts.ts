@@ -31,7 +31,17 @@ const SERIES = [
 
 async function fleet(env: Record<string, string>): Promise<FleetResult> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
-    env: { ...process.env, BENCH_MODEL: 'mlp', BENCH_STAGES: '2', BENCH_M: '4', BENCH_SCHEDULE: '1f1b', BENCH_OPTIMIZER: 'adam', BENCH_STEPS: String(STEPS), TROUPE_BACKEND: 'wasm', ...env },
+    env: {
+      ...process.env,
+      BENCH_MODEL: 'mlp',
+      BENCH_STAGES: '2',
+      BENCH_M: '4',
+      BENCH_SCHEDULE: '1f1b',
+      BENCH_OPTIMIZER: 'adam',
+      BENCH_STEPS: String(STEPS),
+      TROUPE_BACKEND: 'wasm',
+      ...env,
+    },
     maxBuffer: 1 << 24,
   });
   return JSON.parse(stdout.trim().split('\n').pop()!) as FleetResult;
@@ -59,7 +69,13 @@ export async function benchRestarts(): Promise<string> {
   const ratio = (xs: readonly number[], base: readonly number[]) => median(xs.map((x, r) => x / base[r]!));
   const rows = SERIES.map((s, i) => {
     const { ms, bytes } = results[i]!;
-    return [s.name, (median(ms) / (STEPS - WARM)).toFixed(1), ratio(ms, results[0]!.ms).toFixed(3), (median(bytes) / 1e6).toFixed(1), ratio(bytes, results[0]!.bytes).toFixed(2)];
+    return [
+      s.name,
+      (median(ms) / (STEPS - WARM)).toFixed(1),
+      ratio(ms, results[0]!.ms).toFixed(3),
+      (median(bytes) / 1e6).toFixed(1),
+      ratio(bytes, results[0]!.bytes).toFixed(2),
+    ];
   });
   return [
     '### `troupe up --restarts`: time and bytes while nothing fails',

@@ -17,7 +17,22 @@ import { benchTransport } from './transport.js';
 
 const only = process.argv[2];
 const RECORDED_MARKER = '<!-- recorded:';
-const all: Record<string, () => Promise<string>> = { steps: benchSteps, gaps: benchGaps, feed: benchFeed, halves: benchHalves, bubble: benchBubble, scaling: benchScaling, profile: benchProfile, transport: benchTransport, hops: benchHops, serve: benchServe, pool: benchPool, inspect: benchInspect, restarts: benchRestarts, gpu: benchGpu };
+const all: Record<string, () => Promise<string>> = {
+  steps: benchSteps,
+  gaps: benchGaps,
+  feed: benchFeed,
+  halves: benchHalves,
+  bubble: benchBubble,
+  scaling: benchScaling,
+  profile: benchProfile,
+  transport: benchTransport,
+  hops: benchHops,
+  serve: benchServe,
+  pool: benchPool,
+  inspect: benchInspect,
+  restarts: benchRestarts,
+  gpu: benchGpu,
+};
 const sections: string[] = [];
 for (const [name, run] of Object.entries(all)) {
   if (only && only !== name) continue;

@@ -22,7 +22,20 @@ import { buildPlacedSchedule } from '../src/schedule/schedules.js';
 import { simulate } from '../src/schedule/simulate.js';
 import { UNIFORM_LAYERS } from './jobs/bench.job.js';
 import {
-  betweenSteps, breakdown, chromeTrace, cpuPerStep, drawStep, hops, measuredCosts, shapeOf, steadyStepMs, stepSpan, type FleetRun, type Hop, type KindRow, type DeviceRow,
+  betweenSteps,
+  breakdown,
+  chromeTrace,
+  cpuPerStep,
+  drawStep,
+  hops,
+  measuredCosts,
+  shapeOf,
+  steadyStepMs,
+  stepSpan,
+  type FleetRun,
+  type Hop,
+  type KindRow,
+  type DeviceRow,
 } from './fleetAnalysis.js';
 import { machineLine, median, table } from './report.js';
 
@@ -80,8 +93,17 @@ function configs(): Config[] {
 async function fleet(c: Config): Promise<FleetRun> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
     env: {
-      ...process.env, BENCH_MODEL: 'uniform', BENCH_WIDTH: String(WIDTH), BENCH_STAGES: String(c.p * c.v), BENCH_V: String(c.v), BENCH_M: String(M),
-      BENCH_SCHEDULE: c.schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(STEPS), TROUPE_BACKEND: 'wasm', ...(c.transport === 'nats' ? { TROUPE_DIRECT: '0' } : c.transport === 'direct' ? { TROUPE_DIRECT: '1', TROUPE_DIRECT_MIN_BYTES: '1' } : {}),
+      ...process.env,
+      BENCH_MODEL: 'uniform',
+      BENCH_WIDTH: String(WIDTH),
+      BENCH_STAGES: String(c.p * c.v),
+      BENCH_V: String(c.v),
+      BENCH_M: String(M),
+      BENCH_SCHEDULE: c.schedule,
+      BENCH_BATCH: String(BATCH),
+      BENCH_STEPS: String(STEPS),
+      TROUPE_BACKEND: 'wasm',
+      ...(c.transport === 'nats' ? { TROUPE_DIRECT: '0' } : c.transport === 'direct' ? { TROUPE_DIRECT: '1', TROUPE_DIRECT_MIN_BYTES: '1' } : {}),
     },
     maxBuffer: 1 << 28,
   });
@@ -121,12 +143,34 @@ export async function benchScaling(): Promise<string> {
     const driver = cpuPerStep(r, s, 'driver');
     const speed = t1 / ms;
     rows.push([
-      String(c.p), `${c.schedule}${c.v > 1 ? `, v=${c.v}` : ''}${c.transport ? ` (${c.transport})` : ''}`, f1(ms), f1(stepSpan(r, s)), f1(between), c.p === 1 ? '1.00' : speed.toFixed(2), ideal.toFixed(2), pct(speed / ideal),
-      f1(sim), pct(t1 / sim / ideal), f1(simFree), pct(t1 / simFree / ideal), pct(t1 / simLate / ideal), comm.toFixed(2),
-      nats === null ? '-' : `${f1(nats)} (${pct(nats / ms)})`, driver === null ? '-' : f1(driver),
+      String(c.p),
+      `${c.schedule}${c.v > 1 ? `, v=${c.v}` : ''}${c.transport ? ` (${c.transport})` : ''}`,
+      f1(ms),
+      f1(stepSpan(r, s)),
+      f1(between),
+      c.p === 1 ? '1.00' : speed.toFixed(2),
+      ideal.toFixed(2),
+      pct(speed / ideal),
+      f1(sim),
+      pct(t1 / sim / ideal),
+      f1(simFree),
+      pct(t1 / simFree / ideal),
+      pct(t1 / simLate / ideal),
+      comm.toFixed(2),
+      nats === null ? '-' : `${f1(nats)} (${pct(nats / ms)})`,
+      driver === null ? '-' : f1(driver),
     ]);
     const b = breakdown(r, s);
-    for (const k of b.kinds) kindRows.push(kindRow(c, k, b.devices.find((d) => d.device === k.device)!, b.kinds, ms));
+    for (const k of b.kinds)
+      kindRows.push(
+        kindRow(
+          c,
+          k,
+          b.devices.find((d) => d.device === k.device)!,
+          b.kinds,
+          ms,
+        ),
+      );
     for (const h of hs) hopRows.push(hopRow(c, h));
     if (OUT) {
       const name = label(c);
@@ -150,13 +194,51 @@ function report(rows: string[][], kindRows: string[][], hopRows: string[][]): st
     '',
     'One worker process per device, nats-server and the driver beside them. "Span": a step from its first action to its last; "between": from a step\'s last action to the next step\'s first (the update, UPDATE\'s round trip). Speed-up against p = 1, and its share of the ideal p*m/(m+p-1). "Simulated": the schedule simulated with this run\'s mean action times per stage (a backward\'s input gradients leave before its weight gradients, as the stages send them) and its median hop latency between stages, plus the measured time between steps; "no transfer": the same with free messages; "gradients after W": the same as the stages sent them before (after the weight gradients), the change side by side in the model. nats-server: its CPU ms per step (/proc) and that as a share of the step.',
     '',
-    table(['p', 'schedule', 'ms/step', 'span', 'between', 'speed-up', 'ideal', 'of ideal', 'simulated ms/step', 'simulated of ideal', 'no transfer', 'no transfer of ideal', 'simulated, gradients after W, of ideal', 'hop ms (sim)', 'nats-server CPU ms/step', 'driver CPU ms/step'], rows),
+    table(
+      [
+        'p',
+        'schedule',
+        'ms/step',
+        'span',
+        'between',
+        'speed-up',
+        'ideal',
+        'of ideal',
+        'simulated ms/step',
+        'simulated of ideal',
+        'no transfer',
+        'no transfer of ideal',
+        'simulated, gradients after W, of ideal',
+        'hop ms (sim)',
+        'nats-server CPU ms/step',
+        'driver CPU ms/step',
+      ],
+      rows,
+    ),
     '',
-    '#### Where each device\'s time goes (ms per step, steady steps)',
+    "#### Where each device's time goes (ms per step, steady steps)",
     '',
     'Per device (one worker process) and action kind: "compute" is the actions\' time less sending and the frames read meanwhile; "sending" is handing frames to the transport; "waiting" runs from the device\'s previous action\'s end to the arrival of the frame this action consumed; "reaction" from then (or the previous action\'s end, when the frame was in) to the action\'s start: the stage machine\'s transitions, the event loop, reading frames. The last columns are the device\'s own per step: between steps, the stage machine and frame reading as the stage counts them (they fall inside reaction and between), and the process\'s CPU (/proc).',
     '',
-    table(['config', 'device', 'kind', 'actions', 'compute', 'sending', 'waiting', 'reaction', 'read meanwhile', 'between steps', 'machine', 'reading frames', 'process CPU', 'step'], kindRows),
+    table(
+      [
+        'config',
+        'device',
+        'kind',
+        'actions',
+        'compute',
+        'sending',
+        'waiting',
+        'reaction',
+        'read meanwhile',
+        'between steps',
+        'machine',
+        'reading frames',
+        'process CPU',
+        'step',
+      ],
+      kindRows,
+    ),
     '',
     '#### Hop latency per boundary (ms)',
     '',
@@ -174,7 +256,15 @@ function kindRow(c: Config, k: KindRow, d: DeviceRow, all: readonly KindRow[], m
 }
 
 function hopRow(c: Config, h: Hop): string[] {
-  return [label(c), `${h.from} -> ${h.to} ${h.phase}`, String(h.count), h.median.toFixed(2), h.p90.toFixed(2), h.waited === null ? '-' : h.waited.toFixed(2), String(h.waitedCount)];
+  return [
+    label(c),
+    `${h.from} -> ${h.to} ${h.phase}`,
+    String(h.count),
+    h.median.toFixed(2),
+    h.p90.toFixed(2),
+    h.waited === null ? '-' : h.waited.toFixed(2),
+    String(h.waitedCount),
+  ];
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) console.log(await benchScaling());

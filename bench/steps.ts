@@ -21,13 +21,26 @@ const MS = [4, 8, 16];
 const MODELS = (process.env['BENCH_MODELS'] ?? 'mlp,conv').split(',') as ('mlp' | 'conv')[];
 
 /** Step times, the stages' final counters, and their counters after every step (published at each DONE). */
-interface FleetResult { stepMs: number[]; stats: StatsMessage[]; steps: StatsMessage[] }
+interface FleetResult {
+  stepMs: number[];
+  stats: StatsMessage[];
+  steps: StatsMessage[];
+}
 
 async function fleet(model: string, stages: number, m: number, schedule: string): Promise<FleetResult> {
   // The uniform MLP's steps are 5x longer: fewer of them.
   const steps = model === 'uniform' ? Math.min(STEPS, 8) : STEPS;
   const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fleetRun.ts', import.meta.url).pathname], {
-    env: { ...process.env, BENCH_MODEL: model, BENCH_STAGES: String(stages), BENCH_M: String(m), BENCH_SCHEDULE: schedule, BENCH_BATCH: String(BATCH), BENCH_STEPS: String(steps), TROUPE_BACKEND: 'wasm' },
+    env: {
+      ...process.env,
+      BENCH_MODEL: model,
+      BENCH_STAGES: String(stages),
+      BENCH_M: String(m),
+      BENCH_SCHEDULE: schedule,
+      BENCH_BATCH: String(BATCH),
+      BENCH_STEPS: String(steps),
+      TROUPE_BACKEND: 'wasm',
+    },
     maxBuffer: 1 << 24,
   });
   return JSON.parse(stdout.trim().split('\n').pop()!) as FleetResult;
@@ -142,7 +155,12 @@ export async function benchSteps(): Promise<string> {
   let peak = matMulPeak();
   const server = await startNatsServer();
   try {
-    const out: string[] = [`### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps; median of ${ROUNDS} rounds)`, '', machineLine(), ''];
+    const out: string[] = [
+      `### Step time (batch ${BATCH}, wasm, ${STEPS} steps per run, median after 2 warm-up steps; median of ${ROUNDS} rounds)`,
+      '',
+      machineLine(),
+      '',
+    ];
     const bubbleRows: string[][] = [];
     const overheadRows: string[][] = [];
     const targetRows: string[][] = [];
@@ -169,12 +187,28 @@ export async function benchSteps(): Promise<string> {
           });
           const s = median(speedups);
           targetRows.push([
-            model, sch, String(m), s.toFixed(2), range(speedups, (x) => x.toFixed(2)), ideal.toFixed(2), pct(s / ideal),
-            pct(median(best.map((b) => b.share))), median(best.map((b) => b.speedup)).toFixed(2), pct(median(best.map((b) => b.eff))),
+            model,
+            sch,
+            String(m),
+            s.toFixed(2),
+            range(speedups, (x) => x.toFixed(2)),
+            ideal.toFixed(2),
+            pct(s / ideal),
+            pct(median(best.map((b) => b.share))),
+            median(best.map((b) => b.speedup)).toFixed(2),
+            pct(median(best.map((b) => b.eff))),
           ]);
           const last = rounds[rounds.length - 1]!.two[sch]![m]!;
           const theory = sch === 'zbh1' ? 1 / (3 * m + 1) : 1 / (m + 1);
-          for (const st of last.stats) bubbleRows.push([model, sch, String(m), String(st.rank), `${((st.idleMs / (st.idleMs + st.busyMs)) * 100).toFixed(1)}%`, `${(theory * 100).toFixed(1)}%`]);
+          for (const st of last.stats)
+            bubbleRows.push([
+              model,
+              sch,
+              String(m),
+              String(st.rank),
+              `${((st.idleMs / (st.idleMs + st.busyMs)) * 100).toFixed(1)}%`,
+              `${(theory * 100).toFixed(1)}%`,
+            ]);
         }
       }
       for (const m of MS) {
@@ -186,51 +220,106 @@ export async function benchSteps(): Promise<string> {
         const receive = bytes * (await receiveMsPerByte(server.url, Math.round(bytes), Math.max(16, Math.ceil(32e6 / bytes))));
         const sched = median(per) - receive;
         overheadRows.push([
-          model, `1 stage, m=${m}`, median(per).toFixed(3), range(per, (x) => x.toFixed(3)), `${(bytes / 1024).toFixed(0)} KB`, receive.toFixed(3), sched.toFixed(3),
-          machine.toFixed(3), frames.toFixed(3), (sched - machine - frames).toFixed(3),
+          model,
+          `1 stage, m=${m}`,
+          median(per).toFixed(3),
+          range(per, (x) => x.toFixed(3)),
+          `${(bytes / 1024).toFixed(0)} KB`,
+          receive.toFixed(3),
+          sched.toFixed(3),
+          machine.toFixed(3),
+          frames.toFixed(3),
+          (sched - machine - frames).toFixed(3),
         ]);
       }
       if (ratioOnly) continue;
       const flops = trainFlops(benchModel(model), BATCH);
       const measured: { name: string; ms: number }[] = [];
       const add = (name: string, ms: number) => measured.push({ name, ms });
-      add('stock model.fit', stock[model as 'mlp' | 'conv']);
-      if (Number.isNaN(stock[model as 'mlp' | 'conv']) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
-      add("model.fit with Troupe's wasm matMul", patched[model as 'mlp' | 'conv']);
-      add('Troupe, 1 stage, 1 worker process', med((r) => r.one));
-      for (const m of MS) add(`Troupe, 1 stage, m=${m}`, med((r) => steady(r.oneAt[m]!.stepMs)));
-      for (const sch of schedules) for (const m of MS) add(`Troupe, 2 stages in 2 processes, ${sch}, m=${m}`, med((r) => steady(r.two[sch]![m]!.stepMs)));
-      peak = Math.max(peak, matMulPeak());
-      const base = stock[model as 'mlp' | 'conv'];
-      const rows = measured.map(({ name, ms }) =>
-        Number.isNaN(ms) ? [name, 'fails', '-', '-', '-'] : [name, ms.toFixed(1), Number.isNaN(base) ? '-' : (base / ms).toFixed(2), ((flops / (ms / 1000)) / 1e9).toFixed(2), `${(((flops / (ms / 1000)) / peak) * 100).toFixed(1)}%`],
+      add('stock model.fit', stock[model]);
+      if (Number.isNaN(stock[model]) && typeof stockConv !== 'number') measured[0]!.name += ` (${stockConv.failed.split('\n')[0]})`;
+      add("model.fit with Troupe's wasm matMul", patched[model]);
+      add(
+        'Troupe, 1 stage, 1 worker process',
+        med((r) => r.one),
       );
-      out.push(`#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`, '');
+      for (const m of MS)
+        add(
+          `Troupe, 1 stage, m=${m}`,
+          med((r) => steady(r.oneAt[m]!.stepMs)),
+        );
+      for (const sch of schedules)
+        for (const m of MS)
+          add(
+            `Troupe, 2 stages in 2 processes, ${sch}, m=${m}`,
+            med((r) => steady(r.two[sch]![m]!.stepMs)),
+          );
+      peak = Math.max(peak, matMulPeak());
+      const base = stock[model];
+      const rows = measured.map(({ name, ms }) =>
+        Number.isNaN(ms)
+          ? [name, 'fails', '-', '-', '-']
+          : [
+              name,
+              ms.toFixed(1),
+              Number.isNaN(base) ? '-' : (base / ms).toFixed(2),
+              (flops / (ms / 1000) / 1e9).toFixed(2),
+              `${((flops / (ms / 1000) / peak) * 100).toFixed(1)}%`,
+            ],
+      );
+      out.push(
+        `#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`,
+        '',
+      );
       out.push(table(['configuration', 'ms/step', 'speed-up vs stock fit', 'GFLOP/s', 'of matMul peak'], rows), '');
     }
-    out.push(`matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`, '');
+    out.push(
+      `matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`,
+      '',
+    );
     out.push(
       '### 2 stages against 1 stage at the same microbatch size',
       '',
       `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
       '"Busier stage" is its share of the two stages\' compute (busy time per step after the warm-up steps) in the 2-stage run; 50 % is an even cut.',
-      '"This cut\'s best" is the speed-up if the step took only the busier stage\'s compute plus one microbatch of the other\'s (the fill and drain),',
+      "\"This cut's best\" is the speed-up if the step took only the busier stage's compute plus one microbatch of the other's (the fill and drain),",
       'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
       `uniform: an MLP of ${UNIFORM_LAYERS} equal ${UNIFORM_WIDTH}-wide layers (batch ${BATCH}, ${Math.min(STEPS, 8)} steps per run), cut into equal halves.`,
       '',
     );
     out.push(table(['model', 'schedule', 'm', 'measured speed-up', 'range', 'ideal', 'of ideal', 'busier stage', "this cut's best", 'of it'], targetRows), '');
-    out.push('### Bubble: idle share of each stage against (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (last round)', '', table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows), '');
+    out.push(
+      '### Bubble: idle share of each stage against (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (last round)',
+      '',
+      table(['model', 'schedule', 'm', 'stage', 'measured idle', 'theoretical'], bubbleRows),
+      '',
+    );
     out.push(
       '### Scheduling overhead per microbatch',
       '',
       `"Outside compute": (wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, update) / (those steps x m), one stage in a worker process, in ms. Median and range of the rounds.`,
       '"Receiving": the transfer part of it, an estimate: the bytes the stage received per microbatch (its INPUT frames, plans and UPDATEs) times the event-loop time a raw NATS subscriber process spends per byte of messages that size, measured in this run (`receiveCost.ts`).',
       '"Scheduling overhead" is the rest (target: under 0.5 ms). Of it, from the stage\'s own counters (medians): the stage machine handling its events (each run\'s end, each frame, plans, updates), and judging and assembling frames outside the machine;',
-      'what remains is the event loop\'s turns between actions, the step boundary\'s messages, the driver, and the error of the receiving estimate.',
+      "what remains is the event loop's turns between actions, the step boundary's messages, the driver, and the error of the receiving estimate.",
       '',
     );
-    out.push(table(['model', 'configuration', 'outside compute (ms per microbatch)', 'range', 'received per microbatch', 'receiving (est.)', 'scheduling overhead', 'stage machine', 'reading frames', 'the rest'], overheadRows));
+    out.push(
+      table(
+        [
+          'model',
+          'configuration',
+          'outside compute (ms per microbatch)',
+          'range',
+          'received per microbatch',
+          'receiving (est.)',
+          'scheduling overhead',
+          'stage machine',
+          'reading frames',
+          'the rest',
+        ],
+        overheadRows,
+      ),
+    );
     return out.join('\n');
   } finally {
     await server.stop();

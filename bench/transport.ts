@@ -49,9 +49,13 @@ export async function benchTransport(): Promise<string> {
             tick();
           });
           await b.flush();
-          const done = waitFor(() => got >= n * size, (f) => (tick = f));
+          const done = waitFor(
+            () => got >= n * size,
+            (f) => (tick = f),
+          );
           const t0 = performance.now();
-          for (let i = 0; i < n; i++) for (let off = 0; off < size; off += chunk) await a.publish(`bench.raw.${size}`, body.subarray(off, Math.min(size, off + chunk)));
+          for (let i = 0; i < n; i++)
+            for (let off = 0; off < size; off += chunk) await a.publish(`bench.raw.${size}`, body.subarray(off, Math.min(size, off + chunk)));
           await done;
           raw.push((n * size) / ((performance.now() - t0) / 1000));
           await sub.drain();
@@ -75,10 +79,17 @@ export async function benchTransport(): Promise<string> {
             },
           });
           await b.flush();
-          const done = waitFor(() => frames >= n, (f) => (tick = f));
+          const done = waitFor(
+            () => frames >= n,
+            (f) => (tick = f),
+          );
           const t0 = performance.now();
           for (let i = 0; i < n; i++) {
-            const f: Frame = { key: { job: 'bench', step: r + 1, microbatch: i, phase: 'FORWARD' }, from: 'bench', tensors: [{ name: 'a0', dtype: 'float32', shape: [size / 4], data }] };
+            const f: Frame = {
+              key: { job: 'bench', step: r + 1, microbatch: i, phase: 'FORWARD' },
+              from: 'bench',
+              tensors: [{ name: 'a0', dtype: 'float32', shape: [size / 4], data }],
+            };
             await a.publishFrame(subject, seal ? sealFrame(f, subject, key) : f);
           }
           await done;
@@ -93,7 +104,17 @@ export async function benchTransport(): Promise<string> {
       const sealRatios = sealed.map((f, i) => f / framed[i]!);
       const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
       const range = (xs: number[]) => `${pct(Math.min(...xs))}-${pct(Math.max(...xs))}`;
-      rows.push([label, String(n), `${(median(raw) / 1e6).toFixed(0)} MB/s`, `${(median(framed) / 1e6).toFixed(0)} MB/s`, pct(median(ratios)), range(ratios), `${(median(sealed) / 1e6).toFixed(0)} MB/s`, pct(median(sealRatios)), range(sealRatios)]);
+      rows.push([
+        label,
+        String(n),
+        `${(median(raw) / 1e6).toFixed(0)} MB/s`,
+        `${(median(framed) / 1e6).toFixed(0)} MB/s`,
+        pct(median(ratios)),
+        range(ratios),
+        `${(median(sealed) / 1e6).toFixed(0)} MB/s`,
+        pct(median(sealRatios)),
+        range(sealRatios),
+      ]);
     }
     two = await betweenProcesses(server.url, ROUNDS);
   } finally {
@@ -107,7 +128,20 @@ export async function benchTransport(): Promise<string> {
     '',
     `Publisher and subscriber on two connections of one process, nats-server from nats.conf (max_payload 1 MB, chunks of ${1024 * 1024 - 4096} bytes); ${ROUNDS} rounds, each raw, then frames and sealed frames in alternating order (each frame sealed by its sender, every chunk's seal checked on receipt); the ratios are taken per round. ${machineLine()}`,
     '',
-    table(['tensor', 'messages', 'raw publish (median)', 'Troupe frames (median)', 'frames / raw (median of rounds)', 'range of rounds', 'sealed frames (median)', 'sealed / frames (median of rounds)', 'range of rounds'], rows),
+    table(
+      [
+        'tensor',
+        'messages',
+        'raw publish (median)',
+        'Troupe frames (median)',
+        'frames / raw (median of rounds)',
+        'range of rounds',
+        'sealed frames (median)',
+        'sealed / frames (median of rounds)',
+        'range of rounds',
+      ],
+      rows,
+    ),
     '',
     `The seal alone (HMAC-SHA-256 over a frame's subject and headers, whatever its size): sealing ${seal.seal.toFixed(1)} µs, checking a chunk ${seal.check.toFixed(1)} µs (median of ${seal.rounds} rounds of ${seal.n}).`,
     '',
@@ -123,7 +157,11 @@ function sealCost(): { seal: number; check: number; n: number; rounds: number } 
   const rounds = 5;
   const key = newSealKey();
   const subject = 'troupe.bench.stage.1.FORWARD';
-  const f: Frame = { key: { job: 'bench', step: 12, microbatch: 3, phase: 'FORWARD' }, from: 'stage.0', tensors: [{ name: 't0', dtype: 'float32', shape: [256, 1024], data: new Float32Array(256 * 1024) }] };
+  const f: Frame = {
+    key: { job: 'bench', step: 12, microbatch: 3, phase: 'FORWARD' },
+    from: 'stage.0',
+    tensors: [{ name: 't0', dtype: 'float32', shape: [256, 1024], data: new Float32Array(256 * 1024) }],
+  };
   const msg = encodeFrame(sealFrame(f, subject, key), 1 << 30)[0]!;
   const h = parseHeader((k) => msg.headers[k], 'FORWARD', 1 << 30);
   const seal: number[] = [];

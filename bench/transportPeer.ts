@@ -44,7 +44,12 @@ if (tcp) {
   });
 } else {
   const job = process.env['TROUPE_BENCH_JOB']!;
-  const bus = await Bus.connect({ role: 'stage1', servers: process.env['TROUPE_BENCH_NATS']!, name: `bench-peer-${job}`, direct: process.env['TROUPE_BENCH_DIRECT'] === '1' });
+  const bus = await Bus.connect({
+    role: 'stage1',
+    servers: process.env['TROUPE_BENCH_NATS']!,
+    name: `bench-peer-${job}`,
+    direct: process.env['TROUPE_BENCH_DIRECT'] === '1',
+  });
   const re = new Reassembler(256, 4 * 1024 * 1024 * 1024);
   bus.subscribe(`troupe.${job}.stage.1.*`, (m) => {
     const f = re.accept(parseHeader(m.header, 'FORWARD', 1 << 30), m.data, m.owned);

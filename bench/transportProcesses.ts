@@ -41,7 +41,10 @@ async function peer(url: string, kind: 'relay' | 'direct' | 'tcp'): Promise<Peer
   const child = fork(new URL('./transportPeer.ts', import.meta.url).pathname, [], {
     execArgv: ['--import', 'tsx'],
     env: {
-      ...process.env, TROUPE_BENCH_NATS: url, TROUPE_BENCH_JOB: job, TROUPE_BENCH_DIRECT: kind === 'direct' ? '1' : '0',
+      ...process.env,
+      TROUPE_BENCH_NATS: url,
+      TROUPE_BENCH_JOB: job,
+      TROUPE_BENCH_DIRECT: kind === 'direct' ? '1' : '0',
       ...(server ? { TROUPE_BENCH_TCP: String((server.address() as net.AddressInfo).port) } : {}),
     },
   });
@@ -61,19 +64,23 @@ async function peer(url: string, kind: 'relay' | 'direct' | 'tcp'): Promise<Peer
     });
   });
   await ready;
-  const expectFor = (step: number, n: number) => new Promise<Arrival[]>((resolve) => {
-    waiter = { step, n, resolve };
-    const mine = arrivals.filter((a) => a.step === step);
-    if (mine.length >= n) {
-      waiter = null;
-      resolve(mine);
-    }
-  });
+  const expectFor = (step: number, n: number) =>
+    new Promise<Arrival[]>((resolve) => {
+      waiter = { step, n, resolve };
+      const mine = arrivals.filter((a) => a.step === step);
+      if (mine.length >= n) {
+        waiter = null;
+        resolve(mine);
+      }
+    });
   if (socket) {
     const s = await socket;
     s.setNoDelay(true);
     return {
-      job, bus: null, child, expect: expectFor,
+      job,
+      bus: null,
+      child,
+      expect: expectFor,
       send: async (step, mb, data) => {
         const head = Buffer.alloc(12);
         head.writeUInt32LE(step, 0);
@@ -96,7 +103,9 @@ async function peer(url: string, kind: 'relay' | 'direct' | 'tcp'): Promise<Peer
   bus.subscribe(`troupe.${job}.stage.0.*`, () => {});
   await bus.flush();
   return {
-    job, bus, child,
+    job,
+    bus,
+    child,
     send: async (step, mb, data) => {
       await bus.publishFrame(`troupe.${job}.stage.1.FORWARD`, frame(job, step, mb, data));
     },
@@ -150,13 +159,18 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
     for (const p of [relay, direct, tcp]) for (let i = 0; i < 3; i++) await throughput(p, warm, 4);
     if (direct.bus!.directLinks?.out !== 1) throw new Error(`the direct link did not come up (${JSON.stringify(direct.bus!.directCounters)})`);
     // Each round in another order: a process still freeing the last run's buffers slows the next one down.
-    const orders = [[relay, direct, tcp], [tcp, relay, direct], [direct, tcp, relay]];
+    const orders = [
+      [relay, direct, tcp],
+      [tcp, relay, direct],
+      [direct, tcp, relay],
+    ];
     const order = (r: number) => orders[r % orders.length]!;
     for (let r = 0; r < rounds; r++) {
       for (const size of sizes) {
         const data = new Float32Array(size / 4).map((_, i) => i);
         const n = Math.max(8, Math.min(512, Math.floor((256 * MB) / size)));
-        for (const p of order(r)) (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
+        for (const p of order(r))
+          (rates.get(`${p.job} ${size}`) ?? rates.set(`${p.job} ${size}`, []).get(`${p.job} ${size}`)!).push(await throughput(p, data, n));
       }
       for (const size of latSizes) {
         const data = new Float32Array(size / 4);
@@ -170,21 +184,48 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
     }
   }
   const mbps = (x: number) => `${(x / 1e6).toFixed(0)} MB/s`;
-  const rateRows = sizes.filter((size) => rates.has(`relay ${size}`)).map((size) => {
-    const a = rates.get(`relay ${size}`)!;
-    const b = rates.get(`direct ${size}`)!;
-    const c = rates.get(`tcp ${size}`)!;
-    const ratios = b.map((x, i) => x / a[i]!);
-    const ofTcp = b.map((x, i) => x / c[i]!);
-    return [label(size), mbps(median(a)), mbps(median(b)), `${median(ratios).toFixed(2)}x`, `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x`, mbps(median(c)), `${(median(ofTcp) * 100).toFixed(0)}%`];
-  });
-  const latRows = latSizes.map((size) => [label(size), median(lat.get(`relay ${size}`)!).toFixed(2), median(lat.get(`direct ${size}`)!).toFixed(2), size >= 64 * KB ? 'direct link' : 'NATS (below minBytes)', median(lat.get(`tcp ${size}`)!).toFixed(2)]);
+  const rateRows = sizes
+    .filter((size) => rates.has(`relay ${size}`))
+    .map((size) => {
+      const a = rates.get(`relay ${size}`)!;
+      const b = rates.get(`direct ${size}`)!;
+      const c = rates.get(`tcp ${size}`)!;
+      const ratios = b.map((x, i) => x / a[i]!);
+      const ofTcp = b.map((x, i) => x / c[i]!);
+      return [
+        label(size),
+        mbps(median(a)),
+        mbps(median(b)),
+        `${median(ratios).toFixed(2)}x`,
+        `${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x`,
+        mbps(median(c)),
+        `${(median(ofTcp) * 100).toFixed(0)}%`,
+      ];
+    });
+  const latRows = latSizes.map((size) => [
+    label(size),
+    median(lat.get(`relay ${size}`)!).toFixed(2),
+    median(lat.get(`direct ${size}`)!).toFixed(2),
+    size >= 64 * KB ? 'direct link' : 'NATS (below minBytes)',
+    median(lat.get(`tcp ${size}`)!).toFixed(2),
+  ]);
   return [
     `#### Between two processes: the NATS relay against the direct path (${rounds} rounds, the three in a turning order)`,
     '',
     'A publishing process and a receiving process that judges and assembles each frame as a stage does, on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). "Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); "direct": both on, the link up before the timing starts (frames of 64 KB and more take it). "Plain TCP": the same bytes over a bare loopback socket read straight into buffers (no headers, no checks), measured in the same rounds: the ceiling this machine allows at the time, and the direct path\'s share of it.',
     '',
-    table(['tensor', 'relay (median)', 'direct (median)', 'direct / relay (median of rounds)', 'range of rounds', 'plain TCP (median)', 'direct / plain TCP (median of rounds)'], rateRows),
+    table(
+      [
+        'tensor',
+        'relay (median)',
+        'direct (median)',
+        'direct / relay (median of rounds)',
+        'range of rounds',
+        'plain TCP (median)',
+        'direct / plain TCP (median of rounds)',
+      ],
+      rateRows,
+    ),
     '',
     'Target: a 16 MB activation at 1 GB/s or more between two processes on one host.',
     '',

@@ -59,7 +59,10 @@ export const trainer = setup({
       invoke: {
         src: 'trainStep',
         input: ({ context }) => ({ step: context.step + 1 }),
-        onDone: { target: 'deciding', actions: assign({ step: ({ context }) => context.step + 1, losses: ({ context, event }) => [...context.losses, event.output] }) },
+        onDone: {
+          target: 'deciding',
+          actions: assign({ step: ({ context }) => context.step + 1, losses: ({ context, event }) => [...context.losses, event.output] }),
+        },
       },
     },
     deciding: { always: [{ guard: 'moreSteps', target: 'training' }, { target: 'scoring' }] },
@@ -91,7 +94,14 @@ export async function runCompose(o: { nats: string; steps?: number }) {
   });
   const train = blobs(64, 7);
   const test = blobs(40, 8);
-  const pipe: Pipeline = await createPipeline({ model, stages: 2, microbatches: 4, optimizer: tf.train.adam(0.05), loss: 'categoricalCrossentropy', nats: { servers: o.nats } });
+  const pipe: Pipeline = await createPipeline({
+    model,
+    stages: 2,
+    microbatches: 4,
+    optimizer: tf.train.adam(0.05),
+    loss: 'categoricalCrossentropy',
+    nats: { servers: o.nats },
+  });
   const bus = await Bus.connect({ servers: o.nats, role: 'pool' });
   const worker = await PoolWorker.start({ bus, pool: 'score', task: countCorrect });
   const pool = new Pool<Chunk, number>({ bus, name: 'score' });
@@ -114,7 +124,8 @@ export async function runCompose(o: { nats: string; steps?: number }) {
   );
   // Listening to the pipeline's own actors: every state they go through becomes an event of ours.
   const { scheduler, stages } = pipe.actors;
-  const tell = (who: string, value: string | object) => actor.send({ type: 'ACTOR_STATE', actor: who, state: typeof value === 'string' ? value : Object.keys(value)[0]! });
+  const tell = (who: string, value: string | object) =>
+    actor.send({ type: 'ACTOR_STATE', actor: who, state: typeof value === 'string' ? value : Object.keys(value)[0]! });
   const listening = [scheduler.subscribe((s) => tell(scheduler.id, s.value)), ...stages.map((st) => st.subscribe((s) => tell(st.id, s.value)))];
   try {
     actor.start();
@@ -136,7 +147,12 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     const { losses, accuracy, seen, model, test } = await runCompose({ nats: server.url });
     console.log(`losses: ${losses.map((l) => l.toFixed(3)).join(' ')}`);
     console.log(`held-out accuracy (scored on the pool): ${(accuracy * 100).toFixed(1)}%`);
-    for (const [a, states] of Object.entries(seen)) console.log(`${a}: ${Object.entries(states).map(([s, n]) => `${s} x${n}`).join(', ')}`);
+    for (const [a, states] of Object.entries(seen))
+      console.log(
+        `${a}: ${Object.entries(states)
+          .map(([s, n]) => `${s} x${n}`)
+          .join(', ')}`,
+      );
     model.dispose();
     tf.dispose([test.x, test.y]);
   } finally {

@@ -13,7 +13,8 @@ let tsxRegistered: Promise<void> | null = null;
 function tsxApiFrom(from: string): string | undefined {
   try {
     const pkg = createRequire(from).resolve('tsx/package.json');
-    const entry = (JSON.parse(readFileSync(pkg, 'utf8')) as { exports?: Record<string, { import?: string | { default?: string } }> }).exports?.['./esm/api']?.import;
+    const entry = (JSON.parse(readFileSync(pkg, 'utf8')) as { exports?: Record<string, { import?: string | { default?: string } }> }).exports?.['./esm/api']
+      ?.import;
     const rel = typeof entry === 'string' ? entry : entry?.default;
     return rel ? join(dirname(pkg), rel) : undefined;
   } catch {
@@ -30,7 +31,9 @@ function registerTsx(file: string, what: string, path: string): Promise<void> {
   tsxRegistered ??= (async () => {
     const api = tsxApiFrom(file) ?? tsxApiFrom(import.meta.url);
     if (!api) {
-      throw new ConfigError(`${what} ${path} is TypeScript, which Node ${process.version} cannot load by itself: install tsx beside it (npm install --save-dev tsx), or write it as .mjs`);
+      throw new ConfigError(
+        `${what} ${path} is TypeScript, which Node ${process.version} cannot load by itself: install tsx beside it (npm install --save-dev tsx), or write it as .mjs`,
+      );
     }
     const { register } = (await import(pathToFileURL(api).href)) as { register: () => unknown };
     register();

@@ -11,7 +11,9 @@ import { actionRunner, stageMachine, updateRunner, type ExecuteInput, type Frame
 import { Phase } from '../src/protocol/index.js';
 
 const ROOT = new URL('../', import.meta.url);
-const pkg = JSON.parse(readFileSync(new URL('package.json', ROOT), 'utf8')) as { exports: Record<string, string | { types: string; import: string; default: string }> };
+const pkg = JSON.parse(readFileSync(new URL('package.json', ROOT), 'utf8')) as {
+  exports: Record<string, string | { types: string; import: string; default: string }>;
+};
 /** Each subpath of package.json's exports with the source file its compiled entry comes from. */
 const entries = Object.entries(pkg.exports)
   .filter((e): e is [string, { types: string; import: string; default: string }] => typeof e[1] !== 'string')
@@ -22,7 +24,8 @@ describe('package entries', () => {
     const root = await import('../src/index.js');
     const names = Object.keys(root);
     expect(names.length, names.join(', ')).toBeLessThanOrEqual(30);
-    for (const n of ['createPipeline', 'defineJob', 'runJob', 'startNatsServer', 'loadModel', 'buildSchedule', 'simulate', 'ConfigError', 'StageError']) expect(names).toContain(n);
+    for (const n of ['createPipeline', 'defineJob', 'runJob', 'startNatsServer', 'loadModel', 'buildSchedule', 'simulate', 'ConfigError', 'StageError'])
+      expect(names).toContain(n);
   });
 
   it('every subpath names its types and compiled module, built from a source entry that exists and exports something', async () => {
@@ -51,21 +54,43 @@ describe('package entries', () => {
 describe('troupe/actors', () => {
   it("runs the stage machine with a user's own compute and update, and reports through the user's actions", async () => {
     const tensor = (name: string, shape: number[]): WireTensor => ({ name, dtype: 'float32', shape, data: new Float32Array(shape[0]! * shape[1]!) });
-    const frame: Frame = { key: { job: 'mine', step: 1, microbatch: 0, phase: Phase.INPUT }, from: 'me', tensors: [tensor('x0', [2, 3]), tensor('y0', [2, 1])] };
-    const plan: StepPlan = { step: 1, microbatches: 1, batchSize: 2, totalBatch: 2, forwardOnly: false, predict: false, update: true, granted: true, actions: 'F0 B0', order: '' };
+    const frame: Frame = {
+      key: { job: 'mine', step: 1, microbatch: 0, phase: Phase.INPUT },
+      from: 'me',
+      tensors: [tensor('x0', [2, 3]), tensor('y0', [2, 1])],
+    };
+    const plan: StepPlan = {
+      step: 1,
+      microbatches: 1,
+      batchSize: 2,
+      totalBatch: 2,
+      forwardOnly: false,
+      predict: false,
+      update: true,
+      granted: true,
+      actions: 'F0 B0',
+      order: '',
+    };
     const log: string[] = [];
     const machine = stageMachine.provide({
       actions: {
-        startRun: actionRunner(async (input: ExecuteInput) => void log.push(`${input.action.kind}${input.action.microbatch} with ${input.frames.length} frame`)),
+        startRun: actionRunner(
+          async (input: ExecuteInput) => void log.push(`${input.action.kind}${input.action.microbatch} with ${input.frames.length} frame`),
+        ),
         startUpdate: updateRunner(async (step) => void log.push(`update ${step}`)),
         reportDone: (_, { step }) => void log.push(`done ${step}`),
         reportUpdated: (_, { step }) => void log.push(`updated ${step}`),
       },
     });
-    const actor = createActor(machine, { input: { job: 'mine', rank: 0, stages: 1, inputs: [{ shape: [3], dtype: 'float32' }], outputs: [{ shape: [1], dtype: 'float32' }] } });
+    const actor = createActor(machine, {
+      input: { job: 'mine', rank: 0, stages: 1, inputs: [{ shape: [3], dtype: 'float32' }], outputs: [{ shape: [1], dtype: 'float32' }] },
+    });
     actor.start();
     await waitFor(actor, (s) => s.matches('idle'), { timeout: 2000 });
-    const events: StageEvent[] = [{ type: 'STEP', plan }, { type: 'FRAME', frame }];
+    const events: StageEvent[] = [
+      { type: 'STEP', plan },
+      { type: 'FRAME', frame },
+    ];
     for (const e of events) actor.send(e);
     await waitFor(actor, (s) => s.matches('idle') && s.context.step === 1, { timeout: 2000 });
     expect(log).toEqual(['F0 with 1 frame', 'B0 with 0 frame', 'done 1', 'update 1', 'updated 1']);

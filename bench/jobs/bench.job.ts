@@ -35,7 +35,9 @@ export function benchModel(kind = MODEL): tf.LayersModel {
     m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(4) }));
   } else if (kind === 'uniform') {
     for (let i = 0; i < UNIFORM_LAYERS; i++) {
-      m.add(tf.layers.dense({ units: UNIFORM_WIDTH, activation: 'relu', kernelInitializer: init(10 + i), ...(i === 0 ? { inputShape: [UNIFORM_WIDTH] } : {}) }));
+      m.add(
+        tf.layers.dense({ units: UNIFORM_WIDTH, activation: 'relu', kernelInitializer: init(10 + i), ...(i === 0 ? { inputShape: [UNIFORM_WIDTH] } : {}) }),
+      );
     }
     m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: init(9) }));
   } else {
@@ -60,7 +62,8 @@ export default defineJob({
   schedule: env('BENCH_SCHEDULE', '1f1b'),
   virtualStages: Number(env('BENCH_V', '1')),
   feed: env('BENCH_FEED', 'step') as 'step' | 'bounded',
-  optimizer: env('BENCH_OPTIMIZER', 'sgd') === 'adam' ? { className: 'Adam', config: { learningRate: 0.001 } } : { className: 'SGD', config: { learningRate: 0.01 } },
+  optimizer:
+    env('BENCH_OPTIMIZER', 'sgd') === 'adam' ? { className: 'Adam', config: { learningRate: 0.001 } } : { className: 'SGD', config: { learningRate: 0.01 } },
   loss: 'categoricalCrossentropy',
   epochs: 1,
   batchSize: BATCH,

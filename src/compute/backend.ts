@@ -65,7 +65,14 @@ export function selectBackend(opts: BackendOptions = {}): Promise<BackendChoice>
 
 function preferred(opts: BackendOptions): readonly BackendName[] {
   const env = process.env['TROUPE_BACKEND']?.trim();
-  const raw = opts.prefer ?? (env ? env.split(',').map((s) => s.trim()).filter(Boolean) : undefined);
+  const raw =
+    opts.prefer ??
+    (env
+      ? env
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : undefined);
   if (raw === undefined) return ORDER;
   const list = typeof raw === 'string' ? [raw] : raw;
   if (list.length === 0) throw new ConfigError('the backend order is empty; known backends: ' + ORDER.join(', '));
@@ -81,7 +88,8 @@ function preferred(opts: BackendOptions): readonly BackendName[] {
 function gpuIndex(opts: BackendOptions): number | null {
   const raw = opts.gpu ?? (process.env['TROUPE_GPU'] ? Number(process.env['TROUPE_GPU']) : null);
   if (raw === null) return null;
-  if (!Number.isInteger(raw) || raw < 0) throw new ConfigError(`the GPU index must be a non-negative integer, got ${String(raw)} (from ${opts.gpu !== undefined ? 'options' : 'TROUPE_GPU'})`);
+  if (!Number.isInteger(raw) || raw < 0)
+    throw new ConfigError(`the GPU index must be a non-negative integer, got ${String(raw)} (from ${opts.gpu !== undefined ? 'options' : 'TROUPE_GPU'})`);
   return raw;
 }
 
@@ -129,7 +137,10 @@ async function choose(opts: BackendOptions): Promise<BackendChoice> {
         installWasmSegmentSum(); // Gather's gradient: Embedding layers train on wasm
         removeWasmExitHandlers(); // emscripten's rethrowing handlers: an uncaught error would exit 7 with 40 KB of wasm source
       }
-      const moved = previous && previous.tfName !== tfName ? `; switched from ${previous.tfName}${previous.tensors ? `, whose ${previous.tensors} tensors move here on first use` : ''}` : '';
+      const moved =
+        previous && previous.tfName !== tfName
+          ? `; switched from ${previous.tfName}${previous.tensors ? `, whose ${previous.tensors} tensors move here on first use` : ''}`
+          : '';
       log?.(`troupe: backend ${name} on ${device}${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''}${moved}`);
       return { name, tfName, skipped, device, previous: previous && previous.tfName !== tfName ? previous : null };
     } catch (err) {

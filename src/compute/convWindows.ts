@@ -31,7 +31,16 @@ export interface ConvAttrs {
  */
 export function convWindows(xShape: readonly number[], filterShape: readonly number[], a: ConvAttrs): { g: ConvGeometry; offsets: Int32Array } {
   const [B, H, W, CI] = xShape as [number, number, number, number];
-  const info = tf.backend_util.computeConv2DInfo([B, H, W, CI], filterShape as [number, number, number, number], a.strides, 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
+  const info = tf.backend_util.computeConv2DInfo(
+    [B, H, W, CI],
+    filterShape as [number, number, number, number],
+    a.strides,
+    1,
+    a.pad,
+    a.dimRoundingMode,
+    false,
+    'channelsLast',
+  );
   const { outHeight: OH, outWidth: OW, filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = info;
   const { top, left } = info.padInfo;
   const offsets = new Int32Array(B * OH * OW * KH * KW).fill(-1);

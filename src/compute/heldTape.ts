@@ -128,33 +128,40 @@ export class HeldTape {
     const fromVariable = reachableFrom(this.nodes, new Set(this.variables.map((v) => v.id)));
     for (const id of fromInput) fromVariable.delete(id);
     this.weightOnly = fromVariable;
-    const out = this.orFinish(() => tf.tidy(() => {
-      const map = new Map<number, tf.Tensor>();
-      this.outputIds.forEach((id, i) => {
-        const dy = dys[i];
-        if (dy) map.set(id, dy.clone());
-        else if (dys.length === 0 && i === 0) map.set(id, tf.scalar(1));
-      });
-      const kept: tf.Tensor[] = [];
-      for (let i = this.nodes.length - 1; i >= 0; i--) {
-        const node = this.nodes[i]!;
-        const upstream = upstreamOf(node, map);
-        if (!upstream) continue;
-        const { fns, made } = gradientsOf(node, upstream);
-        let defers = false;
-        for (const [name, input] of Object.entries(node.inputs)) {
-          if (fromInput.has(input.id)) accumulate(map, input, tf.tidy(() => call(fns, name, node)));
-          else if (fromVariable.has(input.id)) {
-            this.deferred.push({ node, inputName: name, grad: () => call(fns, name, node) });
-            defers = true;
+    const out = this.orFinish(() =>
+      tf.tidy(() => {
+        const map = new Map<number, tf.Tensor>();
+        this.outputIds.forEach((id, i) => {
+          const dy = dys[i];
+          if (dy) map.set(id, dy.clone());
+          else if (dys.length === 0 && i === 0) map.set(id, tf.scalar(1));
+        });
+        const kept: tf.Tensor[] = [];
+        for (let i = this.nodes.length - 1; i >= 0; i--) {
+          const node = this.nodes[i]!;
+          const upstream = upstreamOf(node, map);
+          if (!upstream) continue;
+          const { fns, made } = gradientsOf(node, upstream);
+          let defers = false;
+          for (const [name, input] of Object.entries(node.inputs)) {
+            if (fromInput.has(input.id))
+              accumulate(
+                map,
+                input,
+                tf.tidy(() => call(fns, name, node)),
+              );
+            else if (fromVariable.has(input.id)) {
+              this.deferred.push({ node, inputName: name, grad: () => call(fns, name, node) });
+              defers = true;
+            }
           }
+          // What a deferred function closes over (upstream gradients, or gradients already made) leaves the tidy with the results.
+          if (defers) kept.push(...upstream, ...made);
         }
-        // What a deferred function closes over (upstream gradients, or gradients already made) leaves the tidy with the results.
-        if (defers) kept.push(...upstream, ...made);
-      }
-      const grads = this.inputIds.map((id, k) => map.get(id) ?? tf.zeros(this.inputShapes[k]!));
-      return { grads, kept: [...new Set(kept)].filter((t) => !grads.includes(t)) };
-    }));
+        const grads = this.inputIds.map((id, k) => map.get(id) ?? tf.zeros(this.inputShapes[k]!));
+        return { grads, kept: [...new Set(kept)].filter((t) => !grads.includes(t)) };
+      }),
+    );
     this.keptForW = out.kept;
     this.stage = 'inputs-done';
     return out.grads;
@@ -164,28 +171,35 @@ export class HeldTape {
   backwardWeights(): (tf.Tensor | null)[] {
     if (this.stage !== 'inputs-done') throw new StateError(this.stage === 'done' ? 'the weight gradients of this tape were already taken' : 'W before B');
     const weightOnly = this.weightOnly;
-    const grads = this.orFinish(() => tf.tidy(() => {
-      const map = new Map<number, tf.Tensor>();
-      const byNode = new Map<number, Deferred[]>();
-      for (const d of this.deferred) byNode.set(d.node.id, [...(byNode.get(d.node.id) ?? []), d]);
-      for (let i = this.nodes.length - 1; i >= 0; i--) {
-        const node = this.nodes[i]!;
-        const deferred = byNode.get(node.id);
-        if (deferred) {
-          for (const d of deferred) accumulate(map, node.inputs[d.inputName]!, tf.tidy(d.grad));
-          continue;
+    const grads = this.orFinish(() =>
+      tf.tidy(() => {
+        const map = new Map<number, tf.Tensor>();
+        const byNode = new Map<number, Deferred[]>();
+        for (const d of this.deferred) byNode.set(d.node.id, [...(byNode.get(d.node.id) ?? []), d]);
+        for (let i = this.nodes.length - 1; i >= 0; i--) {
+          const node = this.nodes[i]!;
+          const deferred = byNode.get(node.id);
+          if (deferred) {
+            for (const d of deferred) accumulate(map, node.inputs[d.inputName]!, tf.tidy(d.grad));
+            continue;
+          }
+          // A node computed from variables alone (a transposed kernel, say): its gradient goes on to them.
+          if (!node.outputs.every((o) => weightOnly.has(o.id))) continue;
+          const upstream = upstreamOf(node, map);
+          if (!upstream) continue;
+          const { fns } = gradientsOf(node, upstream);
+          for (const [name, input] of Object.entries(node.inputs)) {
+            if (weightOnly.has(input.id))
+              accumulate(
+                map,
+                input,
+                tf.tidy(() => call(fns, name, node)),
+              );
+          }
         }
-        // A node computed from variables alone (a transposed kernel, say): its gradient goes on to them.
-        if (!node.outputs.every((o) => weightOnly.has(o.id))) continue;
-        const upstream = upstreamOf(node, map);
-        if (!upstream) continue;
-        const { fns } = gradientsOf(node, upstream);
-        for (const [name, input] of Object.entries(node.inputs)) {
-          if (weightOnly.has(input.id)) accumulate(map, input, tf.tidy(() => call(fns, name, node)));
-        }
-      }
-      return this.variables.map((v) => map.get(v.id) ?? null) as tf.Tensor[];
-    })) as (tf.Tensor | null)[];
+        return this.variables.map((v) => map.get(v.id) ?? null) as tf.Tensor[];
+      }),
+    ) as (tf.Tensor | null)[];
     // A gradient made in B (by a customGrad op) may be returned as it is: it is the caller's now.
     this.keptForW = this.keptForW.filter((t) => !grads.includes(t));
     this.finish();

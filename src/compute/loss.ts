@@ -28,7 +28,7 @@ export function resolveLoss(loss: LossSpec, metric?: LossSpec): { loss: LossFn; 
     }
     return {
       loss: typeof loss === 'function' ? loss : (probe.lossFunctions[0] as LossFn),
-      metric: typeof metric === 'function' ? metric : metric === undefined ? null : ((probe.metricsTensors[0]?.[0] as LossFn | undefined) ?? null),
+      metric: typeof metric === 'function' ? metric : metric === undefined ? null : (probe.metricsTensors[0]?.[0] ?? null),
     };
   } finally {
     probe.dispose();
@@ -42,7 +42,7 @@ export function resolveLoss(loss: LossSpec, metric?: LossSpec): { loss: LossFn; 
 export function shareOfBatch(values: tf.Tensor, microbatchSize: number, batchSize: number): tf.Scalar {
   return tf.tidy(() => {
     if (values.rank === 0) return tf.mul(values, microbatchSize / batchSize) as tf.Scalar;
-    const perExample = values.rank === 1 ? values : tf.mean(tf.reshape(values, [values.shape[0]!, -1]), 1);
+    const perExample = values.rank === 1 ? values : tf.mean(tf.reshape(values, [values.shape[0], -1]), 1);
     return tf.div(tf.sum(perExample), batchSize) as tf.Scalar;
   });
 }

@@ -50,7 +50,10 @@ function fields<T>(opt: tf.Optimizer): T {
 /** The optimizer's running scalar `name`, or a StateError when this tfjs no longer has it. */
 function hiddenVariable(opt: tf.Optimizer, name: string): tf.Variable {
   const v = fields<Record<string, unknown>>(opt)[name];
-  if (!(v instanceof tf.Variable)) throw new StateError(`tfjs's ${opt.getClassName()} optimizer has no running value "${name}" (a tfjs version Troupe does not know): its exact state cannot be saved`);
+  if (!(v instanceof tf.Variable))
+    throw new StateError(
+      `tfjs's ${opt.getClassName()} optimizer has no running value "${name}" (a tfjs version Troupe does not know): its exact state cannot be saved`,
+    );
   return v;
 }
 
@@ -65,10 +68,10 @@ export function isOptimizerScalar(name: string): boolean {
  */
 export async function readOptimizerState(opt: tf.Optimizer): Promise<NamedTensor[]> {
   const cls = opt.getClassName();
-  const hidden = (HIDDEN_STATE[cls] ?? []).map((name) => ({ name, tensor: hiddenVariable(opt, name) as tf.Tensor }));
+  const hidden = (HIDDEN_STATE[cls] ?? []).map((name) => ({ name, tensor: hiddenVariable(opt, name) }));
   if (cls === 'Adamax') {
     const f = fields<AdamaxFields>(opt);
-    const slots = [...f.accumulatedFirstMoment, ...f.accumulatedWeightedInfNorm].map((s) => ({ name: s.originalName, tensor: s.variable as tf.Tensor }));
+    const slots = [...f.accumulatedFirstMoment, ...f.accumulatedWeightedInfNorm].map((s) => ({ name: s.originalName, tensor: s.variable }));
     return [{ name: 'iter', tensor: tf.scalar(opt.iterations, 'int32') }, ...hidden, ...slots];
   }
   const all = await opt.getWeights();
@@ -99,14 +102,20 @@ export async function writeOptimizerState(opt: tf.Optimizer, state: readonly Nam
   // which tfjs's setWeights overwrites before they are put back.
   const hidden = new Map(given.map((s) => [s.name, tf.clone(s.tensor)] as const));
   try {
-    await writeAll(opt, cls, state.filter((s) => !hiddenNames.includes(s.name)), hidden);
+    await writeAll(
+      opt,
+      cls,
+      state.filter((s) => !hiddenNames.includes(s.name)),
+      hidden,
+    );
   } finally {
     tf.dispose([...hidden.values()]);
   }
 }
 
 async function writeAll(opt: tf.Optimizer, cls: string, rest: readonly NamedTensor[], hidden: ReadonlyMap<string, tf.Tensor>): Promise<void> {
-  if (BUILT_IN.has(cls) && rest[0]?.name !== 'iter') throw new ShapeError(`optimizer state must begin with "iter", it begins with "${rest[0]?.name ?? '(nothing)'}"`);
+  if (BUILT_IN.has(cls) && rest[0]?.name !== 'iter')
+    throw new ShapeError(`optimizer state must begin with "iter", it begins with "${rest[0]?.name ?? '(nothing)'}"`);
   if (cls === 'Adamax') {
     await writeAdamax(opt, rest, hidden);
     return;

@@ -83,7 +83,8 @@ export function stageStarts(model: tf.LayersModel, spec: StageSpec, costs?: read
   if (typeof spec === 'number') {
     if (!Number.isInteger(spec) || spec < 1) throw new PartitionError(`stages must be a positive integer, got ${spec}`);
     if (spec > n) throw new PartitionError(`cannot cut ${n} layers into ${spec} stages`);
-    if (costs && (costs.length !== n || costs.some((c) => !(c >= 0)))) throw new PartitionError(`layer costs: ${n} non-negative numbers expected, got [${costs.join(', ')}]`);
+    if (costs && (costs.length !== n || costs.some((c) => !(c >= 0))))
+      throw new PartitionError(`layer costs: ${n} non-negative numbers expected, got [${costs.join(', ')}]`);
     return balanceByCost(costs ?? layers.map((l) => l.countParams()), spec);
   }
   const starts = spec.map((b, i) => {
@@ -130,8 +131,8 @@ export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: Par
   for (const t of model.inputs) producer.set(t, -1);
   for (const l of layers) {
     if (l.inboundNodes.length === 0) throw new PartitionError(`layer ${l.name} is not connected to the model`);
-    nodeInputs.set(l, l.inboundNodes[0]!.inputTensors as Sym[]);
-    const outs = asList(l.getOutputAt(0) as Sym | Sym[]);
+    nodeInputs.set(l, l.inboundNodes[0]!.inputTensors);
+    const outs = asList(l.getOutputAt(0));
     nodeOutputs.set(l, outs);
     for (const t of outs) producer.set(t, stageOfLayer.get(l)!);
   }
@@ -140,9 +141,10 @@ export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: Par
   const use = (t: Sym, s: number) => lastUse.set(t, Math.max(lastUse.get(t) ?? -1, s));
   for (const l of layers) for (const t of nodeInputs.get(l)!) use(t, stageOfLayer.get(l)!);
   for (const t of model.outputs) use(t, p);
-  for (const t of nodeInputs.values()) for (const x of t) {
-    if (!producer.has(x)) throw new PartitionError(`tensor ${x.name} comes from outside the model's layers`);
-  }
+  for (const t of nodeInputs.values())
+    for (const x of t) {
+      if (!producer.has(x)) throw new PartitionError(`tensor ${x.name} comes from outside the model's layers`);
+    }
 
   // Tensors crossing into stage k: produced before k, still needed at k or later.
   const crossing: Sym[][] = [[...model.inputs]];
@@ -197,7 +199,14 @@ function buildStage(
     params: layers.reduce((n, l) => n + l.countParams(), 0),
     run(inputs, training) {
       if (inputs.length !== ins.length) throw new PartitionError(`${where} takes ${ins.length} inputs, got ${inputs.length}`);
-      const ys = sub ? asList(sub.apply(usedIdx.map((i) => inputs[i]!), { training }) as tf.Tensor | tf.Tensor[]) : [];
+      const ys = sub
+        ? asList(
+            sub.apply(
+              usedIdx.map((i) => inputs[i]!),
+              { training },
+            ) as tf.Tensor | tf.Tensor[],
+          )
+        : [];
       let j = 0;
       return passIndex.map((pi) => (pi >= 0 ? inputs[pi]! : ys[j++]!));
     },

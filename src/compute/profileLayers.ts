@@ -14,7 +14,6 @@ export interface ProfileOptions {
   readonly repeats?: number;
 }
 
-
 function asList<T>(x: T | T[]): T[] {
   return Array.isArray(x) ? x : [x];
 }
@@ -54,10 +53,10 @@ export async function profileLayers(model: tf.LayersModel, opts: ProfileOptions 
         const t0 = performance.now();
         const res = once();
         // Reading one value waits for the backend to finish the work.
-        const first = asList(res as tf.Tensor | tf.Tensor[]).find((t): t is tf.Tensor => t instanceof tf.Tensor);
+        const first = asList(res).find((t): t is tf.Tensor => t instanceof tf.Tensor);
         await first?.data();
         const ms = performance.now() - t0;
-        tf.dispose(res as tf.TensorContainer);
+        tf.dispose(res);
         return ms;
       };
       await run();

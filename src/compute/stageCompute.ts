@@ -124,7 +124,15 @@ export class StageCompute {
    * In evaluation the last stage returns loss and metric and nothing is kept. With `device`,
    * the activations stay on the device as device wires (a neighbour in this process takes them).
    */
-  async forward(mb: number, inputs: readonly WireTensor[], labels: readonly WireTensor[], size: number, batchSize: number, training: boolean, device = false): Promise<ActionResult> {
+  async forward(
+    mb: number,
+    inputs: readonly WireTensor[],
+    labels: readonly WireTensor[],
+    size: number,
+    batchSize: number,
+    training: boolean,
+    device = false,
+  ): Promise<ActionResult> {
     if (this.cache.has(mb)) throw new StateError(`stage ${this.part.rank}: microbatch ${mb} was already forwarded`);
     const xs = this.inputsOf(inputs, size, `microbatch ${mb} input`);
     let ys: tf.Tensor[] = [];
@@ -242,7 +250,7 @@ export class StageCompute {
         tf.dispose([...c.inputs, ...c.labels]);
         this.cache.set(mb, { inputs: [], labels: [], size: c.size, tape });
       }
-      const dx = c.tape!.backwardInputs(dys);
+      const dx = c.tape.backwardInputs(dys);
       const out = wireOut(dx, 'g', device);
       // Read after the tape's B part, before anything else runs: the loss of a recomputed forward.
       const kept = lossOut;
@@ -312,7 +320,8 @@ export class StageCompute {
 
   /** Replaces the accumulated gradients (with the sum over data-parallel replicas). */
   setGradients(grads: readonly WireTensor[]): void {
-    if (grads.length !== this.part.variables.length) throw new ShapeError(`stage ${this.part.rank}: ${grads.length} gradients for ${this.part.variables.length} variables`);
+    if (grads.length !== this.part.variables.length)
+      throw new ShapeError(`stage ${this.part.rank}: ${grads.length} gradients for ${this.part.variables.length} variables`);
     grads.forEach((w, i) => {
       const want = this.part.variables[i]!.shape;
       if (w.dtype !== 'float32' || w.shape.length !== want.length || w.shape.some((d, k) => d !== want[k])) {
@@ -326,8 +335,9 @@ export class StageCompute {
 
   /** Applies the accumulated gradients with the optimizer, then zeroes the accumulators. */
   update(): void {
-    if (this.cache.size > 0) throw new StateError(`stage ${this.part.rank}: update with ${this.cache.size} microbatches still waiting for their backward (B or W)`);
-    const named = this.part.variables.flatMap((v, i) => (this.acc[i] ? [{ name: v.name, tensor: this.acc[i]! }] : []));
+    if (this.cache.size > 0)
+      throw new StateError(`stage ${this.part.rank}: update with ${this.cache.size} microbatches still waiting for their backward (B or W)`);
+    const named = this.part.variables.flatMap((v, i) => (this.acc[i] ? [{ name: v.name, tensor: this.acc[i] }] : []));
     if (named.length > 0) this.opts.optimizer.applyGradients(named);
     this.clearGradients();
   }

@@ -51,7 +51,10 @@ export async function importStageState(part: StagePartition, optimizer: tf.Optim
   ws.forEach((w, i) => {
     const v = weights[i]!;
     const same = w.shape.length === v.shape.length && w.shape.every((d, j) => d === v.shape[j]);
-    if (!same) throw new ShapeError(`weight ${state.weightNames[i] ?? i} has shape [${w.shape.join(',')}], stage ${part.rank}'s ${v.originalName} is [${v.shape.join(',')}]`);
+    if (!same)
+      throw new ShapeError(
+        `weight ${state.weightNames[i] ?? i} has shape [${w.shape.join(',')}], stage ${part.rank}'s ${v.originalName} is [${v.shape.join(',')}]`,
+      );
   });
   tf.tidy(() => ws.forEach((w, i) => weights[i]!.write(toTensor(w, undefined, undefined, `weight ${i}`))));
   if (os.length > 0) {

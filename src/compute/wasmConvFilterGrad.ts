@@ -28,7 +28,13 @@ export function installWasmConvFilterGrad(): boolean {
       const wasm = backend as KernelBackend;
       const x = inputs['x'] as TensorInfo;
       const dy = inputs['dy'] as TensorInfo;
-      const a = attrs as { strides: number | [number, number]; pad: 'valid' | 'same' | number; dataFormat: 'NHWC' | 'NCHW'; dimRoundingMode?: 'floor' | 'round' | 'ceil'; filterShape: [number, number, number, number] };
+      const a = attrs as {
+        strides: number | [number, number];
+        pad: 'valid' | 'same' | number;
+        dataFormat: 'NHWC' | 'NCHW';
+        dimRoundingMode?: 'floor' | 'round' | 'ceil';
+        filterShape: [number, number, number, number];
+      };
       if (a.dataFormat !== 'NHWC') throw new Error(`Conv2DBackpropFilter on wasm: only NHWC is supported, got ${a.dataFormat}`);
       const { g: geo, offsets } = convWindows(x.shape, a.filterShape, a);
       const { CI, CO, KH, KW, N, K } = geo;

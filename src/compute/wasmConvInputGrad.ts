@@ -27,7 +27,13 @@ export function installWasmConvInputGrad(): boolean {
       const wasm = backend as KernelBackend;
       const dy = inputs['dy'] as TensorInfo;
       const filter = inputs['filter'] as TensorInfo;
-      const a = attrs as { strides: number | [number, number]; pad: 'valid' | 'same' | number; dataFormat: 'NHWC' | 'NCHW'; dimRoundingMode?: 'floor' | 'round' | 'ceil'; inputShape: [number, number, number, number] };
+      const a = attrs as {
+        strides: number | [number, number];
+        pad: 'valid' | 'same' | number;
+        dataFormat: 'NHWC' | 'NCHW';
+        dimRoundingMode?: 'floor' | 'round' | 'ceil';
+        inputShape: [number, number, number, number];
+      };
       if (a.dataFormat !== 'NHWC' || typeof a.pad === 'object') return original.kernelFunc(args);
       const { g: geo, offsets } = convWindows(a.inputShape, filter.shape, a);
       const { B, H, W, CI, CO, N, K } = geo;

@@ -150,9 +150,19 @@ export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'sa
     await writeSynced(at, JSON.stringify({ ...meta, savedAt: new Date().toISOString() }, null, 2));
     for (const s of states) {
       // The states belong to training step meta.step (a replayed step ran under another step id).
-      const [msg] = encodeFrame({ key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.STATE }, from: `stage.${s.rank}`, tensors: s.tensors }, Number.MAX_SAFE_INTEGER);
+      const [msg] = encodeFrame(
+        { key: { job: meta.job, step: meta.step, microbatch: 0, phase: Phase.STATE }, from: `stage.${s.rank}`, tensors: s.tensors },
+        Number.MAX_SAFE_INTEGER,
+      );
       at = join(tmp, `stage-${s.rank}.json`);
-      await writeSynced(at, JSON.stringify({ rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) }, null, 1));
+      await writeSynced(
+        at,
+        JSON.stringify(
+          { rank: s.rank, headers: msg!.headers, weightNames: s.weightNames, optimizerNames: s.optimizerNames, sha256: sha256(msg!.data) },
+          null,
+          1,
+        ),
+      );
       at = join(tmp, `stage-${s.rank}.bin`);
       await writeSynced(at, msg!.data);
     }
@@ -182,7 +192,11 @@ export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'sa
     await io.rm(tmp, { recursive: true, force: true }).catch(() => {});
     await io.rm(latestTmp, { force: true }).catch(() => {});
     const state = moved ? `LATEST names step ${meta.step}, which is whole` : 'the previous checkpoint is still the latest';
-    throw new CheckpointError(`checkpoint of step ${meta.step} could not be written to ${dir}: ${describe(cause, at)}; ${state}`, { cause, step: meta.step, path: at });
+    throw new CheckpointError(`checkpoint of step ${meta.step} could not be written to ${dir}: ${describe(cause, at)}; ${state}`, {
+      cause,
+      step: meta.step,
+      path: at,
+    });
   }
 }
 
@@ -236,7 +250,12 @@ async function loadStepDir(at: string): Promise<Omit<Checkpoint, 'skipped'>> {
     if (!Number.isInteger(meta.step) || !Number.isInteger(meta.stages) || meta.stages < 1) throw new Error('meta.json lacks step or stages');
     const states: RankState[] = [];
     for (let rank = 0; rank < meta.stages; rank++) {
-      const info = JSON.parse(await io.readFile(join(at, `stage-${rank}.json`), 'utf8')) as { headers: Record<string, string>; weightNames: string[]; optimizerNames: string[]; sha256?: string };
+      const info = JSON.parse(await io.readFile(join(at, `stage-${rank}.json`), 'utf8')) as {
+        headers: Record<string, string>;
+        weightNames: string[];
+        optimizerNames: string[];
+        sha256?: string;
+      };
       const body = new Uint8Array(await io.readFile(join(at, `stage-${rank}.bin`)));
       // A STATE frame; checkpoints of an older Troupe named their state frames UPDATE.
       const h = parseHeader((k) => info.headers[k], info.headers[H.phase] === Phase.UPDATE ? Phase.UPDATE : Phase.STATE, Number.MAX_SAFE_INTEGER);

@@ -133,7 +133,8 @@ export { UsageError } from '../errors.js';
 
 function backendOf(v: string | undefined): BackendName | undefined {
   if (v === undefined) return undefined;
-  if (!Object.values(BackendName).includes(v as BackendName)) throw new UsageError(`--backend must be one of ${Object.values(BackendName).join(', ')}, got "${v}"`);
+  if (!Object.values(BackendName).includes(v as BackendName))
+    throw new UsageError(`--backend must be one of ${Object.values(BackendName).join(', ')}, got "${v}"`);
   return v as BackendName;
 }
 
@@ -219,25 +220,45 @@ async function up(args: string[]): Promise<number> {
 }
 
 async function checkpoint(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { config: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { config: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
   if (values.help) return print(HELP['checkpoint']!);
   const [verb, dir, ...extra] = positionals;
-  if (!dir || extra.length || (verb !== 'inspect' && verb !== 'export')) throw new UsageError('usage: troupe checkpoint inspect <dir> | troupe checkpoint export <dir> --config <job-config> --out <model-dir>');
+  if (!dir || extra.length || (verb !== 'inspect' && verb !== 'export'))
+    throw new UsageError('usage: troupe checkpoint inspect <dir> | troupe checkpoint export <dir> --config <job-config> --out <model-dir>');
   if (verb === 'inspect') return print(await describeCheckpoint(dir));
   if (!values.config || !values.out) throw new UsageError('troupe checkpoint export needs --config and --out');
   const r = await exportCheckpoint(dir, values.config, values.out);
-  return print(`exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it in Node with loadModel(${JSON.stringify(values.out)}) from 'troupe'`);
+  return print(
+    `exported step ${r.step} (${r.weights} weights) to ${values.out}/model.json; load it in Node with loadModel(${JSON.stringify(values.out)}) from 'troupe'`,
+  );
 }
 
 async function poolWorker(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { nats: { type: 'string' }, pool: { type: 'string' }, task: { type: 'string' }, concurrency: { type: 'string' }, inspect: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      nats: { type: 'string' },
+      pool: { type: 'string' },
+      task: { type: 'string' },
+      concurrency: { type: 'string' },
+      inspect: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   if (values.help) return print(HELP['pool-worker']!);
   if (positionals.length > 0) throw new UsageError(`troupe pool-worker takes no positional arguments, got ${positionals.join(' ')}`);
   for (const f of ['nats', 'pool', 'task'] as const) if (!values[f]) throw new UsageError(`troupe pool-worker needs --${f}`);
-  await runPoolWorker({ nats: values.nats!, pool: values.pool!, task: values.task!, concurrency: intOf('--concurrency', values.concurrency, 1) ?? 1, inspect: values.inspect ?? false });
+  await runPoolWorker({
+    nats: values.nats!,
+    pool: values.pool!,
+    task: values.task!,
+    concurrency: intOf('--concurrency', values.concurrency, 1) ?? 1,
+    inspect: values.inspect ?? false,
+  });
   return 0;
 }
 
@@ -262,13 +283,27 @@ async function worker(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`troupe worker takes no positional arguments, got ${positionals.join(' ')}`);
   // A process manager (systemd, Kubernetes, supervisord) may give the environment instead of flags.
   const env = process.env;
-  const given = { nats: values.nats ?? env['TROUPE_NATS_URL'], job: values.job ?? env['TROUPE_JOB'], rank: values.rank ?? env['TROUPE_RANK'], config: values.config ?? env['TROUPE_CONFIG'] };
+  const given = {
+    nats: values.nats ?? env['TROUPE_NATS_URL'],
+    job: values.job ?? env['TROUPE_JOB'],
+    rank: values.rank ?? env['TROUPE_RANK'],
+    config: values.config ?? env['TROUPE_CONFIG'],
+  };
   const variable = { nats: 'TROUPE_NATS_URL', job: 'TROUPE_JOB', rank: 'TROUPE_RANK', config: 'TROUPE_CONFIG' } as const;
-  for (const f of ['nats', 'job', 'rank', 'config'] as const) if (!given[f]) throw new UsageError(`troupe worker needs --${f} (or ${variable[f]} in the environment)`);
+  for (const f of ['nats', 'job', 'rank', 'config'] as const)
+    if (!given[f]) throw new UsageError(`troupe worker needs --${f} (or ${variable[f]} in the environment)`);
   const backend = backendOf(values.backend);
-  await runWorker({ nats: given.nats!, job: given.job!, ranks: ranksOf(given.rank!), ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
-    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}), config: given.config!, inspect: values.inspect ?? false, ...(backend ? { backend } : {}),
-    ...(values.quiet ? { log: () => {} } : {}) });
+  await runWorker({
+    nats: given.nats!,
+    job: given.job!,
+    ranks: ranksOf(given.rank!),
+    ...(values.boundaries !== undefined ? { boundaries: boundariesOf(values.boundaries) } : {}),
+    ...(values.replicas !== undefined ? { replicas: intOf('--replicas', values.replicas, 1)!, replica: intOf('--replica', values.replica ?? '0', 0)! } : {}),
+    config: given.config!,
+    inspect: values.inspect ?? false,
+    ...(backend ? { backend } : {}),
+    ...(values.quiet ? { log: () => {} } : {}),
+  });
   return 0;
 }
 
@@ -285,7 +320,8 @@ async function inspect(argv: string[]): Promise<number> {
   });
   if (values.help) return print(HELP['inspect']!);
   if (positionals.length > 0) throw new UsageError(`troupe inspect takes no positional arguments, got ${positionals.join(' ')}`);
-  for (const f of ['nats', 'job'] as const) if (!values[f]) throw new UsageError(`troupe inspect needs --${f}${f === 'nats' ? " (the URL 'troupe up' printed)" : ''}`);
+  for (const f of ['nats', 'job'] as const)
+    if (!values[f]) throw new UsageError(`troupe inspect needs --${f}${f === 'nats' ? " (the URL 'troupe up' printed)" : ''}`);
   const port = intOf('--port', values.port, 0);
   const insp = await startInspector({ nats: values.nats!, job: values.job!, stately: values.stately ?? false, ...(port !== undefined ? { port } : {}) });
   process.stdout.write(`troupe inspect: job ${values.job} at ${insp.url}${insp.wsUrl ? `\n  Stately relay: ${insp.wsUrl} (open ${insp.url}stately)` : ''}\n`);
@@ -315,7 +351,8 @@ async function schedule(argv: string[]): Promise<number> {
   });
   if (values.help) return print(HELP['schedule']!);
   const [verb, name, ...extra] = positionals;
-  if (verb !== 'show' || !name || extra.length) throw new UsageError(`usage: troupe schedule show <${Object.values(ScheduleName).join('|')}|table-file> -p <stages> -m <microbatches>`);
+  if (verb !== 'show' || !name || extra.length)
+    throw new UsageError(`usage: troupe schedule show <${Object.values(ScheduleName).join('|')}|table-file> -p <stages> -m <microbatches>`);
   const p = intOf('-p', values.stages ?? '', 1)!;
   const m = intOf('-m', values.microbatches ?? '', 1)!;
   const v = intOf('-v', values['virtual-stages'] ?? '1', 1)!;
@@ -381,7 +418,9 @@ export async function main(argv: string[]): Promise<number> {
     throw new UsageError(`unknown command "${cmd}" (try troupe --help)`);
   } catch (err) {
     const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    process.stderr.write(`troupe: ${err instanceof ConfigError || err instanceof TroupeError || usage ? messageOf(err) : (err as Error)?.stack ?? String(err)}\n`);
+    process.stderr.write(
+      `troupe: ${err instanceof ConfigError || err instanceof TroupeError || usage ? messageOf(err) : ((err as Error)?.stack ?? String(err))}\n`,
+    );
     return usage ? 2 : 1;
   }
 }

@@ -9,7 +9,9 @@ import { listGpuAdapters } from '../compute/webgpu.js';
 /** Number of NVIDIA GPUs `nvidia-smi -L` lists (0 without a driver). */
 function nvidiaGpus(): number {
   try {
-    return execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n').filter((l) => l.startsWith('GPU ')).length;
+    return execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split('\n')
+      .filter((l) => l.startsWith('GPU ')).length;
   } catch {
     return 0;
   }

@@ -90,14 +90,26 @@ export class Driver {
   /** The last error noted: what the run throws if it fails. */
   error: unknown;
 
-  constructor(o: RunJobOptions, p: Prepared, kept: Kept, private readonly keepEvery: number) {
+  constructor(
+    o: RunJobOptions,
+    p: Prepared,
+    kept: Kept,
+    private readonly keepEvery: number,
+  ) {
     this.o = o;
     this.p = p;
     this.kept = kept;
     this.out = o.out ?? process.stdout;
     this.progress = new Progress(this.out);
     const restartLimit = o.restarts ?? 0;
-    this.fleet = new WorkerFleet({ o, plan: p.plan, tell: (e) => this.tell(e), recovering: () => this.actor.getSnapshot().matches({ live: 'recovering' }), say: (l) => this.say(l), warn: (l) => this.warn(l) });
+    this.fleet = new WorkerFleet({
+      o,
+      plan: p.plan,
+      tell: (e) => this.tell(e),
+      recovering: () => this.actor.getSnapshot().matches({ live: 'recovering' }),
+      say: (l) => this.say(l),
+      warn: (l) => this.warn(l),
+    });
     // The job actor shows in the inspector like the others.
     this.inspector = o.inspect ? new PendingInspector({ scope: p.job, actor: 'job' }) : undefined;
     const machine = jobMachine.provide({
@@ -170,7 +182,8 @@ export class Driver {
       // With restarts, a connection that comes back replays the step (frames in flight may be lost);
       // without, a lost one fails the run at once, naming the server.
       if (restartLimit > 0 && st.type === 'reconnect') this.tell({ type: 'NATS_LOST', why: 'the NATS connection came back', server: false });
-      if (restartLimit === 0 && st.type === 'disconnect') this.tell({ type: 'NATS_LOST', why: `the driver lost its NATS connection to ${st.detail || 'its server'}`, server: false });
+      if (restartLimit === 0 && st.type === 'disconnect')
+        this.tell({ type: 'NATS_LOST', why: `the driver lost its NATS connection to ${st.detail || 'its server'}`, server: false });
     });
     const { plan, cfg } = p;
     this.say(
@@ -180,7 +193,11 @@ export class Driver {
     for (const j of this.jobs) {
       this.scheds.push(
         await SchedulerHost.start({
-          bus, job: j, stages: plan.stages, inspect: o.inspect ?? false, onSilent: (m) => this.warn(`troupe up: ${m}`),
+          bus,
+          job: j,
+          stages: plan.stages,
+          inspect: o.inspect ?? false,
+          onSilent: (m) => this.warn(`troupe up: ${m}`),
           ...(cfg.livenessTimeoutMs ? { livenessTimeoutMs: cfg.livenessTimeoutMs } : {}),
           ...(cfg.stallTimeoutMs ? { stallTimeoutMs: cfg.stallTimeoutMs } : {}),
         }),
@@ -191,8 +208,16 @@ export class Driver {
     this.runners = this.jobs.map(
       (j, i) =>
         new StepRunner({
-          scheduler: this.scheds[i]!, job: j, schedule: schedule.stages, ...(schedule.devices ? { devices: schedule.devices } : {}), microbatches: cfg.microbatches,
-          tensors: p.tensors, hasMetric: cfg.metric !== undefined, stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000, lastStep: this.kept.step, ...(cfg.feed ? { feed: cfg.feed } : {}),
+          scheduler: this.scheds[i]!,
+          job: j,
+          schedule: schedule.stages,
+          ...(schedule.devices ? { devices: schedule.devices } : {}),
+          microbatches: cfg.microbatches,
+          tensors: p.tensors,
+          hasMetric: cfg.metric !== undefined,
+          stepTimeoutMs: cfg.stepTimeoutMs ?? 120_000,
+          lastStep: this.kept.step,
+          ...(cfg.feed ? { feed: cfg.feed } : {}),
         }),
     );
     // The training set as bytes once; each step sends row slices of it (tensor slicing on wasm copies the whole set).
@@ -243,7 +268,15 @@ export class Driver {
     this.records.stepMs.push(performance.now() - this.mark);
     this.mark = performance.now();
     if ((o.progress ?? true) && o.verbosity !== 'quiet') {
-      this.progress.update({ step, total: p.total, epoch: Math.floor((step - 1) / p.stepsPerEpoch) + 1, epochs: p.cfg.epochs, loss, metric, samples: (step - p.firstStep) * p.cfg.batchSize });
+      this.progress.update({
+        step,
+        total: p.total,
+        epoch: Math.floor((step - 1) / p.stepsPerEpoch) + 1,
+        epochs: p.cfg.epochs,
+        loss,
+        metric,
+        samples: (step - p.firstStep) * p.cfg.batchSize,
+      });
     }
   }
 
@@ -259,7 +292,11 @@ export class Driver {
     const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, this.scheds[0]!.sealKeys(), signal);
     const dir = this.o.checkpointDir;
     if (dir) {
-      await saveCheckpoint(dir, { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches }, states);
+      await saveCheckpoint(
+        dir,
+        { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches },
+        states,
+      );
       if (this.o.verbosity === 'verbose') this.progress.note(`checkpoint step ${step} saved in ${dir}`);
     }
     if (signal.aborted) throw new Error('abandoned');
@@ -284,7 +321,13 @@ export class Driver {
       opt.dispose();
     }
     this.stats = await abortable(
-      Promise.all(this.jobs.flatMap((j, i) => this.fleet.of(i).map(async (w) => ({ replica: i, st: decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)) })))),
+      Promise.all(
+        this.jobs.flatMap((j, i) =>
+          this.fleet
+            .of(i)
+            .map(async (w) => ({ replica: i, st: decodeReply('stats', await this.bus!.request(ctlSubject(j, w.rank, CtlVerb.STATS), encodeJson({}), 5_000)) })),
+        ),
+      ),
       signal,
     );
     if (o.save && !o.signal?.aborted) await saveModel(p.model, o.save);
@@ -303,7 +346,11 @@ export class Driver {
       const job = this.jobs[0]!;
       const p = this.p.plan.stages;
       const sched = this.scheds[0]!;
-      if (input.serverDown) await abortable(this.server!.restart((l) => this.warn(l)), signal);
+      if (input.serverDown)
+        await abortable(
+          this.server!.restart((l) => this.warn(l)),
+          signal,
+        );
       // The interrupted step fails (aborted on every stage that answers); a step begun ahead of it fails with it.
       sched.failStep(input.cause.rank, input.cause.code, input.cause.message);
       await abortable(sched.idle(), signal);
@@ -374,4 +421,3 @@ export class Driver {
     await this.server?.stop();
   }
 }
-

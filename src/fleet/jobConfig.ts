@@ -1,6 +1,6 @@
 /** Job configs: a module exporting what to train and how, validated before any process starts. */
 import { basename } from 'node:path';
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import * as v from 'valibot';
 import { ConfigError } from '../errors.js';
 import { importDefault } from '../importDefault.js';
@@ -27,7 +27,8 @@ const must = (what: string) => (issue: { readonly input: unknown }) => `must be 
 const fn = <T>(what: string) => v.custom<T>((x) => typeof x === 'function', must(what));
 const positiveInt = () => v.pipe(v.number(must('a positive integer')), v.integer(must('a positive integer')), v.minValue(1, must('a positive integer')));
 const positiveNumber = (what = 'a positive number') => v.pipe(v.number(must(what)), v.gtValue(0, must(what)));
-const oneOf = <const T extends readonly string[]>(options: T) => v.picklist(options, must(options.length === 2 ? `"${options[0]}" or "${options[1]}"` : `one of ${options.join(', ')}`));
+const oneOf = <const T extends readonly string[]>(options: T) =>
+  v.picklist(options, must(options.length === 2 ? `"${options[0]}" or "${options[1]}"` : `one of ${options.join(', ')}`));
 const mustSchedule = must(`one of ${Object.values(ScheduleName).join(', ')}`);
 const boundary = v.union([v.string(), v.pipe(v.number(), v.integer())], must('a layer name or index'));
 
@@ -44,7 +45,11 @@ export const JobConfigSchema = v.strictObject(
     /** Loads the data (driver only). */
     data: fn<() => JobData | Promise<JobData>>('a function returning { train: { x, y }, test? }'),
     /** A stage count (cut by parameters, or by time with `balance: 'time'`), or the first layer (name or index) of stages 1..p-1. */
-    stages: v.union([positiveInt(), v.array(boundary)], (issue) => (Array.isArray(issue.input) ? `boundaries must be layer names or indices, got ${show(issue.input)}` : must('a positive integer or an array of layer names or indices')(issue))),
+    stages: v.union([positiveInt(), v.array(boundary)], (issue) =>
+      Array.isArray(issue.input)
+        ? `boundaries must be layer names or indices, got ${show(issue.input)}`
+        : must('a positive integer or an array of layer names or indices')(issue),
+    ),
     microbatches: positiveInt(),
     /** `'1f1b'` (default), `'gpipe'`, `'zbh1'`, `'interleaved'` or `'loopedbfs'` (typed as a string, like createPipeline's, so it may come from the environment). */
     schedule: v.optional(v.pipe(v.string(mustSchedule), v.check(isScheduleName, mustSchedule))),
@@ -111,7 +116,8 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   const field = issue.path?.[0]?.key;
   if (field === undefined) throw new ConfigError(`${where}: ${issue.message}`);
   const known = JobConfigSchema.entries;
-  if (issue.type === 'strict_object' && issue.expected === 'never') throw new ConfigError(`${where}: unknown field "${String(field)}" (known: ${Object.keys(known).join(', ')})`);
+  if (issue.type === 'strict_object' && issue.expected === 'never')
+    throw new ConfigError(`${where}: unknown field "${String(field)}" (known: ${Object.keys(known).join(', ')})`);
   if (issue.type === 'strict_object') {
     // A required field left out: the field's own message, for the undefined it amounts to.
     const own = v.safeParse(known[field as keyof typeof known], undefined);
@@ -127,5 +133,11 @@ export async function loadJobConfig(path: string): Promise<JobConfig> {
 
 /** The job id of a config: its `job` field, else the file name without extension. */
 export function jobIdOf(config: JobConfig, path: string): string {
-  return config.job ?? basename(path).replace(/\.[^.]*$/, '').replace(/\.job$/, '').replace(/[^A-Za-z0-9_-]/g, '-');
+  return (
+    config.job ??
+    basename(path)
+      .replace(/\.[^.]*$/, '')
+      .replace(/\.job$/, '')
+      .replace(/[^A-Za-z0-9_-]/g, '-')
+  );
 }

@@ -9,13 +9,26 @@ import type { JobConfig } from './jobConfig.js';
  * with two results. Without, the config's stages, memory budget (with each replica's share
  * of the batch) and balance decide.
  */
-export function jobPlan(cfg: JobConfig, model: tf.LayersModel, job: string, boundaries?: readonly number[], fail?: (field: PlanField, cause: unknown) => Error): Promise<Plan> {
+export function jobPlan(
+  cfg: JobConfig,
+  model: tf.LayersModel,
+  job: string,
+  boundaries?: readonly number[],
+  fail?: (field: PlanField, cause: unknown) => Error,
+): Promise<Plan> {
   const k = cfg.replicas ?? 1;
   const chosen = boundaries === undefined;
   return plan(
     {
-      job, model, stages: boundaries ?? cfg.stages, microbatches: cfg.microbatches, optimizer: cfg.optimizer, replicas: k, recompute: cfg.recompute ?? false,
-      ...(cfg.schedule ? { schedule: cfg.schedule } : {}), ...(cfg.virtualStages ? { virtualStages: cfg.virtualStages } : {}),
+      job,
+      model,
+      stages: boundaries ?? cfg.stages,
+      microbatches: cfg.microbatches,
+      optimizer: cfg.optimizer,
+      replicas: k,
+      recompute: cfg.recompute ?? false,
+      ...(cfg.schedule ? { schedule: cfg.schedule } : {}),
+      ...(cfg.virtualStages ? { virtualStages: cfg.virtualStages } : {}),
       ...(chosen && cfg.balance ? { balance: cfg.balance, profileRows: Math.ceil(cfg.batchSize / cfg.microbatches) } : {}),
       ...(chosen && cfg.memoryBudget !== undefined ? { memoryBudget: { bytesPerStage: cfg.memoryBudget, batchSize: Math.ceil(cfg.batchSize / k) } } : {}),
     },

@@ -88,11 +88,13 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const child = tied.keeper;
   let out = '';
   let entry: { keeper: ChildProcess; pid: number } | undefined;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    if (entry) live.delete(entry);
-    scoped?.remove();
-    resolve();
-  }));
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      if (entry) live.delete(entry);
+      scoped?.remove();
+      resolve();
+    }),
+  );
   const port = await new Promise<number>((resolve, reject) => {
     let found = 0;
     const timer = setTimeout(() => fail(`did not start within ${opts.readyTimeoutMs ?? 10_000} ms`), opts.readyTimeoutMs ?? 10_000);

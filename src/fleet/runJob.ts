@@ -137,7 +137,10 @@ export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firs
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
   // The driver picks the cut (by parameters, measured time or the memory budget); the workers get it as --boundaries.
   const plan = await jobPlan(cfg, model, job, undefined, (field, cause) => new ConfigError(`${where}: field "${field}": ${messageOf(cause)}`, { cause }));
-  if (plan.memory && o.verbosity !== 'quiet') (o.out ?? process.stdout).write(`troupe up: cut under the memory budget: ${plan.memory.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`);
+  if (plan.memory && o.verbosity !== 'quiet')
+    (o.out ?? process.stdout).write(
+      `troupe up: cut under the memory budget: ${plan.memory.estimates.map((e) => `stage ${e.rank} ${describeMemory(e)}`).join('; ')}\n`,
+    );
   resolveLoss(cfg.loss, cfg.metric);
   optimizerFactory(cfg.optimizer)().dispose();
   const data = await cfg.data();
@@ -150,7 +153,10 @@ export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firs
   if (data.test !== undefined) check(data.test, 'test');
   // The model's shapes and dtypes, checked before any process starts.
   const tensors: StepTensorSpec = { inputs: plan.partitions[0]!.inputs, outputs: plan.partitions[plan.stages - 1]!.outputs, labels: labelRuleOf(cfg.loss) };
-  for (const [what, e] of [['train', data.train], ['test', data.test]] as const) {
+  for (const [what, e] of [
+    ['train', data.train],
+    ['test', data.test],
+  ] as const) {
     if (!e) continue;
     try {
       checkStepTensors([{ name: 'x0', dtype: e.x.dtype as DType, shape: e.x.shape }], [{ name: 'y0', dtype: e.y.dtype as DType, shape: e.y.shape }], tensors);
@@ -158,7 +164,7 @@ export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firs
       throw new ConfigError(`${where}: field "data": ${what}: ${messageOf(cause)}`, { cause });
     }
   }
-  const stepsPerEpoch = Math.floor(data.train.x.shape[0]! / cfg.batchSize);
+  const stepsPerEpoch = Math.floor(data.train.x.shape[0] / cfg.batchSize);
   if (stepsPerEpoch < 1) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is larger than the ${data.train.x.shape[0]} training examples`);
   if (cfg.batchSize < cfg.microbatches) throw new ConfigError(`${where}: field "batchSize" ${cfg.batchSize} is smaller than microbatches ${cfg.microbatches}`);
   const all = stepsPerEpoch * cfg.epochs;
@@ -192,8 +198,10 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   if (o.resume && !o.checkpointDir) throw new ConfigError('--resume needs --checkpoint-dir');
   const restartLimit = o.restarts ?? 0;
   if (!Number.isInteger(restartLimit) || restartLimit < 0) throw new ConfigError(`restarts must be a non-negative integer, got ${String(o.restarts)}`);
-  if (restartLimit > 0 && k > 1) throw new ConfigError('--restarts is not supported with replicas > 1 yet (a replica stuck in the all-reduce cannot be aborted)');
-  if (o.keepEvery !== undefined && !(Number.isInteger(o.keepEvery) && o.keepEvery > 0)) throw new ConfigError(`--keep-every must be a positive integer, got ${String(o.keepEvery)}`);
+  if (restartLimit > 0 && k > 1)
+    throw new ConfigError('--restarts is not supported with replicas > 1 yet (a replica stuck in the all-reduce cannot be aborted)');
+  if (o.keepEvery !== undefined && !(Number.isInteger(o.keepEvery) && o.keepEvery > 0))
+    throw new ConfigError(`--keep-every must be a positive integer, got ${String(o.keepEvery)}`);
   if (o.checkpointDir) {
     // A directory the run cannot write fails it now, not after its first step.
     const { removed, inUse } = await prepareCheckpointDir(o.checkpointDir);
@@ -205,15 +213,30 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   if (o.resume && !ckpt) throw new ConfigError(`--resume: no checkpoint in ${o.checkpointDir}`);
   if (ckpt) {
     const opt = optimizerFactory(cfg.optimizer)();
-    const missing = missingOptimizerState(opt, ckpt.states.flatMap((st) => st.optimizerNames));
-    if (missing.length) say(`troupe up: checkpoint step ${ckpt.meta.step} in ${o.checkpointDir} has no ${missing.join(', ')} (saved by an older Troupe): ${opt.getClassName()}'s running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one`);
+    const missing = missingOptimizerState(
+      opt,
+      ckpt.states.flatMap((st) => st.optimizerNames),
+    );
+    if (missing.length)
+      say(
+        `troupe up: checkpoint step ${ckpt.meta.step} in ${o.checkpointDir} has no ${missing.join(', ')} (saved by an older Troupe): ${opt.getClassName()}'s running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one`,
+      );
     opt.dispose();
   }
   // A checkpoint of another cut is resharded by layer name (weights and optimizer slots).
   const partitions = plan.partitions;
-  const ckptStates = ckpt && (ckpt.meta.stages !== p || ckpt.states.some((s, r) => s.weightNames.join() !== stageWeights(partitions[r]!).map((w) => w.originalName).join()))
-    ? reshard(ckpt.states, [...partitions]).map((s, rank) => ({ ...s, rank, step: ckpt.meta.step }))
-    : ckpt?.states;
+  const ckptStates =
+    ckpt &&
+    (ckpt.meta.stages !== p ||
+      ckpt.states.some(
+        (s, r) =>
+          s.weightNames.join() !==
+          stageWeights(partitions[r]!)
+            .map((w) => w.originalName)
+            .join(),
+      ))
+      ? reshard(ckpt.states, [...partitions]).map((s, rank) => ({ ...s, rank, step: ckpt.meta.step }))
+      : ckpt?.states;
   if (ckpt && ckptStates !== ckpt.states) say(`troupe up: checkpoint of ${ckpt.meta.stages} stages resharded by layer to this job's ${p}`);
   // The state every stage starts from: the driver's initial weights, or the checkpoint.
   const first = { step: ckpt?.meta.step ?? 0, states: ckptStates ?? (await initialStates(prep)) };
@@ -235,14 +258,35 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const r = driver.record();
     const seconds = (performance.now() - t0) / 1000;
     const steps = prep.total - first.step;
-    say(`summary: job ${job}, ${steps} steps in ${seconds.toFixed(1)} s${r.last ? `, last loss ${r.last.loss.toFixed(4)}` : ''}${end.context.restarts ? `, ${end.context.restarts} restart${end.context.restarts > 1 ? 's' : ''}` : ''}`);
-    if (r.heldOut) say(`  held-out: loss ${r.heldOut.loss.toFixed(4)}${r.heldOut.metric !== null ? `, metric ${(r.heldOut.metric * 100).toFixed(2)}%` : ''} on ${prep.data.test!.x.shape[0]} examples`);
+    say(
+      `summary: job ${job}, ${steps} steps in ${seconds.toFixed(1)} s${r.last ? `, last loss ${r.last.loss.toFixed(4)}` : ''}${end.context.restarts ? `, ${end.context.restarts} restart${end.context.restarts > 1 ? 's' : ''}` : ''}`,
+    );
+    if (r.heldOut)
+      say(
+        `  held-out: loss ${r.heldOut.loss.toFixed(4)}${r.heldOut.metric !== null ? `, metric ${(r.heldOut.metric * 100).toFixed(2)}%` : ''} on ${prep.data.test!.x.shape[0]} examples`,
+      );
     for (const { replica, st } of r.stageStats) {
-      say(`  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`);
+      say(
+        `  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`,
+      );
     }
     if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);
     await driver.writeTrace();
-    return { job, steps, last: r.last, heldOut: r.heldOut, workers: r.workers, stats: r.stageStats.map((s) => s.st), model: prep.model, natsPid: r.natsPid, seconds, stepMs: r.stepMs, losses: r.losses, metrics: r.metrics, restarts: end.context.restarts };
+    return {
+      job,
+      steps,
+      last: r.last,
+      heldOut: r.heldOut,
+      workers: r.workers,
+      stats: r.stageStats.map((s) => s.st),
+      model: prep.model,
+      natsPid: r.natsPid,
+      seconds,
+      stepMs: r.stepMs,
+      losses: r.losses,
+      metrics: r.metrics,
+      restarts: end.context.restarts,
+    };
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await driver.close();

@@ -36,7 +36,10 @@ export class Supervisor {
    */
   spawn(rank: number, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
     this.launches.set(rank, { args, env });
-    const child = fork(TROUPE_BIN, ['worker', ...args], { env: { ...withoutCredentials(process.env), ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(TROUPE_BIN, ['worker', ...args], {
+      env: { ...withoutCredentials(process.env), ...env },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     live.add(child);
     this.children.set(rank, child);
     this.exits.set(

@@ -51,7 +51,11 @@ export interface TiedProcess {
  * process.kill(await t.pid, 'SIGTERM');
  */
 export function tieToThisProcess(bin: string, args: readonly string[], env?: Readonly<Record<string, string>>): TiedProcess {
-  const keeper = spawn('/bin/sh', ['-c', KEEPER, 'troupe-keeper', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], detached: true, ...(env ? { env: { ...process.env, ...env } } : {}) });
+  const keeper = spawn('/bin/sh', ['-c', KEEPER, 'troupe-keeper', bin, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
+    detached: true,
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   const lifeline = keeper.stdio[3] as Socket;
   const report = keeper.stdio[4] as Socket;
   const pid = new Promise<number>((resolve, reject) => {
@@ -81,7 +85,10 @@ export function tieToThisProcess(bin: string, args: readonly string[], env?: Rea
  * drop();
  */
 export function removeWithThisProcess(path: string): () => void {
-  const cleaner = spawn('/bin/sh', ['-c', 'while read -r _; do :; done <&3; rm -rf -- "$1"', 'troupe-cleanup', path], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
+  const cleaner = spawn('/bin/sh', ['-c', 'while read -r _; do :; done <&3; rm -rf -- "$1"', 'troupe-cleanup', path], {
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
   const lifeline = cleaner.stdio[3] as Socket;
   lifeline.on('error', () => {});
   lifeline.unref();

@@ -31,13 +31,15 @@ export async function waitForWorkers(bus: Bus, job: string, stages: number, time
   let over = false;
   const ping = async () => {
     await Promise.all(
-      hellos.flatMap((h, r) => (h ? [] : [r])).map(async (r) => {
-        try {
-          take(decodeReply('hello', await bus.request(ctlSubject(job, r, CtlVerb.PING), encodeJson({}), 1_000)));
-        } catch {
-          // not up (or not reconnected) yet: asked again, or it announces itself
-        }
-      }),
+      hellos
+        .flatMap((h, r) => (h ? [] : [r]))
+        .map(async (r) => {
+          try {
+            take(decodeReply('hello', await bus.request(ctlSubject(job, r, CtlVerb.PING), encodeJson({}), 1_000)));
+          } catch {
+            // not up (or not reconnected) yet: asked again, or it announces itself
+          }
+        }),
     );
     if (!over && hellos.some((h) => !h)) retry = setTimeout(() => void ping(), 250);
   };
@@ -47,7 +49,11 @@ export async function waitForWorkers(bus: Bus, job: string, stages: number, time
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const missing = hellos.flatMap((h, r) => (h ? [] : [r]));
-        reject(new TransportError(`job ${job}: no worker for rank ${missing.join(', ')} after ${timeoutMs} ms (start one with: troupe worker --nats <url> --job ${job} --rank <r> --config <job config>)`));
+        reject(
+          new TransportError(
+            `job ${job}: no worker for rank ${missing.join(', ')} after ${timeoutMs} ms (start one with: troupe worker --nats <url> --job ${job} --rank <r> --config <job config>)`,
+          ),
+        );
       }, timeoutMs);
     });
     await Promise.race([all, timeout, failed]);

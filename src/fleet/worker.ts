@@ -59,8 +59,14 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   let stages: StartedStages;
   try {
     stages = await startStages(thePlan, o.ranks, connect, {
-      optimizer: cfg.optimizer, loss: cfg.loss, ...(cfg.metric !== undefined ? { metric: cfg.metric } : {}), recompute: cfg.recompute ?? false, replica,
-      identity: { backend: choice.name, device }, handoff: isGpuBackend(choice.name), inspect: o.inspect ?? false,
+      optimizer: cfg.optimizer,
+      loss: cfg.loss,
+      ...(cfg.metric !== undefined ? { metric: cfg.metric } : {}),
+      recompute: cfg.recompute ?? false,
+      replica,
+      identity: { backend: choice.name, device },
+      handoff: isGpuBackend(choice.name),
+      inspect: o.inspect ?? false,
     });
   } catch (err) {
     await Promise.all(buses.map((b) => b.close().catch(() => {})));
@@ -70,7 +76,9 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const hosts = stages.hosts;
   for (const h of hosts) {
     const partition = thePlan.partitions[h.rank]!;
-    log(`troupe worker: job ${rjob} rank ${h.rank}/${thePlan.stages} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`);
+    log(
+      `troupe worker: job ${rjob} rank ${h.rank}/${thePlan.stages} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`,
+    );
   }
   const who = `rank ${o.ranks.join(', ')}`;
 

@@ -34,7 +34,9 @@ export class WorkerFleet {
   private bus: Bus | undefined;
 
   constructor(private readonly h: FleetHost) {
-    this.supervisor = new Supervisor((e) => h.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }));
+    this.supervisor = new Supervisor((e) =>
+      h.tell({ type: 'WORKER_LOST', loss: { worker: e.rank, why: this.exitText(e), respawn: true, ranks: this.ranksOf(e.rank) } }),
+    );
   }
 
   /** A worker process is a slot (replica * devices + device): with replicas, named by its replica and ranks. */
@@ -72,7 +74,12 @@ export class WorkerFleet {
    * for every rank. `credentialsFor` writes a file with the given roles' passwords (for the
    * workers started by hand; null when the run uses a server it was given).
    */
-  async start(url: string, bus: Bus, failed: Promise<never>, credentialsFor: ((roles: readonly string[], name: string) => Promise<string>) | null): Promise<void> {
+  async start(
+    url: string,
+    bus: Bus,
+    failed: Promise<never>,
+    credentialsFor: ((roles: readonly string[], name: string) => Promise<string>) | null,
+  ): Promise<void> {
     this.bus = bus;
     const { o, plan } = this.h;
     const k = plan.replicas;
@@ -83,7 +90,22 @@ export class WorkerFleet {
       for (let replica = 0; replica < k; replica++) {
         for (let dev = 0; dev < plan.devices; dev++) {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
-          const args = ['--nats', url, '--job', plan.job, '--rank', plan.ranksOn(dev).join(','), '--boundaries', boundaries, '--config', o.config, ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []), ...(o.backend ? ['--backend', o.backend] : []), ...(o.inspect ? ['--inspect'] : []), ...(o.verbosity === 'quiet' ? ['-q'] : [])];
+          const args = [
+            '--nats',
+            url,
+            '--job',
+            plan.job,
+            '--rank',
+            plan.ranksOn(dev).join(','),
+            '--boundaries',
+            boundaries,
+            '--config',
+            o.config,
+            ...(k > 1 ? ['--replica', String(replica), '--replicas', String(k)] : []),
+            ...(o.backend ? ['--backend', o.backend] : []),
+            ...(o.inspect ? ['--inspect'] : []),
+            ...(o.verbosity === 'quiet' ? ['-q'] : []),
+          ];
           const slot = replica * plan.devices + dev;
           // The worker's environment holds its own stages' passwords and no other.
           this.supervisor.spawn(slot, args, { ...deviceEnv(slot, gpus), ...roleEnv(plan.ranksOn(dev).map(stageRole)) });
@@ -95,7 +117,9 @@ export class WorkerFleet {
       for (let dev = 0; dev < plan.devices; dev++) {
         const ranks = plan.ranksOn(dev);
         const file = credentialsFor ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
-        this.h.warn(`  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`);
+        this.h.warn(
+          `  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`,
+        );
       }
     }
     const perReplica = await Promise.all(plan.replicaJobs.map((j) => waitForWorkers(bus, j, plan.stages, o.readyTimeoutMs ?? 60_000, failed)));
@@ -127,7 +151,15 @@ export class WorkerFleet {
     const dev = deviceOf(h.rank, plan.devices);
     const ranks = plan.ranksOn(dev);
     for (const r of ranks) this.hellos[replica]![r] = { ...h, rank: r };
-    this.h.tell({ type: 'WORKER_LOST', loss: { worker: replica * plan.devices + dev, why: `rank ${h.rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`, respawn: false, ranks } });
+    this.h.tell({
+      type: 'WORKER_LOST',
+      loss: {
+        worker: replica * plan.devices + dev,
+        why: `rank ${h.rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`,
+        respawn: false,
+        ranks,
+      },
+    });
   }
 
   /**
@@ -145,7 +177,8 @@ export class WorkerFleet {
           let why: string | null = null;
           try {
             const h = decodeReply('hello', await this.bus!.request(ctlSubject(j, rank, CtlVerb.PING), encodeJson({}), 2_000));
-            if (known && (h.pid !== known.pid || h.host !== known.host)) why = `rank ${rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`;
+            if (known && (h.pid !== known.pid || h.host !== known.host))
+              why = `rank ${rank}'s worker (pid ${known.pid} on ${known.host}) was replaced by pid ${h.pid} on ${h.host}`;
           } catch {
             why = `rank ${rank}'s worker${known ? ` (pid ${known.pid} on ${known.host})` : ''} answers no ping`;
           }
@@ -179,7 +212,10 @@ export class WorkerFleet {
       return;
     }
     this.h.warn(`troupe up: worker ${dev} is silent (${why}); waiting for a worker to take its place`);
-    setTimeout(() => this.h.tell({ type: 'WORKER_LOST', loss: { worker: dev, why: `worker ${dev} went silent`, respawn: false, ranks: this.h.plan.ranksOn(dev) } }), 0);
+    setTimeout(
+      () => this.h.tell({ type: 'WORKER_LOST', loss: { worker: dev, why: `worker ${dev} went silent`, respawn: false, ranks: this.h.plan.ranksOn(dev) } }),
+      0,
+    );
   }
 
   /**
@@ -192,7 +228,11 @@ export class WorkerFleet {
     const bus = this.bus;
     if (bus && !bus.isClosed && reachable) {
       const { plan } = this.h;
-      await Promise.all(plan.replicaJobs.flatMap((j) => plan.partitions.map((_, r) => bus.request(ctlSubject(j, r, CtlVerb.STOP), encodeJson({ job: j }), 2_000).catch(() => {}))));
+      await Promise.all(
+        plan.replicaJobs.flatMap((j) =>
+          plan.partitions.map((_, r) => bus.request(ctlSubject(j, r, CtlVerb.STOP), encodeJson({ job: j }), 2_000).catch(() => {})),
+        ),
+      );
     }
     if (now) await this.supervisor.killAll();
     else await this.supervisor.stopAll();

@@ -7,7 +7,15 @@ import type { InspectionEvent } from 'xstate';
 import { encodeJson } from '../protocol/messages.js';
 import { inspectSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
-import { prefixed, toStatelyEvent, type InspectedRef, type SessionNames, type SnapshotJson, type StatelyActorEvent, type StatelyEvent } from './statelyEvents.js';
+import {
+  prefixed,
+  toStatelyEvent,
+  type InspectedRef,
+  type SessionNames,
+  type SnapshotJson,
+  type StatelyActorEvent,
+  type StatelyEvent,
+} from './statelyEvents.js';
 
 /** Options of an ActorInspector. */
 export interface ActorInspectorOptions {

@@ -100,10 +100,13 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
   };
   const askSoon = () => {
     if (askTimer || closed) return;
-    askTimer = setTimeout(() => {
-      askTimer = undefined;
-      ask();
-    }, Math.max(0, lastAsked + WHO_EVERY_MS - performance.now()));
+    askTimer = setTimeout(
+      () => {
+        askTimer = undefined;
+        ask();
+      },
+      Math.max(0, lastAsked + WHO_EVERY_MS - performance.now()),
+    );
   };
   /** Subscribes to a family of the job's subjects in the job and in every replica's scope. */
   const every = (family: WatchedFamily, handler: (m: BusMessage, scope: string) => void) =>
@@ -184,7 +187,8 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       server,
       path: '/ws',
       // Node clients send no Origin; browsers must come from this server's own pages.
-      verifyClient: ({ origin, req }: { origin: string | undefined; req: IncomingMessage }) => local(req.headers.host) && (origin === undefined || origin === '' || local(origin.replace(/^https?:\/\//, ''))),
+      verifyClient: ({ origin, req }: { origin: string | undefined; req: IncomingMessage }) =>
+        local(req.headers.host) && (origin === undefined || origin === '' || local(origin.replace(/^https?:\/\//, ''))),
     });
     // A viewer joining now gets every live actor in its current state first, then the live frames.
     wss.on('connection', (ws) => {
@@ -218,7 +222,7 @@ export async function startInspector(o: InspectorOptions): Promise<Inspector> {
       clients.clear();
       if (wss) {
         for (const c of wss.clients) c.terminate();
-        await new Promise<void>((r) => wss!.close(() => r()));
+        await new Promise<void>((r) => wss.close(() => r()));
       }
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

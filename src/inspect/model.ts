@@ -120,7 +120,17 @@ export class InspectorModel {
     } catch {
       definition = { id: ev.name };
     }
-    const a: ActorView = { sessionId: ev.sessionId, name: ev.name, scope, definition, value: ev.snapshot.value, status: ev.snapshot.status, context: ev.snapshot.context, lastEvent: '', updates: 0 };
+    const a: ActorView = {
+      sessionId: ev.sessionId,
+      name: ev.name,
+      scope,
+      definition,
+      value: ev.snapshot.value,
+      status: ev.snapshot.status,
+      context: ev.snapshot.context,
+      lastEvent: '',
+      updates: 0,
+    };
     this.actors.set(ev.sessionId, a);
     return { kind: 'actor', actor: a };
   }

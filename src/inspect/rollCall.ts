@@ -59,14 +59,22 @@ export function decodePresence(data: Uint8Array): Presence {
   if (!isObject(v)) throw new FrameError('presence: not a JSON object');
   if (typeof v['scope'] !== 'string' || typeof v['actor'] !== 'string') throw new FrameError('presence: "scope" and "actor" must be strings');
   const actors = v['actors'];
-  if (!Array.isArray(actors) || !actors.every((a) => isObject(a) && a['type'] === '@xstate.actor' && typeof a['sessionId'] === 'string' && typeof a['definition'] === 'string' && isObject(a['snapshot']))) {
+  if (
+    !Array.isArray(actors) ||
+    !actors.every(
+      (a) =>
+        isObject(a) && a['type'] === '@xstate.actor' && typeof a['sessionId'] === 'string' && typeof a['definition'] === 'string' && isObject(a['snapshot']),
+    )
+  ) {
     throw new FrameError('presence: "actors" must be a list of @xstate.actor events');
   }
   const shape = v['shape'];
-  if (shape !== undefined && !(isObject(shape) && ['step', 'stages', 'microbatches'].every((k) => Number.isInteger(shape[k])))) throw new FrameError('presence: "shape" must hold integer step, stages and microbatches');
+  if (shape !== undefined && !(isObject(shape) && ['step', 'stages', 'microbatches'].every((k) => Number.isInteger(shape[k]))))
+    throw new FrameError('presence: "shape" must hold integer step, stages and microbatches');
   for (const k of ['errors', 'rejects'] as const) {
     const kept = v[k];
-    if (kept !== undefined && !(isObject(kept) && Number.isInteger(kept['count']) && Array.isArray(kept['latest']))) throw new FrameError(`presence: "${k}" must hold a count and the latest`);
+    if (kept !== undefined && !(isObject(kept) && Number.isInteger(kept['count']) && Array.isArray(kept['latest'])))
+      throw new FrameError(`presence: "${k}" must hold a count and the latest`);
   }
   return v as unknown as Presence;
 }

@@ -30,7 +30,13 @@ export interface SnapshotJson {
   readonly [field: string]: unknown;
 }
 
-export type StatelyActorEvent = Base & { readonly type: '@xstate.actor'; readonly name: string; readonly definition: string; readonly parentId: string | undefined; readonly snapshot: SnapshotJson };
+export type StatelyActorEvent = Base & {
+  readonly type: '@xstate.actor';
+  readonly name: string;
+  readonly definition: string;
+  readonly parentId: string | undefined;
+  readonly snapshot: SnapshotJson;
+};
 export type StatelyEventEvent = Base & { readonly type: '@xstate.event'; readonly event: unknown; readonly sourceId: string | undefined };
 export type StatelySnapshotEvent = Base & { readonly type: '@xstate.snapshot'; readonly event: unknown; readonly snapshot: SnapshotJson };
 export type StatelyEvent = StatelyActorEvent | StatelyEventEvent | StatelySnapshotEvent;
@@ -115,10 +121,23 @@ function currentSnapshot(ref: InspectedRef): unknown {
  */
 export function toStatelyEvent(ev: InspectionEvent, names: SessionNames = prefixed, sourceId?: string): StatelyEvent | undefined {
   const ref = ev.actorRef as unknown as InspectedRef;
-  const base = { sessionId: names(ref.sessionId), rootId: ev.rootId ? names(ev.rootId) : undefined, createdAt: Date.now().toString(), id: null, _version: STATELY_VERSION };
+  const base = {
+    sessionId: names(ref.sessionId),
+    rootId: ev.rootId ? names(ev.rootId) : undefined,
+    createdAt: Date.now().toString(),
+    id: null,
+    _version: STATELY_VERSION,
+  };
   switch (ev.type) {
     case '@xstate.actor':
-      return { ...base, type: '@xstate.actor', name: nameOf(ref), definition: definitionOf(ref), parentId: ref._parent ? names(ref._parent.sessionId) : undefined, snapshot: snapshotJson(currentSnapshot(ref)) };
+      return {
+        ...base,
+        type: '@xstate.actor',
+        name: nameOf(ref),
+        definition: definitionOf(ref),
+        parentId: ref._parent ? names(ref._parent.sessionId) : undefined,
+        snapshot: snapshotJson(currentSnapshot(ref)),
+      };
     case '@xstate.event': {
       const source = ev.sourceRef as unknown as InspectedRef | undefined;
       return { ...base, type: '@xstate.event', event: sanitize(ev.event, 'drop', 1), sourceId: source ? names(source.sessionId) : sourceId };

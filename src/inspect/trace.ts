@@ -100,7 +100,11 @@ export class TraceRecorder {
 
   /** Writes the trace (atomically) to `file`. */
   async write(file: string): Promise<void> {
-    const doc = { traceEvents: this.actions.length ? toTraceEvents(this.job, this.actions) : [], displayTimeUnit: 'ms', otherData: { job: this.job, actions: this.actions.length } };
+    const doc = {
+      traceEvents: this.actions.length ? toTraceEvents(this.job, this.actions) : [],
+      displayTimeUnit: 'ms',
+      otherData: { job: this.job, actions: this.actions.length },
+    };
     await writeAtomically(file, JSON.stringify(doc));
   }
 

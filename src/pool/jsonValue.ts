@@ -30,7 +30,8 @@ function problemOf(v: unknown, seen: readonly object[], paths: readonly string[]
   if (o instanceof Date) return 'is a Date; send date.toISOString() or date.getTime()';
   if (Array.isArray(o)) return null;
   const proto = Object.getPrototypeOf(o) as object | null;
-  if (proto !== Object.prototype && proto !== null) return `is a ${o.constructor?.name ?? 'class'} instance; only plain objects, arrays, strings, finite numbers, booleans and null go`;
+  if (proto !== Object.prototype && proto !== null)
+    return `is a ${o.constructor?.name ?? 'class'} instance; only plain objects, arrays, strings, finite numbers, booleans and null go`;
   if (Object.getOwnPropertySymbols(o).length > 0) return 'has symbol keys; JSON drops them';
   return null;
 }

@@ -73,8 +73,10 @@ export class Pool<I = unknown, O = unknown> {
       const v = o[k];
       if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new ConfigError(`pool ${o.name}: ${k} must be a positive number, got ${String(v)}`);
     }
-    if (o.concurrency !== undefined && !Number.isInteger(o.concurrency)) throw new ConfigError(`pool ${o.name}: concurrency must be an integer, got ${o.concurrency}`);
-    if (o.retries !== undefined && !(Number.isInteger(o.retries) && o.retries >= 0)) throw new ConfigError(`pool ${o.name}: retries must be a non-negative integer, got ${String(o.retries)}`);
+    if (o.concurrency !== undefined && !Number.isInteger(o.concurrency))
+      throw new ConfigError(`pool ${o.name}: concurrency must be an integer, got ${o.concurrency}`);
+    if (o.retries !== undefined && !(Number.isInteger(o.retries) && o.retries >= 0))
+      throw new ConfigError(`pool ${o.name}: retries must be a non-negative integer, got ${String(o.retries)}`);
     if (this.heartbeatMs < 10) throw new ConfigError(`pool ${o.name}: heartbeatMs must be at least 10, got ${this.heartbeatMs}`);
     if (this.silentMs <= this.heartbeatMs) throw new ConfigError(`pool ${o.name}: silentMs (${this.silentMs}) must exceed heartbeatMs (${this.heartbeatMs})`);
     this.free = o.concurrency ?? 32;
@@ -125,7 +127,12 @@ export class Pool<I = unknown, O = unknown> {
     const json = encodeJsonValue(input, index, 'input');
     const bytes = Buffer.byteLength(json);
     const room = this.o.bus.maxPayload - 1024;
-    if (bytes > room) throw new PoolValueError(index, 'input', `is ${bytes} bytes of JSON; one NATS message carries at most ${room} (the server's max_payload less room for the task's head)`);
+    if (bytes > room)
+      throw new PoolValueError(
+        index,
+        'input',
+        `is ${bytes} bytes of JSON; one NATS message carries at most ${room} (the server's max_payload less room for the task's head)`,
+      );
     return json;
   }
 
@@ -192,14 +199,25 @@ export class Pool<I = unknown, O = unknown> {
           // The worker stops a task at its deadline and says so; this is the backstop when it did not.
           this.cancel(started!.offer);
           this.placer.roomFreed();
-          throw new PoolTaskError(t.index, 'timeout', `task ${t.index} in worker ${last} ran past its ${this.timeoutMs} ms deadline, and the worker did not report stopping it: it was cancelled`, last);
+          throw new PoolTaskError(
+            t.index,
+            'timeout',
+            `task ${t.index} in worker ${last} ran past its ${this.timeoutMs} ms deadline, and the worker did not report stopping it: it was cancelled`,
+            last,
+          );
         case 'closed':
           if (started) this.cancel(started.offer);
           throw new PoolTaskError(t.index, 'closed', `task ${t.index}: pool ${this.o.name} was closed before it was answered`, last);
         case 'silent':
           // Presumed dead. If it was only slow, the cancel stops its run; an answer it sent before still counts.
           this.cancel(started!.offer);
-          if (++lost > retries) throw new PoolTaskError(t.index, 'lost', `task ${t.index} was lost: ${lost} workers (the last ${last}) said nothing of it for ${this.silentMs} ms`, last);
+          if (++lost > retries)
+            throw new PoolTaskError(
+              t.index,
+              'lost',
+              `task ${t.index} was lost: ${lost} workers (the last ${last}) said nothing of it for ${this.silentMs} ms`,
+              last,
+            );
           resent++;
           break;
         case 'released':
@@ -265,7 +283,7 @@ export class Pool<I = unknown, O = unknown> {
         const i = nextIndex++;
         try {
           out[i] = await this.runEncoded(i, json[i]!);
-          onAnswer?.(out[i]!);
+          onAnswer?.(out[i]);
         } catch (err) {
           failure ??= err;
         }
@@ -291,7 +309,11 @@ export class Pool<I = unknown, O = unknown> {
       json.map((j, i) =>
         this.runEncoded(i, j).then(
           (a): TaskSettled<O> => ({ ok: true, ...a }),
-          (error: unknown): TaskSettled<O> => ({ ok: false, index: i, error: error instanceof TroupeError ? error : new TroupeError('POOL_TASK', String(error), { cause: error }) }),
+          (error: unknown): TaskSettled<O> => ({
+            ok: false,
+            index: i,
+            error: error instanceof TroupeError ? error : new TroupeError('POOL_TASK', String(error), { cause: error }),
+          }),
         ),
       ),
     );

@@ -108,7 +108,8 @@ function split(what: string, data: Uint8Array): { head: Record<string, unknown>;
 function need(what: string, o: Record<string, unknown>, fields: Record<string, 'string' | 'number' | 'boolean'>): void {
   for (const [k, t] of Object.entries(fields)) {
     const x = o[k];
-    if (typeof x !== t || (t === 'number' && !Number.isInteger(x))) throw new FrameError(`pool ${what}: field "${k}" must be ${t === 'number' ? 'an integer' : `a ${t}`}, got ${JSON.stringify(x)}`);
+    if (typeof x !== t || (t === 'number' && !Number.isInteger(x)))
+      throw new FrameError(`pool ${what}: field "${k}" must be ${t === 'number' ? 'an integer' : `a ${t}`}, got ${JSON.stringify(x)}`);
   }
 }
 
@@ -116,7 +117,10 @@ function need(what: string, o: Record<string, unknown>, fields: Record<string, '
 export function decodeOffer(data: Uint8Array): { offer: Offer; input: string } {
   const { head, value } = split('offer', data);
   need('offer', head, { caller: 'string', offer: 'number', index: 'number', timeoutMs: 'number', heartbeatMs: 'number' });
-  if ((head['timeoutMs'] as number) < 1 || (head['heartbeatMs'] as number) < 10) throw new FrameError(`pool offer: timeoutMs must be at least 1 and heartbeatMs at least 10, got ${String(head['timeoutMs'])} and ${String(head['heartbeatMs'])}`);
+  if ((head['timeoutMs'] as number) < 1 || (head['heartbeatMs'] as number) < 10)
+    throw new FrameError(
+      `pool offer: timeoutMs must be at least 1 and heartbeatMs at least 10, got ${String(head['timeoutMs'])} and ${String(head['heartbeatMs'])}`,
+    );
   if (value === null) throw new FrameError('pool offer: no input after the head');
   return { offer: head as unknown as Offer, input: value };
 }

@@ -228,7 +228,13 @@ export class PoolWorker<I = unknown, O = unknown> {
     r.proc = null;
     const room = this.o.bus.maxPayload - 1024;
     if (result.ok && Buffer.byteLength(result.json) > room) {
-      result = { ok: false, error: { name: 'PoolValueError', message: `task ${offer.index}: output is ${Buffer.byteLength(result.json)} bytes of JSON; one NATS message carries at most ${room}` } };
+      result = {
+        ok: false,
+        error: {
+          name: 'PoolValueError',
+          message: `task ${offer.index}: output is ${Buffer.byteLength(result.json)} bytes of JSON; one NATS message carries at most ${room}`,
+        },
+      };
     }
     // The slot is freed (and the worker back in the queue group) before the answer goes: a caller it wakes finds room.
     this.finish(r, result.ok ? 'done' : 'failed');

@@ -10,7 +10,6 @@ import { deferred } from '../runtime/deferred.js';
 import { Bus } from '../transport/bus.js';
 import { PoolWorker } from './poolWorker.js';
 
-
 export interface PoolWorkerProcessOptions {
   readonly nats: string;
   readonly pool: string;
@@ -49,7 +48,9 @@ export async function runPoolWorker(o: PoolWorkerProcessOptions): Promise<void> 
   try {
     const why = await stopped.promise;
     const running = Object.keys(worker.actor.getSnapshot().context.running).length;
-    log(`troupe pool-worker: ${worker.id} leaving (${why})${running ? `; ${running} running task${running > 1 ? 's get' : ' gets'} ${o.graceMs ?? 5_000} ms to end` : ''}`);
+    log(
+      `troupe pool-worker: ${worker.id} leaving (${why})${running ? `; ${running} running task${running > 1 ? 's get' : ' gets'} ${o.graceMs ?? 5_000} ms to end` : ''}`,
+    );
     await worker.stop(o.graceMs ?? 5_000);
     const c = worker.actor.getSnapshot().context;
     log(`troupe pool-worker: ${worker.id} left after ${c.done} tasks (${c.failed} failed, ${c.timedOut} timed out, ${c.released} handed back)`);

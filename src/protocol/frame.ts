@@ -12,7 +12,7 @@
  * ```
  */
 import { FrameError } from '../errors.js';
-import { DType, HOST_IS_LITTLE_ENDIAN, isDType, paddedByteLength, sizeOf, swap32, viewOf } from './dtype.js';
+import { type DType, HOST_IS_LITTLE_ENDIAN, isDType, paddedByteLength, sizeOf, swap32, viewOf } from './dtype.js';
 import type { WireArray } from './dtype.js';
 import type { Key } from './key.js';
 import { isPhase, type Phase } from './phase.js';
@@ -121,7 +121,8 @@ export function encodeFrame(frame: Frame, maxChunkBytes: number): WireMessage[] 
   }
   for (const t of frame.tensors) {
     if (!NAME.test(t.name)) throw new FrameError(`tensor name "${t.name}" must be 1-64 letters, digits or "_"`);
-    if (!t.shape.every((d) => Number.isInteger(d) && d >= 0)) throw new FrameError(`tensor ${t.name}: shape [${t.shape.join(',')}] has a dimension that is not a non-negative integer`);
+    if (!t.shape.every((d) => Number.isInteger(d) && d >= 0))
+      throw new FrameError(`tensor ${t.name}: shape [${t.shape.join(',')}] has a dimension that is not a non-negative integer`);
     if (!(t.data instanceof ARRAY_OF[t.dtype])) throw new FrameError(`tensor ${t.name}: ${t.data.constructor.name} cannot carry ${t.dtype}`);
     if (t.data.length !== sizeOf(t.shape)) {
       throw new FrameError(`tensor ${t.name}: ${t.data.length} elements do not fill shape [${t.shape.join(',')}]`);
@@ -190,10 +191,13 @@ export function parseSpecs(spec: string): TensorSpec[] {
     }
     if (!NAME.test(name)) throw new FrameError(`tensor name "${name}" is invalid`);
     if (!isDType(dtype)) throw new FrameError(`tensor ${name} has unknown dtype "${dtype}"`);
-    const shape = dims === '' ? [] : dims.split(',').map((d) => {
-      if (!UINT.test(d)) throw new FrameError(`tensor ${name} has a bad dimension "${d}"`);
-      return Number(d);
-    });
+    const shape =
+      dims === ''
+        ? []
+        : dims.split(',').map((d) => {
+            if (!UINT.test(d)) throw new FrameError(`tensor ${name} has a bad dimension "${d}"`);
+            return Number(d);
+          });
     return { name, dtype, shape };
   });
 }
@@ -207,7 +211,7 @@ export function parseHeader(get: HeaderGetter, subjectPhase: string, maxFrameByt
   const phase = need(get, H.phase);
   if (!isPhase(phase)) throw new FrameError(`unknown phase "${phase}"`);
   if (phase !== subjectPhase) throw new FrameError(`phase ${phase} sent on the ${subjectPhase} subject`);
-  const key: Key = { job: need(get, H.job), step: uint(get, H.step), microbatch: uint(get, H.mb), phase: phase as Phase };
+  const key: Key = { job: need(get, H.job), step: uint(get, H.step), microbatch: uint(get, H.mb), phase: phase };
   const from = need(get, H.from);
   const tensorsSpec = get(H.tensors) ?? '';
   const specs = parseSpecs(tensorsSpec);

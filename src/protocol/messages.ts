@@ -73,10 +73,28 @@ export interface ActionEvent {
   readonly inAt?: number;
   readonly hostMs?: number;
 }
-export interface LossEvent { readonly step: number; readonly microbatch: number; readonly loss: number; readonly metric: number | null }
-export interface DoneEvent { readonly rank: number; readonly step: number; readonly peakHeld: number }
-export interface UpdatedEvent { readonly rank: number; readonly step: number }
-export interface ErrorEvent { readonly rank: number; readonly step: number; readonly key: string; readonly code: string; readonly message: string }
+export interface LossEvent {
+  readonly step: number;
+  readonly microbatch: number;
+  readonly loss: number;
+  readonly metric: number | null;
+}
+export interface DoneEvent {
+  readonly rank: number;
+  readonly step: number;
+  readonly peakHeld: number;
+}
+export interface UpdatedEvent {
+  readonly rank: number;
+  readonly step: number;
+}
+export interface ErrorEvent {
+  readonly rank: number;
+  readonly step: number;
+  readonly key: string;
+  readonly code: string;
+  readonly message: string;
+}
 /**
  * A frame a stage refused. `step`, `microbatch` and `phase` are the frame's key when its
  * headers could be read (null otherwise): a refused INPUT of the running step fails it.
@@ -101,16 +119,32 @@ export function refusalFailsStep(r: Pick<RejectEvent, 'step' | 'phase' | 'code'>
 }
 
 /** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */
-export interface StateInfo { readonly step: number; readonly weightNames: readonly string[]; readonly optimizerNames: readonly string[] }
+export interface StateInfo {
+  readonly step: number;
+  readonly weightNames: readonly string[];
+  readonly optimizerNames: readonly string[];
+}
 
 /** A stage's answer to `key`: its seal key (base64), which it made itself (seal.ts). */
-export interface KeyReply { readonly key: string }
+export interface KeyReply {
+  readonly key: string;
+}
 
 /** Body of `ctl.<rank>.peers`: the seal keys (base64) of the stages before and after it, '' where there is none. */
-export interface PeerKeys { readonly prev: string; readonly next: string }
+export interface PeerKeys {
+  readonly prev: string;
+  readonly next: string;
+}
 
 /** A stage's answer to `ping`. */
-export interface Hello { readonly rank: number; readonly stages: number; readonly pid: number; readonly host: string; readonly backend: string; readonly device: string }
+export interface Hello {
+  readonly rank: number;
+  readonly stages: number;
+  readonly pid: number;
+  readonly host: string;
+  readonly backend: string;
+  readonly device: string;
+}
 
 /** A stage's counters (answer to `stats`, and published after every step). */
 export interface StatsMessage {
@@ -169,9 +203,9 @@ function check<T>(what: string, v: unknown, shape: Shape): T {
           ? x === null || (typeof x === 'number' && Number.isFinite(x))
           : t === 'string|null'
             ? x === null || typeof x === 'string'
-          : t === 'number?'
-            ? typeof x === 'number' && Number.isFinite(x)
-            : typeof x === t && (t !== 'number' || Number.isFinite(x));
+            : t === 'number?'
+              ? typeof x === 'number' && Number.isFinite(x)
+              : typeof x === t && (t !== 'number' || Number.isFinite(x));
     if (!ok) throw new FrameError(`${what}: field "${k}" must be ${t}, got ${JSON.stringify(x)}`);
   }
   // Object.hasOwn, not `in`: `in` also finds "toString", "constructor", "__proto__" on the prototype.
@@ -188,8 +222,29 @@ function parse(what: string, data: Uint8Array): unknown {
 }
 
 const SHAPES = {
-  plan: { step: 'number', microbatches: 'number', batchSize: 'number', totalBatch: 'number', forwardOnly: 'boolean', predict: 'boolean', update: 'boolean', granted: 'boolean', actions: 'string', order: 'string' },
-  action: { rank: 'number', step: 'number', action: 'string', t0: 'number', ms: 'number', sendAt: 'number?', sendMs: 'number?', inAt: 'number?', hostMs: 'number?' },
+  plan: {
+    step: 'number',
+    microbatches: 'number',
+    batchSize: 'number',
+    totalBatch: 'number',
+    forwardOnly: 'boolean',
+    predict: 'boolean',
+    update: 'boolean',
+    granted: 'boolean',
+    actions: 'string',
+    order: 'string',
+  },
+  action: {
+    rank: 'number',
+    step: 'number',
+    action: 'string',
+    t0: 'number',
+    ms: 'number',
+    sendAt: 'number?',
+    sendMs: 'number?',
+    inAt: 'number?',
+    hostMs: 'number?',
+  },
   loss: { step: 'number', microbatch: 'number', loss: 'number', metric: 'number|null' },
   done: { rank: 'number', step: 'number', peakHeld: 'number' },
   updated: { rank: 'number', step: 'number' },
@@ -202,7 +257,25 @@ const SHAPES = {
   stop: { job: 'string' },
   key: { key: 'string' },
   peers: { prev: 'string', next: 'string' },
-  stats: { rank: 'number', step: 'number', busyMs: 'number', idleMs: 'number', forwards: 'number', backwards: 'number', weightGrads: 'number', bytesIn: 'number', bytesOut: 'number', peakHeld: 'number', rejected: 'number', conflicts: 'number', tensors: 'number', machineMs: 'number', framesMs: 'number', directBytesIn: 'number?', directBytesOut: 'number?' },
+  stats: {
+    rank: 'number',
+    step: 'number',
+    busyMs: 'number',
+    idleMs: 'number',
+    forwards: 'number',
+    backwards: 'number',
+    weightGrads: 'number',
+    bytesIn: 'number',
+    bytesOut: 'number',
+    peakHeld: 'number',
+    rejected: 'number',
+    conflicts: 'number',
+    tensors: 'number',
+    machineMs: 'number',
+    framesMs: 'number',
+    directBytesIn: 'number?',
+    directBytesOut: 'number?',
+  },
 } as const satisfies Record<string, Shape>;
 
 /** Message kinds and their TypeScript types. */

@@ -54,11 +54,7 @@ export class Reassembler {
       p = { header: h, body: bodyBuffer(h.totalBytes), got: new Uint8Array(h.chunks), count: 0 };
       this.partial.set(id, p);
       this.pendingBytes += h.totalBytes;
-    } else if (
-      p.header.chunks !== h.chunks ||
-      p.header.chunkSize !== h.chunkSize ||
-      p.header.tensorsSpec !== h.tensorsSpec
-    ) {
+    } else if (p.header.chunks !== h.chunks || p.header.chunkSize !== h.chunkSize || p.header.tensorsSpec !== h.tensorsSpec) {
       throw new FrameError(`chunk ${h.chunk} of ${name} disagrees with the frame's earlier chunks`);
     }
     if (p.got[h.chunk]) throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${name} received twice`);

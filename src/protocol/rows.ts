@@ -20,7 +20,7 @@ export function concatRows(parts: readonly (readonly WireTensor[])[]): WireTenso
     const data = new (first.data.constructor as Float32ArrayConstructor)(all.reduce((n, t) => n + t.data.length, 0));
     let at = 0;
     for (const t of all) {
-      data.set(t.data as Float32Array, at);
+      data.set(t.data, at);
       at += t.data.length;
     }
     return { name: first.name, dtype: first.dtype, shape: [all.reduce((n, t) => n + t.shape[0]!, 0), ...first.shape.slice(1)], data };

@@ -331,8 +331,21 @@ export function permissionsOf(role: string, job = '*'): Permissions {
     return {
       // Feeds inputs and updates, sends plans and states, reads events, snapshots and outputs;
       // shows its scheduler and (troupe up) its job actor to inspectors.
-      publish: inJob(job, [tail.stage('*', Phase.INPUT), tail.stage('*', Phase.UPDATE), tail.ctl('*', '*'), tail.state('*'), tail.inspect('scheduler'), tail.present('scheduler'), tail.inspect('job'), tail.present('job')]),
-      subscribe: [...inJob(job, [tail.sched('*', '*'), tail.snapshot('*'), tail.stats('*'), tail.hello(), tail.output()]), ...ofJob(job, [tail.who()]), inbox('driver')],
+      publish: inJob(job, [
+        tail.stage('*', Phase.INPUT),
+        tail.stage('*', Phase.UPDATE),
+        tail.ctl('*', '*'),
+        tail.state('*'),
+        tail.inspect('scheduler'),
+        tail.present('scheduler'),
+        tail.inspect('job'),
+        tail.present('job'),
+      ]),
+      subscribe: [
+        ...inJob(job, [tail.sched('*', '*'), tail.snapshot('*'), tail.stats('*'), tail.hello(), tail.output()]),
+        ...ofJob(job, [tail.who()]),
+        inbox('driver'),
+      ],
       responses: false,
     };
   }
@@ -371,7 +384,11 @@ export function permissionsOf(role: string, job = '*'): Permissions {
   }
   if (role === 'inspector') {
     // Asks who is there, and hears what the inspector shows: inspection events, answers, events and counters (no frames, plans or states).
-    return { publish: ofJob(job, [tail.who()]), subscribe: inJob(job, [tail.inspect('*'), tail.present('*'), tail.sched('*', '*'), tail.stats('*')]), responses: false };
+    return {
+      publish: ofJob(job, [tail.who()]),
+      subscribe: inJob(job, [tail.inspect('*'), tail.present('*'), tail.sched('*', '*'), tail.stats('*')]),
+      responses: false,
+    };
   }
   // Operators and test harnesses: everything.
   if (role === 'admin') return { publish: ['>'], subscribe: ['>'], responses: false };

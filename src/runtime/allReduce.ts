@@ -12,7 +12,6 @@ import { allReduceSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 import { deferred, type Deferred } from './deferred.js';
 
-
 export interface AllReduceOptions {
   readonly bus: Bus;
   /** The job all replicas belong to. */
@@ -67,14 +66,26 @@ export class AllReduce {
     const d = deferred<void>();
     d.promise.catch(() => {}); // a cancel while publishing is seen in the race below
     this.waiting.set(step, d);
-    await this.o.bus.publishFrame(allReduceSubject(this.o.group, this.o.rank), { key: { job: this.o.group, step, microbatch: this.o.replica, phase: Phase.UPDATE }, from: `replica.${this.o.replica}`, tensors: [...grads] });
+    await this.o.bus.publishFrame(allReduceSubject(this.o.group, this.o.rank), {
+      key: { job: this.o.group, step, microbatch: this.o.replica, phase: Phase.UPDATE },
+      from: `replica.${this.o.replica}`,
+      tensors: [...grads],
+    });
     if ((this.got.get(step)?.size ?? 0) === this.o.replicas) d.resolve();
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         d.promise,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new StepTimeoutError(`stage ${this.o.rank}: gradients of ${this.o.replicas - (this.got.get(step)?.size ?? 0)} replicas missing for step ${step}`)), this.o.timeoutMs ?? 120_000);
+          timer = setTimeout(
+            () =>
+              reject(
+                new StepTimeoutError(
+                  `stage ${this.o.rank}: gradients of ${this.o.replicas - (this.got.get(step)?.size ?? 0)} replicas missing for step ${step}`,
+                ),
+              ),
+            this.o.timeoutMs ?? 120_000,
+          );
         }),
       ]);
     } finally {

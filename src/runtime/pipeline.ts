@@ -21,7 +21,7 @@ import { stageRole } from '../transport/credentials.js';
 import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
 import { labelRuleOf } from './stepTensors.js';
-import { StageHost, type StageActor, type StageStats } from './stageHost.js';
+import { type StageHost, type StageActor, type StageStats } from './stageHost.js';
 
 /** Options of `createPipeline`. */
 export interface PipelineOptions {
@@ -173,9 +173,12 @@ function checkOptions(o: PipelineOptions): void {
   if (o.optimizer === undefined) throw new ConfigError('optimizer is required');
   if (!o.nats || (typeof o.nats.servers !== 'string' && !Array.isArray(o.nats.servers))) throw new ConfigError('nats.servers must be a URL or a list of URLs');
   if (o.stepTimeoutMs !== undefined && !(o.stepTimeoutMs > 0)) throw new ConfigError(`stepTimeoutMs must be positive, got ${o.stepTimeoutMs}`);
-  if (o.accumulate !== undefined && (!Number.isInteger(o.accumulate) || o.accumulate < 1)) throw new ConfigError(`accumulate must be a positive integer, got ${String(o.accumulate)}`);
-  if (o.replicas !== undefined && (!Number.isInteger(o.replicas) || o.replicas < 1)) throw new ConfigError(`replicas must be a positive integer, got ${String(o.replicas)}`);
-  if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time') throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
+  if (o.accumulate !== undefined && (!Number.isInteger(o.accumulate) || o.accumulate < 1))
+    throw new ConfigError(`accumulate must be a positive integer, got ${String(o.accumulate)}`);
+  if (o.replicas !== undefined && (!Number.isInteger(o.replicas) || o.replicas < 1))
+    throw new ConfigError(`replicas must be a positive integer, got ${String(o.replicas)}`);
+  if (o.balance !== undefined && o.balance !== 'params' && o.balance !== 'time')
+    throw new ConfigError(`balance must be "params" or "time", got ${JSON.stringify(o.balance)}`);
   if (o.feed !== undefined && !isFeedMode(o.feed)) throw new ConfigError(`feed must be "step" or "bounded", got ${JSON.stringify(o.feed)}`);
 }
 
@@ -201,9 +204,17 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   const m = o.microbatches;
   const { metric } = resolveLoss(o.loss, o.metric);
   const thePlan = await plan({
-    job, model: o.model, stages: o.stages, microbatches: m, optimizer: o.optimizer, replicas: k, recompute: o.recompute ?? false,
-    ...(o.virtualStages !== undefined ? { virtualStages: o.virtualStages } : {}), ...(o.schedule !== undefined ? { schedule: o.schedule } : {}),
-    ...(o.balance ? { balance: o.balance } : {}), ...(o.memoryBudget ? { memoryBudget: o.memoryBudget } : {}),
+    job,
+    model: o.model,
+    stages: o.stages,
+    microbatches: m,
+    optimizer: o.optimizer,
+    replicas: k,
+    recompute: o.recompute ?? false,
+    ...(o.virtualStages !== undefined ? { virtualStages: o.virtualStages } : {}),
+    ...(o.schedule !== undefined ? { schedule: o.schedule } : {}),
+    ...(o.balance ? { balance: o.balance } : {}),
+    ...(o.memoryBudget ? { memoryBudget: o.memoryBudget } : {}),
   });
   const { partitions, placed } = thePlan;
   const p = partitions.length;
@@ -233,13 +244,32 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     for (let replica = 0; replica < k; replica++) {
       // One pipeline per replica, on subjects of its own; their stages meet only in the all-reduce.
       const rjob = thePlan.replicaJobs[replica]!;
-      const stages = await startStages(thePlan, partitions.map((s) => s.rank), (r) => connect(`r${replica}-stage-${r}`, stageRole(r)), {
-        optimizer: o.optimizer, loss: o.loss, ...(o.metric !== undefined ? { metric: o.metric } : {}), recompute: o.recompute ?? false, replica,
-        ...(replica > 0 ? { partitions: thePlan.cut(models[replica]!) } : {}), handoff, inspect: o.inspect ?? false, allReduceTimeoutMs: o.stepTimeoutMs ?? 120_000,
-      });
+      const stages = await startStages(
+        thePlan,
+        partitions.map((s) => s.rank),
+        (r) => connect(`r${replica}-stage-${r}`, stageRole(r)),
+        {
+          optimizer: o.optimizer,
+          loss: o.loss,
+          ...(o.metric !== undefined ? { metric: o.metric } : {}),
+          recompute: o.recompute ?? false,
+          replica,
+          ...(replica > 0 ? { partitions: thePlan.cut(models[replica]!) } : {}),
+          handoff,
+          inspect: o.inspect ?? false,
+          allReduceTimeoutMs: o.stepTimeoutMs ?? 120_000,
+        },
+      );
       started.push(stages);
       hosts.push(...stages.hosts);
-      const sched = await SchedulerHost.start({ bus: await connect(`r${replica}-sched`, 'driver'), job: rjob, stages: p, inspect: o.inspect ?? false, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}), ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}) });
+      const sched = await SchedulerHost.start({
+        bus: await connect(`r${replica}-sched`, 'driver'),
+        job: rjob,
+        stages: p,
+        inspect: o.inspect ?? false,
+        ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}),
+        ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}),
+      });
       scheds.push(sched);
       runners.push(
         new StepRunner({
@@ -262,7 +292,13 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
   let closed = false;
   const accumulate = o.accumulate ?? 1;
   let accumulated = 0;
-  const run = async (x: tf.Tensor | tf.Tensor[], y: tf.Tensor | tf.Tensor[] | null, forwardOnly: boolean, extra: StepExtra = {}, accepted?: () => StepExtra): Promise<StepResult> => {
+  const run = async (
+    x: tf.Tensor | tf.Tensor[],
+    y: tf.Tensor | tf.Tensor[] | null,
+    forwardOnly: boolean,
+    extra: StepExtra = {},
+    accepted?: () => StepExtra,
+  ): Promise<StepResult> => {
     if (closed) throw new StateError(`pipeline ${job} is closed`);
     // Data parallel: each replica takes a contiguous share of the rows; the loss is averaged over all
     // (and, accumulating, over the `accumulate` batches that make one update).
@@ -297,7 +333,10 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     }
   };
 
-  const replicaActors = scheds.map((sched, r): PipelineReplicaActors => ({ scheduler: sched.actor, stages: hosts.slice(r * p, (r + 1) * p).map((h) => h.actor) }));
+  const replicaActors = scheds.map((sched, r): PipelineReplicaActors => ({
+    scheduler: sched.actor,
+    stages: hosts.slice(r * p, (r + 1) * p).map((h) => h.actor),
+  }));
   return {
     job,
     stages: p,
@@ -324,7 +363,9 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     malformedEvents: () => scheds.reduce((n, s) => n + s.malformedEvents, 0),
     memory: async () => {
       const computes = started[0]!.computes;
-      const est = thePlan.memory?.estimates ?? estimateStages(o.model, stageStartsOf(partitions), { slotsPerWeight: slotsPerWeight(computes[0]!.optimizer.getClassName()), rows: 0, held: () => 0 });
+      const est =
+        thePlan.memory?.estimates ??
+        estimateStages(o.model, stageStartsOf(partitions), { slotsPerWeight: slotsPerWeight(computes[0]!.optimizer.getClassName()), rows: 0, held: () => 0 });
       return Promise.all(partitions.map(async (_, r) => ({ rank: r, estimate: est[r]!, measured: await computes[r]!.measuredMemory() })));
     },
     close: async () => {

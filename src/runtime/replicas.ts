@@ -43,7 +43,8 @@ export async function runReplicas(
   try {
     shares.forEach((sh, i) => runners[i]!.check(sh.x, sh.y, forwardOnly, extra));
     const step = runners[0]!.step + 1;
-    if (runners.some((r) => r.step + 1 !== step)) throw new StateError(`the replicas' steps disagree (${runners.map((r) => r.step).join(', ')}): the pipeline cannot go on`);
+    if (runners.some((r) => r.step + 1 !== step))
+      throw new StateError(`the replicas' steps disagree (${runners.map((r) => r.step).join(', ')}): the pipeline cannot go on`);
     const accepts = { ...extra, ...accepted?.() };
 
     let failed: { replica: number; error: unknown } | null = null;
@@ -92,9 +93,13 @@ function checkSplit(xw: readonly WireTensor[], yw: readonly WireTensor[], k: num
   if (!first || first.shape.length === 0) throw new ConfigError('x must hold at least one tensor with a batch dimension');
   const total = first.shape[0]!;
   for (const t of [...xw, ...yw]) {
-    if (t.shape.length === 0 || t.shape[0] !== total) throw new ShapeError(`${t.name}: every input and label needs the same batch dimension ${total}, got [${t.shape.join(',')}]`);
+    if (t.shape.length === 0 || t.shape[0] !== total)
+      throw new ShapeError(`${t.name}: every input and label needs the same batch dimension ${total}, got [${t.shape.join(',')}]`);
   }
   // Shares differ by at most a row: the smallest has floor(total / k) rows, and needs m.
-  if (total < k * m) throw new ConfigError(`a batch of ${total} rows cannot be split over ${k} replicas x ${m} microbatches: it needs at least ${k * m} rows (the smallest replica's share would be ${Math.floor(total / k)})`);
+  if (total < k * m)
+    throw new ConfigError(
+      `a batch of ${total} rows cannot be split over ${k} replicas x ${m} microbatches: it needs at least ${k * m} rows (the smallest replica's share would be ${Math.floor(total / k)})`,
+    );
   return total;
 }

@@ -5,9 +5,17 @@
  */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { livenessProbes } from '../../actors/liveness.js';
-import { freesForFeed, schedulerMachine, type SchedulerEvent, type SilentStage, type StepFailure, type StepOutcome, type StepRequest } from '../../actors/schedulerMachine.js';
+import {
+  freesForFeed,
+  schedulerMachine,
+  type SchedulerEvent,
+  type SilentStage,
+  type StepFailure,
+  type StepOutcome,
+  type StepRequest,
+} from '../../actors/schedulerMachine.js';
 import { stepGrid } from '../../actors/stepGrid.js';
-import { StageError, StateError, StepTimeoutError, TransportError, TroupeError, messageOf } from '../errors.js';
+import { StageError, StateError, StepTimeoutError, TransportError, type TroupeError, messageOf } from '../errors.js';
 import type { Frame } from '../protocol/frame.js';
 import { decodeReply, encodeJson, type RejectEvent, type StepPlan } from '../protocol/messages.js';
 import { CtlVerb, ctlSubject, schedWildcard } from '../protocol/subjects.js';
@@ -111,7 +119,9 @@ export class SchedulerHost {
     const timeout = o.requestTimeoutMs ?? 10_000;
     this.progress = new StepProgressTracker(stages);
     // A failed early input of a begun step fails that step once it starts (the machine holds it).
-    this.sends = new SchedulerSends(bus, job, (step, err) => this.deliver(-1, { type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } }));
+    this.sends = new SchedulerSends(bus, job, (step, err) =>
+      this.deliver(-1, { type: 'STAGE_ERROR', rank: -1, step, failure: { key: `step ${step} publish`, code: 'TRANSPORT', message: messageOf(err) } }),
+    );
     const machine = schedulerMachine.provide({
       actors: {
         beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
@@ -119,7 +129,9 @@ export class SchedulerHost {
           await requestAll(bus, job, stages, CtlVerb.STEP, (r) => encodeJson(this.work(input.step).plan(r)), timeout);
           return 0;
         }),
-        abortStep: fromPromise<void, { step: number; skip?: readonly number[] }>(({ input }) => requestAll(bus, job, stages, CtlVerb.ABORT, () => encodeJson({ step: input.step }), timeout, new Set(input.skip))),
+        abortStep: fromPromise<void, { step: number; skip?: readonly number[] }>(({ input }) =>
+          requestAll(bus, job, stages, CtlVerb.ABORT, () => encodeJson({ step: input.step }), timeout, new Set(input.skip)),
+        ),
         liveness: livenessProbes({
           probe: async (r, ms) => decodeReply('probe', await bus.request(ctlSubject(job, r, CtlVerb.PROBE), encodeJson({}), ms)),
           progress: () => this.progress.progress(),
@@ -176,7 +188,12 @@ export class SchedulerHost {
     // Named by job, so that the stages in other processes can name it as a sender.
     this.inspector = o.inspect ? new ActorInspector({ bus, scope: job, actor: 'scheduler', sessionId: actorSessionId(job, 'scheduler') }) : undefined;
     this.actor = createActor(machine, {
-      input: { stages, ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}), ...(o.heartbeatMs ? { heartbeatMs: o.heartbeatMs } : {}), ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}) },
+      input: {
+        stages,
+        ...(o.livenessTimeoutMs ? { livenessTimeoutMs: o.livenessTimeoutMs } : {}),
+        ...(o.heartbeatMs ? { heartbeatMs: o.heartbeatMs } : {}),
+        ...(o.stallTimeoutMs ? { stallTimeoutMs: o.stallTimeoutMs } : {}),
+      },
       id: 'scheduler',
       ...(this.inspector ? { inspect: this.inspector.inspect } : {}),
     });
@@ -190,7 +207,13 @@ export class SchedulerHost {
         this.malformedEvents++;
       }
     });
-    this.outputs = new PredictOutputs(bus, job, o.maxFrameBytes ?? 256 * 1024 * 1024, () => this.keys?.[stages - 1] ?? null, () => this.malformedEvents++);
+    this.outputs = new PredictOutputs(
+      bus,
+      job,
+      o.maxFrameBytes ?? 256 * 1024 * 1024,
+      () => this.keys?.[stages - 1] ?? null,
+      () => this.malformedEvents++,
+    );
   }
 
   /** Starts the actor and subscribes to stage events. */
@@ -275,7 +298,14 @@ export class SchedulerHost {
     const s = this.actor.getSnapshot();
     const req = s.context.req;
     if (!s.matches('active') || !req) return 'no step is running';
-    return stepGrid({ step: req.step, microbatches: req.microbatches, forwardOnly: req.forwardOnly, actions: req.actions ?? [], ran: this.progress.progress().ran, probes: s.context.watch.probes });
+    return stepGrid({
+      step: req.step,
+      microbatches: req.microbatches,
+      forwardOnly: req.forwardOnly,
+      actions: req.actions ?? [],
+      ran: this.progress.progress().ran,
+      probes: s.context.watch.probes,
+    });
   }
 
   /** Fails the running step as if stage `rank` had reported an error (a worker the driver saw die): aborted on every stage, its promise rejects. No-op when idle. */
@@ -313,7 +343,8 @@ export class SchedulerHost {
   async close(): Promise<void> {
     const s = this.actor.getSnapshot();
     const running = s.matches('active') ? s.context.req?.step : undefined;
-    for (const [step, call] of this.calls) call.pending.reject(new StateError(step === running ? 'the scheduler was closed during the step' : `the scheduler was closed before step ${step} ran`));
+    for (const [step, call] of this.calls)
+      call.pending.reject(new StateError(step === running ? 'the scheduler was closed during the step' : `the scheduler was closed before step ${step} ran`));
     this.actor.stop();
     this.inspector?.close();
     await this.rollCall?.close();

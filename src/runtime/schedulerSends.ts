@@ -20,9 +20,11 @@ export class SchedulerSends {
 
   /** Sends the INPUT frames of a microbatch of step `step` (made when their turn comes), after those sent before. */
   feed(step: number, inputs: () => readonly { readonly rank: number; readonly frame: Frame }[]): void {
-    this.feeding = this.feeding.then(async () => {
-      for (const { rank, frame } of inputs()) await sendFrame(this.bus, this.job, rank, Phase.INPUT, frame);
-    }).catch((err: unknown) => this.failed(step, err));
+    this.feeding = this.feeding
+      .then(async () => {
+        for (const { rank, frame } of inputs()) await sendFrame(this.bus, this.job, rank, Phase.INPUT, frame);
+      })
+      .catch((err: unknown) => this.failed(step, err));
   }
 
   /** Publishes UPDATE of `step` to stage `rank`. */

@@ -87,10 +87,13 @@ export class StageActions {
       counters.busyMs += performance.now() - t0;
     };
     if (!allReduce) return apply();
-    return compute.gradientsWire().then((grads) => allReduce.reduce(step, grads)).then((reduced) => {
-      compute.setGradients(reduced);
-      apply();
-    });
+    return compute
+      .gradientsWire()
+      .then((grads) => allReduce.reduce(step, grads))
+      .then((reduced) => {
+        compute.setGradients(reduced);
+        apply();
+      });
   }
 
   private async run({ action, frames, plan }: ExecuteInput): Promise<void> {
@@ -152,7 +155,16 @@ export class StageActions {
     counters.busyMs += ms - (bus.inFlightWaitMs - waitedBefore);
     const inAt = frames[0] ? this.o.arrivedAt.get(frames[0]) : undefined;
     const hostMs = counters.hostMs - hostBefore;
-    const done = { rank, step: plan.step, action: `${action.kind}${mb}`, t0: performance.timeOrigin + t0, ms, hostMs, ...(sendAt !== undefined ? { sendAt, sendMs } : {}), ...(inAt !== undefined ? { inAt } : {}) };
+    const done = {
+      rank,
+      step: plan.step,
+      action: `${action.kind}${mb}`,
+      t0: performance.timeOrigin + t0,
+      ms,
+      hostMs,
+      ...(sendAt !== undefined ? { sendAt, sendMs } : {}),
+      ...(inAt !== undefined ? { inAt } : {}),
+    };
     // Stage 0's releases let the scheduler feed more inputs: while some are still to come they
     // go at once (with what was held); once every input of the step is here, they wait too.
     if (rank === 0 && action.kind === this.release && this.inputsToCome(plan)) events.emit(SchedEvent.ACTION, done);

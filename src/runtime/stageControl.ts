@@ -140,7 +140,8 @@ export class StageControl {
     const { actor, partition, compute } = this.s;
     requireIdle(partition.rank, actor, 'load state');
     const f = this.pendingState;
-    if (!f || f.key.step !== info.step) throw new StateError(`stage ${partition.rank} has no state frame of step ${info.step}${f ? ` (it has step ${f.key.step})` : ''}`);
+    if (!f || f.key.step !== info.step)
+      throw new StateError(`stage ${partition.rank} has no state frame of step ${info.step}${f ? ` (it has step ${f.key.step})` : ''}`);
     this.pendingState = undefined;
     await importStageState(partition, compute.optimizer, { ...info, tensors: f.tensors });
     actor.send({ type: 'LOADED', step: info.step });
@@ -153,7 +154,10 @@ export class StageControl {
     const step = actor.getSnapshot().context.step;
     const state = await exportStageState(partition, compute.optimizer);
     const subject = snapshotSubject(job, partition.rank);
-    await bus.publishFrame(subject, seals.seal({ key: { job, step, microbatch: 0, phase: Phase.STATE }, from: `stage.${partition.rank}`, tensors: state.tensors }, subject));
+    await bus.publishFrame(
+      subject,
+      seals.seal({ key: { job, step, microbatch: 0, phase: Phase.STATE }, from: `stage.${partition.rank}`, tensors: state.tensors }, subject),
+    );
     return { step, weightNames: state.weightNames, optimizerNames: state.optimizerNames };
   }
 }
@@ -171,7 +175,10 @@ function requireIdle(rank: number, actor: Actor<typeof stageMachine>, what: stri
 /** A machine state value as a dotted path: `running.waiting`. */
 export function stateName(v: unknown): string {
   if (typeof v === 'string') return v;
-  if (v && typeof v === 'object') return Object.entries(v).map(([k, sub]) => `${k}.${stateName(sub)}`).join(',');
+  if (v && typeof v === 'object')
+    return Object.entries(v)
+      .map(([k, sub]) => `${k}.${stateName(sub)}`)
+      .join(',');
   return String(v);
 }
 

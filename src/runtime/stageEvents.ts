@@ -47,7 +47,15 @@ export class StageEvents {
   /** Tells the scheduler of a refused frame; `key` when its headers were read (a refused INPUT of the running step fails it). */
   reject(what: string, err: unknown, key?: Key): void {
     const e = err instanceof TroupeError ? err : new FrameError(messageOf(err), { cause: err });
-    const body: RejectEvent = { rank: this.rank, subject: what, code: e.code, message: e.message, step: key?.step ?? null, microbatch: key?.microbatch ?? null, phase: key?.phase ?? null };
+    const body: RejectEvent = {
+      rank: this.rank,
+      subject: what,
+      code: e.code,
+      message: e.message,
+      step: key?.step ?? null,
+      microbatch: key?.microbatch ?? null,
+      phase: key?.phase ?? null,
+    };
     this.emit(SchedEvent.REJECT, body);
   }
 

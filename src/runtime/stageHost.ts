@@ -87,11 +87,21 @@ export class StageHost {
     const rank = part.rank;
     this.events = new StageEvents(bus, job, rank);
     this.seals = new StageSeals(rank, part.stages);
-    this.actions = new StageActions({ ...o, counters: this.counters, events: this.events, seals: this.seals, arrivedAt: this.arrivedAt, context: () => this.actor.getSnapshot().context });
+    this.actions = new StageActions({
+      ...o,
+      counters: this.counters,
+      events: this.events,
+      seals: this.seals,
+      arrivedAt: this.arrivedAt,
+      context: () => this.actor.getSnapshot().context,
+    });
     const machine = stageMachine.provide({
       actions: {
         startUpdate: updateRunner((step) => this.actions.applyUpdate(step)),
-        startRun: actionRunner((input) => this.actions.execute(input), (send) => this.counters.timed(send)),
+        startRun: actionRunner(
+          (input) => this.actions.execute(input),
+          (send) => this.counters.timed(send),
+        ),
         stepBegins: (_, { plan, actions }) => {
           this.actions.stepBegins(plan, actions);
           this.frames.keepOnly(plan.step);
@@ -107,7 +117,8 @@ export class StageHost {
           releaseDevice(frame.tensors);
           this.events.reject(`frame ${formatKey(frame.key)}`, error, frame.key);
         },
-        rejectUpdate: (_, { step, job: of, error }) => this.events.reject(stageSubject(job, rank, Phase.UPDATE), error, { job: of, step, microbatch: 0, phase: Phase.UPDATE }),
+        rejectUpdate: (_, { step, job: of, error }) =>
+          this.events.reject(stageSubject(job, rank, Phase.UPDATE), error, { job: of, step, microbatch: 0, phase: Phase.UPDATE }),
         refuseControl: (_, { error }) => this.control.refused(error),
         abortStarts: (_, { step }) => {
           o.turn?.abort(step);
@@ -143,7 +154,13 @@ export class StageHost {
       const snap = this.actor.getSnapshot();
       if (st.type !== 'reconnect' || snap.matches('idle') || snap.status !== 'active') return;
       const step = snap.context.step;
-      this.events.emit(SchedEvent.ERROR, { rank, step, key: `${job}/${step}/reconnect`, code: 'NATS_RECONNECT', message: `stage ${rank} lost its NATS connection during step ${step}; frames in flight may be lost` });
+      this.events.emit(SchedEvent.ERROR, {
+        rank,
+        step,
+        key: `${job}/${step}/reconnect`,
+        code: 'NATS_RECONNECT',
+        message: `stage ${rank} lost its NATS connection during step ${step}; frames in flight may be lost`,
+      });
     });
     const maxBytes = o.maxFrameBytes ?? 256 * 1024 * 1024;
     const refuse = (subject: string, err: TroupeError, key?: Frame['key']) => {
@@ -163,7 +180,12 @@ export class StageHost {
       around: (handle) => this.counters.timedFrames(handle),
     });
     this.control = new StageControl({
-      ...o, maxFrameBytes: maxBytes, abortTimeoutMs: o.abortTimeoutMs ?? 30_000, actor: this.actor, seals: this.seals, refuse,
+      ...o,
+      maxFrameBytes: maxBytes,
+      abortTimeoutMs: o.abortTimeoutMs ?? 30_000,
+      actor: this.actor,
+      seals: this.seals,
+      refuse,
       send: (event) => this.send(event, 'scheduler'),
       aborted: () => {
         this.frames.clear();
@@ -182,7 +204,8 @@ export class StageHost {
     host.actor.start();
     await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
     const inspector = host.inspector;
-    if (inspector) host.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: `stage-${host.rank}`, answer: () => ({ actors: inspector.present() }) });
+    if (inspector)
+      host.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: `stage-${host.rank}`, answer: () => ({ actors: inspector.present() }) });
     await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
     if (o.handoff) host.handed.register(o.job, host.rank, (f) => host.counters.timedFrames(() => host.take(f)));
     await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));

@@ -6,7 +6,15 @@ import { CtlVerb, ctlSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 
 /** Sends `verb` to every stage but those in `skip` and waits for every ack; the first refusal throws, naming the stage. */
-export async function requestAll(bus: Bus, job: string, stages: number, verb: CtlVerb, body: (rank: number) => Uint8Array, timeoutMs: number, skip: ReadonlySet<number> = new Set()): Promise<void> {
+export async function requestAll(
+  bus: Bus,
+  job: string,
+  stages: number,
+  verb: CtlVerb,
+  body: (rank: number) => Uint8Array,
+  timeoutMs: number,
+  skip: ReadonlySet<number> = new Set(),
+): Promise<void> {
   const ranks = Array.from({ length: stages }, (_, r) => r).filter((r) => !skip.has(r));
   const acks = await Promise.all(ranks.map(async (r) => ({ r, ack: decodeAck(await bus.request(ctlSubject(job, r, verb), body(r), timeoutMs)) })));
   const bad = acks.find((a) => !a.ack.ok);

@@ -41,8 +41,10 @@ export class StageSeals {
     const forward = h.key.phase === Phase.FORWARD;
     const peer = forward ? this.rank - 1 : this.rank + 1;
     const key = forward ? this.peers.prev : this.peers.next;
-    if (!key) return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: stage ${this.rank} holds no seal key of stage ${peer}, so takes no frame from it`);
-    if (!checkSeal(h, subject, key)) return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: ${h.seal === undefined ? 'no seal' : 'its seal is not'} stage ${peer}'s`);
+    if (!key)
+      return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: stage ${this.rank} holds no seal key of stage ${peer}, so takes no frame from it`);
+    if (!checkSeal(h, subject, key))
+      return new ForgedFrameError(`${formatKey(h.key)} from ${h.from}: ${h.seal === undefined ? 'no seal' : 'its seal is not'} stage ${peer}'s`);
     return null;
   }
 

@@ -26,7 +26,14 @@ export interface RankState extends StageState {
  * the frames on the same connection, so each reply finds its frame already assembled. Given
  * the stages' seal keys (SchedulerHost.sealKeys), a frame without its stage's seal is refused.
  */
-export async function dumpStates(bus: Bus, job: string, stages: number, timeoutMs = 30_000, keys: readonly Uint8Array[] | null = null, signal?: AbortSignal): Promise<RankState[]> {
+export async function dumpStates(
+  bus: Bus,
+  job: string,
+  stages: number,
+  timeoutMs = 30_000,
+  keys: readonly Uint8Array[] | null = null,
+  signal?: AbortSignal,
+): Promise<RankState[]> {
   const frames = new Map<number, Frame>();
   const errors: string[] = [];
   const sub = bus.subscribeFrames(snapshotWildcard(job), {
@@ -36,7 +43,8 @@ export async function dumpStates(bus: Bus, job: string, stages: number, timeoutM
     admit: (h, m) => {
       const rank = Number(lastToken(m.subject));
       if (h.key.job !== job) return new UnexpectedFrameError(`state of job ${h.key.job}, not ${job}`);
-      if (keys && !(keys[rank] && checkSeal(h, m.subject, keys[rank]))) return new ForgedFrameError(`state ${h.key.step} on ${m.subject} does not carry stage ${rank}'s seal`);
+      if (keys && !(keys[rank] && checkSeal(h, m.subject, keys[rank])))
+        return new ForgedFrameError(`state ${h.key.step} on ${m.subject} does not carry stage ${rank}'s seal`);
       return null;
     },
     onFrame: (f, m) => frames.set(Number(lastToken(m.subject)), f),
@@ -45,16 +53,21 @@ export async function dumpStates(bus: Bus, job: string, stages: number, timeoutM
   try {
     await bus.flush();
     unlessAborted(signal);
-    return await abortable(Promise.all(
-      Array.from({ length: stages }, async (_, rank) => {
-        const info = decodeReply('state', await bus.request(ctlSubject(job, rank, CtlVerb.DUMP), encodeJson({}), timeoutMs));
-        const f = frames.get(rank);
-        if (!f || f.key.step !== info.step) {
-          throw new TransportError(`stage ${rank} answered dump for step ${info.step} but its state frame ${f ? `is of step ${f.key.step}` : 'did not arrive'}${errors.length ? ` (${errors.join('; ')})` : ''}`);
-        }
-        return { rank, step: info.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: f.tensors };
-      }),
-    ), signal);
+    return await abortable(
+      Promise.all(
+        Array.from({ length: stages }, async (_, rank) => {
+          const info = decodeReply('state', await bus.request(ctlSubject(job, rank, CtlVerb.DUMP), encodeJson({}), timeoutMs));
+          const f = frames.get(rank);
+          if (!f || f.key.step !== info.step) {
+            throw new TransportError(
+              `stage ${rank} answered dump for step ${info.step} but its state frame ${f ? `is of step ${f.key.step}` : 'did not arrive'}${errors.length ? ` (${errors.join('; ')})` : ''}`,
+            );
+          }
+          return { rank, step: info.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: f.tensors };
+        }),
+      ),
+      signal,
+    );
   } finally {
     await sub.drain();
   }
@@ -70,9 +83,17 @@ export async function loadStates(bus: Bus, job: string, states: readonly RankSta
     Promise.all(
       states.map(async (s) => {
         unlessAborted(signal);
-        await bus.publishFrame(stateSubject(job, s.rank), { key: { job, step: s.step, microbatch: 0, phase: Phase.STATE }, from: STATE_SENDER, tensors: s.tensors });
+        await bus.publishFrame(stateSubject(job, s.rank), {
+          key: { job, step: s.step, microbatch: 0, phase: Phase.STATE },
+          from: STATE_SENDER,
+          tensors: s.tensors,
+        });
         unlessAborted(signal);
-        const reply = await bus.request(ctlSubject(job, s.rank, CtlVerb.LOAD), encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }), timeoutMs);
+        const reply = await bus.request(
+          ctlSubject(job, s.rank, CtlVerb.LOAD),
+          encodeJson({ step: s.step, weightNames: s.weightNames, optimizerNames: s.optimizerNames }),
+          timeoutMs,
+        );
         const ack = decodeAck(reply);
         if (!ack.ok) throw new StateError(`stage ${s.rank} could not load state of step ${s.step}: ${ack.code}: ${ack.message}`);
       }),
@@ -112,10 +133,14 @@ export async function idleStages(bus: Bus, job: string, stages: number, timeoutM
   const ranks = Array.from({ length: stages }, (_, r) => r);
   for (;;) {
     unlessAborted(signal);
-    const where = await abortable(Promise.all(ranks.map(async (r) => decodeReply('probe', await bus.request(ctlSubject(job, r, CtlVerb.PROBE), encodeJson({}), timeoutMs)))), signal);
+    const where = await abortable(
+      Promise.all(ranks.map(async (r) => decodeReply('probe', await bus.request(ctlSubject(job, r, CtlVerb.PROBE), encodeJson({}), timeoutMs)))),
+      signal,
+    );
     const busy = where.filter((w) => w.state !== 'idle');
     if (busy.length === 0) return;
-    if (performance.now() > deadline) throw new StateError(`stages did not become idle within ${timeoutMs} ms: ${busy.map((w) => `stage ${w.rank} ${w.state} in step ${w.step}`).join(', ')}`);
+    if (performance.now() > deadline)
+      throw new StateError(`stages did not become idle within ${timeoutMs} ms: ${busy.map((w) => `stage ${w.rank} ${w.state} in step ${w.step}`).join(', ')}`);
     unlessAborted(signal);
     // An abort of a step the stage has just left is refused as stale: it is probed again.
     await abortable(Promise.all(busy.map((w) => bus.request(ctlSubject(job, w.rank, CtlVerb.ABORT), encodeJson({ step: w.step }), timeoutMs))), signal);

@@ -52,7 +52,8 @@ export interface StartedStages {
  */
 export async function startStages(plan: Plan, ranks: readonly number[], connect: (rank: number) => Promise<Bus>, setup: StageSetup): Promise<StartedStages> {
   const replica = setup.replica ?? 0;
-  if (!Number.isInteger(replica) || replica < 0 || replica >= plan.replicas) throw new ConfigError(`replica ${replica} does not exist: the job has ${plan.replicas}`);
+  if (!Number.isInteger(replica) || replica < 0 || replica >= plan.replicas)
+    throw new ConfigError(`replica ${replica} does not exist: the job has ${plan.replicas}`);
   const parts = setup.partitions ?? plan.partitions;
   for (const r of ranks) if (!parts[r]) throw new ConfigError(`rank ${r} does not exist: job ${plan.job} has ${parts.length} stages`);
   const makeOptimizer = optimizerFactory(setup.optimizer);
@@ -82,14 +83,28 @@ export async function startStages(plan: Plan, ranks: readonly number[], connect:
       const bus = await connect(r);
       const allReduce =
         plan.replicas > 1
-          ? await AllReduce.start({ bus, group: plan.job, rank: r, replica, replicas: plan.replicas, ...(setup.allReduceTimeoutMs ? { timeoutMs: setup.allReduceTimeoutMs } : {}) })
+          ? await AllReduce.start({
+              bus,
+              group: plan.job,
+              rank: r,
+              replica,
+              replicas: plan.replicas,
+              ...(setup.allReduceTimeoutMs ? { timeoutMs: setup.allReduceTimeoutMs } : {}),
+            })
           : undefined;
       if (allReduce) reducers.push(allReduce);
       const turn = turnOf(r);
       hosts.push(
         await StageHost.start({
-          bus, job: rjob, partition, compute, handoff: setup.handoff ?? false, inspect: setup.inspect ?? false,
-          ...(setup.identity ? { identity: setup.identity } : {}), ...(turn ? { turn } : {}), ...(allReduce ? { allReduce } : {}),
+          bus,
+          job: rjob,
+          partition,
+          compute,
+          handoff: setup.handoff ?? false,
+          inspect: setup.inspect ?? false,
+          ...(setup.identity ? { identity: setup.identity } : {}),
+          ...(turn ? { turn } : {}),
+          ...(allReduce ? { allReduce } : {}),
         }),
       );
     }

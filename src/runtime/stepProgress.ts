@@ -15,7 +15,10 @@ export class StepProgressTracker {
 
   /** Step `step` was called: its actions are followed from now (a step begun early reports some before it starts). */
   open(step: number): void {
-    this.ranBy.set(step, Array.from({ length: this.stages }, () => new Set<string>()));
+    this.ranBy.set(
+      step,
+      Array.from({ length: this.stages }, () => new Set<string>()),
+    );
   }
 
   /** Step `step` starts: its progress is counted from now. */

@@ -46,7 +46,6 @@ export interface StepExtra {
   readonly update?: boolean;
 }
 
-
 /** Options of a step runner. */
 export interface StepRunnerOptions {
   readonly scheduler: SchedulerHost;
@@ -108,7 +107,12 @@ export class StepRunner {
    * data-parallel replicas check each replica's share before any of them starts. Wrong shapes
    * and dtypes fail here, naming the tensor, before any frame goes out.
    */
-  check(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, extra: StepExtra = {}): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[]; sizes: number[] } {
+  check(
+    xw: readonly WireTensor[],
+    yw: readonly WireTensor[],
+    forwardOnly: boolean,
+    extra: StepExtra = {},
+  ): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[]; sizes: number[] } {
     const predict = extra.predict ?? false;
     const update = !forwardOnly && !predict && (extra.update ?? true);
     if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
@@ -128,7 +132,11 @@ export class StepRunner {
     // Tensors made here from the caller's (a reshaped [n] label, a cast one) are this step's to free.
     const made: WireTensor[] = [];
     const keep = (from: readonly WireTensor[], to: readonly WireTensor[]) => to.map((w, i) => (w === from[i] ? w : (made.push(w), w)));
-    const asChecked = (ws: readonly WireTensor[], checkedWs: readonly WireTensor[]) => keep(ws, ws.map((w, i) => (checkedWs[i] === w ? w : reshapeWire(w, checkedWs[i]!.shape))));
+    const asChecked = (ws: readonly WireTensor[], checkedWs: readonly WireTensor[]) =>
+      keep(
+        ws,
+        ws.map((w, i) => (checkedWs[i] === w ? w : reshapeWire(w, checkedWs[i]!.shape))),
+      );
     xw = asChecked(xw, checked.xs);
     const shaped = asChecked(yw, checked.ys);
     yw = keep(shaped, floatLabels(shaped, this.o.tensors.labels));
@@ -140,7 +148,14 @@ export class StepRunner {
   }
 
   /** The step itself, on checked inputs and labels. */
-  private async runChecked(xw: readonly WireTensor[], yw: readonly WireTensor[], forwardOnly: boolean, predict: boolean, update: boolean, totalBatch: number | undefined): Promise<StepResult> {
+  private async runChecked(
+    xw: readonly WireTensor[],
+    yw: readonly WireTensor[],
+    forwardOnly: boolean,
+    predict: boolean,
+    update: boolean,
+    totalBatch: number | undefined,
+  ): Promise<StepResult> {
     const { job, microbatches: m } = this.o;
     const p = this.o.schedule.length;
     const batch = xw[0]!.shape[0]!;
@@ -162,7 +177,18 @@ export class StepRunner {
       releasedBy: releasedBy(sch[0]!),
       timeoutMs: this.o.stepTimeoutMs,
       grantInPlan,
-      plan: (r) => ({ step: s, microbatches: m, batchSize: batch, totalBatch: totalBatch ?? batch, forwardOnly, predict, update, granted: grantInPlan, actions: formatStageActions(sch[r]!), order: forwardOnly ? '' : this.orders[r]! }),
+      plan: (r) => ({
+        step: s,
+        microbatches: m,
+        batchSize: batch,
+        totalBatch: totalBatch ?? batch,
+        forwardOnly,
+        predict,
+        update,
+        granted: grantInPlan,
+        actions: formatStageActions(sch[r]!),
+        order: forwardOnly ? '' : this.orders[r]!,
+      }),
       inputs: (mb) =>
         p === 1
           ? [{ rank: 0, frame: inputFrame(mb, [...rows(xw, mb), ...(predict ? [] : rows(yw, mb))]) }]

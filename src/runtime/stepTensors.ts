@@ -61,11 +61,19 @@ function dtypeHint(got: string, want: string): string {
  */
 export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], yw: readonly T[], spec: StepTensorSpec): { xs: T[]; ys: T[] } {
   if (xw.length !== spec.inputs.length) throw new ShapeError(`the model takes ${spec.inputs.length} input tensor(s), got ${xw.length}`);
-  if (yw.length > spec.outputs.length) throw new ShapeError(`the model has ${spec.outputs.length} output(s), got ${yw.length} label tensors (${yw.slice(spec.outputs.length).map((y) => y.name).join(', ')} would be ignored)`);
+  if (yw.length > spec.outputs.length)
+    throw new ShapeError(
+      `the model has ${spec.outputs.length} output(s), got ${yw.length} label tensors (${yw
+        .slice(spec.outputs.length)
+        .map((y) => y.name)
+        .join(', ')} would be ignored)`,
+    );
   const batch = xw[0]?.shape[0];
   for (const t of [...xw, ...yw]) {
     if (t.shape.length === 0 || t.shape[0] !== batch) {
-      throw new ShapeError(`${t.name}: got ${fmt(t.dtype, t.shape)}, batch dimension ${String(t.shape[0])}, expected ${String(batch)} (every input and label needs the same batch dimension)`);
+      throw new ShapeError(
+        `${t.name}: got ${fmt(t.dtype, t.shape)}, batch dimension ${String(t.shape[0])}, expected ${String(batch)} (every input and label needs the same batch dimension)`,
+      );
     }
   }
   const n = batch!;
@@ -74,7 +82,9 @@ export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], 
     const x = asColumn(w, want.shape);
     const shape = [n, ...want.shape];
     if (x.dtype !== want.dtype || x.shape.length !== shape.length || x.shape.some((d, j) => d !== shape[j])) {
-      throw new ShapeError(`input ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(want.dtype, shape)} (the model's input ${i})${dtypeHint(w.dtype, want.dtype)}`);
+      throw new ShapeError(
+        `input ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(want.dtype, shape)} (the model's input ${i})${dtypeHint(w.dtype, want.dtype)}`,
+      );
     }
     return x;
   });
@@ -85,14 +95,18 @@ export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], 
       // sparseCategoricalCrossentropy flattens the labels: one class id per row of the output's last axis.
       const ids = sizeOf(out.shape.slice(0, -1));
       if (sizeOf(w.shape.slice(1)) !== ids || w.dtype === 'bool') {
-        throw new ShapeError(`label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected int32 or float32 class ids [${[n, ...out.shape.slice(0, -1)].join(',')}] or [${[n, ...out.shape.slice(0, -1), 1].join(',')}] (sparseCategoricalCrossentropy on the model's output ${fmt(out.dtype, [n, ...out.shape])})`);
+        throw new ShapeError(
+          `label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected int32 or float32 class ids [${[n, ...out.shape.slice(0, -1)].join(',')}] or [${[n, ...out.shape.slice(0, -1), 1].join(',')}] (sparseCategoricalCrossentropy on the model's output ${fmt(out.dtype, [n, ...out.shape])})`,
+        );
       }
       return w;
     }
     const y = asColumn(w, out.shape);
     const shape = [n, ...out.shape];
     if (y.shape.length !== shape.length || y.shape.some((d, j) => d !== shape[j])) {
-      throw new ShapeError(`label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(w.dtype, shape)}, the shape of the model's output ${i} (its loss takes labels shaped as the output; class ids go with sparseCategoricalCrossentropy)`);
+      throw new ShapeError(
+        `label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(w.dtype, shape)}, the shape of the model's output ${i} (its loss takes labels shaped as the output; class ids go with sparseCategoricalCrossentropy)`,
+      );
     }
     return y;
   });

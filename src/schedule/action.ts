@@ -39,7 +39,10 @@ export function formatStageActions(actions: readonly Action[]): string {
 /** Parses a stage's list sent as `F0 F1 B0`. */
 export function parseStageActions(s: string, stage: number): Action[] {
   if (s.trim() === '') return [];
-  return s.trim().split(/\s+/).map((t) => parseAction(`${stage}${t}`));
+  return s
+    .trim()
+    .split(/\s+/)
+    .map((t) => parseAction(`${stage}${t}`));
 }
 
 /** Whether a stage's list splits its backward into B and W. */

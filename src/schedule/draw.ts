@@ -24,7 +24,8 @@ export function drawTerminal(sim: Simulation): string {
     .map((row, lane) => {
       const cells = new Array<string>(width).fill(' '.repeat(cell));
       for (const x of row) {
-        for (let t = Math.floor(x.start); t < Math.ceil(x.end); t++) cells[t] = t === Math.floor(x.start) ? label(sim, x.action).padEnd(cell) : '··'.padEnd(cell);
+        for (let t = Math.floor(x.start); t < Math.ceil(x.end); t++)
+          cells[t] = t === Math.floor(x.start) ? label(sim, x.action).padEnd(cell) : '··'.padEnd(cell);
       }
       return `${String(lane).padStart(2)} |${cells.join('')}`;
     })

@@ -44,7 +44,8 @@ export function buildPlacedSchedule(name: string | Schedule | PlacedSchedule, p:
     if (p % virtualStages !== 0) throw new ConfigError(`${p} stages cannot be spread over devices of ${virtualStages} virtual stages each`);
     placed = PLACED[name]!(p / virtualStages, m, virtualStages);
   } else {
-    if (virtualStages !== 1) throw new ConfigError(`schedule "${name}" runs one stage per device; with virtualStages ${virtualStages} use interleaved or loopedbfs`);
+    if (virtualStages !== 1)
+      throw new ConfigError(`schedule "${name}" runs one stage per device; with virtualStages ${virtualStages} use interleaved or loopedbfs`);
     placed = { stages: FLAT[name]!(p, m) };
   }
   validatePlaced(placed, p, m);

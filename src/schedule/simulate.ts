@@ -90,5 +90,13 @@ export function simulate(s: Schedule | PlacedSchedule, costs: ActionCosts | ((st
   const stepTime = Math.max(0, ...free);
   const busy = timeline.flat().reduce((n, x) => n + (x.end - x.start), 0);
   const m = new Set(rows.flat().map((a) => a.microbatch)).size;
-  return { stages: p, devices: lanes.length, microbatches: m, timeline, stepTime, bubble: stepTime > 0 ? 1 - busy / (lanes.length * stepTime) : 0, peakActivations: rows.map(maxInFlight) };
+  return {
+    stages: p,
+    devices: lanes.length,
+    microbatches: m,
+    timeline,
+    stepTime,
+    bubble: stepTime > 0 ? 1 - busy / (lanes.length * stepTime) : 0,
+    peakActivations: rows.map(maxInFlight),
+  };
 }

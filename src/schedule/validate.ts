@@ -44,7 +44,8 @@ function checkRow(row: readonly Action[], stage: number, m: number, forwardOnly:
   for (let i = 0; i < m; i++) {
     if (!seen.has(`${stage}F${i}`)) throw new ScheduleError(`action ${stage}F${i} is missing`);
     if (!forwardOnly && !seen.has(`${stage}B${i}`)) throw new ScheduleError(`action ${stage}B${i} is missing`);
-    if (split && !seen.has(`${stage}W${i}`)) throw new ScheduleError(`action ${stage}W${i} is missing (stage ${stage} splits its backward: every B needs its W)`);
+    if (split && !seen.has(`${stage}W${i}`))
+      throw new ScheduleError(`action ${stage}W${i} is missing (stage ${stage} splits its backward: every B needs its W)`);
   }
 }
 
@@ -69,7 +70,9 @@ export function validatePlaced(s: PlacedSchedule, p: number, m: number, opts: Va
   const d = s.devices.length;
   if (d < 1 || p % d !== 0) throw new ScheduleError(`${p} stages cannot be spread evenly over ${d} devices`);
   s.devices.forEach((row, dev) => {
-    for (const a of row) if (deviceOf(a.stage, d) !== dev) throw new ScheduleError(`action ${formatAction(a)} is listed on device ${dev}; stage ${a.stage} runs on device ${deviceOf(a.stage, d)}`);
+    for (const a of row)
+      if (deviceOf(a.stage, d) !== dev)
+        throw new ScheduleError(`action ${formatAction(a)} is listed on device ${dev}; stage ${a.stage} runs on device ${deviceOf(a.stage, d)}`);
   });
   const derived = stageRows(s.devices, p);
   derived.forEach((row, st) => {

@@ -32,7 +32,10 @@ export class ModuleClient {
 
   private async call(op: 'forward' | 'backward', tensors: readonly tf.Tensor[]): Promise<WireTensor[]> {
     const m = encodeTensors(await Promise.all(tensors.map((t, i) => fromTensor(t, `x${i}`))), op, `${this.name}#${++this.sent}`);
-    const reply = decodeTensors(await this.o.bus.requestMessage(serveSubject(this.o.runtime, this.o.module, op), m.data, this.o.timeoutMs ?? 30_000, m.headers), op);
+    const reply = decodeTensors(
+      await this.o.bus.requestMessage(serveSubject(this.o.runtime, this.o.module, op), m.data, this.o.timeoutMs ?? 30_000, m.headers),
+      op,
+    );
     if ('error' in reply) throw new ServeError(reply.error.code, reply.error.message);
     return reply.tensors;
   }

@@ -124,7 +124,6 @@ class TaskPool {
   }
 }
 
-
 export interface ModuleRuntimeOptions {
   readonly bus: Bus;
   /** The runtime's name; runtimes with the same name share requests (a queue group). */
@@ -267,14 +266,30 @@ export class ModuleRuntime {
   private async compute(pool: TaskPool, batch: readonly Waiting[], rows: number): Promise<WireTensor[][]> {
     const nIn = pool.module.inputs.length;
     const results = tf.tidy(() => {
-      const cat = (k: number) => tf.concat(batch.map((w) => toTensor(w.tensors[k]!, undefined, undefined, `${pool.name} input ${k}`)), 0);
+      const cat = (k: number) =>
+        tf.concat(
+          batch.map((w) => toTensor(w.tensors[k]!, undefined, undefined, `${pool.name} input ${k}`)),
+          0,
+        );
       const xs = Array.from({ length: nIn }, (_, k) => cat(k));
-      const ys = pool.op === 'forward' ? pool.module.forward(xs) : pool.module.backward!(xs, Array.from({ length: nIn }, (_, k) => cat(nIn + k)));
+      const ys =
+        pool.op === 'forward'
+          ? pool.module.forward(xs)
+          : pool.module.backward!(
+              xs,
+              Array.from({ length: nIn }, (_, k) => cat(nIn + k)),
+            );
       return ys.map((y) => (y.shape[0] === rows ? y : tf.broadcastTo(y, [rows, ...y.shape.slice(1)])));
     });
     // Split each output by request, in arrival order.
     try {
-      const parts = results.map((y) => tf.split(y, batch.map((w) => w.rows), 0));
+      const parts = results.map((y) =>
+        tf.split(
+          y,
+          batch.map((w) => w.rows),
+          0,
+        ),
+      );
       try {
         return await Promise.all(batch.map((_, j) => Promise.all(parts.map((p, i) => fromTensor(p[j]!, `y${i}`)))));
       } finally {

@@ -29,7 +29,11 @@ export function encodeError(code: string, message: string, op: 'forward' | 'back
  * The tensors of a message, or the error it carries as `{ error }`; FrameError when it is no
  * frame of one chunk for `op` of at most `maxBytes` bytes. The tensors own their bytes.
  */
-export function decodeTensors(m: { readonly data: Uint8Array; header: HeaderGetter }, op: 'forward' | 'backward' = 'forward', maxBytes = 256 * 1024 * 1024): { tensors: WireTensor[]; id?: string } | { error: { code: string; message: string } } {
+export function decodeTensors(
+  m: { readonly data: Uint8Array; header: HeaderGetter },
+  op: 'forward' | 'backward' = 'forward',
+  maxBytes = 256 * 1024 * 1024,
+): { tensors: WireTensor[]; id?: string } | { error: { code: string; message: string } } {
   const error = m.header(ERROR_HEADER);
   if (error !== undefined) {
     try {

@@ -206,7 +206,13 @@ export class Bus {
     this.bytesIn += data.byteLength;
     // One handler may keep the buffer; with more than one, each gets it to copy.
     const targets = [...this.handlers].filter((h) => subjectMatches(h.subject, subject));
-    const m: BusMessage = { subject, data, header: (name) => (headers[name] === '' ? undefined : headers[name]), respond: () => false, owned: targets.length === 1 };
+    const m: BusMessage = {
+      subject,
+      data,
+      header: (name) => (headers[name] === '' ? undefined : headers[name]),
+      respond: () => false,
+      owned: targets.length === 1,
+    };
     for (const h of targets) {
       try {
         h.handler(m);

@@ -59,7 +59,8 @@ export function ensureCredentials(env: NodeJS.ProcessEnv = process.env): Record<
     const k = passwordVariable(role);
     const given = env[k] ?? credentialsFor(role, env);
     // nats-server reads the variable as a config value: a letter, then letters and digits, stays a string.
-    if (given !== undefined && !PASSWORD.test(given)) throw new ConfigError(`${k}: a NATS password must be a letter followed by letters and digits (8 to 128 characters)`);
+    if (given !== undefined && !PASSWORD.test(given))
+      throw new ConfigError(`${k}: a NATS password must be a letter followed by letters and digits (8 to 128 characters)`);
     if (env[k]) continue;
     env[k] = set[k] = given ?? `k${randomBytes(20).toString('hex')}`;
   }

@@ -96,7 +96,18 @@ const REOFFER_MS = 100;
 
 /** The direct path of one bus: its links out (as a sender) and in (as a receiver). */
 export class DirectPath {
-  readonly counters: DirectCounters = { framesOut: 0, bytesOut: 0, framesIn: 0, bytesIn: 0, linksOut: 0, linksIn: 0, refused: 0, resent: 0, duplicatesDropped: 0, ignored: 0 };
+  readonly counters: DirectCounters = {
+    framesOut: 0,
+    bytesOut: 0,
+    framesIn: 0,
+    bytesIn: 0,
+    linksOut: 0,
+    linksIn: 0,
+    refused: 0,
+    resent: 0,
+    duplicatesDropped: 0,
+    ignored: 0,
+  };
   private readonly routes = new Map<string, Route>();
   private readonly offers = new Map<string, Offer>();
   private readonly inbound = new Map<string, { readonly id: string; readonly link: LinkReceiver }>();
@@ -184,7 +195,12 @@ export class DirectPath {
   private offer(subject: string, answerOn: string, failures: number): void {
     const id = linkId();
     const offer: Offer = {
-      subject, answerOn, id, keys: keyPair(), answer: deferred<string>(), sentAt: performance.now(),
+      subject,
+      answerOn,
+      id,
+      keys: keyPair(),
+      answer: deferred<string>(),
+      sentAt: performance.now(),
       timer: setTimeout(() => this.offerFailed(subject, offer, 'no receiver came within the handshake time'), this.handshakeMs),
     };
     offer.answer.promise.catch(() => {});
@@ -284,7 +300,8 @@ export class DirectPath {
     if (this.closed) return;
     try {
       const body = JSON.parse(Buffer.from(data).toString('utf8')) as Record<string, unknown>;
-      if (body['v'] !== 1 || typeof body['link'] !== 'string' || !HEX_ID.test(body['link']) || typeof body['key'] !== 'string' || body['key'].length > 200) throw new Error('malformed');
+      if (body['v'] !== 1 || typeof body['link'] !== 'string' || !HEX_ID.test(body['link']) || typeof body['key'] !== 'string' || body['key'].length > 200)
+        throw new Error('malformed');
       if (kind === 'offer') return this.onOffer(subject, body['link'], body['key'], body['host'], body['port']);
       if (kind === 'answer') {
         const offer = this.offers.get(body['link']);
@@ -301,9 +318,11 @@ export class DirectPath {
   /** An offer of frames on `subject`: answer with our key, connect, and hand the frames to the subscriptions. */
   private onOffer(subject: string, id: string, peerKey: string, host: unknown, port: unknown): void {
     const ends = linkEnds(subject);
-    if (!ends || this.role !== `stage${ends.receiver}`) throw new Error(`an offer for stage ${ends?.receiver ?? '?'} heard by ${this.role ?? 'a bus without a role'}`);
+    if (!ends || this.role !== `stage${ends.receiver}`)
+      throw new Error(`an offer for stage ${ends?.receiver ?? '?'} heard by ${this.role ?? 'a bus without a role'}`);
     const answerOn = ends.answerOn;
-    if (typeof host !== 'string' || host.length === 0 || host.length > 255 || typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('malformed offer');
+    if (typeof host !== 'string' || host.length === 0 || host.length > 255 || typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)
+      throw new Error('malformed offer');
     if (this.answered.has(id)) return;
     this.answered.add(id);
     if (this.answered.size > 256) this.answered.delete(this.answered.values().next().value!);
@@ -319,7 +338,12 @@ export class DirectPath {
         const entry = {
           id,
           link: new LinkReceiver({
-            host, port, id: idBytes, key, maxBytes: this.maxFrameBytes, handshakeMs: this.handshakeMs,
+            host,
+            port,
+            id: idBytes,
+            key,
+            maxBytes: this.maxFrameBytes,
+            handshakeMs: this.handshakeMs,
             deliver: (headers, data) => {
               this.counters.framesIn++;
               this.counters.bytesIn += data.byteLength;

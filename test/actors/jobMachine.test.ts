@@ -80,7 +80,10 @@ function harness(input: Partial<JobInput> = {}, grace = 100, keepEvery: (number 
   return { actor, log, rounds, errors, held, roundGates };
 }
 
-const loss = (worker: number, ranks = [worker]): { type: 'WORKER_LOST'; loss: WorkerLoss } => ({ type: 'WORKER_LOST', loss: { worker, why: `worker ${worker} exited with SIGKILL`, respawn: true, ranks } });
+const loss = (worker: number, ranks = [worker]): { type: 'WORKER_LOST'; loss: WorkerLoss } => ({
+  type: 'WORKER_LOST',
+  loss: { worker, why: `worker ${worker} exited with SIGKILL`, respawn: true, ranks },
+});
 
 describe('job machine', () => {
   it('trains every step, keeping the state every keepEvery steps and at the end; steps run ahead only when no keep follows', async () => {
@@ -88,7 +91,23 @@ describe('job machine', () => {
     h.actor.start();
     const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
     expect(end.value).toBe('done');
-    expect(h.log).toEqual(['prepare', 'await workers', 'load', 'step 1 ahead', 'step 2 ahead', 'step 3', 'keep 3', 'step 4 ahead', 'step 5 ahead', 'step 6', 'keep 6', 'step 7', 'keep 7', 'evaluate', 'finish']);
+    expect(h.log).toEqual([
+      'prepare',
+      'await workers',
+      'load',
+      'step 1 ahead',
+      'step 2 ahead',
+      'step 3',
+      'keep 3',
+      'step 4 ahead',
+      'step 5 ahead',
+      'step 6',
+      'keep 6',
+      'step 7',
+      'keep 7',
+      'evaluate',
+      'finish',
+    ]);
   });
 
   it('a keep may revise the cadence of the next ones (the host measures what a keep costs)', async () => {
@@ -120,7 +139,17 @@ describe('job machine', () => {
     const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
     expect(end.context.restarts).toBe(1);
     const from = h.log.indexOf('restart worker 1 at step 5 round 1 (1 of 2)');
-    expect(h.log.slice(from)).toEqual(['restart worker 1 at step 5 round 1 (1 of 2)', 'recover kept 3 (rank 1 WORKER_DIED)', 'recovered: kept 3, was at step 5', 'step 4 ahead', 'step 5 ahead', 'step 6', 'keep 6', 'evaluate', 'finish']);
+    expect(h.log.slice(from)).toEqual([
+      'restart worker 1 at step 5 round 1 (1 of 2)',
+      'recover kept 3 (rank 1 WORKER_DIED)',
+      'recovered: kept 3, was at step 5',
+      'step 4 ahead',
+      'step 5 ahead',
+      'step 6',
+      'keep 6',
+      'evaluate',
+      'finish',
+    ]);
   });
 
   it('a loss during a recovery starts it over: the abandoned round is stopped (its signal aborted) before the next begins; two losses at once are two restarts', async () => {
@@ -215,20 +244,25 @@ describe('job machine', () => {
   it.each([
     ['before', true],
     ['after', false],
-  ])('without restarts a lost NATS connection fails the run at once, naming it (a dead server, told %s the disconnect, named instead)', async (_, serverFirst) => {
-    const h = harness({ restartLimit: 0 }, 100);
-    h.held.set(2, deferred());
-    h.actor.start();
-    await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
-    const disconnect = { type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false } as const;
-    const died = { type: 'NATS_LOST', why: 'nats-server (pid 7) exited', server: true } as const;
-    for (const e of serverFirst ? [died, disconnect] : [disconnect, died]) h.actor.send(e);
-    const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
-    expect(end.value).toBe('failed');
-    const err = h.errors.at(-1) as Error;
-    expect(err).toBeInstanceOf(TransportError);
-    expect(err.message).toBe('nats-server (pid 7) exited during step 2: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again');
-  });
+  ])(
+    'without restarts a lost NATS connection fails the run at once, naming it (a dead server, told %s the disconnect, named instead)',
+    async (_, serverFirst) => {
+      const h = harness({ restartLimit: 0 }, 100);
+      h.held.set(2, deferred());
+      h.actor.start();
+      await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
+      const disconnect = { type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false } as const;
+      const died = { type: 'NATS_LOST', why: 'nats-server (pid 7) exited', server: true } as const;
+      for (const e of serverFirst ? [died, disconnect] : [disconnect, died]) h.actor.send(e);
+      const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
+      expect(end.value).toBe('failed');
+      const err = h.errors.at(-1) as Error;
+      expect(err).toBeInstanceOf(TransportError);
+      expect(err.message).toBe(
+        'nats-server (pid 7) exited during step 2: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again',
+      );
+    },
+  );
 
   it('without restarts a disconnect alone fails the run, naming the server it was connected to', async () => {
     const h = harness({ restartLimit: 0 }, 50);
@@ -237,13 +271,17 @@ describe('job machine', () => {
     await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1, WAIT);
     h.actor.send({ type: 'NATS_LOST', why: 'the driver lost its NATS connection to 127.0.0.1:4222', server: false });
     await waitFor(h.actor, (s) => s.status === 'done', WAIT);
-    expect((h.errors.at(-1) as Error).message).toBe('the driver lost its NATS connection to 127.0.0.1:4222 during step 2: frames in flight may be lost; troupe up --restarts replays such a step');
+    expect((h.errors.at(-1) as Error).message).toBe(
+      'the driver lost its NATS connection to 127.0.0.1:4222 during step 2: frames in flight may be lost; troupe up --restarts replays such a step',
+    );
   });
 
   it('a failed step with no loss told: a census of the remote workers finds one gone, and the run waits for its replacement', async () => {
     const h = harness({}, 30);
     const machine = h.actor.logic.provide({
-      actors: { census: fromPromise<WorkerLoss[]>(async () => [{ worker: 1, why: "rank 1's worker (pid 9 on b) answers no ping", respawn: false, ranks: [1] }]) },
+      actors: {
+        census: fromPromise<WorkerLoss[]>(async () => [{ worker: 1, why: "rank 1's worker (pid 9 on b) answers no ping", respawn: false, ranks: [1] }]),
+      },
     });
     const actor = createActor(machine, { input: { step: 0, total: 3, keepEvery: 3, checkpoint: false, restartLimit: 1, evaluate: false } });
     const step2 = deferred<{ loss: number; metric: number | null }>();

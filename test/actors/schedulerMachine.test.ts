@@ -86,10 +86,21 @@ function harness(o: HarnessOptions = {}): Harness {
 }
 
 function req(over: Partial<StepRequest> = {}): StepRequest {
-  return { step: 1, microbatches: 6, forwardOnly: false, update: !over.forwardOnly, feedBound: 2, timeoutMs: 10_000, releasedBy: over.forwardOnly ? 'F' : 'B', grantInPlan: false, ...over };
+  return {
+    step: 1,
+    microbatches: 6,
+    forwardOnly: false,
+    update: !over.forwardOnly,
+    feedBound: 2,
+    timeoutMs: 10_000,
+    releasedBy: over.forwardOnly ? 'F' : 'B',
+    grantInPlan: false,
+    ...over,
+  };
 }
 
-const inState = (h: Harness, child: 'starting' | 'feeding' | 'draining' | 'updating' | 'aborting') => waitFor(h.actor, (s) => s.matches({ active: child }), WAIT);
+const inState = (h: Harness, child: 'starting' | 'feeding' | 'draining' | 'updating' | 'aborting') =>
+  waitFor(h.actor, (s) => s.matches({ active: child }), WAIT);
 
 describe('schedulerMachine: feeding', () => {
   it('feeds [0, feedBound) at start, then one microbatch per backward of stage 0 (m=6, bound 2)', async () => {
@@ -277,7 +288,10 @@ describe('schedulerMachine: closing a step', () => {
     h.actor.send({ type: 'UPDATED', rank: 0, step: 1 });
     await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'grant 1 0', 'update 1 except 0', 'resolve 1']);
-    for (const [step, over] of [[2, { forwardOnly: true }], [3, { update: false }]] as const) {
+    for (const [step, over] of [
+      [2, { forwardOnly: true }],
+      [3, { update: false }],
+    ] as const) {
       h.actor.send({ type: 'START', req: req({ step, microbatches: 1, feedBound: 1, ...over }) });
       await inState(h, 'draining');
       expect(h.log.filter((l) => l.startsWith('grant'))).toEqual(['grant 1 0']);
@@ -328,7 +342,10 @@ describe('schedulerMachine: closing a step', () => {
       await waitFor(h.actor, (s) => s.matches('idle'), WAIT);
     }
     expect(h.fed).toEqual([0, 1, 0, 1]);
-    expect(h.outcomes.map((o) => o.lossShares)).toEqual([[1, 1], [2, 2]]);
+    expect(h.outcomes.map((o) => o.lossShares)).toEqual([
+      [1, 1],
+      [2, 2],
+    ]);
   });
 });
 
@@ -456,7 +473,12 @@ describe('schedulerMachine: failures', () => {
 
 describe('schedulerMachine: refused frames', () => {
   const refused = (over: Partial<{ step: number; phase: string; code: string }> = {}) => ({
-    step: 1, phase: 'INPUT', key: 'j/1/0/INPUT', code: 'SHAPE', message: 'j/1/0/INPUT inputs tensor 0: got float32[2,7], expected float32[2,8]', ...over,
+    step: 1,
+    phase: 'INPUT',
+    key: 'j/1/0/INPUT',
+    code: 'SHAPE',
+    message: 'j/1/0/INPUT inputs tensor 0: got float32[2,7], expected float32[2,8]',
+    ...over,
   });
 
   it("a SHAPE refusal of the running step's INPUT aborts the step at once and rejects it with the stage's reason", async () => {
@@ -656,7 +678,9 @@ describe('schedulerMachine: liveness (#21 item 1)', () => {
     await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
     const f = h.failures[0]!.failure;
     expect(f).toMatchObject({ rank: 1, key: 'rank 1', code: 'STAGE_SILENT' });
-    expect(f.message).toMatch(/^stage 1 answered no liveness probe for 1000 ms; last seen in step 1, state running\.computing at F0\nstep 1, 2 microbatches:\n/);
+    expect(f.message).toMatch(
+      /^stage 1 answered no liveness probe for 1000 ms; last seen in step 1, state running\.computing at F0\nstep 1, 2 microbatches:\n/,
+    );
     expect(f.message).toMatch(/stage 0 {2}running\.waiting {4}F0 F1 \[B0\] ·· {3}waiting for BACKWARD:0/);
     expect(f.message).toMatch(/stage 1 {2}running\.computing {2}\[F0\] ·· ·· ·· {3}at F0/);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1 skip 1', 'reject 1 STAGE_SILENT']);
@@ -664,7 +688,7 @@ describe('schedulerMachine: liveness (#21 item 1)', () => {
     expect(h.actor.getSnapshot().context.watch.silent).toEqual([{ rank: 1, step: 1, state: 'running.computing', action: 'F0', awaiting: [] }]);
   });
 
-  it('a stage that never answered is timed from the watch\'s start; after the silence the watch is over', async () => {
+  it("a stage that never answered is timed from the watch's start; after the silence the watch is over", async () => {
     const h = harness({ stages: 2, input: { livenessTimeoutMs: 500 }, abort: () => new Promise(() => {}) });
     h.actor.send({ type: 'RUN', req: req({ microbatches: 2, feedBound: 2, actions }) });
     await inState(h, 'draining');
@@ -725,7 +749,9 @@ describe('livenessProbes: the watch the scheduler invokes', () => {
       },
     });
     const failures: StepFailure[] = [];
-    const actor = createActor(machine.provide({ actions: { rejectStep: (_, f) => void failures.push(f.failure) } }), { input: { stages: 2, heartbeatMs: 20, livenessTimeoutMs: 150 } });
+    const actor = createActor(machine.provide({ actions: { rejectStep: (_, f) => void failures.push(f.failure) } }), {
+      input: { stages: 2, heartbeatMs: 20, livenessTimeoutMs: 150 },
+    });
     actor.start();
     actor.send({ type: 'START', req: req({ microbatches: 1, feedBound: 1, timeoutMs: 60_000, actions: ['F0 B0', 'F0 B0'] }) });
     await waitFor(actor, (s) => s.matches('idle') && failures.length > 0, WAIT);

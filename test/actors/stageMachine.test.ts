@@ -5,7 +5,7 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { createActor, waitFor, type Actor, type SnapshotFrom } from 'xstate';
-import { ConflictingFrameError, DuplicateKeyError, ShapeError, StaleStepError, TroupeError, UnexpectedFrameError } from '../../src/errors.js';
+import { ConflictingFrameError, DuplicateKeyError, ShapeError, StaleStepError, type TroupeError, UnexpectedFrameError } from '../../src/errors.js';
 import type { CutTensor } from '../../src/compute/partition.js';
 import type { DType } from '../../src/protocol/dtype.js';
 import type { Frame, WireTensor } from '../../src/protocol/frame.js';
@@ -42,7 +42,19 @@ const yInput = (mb: number, step = 1) => frame(Phase.INPUT, mb, [tensor('y0', [2
 
 function plan(actions: string, opts: Partial<StepPlan> = {}): StepPlan {
   const batchSize = opts.batchSize ?? 8;
-  return { step: 1, microbatches: 4, batchSize, totalBatch: batchSize, forwardOnly: false, predict: false, update: !opts.forwardOnly, granted: false, actions, order: '', ...opts };
+  return {
+    step: 1,
+    microbatches: 4,
+    batchSize,
+    totalBatch: batchSize,
+    forwardOnly: false,
+    predict: false,
+    update: !opts.forwardOnly,
+    granted: false,
+    actions,
+    order: '',
+    ...opts,
+  };
 }
 
 interface Rejection {
@@ -218,7 +230,14 @@ describe('stageMachine: a step', () => {
     await waitFor(h.actor, (s) => s.matches('awaitingUpdate'), WAIT);
     expect(execs(h)).toEqual(['1F0', '1F1', '1B0', '1F2', '1B1', '1F3', '1B2', '1B3']);
     expect(h.executed.map((e) => e.frames.map((f) => `${f.key.phase}:${f.key.microbatch}`))).toEqual([
-      ['FORWARD:0'], ['FORWARD:1'], ['BACKWARD:0'], ['FORWARD:2'], ['BACKWARD:1'], ['FORWARD:3'], ['BACKWARD:2'], ['BACKWARD:3'],
+      ['FORWARD:0'],
+      ['FORWARD:1'],
+      ['BACKWARD:0'],
+      ['FORWARD:2'],
+      ['BACKWARD:1'],
+      ['FORWARD:3'],
+      ['BACKWARD:2'],
+      ['BACKWARD:3'],
     ]);
     expect(h.log.at(-1)).toBe('done 1 peak 2');
   });
@@ -320,7 +339,16 @@ describe('stageMachine: runs of ready actions', () => {
     expect(h.runs).toEqual(['1F0', '1F1 1B0 1F2 1B1 1F3 1B2 1B3']);
     expect(execs(h)).toEqual(MIDDLE_1F1B.split(' ').map((a) => `1${a}`));
     // Each action got its own frames.
-    expect(h.executed.map((ex) => ex.frames.map((f) => `${f.key.phase}:${f.key.microbatch}`).join())).toEqual(['FORWARD:0', 'FORWARD:1', 'BACKWARD:0', 'FORWARD:2', 'BACKWARD:1', 'FORWARD:3', 'BACKWARD:2', 'BACKWARD:3']);
+    expect(h.executed.map((ex) => ex.frames.map((f) => `${f.key.phase}:${f.key.microbatch}`).join())).toEqual([
+      'FORWARD:0',
+      'FORWARD:1',
+      'BACKWARD:0',
+      'FORWARD:2',
+      'BACKWARD:1',
+      'FORWARD:3',
+      'BACKWARD:2',
+      'BACKWARD:3',
+    ]);
     // F0 F1 held two microbatches at once, as action by action.
     expect(h.log).toContain('done 1 peak 2');
     expect(s.context).toMatchObject({ cursor: 8, run: 0, inbox: {}, held: 0, peakHeld: 2 });
@@ -481,7 +509,11 @@ describe('stageMachine: refused frames', () => {
       frame(Phase.BACKWARD, 0, [tensor('t0', [2, 3])]), // gradient shaped like the input
     ];
     h.send(...bad);
-    expectRejects(h, bad.map(() => ShapeError), bad);
+    expectRejects(
+      h,
+      bad.map(() => ShapeError),
+      bad,
+    );
     expect(h.rejects.every((r) => r.error.code === 'SHAPE')).toBe(true);
     const s = await h.waitingAt(0);
     expect(s.context.inbox).toEqual({});
@@ -535,7 +567,7 @@ describe('stageMachine: conflicting frames (#20 item 1)', () => {
     return { ...f, tensors: [{ ...f.tensors[0]!, data }] };
   };
 
-  it('a frame with other bytes for a held slot: reported as the step\'s failure, neither kept, and the slot takes no more', async () => {
+  it("a frame with other bytes for a held slot: reported as the step's failure, neither kept, and the slot takes no more", async () => {
     const gate = deferred<void>();
     const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
     h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
@@ -577,7 +609,7 @@ describe('stageMachine: conflicting frames (#20 item 1)', () => {
     expect(h.executed[1]!.frames[0]).toBe(held);
   });
 
-  it('a conflict in the queued step drops that step (its frames are refused from then on) and reports it as that step\'s failure', async () => {
+  it("a conflict in the queued step drops that step (its frames are refused from then on) and reports it as that step's failure", async () => {
     const h = await harness({ rank: 1, stages: 3 });
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
     await h.waitingAt(0);
@@ -661,11 +693,14 @@ describe('stageMachine: failures and aborts', () => {
 
   it('a synchronous update ends within the UPDATE event: updated, and the queued step begun; one that throws fails the stage', async () => {
     let fail = false;
-    const h = await harness({ rank: 2, stages: 3 }, {
-      syncUpdate: () => {
-        if (fail) throw new Error('optimizer');
+    const h = await harness(
+      { rank: 2, stages: 3 },
+      {
+        syncUpdate: () => {
+          if (fail) throw new Error('optimizer');
+        },
       },
-    });
+    );
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
     h.send(fwd(0), yInput(0));
     await waitFor(h.actor, (x) => x.matches('awaitingUpdate'), WAIT);
@@ -686,13 +721,16 @@ describe('stageMachine: failures and aborts', () => {
   it('ABORT while an action computes waits for it, then resets and goes idle without running more', async () => {
     const gate = deferred<void>();
     const started = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, {
-      execute: (ex) => {
-        if (formatAction(ex.action) !== '1F1') return Promise.resolve();
-        started.resolve();
-        return gate.promise;
+    const h = await harness(
+      { rank: 1, stages: 3 },
+      {
+        execute: (ex) => {
+          if (formatAction(ex.action) !== '1F1') return Promise.resolve();
+          started.resolve();
+          return gate.promise;
+        },
       },
-    });
+    );
     h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
     h.send(fwd(0), fwd(1), bwd(0), fwd(2));
     // F0 ran alone (the other frames came after it started); F1, B0 and F2 make the next run.
@@ -826,7 +864,7 @@ describe('stageMachine: a step queued behind the update (overlapped steps)', () 
     expect(h.rejects).toEqual([]);
   });
 
-  it('a plan sent while the stage still runs its step is queued too, and runs after that step\'s update', async () => {
+  it("a plan sent while the stage still runs its step is queued too, and runs after that step's update", async () => {
     const h = await harness({ rank: 1, stages: 3 });
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
     await h.waitingAt(0);

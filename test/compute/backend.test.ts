@@ -31,7 +31,11 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Swaps the last two axes. */
-const flip = (x: tf.Tensor) => tf.transpose(x, x.shape.map((_, i, s) => (i < s.length - 2 ? i : i === s.length - 2 ? s.length - 1 : s.length - 2)));
+const flip = (x: tf.Tensor) =>
+  tf.transpose(
+    x,
+    x.shape.map((_, i, s) => (i < s.length - 2 ? i : i === s.length - 2 ? s.length - 1 : s.length - 2)),
+  );
 
 describe('selectBackend', () => {
   it('is memoised: the same promise and the same choice on every call', async () => {
@@ -157,7 +161,9 @@ describe.skipIf(!onWasm)('wasm Identity override (shares the buffer)', () => {
         const w1 = tf.randomUniform([5, 7], -1, 1, 'float32', 12);
         const w2 = tf.randomUniform([7, 3], -1, 1, 'float32', 13);
         const f = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.square(tf.matMul(tf.relu(tf.matMul(x, a)), b)));
-        return tf.grads(f)([w1, w2]).map((g) => Array.from(g.dataSync()));
+        return tf
+          .grads(f)([w1, w2])
+          .map((g) => Array.from(g.dataSync()));
       });
     const backend = tf.engine().backend;
     const dataBefore = backend.numDataIds();
@@ -167,33 +173,38 @@ describe.skipIf(!onWasm)('wasm Identity override (shares the buffer)', () => {
     const get = (shape: [number, number], seed: number) => tf.tidy(() => Array.from(tf.randomUniform(shape, -1, 1, 'float32', seed).dataSync()));
     const [x, w1, w2] = [get([6, 5], 11), get([5, 7], 12), get([7, 3], 13)];
     const h = Array.from({ length: 6 * 7 }, (_, i) => {
-      const r = Math.floor(i / 7), c = i % 7;
+      const r = Math.floor(i / 7),
+        c = i % 7;
       let s = 0;
       for (let k = 0; k < 5; k++) s += x[r * 5 + k]! * w1[k * 7 + c]!;
       return s;
     });
     const a = h.map((v) => Math.max(0, v));
     const y = Array.from({ length: 6 * 3 }, (_, i) => {
-      const r = Math.floor(i / 3), c = i % 3;
+      const r = Math.floor(i / 3),
+        c = i % 3;
       let s = 0;
       for (let k = 0; k < 7; k++) s += a[r * 7 + k]! * w2[k * 3 + c]!;
       return s;
     });
     const dy = y.map((v) => 2 * v);
     const dw2 = Array.from({ length: 7 * 3 }, (_, i) => {
-      const r = Math.floor(i / 3), c = i % 3;
+      const r = Math.floor(i / 3),
+        c = i % 3;
       let s = 0;
       for (let n = 0; n < 6; n++) s += a[n * 7 + r]! * dy[n * 3 + c]!;
       return s;
     });
     const da = Array.from({ length: 6 * 7 }, (_, i) => {
-      const n = Math.floor(i / 7), r = i % 7;
+      const n = Math.floor(i / 7),
+        r = i % 7;
       let s = 0;
       for (let c = 0; c < 3; c++) s += dy[n * 3 + c]! * w2[r * 3 + c]!;
       return h[i]! > 0 ? s : 0;
     });
     const dw1 = Array.from({ length: 5 * 7 }, (_, i) => {
-      const k = Math.floor(i / 7), c = i % 7;
+      const k = Math.floor(i / 7),
+        c = i % 7;
       let s = 0;
       for (let n = 0; n < 6; n++) s += x[n * 5 + k]! * da[n * 7 + c]!;
       return s;

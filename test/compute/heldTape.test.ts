@@ -109,10 +109,14 @@ describe('HeldTape', () => {
     const x = tf.randomNormal([2, 5]);
     const before = tf.memory().numTensors;
     expect(() =>
-      HeldTape.record(() => {
-        model.apply(x);
-        throw new Error('boom');
-      }, [x], variablesOf(model)),
+      HeldTape.record(
+        () => {
+          model.apply(x);
+          throw new Error('boom');
+        },
+        [x],
+        variablesOf(model),
+      ),
     ).toThrow('boom');
     expect(tf.memory().numTensors).toBe(before);
     // The engine records no tape outside a recording.

@@ -35,7 +35,15 @@ function model(seed: number): tf.LayersModel {
   let h: tf.SymbolicTensor = x;
   for (let i = 1; i < SIZES.length; i++) {
     const last = i === SIZES.length - 1;
-    h = tf.layers.dense({ units: SIZES[i]!, activation: last ? 'softmax' : 'tanh', name: `layer${i}`, kernelInitializer: tf.initializers.glorotUniform({ seed: seed * 10 + i }), biasInitializer: tf.initializers.randomUniform({ minval: -0.1, maxval: 0.1, seed: seed * 10 + 5 + i }) }).apply(h) as tf.SymbolicTensor;
+    h = tf.layers
+      .dense({
+        units: SIZES[i]!,
+        activation: last ? 'softmax' : 'tanh',
+        name: `layer${i}`,
+        kernelInitializer: tf.initializers.glorotUniform({ seed: seed * 10 + i }),
+        biasInitializer: tf.initializers.randomUniform({ minval: -0.1, maxval: 0.1, seed: seed * 10 + 5 + i }),
+      })
+      .apply(h) as tf.SymbolicTensor;
   }
   return tf.model({ inputs: x, outputs: h });
 }
@@ -99,43 +107,55 @@ async function straight(make: () => tf.Optimizer): Promise<{ final: { weights: s
 }
 
 describe('exact optimizer state', () => {
-  it.each(Object.keys(OPTIMIZERS))('%s: N = 21 steps straight equal k + (N - k) with an export and import at every k in 1..20, weights and state byte for byte', async (name) => {
-    const make = OPTIMIZERS[name]!;
-    const { final, at } = await straight(make);
-    for (let k = 1; k < N; k++) {
-      // Resume: another copy of the model (other initial weights), a fresh optimizer.
-      const resumed = run(2, make);
-      await importStageState(resumed.parts[0]!, resumed.opts[0]!, at[k]!);
-      for (let s = k + 1; s <= N; s++) step(resumed, s);
-      expect(await digest(resumed), `${name}, resumed after step ${k}`).toEqual(final);
-      dispose(resumed);
-      // Replay: an optimizer that already went on (as a stage that ran into a failed step) takes the state back.
-      const replayed = run(3, make);
-      for (let s = 1; s <= 3; s++) step(replayed, N + s);
-      await importStageState(replayed.parts[0]!, replayed.opts[0]!, at[k]!);
-      for (let s = k + 1; s <= N; s++) step(replayed, s);
-      expect(await digest(replayed), `${name}, replayed from step ${k}`).toEqual(final);
-      dispose(replayed);
-    }
-  }, 120_000);
+  it.each(Object.keys(OPTIMIZERS))(
+    '%s: N = 21 steps straight equal k + (N - k) with an export and import at every k in 1..20, weights and state byte for byte',
+    async (name) => {
+      const make = OPTIMIZERS[name]!;
+      const { final, at } = await straight(make);
+      for (let k = 1; k < N; k++) {
+        // Resume: another copy of the model (other initial weights), a fresh optimizer.
+        const resumed = run(2, make);
+        await importStageState(resumed.parts[0]!, resumed.opts[0]!, at[k]!);
+        for (let s = k + 1; s <= N; s++) step(resumed, s);
+        expect(await digest(resumed), `${name}, resumed after step ${k}`).toEqual(final);
+        dispose(resumed);
+        // Replay: an optimizer that already went on (as a stage that ran into a failed step) takes the state back.
+        const replayed = run(3, make);
+        for (let s = 1; s <= 3; s++) step(replayed, N + s);
+        await importStageState(replayed.parts[0]!, replayed.opts[0]!, at[k]!);
+        for (let s = k + 1; s <= N; s++) step(replayed, s);
+        expect(await digest(replayed), `${name}, replayed from step ${k}`).toEqual(final);
+        dispose(replayed);
+      }
+    },
+    120_000,
+  );
 
-  it.each(Object.keys(OPTIMIZERS))('%s: a state of 1 stage resharded into 3 (1 | 1 | 1 layers) goes on byte for byte', async (name) => {
-    const make = OPTIMIZERS[name]!;
-    const { final, at } = await straight(make);
-    for (const k of [2, 5, 13]) {
-      const three = run(4, make, 3);
-      const moved = reshard([{ ...at[k]! }], three.parts);
-      for (const [i, p] of three.parts.entries()) await importStageState(p, three.opts[i]!, moved[i]!);
-      for (let s = k + 1; s <= N; s++) step(three, s);
-      expect((await digest(three)).weights, `${name}, resharded after step ${k}`).toBe(final.weights);
-      // And back into one stage: the optimizer state is the straight run's too.
-      const one = run(5, make);
-      await importStageState(one.parts[0]!, one.opts[0]!, reshard(await Promise.all(three.parts.map((p, i) => exportStageState(p, three.opts[i]!))), one.parts)[0]!);
-      expect(await digest(one), `${name}, resharded back after step ${k}`).toEqual(final);
-      dispose(three);
-      dispose(one);
-    }
-  }, 120_000);
+  it.each(Object.keys(OPTIMIZERS))(
+    '%s: a state of 1 stage resharded into 3 (1 | 1 | 1 layers) goes on byte for byte',
+    async (name) => {
+      const make = OPTIMIZERS[name]!;
+      const { final, at } = await straight(make);
+      for (const k of [2, 5, 13]) {
+        const three = run(4, make, 3);
+        const moved = reshard([{ ...at[k]! }], three.parts);
+        for (const [i, p] of three.parts.entries()) await importStageState(p, three.opts[i]!, moved[i]!);
+        for (let s = k + 1; s <= N; s++) step(three, s);
+        expect((await digest(three)).weights, `${name}, resharded after step ${k}`).toBe(final.weights);
+        // And back into one stage: the optimizer state is the straight run's too.
+        const one = run(5, make);
+        await importStageState(
+          one.parts[0]!,
+          one.opts[0]!,
+          reshard(await Promise.all(three.parts.map((p, i) => exportStageState(p, three.opts[i]!))), one.parts)[0]!,
+        );
+        expect(await digest(one), `${name}, resharded back after step ${k}`).toEqual(final);
+        dispose(three);
+        dispose(one);
+      }
+    },
+    120_000,
+  );
 
   it("a saved Adam state names its running products; one without them (saved before) falls back to tfjs's pow(beta, t + 1), which is not exact", async () => {
     const make = OPTIMIZERS['Adam (defaults)']!;
@@ -148,7 +168,11 @@ describe('exact optimizer state', () => {
     const old = (s: StageState): StageState => {
       const os = s.tensors.filter((t) => t.name.startsWith('o'));
       const keep = s.optimizerNames.map((n, i) => [n, os[i]!] as const).filter(([n]) => !n.startsWith('accBeta'));
-      return { weightNames: s.weightNames, optimizerNames: keep.map(([n]) => n), tensors: [...s.tensors.filter((t) => t.name.startsWith('w')), ...keep.map(([, t], i) => ({ ...t, name: `o${i}` }))] };
+      return {
+        weightNames: s.weightNames,
+        optimizerNames: keep.map(([n]) => n),
+        tensors: [...s.tensors.filter((t) => t.name.startsWith('w')), ...keep.map(([, t], i) => ({ ...t, name: `o${i}` }))],
+      };
     };
     expect(missingOptimizerState(opt, old(at[2]!).optimizerNames)).toEqual(['accBeta1', 'accBeta2']);
     opt.dispose();
@@ -196,7 +220,10 @@ describe('exact optimizer state', () => {
 
   it('refuses a running value of the wrong shape or dtype, naming it', async () => {
     const opt = tf.train.adam();
-    const bad = [{ name: 'iter', tensor: tf.scalar(3, 'int32') }, { name: 'accBeta1', tensor: tf.tensor1d([0.5, 0.5]) }];
+    const bad = [
+      { name: 'iter', tensor: tf.scalar(3, 'int32') },
+      { name: 'accBeta1', tensor: tf.tensor1d([0.5, 0.5]) },
+    ];
     await expect(writeOptimizerState(opt, bad)).rejects.toThrow(ShapeError);
     await expect(writeOptimizerState(opt, bad)).rejects.toThrow(/accBeta1 is float32\[2\], expected a float32 scalar/);
     tf.dispose(bad.map((b) => b.tensor));

@@ -75,7 +75,8 @@ describe('balanceByCost', () => {
   it('minMaxCut, the one DP under balanceByCost and the memory-budget cut, is optimal for a cost that depends on the stage too', () => {
     const weights = [3, 8, 1, 6, 2, 5, 4];
     // As the memory budget's estimate: a stage holds more of its activations the earlier it is in the pipeline.
-    const stageCost = (p: number) => (from: number, to: number, stage: number) => weights.slice(from, to).reduce((a, b) => a + b, 0) * (1 + (p - 1 - stage) * 0.5);
+    const stageCost = (p: number) => (from: number, to: number, stage: number) =>
+      weights.slice(from, to).reduce((a, b) => a + b, 0) * (1 + (p - 1 - stage) * 0.5);
     for (let p = 1; p <= weights.length; p++) {
       const cost = stageCost(p);
       const worst = (starts: number[]) => Math.max(...starts.slice(0, -1).map((s, k) => cost(s, starts[k + 1]!, k)));
@@ -103,7 +104,10 @@ describe('partitionModel', () => {
     const two = partitionModel(model, 2);
     expect(two.map((s) => s.layerNames)).toEqual([[names[0]], names.slice(1)]);
     expect(two.map((s) => s.params)).toEqual([40, 83]);
-    expect(two.map((s) => [s.rank, s.stages])).toEqual([[0, 2], [1, 2]]);
+    expect(two.map((s) => [s.rank, s.stages])).toEqual([
+      [0, 2],
+      [1, 2],
+    ]);
 
     const three = partitionModel(model, 3);
     expect(three.map((s) => s.layerNames)).toEqual([[names[0]], [names[1]], names.slice(2)]);
@@ -111,7 +115,10 @@ describe('partitionModel', () => {
 
     // Hand check: no other split of 2 or 3 stages has a smaller largest stage.
     const costs = [40, 54, 21, 8];
-    for (const [p, parts] of [[2, two], [3, three]] as const) {
+    for (const [p, parts] of [
+      [2, two],
+      [3, three],
+    ] as const) {
       const best = Math.min(...allSplits(4, p).map((st) => Math.max(...st.slice(0, -1).map((s, k) => costs.slice(s, st[k + 1]).reduce((a, b) => a + b, 0)))));
       expect(Math.max(...parts.map((s) => s.params))).toBe(best);
     }

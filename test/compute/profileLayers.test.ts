@@ -13,7 +13,9 @@ import { skipModel } from '../helpers/models.js';
 function convThenDense(): tf.Sequential {
   const init = (k: number) => tf.initializers.glorotUniform({ seed: 60 + k });
   const m = tf.sequential();
-  m.add(tf.layers.conv2d({ inputShape: [24, 24, 16], filters: 16, kernelSize: 3, padding: 'same', activation: 'relu', kernelInitializer: init(1), name: 'c1' }));
+  m.add(
+    tf.layers.conv2d({ inputShape: [24, 24, 16], filters: 16, kernelSize: 3, padding: 'same', activation: 'relu', kernelInitializer: init(1), name: 'c1' }),
+  );
   m.add(tf.layers.conv2d({ filters: 16, kernelSize: 3, padding: 'same', activation: 'relu', kernelInitializer: init(2), name: 'c2' }));
   m.add(tf.layers.flatten({ name: 'flat' }));
   m.add(tf.layers.dense({ units: 64, activation: 'relu', kernelInitializer: init(3), name: 'd1' }));

@@ -15,7 +15,7 @@ const MODES: Mode[] = ['tape', 'recompute', 'split'];
 
 /** Runs stages in one process with no transport: all forwards, then all backwards, then update. */
 async function trainInProcess(stages: StageCompute[], x: tf.Tensor, y: tf.Tensor, m: number, mode: Mode = 'tape'): Promise<number> {
-  const B = x.shape[0]!;
+  const B = x.shape[0];
   const sizes = microbatchSizes(B, m);
   const offs = microbatchOffsets(sizes);
   const xw = await fromTensor(x, 'x0');

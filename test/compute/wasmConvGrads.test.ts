@@ -2,14 +2,25 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 
 /** The input and filter gradients of conv2d(x, k) against upstream dy, on the current backend. */
-function convGrads(x: number[], xs: number[], k: number[], ks: number[], dy: (shape: number[]) => tf.Tensor, strides: number, pad: 'valid' | 'same', dilation: number): Float32Array[] {
+function convGrads(
+  x: number[],
+  xs: number[],
+  k: number[],
+  ks: number[],
+  dy: (shape: number[]) => tf.Tensor,
+  strides: number,
+  pad: 'valid' | 'same',
+  dilation: number,
+): Float32Array[] {
   return tf.tidy(() => {
     const xt = tf.tensor4d(x, xs as [number, number, number, number]);
     const kt = tf.tensor4d(k, ks as [number, number, number, number]);
     const y = tf.conv2d(xt, kt, strides, pad, 'NHWC', dilation);
     const up = dy(y.shape);
     const f = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, strides, pad, 'NHWC', dilation), up));
-    return tf.grads(f)([xt, kt]).map((g) => g.dataSync() as Float32Array);
+    return tf
+      .grads(f)([xt, kt])
+      .map((g) => g.dataSync() as Float32Array);
   });
 }
 
@@ -35,9 +46,22 @@ describe("Troupe's conv gradient kernels on wasm (Conv2DBackpropFilter, Conv2DBa
   });
 
   it.each(CASES)('$name: input and filter gradients equal the cpu backend within 1e-5', async ({ xs, ks, strides, pad, dilation }) => {
-    const x = seeded(xs.reduce((a, b) => a * b), 1);
-    const k = seeded(ks.reduce((a, b) => a * b), 2);
-    const dy = (shape: number[]) => tf.tensor(seeded(shape.reduce((a, b) => a * b), 3), shape);
+    const x = seeded(
+      xs.reduce((a, b) => a * b),
+      1,
+    );
+    const k = seeded(
+      ks.reduce((a, b) => a * b),
+      2,
+    );
+    const dy = (shape: number[]) =>
+      tf.tensor(
+        seeded(
+          shape.reduce((a, b) => a * b),
+          3,
+        ),
+        shape,
+      );
     await tf.setBackend('wasm');
     const before = tf.memory().numTensors;
     const onWasm = convGrads(x, xs, k, ks, dy, strides, pad, dilation);

@@ -34,7 +34,11 @@ describe("Troupe's UnsortedSegmentSum kernel on wasm", () => {
     const ids = [2, 0, 2, 5, -1, 4, 2]; // 1 and 3 get nothing; 5 and -1 are outside 0..4
     const ts = [11, 4];
     const table = seeded(44, 2);
-    const idx = [[1, 3, 3, 10], [0, 1, 7, 3], [10, 10, 10, 2]];
+    const idx = [
+      [1, 3, 3, 10],
+      [0, 1, 7, 3],
+      [10, 10, 10, 2],
+    ];
     await tf.setBackend('wasm');
     const before = tf.memory().numTensors;
     const onWasm = both(x, xs, ids, 5, table, ts, idx);

@@ -22,7 +22,8 @@ describe('examples/compose.ts', () => {
       expect(accuracy).toBeGreaterThan(0.9);
       // Every actor of the pipeline was followed through its step states.
       expect(Object.keys(seen).sort()).toEqual(['scheduler', 'stage-0', 'stage-1']);
-      for (const stage of ['stage-0', 'stage-1']) for (const state of ['running', 'updating', 'idle']) expect(seen[stage]![state], `${stage} ${state}`).toBeGreaterThanOrEqual(steps);
+      for (const stage of ['stage-0', 'stage-1'])
+        for (const state of ['running', 'updating', 'idle']) expect(seen[stage]![state], `${stage} ${state}`).toBeGreaterThanOrEqual(steps);
       expect(seen['scheduler']!['active']).toBeGreaterThanOrEqual(steps);
     } finally {
       model.dispose();

@@ -40,14 +40,20 @@ describe('checkpoints', () => {
     c.states.forEach((s, r) => {
       const want = states(3)[r]!;
       expect(s.weightNames).toEqual(want.weightNames);
-      expect(s.tensors.map((t) => [t.name, t.dtype, t.shape, Array.from(t.data)])).toEqual(want.tensors.map((t) => [t.name, t.dtype, t.shape, Array.from(t.data)]));
+      expect(s.tensors.map((t) => [t.name, t.dtype, t.shape, Array.from(t.data)])).toEqual(
+        want.tensors.map((t) => [t.name, t.dtype, t.shape, Array.from(t.data)]),
+      );
     });
   });
 
   it('keeps the newest two step directories', async () => {
     fresh();
     for (let s = 1; s <= 4; s++) await saveCheckpoint(dir, meta(s), states(s));
-    expect(readdirSync(dir).filter((n) => n.startsWith('step-')).sort()).toEqual(['step-3', 'step-4']);
+    expect(
+      readdirSync(dir)
+        .filter((n) => n.startsWith('step-'))
+        .sort(),
+    ).toEqual(['step-3', 'step-4']);
     expect(readFileSync(join(dir, 'LATEST'), 'utf8')).toBe('step-4');
   });
 
@@ -107,14 +113,20 @@ describe('checkpoints', () => {
     fresh();
     await saveCheckpoint(dir, meta(2), states(2));
     // The seam: stage 1's body goes to /dev/full, which refuses every write as a full disk does.
-    vi.spyOn(checkpointIo, 'open').mockImplementation(((path: string, flags: string) => open(String(path).endsWith('stage-1.bin') ? '/dev/full' : path, flags)) as typeof checkpointIo.open);
-    const err = await saveCheckpoint(dir, meta(3), states(3)).then(() => null, (e: unknown) => e);
+    vi.spyOn(checkpointIo, 'open').mockImplementation(((path: string, flags: string) =>
+      open(String(path).endsWith('stage-1.bin') ? '/dev/full' : path, flags)) as typeof checkpointIo.open);
+    const err = await saveCheckpoint(dir, meta(3), states(3)).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(CheckpointError);
     const e = err as CheckpointError;
     expect(e.step).toBe(3);
     expect(e.path).toBe(join(dir, `.step-3.tmp-${process.pid}`, 'stage-1.bin'));
     expect((e.cause as NodeJS.ErrnoException).code).toBe('ENOSPC');
-    expect(e.message).toMatch(/^checkpoint of step 3 could not be written to .*: ENOSPC: no space left on device.*stage-1\.bin.*; the previous checkpoint is still the latest$/);
+    expect(e.message).toMatch(
+      /^checkpoint of step 3 could not be written to .*: ENOSPC: no space left on device.*stage-1\.bin.*; the previous checkpoint is still the latest$/,
+    );
     vi.restoreAllMocks();
     expect(readdirSync(dir).sort()).toEqual(['LATEST', 'step-2']);
     expect((await loadCheckpoint(dir)).meta.step).toBe(2);
@@ -136,7 +148,7 @@ describe('checkpoints', () => {
   it("removes abandoned temporaries (their writer is dead, or is this process) and keeps a live writer's", async () => {
     fresh();
     await saveCheckpoint(dir, meta(4), states(4));
-    const dead = spawnSync(process.execPath, ['-e', '']).pid!; // a process that has exited
+    const dead = spawnSync(process.execPath, ['-e', '']).pid; // a process that has exited
     const live = process.ppid; // the test runner: alive, and not this process
     mkdirSync(join(dir, `.step-5.tmp-${dead}`));
     writeFileSync(join(dir, `.step-5.tmp-${dead}`, 'stage-0.bin'), new Uint8Array(1 << 20));

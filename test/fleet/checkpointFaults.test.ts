@@ -26,7 +26,11 @@ describe('checkpoint directories that cannot be written', () => {
     mkdirSync(dir, { mode: 0o755 });
     if (!root) chmodSync(dir, 0o555);
     // Root ignores permission bits, so the run drops to an unprivileged user, as a real deployment would run.
-    const child = spawn(process.execPath, [BIN, 'up', CONFIG, '--checkpoint-dir', dir], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TROUPE_BACKEND: 'wasm' }, ...(root ? { uid: 65534, gid: 65534 } : {}) });
+    const child = spawn(process.execPath, [BIN, 'up', CONFIG, '--checkpoint-dir', dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TROUPE_BACKEND: 'wasm' },
+      ...(root ? { uid: 65534, gid: 65534 } : {}),
+    });
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr.on('data', (b: Buffer) => (out += b.toString()));

@@ -23,8 +23,14 @@ describe('troupe command line', () => {
   it('refuses unknown commands and flags with exit code 2', async () => {
     expect(await troupeToEnd(['fly'])).toMatchObject({ code: 2, output: expect.stringMatching(/unknown command "fly"/) });
     expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '--bogus'])).toMatchObject({ code: 2, output: expect.stringMatching(/--bogus/) });
-    expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '--steps', 'many'])).toMatchObject({ code: 2, output: expect.stringMatching(/--steps must be an integer/) });
-    expect(await troupeToEnd(['worker', '--nats', nats.server.url, '--job', 'x', '--rank', '0'])).toMatchObject({ code: 2, output: expect.stringMatching(/needs --config/) });
+    expect(await troupeToEnd(['up', fixture('tiny.job.ts'), '--steps', 'many'])).toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/--steps must be an integer/),
+    });
+    expect(await troupeToEnd(['worker', '--nats', nats.server.url, '--job', 'x', '--rank', '0'])).toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/needs --config/),
+    });
   });
 
   it.each([
@@ -39,7 +45,17 @@ describe('troupe command line', () => {
   });
 
   it('--no-spawn waits for workers and names the missing ranks on timeout', async () => {
-    const { code, output } = await troupeToEnd(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'lonely', '--no-spawn', '--ready-timeout', '1']);
+    const { code, output } = await troupeToEnd([
+      'up',
+      fixture('tiny.job.ts'),
+      '--nats',
+      nats.server.url,
+      '--job',
+      'lonely',
+      '--no-spawn',
+      '--ready-timeout',
+      '1',
+    ]);
     expect(code).toBe(1);
     expect(output).toMatch(/job lonely: no worker for rank 0, 1 after 1000 ms/);
   });
@@ -47,7 +63,9 @@ describe('troupe command line', () => {
   it('workers started separately (as on other hosts) join a --no-spawn fleet and are stopped at the end', async () => {
     const driver = troupe(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'joined', '--no-spawn', '--steps', '3']);
     await driver.waitFor(/waiting for 2 workers/);
-    const workers = [0, 1].map((rank) => troupe(['worker', '--nats', nats.server.url, '--job', 'joined', '--rank', String(rank), '--config', fixture('tiny.job.ts')]));
+    const workers = [0, 1].map((rank) =>
+      troupe(['worker', '--nats', nats.server.url, '--job', 'joined', '--rank', String(rank), '--config', fixture('tiny.job.ts')]),
+    );
     const { code } = await driver.exit;
     expect(code, driver.output()).toBe(0);
     expect(driver.output()).toMatch(/step 3\/3/);
@@ -87,8 +105,14 @@ describe('troupe command line', () => {
     expect(il.output).toMatch(/interleaved, p=4 on 2 devices, m=4: step 27 time units/);
     expect(il.output.split('\n').filter((l) => /^ \d \|/.test(l))).toHaveLength(2);
     expect(il.output).toMatch(/bubble: simulated 11\.1%, \(\(d-1\)\/v\)\/\(m\+\(d-1\)\/v\) = 11\.1%/);
-    expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({ code: 1, output: expect.stringMatching(/unknown schedule "zigzag"/) });
-    expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({ code: 2, output: expect.stringMatching(/-p must be an integer/) });
+    expect(await troupeToEnd(['schedule', 'show', 'zigzag', '-p', '2', '-m', '2'])).toMatchObject({
+      code: 1,
+      output: expect.stringMatching(/unknown schedule "zigzag"/),
+    });
+    expect(await troupeToEnd(['schedule', 'show', 'gpipe', '-p', 'two', '-m', '2'])).toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/-p must be an integer/),
+    });
   });
 });
 
@@ -125,7 +149,10 @@ describe('command line conventions', () => {
     expect(s.heldOut.metric).toBeGreaterThanOrEqual(0);
     expect(s.heldOut.metric).toBeLessThanOrEqual(1);
     // 3 steps of 4 microbatches, plus the held-out forward in 4.
-    expect(s.stages.map((st: { rank: number; forwards: number; backwards: number }) => [st.rank, st.forwards, st.backwards])).toEqual([[0, 16, 12], [1, 16, 12]]);
+    expect(s.stages.map((st: { rank: number; forwards: number; backwards: number }) => [st.rank, st.forwards, st.backwards])).toEqual([
+      [0, 16, 12],
+      [1, 16, 12],
+    ]);
     expect(s.workers.map((w: { rank: number; pid: number }) => w.rank)).toEqual([0, 1]);
     expect(run.stderr()).toBe('');
   });
@@ -146,7 +173,9 @@ describe('command line conventions', () => {
     const driver = troupe(['up', fixture('tiny.job.ts'), '--nats', nats.server.url, '--job', 'fromenv', '--no-spawn', '--steps', '2']);
     await driver.waitFor(/waiting for 2 workers/);
     // As a process manager starts them: the same command line, the rank in the environment.
-    const workers = [0, 1].map((rank) => troupe(['worker'], { TROUPE_NATS_URL: nats.server.url, TROUPE_JOB: 'fromenv', TROUPE_RANK: String(rank), TROUPE_CONFIG: fixture('tiny.job.ts') }));
+    const workers = [0, 1].map((rank) =>
+      troupe(['worker'], { TROUPE_NATS_URL: nats.server.url, TROUPE_JOB: 'fromenv', TROUPE_RANK: String(rank), TROUPE_CONFIG: fixture('tiny.job.ts') }),
+    );
     expect((await driver.exit).code, driver.output()).toBe(0);
     expect(driver.output()).toMatch(/step 2\/2/);
     for (const [rank, w] of workers.entries()) {
@@ -154,7 +183,12 @@ describe('command line conventions', () => {
       expect(w.output()).toMatch(new RegExp(`job fromenv rank ${rank}/2 pid`));
     }
     // A flag wins over the environment.
-    const env = troupe(['worker', '--rank', '5'], { TROUPE_NATS_URL: nats.server.url, TROUPE_JOB: 'tiny', TROUPE_RANK: '0', TROUPE_CONFIG: fixture('tiny.job.ts') });
+    const env = troupe(['worker', '--rank', '5'], {
+      TROUPE_NATS_URL: nats.server.url,
+      TROUPE_JOB: 'tiny',
+      TROUPE_RANK: '0',
+      TROUPE_CONFIG: fixture('tiny.job.ts'),
+    });
     expect((await env.exit).code).toBe(1);
     expect(env.output()).toMatch(/rank 5 does not exist: job tiny has 2 stages/);
     const none = troupe(['worker'], { TROUPE_NATS_URL: '', TROUPE_JOB: 'x', TROUPE_RANK: '0', TROUPE_CONFIG: 'x.ts' });

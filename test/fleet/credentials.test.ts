@@ -43,7 +43,9 @@ describe('credentials a troupe up fleet hands out', () => {
   it('--no-spawn prints one command per worker, each naming a file with its own stage password only', async () => {
     const dir = mkdtempSync(join(tmp, 'remote-'));
     const run = troupe(['up', PROBE, '--steps', '2', '--job', 'remote', '--no-spawn'], { TROUPE_ENV_PROBE: dir });
-    const lines = await Promise.all([0, 1].map((r) => run.waitFor(new RegExp(`TROUPE_NATS_CREDENTIALS=(\\S+) troupe worker (--nats \\S+ --job remote --rank ${r} --config \\S+)`))));
+    const lines = await Promise.all(
+      [0, 1].map((r) => run.waitFor(new RegExp(`TROUPE_NATS_CREDENTIALS=(\\S+) troupe worker (--nats \\S+ --job remote --rank ${r} --config \\S+)`))),
+    );
     const workers = lines.map((m, r) => {
       const file = m[1]!;
       expect(statSync(file).mode & 0o777).toBe(0o600);

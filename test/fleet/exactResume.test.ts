@@ -36,13 +36,21 @@ const straight = new Map<string, Promise<{ save: string; bytes: Buffer }>>();
 function straightRun(config: string): Promise<{ save: string; bytes: Buffer }> {
   if (!straight.has(config)) {
     const save = join(tmp, `straight-${straight.size}`);
-    straight.set(config, up(config, ['--steps', String(STEPS), '--save', save]).then(() => ({ save, bytes: weights(save) })));
+    straight.set(
+      config,
+      up(config, ['--steps', String(STEPS), '--save', save]).then(() => ({ save, bytes: weights(save) })),
+    );
   }
   return straight.get(config)!;
 }
 
 /** `--steps k`, then `--resume` to STEPS: the resumed run's saved directory. */
-async function resumeAfter(config: string, k: number, name: string, between?: (dir: string) => void | Promise<void>): Promise<{ save: string; output: string }> {
+async function resumeAfter(
+  config: string,
+  k: number,
+  name: string,
+  between?: (dir: string) => void | Promise<void>,
+): Promise<{ save: string; output: string }> {
   const dir = join(tmp, `ckpt-${name}`);
   const save = join(tmp, `saved-${name}`);
   await up(config, ['--steps', String(k), '--checkpoint-dir', dir]);
@@ -72,19 +80,25 @@ describe('exact resume and replay', () => {
     const stripped = c.states.map((s) => {
       const os = s.tensors.filter((t) => t.name.startsWith('o'));
       const keep = s.optimizerNames.map((n, i) => [n, os[i]!] as const).filter(([n]) => !n.startsWith('accBeta'));
-      return { ...s, optimizerNames: keep.map(([n]) => n), tensors: [...s.tensors.filter((t) => t.name.startsWith('w')), ...keep.map(([, t], i) => ({ ...t, name: `o${i}` }))] };
+      return {
+        ...s,
+        optimizerNames: keep.map(([n]) => n),
+        tensors: [...s.tensors.filter((t) => t.name.startsWith('w')), ...keep.map(([, t], i) => ({ ...t, name: `o${i}` }))],
+      };
     });
     expect(stripped[0]!.optimizerNames.length).toBe(c.states[0]!.optimizerNames.length - 2);
     await saveCheckpoint(old, c.meta, stripped);
     const oldSave = join(tmp, 'saved-adam-2-old');
     const out = await up(ADAM, ['--steps', String(STEPS), '--checkpoint-dir', old, '--resume', '--save', oldSave]);
-    expect(out).toMatch(/checkpoint step 2 in .* has no accBeta1, accBeta2 \(saved by an older Troupe\): Adam's running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one/);
+    expect(out).toMatch(
+      /checkpoint step 2 in .* has no accBeta1, accBeta2 \(saved by an older Troupe\): Adam's running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one/,
+    );
     expect(maxAbsDiff(await loadSaved(oldSave), await loadSaved((await straightRun(ADAM)).save))).toBeLessThan(1e-5);
   }, 120_000);
 
   it('Adam: LATEST lost and an abandoned temporary beside the checkpoint: --resume takes the newest whole step (5), removes the temporary, ends byte for byte', async () => {
     const want = (await straightRun(ADAM)).bytes;
-    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
     const { save, output } = await resumeAfter(ADAM, 5, 'adam-5', (dir) => {
       rmSync(join(dir, 'LATEST'));
       mkdirSync(join(dir, `.step-6.tmp-${dead}`));

@@ -27,12 +27,15 @@ afterAll(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-const sha = (dir: string) => createHash('sha256').update(readFileSync(join(dir, 'weights.bin'))).digest('hex');
+const sha = (dir: string) =>
+  createHash('sha256')
+    .update(readFileSync(join(dir, 'weights.bin')))
+    .digest('hex');
 
 /** A small seeded generator, so a failing trial can be rerun alone. */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 const KINDS = ['one worker', 'two at once', 'the replacement while it is recovered', 'another worker while one is recovered'] as const;
@@ -42,7 +45,8 @@ type Kind = (typeof KINDS)[number];
 function pidsOf(run: CliRun): Map<number, number> {
   const pids = new Map<number, number>();
   for (const m of run.output().matchAll(/rank (\d+): pid (\d+)/g)) pids.set(Number(m[1]), Number(m[2]));
-  for (const m of run.output().matchAll(/worker (\d+) exited with [^;]*; restarting it \(restart \d+ of \d+\), pid (\d+)/g)) pids.set(Number(m[1]), Number(m[2]));
+  for (const m of run.output().matchAll(/worker (\d+) exited with [^;]*; restarting it \(restart \d+ of \d+\), pid (\d+)/g))
+    pids.set(Number(m[1]), Number(m[2]));
   return pids;
 }
 
@@ -125,7 +129,17 @@ describe('troupe up --restarts under fault injection', () => {
       Array.from({ length: AT_ONCE }, async () => {
         while (next < TRIALS) {
           const n = next++;
-          results.push(await trial(n).catch((err: unknown) => ({ trial: n, kind: KINDS[n % KINDS.length]!, what: `failed to inject: ${String(err)}`, code: -1, output: String(err), save: '', duringRecovery: false })));
+          results.push(
+            await trial(n).catch((err: unknown) => ({
+              trial: n,
+              kind: KINDS[n % KINDS.length]!,
+              what: `failed to inject: ${String(err)}`,
+              code: -1,
+              output: String(err),
+              save: '',
+              duringRecovery: false,
+            })),
+          );
         }
       }),
     );

@@ -1,4 +1,4 @@
-import * as v from 'valibot';
+import type * as v from 'valibot';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import { JobConfigSchema, jobIdOf, validateJobConfig, type JobConfig } from '../../src/fleet/jobConfig.js';
@@ -49,7 +49,10 @@ describe('validateJobConfig', () => {
     [{ ...good, model: 3 }, /field "model" must be a function returning a tf.LayersModel, got 3/],
     [{ ...good, data: {} }, /field "data" must be a function returning \{ train: \{ x, y \}, test\? \}, got \{\}/],
     [{ ...good, stages: [0, 1.5] }, /field "stages" boundaries must be layer names or indices, got \[0,1.5\]/],
-    [{ ...good, optimizer: { learningRate: 0.1 } }, /field "optimizer" must be \{ className, config \} or a function returning a tf.Optimizer, got \{"learningRate":0.1\}/],
+    [
+      { ...good, optimizer: { learningRate: 0.1 } },
+      /field "optimizer" must be \{ className, config \} or a function returning a tf.Optimizer, got \{"learningRate":0.1\}/,
+    ],
     [{ ...good, loss: null }, /field "loss" must be a tfjs loss name or a function, got null/],
     [{ ...good, job: 7 }, /field "job" must be a string, got 7/],
     [{ ...good, stepTimeoutMs: '5000' }, /field "stepTimeoutMs" must be a positive number, got "5000"/],
@@ -63,7 +66,9 @@ describe('validateJobConfig', () => {
   it('checks against the schema the JobConfig type is inferred from: its fields are the known ones', () => {
     expectTypeOf<JobConfig>().toEqualTypeOf<Readonly<v.InferOutput<typeof JobConfigSchema>>>();
     const known = Object.keys(JobConfigSchema.entries);
-    expect(known).toEqual(expect.arrayContaining(['model', 'data', 'stages', 'microbatches', 'optimizer', 'loss', 'epochs', 'batchSize', 'feed', 'memoryBudget']));
+    expect(known).toEqual(
+      expect.arrayContaining(['model', 'data', 'stages', 'microbatches', 'optimizer', 'loss', 'epochs', 'batchSize', 'feed', 'memoryBudget']),
+    );
     expect(() => validateJobConfig({ ...good, epoch: 3 }, 'cfg')).toThrow(`cfg: unknown field "epoch" (known: ${known.join(', ')})`);
     // Every optional field of the schema is accepted when left out, and refused when given nonsense.
     for (const k of known.filter((k) => !(k in good))) {

@@ -19,7 +19,11 @@ async function summary(args: readonly string[]): Promise<RunSummary> {
   return JSON.parse(r.stdout()) as RunSummary;
 }
 
-const stage = (inputs: number[][], outputs: number[][]) => ({ inputs: inputs.map((shape) => ({ shape, dtype: 'float32' })), outputs: outputs.map((shape) => ({ shape, dtype: 'float32' })) }) as unknown as StagePartition;
+const stage = (inputs: number[][], outputs: number[][]) =>
+  ({
+    inputs: inputs.map((shape) => ({ shape, dtype: 'float32' })),
+    outputs: outputs.map((shape) => ({ shape, dtype: 'float32' })),
+  }) as unknown as StagePartition;
 
 describe('--restarts keeps state every few steps', () => {
   it('keepCadence: keeping moves at most a quarter of the bytes the steps move, at least every step, at most every 100', () => {
@@ -40,7 +44,7 @@ describe('--restarts keeps state every few steps', () => {
     expect(keepCadenceByTime(3, 500, [])).toBe(3);
   });
 
-  it("stage 0 sends at most 1.5x the bytes of a run without --restarts (it sent its whole state after every step), and the weights are the same", async () => {
+  it('stage 0 sends at most 1.5x the bytes of a run without --restarts (it sent its whole state after every step), and the weights are the same', async () => {
     const without = await summary([]);
     const withRestarts = await summary(['--restarts', '2']);
     const bytes = (s: RunSummary) => s.stages.find((st) => st.rank === 0)!.bytesOut;

@@ -30,7 +30,10 @@ const run = (args: readonly string[], env: Record<string, string> = {}) => {
   started.push(r);
   return r;
 };
-const sha = (dir: string) => createHash('sha256').update(readFileSync(join(dir, 'weights.bin'))).digest('hex');
+const sha = (dir: string) =>
+  createHash('sha256')
+    .update(readFileSync(join(dir, 'weights.bin')))
+    .digest('hex');
 /** The first progress line at or past step `s` of 12 (the bar prints a line per tenth of the run). */
 const pastStep = (s: number) => new RegExp(`step (${Array.from({ length: 13 - s }, (_, i) => s + i).join('|')})/12`);
 
@@ -67,7 +70,7 @@ describe('the nats-server troupe up started', () => {
   }, 90_000);
 
   it('SIGKILLed mid-run without --restarts: the run fails at once, naming the server, not after the step timeout', async () => {
-    const r = run(['up', CONFIG], { TINY_EPOCHS: '20'});
+    const r = run(['up', CONFIG], { TINY_EPOCHS: '20' });
     const pid = Number((await r.waitFor(/nats-server pid (\d+)/))[1]);
     await r.waitFor(/step \d+\/120/);
     const t0 = performance.now();
@@ -76,7 +79,11 @@ describe('the nats-server troupe up started', () => {
     console.log(`the run ended ${(performance.now() - t0).toFixed(0)} ms after the nats-server was killed`);
     const out = r.output();
     expect(code, out).toBe(1);
-    expect(out).toMatch(new RegExp(`nats-server \\(pid ${pid}\\) exited during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again`));
+    expect(out).toMatch(
+      new RegExp(
+        `nats-server \\(pid ${pid}\\) exited during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again`,
+      ),
+    );
     expect(out).not.toMatch(/timeout/i);
     for (const p of printedPids(out)) expect(alive(p), `pid ${p}`).toBe(false);
   }, 60_000);
@@ -94,7 +101,11 @@ describe('the NATS node the driver is on, lost without --restarts', () => {
       const { code } = await r.exit;
       const out = r.output();
       expect(code, out).toBe(1);
-      expect(out).toMatch(new RegExp(`the driver lost its NATS connection to 127\\.0\\.0\\.1:${node.port} during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step`));
+      expect(out).toMatch(
+        new RegExp(
+          `the driver lost its NATS connection to 127\\.0\\.0\\.1:${node.port} during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step`,
+        ),
+      );
       for (const p of printedPids(out)) expect(alive(p), `pid ${p}`).toBe(false);
     } finally {
       await cluster.stop();
@@ -122,7 +133,11 @@ describe('--no-spawn --restarts: a remote worker lost', () => {
     const out = driver.output();
     expect(code, out).toBe(0);
     // Its hello tells the driver; or, when a step failed first (a plan refused as it died), the census finds rank 1 silent.
-    expect(out).toMatch(new RegExp(`rank 1's worker \\(pid ${workers[1]!.child.pid} on \\S+\\) (was replaced by pid ${replacement.child.pid} on \\S+|answers no ping) during step \\d+; waiting for its worker to \\(re\\)join \\(restart 1 of 1\\)`));
+    expect(out).toMatch(
+      new RegExp(
+        `rank 1's worker \\(pid ${workers[1]!.child.pid} on \\S+\\) (was replaced by pid ${replacement.child.pid} on \\S+|answers no ping) during step \\d+; waiting for its worker to \\(re\\)join \\(restart 1 of 1\\)`,
+      ),
+    );
     expect(out).toMatch(/recovered in \d+ ms; replaying/);
     expect(sha(save)).toBe(want);
     for (const w of [workers[0]!, replacement]) expect((await w.exit).code, w.output()).toBe(0);

@@ -42,7 +42,20 @@ beforeAll(async () => {
   app = join(root, 'app');
   mkdirSync(app);
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
-  install = await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', join(root, packed.filename), `@tensorflow/tfjs@${TFJS}`, `@tensorflow/tfjs-backend-wasm@${TFJS}`], app, 150_000);
+  install = await run(
+    'npm',
+    [
+      'install',
+      '--prefer-offline',
+      '--no-audit',
+      '--no-fund',
+      join(root, packed.filename),
+      `@tensorflow/tfjs@${TFJS}`,
+      `@tensorflow/tfjs-backend-wasm@${TFJS}`,
+    ],
+    app,
+    150_000,
+  );
   expect(install.code, install.stderr).toBe(0);
 }, 200_000);
 
@@ -86,13 +99,26 @@ function readmeExample(): string {
 describe('the packed package', () => {
   it('holds the compiled dist with its types, the bin, the NATS configurations, README and LICENSE; no tests, benches or CI', () => {
     const paths = packed.files.map((f) => f.path);
-    for (const p of ['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/index.d.ts.map', 'dist/actors/index.js', 'dist/actors/index.d.ts', 'bin/troupe.mjs', 'nats.conf', 'nats-cluster.conf', 'nats-tls.conf', 'README.md', 'LICENSE', 'package.json']) {
+    for (const p of [
+      'dist/src/index.js',
+      'dist/src/index.d.ts',
+      'dist/src/index.d.ts.map',
+      'dist/actors/index.js',
+      'dist/actors/index.d.ts',
+      'bin/troupe.mjs',
+      'nats.conf',
+      'nats-cluster.conf',
+      'nats-tls.conf',
+      'README.md',
+      'LICENSE',
+      'package.json',
+    ]) {
       expect(paths, p).toContain(p);
     }
     expect(paths.filter((p) => /^(test|bench|\.ci|scripts|examples|node_modules)\//.test(p) || p.startsWith('tsconfig'))).toEqual([]);
   });
 
-  it('installs on this Node without engine warnings, and with one copy of TensorFlow.js: the app\'s', () => {
+  it("installs on this Node without engine warnings, and with one copy of TensorFlow.js: the app's", () => {
     expect(install.stderr).not.toMatch(/EBADENGINE/);
     expect(copiesOf('@tensorflow/tfjs-core')).toEqual([join(app, 'node_modules', '@tensorflow', 'tfjs-core')]);
     expect(copiesOf('@tensorflow/tfjs-backend-wasm')).toEqual([join(app, 'node_modules', '@tensorflow', 'tfjs-backend-wasm')]);
@@ -122,7 +148,12 @@ describe('the packed package', () => {
     );
     const r = await run('node', ['entries.mjs'], app, 60_000);
     expect(r.code, r.stderr).toBe(0);
-    const counts = new Map(r.stdout.split('\n').filter((l) => l.startsWith('.')).map((l) => [l.split(' ')[0]!, Number(l.split(' ')[1])]));
+    const counts = new Map(
+      r.stdout
+        .split('\n')
+        .filter((l) => l.startsWith('.'))
+        .map((l) => [l.split(' ')[0]!, Number(l.split(' ')[1])]),
+    );
     expect([...counts.keys()]).toEqual(subpaths);
     for (const [s, n] of counts) expect(n, s).toBeGreaterThan(0);
     expect(counts.get('.')).toBeLessThanOrEqual(30);
@@ -135,7 +166,13 @@ describe('the packed package', () => {
   });
 
   it('type-checks a TypeScript consumer against the declarations of the root, troupe/actors and troupe/fleet', async () => {
-    writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['consumer.ts'] }));
+    writeFileSync(
+      join(app, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: [] },
+        files: ['consumer.ts'],
+      }),
+    );
     writeFileSync(
       join(app, 'consumer.ts'),
       [
@@ -146,9 +183,9 @@ describe('the packed package', () => {
         "const options: Omit<PipelineOptions, 'model'> = { stages: 2, microbatches: 4, optimizer: tf.train.sgd(0.1), loss: 'meanSquaredError', nats: { servers: 'nats://127.0.0.1:4222' } };",
         "const job: JobConfig = defineJob({ model: () => tf.sequential(), data: () => ({ train: { x: tf.zeros([4, 1]), y: tf.zeros([4, 1]) } }), stages: 2, microbatches: 2, optimizer: { className: 'SGD', config: {} }, loss: 'meanSquaredError', epochs: 1, batchSize: 4 });",
         "const ev: StageEvent = { type: 'UPDATE', step: 1 };",
-        "const machine = stageMachine.provide({ actions: { startRun: actionRunner(async (input: ExecuteInput) => void input.action.kind) } });",
-        "const summary = (s: RunSummary): number => s.losses.length;",
-        "// @ts-expect-error: a value the schema refuses is refused at compile time too",
+        'const machine = stageMachine.provide({ actions: { startRun: actionRunner(async (input: ExecuteInput) => void input.action.kind) } });',
+        'const summary = (s: RunSummary): number => s.losses.length;',
+        '// @ts-expect-error: a value the schema refuses is refused at compile time too',
         "defineJob({ ...job, balance: 'speed' });",
         'export { options, ev, machine, summary, createPipeline, loadModel, ConfigError };',
       ].join('\n'),

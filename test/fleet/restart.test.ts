@@ -17,7 +17,6 @@ const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url)
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-restart-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-
 let straight: Promise<string> | undefined;
 /** The uninterrupted run's saved model directory (run once per file). */
 function straightRun(): Promise<string> {
@@ -33,7 +32,7 @@ function straightRun(): Promise<string> {
 /** A small seeded generator, so a failing trial can be rerun. */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
 }
 
 describe('troupe up --restarts', () => {
@@ -94,7 +93,10 @@ describe('troupe up --restarts', () => {
       await first.stop();
       server = undefined;
       server = await startNatsServer({ port });
-      const { code } = await Promise.race([run.exit, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit:\n${run.output()}`)), 45_000))]);
+      const { code } = await Promise.race([
+        run.exit,
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit:\n${run.output()}`)), 45_000)),
+      ]);
       const out = run.output();
       expect(code, out).toBe(0);
       expect(out).toMatch(/the NATS connection came back during step \d+/);
@@ -132,12 +134,17 @@ describe('troupe up --restarts', () => {
     const stoppedAt = performance.now();
     process.kill(pid, 'SIGSTOP');
     try {
-      const m = await run.waitFor(/troupe up: stage 1 answered no liveness probe for (\d+) ms; (last seen in step \d+, state [^\n]*|never answered a probe)/, 20_000);
+      const m = await run.waitFor(
+        /troupe up: stage 1 answered no liveness probe for (\d+) ms; (last seen in step \d+, state [^\n]*|never answered a probe)/,
+        20_000,
+      );
       const detectedMs = performance.now() - stoppedAt;
       console.log(`hung stage reported after ${detectedMs.toFixed(0)} ms: ${m[0]}`);
       expect(detectedMs).toBeLessThan(1500 + 3_000);
       // Where it was: its state, its action and the messages that action waited for.
-      expect(m[2]).toMatch(/^last seen in step \d+, state (idle|awaitingUpdate|updating|running\.(waiting|computing|next))( at [FBW]\d+)?(, waiting for (INPUT|FORWARD|BACKWARD):\d+(, (INPUT|FORWARD|BACKWARD):\d+)*)?$/);
+      expect(m[2]).toMatch(
+        /^last seen in step \d+, state (idle|awaitingUpdate|updating|running\.(waiting|computing|next))( at [FBW]\d+)?(, waiting for (INPUT|FORWARD|BACKWARD):\d+(, (INPUT|FORWARD|BACKWARD):\d+)*)?$/,
+      );
     } finally {
       if (alive(pid)) process.kill(pid, 'SIGCONT');
     }

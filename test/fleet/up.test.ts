@@ -24,16 +24,23 @@ const nats = useNatsServer();
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-up-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-
 /** The same job in one process: createPipeline with the stages on this process's NATS connections. */
 async function inProcess(steps: number, cfg: JobConfig = job): Promise<tf.LayersModel> {
   const model = await cfg.model();
   const { train } = await cfg.data();
   const pipe = await createPipeline({
-    model, stages: cfg.stages, virtualStages: cfg.virtualStages ?? 1, replicas: cfg.replicas ?? 1, microbatches: cfg.microbatches, schedule: cfg.schedule!, optimizer: cfg.optimizer,
-    loss: cfg.loss, metric: cfg.metric!, nats: { servers: nats.server.url },
+    model,
+    stages: cfg.stages,
+    virtualStages: cfg.virtualStages ?? 1,
+    replicas: cfg.replicas ?? 1,
+    microbatches: cfg.microbatches,
+    schedule: cfg.schedule!,
+    optimizer: cfg.optimizer,
+    loss: cfg.loss,
+    metric: cfg.metric!,
+    nats: { servers: nats.server.url },
   });
-  const perEpoch = Math.floor(train.x.shape[0]! / cfg.batchSize);
+  const perEpoch = Math.floor(train.x.shape[0] / cfg.batchSize);
   try {
     for (let s = 0; s < steps; s++) {
       const at = (s % perEpoch) * cfg.batchSize;
@@ -56,7 +63,9 @@ describe('troupe up with 2 worker processes', () => {
     expect(output).toMatch(/rank 1: pid \d+ on .*backend wasm, device cpu/);
     expect(output).toMatch(/step 12\/12 epoch 2\/2/);
     expect(output).toMatch(/held-out: loss [\d.]+, metric [\d.]+% on 30 examples/);
-    expect(output).toMatch(/stage 1: busy [\d.]+ s, idle [\d.]+ s, machine [\d.]+ s, reading frames [\d.]+ s, 52 F \/ 48 B, in [\d.]+ MB, out [\d.]+ MB, peak in flight 1/);
+    expect(output).toMatch(
+      /stage 1: busy [\d.]+ s, idle [\d.]+ s, machine [\d.]+ s, reading frames [\d.]+ s, 52 F \/ 48 B, in [\d.]+ MB, out [\d.]+ MB, peak in flight 1/,
+    );
     const pids = printedPids(output);
     expect(pids).toHaveLength(3); // nats-server and two workers
     for (const pid of pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);

@@ -6,7 +6,7 @@ import { alive, printedPids, troupe } from '../helpers/troupeCli.js';
 const MISMATCH = fileURLToPath(new URL('../fixtures/tiny-mismatch.job.ts', import.meta.url));
 
 describe('troupe up with inputs the model does not take', () => {
-  it("a data set of the wrong width fails before any process starts, naming the tensor and both shapes", async () => {
+  it('a data set of the wrong width fails before any process starts, naming the tensor and both shapes', async () => {
     const run = troupe(['up', MISMATCH], { TINY_DATA_WIDTH: '7' });
     const { code } = await run.exit;
     expect(code, run.output()).toBe(1);
@@ -20,7 +20,9 @@ describe('troupe up with inputs the model does not take', () => {
     const { code } = await run.exit;
     const out = run.output();
     expect(code, out).toBe(1);
-    expect(out).toMatch(/stage 0 failed at tiny-mismatch\/1\/[01]\/INPUT: SHAPE: refused INPUT frame: .*inputs tensor 0: got float32\[8,8\], expected float32\[8,2,4\]/);
+    expect(out).toMatch(
+      /stage 0 failed at tiny-mismatch\/1\/[01]\/INPUT: SHAPE: refused INPUT frame: .*inputs tensor 0: got float32\[8,8\], expected float32\[8,2,4\]/,
+    );
     expect(out).not.toMatch(/StepTimeoutError|did not finish within/);
     const pids = printedPids(out);
     expect(pids).toHaveLength(3); // nats-server and two workers

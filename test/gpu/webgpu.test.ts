@@ -46,7 +46,17 @@ describe.skipIf(!onGpu)('pipelines on WebGPU', () => {
     const ref = mlp(SIZES, 92);
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy' });
-    const pipe = await createPipeline({ model, stages, replicas, microbatches: 4, schedule, handoff, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages,
+      replicas,
+      microbatches: 4,
+      schedule,
+      handoff,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = data(32, SIZES[0]!, 4, 11);
     try {
       for (let s = 0; s < 3; s++) {

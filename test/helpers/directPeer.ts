@@ -11,8 +11,13 @@ import { Reassembler } from '../../src/protocol/reassembler.js';
 
 const job = process.env['TROUPE_PEER_JOB']!;
 const rank = Number(process.env['TROUPE_PEER_RANK'] ?? 1);
-const direct = process.env['TROUPE_PEER_DIRECT'] === '0' ? false : JSON.parse(process.env['TROUPE_PEER_DIRECT'] ?? 'true') as object | boolean;
-const bus = await Bus.connect({ role: process.env['TROUPE_PEER_ROLE'] ?? `stage${rank}`, servers: process.env['TROUPE_PEER_NATS']!, name: `direct-peer-${job}`, direct });
+const direct = process.env['TROUPE_PEER_DIRECT'] === '0' ? false : (JSON.parse(process.env['TROUPE_PEER_DIRECT'] ?? 'true') as object | boolean);
+const bus = await Bus.connect({
+  role: process.env['TROUPE_PEER_ROLE'] ?? `stage${rank}`,
+  servers: process.env['TROUPE_PEER_NATS']!,
+  name: `direct-peer-${job}`,
+  direct,
+});
 const re = new Reassembler();
 bus.onStatus((s) => process.send!({ status: s.type, detail: s.detail }));
 bus.subscribe(`troupe.${job}.stage.${rank}.*`, (m) => {
@@ -20,7 +25,9 @@ bus.subscribe(`troupe.${job}.stage.${rank}.*`, (m) => {
     const f = re.accept(parseHeader(m.header, m.subject.slice(m.subject.lastIndexOf('.') + 1), 1 << 30), m.data, m.owned);
     if (!f) return;
     const t = f.tensors[0]!;
-    const sum = createHash('sha256').update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)).digest('hex');
+    const sum = createHash('sha256')
+      .update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))
+      .digest('hex');
     process.send!({ frame: { step: f.key.step, mb: f.key.microbatch, bytes: t.data.byteLength, sum, direct: m.owned === true } });
   } catch (err) {
     process.send!({ refused: String(err) });

@@ -19,8 +19,15 @@ export interface LoneStageOptions {
 export async function loneStage(o: LoneStageOptions): Promise<{ model: tf.Sequential; ref: tf.Sequential; pipe: Pipeline }> {
   const { model, ref } = mlpAndReference(o.sizes, o.seed, tf.train.sgd(0.1));
   const pipe = await createPipeline({
-    model, stages: 1, microbatches: o.microbatches, schedule: '1f1b', job: o.job, ...(o.feed ? { feed: o.feed } : {}),
-    optimizer: tf.train.sgd(0.1), loss: o.loss ?? 'categoricalCrossentropy', nats: { servers: o.servers },
+    model,
+    stages: 1,
+    microbatches: o.microbatches,
+    schedule: '1f1b',
+    job: o.job,
+    ...(o.feed ? { feed: o.feed } : {}),
+    optimizer: tf.train.sgd(0.1),
+    loss: o.loss ?? 'categoricalCrossentropy',
+    nats: { servers: o.servers },
   });
   return { model, ref, pipe };
 }

@@ -46,7 +46,7 @@ export function slowLoss(ms: number): (yTrue: tf.Tensor, yPred: tf.Tensor) => tf
 /** Deterministic data: inputs in [-1, 1) and one-hot labels. */
 export function data(n: number, inDim: number, classes: number, seed = 3): { x: tf.Tensor2D; y: tf.Tensor2D } {
   let s = seed >>> 0;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
   const xs = new Float32Array(n * inDim).map(() => rnd() * 2 - 1);
   const labels = Int32Array.from({ length: n }, () => Math.floor(rnd() * classes));
   return { x: tf.tensor2d(xs, [n, inDim]), y: tf.oneHot(tf.tensor1d(labels, 'int32'), classes).toFloat() as tf.Tensor2D };
@@ -89,7 +89,12 @@ export function maxAbsDiff(a: tf.LayersModel, b: tf.LayersModel): number {
 }
 
 /** One pipeline step and one single-process `trainOnBatch` on the same batch: the step's result and the reference loss. */
-export async function stepBoth<R>(pipe: { trainStep(x: tf.Tensor, y: tf.Tensor): Promise<R> }, ref: tf.LayersModel, x: tf.Tensor, y: tf.Tensor): Promise<[R, number]> {
+export async function stepBoth<R>(
+  pipe: { trainStep(x: tf.Tensor, y: tf.Tensor): Promise<R> },
+  ref: tf.LayersModel,
+  x: tf.Tensor,
+  y: tf.Tensor,
+): Promise<[R, number]> {
   const r = await pipe.trainStep(x, y);
   return [r, (await ref.trainOnBatch(x, y)) as number];
 }

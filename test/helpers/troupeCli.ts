@@ -25,7 +25,11 @@ export interface CliRun {
  * group of its own, as a terminal's foreground job does, so a test can signal the whole group.
  */
 export function troupe(args: readonly string[], env: Record<string, string> = {}, group = false): CliRun {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TROUPE_BACKEND: 'wasm', ...env }, detached: group });
+  const child = spawn(process.execPath, [BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, TROUPE_BACKEND: 'wasm', ...env },
+    detached: group,
+  });
   let out = '';
   const streams = { stdout: '', stderr: '' };
   const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void }[] = [];
@@ -39,15 +43,17 @@ export function troupe(args: readonly string[], env: Record<string, string> = {}
       }
     }
   };
-  child.stdout!.on('data', (b: Buffer) => {
+  child.stdout.on('data', (b: Buffer) => {
     streams.stdout += b.toString();
     onData(b);
   });
-  child.stderr!.on('data', (b: Buffer) => {
+  child.stderr.on('data', (b: Buffer) => {
     streams.stderr += b.toString();
     onData(b);
   });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   return {
     child,
     output: () => out,
@@ -102,5 +108,11 @@ export function alive(pid: number): boolean {
 export async function loadSaved(dir: string): Promise<tf.LayersModel> {
   const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
   const weights = readFileSync(join(dir, 'weights.bin'));
-  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
+  return tf.loadLayersModel(
+    tf.io.fromMemory({
+      modelTopology: json.modelTopology,
+      weightSpecs: json.weightsManifest[0].weights,
+      weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength),
+    }),
+  );
 }

@@ -112,7 +112,12 @@ describe('an inspector joining a running job', () => {
     const opened = performance.now();
     let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([all, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`within 1 s the viewer got only ${[...roots.keys()].join(', ') || 'no actor'}`)), 1000)))]);
+      await Promise.race([
+        all,
+        new Promise(
+          (_, reject) => (timer = setTimeout(() => reject(new Error(`within 1 s the viewer got only ${[...roots.keys()].join(', ') || 'no actor'}`)), 1000)),
+        ),
+      ]);
       expect(performance.now() - opened).toBeLessThan(1000);
     } finally {
       clearTimeout(timer);
@@ -140,7 +145,16 @@ describe('an inspector joining a running job', () => {
     try {
       const page = await browser.newPage();
       await page.goto(url);
-      await page.waitForFunction(() => ['job', 'scheduler', 'stage-0', 'stage-1'].every((n) => document.querySelector(`.actor[data-name="${n}"] g.state.active`) && document.querySelector(`.actor[data-name="${n}"]`)?.getAttribute('data-state')), undefined, { timeout: 1000 });
+      await page.waitForFunction(
+        () =>
+          ['job', 'scheduler', 'stage-0', 'stage-1'].every(
+            (n) =>
+              document.querySelector(`.actor[data-name="${n}"] g.state.active`) &&
+              document.querySelector(`.actor[data-name="${n}"]`)?.getAttribute('data-state'),
+          ),
+        undefined,
+        { timeout: 1000 },
+      );
       expect(await page.locator('#actor-count').textContent()).toBe('4');
       await page.waitForFunction(() => /\d+ frames refused/.test(document.querySelector('.rejects')?.textContent ?? ''), undefined, { timeout: 1000 });
       expect(await page.locator('.rejects').textContent()).toMatch(/stage 0 \w+/);
@@ -153,7 +167,12 @@ describe('an inspector joining a running job', () => {
     const html = await (await fetch(pageUrl)).text();
     expect(html).toContain(`troupe inspect · job ${JOB}`);
     const model = (await (await fetch(`${pageUrl}model`)).json()) as { kind: string; actor?: { name: string } }[];
-    expect(model.filter((u) => u.kind === 'actor').map((u) => u.actor!.name).sort()).toEqual(['job', 'scheduler', 'stage-0', 'stage-1']);
+    expect(
+      model
+        .filter((u) => u.kind === 'actor')
+        .map((u) => u.actor!.name)
+        .sort(),
+    ).toEqual(['job', 'scheduler', 'stage-0', 'stage-1']);
     expect(model.some((u) => u.kind === 'reject')).toBe(true);
   });
 

@@ -22,7 +22,11 @@ const isEven = ({ context }: { context: { n: number } }) => context.n % 2 === 0;
 
 /** Inline guards (`and`, `not`, `stateIn`, a function), assign actions, a named action, a promise child, a final output. */
 const counter = setup({
-  types: { context: {} as { n: number; log: string[]; doubled: number }, events: {} as { type: 'ADD'; by: number } | { type: 'GO' } | { type: 'STOP' }, input: {} as { start: number } },
+  types: {
+    context: {} as { n: number; log: string[]; doubled: number },
+    events: {} as { type: 'ADD'; by: number } | { type: 'GO' } | { type: 'STOP' },
+    input: {} as { start: number },
+  },
   actors: { double: fromPromise<number, { n: number }>(async ({ input }) => input.n * 2) },
   actions: { note: assign({ log: ({ context, event }) => [...context.log, event.type] }) },
   guards: { small: ({ context }) => context.n < 100 },
@@ -42,7 +46,12 @@ const counter = setup({
       },
     },
     doubling: {
-      invoke: { id: 'doubler', src: 'double', input: ({ context }) => ({ n: context.n }), onDone: { target: 'waiting', actions: assign({ doubled: ({ event }) => event.output }) } },
+      invoke: {
+        id: 'doubler',
+        src: 'double',
+        input: ({ context }) => ({ n: context.n }),
+        onDone: { target: 'waiting', actions: assign({ doubled: ({ event }) => event.output }) },
+      },
     },
     waiting: { on: { STOP: 'done' } },
     done: { type: 'final' },
@@ -76,13 +85,15 @@ describe('Troupe frames against @statelyai/inspect 0.7.2', () => {
     const libFrames: Frame[] = [];
     let libDone!: () => void;
     const libFinished = new Promise<void>((r) => (libDone = r));
-    const connected = new Promise<void>((r) => wss.once('connection', (ws) => {
-      ws.on('message', (d) => {
-        libFrames.push(JSON.parse(d.toString()) as Frame);
-        if (finished(libFrames)) libDone();
-      });
-      r();
-    }));
+    const connected = new Promise<void>((r) =>
+      wss.once('connection', (ws) => {
+        ws.on('message', (d) => {
+          libFrames.push(JSON.parse(d.toString()) as Frame);
+          if (finished(libFrames)) libDone();
+        });
+        r();
+      }),
+    );
     const lib = createWebSocketInspector({ url: `ws://127.0.0.1:${(wss.address() as AddressInfo).port}` });
     await connected;
 
@@ -119,7 +130,8 @@ describe('Troupe frames against @statelyai/inspect 0.7.2', () => {
 
       expect(ours.length).toBe(libFrames.length);
       expect(ours.map((f) => f.type)).toEqual(libFrames.map((f) => f.type));
-      for (let i = 0; i < ours.length; i++) expect(comparable(ours[i]!, SESSION_PREFIX), `frame ${i} (${ours[i]!.type})`).toEqual(comparable(libFrames[i]!, ''));
+      for (let i = 0; i < ours.length; i++)
+        expect(comparable(ours[i]!, SESSION_PREFIX), `frame ${i} (${ours[i]!.type})`).toEqual(comparable(libFrames[i]!, ''));
 
       // What the comparison covers: the child announced with its parent, guards and actions named, the real first snapshot, the output.
       const actors = ours.filter((f) => f.type === '@xstate.actor');
@@ -130,7 +142,14 @@ describe('Troupe frames against @statelyai/inspect 0.7.2', () => {
       expect(add[0]!.guard).toEqual({ type: 'and' });
       expect(add[0]!.actions).toEqual([{ type: 'assign' }, 'note']);
       expect((def.states['counting']!.on!['GO'] as { guard: unknown }).guard).toEqual({ type: 'isEven' });
-      expect(actors[0]!.snapshot).toMatchObject({ status: 'active', value: 'counting', context: { n: 4, log: ['ADD'] }, tags: ['busy'], children: {}, historyValue: {} });
+      expect(actors[0]!.snapshot).toMatchObject({
+        status: 'active',
+        value: 'counting',
+        context: { n: 4, log: ['ADD'] },
+        tags: ['busy'],
+        children: {},
+        historyValue: {},
+      });
       const last = ours.filter((f) => f.type === '@xstate.snapshot' && f.sessionId === actors[0]!.sessionId).at(-1)!;
       expect(last.snapshot).toMatchObject({ status: 'done', value: 'done', output: { total: 4, doubled: 8 } });
       // The done event of the child names it as its sender.

@@ -51,7 +51,9 @@ describe('sanitize', () => {
     expect(s.big).toHaveLength(51);
     expect(s.big[50]).toBe('… 10 more');
     // Ten levels, as @statelyai/inspect's depth limit: the context is level 1 here.
-    expect(sanitize({ a: { b: { c: { d: { e: { f: { g: { h: { i: { j: { k: 1 } } } } } } } } } } })).toEqual({ a: { b: { c: { d: { e: { f: { g: { h: { i: { j: '[Object]' } } } } } } } } } });
+    expect(sanitize({ a: { b: { c: { d: { e: { f: { g: { h: { i: { j: { k: 1 } } } } } } } } } } })).toEqual({
+      a: { b: { c: { d: { e: { f: { g: { h: { i: { j: '[Object]' } } } } } } } } },
+    });
     expect(JSON.stringify(s.deep)).not.toContain('[Object]');
     expect(s.err).toEqual({ name: 'Error', message: 'boom', code: 'SHAPE' });
     expect(s.nan).toBe('NaN');
@@ -60,20 +62,38 @@ describe('sanitize', () => {
 
 describe('an inspector that opens late', () => {
   const actor = (sessionId: string, name: string, value: unknown, parentId?: string) => ({
-    type: '@xstate.actor' as const, sessionId, name, parentId, rootId: sessionId, createdAt: '0', id: null, _version: '0.7.2',
-    definition: JSON.stringify({ id: name, states: { idle: {}, running: {} } }), snapshot: { status: 'active', value, context: { step: 7 } },
+    type: '@xstate.actor' as const,
+    sessionId,
+    name,
+    parentId,
+    rootId: sessionId,
+    createdAt: '0',
+    id: null,
+    _version: '0.7.2',
+    definition: JSON.stringify({ id: name, states: { idle: {}, running: {} } }),
+    snapshot: { status: 'active', value, context: { step: 7 } },
   });
 
   it('draws the actors and the errors and refusals a presence answer brings, and counts on from there', () => {
     const m = new InspectorModel('j');
     // A snapshot of an actor it never saw announced: unknown, nothing drawn, who is asked.
-    const snap = { type: '@xstate.snapshot' as const, sessionId: 'j:stage-0', rootId: 'j:stage-0', createdAt: '0', id: null, _version: '0.7.2', event: { type: 'FRAME' }, snapshot: { status: 'active', value: 'running' } };
+    const snap = {
+      type: '@xstate.snapshot' as const,
+      sessionId: 'j:stage-0',
+      rootId: 'j:stage-0',
+      createdAt: '0',
+      id: null,
+      _version: '0.7.2',
+      event: { type: 'FRAME' },
+      snapshot: { status: 'active', value: 'running' },
+    };
     expect(m.applyInspection(snap, 'j')).toBeNull();
     expect(m.unknownSeen).toBe(true);
     const first = { rank: 1, step: 3, key: 'j/3/1F0', code: 'COMPUTE', message: 'boom' };
     const reject = { rank: 0, subject: 'troupe.j.stage.0.INPUT', code: 'SHAPE', message: 'x: shape [3] is not [4]', step: null, microbatch: null, phase: null };
     const updates = m.applyPresence({
-      scope: 'j', actor: 'scheduler',
+      scope: 'j',
+      actor: 'scheduler',
       actors: [actor('j:scheduler', 'scheduler', { active: 'feeding' }), actor('j:scheduler/x:9', 'beginStep', null, 'j:scheduler')],
       shape: { step: 7, stages: 2, microbatches: 4 },
       errors: { count: 3, first, latest: [first] },

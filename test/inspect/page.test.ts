@@ -17,8 +17,15 @@ describe('the inspector page in headless Chromium', () => {
     const m = 4;
     const insp = await startInspector({ nats: nats.server.url, job });
     const pipe = await createPipeline({
-      model: mlp([16, 64, 64, 4], 9), stages: 2, microbatches: m, schedule: '1f1b', job, inspect: true,
-      optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([16, 64, 64, 4], 9),
+      stages: 2,
+      microbatches: m,
+      schedule: '1f1b',
+      job,
+      inspect: true,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const browser = await launchChromium();
     const { x, y } = data(64, 16, 4);
@@ -29,7 +36,9 @@ describe('the inspector page in headless Chromium', () => {
       expect(await page.locator('.actor').evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.name))).toEqual(['scheduler', 'stage-0', 'stage-1']);
       // Each diagram draws the machine's states; the idle stage has its idle box highlighted.
       expect(await page.locator('.actor[data-name="stage-0"] g.state').count()).toBeGreaterThanOrEqual(7);
-      expect(await page.locator('.actor[data-name="stage-0"] g.state.active').evaluateAll((els) => els.map((e) => (e as SVGElement).dataset.path))).toEqual(['idle']);
+      expect(await page.locator('.actor[data-name="stage-0"] g.state.active').evaluateAll((els) => els.map((e) => (e as SVGElement).dataset.path))).toEqual([
+        'idle',
+      ]);
 
       for (let s = 0; s < 4; s++) await pipe.trainStep(x, y);
 
@@ -38,7 +47,9 @@ describe('the inspector page in headless Chromium', () => {
         const log = (window as unknown as { __stateLog: { name: string; state: string }[] }).__stateLog;
         return ['stage-0', 'stage-1', 'scheduler'].every((n) => new Set(log.filter((e) => e.name === n).map((e) => e.state)).size >= 3);
       });
-      const seen = await page.evaluate(() => (window as unknown as { __stateLog: { name: string; state: string }[] }).__stateLog.filter((e) => e.name === 'stage-1').map((e) => e.state));
+      const seen = await page.evaluate(() =>
+        (window as unknown as { __stateLog: { name: string; state: string }[] }).__stateLog.filter((e) => e.name === 'stage-1').map((e) => e.state),
+      );
       expect(seen).toContain('idle');
       expect(seen.some((s) => s.startsWith('running.'))).toBe(true);
       expect(seen).toContain('updating');

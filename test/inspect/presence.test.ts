@@ -25,8 +25,14 @@ describe('what a late inspector is told', () => {
       return tf.metrics.categoricalCrossentropy(yTrue, yPred);
     };
     const pipe = await createPipeline({
-      model: mlp([6, 8, 3], 5), stages: 2, microbatches: m, job, inspect: true,
-      optimizer: tf.train.sgd(0.1), loss, nats: { servers: nats.server.url },
+      model: mlp([6, 8, 3], 5),
+      stages: 2,
+      microbatches: m,
+      job,
+      inspect: true,
+      optimizer: tf.train.sgd(0.1),
+      loss,
+      nats: { servers: nats.server.url },
     });
     const admin = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const { x, y } = data(8, 6, 3);
@@ -51,7 +57,11 @@ describe('what a late inspector is told', () => {
       expect(model.firstError).toMatchObject({ rank: 1, code: 'COMPUTE' });
       expect(model.firstError!.message).toMatch(/the loss broke/);
       expect(model.errors).toBeGreaterThanOrEqual(1);
-      expect([...model.actors.values()].map((a) => `${a.name}:${JSON.stringify(a.value)}`).sort()).toEqual(['scheduler:"idle"', 'stage-0:"idle"', 'stage-1:"idle"']);
+      expect([...model.actors.values()].map((a) => `${a.name}:${JSON.stringify(a.value)}`).sort()).toEqual([
+        'scheduler:"idle"',
+        'stage-0:"idle"',
+        'stage-1:"idle"',
+      ]);
       for (const a of model.actors.values()) if (a.name !== 'scheduler') expect((a.context as { step: number }).step).toBe(3);
 
       // The page's stream: the next step's first timeline update has the real p and m.
@@ -61,7 +71,7 @@ describe('what a late inspector is told', () => {
         void (async () => {
           let buf = '';
           for await (const chunk of res.body!) {
-            buf += new TextDecoder().decode(chunk as Uint8Array);
+            buf += new TextDecoder().decode(chunk);
             let i: number;
             while ((i = buf.indexOf('\n\n')) >= 0) {
               const u = JSON.parse(buf.slice(6, i)) as ModelUpdate;

@@ -28,7 +28,12 @@ describe('RollCall', () => {
     const bus = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const asker = await Bus.connect({ role: 'inspector', servers: nats.server.url });
     let state = 0;
-    const roll = await RollCall.start({ bus, scope: 'rc.r1', actor: 'stage-0', answer: () => ({ actors: [], shape: { step: state, stages: 2, microbatches: 4 } }) });
+    const roll = await RollCall.start({
+      bus,
+      scope: 'rc.r1',
+      actor: 'stage-0',
+      answer: () => ({ actors: [], shape: { step: state, stages: 2, microbatches: 4 } }),
+    });
     const answers: number[] = [];
     const first = countingLock(1);
     const current = countingLock(1);

@@ -14,7 +14,12 @@ import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
 
-interface Inspected { type: string; name?: string; event?: { type: string }; snapshot?: { context?: { queue?: { step: number }[]; early?: { step: number } | null } } }
+interface Inspected {
+  type: string;
+  name?: string;
+  event?: { type: string };
+  snapshot?: { context?: { queue?: { step: number }[]; early?: { step: number } | null } };
+}
 
 describe('the scheduler in the inspector', () => {
   it('shows the steps queued behind the running one, the one begun early, and the liveness watch with its heartbeats and probe answers', async () => {
@@ -30,8 +35,14 @@ describe('the scheduler in the inspector', () => {
     });
     await inspector.flush();
     const pipe = await createPipeline({
-      model: mlp([6, 8, 2], 5), stages: 2, microbatches: 2, job, inspect: true,
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([6, 8, 2], 5),
+      stages: 2,
+      microbatches: 2,
+      job,
+      inspect: true,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(4, 6, 2);
     try {

@@ -9,7 +9,17 @@ import { countingLock } from '../helpers/countingLock.js';
 
 const nats = useNatsServer();
 
-interface Frame { type: string; sessionId: string; _version: string; definition?: string; snapshot?: { value: unknown; context: unknown }; event?: { type: string; frame?: { from: string } }; name?: string; parentId?: string; sourceId?: string }
+interface Frame {
+  type: string;
+  sessionId: string;
+  _version: string;
+  definition?: string;
+  snapshot?: { value: unknown; context: unknown };
+  event?: { type: string; frame?: { from: string } };
+  name?: string;
+  parentId?: string;
+  sourceId?: string;
+}
 
 describe('troupe inspect --stately', () => {
   it('relays the actors of a running job in the @statelyai/inspect WebSocket format', async () => {
@@ -30,8 +40,14 @@ describe('troupe inspect --stately', () => {
       ws.once('error', reject);
     });
     const pipe = await createPipeline({
-      model: mlp([6, 8, 2], 4), stages: 2, microbatches: 2, job, inspect: true,
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([6, 8, 2], 4),
+      stages: 2,
+      microbatches: 2,
+      job,
+      inspect: true,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(4, 6, 2);
     try {

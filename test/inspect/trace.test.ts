@@ -8,7 +8,16 @@ import { troupeToEnd } from '../helpers/troupeCli.js';
 
 const CONFIG = fileURLToPath(new URL('../fixtures/tiny.job.ts', import.meta.url));
 
-interface TraceEvent { name: string; ph: string; pid: number; tid: number; ts?: number; dur?: number; cat?: string; args?: { step?: number; microbatch?: number; name?: string } }
+interface TraceEvent {
+  name: string;
+  ph: string;
+  pid: number;
+  tid: number;
+  ts?: number;
+  dur?: number;
+  cat?: string;
+  args?: { step?: number; microbatch?: number; name?: string };
+}
 
 describe('--trace', () => {
   it('writes the trace event format with one complete event per action', async () => {
@@ -39,7 +48,10 @@ describe('--trace', () => {
       expect(doc.traceEvents.filter((e) => e.ph === 'f')).toHaveLength(3 * 4 + 4 + 3 * 4);
       for (const step of [1, 2, 3]) {
         for (const tid of [0, 1]) {
-          const names = actions.filter((e) => e.args?.step === step && e.tid === tid).map((e) => e.name).sort();
+          const names = actions
+            .filter((e) => e.args?.step === step && e.tid === tid)
+            .map((e) => e.name)
+            .sort();
           expect(names).toEqual(['B0', 'B1', 'B2', 'B3', 'F0', 'F1', 'F2', 'F3']);
         }
       }

@@ -17,8 +17,14 @@ afterEach(() => {
 /** A 2-stage 1F1B pipeline of a small MLP in this process (so both stages share one clock). */
 async function twoStages(job: string, schedule = '1f1b') {
   return createPipeline({
-    model: mlp([6, 8, 8, 3], 5), stages: 2, microbatches: 4, schedule, job,
-    optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    model: mlp([6, 8, 8, 3], 5),
+    stages: 2,
+    microbatches: 4,
+    schedule,
+    job,
+    optimizer: tf.train.sgd(0.1),
+    loss: 'categoricalCrossentropy',
+    nats: { servers: nats.server.url },
   });
 }
 

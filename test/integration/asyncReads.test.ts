@@ -50,36 +50,47 @@ const cases = [
 ] as const;
 
 describe('the step path reads tensors only asynchronously', () => {
-  it.each(cases)('%o: 3 Adam steps, an evaluation and a prediction with synchronous reads forbidden equal single-process tfjs', async ({ stages, schedule, replicas, handoff }) => {
-    const SIZES = [8, 16, 12, 10, 4];
-    const model = mlp(SIZES, 61);
-    const ref = mlp(SIZES, 62);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
-    const pipe = await createPipeline({
-      model, stages, replicas, microbatches: 3, schedule, handoff, optimizer: tf.train.adam(0.01),
-      loss: 'categoricalCrossentropy', metric: 'accuracy', nats: { servers: nats.server.url },
-    });
-    const { x, y } = data(18, SIZES[0]!, 4, 5);
-    try {
-      const losses: number[] = [];
-      forbidSyncReads();
-      for (let s = 0; s < 3; s++) losses.push((await pipe.trainStep(x, y)).loss);
-      const evaluated = await pipe.evaluate(x, y);
-      const [predicted] = await pipe.predict(x);
-      allowSyncReads();
-      for (const l of losses) expect(l).toBeCloseTo((await ref.trainOnBatch(x, y)) as number, 5);
-      expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
-      expect(evaluated.loss).toBeCloseTo((ref.evaluate(x, y) as tf.Scalar).dataSync()[0]!, 5);
-      const want = ref.predict(x) as tf.Tensor;
-      expect(tf.max(tf.abs(tf.sub(predicted!, want))).dataSync()[0]!).toBeLessThan(1e-5);
-      tf.dispose([predicted!, want]);
-    } finally {
-      allowSyncReads();
-      await pipe.close();
-      tf.dispose([x, y]);
-    }
-  });
+  it.each(cases)(
+    '%o: 3 Adam steps, an evaluation and a prediction with synchronous reads forbidden equal single-process tfjs',
+    async ({ stages, schedule, replicas, handoff }) => {
+      const SIZES = [8, 16, 12, 10, 4];
+      const model = mlp(SIZES, 61);
+      const ref = mlp(SIZES, 62);
+      copyWeights(model, ref);
+      ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+      const pipe = await createPipeline({
+        model,
+        stages,
+        replicas,
+        microbatches: 3,
+        schedule,
+        handoff,
+        optimizer: tf.train.adam(0.01),
+        loss: 'categoricalCrossentropy',
+        metric: 'accuracy',
+        nats: { servers: nats.server.url },
+      });
+      const { x, y } = data(18, SIZES[0]!, 4, 5);
+      try {
+        const losses: number[] = [];
+        forbidSyncReads();
+        for (let s = 0; s < 3; s++) losses.push((await pipe.trainStep(x, y)).loss);
+        const evaluated = await pipe.evaluate(x, y);
+        const [predicted] = await pipe.predict(x);
+        allowSyncReads();
+        for (const l of losses) expect(l).toBeCloseTo((await ref.trainOnBatch(x, y)) as number, 5);
+        expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
+        expect(evaluated.loss).toBeCloseTo((ref.evaluate(x, y) as tf.Scalar).dataSync()[0]!, 5);
+        const want = ref.predict(x) as tf.Tensor;
+        expect(tf.max(tf.abs(tf.sub(predicted!, want))).dataSync()[0]!).toBeLessThan(1e-5);
+        tf.dispose([predicted!, want]);
+      } finally {
+        allowSyncReads();
+        await pipe.close();
+        tf.dispose([x, y]);
+      }
+    },
+  );
 
   it('the forbidding works: a synchronous read in a loss function fails the step, naming the read', async () => {
     const model = mlp([8, 6, 4], 63);

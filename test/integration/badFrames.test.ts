@@ -17,8 +17,14 @@ describe('malformed frames on a running job', () => {
     const { model, ref } = mlpAndReference(SIZES, 11, tf.train.sgd(0.05));
     const job = 'badframes';
     const pipe = await createPipeline({
-      model, stages: 2, microbatches: 16, schedule: '1f1b', job,
-      optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      microbatches: 16,
+      schedule: '1f1b',
+      job,
+      optimizer: tf.train.sgd(0.05),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'spy' });
     const rejects: { rank: number; code: string; message: string }[] = [];
@@ -34,7 +40,18 @@ describe('malformed frames on a running job', () => {
       if (injected || m.header('Troupe-Step') !== '2') return;
       injected = true;
       const headers: Record<string, string> = {};
-      for (const h of ['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Troupe-From', 'Troupe-Tensors', 'Troupe-Bytes', 'Troupe-Chunk', 'Troupe-Seal']) headers[h] = m.header(h)!;
+      for (const h of [
+        'Troupe-Job',
+        'Troupe-Step',
+        'Troupe-Mb',
+        'Troupe-Phase',
+        'Troupe-From',
+        'Troupe-Tensors',
+        'Troupe-Bytes',
+        'Troupe-Chunk',
+        'Troupe-Seal',
+      ])
+        headers[h] = m.header(h)!;
       const send = (subject: string, h: Record<string, string>, body: Uint8Array) => void spy.publish(subject, body, h);
       // 1. duplicate key: the very same frame again
       send(m.subject, headers, m.data);
@@ -49,7 +66,18 @@ describe('malformed frames on a running job', () => {
       send(m.subject, { ...headers, 'Troupe-Step': '1' }, m.data);
       // 6. wrong shape for a microbatch not yet received: refused, and the real one still counts
       //    (sealed with stage 0's key, as stage 0 would send it: the shape is what is wrong)
-      const wrong = encodeFrame(sealFrame({ key: { job, step: 2, microbatch: 15, phase: Phase.FORWARD }, from: 'spy', tensors: [{ name: 'a0', dtype: 'float32', shape: [1, 31], data: new Float32Array(31) }] }, m.subject, stage0Key), 1 << 20)[0]!;
+      const wrong = encodeFrame(
+        sealFrame(
+          {
+            key: { job, step: 2, microbatch: 15, phase: Phase.FORWARD },
+            from: 'spy',
+            tensors: [{ name: 'a0', dtype: 'float32', shape: [1, 31], data: new Float32Array(31) }],
+          },
+          m.subject,
+          stage0Key,
+        ),
+        1 << 20,
+      )[0]!;
       send(m.subject, wrong.headers, wrong.data);
     });
     await spy.flush();

@@ -8,7 +8,16 @@ const nats = useNatsServer();
 
 function convNet(seed: number): tf.LayersModel {
   const m = tf.sequential();
-  m.add(tf.layers.conv2d({ inputShape: [10, 10, 2], filters: 4, kernelSize: 3, padding: 'same', activation: 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed }) }));
+  m.add(
+    tf.layers.conv2d({
+      inputShape: [10, 10, 2],
+      filters: 4,
+      kernelSize: 3,
+      padding: 'same',
+      activation: 'relu',
+      kernelInitializer: tf.initializers.glorotUniform({ seed }),
+    }),
+  );
   m.add(tf.layers.maxPooling2d({ poolSize: 2 }));
   m.add(tf.layers.conv2d({ filters: 6, kernelSize: 3, strides: 2, activation: 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 1 }) }));
   m.add(tf.layers.flatten());
@@ -22,7 +31,14 @@ describe('a conv net on the wasm backend', () => {
     const ref = convNet(30);
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
-    const pipe = await createPipeline({ model, stages: [2], microbatches: 3, optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: [2],
+      microbatches: 3,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const x = tf.randomUniform([12, 10, 10, 2], -1, 1, 'float32', 4);
     const y = tf.oneHot(tf.tensor1d([0, 1, 2, 0, 1, 2, 2, 1, 0, 0, 1, 2], 'int32'), 3).toFloat();
     try {

@@ -20,8 +20,15 @@ describe('replicas x stages', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', metrics: ['accuracy'] });
     const pipe = await createPipeline({
-      model, stages: 2, replicas: 2, microbatches: 3, schedule, optimizer: tf.train.adam(0.01),
-      loss: 'categoricalCrossentropy', metric: 'accuracy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      replicas: 2,
+      microbatches: 3,
+      schedule,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      metric: 'accuracy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(26, SIZES[0]!, 4, 9); // 13 rows per replica, uneven microbatches
     try {
@@ -52,8 +59,14 @@ describe('replicas under bad calls', () => {
     const SIZES = [6, 12, 12, 3];
     const { model, ref } = mlpAndReference(SIZES, 51, tf.train.adam(0.01));
     const pipe = await createPipeline({
-      model, stages: 2, replicas: 3, microbatches: 4, optimizer: tf.train.adam(0.01),
-      loss: 'categoricalCrossentropy', nats: { servers: nats.server.url }, stepTimeoutMs: 20_000,
+      model,
+      stages: 2,
+      replicas: 3,
+      microbatches: 4,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+      stepTimeoutMs: 20_000,
     });
     const few = tf.zeros([10, SIZES[0]!]);
     const { x, y } = data(30, SIZES[0]!, 3, 5); // 10 rows a replica
@@ -85,8 +98,14 @@ describe('replicas under bad calls', () => {
     const SIZES = [6, 12, 12, 3];
     const { model, ref } = mlpAndReference(SIZES, 55, tf.train.adam(0.02));
     const pipe = await createPipeline({
-      model, stages: 2, replicas: 2, accumulate: 2, microbatches: 2, optimizer: tf.train.adam(0.02),
-      loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      replicas: 2,
+      accumulate: 2,
+      microbatches: 2,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const a = data(8, SIZES[0]!, 3, 70);
     const b = data(8, SIZES[0]!, 3, 71);
@@ -120,8 +139,14 @@ describe('replicas under bad calls', () => {
       return tf.metrics.categoricalCrossentropy(yTrue, yPred);
     };
     const pipe = await createPipeline({
-      model, stages: 2, replicas: 2, microbatches: 3, optimizer: tf.train.adam(0.01), loss,
-      nats: { servers: nats.server.url }, stepTimeoutMs: 20_000,
+      model,
+      stages: 2,
+      replicas: 2,
+      microbatches: 3,
+      optimizer: tf.train.adam(0.01),
+      loss,
+      nats: { servers: nats.server.url },
+      stepTimeoutMs: 20_000,
     });
     const { x, y } = data(23, SIZES[0]!, 3, 6);
     try {
@@ -136,7 +161,7 @@ describe('replicas under bad calls', () => {
       const failing = pipe.trainStep(x, y).catch((e: unknown) => e);
       const dropped = pipe.trainStep(x, y).catch((e: unknown) => e);
       expect(await failing).toBeInstanceOf(StageError);
-      expect((await dropped as Error).message).toMatch(/step 4 was not run/);
+      expect(((await dropped) as Error).message).toMatch(/step 4 was not run/);
       // An evaluation that fails on replica 1 only.
       await expect(pipe.evaluate(x, y)).rejects.toThrow(/loss exploded/);
       armed = false;

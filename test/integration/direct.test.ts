@@ -8,7 +8,7 @@ const nats = useNatsServer();
 
 /** Every weight of the model, as bytes. */
 async function weightBytes(model: tf.LayersModel): Promise<Buffer[]> {
-  return Promise.all(model.getWeights().map(async (w) => Buffer.from(new Uint8Array((await w.data() as Float32Array).buffer))));
+  return Promise.all(model.getWeights().map(async (w) => Buffer.from(new Uint8Array(((await w.data()) as Float32Array).buffer))));
 }
 
 /**
@@ -18,14 +18,25 @@ async function weightBytes(model: tf.LayersModel): Promise<Buffer[]> {
 async function train(direct: boolean): Promise<{ weights: Buffer[]; directOut: number[]; bytesOut: number[]; rejected: number }> {
   const model = mlp([32, 512, 512, 4], 21);
   const pipe = await createPipeline({
-    model, stages: 3, microbatches: 4, schedule: '1f1b', job: `direct-${direct ? 'on' : 'off'}`,
-    optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url, direct },
+    model,
+    stages: 3,
+    microbatches: 4,
+    schedule: '1f1b',
+    job: `direct-${direct ? 'on' : 'off'}`,
+    optimizer: tf.train.sgd(0.05),
+    loss: 'categoricalCrossentropy',
+    nats: { servers: nats.server.url, direct },
   });
   const { x, y } = data(192, 32, 4, 22);
   try {
     for (let s = 0; s < 3; s++) await pipe.trainStep(x, y);
     const stats = pipe.stats();
-    return { weights: await weightBytes(model), directOut: stats.map((s) => s.directBytesOut ?? 0), bytesOut: stats.map((s) => s.bytesOut), rejected: stats.reduce((n, s) => n + s.rejected, 0) };
+    return {
+      weights: await weightBytes(model),
+      directOut: stats.map((s) => s.directBytesOut ?? 0),
+      bytesOut: stats.map((s) => s.bytesOut),
+      rejected: stats.reduce((n, s) => n + s.rejected, 0),
+    };
   } finally {
     await pipe.close();
     tf.dispose([x, y]);

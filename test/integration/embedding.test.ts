@@ -16,12 +16,16 @@ const LEN = 6;
 function tokenModel(kind: 'dense' | 'lstm', seed: number): tf.LayersModel {
   const init = (k: number) => tf.initializers.glorotUniform({ seed: seed * 10 + k });
   const ids = tf.input({ shape: [LEN], dtype: 'int32' });
-  let h = tf.layers.embedding({ inputDim: VOCAB, outputDim: 5, embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.3, maxval: 0.3, seed }) }).apply(ids) as tf.SymbolicTensor;
+  let h = tf.layers
+    .embedding({ inputDim: VOCAB, outputDim: 5, embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.3, maxval: 0.3, seed }) })
+    .apply(ids) as tf.SymbolicTensor;
   if (kind === 'dense') {
     h = tf.layers.flatten().apply(h) as tf.SymbolicTensor;
     h = tf.layers.dense({ units: 8, activation: 'tanh', kernelInitializer: init(1) }).apply(h) as tf.SymbolicTensor;
   } else {
-    h = tf.layers.lstm({ units: 7, kernelInitializer: init(1), recurrentInitializer: tf.initializers.orthogonal({ seed: seed * 10 + 2 }) }).apply(h) as tf.SymbolicTensor;
+    h = tf.layers
+      .lstm({ units: 7, kernelInitializer: init(1), recurrentInitializer: tf.initializers.orthogonal({ seed: seed * 10 + 2 }) })
+      .apply(h) as tf.SymbolicTensor;
   }
   const out = tf.layers.dense({ units: 3, activation: 'softmax', kernelInitializer: init(3) }).apply(h) as tf.SymbolicTensor;
   return tf.model({ inputs: ids, outputs: out });
@@ -29,9 +33,21 @@ function tokenModel(kind: 'dense' | 'lstm', seed: number): tf.LayersModel {
 
 function tokens(n: number, seed: number): { x: tf.Tensor2D; y: tf.Tensor2D } {
   let s = seed >>> 0;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
-  const x = tf.tensor2d(Int32Array.from({ length: n * LEN }, () => Math.floor(rnd() * VOCAB)), [n, LEN], 'int32');
-  const y = tf.oneHot(tf.tensor1d(Int32Array.from({ length: n }, () => Math.floor(rnd() * 3)), 'int32'), 3).toFloat() as tf.Tensor2D;
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const x = tf.tensor2d(
+    Int32Array.from({ length: n * LEN }, () => Math.floor(rnd() * VOCAB)),
+    [n, LEN],
+    'int32',
+  );
+  const y = tf
+    .oneHot(
+      tf.tensor1d(
+        Int32Array.from({ length: n }, () => Math.floor(rnd() * 3)),
+        'int32',
+      ),
+      3,
+    )
+    .toFloat() as tf.Tensor2D;
   return { x, y };
 }
 
@@ -46,7 +62,13 @@ describe('Embedding models on wasm', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.5), loss: 'categoricalCrossentropy' });
     const pipe = await createPipeline({
-      model, stages: [...boundaries], microbatches: 4, schedule: '1f1b', optimizer: tf.train.sgd(0.5), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: [...boundaries],
+      microbatches: 4,
+      schedule: '1f1b',
+      optimizer: tf.train.sgd(0.5),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = tokens(16, 5);
     try {
@@ -67,7 +89,14 @@ describe('Embedding models on wasm', () => {
   it("a float32-input Sequential (tfjs's default) takes its ids as float32 and trains the same", async () => {
     const build = (seed: number) => {
       const m = tf.sequential();
-      m.add(tf.layers.embedding({ inputDim: VOCAB, outputDim: 4, inputLength: LEN, embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.3, maxval: 0.3, seed }) }));
+      m.add(
+        tf.layers.embedding({
+          inputDim: VOCAB,
+          outputDim: 4,
+          inputLength: LEN,
+          embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.3, maxval: 0.3, seed }),
+        }),
+      );
       m.add(tf.layers.flatten());
       m.add(tf.layers.dense({ units: 3, activation: 'softmax', kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 1 }) }));
       return m;
@@ -76,7 +105,14 @@ describe('Embedding models on wasm', () => {
     const ref = build(9);
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.5), loss: 'categoricalCrossentropy' });
-    const pipe = await createPipeline({ model, stages: 2, microbatches: 2, optimizer: tf.train.sgd(0.5), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 2,
+      microbatches: 2,
+      optimizer: tf.train.sgd(0.5),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = tokens(8, 6);
     const ids = x.toFloat();
     try {

@@ -14,8 +14,13 @@ describe('evaluate (forward only)', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', metrics: ['accuracy'] });
     const pipe = await createPipeline({
-      model, stages: 2, microbatches: 3, schedule: 'gpipe',
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', metric: 'accuracy',
+      model,
+      stages: 2,
+      microbatches: 3,
+      schedule: 'gpipe',
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      metric: 'accuracy',
       nats: { servers: nats.server.url },
     });
     const { x, y } = data(30, SIZES[0]!, 4, 9);

@@ -29,7 +29,16 @@ describe('feeding stage 0', () => {
     { feed: 'bounded', stages: 3 },
   ] as const)("feed $feed, $stages stage(s) (1F1B, Adam): 3 steps equal single-process training, within the schedule's bound", async ({ feed, stages }) => {
     const { model, ref } = mlpAndReference(SIZES, 31, tf.train.adam(0.02));
-    const pipe = await createPipeline({ model, stages, microbatches: 5, schedule: '1f1b', feed, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages,
+      microbatches: 5,
+      schedule: '1f1b',
+      feed,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = data(20, SIZES[0]!, 3, 32);
     try {
       for (let s = 0; s < 3; s++) {
@@ -45,71 +54,85 @@ describe('feeding stage 0', () => {
     }
   });
 
-  it.each(['step', 'bounded'] as const)("feed '%s': what the scheduler sent and the stage received before each acted, and every action event arrives", async (feed: FeedMode) => {
-    const m = 6;
-    const job = `feed-${feed}`;
-    // Scheduler and stage share this process: one timeline, in the order things happened here.
-    // (A spy connection would see the scheduler's and the stage's messages in an order NATS
-    // does not promise: they come from two connections.)
-    const timeline: string[] = [];
-    const frameSpy = vi.spyOn(Bus.prototype, 'publishFrame').mockImplementation(function (this: Bus, subject: string, frame: Frame) {
-      if (subject === `troupe.${job}.stage.0.INPUT` && frame.key.step === 1) timeline.push(`sched sends INPUT ${frame.key.microbatch}`);
-      return publishFrameOriginal.call(this, subject, frame);
-    });
-    const publishSpy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject === `troupe.${job}.sched.0.action`) {
-        const e = decodeMessage('action', body);
-        if (e.step === 1) timeline.push(`stage did ${e.action}`);
-      }
-      return publishOriginal.call(this, subject, body, headers);
-    });
-    // What the stage's and the scheduler's subscriptions are handed, when they are handed it.
-    const subscribeSpy = vi.spyOn(Bus.prototype, 'subscribe').mockImplementation(function (this: Bus, subject: string, handler: (msg: BusMessage) => void, queue?: string) {
-      const seen = (msg: BusMessage) => {
-        if (subject === `troupe.${job}.stage.0.*` && msg.subject.endsWith('.INPUT') && msg.header('Troupe-Step') === '1') timeline.push(`stage got INPUT ${msg.header('Troupe-Mb')}`);
-        if (subject === `troupe.${job}.sched.*.*` && msg.subject.endsWith('.action')) {
-          const e = decodeMessage('action', msg.data);
-          if (e.step === 1) timeline.push(`sched heard ${e.action}`);
+  it.each(['step', 'bounded'] as const)(
+    "feed '%s': what the scheduler sent and the stage received before each acted, and every action event arrives",
+    async (feed: FeedMode) => {
+      const m = 6;
+      const job = `feed-${feed}`;
+      // Scheduler and stage share this process: one timeline, in the order things happened here.
+      // (A spy connection would see the scheduler's and the stage's messages in an order NATS
+      // does not promise: they come from two connections.)
+      const timeline: string[] = [];
+      const frameSpy = vi.spyOn(Bus.prototype, 'publishFrame').mockImplementation(function (this: Bus, subject: string, frame: Frame) {
+        if (subject === `troupe.${job}.stage.0.INPUT` && frame.key.step === 1) timeline.push(`sched sends INPUT ${frame.key.microbatch}`);
+        return publishFrameOriginal.call(this, subject, frame);
+      });
+      const publishSpy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (
+        this: Bus,
+        subject: string,
+        body: Uint8Array,
+        headers?: Record<string, string>,
+      ) {
+        if (subject === `troupe.${job}.sched.0.action`) {
+          const e = decodeMessage('action', body);
+          if (e.step === 1) timeline.push(`stage did ${e.action}`);
         }
-        handler(msg);
-      };
-      return subscribeOriginal.call(this, subject, seen, queue);
-    });
-    const { pipe } = await loneStage({ sizes: SIZES, seed: 33, microbatches: m, job, feed, servers: nats.server.url });
-    const { x, y } = data(12, SIZES[0]!, 3, 34);
-    try {
-      await pipe.trainStep(x, y);
-      const at = (label: string) => {
-        const i = timeline.indexOf(label);
-        expect(i, `${label} in\n${timeline.join('\n')}`).toBeGreaterThan(-1);
-        return i;
-      };
-      const mbs = Array.from({ length: m }, (_, i) => i);
-      // Held back or not, every action of the step reached the scheduler once.
-      const heard = timeline.filter((t) => t.startsWith('sched heard ')).map((t) => t.slice('sched heard '.length));
-      expect(heard.sort()).toEqual([...mbs.map((i) => `F${i}`), ...mbs.map((i) => `B${i}`)].sort());
-      for (const mb of mbs) expect(at(`stage got INPUT ${mb}`)).toBeGreaterThan(at(`sched sends INPUT ${mb}`));
-      if (feed === 'step') {
-        // Every input went out as the step began: before the stage had received any of them.
-        const firstGot = Math.min(...mbs.map((mb) => at(`stage got INPUT ${mb}`)));
-        for (const mb of mbs) expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeLessThan(firstGot);
-      } else {
-        // 1 stage, 1F1B: bound 1, so 2 inputs at first; input k goes out once the scheduler heard
-        // B(k-2), so the stage had done B(k-2) before it received input k.
-        for (const mb of [0, 1]) expect(at(`sched sends INPUT ${mb}`)).toBeLessThan(at('sched heard B0'));
-        for (const mb of mbs.slice(2)) {
-          expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`sched heard B${mb - 2}`));
-          expect(at(`stage got INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`stage did B${mb - 2}`));
+        return publishOriginal.call(this, subject, body, headers);
+      });
+      // What the stage's and the scheduler's subscriptions are handed, when they are handed it.
+      const subscribeSpy = vi.spyOn(Bus.prototype, 'subscribe').mockImplementation(function (
+        this: Bus,
+        subject: string,
+        handler: (msg: BusMessage) => void,
+        queue?: string,
+      ) {
+        const seen = (msg: BusMessage) => {
+          if (subject === `troupe.${job}.stage.0.*` && msg.subject.endsWith('.INPUT') && msg.header('Troupe-Step') === '1')
+            timeline.push(`stage got INPUT ${msg.header('Troupe-Mb')}`);
+          if (subject === `troupe.${job}.sched.*.*` && msg.subject.endsWith('.action')) {
+            const e = decodeMessage('action', msg.data);
+            if (e.step === 1) timeline.push(`sched heard ${e.action}`);
+          }
+          handler(msg);
+        };
+        return subscribeOriginal.call(this, subject, seen, queue);
+      });
+      const { pipe } = await loneStage({ sizes: SIZES, seed: 33, microbatches: m, job, feed, servers: nats.server.url });
+      const { x, y } = data(12, SIZES[0]!, 3, 34);
+      try {
+        await pipe.trainStep(x, y);
+        const at = (label: string) => {
+          const i = timeline.indexOf(label);
+          expect(i, `${label} in\n${timeline.join('\n')}`).toBeGreaterThan(-1);
+          return i;
+        };
+        const mbs = Array.from({ length: m }, (_, i) => i);
+        // Held back or not, every action of the step reached the scheduler once.
+        const heard = timeline.filter((t) => t.startsWith('sched heard ')).map((t) => t.slice('sched heard '.length));
+        expect(heard.sort()).toEqual([...mbs.map((i) => `F${i}`), ...mbs.map((i) => `B${i}`)].sort());
+        for (const mb of mbs) expect(at(`stage got INPUT ${mb}`)).toBeGreaterThan(at(`sched sends INPUT ${mb}`));
+        if (feed === 'step') {
+          // Every input went out as the step began: before the stage had received any of them.
+          const firstGot = Math.min(...mbs.map((mb) => at(`stage got INPUT ${mb}`)));
+          for (const mb of mbs) expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeLessThan(firstGot);
+        } else {
+          // 1 stage, 1F1B: bound 1, so 2 inputs at first; input k goes out once the scheduler heard
+          // B(k-2), so the stage had done B(k-2) before it received input k.
+          for (const mb of [0, 1]) expect(at(`sched sends INPUT ${mb}`)).toBeLessThan(at('sched heard B0'));
+          for (const mb of mbs.slice(2)) {
+            expect(at(`sched sends INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`sched heard B${mb - 2}`));
+            expect(at(`stage got INPUT ${mb}`), `INPUT ${mb}`).toBeGreaterThan(at(`stage did B${mb - 2}`));
+          }
         }
+      } finally {
+        frameSpy.mockRestore();
+        publishSpy.mockRestore();
+        subscribeSpy.mockRestore();
+        await pipe.close();
+        tf.dispose([x, y]);
       }
-    } finally {
-      frameSpy.mockRestore();
-      publishSpy.mockRestore();
-      subscribeSpy.mockRestore();
-      await pipe.close();
-      tf.dispose([x, y]);
-    }
-  });
+    },
+  );
 
   it('a lone stage with every input in still reports its actions during the step, at most 50 ms after holding them', async () => {
     // Each forward of the only stage takes at least SLOW ms (its loss waits), so a step of m
@@ -122,8 +145,18 @@ describe('feeding stage 0', () => {
     const { pipe } = await loneStage({ sizes: SIZES, seed: 36, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     // Every event the stage publishes, when it publishes it (the stage runs in this process).
     const published: { subject: string; step: number; at: number }[] = [];
-    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
-      if (subject.startsWith(`troupe.${job}.sched.`)) published.push({ subject: subject.split('.').pop()!, step: (JSON.parse(new TextDecoder().decode(body)) as { step: number }).step, at: performance.now() });
+    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (
+      this: Bus,
+      subject: string,
+      body: Uint8Array,
+      headers?: Record<string, string>,
+    ) {
+      if (subject.startsWith(`troupe.${job}.sched.`))
+        published.push({
+          subject: subject.split('.').pop()!,
+          step: (JSON.parse(new TextDecoder().decode(body)) as { step: number }).step,
+          at: performance.now(),
+        });
       return publishOriginal.call(this, subject, body, headers);
     });
     const { x, y } = data(8, SIZES[0]!, 3, 37);
@@ -152,7 +185,12 @@ describe('feeding stage 0', () => {
     const job = 'feed-ctl';
     const { pipe } = await loneStage({ sizes: SIZES, seed: 38, microbatches: m, job, servers: nats.server.url, loss: slowLoss(SLOW) });
     const done: { step: number; at: number }[] = [];
-    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, subject: string, body: Uint8Array, headers?: Record<string, string>) {
+    const spy = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (
+      this: Bus,
+      subject: string,
+      body: Uint8Array,
+      headers?: Record<string, string>,
+    ) {
       if (subject === `troupe.${job}.sched.0.done`) done.push({ step: decodeMessage('done', body).step, at: performance.now() });
       return publishOriginal.call(this, subject, body, headers);
     });
@@ -181,10 +219,26 @@ describe('feeding stage 0', () => {
   it('refuses an unknown feed mode with a ConfigError naming it', async () => {
     const { model } = mlpAndReference(SIZES, 35, tf.train.sgd(0.1));
     await expect(
-      createPipeline({ model, stages: 1, microbatches: 2, feed: 'all' as never, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } }),
+      createPipeline({
+        model,
+        stages: 1,
+        microbatches: 2,
+        feed: 'all' as never,
+        optimizer: tf.train.sgd(0.1),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
+      }),
     ).rejects.toThrow(ConfigError);
     await expect(
-      createPipeline({ model, stages: 1, microbatches: 2, feed: 'all' as never, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } }),
+      createPipeline({
+        model,
+        stages: 1,
+        microbatches: 2,
+        feed: 'all' as never,
+        optimizer: tf.train.sgd(0.1),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
+      }),
     ).rejects.toThrow(/feed must be "step" or "bounded", got "all"/);
   });
 });

@@ -26,8 +26,14 @@ const STEPS = 6;
 async function pipeline(job: string): Promise<{ pipe: Pipeline; model: tf.LayersModel }> {
   const model = mlp(SIZES, 23);
   const pipe = await createPipeline({
-    model, stages: 3, microbatches: M, schedule: '1f1b', job,
-    optimizer: { className: 'Adam', config: { learningRate: 0.01 } }, loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+    model,
+    stages: 3,
+    microbatches: M,
+    schedule: '1f1b',
+    job,
+    optimizer: { className: 'Adam', config: { learningRate: 0.01 } },
+    loss: 'categoricalCrossentropy',
+    nats: { servers: nats.server.url },
   });
   return { pipe, model };
 }
@@ -51,7 +57,11 @@ function queuedOnStage1(pipe: Pipeline, step: number): Promise<unknown> {
 function zeroFrame(pipe: Pipeline, job: string, step: number, microbatch: number, from = 'stage.0') {
   const width = pipe.partitions[1]!.inputs[0]!.shape[0]!;
   const rows = BATCH / M;
-  return { key: { job, step, microbatch, phase: Phase.FORWARD }, from, tensors: [{ name: 't0', dtype: 'float32' as const, shape: [rows, width], data: new Float32Array(rows * width) }] };
+  return {
+    key: { job, step, microbatch, phase: Phase.FORWARD },
+    from,
+    tensors: [{ name: 't0', dtype: 'float32' as const, shape: [rows, width], data: new Float32Array(rows * width) }],
+  };
 }
 
 describe('forged frames', () => {
@@ -77,7 +87,8 @@ describe('forged frames', () => {
         const subject = subjects.stageSubject('forge', 1, Phase.FORWARD);
         for (let copy = 0; copy < 80; copy++) {
           for (let step = 3; step <= 5; step++) {
-            for (let mb = 0; mb < M; mb++) for (const msg of encodeFrame(zeroFrame(attacked.pipe, 'forge', step, mb), 1 << 20)) await attacker.publish(subject, msg.data, msg.headers);
+            for (let mb = 0; mb < M; mb++)
+              for (const msg of encodeFrame(zeroFrame(attacked.pipe, 'forge', step, mb), 1 << 20)) await attacker.publish(subject, msg.data, msg.headers);
           }
         }
         await attacker.flush();
@@ -118,17 +129,25 @@ describe('forged frames', () => {
       const released = new Promise<void>((r) => (conflictIn = r));
       const publish = Bus.prototype.publish;
       const update1 = subjects.stageSubject('conflict', 1, Phase.UPDATE);
-      const hold = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (this: Bus, to: string, data: Uint8Array, headers?: Record<string, string>) {
+      const hold = vi.spyOn(Bus.prototype, 'publish').mockImplementation(async function (
+        this: Bus,
+        to: string,
+        data: Uint8Array,
+        headers?: Record<string, string>,
+      ) {
         if (to === update1 && headers?.['Troupe-Step'] === '2') await released;
         return publish.call(this, to, data, headers);
       });
       const slot = `${Phase.FORWARD}:0`;
-      const sent = waitFor(pipe.actors.stages[1]!, (s) => s.context.next?.step === 3 && s.context.early[slot] !== undefined, { timeout: 30_000 }).then(async () => {
-        for (const msg of encodeFrame(sealFrame(zeroFrame(pipe, 'conflict', 3, 0), subject, key), 1 << 20)) await admin.publish(subject, msg.data, msg.headers);
-        await admin.flush();
-        await vi.waitFor(() => expect(pipe.stats()[1]!.conflicts).toBe(1), { timeout: 30_000 });
-        conflictIn();
-      });
+      const sent = waitFor(pipe.actors.stages[1]!, (s) => s.context.next?.step === 3 && s.context.early[slot] !== undefined, { timeout: 30_000 }).then(
+        async () => {
+          for (const msg of encodeFrame(sealFrame(zeroFrame(pipe, 'conflict', 3, 0), subject, key), 1 << 20))
+            await admin.publish(subject, msg.data, msg.headers);
+          await admin.flush();
+          await vi.waitFor(() => expect(pipe.stats()[1]!.conflicts).toBe(1), { timeout: 30_000 });
+          conflictIn();
+        },
+      );
       const results = await train(pipe, x, y, 4);
       await sent;
       hold.mockRestore();

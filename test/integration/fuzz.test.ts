@@ -20,7 +20,7 @@ const TOTAL = 10_000;
 /** Seeded, so a failure can be replayed. */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
 }
 
 interface Captured {
@@ -37,8 +37,14 @@ describe('fuzzing a running job', () => {
     const { model, ref } = mlpAndReference(SIZES, 21, tf.train.sgd(0.05));
     const job = 'fuzz';
     const pipe = await createPipeline({
-      model, stages: 2, microbatches: 4, schedule: '1f1b', job,
-      optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      microbatches: 4,
+      schedule: '1f1b',
+      job,
+      optimizer: tf.train.sgd(0.05),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const fuzzer = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'fuzzer' });
     const random = rng(7);
@@ -70,22 +76,52 @@ describe('fuzzing a running job', () => {
     const { x, y } = data(32, SIZES[0]!, 4, 3);
 
     const mutations: ((c: Captured) => Captured)[] = [
-      (c) => { const h = { ...c.headers }; delete h[pick(['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Troupe-Tensors', 'Troupe-Bytes'])]; return { ...c, headers: h }; },
+      (c) => {
+        const h = { ...c.headers };
+        delete h[pick(['Troupe-Job', 'Troupe-Step', 'Troupe-Mb', 'Troupe-Phase', 'Troupe-Tensors', 'Troupe-Bytes'])];
+        return { ...c, headers: h };
+      },
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Step': pick(['0', '-1', 'x', '1e3', '']) } }),
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Job': pick(['other', 'fuzz2', '', '*', 'a.b']) } }),
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Phase': pick(['SIDEWAYS', 'forward', '', 'UPDATE', 'INPUT']) } }),
-      (c) => ({ ...c, data: c.data.byteLength > 4 && random() < 0.5 ? c.data.subarray(0, c.data.byteLength - 1 - Math.floor(random() * 4)) : new Uint8Array([...c.data, ...bytes(1 + Math.floor(random() * 8))]) }),
-      (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Tensors': pick(['', '[', '{}', '[{"name":"a0","dtype":"float64","shape":[1,2]}]', '[{"name":"a0","dtype":"float32","shape":[-1,16]}]', String(random())]) } }),
+      (c) => ({
+        ...c,
+        data:
+          c.data.byteLength > 4 && random() < 0.5
+            ? c.data.subarray(0, c.data.byteLength - 1 - Math.floor(random() * 4))
+            : new Uint8Array([...c.data, ...bytes(1 + Math.floor(random() * 8))]),
+      }),
+      (c) => ({
+        ...c,
+        headers: {
+          ...c.headers,
+          'Troupe-Tensors': pick([
+            '',
+            '[',
+            '{}',
+            '[{"name":"a0","dtype":"float64","shape":[1,2]}]',
+            '[{"name":"a0","dtype":"float32","shape":[-1,16]}]',
+            String(random()),
+          ]),
+        },
+      }),
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Mb': pick(['9999', '-3', 'one', '4']) } }),
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Chunk': pick(['5/3', '0/0', 'x', '1/1/1', '-1/2']) } }),
       (c) => ({ ...c, headers: { ...c.headers, 'Troupe-Bytes': pick(['0', '-5', 'NaN', String(c.data.byteLength + 4)]) } }),
-      () => ({ subject: '', headers: Object.fromEntries(HEADERS.filter(() => random() < 0.6).map((h) => [h, String.fromCharCode(...bytes(1 + Math.floor(random() * 12)).map((b) => 33 + (b % 90)))])), data: bytes(Math.floor(random() * 300)) }),
+      () => ({
+        subject: '',
+        headers: Object.fromEntries(
+          HEADERS.filter(() => random() < 0.6).map((h) => [h, String.fromCharCode(...bytes(1 + Math.floor(random() * 12)).map((b) => 33 + (b % 90)))]),
+        ),
+        data: bytes(Math.floor(random() * 300)),
+      }),
     ];
     const stageSubjects = [0, 1].flatMap((r) => [Phase.INPUT, Phase.FORWARD, Phase.BACKWARD, Phase.UPDATE].map((ph) => subjects.stageSubject(job, r, ph)));
     const stateSubjects = [0, 1].map((r) => subjects.stateSubject(job, r));
     const schedSubjects = ['action', 'loss', 'done', 'updated', 'error', 'reject'].flatMap((e) => [0, 1].map((r) => `troupe.${job}.sched.${r}.${e}`));
     const ctlVerbs = [CtlVerb.STEP, CtlVerb.ABORT, CtlVerb.STOP, CtlVerb.LOAD, 'launch', 'rm'];
-    const garbageJson = () => pick(['', '{', 'null', '[]', '{"step":"3"}', '{"job":4}', '{"step":1,"microbatches":-1}', String.fromCharCode(...bytes(20).map((b) => 32 + (b % 95)))]);
+    const garbageJson = () =>
+      pick(['', '{', 'null', '[]', '{"step":"3"}', '{"job":4}', '{"step":1,"microbatches":-1}', String.fromCharCode(...bytes(20).map((b) => 32 + (b % 95)))]);
 
     let sentFrames = 0;
     let sentEvents = 0;
@@ -141,7 +177,9 @@ describe('fuzzing a running job', () => {
       await Promise.all(ctlReplies);
       expectedFrames = sentFrames;
       if (refusedFrames < expectedFrames) await stageRejects.wait(20_000);
-      console.log(`fuzz: ${sentFrames} frames, ${sentEvents} events, ${ctlRequests} control requests during ${steps} steps; refusals by code: ${JSON.stringify(Object.fromEntries(codes))}`);
+      console.log(
+        `fuzz: ${sentFrames} frames, ${sentEvents} events, ${ctlRequests} control requests during ${steps} steps; refusals by code: ${JSON.stringify(Object.fromEntries(codes))}`,
+      );
       expect(sentFrames + sentEvents + ctlRequests).toBe(TOTAL);
       // Every bad message refused and counted once: frames by the stages, events by the scheduler, requests in their replies.
       expect(refusedFrames).toBe(sentFrames);

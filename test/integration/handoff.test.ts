@@ -39,7 +39,16 @@ describe('tensors handed over between stages of one process', () => {
     ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
     const job = `handoff-${handoff}`;
     const spy = await frameSpy(job);
-    const pipe = await createPipeline({ model, job, stages: 3, microbatches: 4, handoff, optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      job,
+      stages: 3,
+      microbatches: 4,
+      handoff,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = data(16, SIZES[0]!, 4, 8);
     try {
       for (let s = 0; s < 3; s++) {
@@ -70,7 +79,15 @@ describe('tensors handed over between stages of one process', () => {
         const ref = mlp([8, 10, c.out], 75);
         copyWeights(model, ref);
         ref.compile({ optimizer: tf.train.sgd(0.1), loss: c.loss });
-        const pipe = await createPipeline({ model, stages: 2, microbatches: 3, handoff: true, optimizer: tf.train.sgd(0.1), loss: c.loss, nats: { servers: nats.server.url } });
+        const pipe = await createPipeline({
+          model,
+          stages: 2,
+          microbatches: 3,
+          handoff: true,
+          optimizer: tf.train.sgd(0.1),
+          loss: c.loss,
+          nats: { servers: nats.server.url },
+        });
         try {
           const before = tf.memory().numTensors;
           for (let s = 0; s < 2; s++) expect((await pipe.trainStep(x, c.labels)).loss).toBeCloseTo((await ref.trainOnBatch(x, c.ref)) as number, 5);
@@ -99,7 +116,16 @@ describe('tensors handed over between stages of one process', () => {
       return tf.metrics.categoricalCrossentropy(yTrue, yPred);
     };
     // GPipe: stage 0 forwards every microbatch before any backward, so frames wait in the inboxes when the last stage fails.
-    const pipe = await createPipeline({ model, stages: 3, microbatches: 4, schedule: 'gpipe', handoff: true, optimizer: tf.train.adam(0.01), loss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 3,
+      microbatches: 4,
+      schedule: 'gpipe',
+      handoff: true,
+      optimizer: tf.train.adam(0.01),
+      loss,
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = data(16, SIZES[0]!, 4, 9);
     try {
       await pipe.trainStep(x, y);

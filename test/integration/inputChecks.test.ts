@@ -22,7 +22,14 @@ const nats = useNatsServer();
 /** A float32-input Sequential (tfjs's default) reading token ids: Embedding, Flatten, Dense. */
 function embeddingModel(seed: number): tf.Sequential {
   const m = tf.sequential();
-  m.add(tf.layers.embedding({ inputDim: 20, outputDim: 4, inputLength: 5, embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.5, maxval: 0.5, seed }) }));
+  m.add(
+    tf.layers.embedding({
+      inputDim: 20,
+      outputDim: 4,
+      inputLength: 5,
+      embeddingsInitializer: tf.initializers.randomUniform({ minval: -0.5, maxval: 0.5, seed }),
+    }),
+  );
   m.add(tf.layers.flatten());
   m.add(tf.layers.dense({ units: 3, activation: 'softmax', kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 1 }) }));
   return m;
@@ -33,10 +40,22 @@ describe("the driver's check of inputs and labels", () => {
     const SIZES = [8, 16, 3];
     const job = 'checks';
     const pipe = await createPipeline({
-      model: mlp(SIZES, 5), stages: 2, microbatches: 2, job, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp(SIZES, 5),
+      stages: 2,
+      microbatches: 2,
+      job,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const emb = await createPipeline({
-      model: embeddingModel(7), stages: 2, microbatches: 2, job: 'checks-emb', optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: embeddingModel(7),
+      stages: 2,
+      microbatches: 2,
+      job: 'checks-emb',
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'spy' });
     const seen: string[] = [];
@@ -46,7 +65,11 @@ describe("the driver's check of inputs and labels", () => {
     const { x, y } = data(8, 8, 3, 9);
     const narrow = tf.zeros([8, 7]);
     const wideLabels = tf.zeros([8, 4]);
-    const ids = tf.tensor2d(Array.from({ length: 40 }, (_, i) => i % 20), [8, 5], 'int32');
+    const ids = tf.tensor2d(
+      Array.from({ length: 40 }, (_, i) => i % 20),
+      [8, 5],
+      'int32',
+    );
     const onehot = tf.oneHot(tf.tensor1d([0, 1, 2, 0, 1, 2, 0, 1], 'int32'), 3);
     try {
       const wide = await pipe.trainStep(narrow, y).catch((e: unknown) => e);
@@ -66,8 +89,10 @@ describe("the driver's check of inputs and labels", () => {
       await spy.flush();
       const inputs = seen.filter((s) => s.includes('.INPUT'));
       expect(inputs).toEqual([
-        `troupe.${job}.stage.0.INPUT step 1`, `troupe.${job}.stage.1.INPUT step 1`,
-        `troupe.${job}.stage.0.INPUT step 1`, `troupe.${job}.stage.1.INPUT step 1`,
+        `troupe.${job}.stage.0.INPUT step 1`,
+        `troupe.${job}.stage.1.INPUT step 1`,
+        `troupe.${job}.stage.0.INPUT step 1`,
+        `troupe.${job}.stage.1.INPUT step 1`,
       ]);
       expect(seen.filter((s) => s.startsWith('troupe.checks-emb.'))).toEqual([]);
     } finally {
@@ -85,7 +110,14 @@ describe("the driver's check of inputs and labels", () => {
     copyWeights(sparse, sparseRef);
     sparseRef.compile({ optimizer: tf.train.sgd(0.1), loss: 'sparseCategoricalCrossentropy' });
     const { model: oneHotModel, ref: oneHotRef } = mlpAndReference(SIZES, 23, tf.train.sgd(0.1));
-    const pipe = await createPipeline({ model: sparse, stages: 2, microbatches: 2, optimizer: tf.train.sgd(0.1), loss: 'sparseCategoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model: sparse,
+      stages: 2,
+      microbatches: 2,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'sparseCategoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     // A regression to one output: labels as a plain [n] vector, which tfjs takes as [n, 1].
     const build = (seed: number) => {
       const m = tf.sequential();
@@ -97,7 +129,14 @@ describe("the driver's check of inputs and labels", () => {
     const regRef = build(40);
     copyWeights(reg, regRef);
     regRef.compile({ optimizer: tf.train.sgd(0.05), loss: 'meanSquaredError' });
-    const regPipe = await createPipeline({ model: reg, stages: 2, microbatches: 2, optimizer: tf.train.sgd(0.05), loss: 'meanSquaredError', nats: { servers: nats.server.url } });
+    const regPipe = await createPipeline({
+      model: reg,
+      stages: 2,
+      microbatches: 2,
+      optimizer: tf.train.sgd(0.05),
+      loss: 'meanSquaredError',
+      nats: { servers: nats.server.url },
+    });
     const { x } = data(8, 6, 4, 13);
     const ids = tf.tensor1d([0, 3, 1, 2, 2, 1, 3, 0], 'int32');
     const column = ids.toFloat().reshape([8, 1]);
@@ -105,7 +144,10 @@ describe("the driver's check of inputs and labels", () => {
     const wrong = tf.zeros([8, 4]);
     try {
       // tfjs's own trainOnBatch refuses int32 ids (its floor takes float32): the reference gets them as float32.
-      for (const [y, refY] of [[ids, column], [column, column]] as const) {
+      for (const [y, refY] of [
+        [ids, column],
+        [column, column],
+      ] as const) {
         const r = await pipe.trainStep(x, y);
         const refLoss = (await sparseRef.trainOnBatch(x, refY)) as number;
         expect(Math.abs(r.loss - refLoss) / refLoss).toBeLessThan(1e-5);
@@ -115,7 +157,14 @@ describe("the driver's check of inputs and labels", () => {
       await expect(pipe.trainStep(x, wrong)).rejects.toThrow(/^label y0: got float32\[8,4\], expected int32 or float32 class ids \[8\] or \[8,1\]/);
       // One-hot labels straight from tf.oneHot are int32: they train as their float32 values would.
       const onehot = tf.oneHot(ids, 4);
-      const mlpPipe = await createPipeline({ model: oneHotModel, stages: 2, microbatches: 2, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+      const mlpPipe = await createPipeline({
+        model: oneHotModel,
+        stages: 2,
+        microbatches: 2,
+        optimizer: tf.train.sgd(0.1),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
+      });
       try {
         const r = await mlpPipe.trainStep(x, onehot);
         const refLoss = (await oneHotRef.trainOnBatch(x, onehot.toFloat())) as number;
@@ -157,11 +206,43 @@ describe('an INPUT frame a stage refuses', () => {
       const err = await sched
         .run({
           // Ten minutes: a step that waited for its timeout would outlast the test.
-          step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: 600_000, grantInPlan: false,
-          plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, granted: false, actions: formatStageActions(s[r]!), order: '' }),
+          step: 1,
+          microbatches: 2,
+          forwardOnly: false,
+          update: true,
+          feedBound: 2,
+          releasedBy: 'B',
+          timeoutMs: 600_000,
+          grantInPlan: false,
+          plan: (r) => ({
+            step: 1,
+            microbatches: 2,
+            batchSize: 4,
+            totalBatch: 4,
+            forwardOnly: false,
+            predict: false,
+            update: true,
+            granted: false,
+            actions: formatStageActions(s[r]!),
+            order: '',
+          }),
           inputs: (mb) => [
-            { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...narrow, shape: [2, 7], data: narrow.data.subarray(mb * 14, mb * 14 + 14) }] } },
-            { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 3], data: yw.data.subarray(mb * 6, mb * 6 + 6) }] } },
+            {
+              rank: 0,
+              frame: {
+                key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
+                from: 'sched',
+                tensors: [{ ...narrow, shape: [2, 7], data: narrow.data.subarray(mb * 14, mb * 14 + 14) }],
+              },
+            },
+            {
+              rank: 1,
+              frame: {
+                key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
+                from: 'sched',
+                tensors: [{ ...yw, shape: [2, 3], data: yw.data.subarray(mb * 6, mb * 6 + 6) }],
+              },
+            },
           ],
         })
         .catch((e: unknown) => e);

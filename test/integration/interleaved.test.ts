@@ -24,8 +24,15 @@ describe('interleaved 1F1B over a real nats-server', () => {
     const v = 2;
     const m = 4;
     const pipe = await createPipeline({
-      model, stages: d * v, virtualStages: v, microbatches: m, schedule: 'interleaved', job,
-      optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: d * v,
+      virtualStages: v,
+      microbatches: m,
+      schedule: 'interleaved',
+      job,
+      optimizer: tf.train.sgd(0.05),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const watcher = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'watcher' });
     const events: ActionEvent[] = [];

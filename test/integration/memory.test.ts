@@ -10,8 +10,13 @@ describe('tensor lifetime', () => {
   it.each(['1f1b', 'gpipe'])('%s: tf.memory().numTensors is the same after step 2 and step 10', async (schedule) => {
     const model = mlp([10, 24, 24, 3], 3);
     const pipe = await createPipeline({
-      model, stages: 3, microbatches: 4, schedule,
-      optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', metric: 'accuracy',
+      model,
+      stages: 3,
+      microbatches: 4,
+      schedule,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      metric: 'accuracy',
       nats: { servers: nats.server.url },
     });
     const { x, y } = data(16, 10, 3);

@@ -22,7 +22,12 @@ describe('any tf.train optimizer, any tfjs loss', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: OPTIMIZERS[name]!(), loss: 'categoricalCrossentropy' });
     const pipe = await createPipeline({
-      model, stages: 2, microbatches: 3, optimizer: OPTIMIZERS[name]!(), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      microbatches: 3,
+      optimizer: OPTIMIZERS[name]!(),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(9, SIZES[0]!, 3, 2);
     try {
@@ -48,7 +53,13 @@ describe('any tf.train optimizer, any tfjs loss', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.sgd(0.05), loss: 'meanSquaredError' });
     const pipe = await createPipeline({
-      model, stages: 2, microbatches: 3, schedule: 'gpipe', optimizer: () => tf.train.sgd(0.05), loss: 'meanSquaredError', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      microbatches: 3,
+      schedule: 'gpipe',
+      optimizer: () => tf.train.sgd(0.05),
+      loss: 'meanSquaredError',
+      nats: { servers: nats.server.url },
     });
     const x = tf.linspace(-1, 1, 40).reshape([10, 4]);
     const y = tf.concat([tf.sum(x, 1, true), tf.sin(tf.slice(x, [0, 0], [10, 1]))], 1);
@@ -69,7 +80,15 @@ describe('any tf.train optimizer, any tfjs loss', () => {
     const table = parseScheduleTable('0: F0 F1 B0 F2 B1 B2\n1: F0 F1 B0 B1 F2 B2\n');
     const SIZES = [8, 12, 3];
     const { model, ref } = mlpAndReference(SIZES, 71, tf.train.adam(0.01));
-    const pipe = await createPipeline({ model, stages: 2, microbatches: 3, schedule: table, optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 2,
+      microbatches: 3,
+      schedule: table,
+      optimizer: tf.train.adam(0.01),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { x, y } = data(9, SIZES[0]!, 3, 5);
     try {
       for (let s = 0; s < 3; s++) {
@@ -79,7 +98,17 @@ describe('any tf.train optimizer, any tfjs loss', () => {
       }
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
       // A table for other sizes is refused before anything starts.
-      await expect(createPipeline({ model, stages: 2, microbatches: 4, schedule: table, optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } })).rejects.toThrow(/action 0F3 is missing/);
+      await expect(
+        createPipeline({
+          model,
+          stages: 2,
+          microbatches: 4,
+          schedule: table,
+          optimizer: tf.train.sgd(0.1),
+          loss: 'categoricalCrossentropy',
+          nats: { servers: nats.server.url },
+        }),
+      ).rejects.toThrow(/action 0F3 is missing/);
     } finally {
       await pipe.close();
       tf.dispose([x, y]);

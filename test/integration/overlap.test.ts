@@ -23,7 +23,15 @@ describe('overlapped steps', () => {
     { schedule: 'zbh1', stages: 2 },
   ])('6 trainStep calls at once ($schedule, $stages stages, Adam) equal 6 single-process steps in order', async ({ schedule, stages }) => {
     const { model, ref } = mlpAndReference(SIZES, 71, tf.train.adam(0.02));
-    const pipe = await createPipeline({ model, stages, microbatches: 4, schedule, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages,
+      microbatches: 4,
+      schedule,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const batches = Array.from({ length: 6 }, (_, i) => data(16, SIZES[0]!, 3, 500 + i));
     try {
       const results = await Promise.all(batches.map((b) => pipe.trainStep(b.x, b.y)));
@@ -53,7 +61,16 @@ describe('overlapped steps', () => {
       if (++calls === failAt) throw new Error('loss exploded');
       return tf.metrics.categoricalCrossentropy(yTrue, yPred);
     };
-    const pipe = await createPipeline({ model, stages: 3, microbatches: 2, schedule: '1f1b', job: 'overlap-fail', optimizer: tf.train.adam(0.02), loss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 3,
+      microbatches: 2,
+      schedule: '1f1b',
+      job: 'overlap-fail',
+      optimizer: tf.train.adam(0.02),
+      loss,
+      nats: { servers: nats.server.url },
+    });
     const b = Array.from({ length: 4 }, (_, i) => data(8, SIZES[0]!, 3, 600 + i));
     try {
       // The loss runs once per microbatch forward on the last stage: call 3 is step 2's first.
@@ -103,15 +120,26 @@ describe('overlapped steps', () => {
     };
     // One microbatch: stage 0 ends its evaluation list at once and may go on to the queued step
     // before the last stage fails; the retry is called while that step is being dropped.
-    const pipe = await createPipeline({ model, stages: 3, microbatches: 1, schedule: '1f1b', job: 'overlap-retry', optimizer: tf.train.sgd(0.1), loss, nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 3,
+      microbatches: 1,
+      schedule: '1f1b',
+      job: 'overlap-retry',
+      optimizer: tf.train.sgd(0.1),
+      loss,
+      nats: { servers: nats.server.url },
+    });
     const b = Array.from({ length: 3 }, (_, i) => data(8, SIZES[0]!, 3, 800 + i));
     // Every control request, in the order the server passes them on.
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const ctl: string[] = [];
-    const subs = [0, 1, 2].map((r) => spy.subscribe(ctlWildcard('overlap-retry', r), (m) => {
-      const verb = m.subject.split('.').pop()!;
-      if (verb === 'step' || verb === 'abort') ctl.push(`${r} ${verb} ${(JSON.parse(new TextDecoder().decode(m.data)) as { step: number }).step}`);
-    }));
+    const subs = [0, 1, 2].map((r) =>
+      spy.subscribe(ctlWildcard('overlap-retry', r), (m) => {
+        const verb = m.subject.split('.').pop()!;
+        if (verb === 'step' || verb === 'abort') ctl.push(`${r} ${verb} ${(JSON.parse(new TextDecoder().decode(m.data)) as { step: number }).step}`);
+      }),
+    );
     await spy.flush();
     try {
       armed = true;
@@ -162,7 +190,16 @@ describe('overlapped steps', () => {
       }
       return opt;
     };
-    const pipe = await createPipeline({ model, stages: 3, microbatches: 2, schedule: '1f1b', job: 'overlap-update', optimizer, loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 3,
+      microbatches: 2,
+      schedule: '1f1b',
+      job: 'overlap-update',
+      optimizer,
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const b = Array.from({ length: 2 }, (_, i) => data(8, SIZES[0]!, 3, 700 + i));
     try {
       armed = true;

@@ -48,7 +48,7 @@ describe('pipeline over a real nats-server', () => {
   });
 
   it.each([2, 4].flatMap((stages) => (['sgd', 'adam'] as const).map((opt) => ({ stages, opt }))))(
-    '$stages stages, ZB-H1 (B and W apart), $opt: 3 steps equal single-process training, held within 1F1B\'s peak',
+    "$stages stages, ZB-H1 (B and W apart), $opt: 3 steps equal single-process training, held within 1F1B's peak",
     async ({ stages, opt }) => {
       const model = mlp(SIZES, 5);
       const ref = mlp(SIZES, 6);
@@ -56,7 +56,13 @@ describe('pipeline over a real nats-server', () => {
       ref.compile({ optimizer: optimizer(opt), loss: 'categoricalCrossentropy' });
       const m = 6;
       const pipe = await createPipeline({
-        model, stages, microbatches: m, schedule: 'zbh1', optimizer: optimizer(opt), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+        model,
+        stages,
+        microbatches: m,
+        schedule: 'zbh1',
+        optimizer: optimizer(opt),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
       });
       const { x, y } = data(24, SIZES[0]!, 3, stages * 5);
       try {
@@ -88,7 +94,14 @@ describe('pipeline over a real nats-server', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: optimizer('adam'), loss: 'categoricalCrossentropy' });
     const pipe = await createPipeline({
-      model, stages: devices * v, virtualStages: v, microbatches: m, schedule, optimizer: optimizer('adam'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: devices * v,
+      virtualStages: v,
+      microbatches: m,
+      schedule,
+      optimizer: optimizer('adam'),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(16, sizes[0]!, 3, 9);
     try {
@@ -112,7 +125,13 @@ describe('pipeline over a real nats-server', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy' });
     const pipe = await createPipeline({
-      model, stages: 2, balance: 'time', microbatches: 2, optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model,
+      stages: 2,
+      balance: 'time',
+      microbatches: 2,
+      optimizer: optimizer('sgd'),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(8, sizes[0]!, 3, 4);
     try {
@@ -123,6 +142,16 @@ describe('pipeline over a real nats-server', () => {
       await pipe.close();
       tf.dispose([x, y]);
     }
-    await expect(createPipeline({ model, stages: 2, balance: 'speed' as never, microbatches: 2, optimizer: optimizer('sgd'), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } })).rejects.toThrow(/balance must be "params" or "time"/);
+    await expect(
+      createPipeline({
+        model,
+        stages: 2,
+        balance: 'speed' as never,
+        microbatches: 2,
+        optimizer: optimizer('sgd'),
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
+      }),
+    ).rejects.toThrow(/balance must be "params" or "time"/);
   });
 });

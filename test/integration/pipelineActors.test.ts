@@ -11,8 +11,13 @@ const nats = useNatsServer();
 describe('pipe.actors', () => {
   it("gives every replica's scheduler and stages, live, replica 0 first", async () => {
     const pipe = await createPipeline({
-      model: mlp([6, 8, 8, 2], 4), stages: 3, replicas: 2, microbatches: 2,
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([6, 8, 8, 2], 4),
+      stages: 3,
+      replicas: 2,
+      microbatches: 2,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(8, 6, 2);
     try {
@@ -27,7 +32,9 @@ describe('pipe.actors', () => {
       expect(actors.replicas[1]!.stages[0]).not.toBe(actors.stages[0]);
       // Followed from outside: each stage goes through running and updating in a step.
       const seen = actors.replicas.flatMap((r) => r.stages).map(() => new Set<string>());
-      const subs = actors.replicas.flatMap((r) => r.stages).map((s, i) => s.subscribe((snap) => seen[i]!.add(typeof snap.value === 'string' ? snap.value : Object.keys(snap.value)[0]!)));
+      const subs = actors.replicas
+        .flatMap((r) => r.stages)
+        .map((s, i) => s.subscribe((snap) => seen[i]!.add(typeof snap.value === 'string' ? snap.value : Object.keys(snap.value)[0]!)));
       await pipe.trainStep(x, y);
       for (const s of subs) s.unsubscribe();
       for (const states of seen) expect([...states]).toEqual(expect.arrayContaining(['running', 'updating', 'idle']));

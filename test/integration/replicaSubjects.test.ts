@@ -32,8 +32,14 @@ describe('replica subjects', () => {
     const all = listener.subscribe(`troupe.${job}.>`, (m) => subjects.add(m.subject));
     await listener.flush();
     const pipe = await createPipeline({
-      model: mlp([6, 8, 2], 4), stages: 2, replicas: 2, microbatches: 2, job,
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([6, 8, 2], 4),
+      stages: 2,
+      replicas: 2,
+      microbatches: 2,
+      job,
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(8, 6, 2);
     try {

@@ -16,8 +16,14 @@ describe('a failing stage', () => {
       return tf.metrics.categoricalCrossentropy(yTrue, yPred);
     };
     const pipe = await createPipeline({
-      model, stages: 3, microbatches: 4, schedule: '1f1b', job: 'failing',
-      optimizer: tf.train.adam(0.01), loss, nats: { servers: nats.server.url },
+      model,
+      stages: 3,
+      microbatches: 4,
+      schedule: '1f1b',
+      job: 'failing',
+      optimizer: tf.train.adam(0.01),
+      loss,
+      nats: { servers: nats.server.url },
     });
     const { x, y } = data(12, SIZES[0]!, 3, 4);
     try {

@@ -27,17 +27,24 @@ describe('stage state over NATS', () => {
       expect(states[0]!.optimizerNames.length).toBeGreaterThan(1); // iteration + first and second moments
       expect(maxRelDiff(a, b)).toBeGreaterThan(1e-2);
       // Pipeline B has taken no step: its stages take the state as their step 0.
-      await loadStates(bus, 'state-b', states.map((s) => ({ ...s, step: 0 })));
+      await loadStates(
+        bus,
+        'state-b',
+        states.map((s) => ({ ...s, step: 0 })),
+      );
       expect(maxRelDiff(b, a)).toBe(0);
       for (let s = 0; s < 2; s++) {
         await pa.trainStep(x, y);
         await pb.trainStep(x, y);
       }
       // Adam's running products travel with the state: the same bytes, not float32 noise.
-      const bytes = async (m: tf.LayersModel) => Promise.all(m.weights.map(async (w) => {
-        const d = await w.read().data();
-        return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
-      }));
+      const bytes = async (m: tf.LayersModel) =>
+        Promise.all(
+          m.weights.map(async (w) => {
+            const d = await w.read().data();
+            return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+          }),
+        );
       expect(Buffer.concat(await bytes(b)).equals(Buffer.concat(await bytes(a)))).toBe(true);
       // A state of the wrong shape is refused by the stage, naming the weight.
       const bad = states.map((s) => ({ ...s, step: 9, tensors: s.tensors.map((t, i) => (i === 0 ? { ...t, shape: [t.shape[1]!, t.shape[0]!] } : t)) }));
@@ -52,7 +59,15 @@ describe('stage state over NATS', () => {
 
   it('collects chunked states of several stages at once (each stage over max_payload)', async () => {
     const model = mlp([784, 640, 640, 10], 83); // ~2 MB of weights per stage: several chunks each
-    const pipe = await createPipeline({ model, stages: 2, microbatches: 2, optimizer: tf.train.adam(0.001), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url }, job: 'state-big' });
+    const pipe = await createPipeline({
+      model,
+      stages: 2,
+      microbatches: 2,
+      optimizer: tf.train.adam(0.001),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+      job: 'state-big',
+    });
     const bus = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const { x, y } = data(4, 784, 10, 2);
     try {

@@ -14,16 +14,23 @@ const nats = useNatsServer();
 describe('stage counters', () => {
   it('are published on troupe.<job>.stats.<rank> after every step and add up', async () => {
     const pipe = await createPipeline({
-      model: mlp([6, 8, 8, 2], 3), stages: 2, microbatches: 4, schedule: 'gpipe', job: 'stats',
-      optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url },
+      model: mlp([6, 8, 8, 2], 3),
+      stages: 2,
+      microbatches: 4,
+      schedule: 'gpipe',
+      job: 'stats',
+      optimizer: tf.train.sgd(0.1),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
     });
     const spy = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const got: StatsMessage[] = [];
     const lock = countingLock(6);
-    for (const r of [0, 1]) spy.subscribe(subjects.statsSubject('stats', r), (m) => {
-      got.push(decodeMessage('stats', m.data));
-      lock.count();
-    });
+    for (const r of [0, 1])
+      spy.subscribe(subjects.statsSubject('stats', r), (m) => {
+        got.push(decodeMessage('stats', m.data));
+        lock.count();
+      });
     await spy.flush();
     const { x, y } = data(8, 6, 2);
     try {

@@ -33,7 +33,9 @@ async function stepWithSilentRankOne(
   const stage0 = await StageHost.start({ bus: busA!, job, partition: parts[0]!, compute });
   // Its seal key, asked before the first step, is any 32 bytes: it never sends a frame.
   const key = JSON.stringify({ key: Buffer.alloc(32, 7).toString('base64') });
-  busC!.subscribe(subjects.ctlWildcard(job, 1), (m) => m.respond(enc.encode(o.probe && m.subject.endsWith('.probe') ? JSON.stringify(o.probe) : m.subject.endsWith('.key') ? key : '{"ok":true}')));
+  busC!.subscribe(subjects.ctlWildcard(job, 1), (m) =>
+    m.respond(enc.encode(o.probe && m.subject.endsWith('.probe') ? JSON.stringify(o.probe) : m.subject.endsWith('.key') ? key : '{"ok":true}')),
+  );
   await busC!.flush();
   const sched = await SchedulerHost.start({ bus: busB!, job, stages: 2, ...o.sched });
   const { x, y } = data(4, 4, 2);
@@ -43,11 +45,43 @@ async function stepWithSilentRankOne(
   try {
     const err = await sched
       .run({
-        step: 1, microbatches: 2, forwardOnly: false, update: true, feedBound: 2, releasedBy: 'B', timeoutMs: o.timeoutMs, grantInPlan: false,
-        plan: (r) => ({ step: 1, microbatches: 2, batchSize: 4, totalBatch: 4, forwardOnly: false, predict: false, update: true, granted: false, actions: formatStageActions(s[r]!), order: '' }),
+        step: 1,
+        microbatches: 2,
+        forwardOnly: false,
+        update: true,
+        feedBound: 2,
+        releasedBy: 'B',
+        timeoutMs: o.timeoutMs,
+        grantInPlan: false,
+        plan: (r) => ({
+          step: 1,
+          microbatches: 2,
+          batchSize: 4,
+          totalBatch: 4,
+          forwardOnly: false,
+          predict: false,
+          update: true,
+          granted: false,
+          actions: formatStageActions(s[r]!),
+          order: '',
+        }),
         inputs: (mb) => [
-          { rank: 0, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }] } },
-          { rank: 1, frame: { key: { job, step: 1, microbatch: mb, phase: Phase.INPUT }, from: 'sched', tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }] } },
+          {
+            rank: 0,
+            frame: {
+              key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
+              from: 'sched',
+              tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }],
+            },
+          },
+          {
+            rank: 1,
+            frame: {
+              key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
+              from: 'sched',
+              tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }],
+            },
+          },
         ],
       })
       .catch((e: unknown) => e);
@@ -78,15 +112,19 @@ describe('a hung stage', () => {
     const silent: string[] = [];
     // Rank 1 is alive (it answers plans and probes) but never receives its activations.
     const probe = { rank: 1, step: 1, state: 'running.waiting', action: 'F0', awaiting: ['FORWARD:0'] };
-    await stepWithSilentRankOne('stalled', { probe, timeoutMs: 20_000, sched: { stallTimeoutMs: 600, heartbeatMs: 100, onSilent: (r) => silent.push(r) } }, async (err, stage0) => {
-      const message = (err as Error).message;
-      expect((err as { reason?: string }).reason).toBe('STEP_STALLED');
-      expect(message).toMatch(/step 1 made no progress for \d+ ms/);
-      // Stage 0 has done its forwards and waits for the first gradient; stage 1 waits for an activation.
-      expect(message).toMatch(/stage 0 {2}running\.waiting\s+F0 F1 \[B0\] ·· {3}waiting for BACKWARD:0/);
-      expect(message).toMatch(/stage 1 {2}running\.waiting\s+\[F0\] ·· ·· ·· {3}waiting for FORWARD:0/);
-      expect(silent[0]).toBe(message.slice(message.indexOf('step 1 made')));
-      await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
-    });
+    await stepWithSilentRankOne(
+      'stalled',
+      { probe, timeoutMs: 20_000, sched: { stallTimeoutMs: 600, heartbeatMs: 100, onSilent: (r) => silent.push(r) } },
+      async (err, stage0) => {
+        const message = (err as Error).message;
+        expect((err as { reason?: string }).reason).toBe('STEP_STALLED');
+        expect(message).toMatch(/step 1 made no progress for \d+ ms/);
+        // Stage 0 has done its forwards and waits for the first gradient; stage 1 waits for an activation.
+        expect(message).toMatch(/stage 0 {2}running\.waiting\s+F0 F1 \[B0\] ·· {3}waiting for BACKWARD:0/);
+        expect(message).toMatch(/stage 1 {2}running\.waiting\s+\[F0\] ·· ·· ·· {3}waiting for FORWARD:0/);
+        expect(silent[0]).toBe(message.slice(message.indexOf('step 1 made')));
+        await waitFor(stage0.actor, (snap) => snap.matches('idle'), { timeout: 2000 });
+      },
+    );
   });
 });

@@ -27,7 +27,14 @@ describe('train, evaluate and predict on one pipeline', () => {
     copyWeights(model, ref);
     ref.compile({ optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', metrics: ['accuracy'] });
     const pipe = await createPipeline({
-      model, stages, replicas, microbatches: 3, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', metric: 'accuracy', nats: { servers: nats.server.url },
+      model,
+      stages,
+      replicas,
+      microbatches: 3,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      metric: 'accuracy',
+      nats: { servers: nats.server.url },
     });
     try {
       for (let round = 0; round < 5; round++) {
@@ -54,7 +61,15 @@ describe('train, evaluate and predict on one pipeline', () => {
 
   it('accumulate: 2 trainStep calls make one update equal to one step on their concatenation, with evaluate and predict between', async () => {
     const { model, ref } = mlpAndReference(SIZES, 63, tf.train.adam(0.02));
-    const pipe = await createPipeline({ model, stages: 2, accumulate: 2, microbatches: 2, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages: 2,
+      accumulate: 2,
+      microbatches: 2,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     try {
       for (let round = 0; round < 3; round++) {
         const a = data(8, SIZES[0]!, 3, 300 + round);

@@ -37,7 +37,16 @@ describe('the early UPDATE of the last stage running', () => {
   it.each([1, 3])('%i stage(s), 1F1B, Adam: 3 steps equal single-process training; one UPDATE per stage and step (none to a lone stage)', async (stages) => {
     const { model, ref } = mlpAndReference(SIZES, 41, tf.train.adam(0.02));
     const job = `grant-${stages}`;
-    const pipe = await createPipeline({ model, stages, microbatches: 4, schedule: '1f1b', job, optimizer: tf.train.adam(0.02), loss: 'categoricalCrossentropy', nats: { servers: nats.server.url } });
+    const pipe = await createPipeline({
+      model,
+      stages,
+      microbatches: 4,
+      schedule: '1f1b',
+      job,
+      optimizer: tf.train.adam(0.02),
+      loss: 'categoricalCrossentropy',
+      nats: { servers: nats.server.url },
+    });
     const { spy, seen } = await watch(job);
     const { x, y } = data(16, SIZES[0]!, 3, 42);
     try {
@@ -91,7 +100,11 @@ describe('the early UPDATE of the last stage running', () => {
       // A plan that grants an update its step does not apply is refused, naming why; the stage stays idle.
       const bad = { ...plans[0]!, step: 4, update: false };
       const ack = decodeAck(await spy.request(ctlSubject(job, 0, CtlVerb.STEP), encodeJson(bad), 5_000));
-      expect(ack).toMatchObject({ ok: false, code: 'FRAME', message: 'plan of step 4 grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)' });
+      expect(ack).toMatchObject({
+        ok: false,
+        code: 'FRAME',
+        message: 'plan of step 4 grants an UPDATE, but the step applies none (evaluation, prediction or accumulation)',
+      });
       await stepBoth(pipe, ref, x, y);
       expect(maxRelDiff(model, ref)).toBeLessThan(1e-5);
     } finally {

@@ -62,7 +62,9 @@ async function gone(pid: number, timeoutMs = 10_000): Promise<boolean> {
 describe('Pool over worker processes', () => {
   it('1,000 tasks over 3 workers, one killed midway and one joining: every task answered once, in order', async () => {
     // Worker 0's tasks take 200 ms more, so that once it has printed a start it surely holds that task when killed.
-    const workers = (await Promise.all([startWorkers('double', 1, { DOUBLE_LOG: '1', DOUBLE_SLEEP_MS: '200' }), startWorkers('double', 2, { DOUBLE_LOG: '1' })])).flat();
+    const workers = (
+      await Promise.all([startWorkers('double', 1, { DOUBLE_LOG: '1', DOUBLE_SLEEP_MS: '200' }), startWorkers('double', 2, { DOUBLE_LOG: '1' })])
+    ).flat();
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
     const pool = new Pool<number, number>({ bus, name: 'double', timeoutMs: 20_000, concurrency: 24, heartbeatMs: 200, silentMs: 1_500 });
     const inputs = Array.from({ length: 1000 }, (_, i) => i);
@@ -129,7 +131,10 @@ describe('Pool over worker processes', () => {
       expect(await pool.map(Array.from({ length: 20 }, (_, i) => 1000 + i))).toEqual(Array.from({ length: 20 }, (_, i) => 2000 + 2 * i));
       const runs = executions(workers);
       expect([...runs.keys()].sort((a, b) => a - b)).toEqual([...inputs, ...Array.from({ length: 20 }, (_, i) => 1000 + i)].sort((a, b) => a - b));
-      expect([...runs.values()].every((n) => n === 1), 'each input ran once: the stuck one was not sent again').toBe(true);
+      expect(
+        [...runs.values()].every((n) => n === 1),
+        'each input ran once: the stuck one was not sent again',
+      ).toBe(true);
       const stopper = workers.find((w) => /ran -2$/m.test(w.run.output()))!;
       expect(stopper.run.output()).toMatch(/task process pid \d+ started in place of a killed one/);
       expect(alive(stopper.taskPids[0]!)).toBe(false);

@@ -23,7 +23,7 @@ describe('pool values', () => {
     const worker = await PoolWorker.start({ bus, pool: 'values', task: (x: unknown) => (ran++, x) });
     const pool = new Pool<unknown, unknown>({ bus, name: 'values' });
     const circular: Record<string, unknown> = { a: { b: [] as unknown[] } };
-    ((circular['a'] as { b: unknown[] }).b).push(circular);
+    (circular['a'] as { b: unknown[] }).b.push(circular);
     const cases: [unknown, string, RegExp][] = [
       [{ n: 12n }, 'input.n', /is a BigInt/],
       [{ points: [{ x: 1 }, { x: 2 }, { x: NaN }] }, 'input.points[2].x', /is NaN; JSON has no NaN or Infinity/],

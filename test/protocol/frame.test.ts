@@ -203,7 +203,10 @@ describe('encodeFrame / parseHeader / decodeSingle round trips', () => {
     expect(kept.data.buffer).toBe(mine.buffer);
     expectSameTensors([kept], tensors);
     // Not owned (a socket's buffer), or owned but not aligned to 8: copied into a body of the frame's own.
-    for (const [data, owned] of [[at(8), false], [at(4), true]] as const) {
+    for (const [data, owned] of [
+      [at(8), false],
+      [at(4), true],
+    ] as const) {
       const copied = decodeSingle(h, data, owned).tensors[0]!;
       expect(copied.data.buffer).not.toBe(data.buffer);
       expectSameTensors([copied], tensors);
@@ -321,12 +324,7 @@ describe('encodeFrame refusals', () => {
 });
 
 describe('chunking', () => {
-  const tensors = [
-    tensor('b', 'bool', [3]),
-    tensor('x', 'int32', [5], 4),
-    tensor('y', 'float32', [2, 3], 2),
-    tensor('z', 'bool', [6], 3),
-  ];
+  const tensors = [tensor('b', 'bool', [3]), tensor('x', 'int32', [5], 4), tensor('y', 'float32', [2, 3], 2), tensor('z', 'bool', [6], 3)];
   const total = 4 + 20 + 24 + 8; // 56
   const whole = encodeFrame(frameOf(tensors), 1 << 20)[0]!;
 
@@ -609,7 +607,7 @@ describe('Reassembler refusals and bookkeeping', () => {
     const r = new Reassembler();
     expect(r.accept(headerOf(by16[0]!), by16[0]!.data)).toBeNull();
     frameError(() => r.accept(headerOf(by20[1]!), by20[1]!.data), /chunk 1 of mnist\/7\/3\/FORWARD disagrees with the frame's earlier chunks/);
- 
+
     // Same count (3), other size: 40 bytes in chunks of 14 are 14, 14, 12.
     const by14 = encodeFrame(frameOf([x]), 14);
     expect(by14).toHaveLength(3);
@@ -682,13 +680,27 @@ describe('Reassembler refusals and bookkeeping', () => {
 describe('encode-side checks', () => {
   const key = { job: 'j', step: 1, microbatch: 0, phase: 'FORWARD' as const };
   it('refuses a typed array that cannot carry the dtype', () => {
-    expect(() => encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'float32', shape: [4], data: new Uint8Array(4) }] }, 1024)).toThrow(/Uint8Array cannot carry float32/);
+    expect(() => encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'float32', shape: [4], data: new Uint8Array(4) }] }, 1024)).toThrow(
+      /Uint8Array cannot carry float32/,
+    );
   });
   it('refuses negative or fractional dimensions', () => {
-    expect(() => encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'float32', shape: [-1, -1], data: new Float32Array(1) }] }, 1024)).toThrow(/not a non-negative integer/);
+    expect(() => encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'float32', shape: [-1, -1], data: new Float32Array(1) }] }, 1024)).toThrow(
+      /not a non-negative integer/,
+    );
   });
   it('parseHeader refuses a tensor named twice', () => {
-    const [m] = encodeFrame({ key, from: 't', tensors: [{ name: 'a0', dtype: 'int32', shape: [1], data: new Int32Array(1) }, { name: 'a1', dtype: 'int32', shape: [1], data: new Int32Array(1) }] }, 1024);
+    const [m] = encodeFrame(
+      {
+        key,
+        from: 't',
+        tensors: [
+          { name: 'a0', dtype: 'int32', shape: [1], data: new Int32Array(1) },
+          { name: 'a1', dtype: 'int32', shape: [1], data: new Int32Array(1) },
+        ],
+      },
+      1024,
+    );
     const h: Record<string, string> = { ...m!.headers, 'Troupe-Tensors': 'a0:int32:1;a0:int32:1' };
     expect(() => parseHeader((k) => h[k], 'FORWARD', 1 << 20)).toThrow(/names a tensor twice/);
   });

@@ -7,7 +7,18 @@ const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 /** One valid body of each kind. */
 const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
-  plan: { step: 3, microbatches: 4, batchSize: 32, totalBatch: 32, forwardOnly: false, predict: false, update: true, granted: false, actions: 'F0 F1 B0 F2 B1 F3 B2 B3', order: '' },
+  plan: {
+    step: 3,
+    microbatches: 4,
+    batchSize: 32,
+    totalBatch: 32,
+    forwardOnly: false,
+    predict: false,
+    update: true,
+    granted: false,
+    actions: 'F0 F1 B0 F2 B1 F3 B2 B3',
+    order: '',
+  },
   action: { rank: 1, step: 3, action: '1F2', t0: 1763900000000.25, ms: 0.75 },
   loss: { step: 3, microbatch: 2, loss: 0.125, metric: 0.5 },
   done: { rank: 0, step: 3, peakHeld: 2 },
@@ -21,7 +32,23 @@ const VALID: { [K in keyof MessageTypes]: MessageTypes[K] } = {
   stop: { job: 'mnist' },
   key: { key: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
   peers: { prev: '', next: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=' },
-  stats: { rank: 0, step: 4, busyMs: 12.5, idleMs: 3, forwards: 16, backwards: 16, weightGrads: 0, bytesIn: 1024, bytesOut: 2048, peakHeld: 2, rejected: 0, conflicts: 0, tensors: 12, machineMs: 1.5, framesMs: 0.5 },
+  stats: {
+    rank: 0,
+    step: 4,
+    busyMs: 12.5,
+    idleMs: 3,
+    forwards: 16,
+    backwards: 16,
+    weightGrads: 0,
+    bytesIn: 1024,
+    bytesOut: 2048,
+    peakHeld: 2,
+    rejected: 0,
+    conflicts: 0,
+    tensors: 12,
+    machineMs: 1.5,
+    framesMs: 0.5,
+  },
 };
 const KINDS = Object.keys(VALID) as Array<keyof MessageTypes>;
 
@@ -115,14 +142,11 @@ describe('decodeMessage', () => {
     frameError(() => decodeMessage(kind, encodeJson({ ...VALID[kind], Step: 1 })), new RegExp(`^${kind}: unknown field "Step"$`));
   });
 
-  it.each(['toString', 'constructor', 'hasOwnProperty', 'valueOf', '__proto__'])(
-    'refuses the unknown field "%s", which every object inherits',
-    (field) => {
-      const body = JSON.stringify(VALID.updated).replace(/}$/, `,${JSON.stringify(field)}:1}`);
-      expect(body).toContain(`"${field}":1`);
-      frameError(() => decodeMessage('updated', text(body)), new RegExp(`^updated: unknown field "${field}"$`));
-    },
-  );
+  it.each(['toString', 'constructor', 'hasOwnProperty', 'valueOf', '__proto__'])('refuses the unknown field "%s", which every object inherits', (field) => {
+    const body = JSON.stringify(VALID.updated).replace(/}$/, `,${JSON.stringify(field)}:1}`);
+    expect(body).toContain(`"${field}":1`);
+    frameError(() => decodeMessage('updated', text(body)), new RegExp(`^updated: unknown field "${field}"$`));
+  });
 });
 
 describe('decodeAck', () => {

@@ -65,7 +65,7 @@ describe('subject builders', () => {
     expect(inspectSubject('mnist', 'stage-1')).toBe('troupe.mnist.inspect.stage-1');
   });
 
-  it("put a replica in a token of its own, so one wildcard covers every replica of a job", () => {
+  it('put a replica in a token of its own, so one wildcard covers every replica of a job', () => {
     expect(replicaScope('mnist', 0, 1)).toBe('mnist');
     expect(replicaScope('mnist', 1, 3)).toBe('mnist.r1');
     expect(stageSubject(replicaScope('mnist', 1, 3), 0, Phase.INPUT)).toBe('troupe.mnist.r1.stage.0.INPUT');
@@ -98,7 +98,7 @@ describe('subject builders', () => {
     expect(isPlainSubject(inspectSubject('mnist', 'a.b.c'))).toBe(true);
   });
 
-  it('each wildcard takes its own subjects and no one else\'s', () => {
+  it("each wildcard takes its own subjects and no one else's", () => {
     for (const phase of Object.values(Phase)) {
       const s = stageSubject('j', 1, phase);
       expect(matches(stageWildcard('j', 1), s)).toBe(true);

@@ -23,7 +23,10 @@ describe('plan', () => {
     expect(p.boundaries).toEqual([1, 2, 3]);
     expect(p.placed).toEqual(buildPlacedSchedule('interleaved', 4, 4, 2));
     expect(p.devices).toBe(2);
-    expect([p.ranksOn(0), p.ranksOn(1)]).toEqual([[0, 2], [1, 3]]);
+    expect([p.ranksOn(0), p.ranksOn(1)]).toEqual([
+      [0, 2],
+      [1, 3],
+    ]);
     expect(p.replicaJobs).toEqual(['mnist.r0', 'mnist.r1']);
     expect(p.memory).toBeNull();
     const cut = p.cut(copy);
@@ -43,10 +46,16 @@ describe('plan', () => {
       fields.push(field);
       return new ConfigError(`field "${field}": ${(cause as Error).message}`);
     };
-    await expect(plan({ job: 'j', model, stages: 2, microbatches: 4, optimizer: adam, memoryBudget: { bytesPerStage: 1000, batchSize: 32 } }, fail)).rejects.toThrow(/field "memoryBudget": stage \d needs/);
+    await expect(
+      plan({ job: 'j', model, stages: 2, microbatches: 4, optimizer: adam, memoryBudget: { bytesPerStage: 1000, batchSize: 32 } }, fail),
+    ).rejects.toThrow(/field "memoryBudget": stage \d needs/);
     await expect(plan({ job: 'j', model, stages: 9, microbatches: 4, optimizer: adam })).rejects.toThrow(PartitionError);
-    await expect(plan({ job: 'j', model, stages: 9, microbatches: 4, optimizer: adam }, fail)).rejects.toThrow(/field "stages": cannot cut 4 layers into 9 stages/);
-    await expect(plan({ job: 'j', model, stages: [1], microbatches: 4, optimizer: adam, memoryBudget: { bytesPerStage: 1e9, batchSize: 8 } }, fail)).rejects.toThrow(/field "memoryBudget": memoryBudget chooses the cut/);
+    await expect(plan({ job: 'j', model, stages: 9, microbatches: 4, optimizer: adam }, fail)).rejects.toThrow(
+      /field "stages": cannot cut 4 layers into 9 stages/,
+    );
+    await expect(
+      plan({ job: 'j', model, stages: [1], microbatches: 4, optimizer: adam, memoryBudget: { bytesPerStage: 1e9, batchSize: 8 } }, fail),
+    ).rejects.toThrow(/field "memoryBudget": memoryBudget chooses the cut/);
     expect(fields).toEqual(['memoryBudget', 'stages', 'memoryBudget']);
   });
 

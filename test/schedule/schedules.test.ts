@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, ScheduleError } from '../../src/errors.js';
 import { Phase } from '../../src/protocol/phase.js';
-import {
-  formatAction,
-  formatSchedule,
-  formatStageActions,
-  parseAction,
-  parseStageActions,
-  type Action,
-  type Schedule,
-} from '../../src/schedule/action.js';
+import { formatAction, formatSchedule, formatStageActions, parseAction, parseStageActions, type Action, type Schedule } from '../../src/schedule/action.js';
 import { inFlightBounds, maxInFlight, releasedBy } from '../../src/schedule/constraint.js';
 import { simulate } from '../../src/schedule/simulate.js';
 import { zeroBubbleH1 } from '../../src/schedule/zeroBubble.js';
@@ -73,10 +65,7 @@ describe('GPipe tables', () => {
   });
 
   it('p=2 m=4', () => {
-    expect(formatSchedule(gpipe(2, 4))).toEqual([
-      '0: 0F0 0F1 0F2 0F3 0B0 0B1 0B2 0B3',
-      '1: 1F0 1F1 1F2 1F3 1B0 1B1 1B2 1B3',
-    ]);
+    expect(formatSchedule(gpipe(2, 4))).toEqual(['0: 0F0 0F1 0F2 0F3 0B0 0B1 0B2 0B3', '1: 1F0 1F1 1F2 1F3 1B0 1B1 1B2 1B3']);
   });
 
   it('p=3 m=4', () => {
@@ -88,12 +77,7 @@ describe('GPipe tables', () => {
   });
 
   it('p=4 m=2 (m < p)', () => {
-    expect(formatSchedule(gpipe(4, 2))).toEqual([
-      '0: 0F0 0F1 0B0 0B1',
-      '1: 1F0 1F1 1B0 1B1',
-      '2: 2F0 2F1 2B0 2B1',
-      '3: 3F0 3F1 3B0 3B1',
-    ]);
+    expect(formatSchedule(gpipe(4, 2))).toEqual(['0: 0F0 0F1 0B0 0B1', '1: 1F0 1F1 1B0 1B1', '2: 2F0 2F1 2B0 2B1', '3: 3F0 3F1 3B0 3B1']);
   });
 
   it('p=4 m=8', () => {
@@ -124,10 +108,7 @@ describe('1F1B tables (stage r: min(p-r-1, m) warm-up F, then F/B pairs, then th
   });
 
   it('p=2 m=4', () => {
-    expect(formatSchedule(oneFOneB(2, 4))).toEqual([
-      '0: 0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3',
-      '1: 1F0 1B0 1F1 1B1 1F2 1B2 1F3 1B3',
-    ]);
+    expect(formatSchedule(oneFOneB(2, 4))).toEqual(['0: 0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3', '1: 1F0 1B0 1F1 1B1 1F2 1B2 1F3 1B3']);
   });
 
   it('p=3 m=4', () => {
@@ -139,12 +120,7 @@ describe('1F1B tables (stage r: min(p-r-1, m) warm-up F, then F/B pairs, then th
   });
 
   it('p=4 m=2 (m < p: warm-up capped at m, no steady state on stages 0 and 1)', () => {
-    expect(formatSchedule(oneFOneB(4, 2))).toEqual([
-      '0: 0F0 0F1 0B0 0B1',
-      '1: 1F0 1F1 1B0 1B1',
-      '2: 2F0 2F1 2B0 2B1',
-      '3: 3F0 3B0 3F1 3B1',
-    ]);
+    expect(formatSchedule(oneFOneB(4, 2))).toEqual(['0: 0F0 0F1 0B0 0B1', '1: 1F0 1F1 1B0 1B1', '2: 2F0 2F1 2B0 2B1', '3: 3F0 3B0 3F1 3B1']);
   });
 
   it('p=4 m=8', () => {
@@ -228,7 +204,7 @@ describe('validateSchedule', () => {
     scheduleError(() => validateSchedule(fraction, 2, 1), /^action 0F0\.5: microbatch out of range/);
   });
 
-  it('refuses a stage listing another stage\'s action', () => {
+  it("refuses a stage listing another stage's action", () => {
     const s = rows('F0 B0', 'F0 B0');
     s[0]!.splice(1, 0, { stage: 1, kind: 'F', microbatch: 0 });
     scheduleError(() => validateSchedule(s, 2, 1), /^action 1F0 is listed under stage 0$/);
@@ -259,7 +235,7 @@ describe('validateSchedule', () => {
     scheduleError(() => validateSchedule(rows('F0 B0 F1 B1', 'F1 F0 B0 B1'), 2, 2), /^schedule deadlocks \(m=2\): 0B0 waits for 1B0; 1F1 waits for 0F1$/);
   });
 
-  it('dependencies: F waits for the previous stage\'s F, B for the next stage\'s B', () => {
+  it("dependencies: F waits for the previous stage's F, B for the next stage's B", () => {
     const d = (s: string, p: number): string[] => dependencies(parseAction(s), p).map(formatAction);
     expect(d('0F3', 3)).toEqual([]);
     expect(d('1F3', 3)).toEqual(['0F3']);
@@ -283,7 +259,7 @@ describe('actions as text', () => {
     }
   });
 
-  it('formats and parses a stage\'s list', () => {
+  it("formats and parses a stage's list", () => {
     const row = oneFOneB(3, 4)[1]!;
     expect(formatStageActions(row)).toBe('F0 F1 B0 F2 B1 F3 B2 B3');
     expect(parseStageActions('F0 F1 B0 F2 B1 F3 B2 B3', 1)).toEqual(row);
@@ -374,7 +350,7 @@ describe('microbatchSizes', () => {
     expect(() => microbatchSizes(batch, m)).toThrow(re);
   });
 
-  it('microbatchOffsets gives each microbatch\'s first example', () => {
+  it("microbatchOffsets gives each microbatch's first example", () => {
     expect(microbatchOffsets([3, 3, 2, 2])).toEqual([0, 3, 6, 8]);
     expect(microbatchOffsets([5])).toEqual([0]);
     expect(microbatchOffsets([])).toEqual([]);
@@ -388,11 +364,14 @@ describe('buildSchedule and sizes', () => {
     expect(formatSchedule(buildSchedule('1f1b', 2, 2))).toEqual(['0: 0F0 0F1 0B0 0B1', '1: 1F0 1B0 1F1 1B1']);
   });
 
-  it.each(['', 'GPIPE', '1F1B', 'pipedream', 'interleaved-1f1b', 'toString', 'constructor', '__proto__'])('refuses the unknown name %j with a ConfigError', (name) => {
-    expect(isScheduleName(name)).toBe(false);
-    expect(() => buildSchedule(name, 2, 2)).toThrow(ConfigError);
-    expect(() => buildSchedule(name, 2, 2)).toThrow(`unknown schedule "${name}"; known: gpipe, 1f1b`);
-  });
+  it.each(['', 'GPIPE', '1F1B', 'pipedream', 'interleaved-1f1b', 'toString', 'constructor', '__proto__'])(
+    'refuses the unknown name %j with a ConfigError',
+    (name) => {
+      expect(isScheduleName(name)).toBe(false);
+      expect(() => buildSchedule(name, 2, 2)).toThrow(ConfigError);
+      expect(() => buildSchedule(name, 2, 2)).toThrow(`unknown schedule "${name}"; known: gpipe, 1f1b`);
+    },
+  );
 
   it.each([
     [0, 2, /stage count 0 must be a positive integer/],
@@ -444,8 +423,15 @@ describe('needs and receives', () => {
       Array.from({ length: p }, (_, r) => Object.values(Phase).filter((ph) => receives(ph, r, p, forwardOnly)));
     expect(table(1, false)).toEqual([['INPUT']]);
     expect(table(1, true)).toEqual([['INPUT']]);
-    expect(table(2, false)).toEqual([['INPUT', 'BACKWARD'], ['INPUT', 'FORWARD']]);
-    expect(table(3, false)).toEqual([['INPUT', 'BACKWARD'], ['FORWARD', 'BACKWARD'], ['INPUT', 'FORWARD']]);
+    expect(table(2, false)).toEqual([
+      ['INPUT', 'BACKWARD'],
+      ['INPUT', 'FORWARD'],
+    ]);
+    expect(table(3, false)).toEqual([
+      ['INPUT', 'BACKWARD'],
+      ['FORWARD', 'BACKWARD'],
+      ['INPUT', 'FORWARD'],
+    ]);
     expect(table(3, true)).toEqual([['INPUT'], ['FORWARD'], ['INPUT', 'FORWARD']]);
   });
 
@@ -496,7 +482,7 @@ describe('ZB-H1 (zero bubble with 1F1B peak memory): B and W split, W filling bu
     ]);
   });
 
-  it('is valid, holds no more than 1F1B\'s peak p, and comes within two ticks of the paper\'s 3m + p - 1', () => {
+  it("is valid, holds no more than 1F1B's peak p, and comes within two ticks of the paper's 3m + p - 1", () => {
     for (let p = 1; p <= 4; p++) {
       for (let m = p; m <= 16; m++) {
         const s = zeroBubbleH1(p, m);
@@ -532,7 +518,7 @@ describe('ZB-H1 (zero bubble with 1F1B peak memory): B and W split, W filling bu
 });
 
 describe('devices hosting several stages: interleaved 1F1B and looped BFS', () => {
-  it('interleaved d=2 v=2 m=4: the device orders, checked by hand against Megatron-LM\'s rules', () => {
+  it("interleaved d=2 v=2 m=4: the device orders, checked by hand against Megatron-LM's rules", () => {
     // Device 0 hosts stages 0 and 2. Forwards in rounds of d=2 microbatches per chunk:
     // 0F0 0F1 2F0 2F1 0F2 0F3 2F2 2F3; backwards through the chunks in reverse: 2B0 2B1 0B0 0B1 2B2 2B3 0B2 0B3.
     // Warm-up 2(d-0-1) + (v-1)d = 4 forwards, then F/B pairs, then the last 4 backwards.
@@ -547,14 +533,18 @@ describe('devices hosting several stages: interleaved 1F1B and looped BFS', () =
   });
 
   it('looped BFS d=2 v=2 m=2: every forward of each chunk, then the backwards in reverse chunk order', () => {
-    expect(formatDeviceSchedule(loopedBFS(2, 2, 2).devices!)).toEqual([
-      '0: 0F0 0F1 2F0 2F1 2B0 2B1 0B0 0B1',
-      '1: 1F0 1F1 3F0 3F1 3B0 3B1 1B0 1B1',
-    ]);
+    expect(formatDeviceSchedule(loopedBFS(2, 2, 2).devices!)).toEqual(['0: 0F0 0F1 2F0 2F1 2B0 2B1 0B0 0B1', '1: 1F0 1F1 3F0 3F1 3B0 3B1 1B0 1B1']);
   });
 
-  it('the bubble of interleaved 1F1B is 1F1B\'s divided by v: ((d-1)/v) / (m + (d-1)/v), simulated', () => {
-    for (const [d, m, v] of [[2, 4, 2], [2, 8, 2], [4, 8, 2], [4, 8, 4], [3, 6, 3], [4, 4, 2]] as const) {
+  it("the bubble of interleaved 1F1B is 1F1B's divided by v: ((d-1)/v) / (m + (d-1)/v), simulated", () => {
+    for (const [d, m, v] of [
+      [2, 4, 2],
+      [2, 8, 2],
+      [4, 8, 2],
+      [4, 8, 4],
+      [3, 6, 3],
+      [4, 4, 2],
+    ] as const) {
       const sim = simulate(interleaved1F1B(d, m, v), { F: 1, B: 2 });
       const k = (d - 1) / v;
       expect(sim.devices).toBe(d);
@@ -578,13 +568,16 @@ describe('devices hosting several stages: interleaved 1F1B and looped BFS', () =
 
   it('refuses a device order that deadlocks though every stage list is valid, naming the device and action', () => {
     // Device 0 runs 0B0 before 2B0, but 0B0 needs 1B0, which needs 2B0.
-    const devices = [rows('F0 B0').flat().concat(parseStageActions('F0 B0', 2)), [...parseStageActions('F0', 1), ...parseStageActions('F0 B0', 3), ...parseStageActions('B0', 1)]];
+    const devices = [
+      rows('F0 B0').flat().concat(parseStageActions('F0 B0', 2)),
+      [...parseStageActions('F0', 1), ...parseStageActions('F0 B0', 3), ...parseStageActions('B0', 1)],
+    ];
     const placed = { stages: stageRows(devices, 4), devices };
     expect(() => validateSchedule(placed.stages, 4, 1)).not.toThrow();
     scheduleError(() => validatePlaced(placed, 4, 1), /devices' order deadlocks \(m=1\): device 0 at 0B0 waits for 1B0/);
   });
 
-  it('refuses an action on the wrong device, a stage list that is not its device\'s order, and bad sizes', () => {
+  it("refuses an action on the wrong device, a stage list that is not its device's order, and bad sizes", () => {
     const s = interleaved1F1B(2, 2, 2);
     const swapped = [s.devices![1]!, s.devices![0]!];
     scheduleError(() => validatePlaced({ stages: s.stages, devices: swapped }, 4, 2), /is listed on device 0; stage 1 runs on device 1/);

@@ -47,7 +47,9 @@ describe('ModuleRuntime', () => {
       expect((refused as ServeError).code).toBe('SHAPE');
       expect((refused as Error).message).toMatch(/mlp\.forward: input 0 is float32\[1,5\], expected float32\[n,6\]/);
       const [stats] = runtime.stats();
-      console.log(`forward pool: ${stats!.examples} examples in ${stats!.batches} batches, average batch size ${stats!.averageBatchSize.toFixed(2)}, ${stats!.examplesPerSecond.toFixed(0)} examples/s`);
+      console.log(
+        `forward pool: ${stats!.examples} examples in ${stats!.batches} batches, average batch size ${stats!.averageBatchSize.toFixed(2)}, ${stats!.examplesPerSecond.toFixed(0)} examples/s`,
+      );
       expect(stats!.examples).toBe(80);
       expect(stats!.averageBatchSize).toBeGreaterThan(1);
       expect(stats!.refused).toBe(1);
@@ -63,7 +65,13 @@ describe('ModuleRuntime', () => {
     const model = mlp([4, 8, 2], 6);
     const good = moduleOfModel('m', model, { maxBatchSize: 8, maxWaitMs: 30 });
     let explode = true;
-    const flaky: ModuleBackend = { ...good, forward: (xs) => { if (explode) throw new Error('device lost'); return good.forward(xs); } };
+    const flaky: ModuleBackend = {
+      ...good,
+      forward: (xs) => {
+        if (explode) throw new Error('device lost');
+        return good.forward(xs);
+      },
+    };
     const bus = await connect();
     const runtime = await ModuleRuntime.start({ bus, name: 'rt2', modules: [flaky] });
     const client = new ModuleClient({ bus, runtime: 'rt2', module: 'm' });
@@ -119,11 +127,21 @@ describe('ModuleRuntime', () => {
       await runtime.stop();
       const outs = await Promise.all(answers);
       const want = model.predict(xs) as tf.Tensor;
-      expect(maxDiff(tf.concat(outs.map((o) => o[0]!), 0), want)).toBeLessThan(1e-6);
+      expect(
+        maxDiff(
+          tf.concat(
+            outs.map((o) => o[0]!),
+            0,
+          ),
+          want,
+        ),
+      ).toBeLessThan(1e-6);
       const err = await refused;
       expect(err).toBeInstanceOf(ServeError);
       expect((err as ServeError).code).toBe('REQUEST_FAILED');
-      expect((err as Error).message).toBe('m.forward: request poisoner#1 (1 example) failed alone, after its batch of 8 requests (8 examples) failed: negative feature');
+      expect((err as Error).message).toBe(
+        'm.forward: request poisoner#1 (1 example) failed alone, after its batch of 8 requests (8 examples) failed: negative feature',
+      );
       const [stats] = runtime.stats();
       expect(stats).toMatchObject({ failed: 1, split: 1, examples: 7 });
       expect(runtime.actor.getSnapshot().context.splits).toBe(1);

@@ -12,7 +12,11 @@ const nats = useNatsServer();
 function bigFrame(elements: number): Frame {
   const data = new Float32Array(elements);
   for (let i = 0; i < elements; i++) data[i] = Math.sin(i) * 1000;
-  return { key: { job: 'bus', step: 1, microbatch: 0, phase: 'FORWARD' }, from: 'test', tensors: [{ name: 'a0', dtype: 'float32', shape: [elements / 4, 4], data }] };
+  return {
+    key: { job: 'bus', step: 1, microbatch: 0, phase: 'FORWARD' },
+    from: 'test',
+    tensors: [{ name: 'a0', dtype: 'float32', shape: [elements / 4, 4], data }],
+  };
 }
 
 describe('Bus on a real nats-server', () => {
@@ -106,7 +110,14 @@ describe('Bus on a real nats-server', () => {
 
   it('one-message frames decode the same through the server', async () => {
     const a = await Bus.connect({ role: 'admin', servers: nats.server.url });
-    const frame: Frame = { key: { job: 'bus', step: 2, microbatch: 1, phase: 'INPUT' }, from: 'test', tensors: [{ name: 'x0', dtype: 'int32', shape: [3], data: Int32Array.from([1, -2, 3]) }, { name: 'y0', dtype: 'bool', shape: [3], data: Uint8Array.from([1, 0, 1]) }] };
+    const frame: Frame = {
+      key: { job: 'bus', step: 2, microbatch: 1, phase: 'INPUT' },
+      from: 'test',
+      tensors: [
+        { name: 'x0', dtype: 'int32', shape: [3], data: Int32Array.from([1, -2, 3]) },
+        { name: 'y0', dtype: 'bool', shape: [3], data: Uint8Array.from([1, 0, 1]) },
+      ],
+    };
     const got = new Promise<Frame>((resolve) => a.subscribe('bus.one', (m) => resolve(decodeSingle(parseHeader(m.header, 'INPUT', 1 << 20), m.data))));
     try {
       await a.flush();

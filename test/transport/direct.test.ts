@@ -66,26 +66,30 @@ async function peer(job: string, direct: boolean | object = true): Promise<Peer>
     });
   });
   return {
-    child, frames, statuses,
+    child,
+    frames,
+    statuses,
     frameCount: (n) => new Promise<void>((resolve) => (frames.length >= n ? resolve() : waiters.push({ n, resolve }))),
-    counters: () => new Promise((resolve) => {
-      countersWaiter = resolve;
-      child.send('counters');
-    }),
-    block: (ms) => new Promise((resolve) => {
-      const done = new Promise<number>((end) => {
-        const on = (m: unknown) => {
-          const msg = m as { blocking?: boolean; unblockedAt?: number };
-          if (msg.blocking) resolve({ done });
-          if (msg.unblockedAt !== undefined) {
-            child.off('message', on);
-            end(msg.unblockedAt);
-          }
-        };
-        child.on('message', on);
-      });
-      child.send({ block: ms });
-    }),
+    counters: () =>
+      new Promise((resolve) => {
+        countersWaiter = resolve;
+        child.send('counters');
+      }),
+    block: (ms) =>
+      new Promise((resolve) => {
+        const done = new Promise<number>((end) => {
+          const on = (m: unknown) => {
+            const msg = m as { blocking?: boolean; unblockedAt?: number };
+            if (msg.blocking) resolve({ done });
+            if (msg.unblockedAt !== undefined) {
+              child.off('message', on);
+              end(msg.unblockedAt);
+            }
+          };
+          child.on('message', on);
+        });
+        child.send({ block: ms });
+      }),
   };
 }
 
@@ -115,12 +119,18 @@ async function stage0(job: string, direct: boolean | object = true): Promise<{ b
 
 function activation(job: string, mb: number, elements: number, step = 1): Frame {
   const data = Float32Array.from({ length: elements }, (_, i) => Math.sin(i * 0.01 + mb) * 100);
-  return { key: { job, step, microbatch: mb, phase: 'FORWARD' }, from: 'stage.0', tensors: [{ name: 'a0', dtype: 'float32', shape: [elements / 64, 64], data }] };
+  return {
+    key: { job, step, microbatch: mb, phase: 'FORWARD' },
+    from: 'stage.0',
+    tensors: [{ name: 'a0', dtype: 'float32', shape: [elements / 64, 64], data }],
+  };
 }
 
 function sumOf(f: Frame): string {
   const d = f.tensors[0]!.data;
-  return createHash('sha256').update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength))
+    .digest('hex');
 }
 
 const MB = 1024 * 1024;
@@ -129,7 +139,15 @@ describe('direct path: routes', () => {
   it('takes only activations and gradients between neighbours, answered on the reverse subject', () => {
     expect(answerSubject('troupe.j.stage.1.FORWARD')).toBe('troupe.j.stage.0.BACKWARD');
     expect(answerSubject('troupe.j-r1.stage.3.BACKWARD')).toBe('troupe.j-r1.stage.4.FORWARD');
-    for (const s of ['troupe.j.stage.0.FORWARD', 'troupe.j.stage.0.INPUT', 'troupe.j.stage.1.UPDATE', 'troupe.j.output', 'troupe.j.state.1', 'troupe.j.stage.1.FORWARD.x', 'x.j.stage.1.FORWARD']) {
+    for (const s of [
+      'troupe.j.stage.0.FORWARD',
+      'troupe.j.stage.0.INPUT',
+      'troupe.j.stage.1.UPDATE',
+      'troupe.j.output',
+      'troupe.j.state.1',
+      'troupe.j.stage.1.FORWARD.x',
+      'x.j.stage.1.FORWARD',
+    ]) {
       expect(answerSubject(s), s).toBeNull();
     }
     expect(subjectMatches('troupe.j.stage.1.*', 'troupe.j.stage.1.FORWARD')).toBe(true);
@@ -225,7 +243,11 @@ describe('direct path between two processes', () => {
     expect(tx.bus.directCounters!.refused).toBe(3);
     for (const f of frames.slice(1)) await tx.bus.publishFrame(subject, f);
     await rx.frameCount(3);
-    expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([[1, sumOf(frames[0]!), false], [2, sumOf(frames[1]!), true], [3, sumOf(frames[2]!), true]]);
+    expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([
+      [1, sumOf(frames[0]!), false],
+      [2, sumOf(frames[1]!), true],
+      [3, sumOf(frames[2]!), true],
+    ]);
   });
 
   it("a bus that reads a stage's subjects without being that stage (an admin's) never answers, so it cannot take the link", async () => {
@@ -244,7 +266,11 @@ describe('direct path between two processes', () => {
     await tx.next('direct-up');
     for (const f of frames.slice(1)) await tx.bus.publishFrame(subject, f);
     await rx.frameCount(3);
-    expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([[0, sumOf(frames[0]!), false], [1, sumOf(frames[1]!), true], [2, sumOf(frames[2]!), true]]);
+    expect(rx.frames.map((f) => [f.mb, f.sum, f.direct])).toEqual([
+      [0, sumOf(frames[0]!), false],
+      [1, sumOf(frames[1]!), true],
+      [2, sumOf(frames[2]!), true],
+    ]);
     await reader.flush();
     expect(reader.directCounters!.linksIn).toBe(0);
     expect(reader.directCounters!.ignored).toBeGreaterThanOrEqual(1); // the offer

@@ -151,7 +151,8 @@ describe('least privilege (#20 item 2)', () => {
       await bus.close();
     }
   }
-  const violation = (kind: 'Publish' | 'Subscription', subject: string) => new RegExp(`Permissions Violation for ${kind} (to|of) "?${subject.replace(/[.*>]/g, (c) => `\\${c}`)}`, 'i');
+  const violation = (kind: 'Publish' | 'Subscription', subject: string) =>
+    new RegExp(`Permissions Violation for ${kind} (to|of) "?${subject.replace(/[.*>]/g, (c) => `\\${c}`)}`, 'i');
 
   it.each([
     ['stage1', 'troupe.job.sched.0.done'],
@@ -274,7 +275,10 @@ describe('cluster routes (nats-cluster.conf)', () => {
     try {
       const routePort = /Listening for route connections on [^\s]*:(\d+)/.exec(cluster.nodes[0]!.log())![1]!;
       // A server of the same cluster name, no users, routing to node 0 without credentials.
-      writeFileSync(join(dir, 'rogue.conf'), `listen: 127.0.0.1:-1\ncluster {\n  name: troupe\n  listen: 127.0.0.1:-1\n  routes: ["nats://127.0.0.1:${routePort}"]\n}\n`);
+      writeFileSync(
+        join(dir, 'rogue.conf'),
+        `listen: 127.0.0.1:-1\ncluster {\n  name: troupe\n  listen: 127.0.0.1:-1\n  routes: ["nats://127.0.0.1:${routePort}"]\n}\n`,
+      );
       rogue = await startNatsServer({ config: join(dir, 'rogue.conf') });
       const anon = await Bus.connect({ servers: rogue.url });
       const admin = await Bus.connect({ role: 'admin', servers: cluster.nodes[0]!.url });
@@ -313,12 +317,18 @@ describe('scheduler events', () => {
     try {
       await driver.flush();
       await stage0.publish(schedSubject('ranks', 0, SchedEvent.DONE), encodeJson({ rank: 1, step: 1, peakHeld: 0 }));
-      await stage0.publish(schedSubject('ranks', 0, SchedEvent.REJECT), encodeJson({ rank: 1, subject: 'x', code: 'FRAME', message: 'forged', step: null, microbatch: null, phase: null }));
+      await stage0.publish(
+        schedSubject('ranks', 0, SchedEvent.REJECT),
+        encodeJson({ rank: 1, subject: 'x', code: 'FRAME', message: 'forged', step: null, microbatch: null, phase: null }),
+      );
       await stage0.flush();
       await driver.flush();
       // Stage 1's own, on its own subject, is taken.
       const stage1 = await Bus.connect({ role: 'stage1', servers: nats.server.url });
-      await stage1.publish(schedSubject('ranks', 1, SchedEvent.REJECT), encodeJson({ rank: 1, subject: 'y', code: 'FRAME', message: 'bad header', step: null, microbatch: null, phase: null }));
+      await stage1.publish(
+        schedSubject('ranks', 1, SchedEvent.REJECT),
+        encodeJson({ rank: 1, subject: 'y', code: 'FRAME', message: 'bad header', step: null, microbatch: null, phase: null }),
+      );
       await stage1.close();
       await vi.waitFor(() => expect(sched.lastRejects).toHaveLength(1));
       expect(sched.lastRejects[0]).toMatchObject({ rank: 1, subject: 'y' });

@@ -54,7 +54,10 @@ describe('subscribeFrames', () => {
       for (const m of encodeFrame(frame(5, 4), 1 << 20)) await pub.publish('sf.stage.1.BACKWARD', m.data, m.headers);
       await pub.flush();
       await lock.wait(10_000);
-      expect(got.map((f) => [f.key.step, f.tensors[0]!.data.length, f.tensors[0]!.data[0]])).toEqual([[1, 16, 1], [2, 1024, 2]]);
+      expect(got.map((f) => [f.key.step, f.tensors[0]!.data.length, f.tensors[0]!.data[0]])).toEqual([
+        [1, 16, 1],
+        [2, 1024, 2],
+      ]);
       expect(refusals.map((r) => [r.subject, r.error.constructor])).toEqual([
         ['sf.stage.1.FORWARD', UnexpectedFrameError],
         ['sf.stage.1.FORWARD', FrameError],
@@ -78,8 +81,10 @@ describe('subscribeFrames', () => {
     const sched = await SchedulerHost.start({ bus: driver, job: 'outs', stages: 2, maxFrameBytes: 1024 });
     try {
       await driver.flush();
-      for (const m of encodeFrame({ ...frame(1, 512, 'outs'), key: { job: 'outs', step: 1, microbatch: 0, phase: Phase.FORWARD } }, 1 << 20)) await stage.publish('troupe.outs.output', m.data, m.headers);
-      for (const m of encodeFrame({ ...frame(1, 4, 'outs'), key: { job: 'outs', step: 1, microbatch: 1, phase: Phase.FORWARD } }, 1 << 20)) await stage.publish('troupe.outs.output', m.data, m.headers);
+      for (const m of encodeFrame({ ...frame(1, 512, 'outs'), key: { job: 'outs', step: 1, microbatch: 0, phase: Phase.FORWARD } }, 1 << 20))
+        await stage.publish('troupe.outs.output', m.data, m.headers);
+      for (const m of encodeFrame({ ...frame(1, 4, 'outs'), key: { job: 'outs', step: 1, microbatch: 1, phase: Phase.FORWARD } }, 1 << 20))
+        await stage.publish('troupe.outs.output', m.data, m.headers);
       await stage.flush();
       await driver.flush();
       await expect.poll(() => sched.malformedEvents).toBe(2);
@@ -99,11 +104,20 @@ describe('serving speaks frames', () => {
     const { decodeTensors } = await import('../../src/serve/tensorMessage.js');
     const bus = await Bus.connect({ role: 'pool', servers: nats.server.url });
     const runtime = await ModuleRuntime.start({
-      bus, name: 'frames', modules: [{ name: 'double', inputs: [{ shape: [3], dtype: 'float32' }], forward: ([x]) => [tf.mul(x!, 2)], maxWaitMs: 0 }],
+      bus,
+      name: 'frames',
+      modules: [{ name: 'double', inputs: [{ shape: [3], dtype: 'float32' }], forward: ([x]) => [tf.mul(x!, 2)], maxWaitMs: 0 }],
     });
     try {
       // A frame as encodeFrame makes it: headers naming the tensor, its bytes as the body.
-      const req = encodeFrame({ key: { job: 'serve', step: 0, microbatch: 0, phase: Phase.FORWARD }, from: 'me', tensors: [{ name: 'x0', dtype: 'float32', shape: [1, 3], data: new Float32Array([1, 2, 3]) }] }, 1 << 20)[0]!;
+      const req = encodeFrame(
+        {
+          key: { job: 'serve', step: 0, microbatch: 0, phase: Phase.FORWARD },
+          from: 'me',
+          tensors: [{ name: 'x0', dtype: 'float32', shape: [1, 3], data: new Float32Array([1, 2, 3]) }],
+        },
+        1 << 20,
+      )[0]!;
       expect(req).toEqual(encodeTensors([{ name: 'x0', dtype: 'float32', shape: [1, 3], data: new Float32Array([1, 2, 3]) }], 'forward', 'me'));
       const reply = await bus.requestMessage('troupe.serve.frames.double.forward', req.data, 5_000, req.headers);
       expect(reply.header('Troupe-Tensors')).toBe('y0:float32:1,3');
@@ -115,4 +129,3 @@ describe('serving speaks frames', () => {
     }
   });
 });
-
