@@ -141,10 +141,12 @@ function outageError(c: JobContext, why: string, server: boolean): TransportErro
 }
 
 /** Notes an error: the machine's summary of it in the context, the object with the host. */
-const note = (error: (a: { context: JobContext; event: any }) => unknown) => [
-  { type: 'keepError' as const, params: (a: { context: JobContext; event: any }) => ({ error: error(a) }) },
-  { type: 'noteError' as const, params: (a: { context: JobContext; event: any }) => ({ error: error(a) }) },
+const note = <E>(error: (a: { context: JobContext; event: E }) => unknown) => [
+  { type: 'keepError' as const, params: (a: { context: JobContext; event: E }) => ({ error: error(a) }) },
+  { type: 'noteError' as const, params: (a: { context: JobContext; event: E }) => ({ error: error(a) }) },
 ];
+/** An invoked actor's failure: its error noted. */
+const noteFailure = note<{ error: unknown }>(({ event }) => event.error);
 
 /** Whether the state is to be kept after step `s`. */
 function keepDue(c: JobContext, s: number): boolean {
@@ -251,7 +253,7 @@ export const jobMachine = setup({
       invoke: {
         src: 'prepare',
         onDone: 'live',
-        onError: { target: 'failed', actions: note(({ event }) => event.error) },
+        onError: { target: 'failed', actions: noteFailure },
       },
     },
     /** Everything between preparing and the end: where losses are recovered from. */
@@ -271,7 +273,7 @@ export const jobMachine = setup({
           },
           {
             target: '#job.failed',
-            actions: note(({ context, event }) => lostError(context, event.loss.why)),
+            actions: note<{ loss: WorkerLoss }>(({ context, event }) => lostError(context, event.loss.why)),
           },
         ],
         NATS_LOST: [
@@ -294,7 +296,7 @@ export const jobMachine = setup({
           {
             target: '.troubled',
             actions: [
-              ...note(({ context, event }) => outageError(context, event.why, event.server)),
+              ...note<{ why: string; server: boolean }>(({ context, event }) => outageError(context, event.why, event.server)),
               assign({ serverDown: ({ context, event }) => context.serverDown || event.server }),
             ],
           },
@@ -302,10 +304,10 @@ export const jobMachine = setup({
       },
       states: {
         awaitingWorkers: {
-          invoke: { src: 'awaitWorkers', onDone: 'loading', onError: { target: '#job.failed', actions: note(({ event }) => event.error) } },
+          invoke: { src: 'awaitWorkers', onDone: 'loading', onError: { target: '#job.failed', actions: noteFailure } },
         },
         loading: {
-          invoke: { src: 'load', onDone: 'resume', onError: { target: 'troubled', actions: note(({ event }) => event.error) } },
+          invoke: { src: 'load', onDone: 'resume', onError: { target: 'troubled', actions: noteFailure } },
         },
         /** Where training goes on from: the next step, the held-out evaluation, or the end. */
         resume: {
@@ -323,7 +325,7 @@ export const jobMachine = setup({
                 assign({ step: ({ context }) => context.step + 1 }),
               ],
             },
-            onError: { target: 'troubled', actions: note(({ event }) => event.error) },
+            onError: { target: 'troubled', actions: noteFailure },
           },
         },
         stepped: {
@@ -338,7 +340,7 @@ export const jobMachine = setup({
               target: 'resume',
               actions: assign({ kept: ({ context }) => context.step, keepEvery: ({ context, event }) => event.output.keepEvery ?? context.keepEvery }),
             },
-            onError: { target: 'troubled', actions: note(({ event }) => event.error) },
+            onError: { target: 'troubled', actions: noteFailure },
           },
         },
         evaluating: {
@@ -346,12 +348,12 @@ export const jobMachine = setup({
           invoke: {
             src: 'evaluate',
             onDone: { target: 'finishing', actions: assign({ evaluated: true }) },
-            onError: { target: 'troubled', actions: note(({ event }) => event.error) },
+            onError: { target: 'troubled', actions: noteFailure },
           },
         },
         finishing: {
           entry: assign({ at: 'the summary' }),
-          invoke: { src: 'finish', onDone: '#job.done', onError: { target: 'troubled', actions: note(({ event }) => event.error) } },
+          invoke: { src: 'finish', onDone: '#job.done', onError: { target: 'troubled', actions: noteFailure } },
         },
         /**
          * Something failed: a lost worker or connection may be the cause, and its news may come
@@ -400,7 +402,7 @@ export const jobMachine = setup({
                   {
                     guard: ({ event }) => event.output.length > 0,
                     target: '#job.failed',
-                    actions: note(({ context, event }) => lostError(context, event.output.map((l: WorkerLoss) => l.why).join('; '))),
+                    actions: note<{ output: WorkerLoss[] }>(({ context, event }) => lostError(context, event.output.map((l) => l.why).join('; '))),
                   },
                   { target: '#job.failed' },
                 ],
@@ -443,7 +445,7 @@ export const jobMachine = setup({
                 assign(({ context }) => ({ step: context.kept, cause: null, serverDown: false, round: 0, error: null })),
               ],
             },
-            onError: { target: 'troubled', actions: note(({ event }) => event.error) },
+            onError: { target: 'troubled', actions: noteFailure },
           },
         },
       },

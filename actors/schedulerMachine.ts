@@ -28,7 +28,7 @@
  */
 import { and, assign, enqueueActions, fromCallback, fromPromise, not, raise, sendTo, setup, stateIn } from 'xstate';
 import { appliesUpdate, refusalFailsStep, type ProbeReply } from '../src/protocol/messages.js';
-import { failedByWatch, silentStage, stalledAt, watchFailure, type LivenessCommand, type LivenessEvent, type LivenessInput, type Tick } from './liveness.js';
+import { failedByWatch, silentStage, stalledAt, watchFailure, type LivenessCommand, type LivenessEvent, type LivenessInput } from './liveness.js';
 import type { StageFailure } from './stageMachine.js';
 
 /** One step to run. */
@@ -63,7 +63,7 @@ export interface StepOutcome {
 }
 
 /** A frame a stage refused, with its key as the stage read it. */
-export interface RefusedFrame extends StageFailure {
+interface RefusedFrame extends StageFailure {
   readonly step: number;
   readonly phase: string;
 }
@@ -83,7 +83,7 @@ export interface SilentStage {
 }
 
 /** The first queued step's early beginning: plans out (`fed` null) or acked (`fed`: inputs sent), failed, or cancelled. */
-export interface EarlyStart {
+interface EarlyStart {
   readonly step: number;
   readonly fed: number | null;
   readonly failed: string | null;
@@ -94,7 +94,7 @@ export interface EarlyStart {
 }
 
 /** The liveness watch of the running step, and what it keeps across steps. */
-export interface Watch {
+interface Watch {
   readonly livenessTimeoutMs: number;
   readonly heartbeatMs: number;
   /** Null: a step never stalls. */
@@ -190,7 +190,7 @@ function allLossesIn(c: SchedulerContext): boolean {
  * A stage refused one of this step's INPUT frames as the wrong tensors for it (refusalFailsStep):
  * the step cannot finish, and fails now rather than at its timeout.
  */
-export function refusesStepInput(c: Pick<SchedulerContext, 'req' | 'stages'>, e: SchedulerEvent): boolean {
+function refusesStepInput(c: Pick<SchedulerContext, 'req' | 'stages'>, e: SchedulerEvent): boolean {
   if (e.type !== 'REJECT' || !e.refused || !c.req) return false;
   return e.refused.step === c.req.step && refusalFailsStep(e.refused) && Number.isInteger(e.rank) && e.rank >= 0 && e.rank < c.stages;
 }

@@ -21,7 +21,7 @@
  * more; a queued step is dropped) and the stage reports it as its step's error, which fails
  * the step (the scheduler aborts it).
  */
-import { and, assign, fromPromise, raise, setup, type AnyActorRef } from 'xstate';
+import { and, assign, fromPromise, raise, setup, type AnyActorRef, type Snapshot } from 'xstate';
 import type { TroupeError } from '../src/errors.js';
 import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
@@ -578,7 +578,7 @@ export function actionRunner(execute: (input: ExecuteInput) => Promise<void>, de
 export function updateRunner(apply: (step: number) => Promise<void> | void) {
   return ({ self }: { self: AnyActorRef }, { step }: { step: number }): void => {
     const tell = (event: StageEvent) => {
-      if (self.getSnapshot().status === 'active') self.send(event);
+      if ((self.getSnapshot() as Snapshot<unknown>).status === 'active') self.send(event);
     };
     let pending: Promise<void> | void;
     try {

@@ -23,7 +23,7 @@ export function parseOrder(order: string, actions: number, rank: number): number
 }
 
 /** What is wrong with a plan itself, whatever the stage's state (null: nothing). */
-export function planError(plan: StepPlan, rank: number, sharesDevice: boolean): TroupeError | null {
+function planError(plan: StepPlan, rank: number, sharesDevice: boolean): TroupeError | null {
   try {
     microbatchSizes(plan.batchSize, plan.microbatches);
     if (!Number.isInteger(plan.totalBatch) || plan.totalBatch < plan.batchSize)

@@ -15,8 +15,6 @@ import * as tf from '@tensorflow/tfjs';
 import { listGpuAdapters, NO_ADAPTER } from '../src/compute/webgpu.js';
 import { createPipeline, selectBackend, startNatsServer } from '../src/index.js';
 import { Bus } from '../src/transport/index.js';
-import { parseHeader } from '../src/protocol/frame.js';
-import { Reassembler } from '../src/protocol/reassembler.js';
 import { benchData, benchModel } from './jobs/bench.job.js';
 import { machineLine, median, table } from './report.js';
 

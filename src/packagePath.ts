@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 const parent = dirname(dirname(fileURLToPath(import.meta.url)));
 
 /** The package's root: the directory of its package.json (dist/ has none). */
-export const PACKAGE_ROOT = existsSync(join(parent, 'package.json')) ? parent : dirname(parent);
+const PACKAGE_ROOT = existsSync(join(parent, 'package.json')) ? parent : dirname(parent);
 
 /** A path inside the package, e.g. `packagePath('nats.conf')`. */
 export function packagePath(...parts: readonly string[]): string {

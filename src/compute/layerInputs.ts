@@ -2,8 +2,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { PartitionError } from '../errors.js';
 
-type Sym = tf.SymbolicTensor;
-
 /** The layers (in cut order) and, for each, its input tensors on a `rows`-row sample; `dispose` frees them. */
 export interface LayerInputs {
   readonly layers: tf.layers.Layer[];
@@ -29,7 +27,7 @@ export function layerInputs(model: tf.LayersModel, rows: number, seed = 11): Lay
         .map((s) => [s.id, s]),
     ).values(),
   ];
-  const values = inner.length ? ([tf.model({ inputs: model.inputs, outputs: inner }).predict(sample)].flat() as tf.Tensor[]) : [];
+  const values: tf.Tensor[] = inner.length ? [tf.model({ inputs: model.inputs, outputs: inner }).predict(sample)].flat() : [];
   inner.forEach((s, i) => valueOf.set(s.id, values[i]!));
   return { layers, inputs: symbolsOf.map((ss) => ss.map((s) => valueOf.get(s.id)!)), dispose: () => tf.dispose([...sample, ...values]) };
 }

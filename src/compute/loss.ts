@@ -41,8 +41,8 @@ export function resolveLoss(loss: LossSpec, metric?: LossSpec): { loss: LossFn; 
  */
 export function shareOfBatch(values: tf.Tensor, microbatchSize: number, batchSize: number): tf.Scalar {
   return tf.tidy(() => {
-    if (values.rank === 0) return tf.mul(values, microbatchSize / batchSize) as tf.Scalar;
+    if (values.rank === 0) return tf.mul<tf.Scalar>(values, microbatchSize / batchSize);
     const perExample = values.rank === 1 ? values : tf.mean(tf.reshape(values, [values.shape[0], -1]), 1);
-    return tf.div(tf.sum(perExample), batchSize) as tf.Scalar;
+    return tf.div<tf.Scalar>(tf.sum(perExample), batchSize);
   });
 }

@@ -22,7 +22,7 @@ export interface NamedTensor {
 }
 
 /** The running scalars each tf.train class keeps outside `getWeights()`, by class name. */
-export const HIDDEN_STATE: Readonly<Record<string, readonly string[]>> = {
+const HIDDEN_STATE: Readonly<Record<string, readonly string[]>> = {
   Adam: ['accBeta1', 'accBeta2'],
   Adamax: ['accBeta1', 'iteration'],
 };
@@ -54,7 +54,7 @@ function hiddenVariable(opt: tf.Optimizer, name: string): tf.Variable {
     throw new StateError(
       `tfjs's ${opt.getClassName()} optimizer has no running value "${name}" (a tfjs version Troupe does not know): its exact state cannot be saved`,
     );
-  return v;
+  return v as tf.Variable;
 }
 
 /** True for a name of an optimizer-wide value (`iter`, `accBeta1`) rather than a variable's slot. */

@@ -62,7 +62,7 @@ export function toLayerState(states: readonly StageState[]): LayerState {
 }
 
 /** The state of one stage of another partition, taken from a layer-keyed state. */
-export function stateForPartition(part: StagePartition, ls: LayerState): StageState {
+function stateForPartition(part: StagePartition, ls: LayerState): StageState {
   const weights = stageWeights(part);
   const tensors: WireTensor[] = [];
   const weightNames = weights.map((w, i) => {

@@ -14,7 +14,7 @@ import type { KernelBackend, TensorInfo } from '@tensorflow/tfjs';
 let installed = false;
 
 /** The segment sum itself, on host arrays: x as rows of `inner` elements, one id per row. */
-export function segmentSum(x: Float32Array | Int32Array, ids: Int32Array, inner: number, numSegments: number): Float32Array | Int32Array {
+function segmentSum(x: Float32Array | Int32Array, ids: Int32Array, inner: number, numSegments: number): Float32Array | Int32Array {
   const out = x instanceof Int32Array ? new Int32Array(numSegments * inner) : new Float32Array(numSegments * inner);
   for (let i = 0; i < ids.length; i++) {
     const s = ids[i]!;

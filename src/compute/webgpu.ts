@@ -22,7 +22,7 @@ const LIB_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/u
 const NVIDIA_ICDS = ['/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json', '/usr/share/vulkan/icd.d/nvidia_icd.json', '/etc/vulkan/icd.d/nvidia_icd.json'];
 
 /** Whether the Vulkan loader can be found the way the dynamic linker would find it (Linux only). */
-export function vulkanLoaderFound(): boolean {
+function vulkanLoaderFound(): boolean {
   if (process.platform !== 'linux') return true;
   const dirs = [...(process.env['LD_LIBRARY_PATH'] ?? '').split(delimiter).filter(Boolean), ...LIB_DIRS];
   if (dirs.some((d) => existsSync(`${d}/libvulkan.so.1`))) return true;

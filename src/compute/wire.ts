@@ -43,11 +43,6 @@ export function deviceWire(t: tf.Tensor, name: string): WireTensor {
   return w;
 }
 
-/** Whether `w` stands for a tensor on a device (not yet taken) rather than carrying bytes. */
-export function isDeviceWire(w: WireTensor): boolean {
-  return onDevice.has(w);
-}
-
 /** Frees the device tensors of `ws` that nobody took (a refused or dropped frame); bytes are left alone. */
 export function releaseDevice(ws: Iterable<WireTensor>): void {
   for (const w of ws) {

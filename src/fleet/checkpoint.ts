@@ -93,7 +93,7 @@ function describe(cause: unknown, at: string): string {
  * is gone, or is this one (which is not saving while it calls this). A live writer's are kept
  * and listed in `inUse`.
  */
-export async function removeAbandonedTemporaries(dir: string): Promise<{ removed: string[]; inUse: string[] }> {
+async function removeAbandonedTemporaries(dir: string): Promise<{ removed: string[]; inUse: string[] }> {
   const removed: string[] = [];
   const inUse: string[] = [];
   for (const name of await io.readdir(dir)) {

@@ -113,7 +113,8 @@ export function validateJobConfig(c: unknown, where: string): JobConfig {
   const r = v.safeParse(JobConfigSchema, c, { abortEarly: true });
   if (r.success) return c as JobConfig;
   const issue = r.issues[0];
-  const field = issue.path?.[0]?.key;
+  // A top-level field of the config object: a string key.
+  const field = issue.path?.[0]?.key as string | undefined;
   if (field === undefined) throw new ConfigError(`${where}: ${issue.message}`);
   const known = JobConfigSchema.entries;
   if (issue.type === 'strict_object' && issue.expected === 'never')

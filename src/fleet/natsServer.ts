@@ -87,10 +87,11 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const tied = tieToThisProcess(bin, args, opts.env);
   const child = tied.keeper;
   let out = '';
-  let entry: { keeper: ChildProcess; pid: number } | undefined;
+  // In `live` (for the exit handler's SIGKILL) from the moment its pid is known until it exits.
+  const entry = { keeper: child, pid: 0 };
   const exited = new Promise<void>((resolve) =>
     child.once('exit', () => {
-      if (entry) live.delete(entry);
+      live.delete(entry);
       scoped?.remove();
       resolve();
     }),
@@ -118,7 +119,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     child.once('error', (err) => fail(`could not run: ${err.message}`));
   });
   const pid = await tied.pid;
-  entry = { keeper: child, pid };
+  entry.pid = pid;
   if (child.exitCode === null && child.signalCode === null) live.add(entry);
   return {
     url: `nats://127.0.0.1:${port}`,

@@ -108,8 +108,6 @@ export interface RunJobResult {
   readonly restarts: number;
 }
 
-export { InterruptedError } from '../errors.js';
-
 /** A job checked and planned, before any process starts. */
 export interface Prepared {
   readonly cfg: JobConfig;
@@ -128,7 +126,7 @@ export interface Prepared {
 }
 
 /** Everything that can be checked before a process starts: config, model, cut, data. */
-export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firstStep'>> {
+async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firstStep'>> {
   const cfg = await loadJobConfig(o.config);
   const where = `job config ${o.config}`;
   const job = checkJobId(o.job ?? jobIdOf(cfg, o.config));
@@ -144,8 +142,9 @@ export async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firs
   resolveLoss(cfg.loss, cfg.metric);
   optimizerFactory(cfg.optimizer)().dispose();
   const data = await cfg.data();
+  const isTensor = (t: unknown): t is tf.Tensor => t instanceof tf.Tensor;
   const check = (e: { x?: unknown; y?: unknown } | undefined, what: string) => {
-    if (!e || !(e.x instanceof tf.Tensor) || !(e.y instanceof tf.Tensor) || e.x.shape[0] !== e.y.shape[0]) {
+    if (!e || !isTensor(e.x) || !isTensor(e.y) || e.x.shape[0] !== e.y.shape[0]) {
       throw new ConfigError(`${where}: field "data" must give ${what}.x and ${what}.y tensors with the same first dimension`);
     }
   };

@@ -3,7 +3,6 @@ import { ConfigError } from '../errors.js';
 import { isGpuBackend, selectBackend, type BackendName } from '../compute/backend.js';
 import { deferred } from '../runtime/deferred.js';
 import { startStages, type StartedStages } from '../runtime/startStages.js';
-import { replicaScope } from '../protocol/subjects.js';
 import { Bus } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { loadJobConfig } from './jobConfig.js';
@@ -129,9 +128,4 @@ export function parseBoundaries(s: string): number[] {
   const ids = s.split(',').map((t) => t.trim());
   if (ids.some((t) => !/^\d+$/.test(t))) throw new ConfigError(`--boundaries must be a comma-separated list of layer indices, got "${s}"`);
   return ids.map(Number);
-}
-
-/** The scope a replica's subjects use: the job itself without replicas, else `<job>.r<i>` (subjects.ts). */
-export function replicaJob(job: string, replica: number, replicas: number): string {
-  return replicaScope(job, replica, replicas);
 }

@@ -147,7 +147,7 @@ export class InspectorModel {
       return null;
     }
     if (ev.type === '@xstate.event') {
-      a.lastEvent = String((ev.event as { type?: unknown })?.type ?? '?');
+      a.lastEvent = String((ev.event as { type?: string })?.type ?? '?');
       return null; // the snapshot that follows carries the change
     }
     a.value = ev.snapshot.value;

@@ -11,14 +11,14 @@ import type { Bus } from '../transport/bus.js';
 import type { StatelyActorEvent } from './statelyEvents.js';
 
 /** Errors kept for late viewers: how many, the first, the latest few. */
-export interface KeptErrors {
+interface KeptErrors {
   readonly count: number;
   readonly first: ErrorEvent | null;
   readonly latest: readonly ErrorEvent[];
 }
 
 /** Refused frames kept for late viewers: how many, the latest few. */
-export interface KeptRejects {
+interface KeptRejects {
   readonly count: number;
   readonly latest: readonly RejectEvent[];
 }

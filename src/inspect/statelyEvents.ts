@@ -11,7 +11,7 @@ import type { InspectionEvent } from 'xstate';
 import { sanitize, type FunctionRule } from './sanitize.js';
 
 /** The format version @statelyai/inspect stamps on its events. */
-export const STATELY_VERSION = '0.7.2';
+const STATELY_VERSION = '0.7.2';
 
 /** Fields every Stately inspection event has. */
 interface Base {
@@ -37,8 +37,8 @@ export type StatelyActorEvent = Base & {
   readonly parentId: string | undefined;
   readonly snapshot: SnapshotJson;
 };
-export type StatelyEventEvent = Base & { readonly type: '@xstate.event'; readonly event: unknown; readonly sourceId: string | undefined };
-export type StatelySnapshotEvent = Base & { readonly type: '@xstate.snapshot'; readonly event: unknown; readonly snapshot: SnapshotJson };
+type StatelyEventEvent = Base & { readonly type: '@xstate.event'; readonly event: unknown; readonly sourceId: string | undefined };
+type StatelySnapshotEvent = Base & { readonly type: '@xstate.snapshot'; readonly event: unknown; readonly snapshot: SnapshotJson };
 export type StatelyEvent = StatelyActorEvent | StatelyEventEvent | StatelySnapshotEvent;
 
 /** What an inspected actor reference offers (xstate's public type is narrower than the object). */
@@ -85,19 +85,19 @@ function definitionJson(v: unknown, depth: number, seen: object[]): unknown {
 }
 
 /** The actor's name as the library gives it: its id, or its machine's id when it has none of its own. */
-export function nameOf(ref: InspectedRef): string {
+function nameOf(ref: InspectedRef): string {
   const config = ref.logic?.config as { id?: string } | undefined;
   return ref.id === ref.sessionId && config && typeof config === 'object' && config.id ? config.id : ref.id;
 }
 
 /** The machine definition as JSON text: its config with functions named; `{ id }` for logic that is no machine. */
-export function definitionOf(ref: InspectedRef): string {
+function definitionOf(ref: InspectedRef): string {
   const config = ref.logic?.config;
   return JSON.stringify(definitionJson(config !== null && typeof config === 'object' ? config : { id: nameOf(ref) }, 0, []));
 }
 
 /** A snapshot as the library writes it (xstate's toJSON), data sanitised; `status` defaults to active. */
-export function snapshotJson(s: unknown, functions: FunctionRule = 'drop'): SnapshotJson {
+function snapshotJson(s: unknown, functions: FunctionRule = 'drop'): SnapshotJson {
   // Depth 1: in a frame the snapshot is one level down, where the library's depth limit counts from.
   const j = sanitize(s ?? {}, functions, 1);
   const o = j !== null && typeof j === 'object' && !Array.isArray(j) ? (j as Record<string, unknown>) : {};

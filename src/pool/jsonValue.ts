@@ -47,7 +47,7 @@ function child(path: string, key: string | number): string {
  * (`root` names the value: `input`, `output`). A property whose value is undefined is fine:
  * JSON drops it, and it reads back as undefined.
  */
-export function checkJsonValue(value: unknown, index: number, root: string): void {
+function checkJsonValue(value: unknown, index: number, root: string): void {
   const seen: object[] = [];
   const paths: string[] = [];
   const visit = (v: unknown, path: string, inArray: boolean): void => {

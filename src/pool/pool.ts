@@ -275,7 +275,7 @@ export class Pool<I = unknown, O = unknown> {
    */
   async mapAnswers(inputs: readonly I[], onAnswer?: (a: TaskAnswer<O>) => void): Promise<TaskAnswer<O>[]> {
     const json = this.encodeAll(inputs);
-    const out: TaskAnswer<O>[] = new Array(inputs.length);
+    const out = new Array<TaskAnswer<O>>(inputs.length);
     let nextIndex = 0;
     let failure: unknown = null;
     const lane = async () => {
@@ -290,6 +290,7 @@ export class Pool<I = unknown, O = unknown> {
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.o.concurrency ?? 32, inputs.length) }, lane));
+    // eslint-disable-next-line @typescript-eslint/only-throw-error -- the first failing task's own error, unchanged
     if (failure !== null) throw failure;
     return out;
   }

@@ -15,7 +15,7 @@ import { FrameError } from '../errors.js';
 import { type DType, HOST_IS_LITTLE_ENDIAN, isDType, paddedByteLength, sizeOf, swap32, viewOf } from './dtype.js';
 import type { WireArray } from './dtype.js';
 import type { Key } from './key.js';
-import { isPhase, type Phase } from './phase.js';
+import { isPhase } from './phase.js';
 
 /** One tensor as it travels: a name, a dtype, a shape and its elements. */
 export interface WireTensor {
@@ -76,7 +76,7 @@ export const H = {
 } as const;
 
 /** The optional header of a sealed frame (seal.ts). */
-export const SEAL_HEADER = 'Troupe-Seal';
+const SEAL_HEADER = 'Troupe-Seal';
 
 const NAME = /^[A-Za-z0-9_]{1,64}$/;
 const UINT = /^(0|[1-9][0-9]{0,15})$/;

@@ -131,7 +131,7 @@ export interface KeyReply {
 }
 
 /** Body of `ctl.<rank>.peers`: the seal keys (base64) of the stages before and after it, '' where there is none. */
-export interface PeerKeys {
+interface PeerKeys {
   readonly prev: string;
   readonly next: string;
 }

@@ -19,7 +19,7 @@ import { frameByteLength, specString, type Frame, type FrameHeader } from './fra
 import type { Key } from './key.js';
 
 /** Bytes of a seal key. */
-export const SEAL_KEY_BYTES = 32;
+const SEAL_KEY_BYTES = 32;
 
 /** A new random seal key. */
 export function newSealKey(): Uint8Array {

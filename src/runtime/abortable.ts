@@ -24,6 +24,7 @@ export function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined):
       },
       (err: unknown) => {
         signal.removeEventListener('abort', onAbort);
+        // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the work's own rejection, passed on unchanged
         reject(err);
       },
     );

@@ -19,7 +19,7 @@ const stages = new Map<string, TakeFrame>();
 const keyOf = (job: string, rank: number) => `${job}\u0000${rank}`;
 
 /** Makes stage `rank` of `job` take frames by hand; returns the call that stops it. */
-export function registerLocalStage(job: string, rank: number, take: TakeFrame): () => void {
+function registerLocalStage(job: string, rank: number, take: TakeFrame): () => void {
   const k = keyOf(job, rank);
   stages.set(k, take);
   return () => {

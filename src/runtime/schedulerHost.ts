@@ -63,9 +63,9 @@ export interface SchedulerHostOptions {
 /** One step as the pipeline hands it to the scheduler. */
 export interface StepWork extends StepRequest {
   /** Each stage's plan. */
-  plan(rank: number): StepPlan;
+  readonly plan: (rank: number) => StepPlan;
   /** INPUT frames of microbatch `mb`, each with the rank it goes to. */
-  inputs(mb: number): readonly { readonly rank: number; readonly frame: Frame }[];
+  readonly inputs: (mb: number) => readonly { readonly rank: number; readonly frame: Frame }[];
 }
 
 /** A running scheduler actor (xstate): subscribe to follow its state; its host sends it its events. */
@@ -77,7 +77,7 @@ export interface RunOutcome extends StepOutcome {
 }
 
 /** Turns a step failure into the error the caller sees. */
-export function errorOf(f: StepFailure): TroupeError {
+function errorOf(f: StepFailure): TroupeError {
   if (f.code === 'STEP_TIMEOUT') return new StepTimeoutError(f.message);
   if (f.rank < 0) return new TransportError(`${f.key}: ${f.message}`);
   return new StageError(f.rank, f.key, `${f.code}: ${f.message}`, { reason: f.code });

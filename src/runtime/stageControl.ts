@@ -173,7 +173,7 @@ function requireIdle(rank: number, actor: Actor<typeof stageMachine>, what: stri
 }
 
 /** A machine state value as a dotted path: `running.waiting`. */
-export function stateName(v: unknown): string {
+function stateName(v: unknown): string {
   if (typeof v === 'string') return v;
   if (v && typeof v === 'object')
     return Object.entries(v)

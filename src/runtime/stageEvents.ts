@@ -14,7 +14,7 @@ import { SchedEvent, schedSubject } from '../protocol/subjects.js';
 import type { Bus } from '../transport/bus.js';
 
 /** Longest a finished action's event is held back. */
-export const HOLD_MS = 50;
+const HOLD_MS = 50;
 
 export class StageEvents {
   private readonly held: { event: SchedEvent; data: Uint8Array }[] = [];

@@ -13,7 +13,7 @@ import { abortable, unlessAborted } from './abortable.js';
 export const STATE_SENDER = 'driver';
 
 /** Largest state frame taken (a stage's weights and optimizer state), in bytes. */
-export const MAX_STATE_BYTES = 1024 * 1024 * 1024;
+const MAX_STATE_BYTES = 1024 * 1024 * 1024;
 
 /** One stage's state and the step it belongs to. */
 export interface RankState extends StageState {

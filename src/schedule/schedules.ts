@@ -22,7 +22,7 @@ export function isScheduleName(s: string): s is ScheduleName {
 }
 
 /** True when the named schedule places several stages on a device (it takes `virtualStages`). */
-export function isPlacedScheduleName(s: string): boolean {
+function isPlacedScheduleName(s: string): boolean {
   return Object.prototype.hasOwnProperty.call(PLACED, s);
 }
 

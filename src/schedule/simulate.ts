@@ -29,7 +29,7 @@ export interface ActionCosts {
 }
 
 /** What action `a` costs on a stage whose list does or does not split its backward. */
-export function costOf(a: Action, costs: ActionCosts, split: boolean): number {
+function costOf(a: Action, costs: ActionCosts, split: boolean): number {
   if (a.kind === 'F') return costs.F;
   if (a.kind === 'W') return costs.W ?? 0;
   return split ? costs.B : costs.B + (costs.W ?? 0);

@@ -9,7 +9,7 @@ import { decodeSingle, encodeFrame, parseHeader, type HeaderGetter, type WireMes
 import { Phase } from '../protocol/phase.js';
 
 /** The header of an error reply. */
-export const ERROR_HEADER = 'Troupe-Error';
+const ERROR_HEADER = 'Troupe-Error';
 
 /** What a serving message's frame is keyed by: the op's phase, nothing of a step. */
 const key = (op: 'forward' | 'backward') => ({ job: 'serve', step: 0, microbatch: 0, phase: op === 'forward' ? Phase.FORWARD : Phase.BACKWARD });

@@ -45,7 +45,8 @@ export interface BusOptions {
 export interface BusMessage {
   readonly subject: string;
   readonly data: Uint8Array;
-  header(name: string): string | undefined;
+  /** A header's value; a plain function, which a reader may pass on detached. */
+  readonly header: (name: string) => string | undefined;
   /** Answers a request (with headers: a frame's); false when the message was not one. */
   respond(data: Uint8Array, headers?: Record<string, string>): boolean;
   /** The data are a buffer of their own, which a handler may keep without copying (a frame from a direct link). */

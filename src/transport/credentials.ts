@@ -70,7 +70,7 @@ export function ensureCredentials(env: NodeJS.ProcessEnv = process.env): Record<
 const PASSWORD = /^[A-Za-z][A-Za-z0-9]{7,127}$/;
 
 /** The passwords of `roles` (from `env` or its credentials file), by role; roles without one are left out. */
-export function passwordsOf(roles: readonly string[], env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+function passwordsOf(roles: readonly string[], env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const out: Record<string, string> = {};
   for (const role of roles) {
     const p = credentialsFor(role, env);

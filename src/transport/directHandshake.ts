@@ -14,7 +14,7 @@
 import { createHmac, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { TransportError, messageOf } from '../errors.js';
 
-export const ID_BYTES = 16;
+const ID_BYTES = 16;
 export const NONCE_BYTES = 32;
 export const MAC_BYTES = 32;
 const MAGIC = Buffer.from('TRPD');

@@ -76,7 +76,7 @@ export class SocketReader {
 }
 
 /** Bytes a link may queue in the process (a receiver busy computing reads nothing) before `send` waits, as NATS's max_pending. */
-export const MAX_QUEUED = 128 * 1024 * 1024;
+const MAX_QUEUED = 128 * 1024 * 1024;
 
 /**
  * The sending end, on the connection the sender accepted. `send` queues a frame and resolves

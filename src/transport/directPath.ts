@@ -408,7 +408,7 @@ export class DirectPath {
 }
 
 /** 127.0.0.1 when every server is on this host, else this host's first non-internal IPv4 address. */
-export function defaultHost(servers: readonly string[]): string {
+function defaultHost(servers: readonly string[]): string {
   const local = servers.every((s) => /^(nats:\/\/|tls:\/\/)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(s.trim()));
   if (local) return '127.0.0.1';
   for (const addrs of Object.values(networkInterfaces())) {

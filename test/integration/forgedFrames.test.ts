@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { waitFor } from 'xstate';
 import { createPipeline, StageError, StateError, type Pipeline } from '../../src/index.js';
-import { encodeFrame, Phase, subjects, type Frame } from '../../src/protocol/index.js';
+import { encodeFrame, Phase, subjects } from '../../src/protocol/index.js';
 import { Bus } from '../../src/transport/index.js';
 import { decodeReply, type RejectEvent } from '../../src/protocol/messages.js';
 import { parseSealKey, sealFrame } from '../../src/protocol/seal.js';
