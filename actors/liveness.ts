@@ -108,7 +108,8 @@ export function watchFailure(c: SchedulerContext, e: Tick, code: WatchCode): { r
   const r = silentStage(c, e.now);
   const seen = c.watch.probes[r];
   const where = seen
-    ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
+    ? `last seen in step ${seen.step}, state ${seen.state}${seen.action ? ` at ${seen.action}` : ''}` +
+      `${seen.awaiting.length ? `, waiting for ${seen.awaiting.join(', ')}` : ''}`
     : 'never answered a probe';
   return {
     rank: r,

@@ -233,7 +233,8 @@ function abortedFailure(c: SchedulerContext): StepFailure {
   if (c.granted < 0 || (f.rank === c.granted && f.code !== 'STEP_TIMEOUT')) return f;
   return {
     ...f,
-    message: `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: if it finished its actions it applied it; restore a checkpoint)`,
+    message:
+      `${f.message} (stage ${c.granted} had its UPDATE early, as the last stage running: ` + 'if it finished its actions it applied it; restore a checkpoint)',
   };
 }
 
@@ -787,7 +788,10 @@ export const schedulerMachine = setup({
               rank: context.done.findIndex((d) => !d),
               key: `step ${context.req!.step}`,
               code: 'STEP_TIMEOUT',
-              message: `step ${context.req!.step} did not finish within ${context.req!.timeoutMs} ms; stages not done: ${context.done.flatMap((d, r) => (d ? [] : [r])).join(', ') || 'none'}; microbatches without loss: ${context.losses.flatMap((l, i) => (l === null ? [i] : [])).join(', ') || 'none'}`,
+              message:
+                `step ${context.req!.step} did not finish within ${context.req!.timeoutMs} ms; ` +
+                `stages not done: ${context.done.flatMap((d, r) => (d ? [] : [r])).join(', ') || 'none'}; ` +
+                `microbatches without loss: ${context.losses.flatMap((l, i) => (l === null ? [i] : [])).join(', ') || 'none'}`,
             },
           })),
         },

@@ -32,7 +32,8 @@ function registerTsx(file: string, what: string, path: string): Promise<void> {
     const api = tsxApiFrom(file) ?? tsxApiFrom(import.meta.url);
     if (!api) {
       throw new ConfigError(
-        `${what} ${path} is TypeScript, which Node ${process.version} cannot load by itself: install tsx beside it (npm install --save-dev tsx), or write it as .mjs`,
+        `${what} ${path} is TypeScript, which Node ${process.version} cannot load by itself: ` +
+          'install tsx beside it (npm install --save-dev tsx), or write it as .mjs',
       );
     }
     const { register } = (await import(pathToFileURL(api).href)) as { register: () => unknown };

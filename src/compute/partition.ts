@@ -114,7 +114,8 @@ export function partitionModel(model: tf.LayersModel, spec: StageSpec, opts: Par
       const rate = (l.getConfig() as { rate?: number }).rate;
       if (RECOMPUTE_UNSAFE.has(l.getClassName()) && !(l.getClassName().includes('Dropout') && rate === 0)) {
         throw new PartitionError(
-          `layer ${l.name} (${l.getClassName()}) cannot be recomputed: a recomputing stage would draw other random masks or update statistics twice at backward time; train it without recompute`,
+          `layer ${l.name} (${l.getClassName()}) cannot be recomputed: ` +
+            'a recomputing stage would draw other random masks or update statistics twice at backward time; train it without recompute',
         );
       }
     }

@@ -187,7 +187,9 @@ export class Driver {
     });
     const { plan, cfg } = p;
     this.say(
-      `troupe up: job ${p.job}, ${plan.stages} stages (${plan.partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, NATS ${this.url}${this.server ? ` (nats-server pid ${this.server.pid})` : ''}; driver on ${bus.server}`,
+      `troupe up: job ${p.job}, ${plan.stages} stages (${plan.partitions.map((s) => s.layerNames.join(', ')).join(' | ')}), ` +
+        `schedule ${cfg.schedule ?? '1f1b'}, ${cfg.microbatches} microbatches, ` +
+        `NATS ${this.url}${this.server ? ` (nats-server pid ${this.server.pid})` : ''}; driver on ${bus.server}`,
     );
     await this.inspector?.attach(bus);
     for (const j of this.jobs) {

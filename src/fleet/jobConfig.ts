@@ -51,7 +51,10 @@ export const JobConfigSchema = v.strictObject(
         : must('a positive integer or an array of layer names or indices')(issue),
     ),
     microbatches: positiveInt(),
-    /** `'1f1b'` (default), `'gpipe'`, `'zbh1'`, `'interleaved'` or `'loopedbfs'` (typed as a string, like createPipeline's, so it may come from the environment). */
+    /**
+     * `'1f1b'` (default), `'gpipe'`, `'zbh1'`, `'interleaved'` or `'loopedbfs'` (typed as a string, like createPipeline's, so it
+     * may come from the environment).
+     */
     schedule: v.optional(v.pipe(v.string(mustSchedule), v.check(isScheduleName, mustSchedule))),
     /** A description (`{ className: 'Adam', config: {...} }`) or a factory; each stage makes its own. */
     optimizer: v.custom<OptimizerDescription | (() => tf.Optimizer)>(
@@ -82,7 +85,10 @@ export const JobConfigSchema = v.strictObject(
     memoryBudget: v.optional(positiveNumber('a positive number of bytes')),
     /** A stage count is cut by parameters (default) or by the layers' measured time (the driver measures, the workers get its cuts). */
     balance: v.optional(oneOf(['params', 'time'] as const)),
-    /** `'step'` (default): stage 0 gets every input of a step as the step begins; `'bounded'`: the schedule's bound plus one, then one per released microbatch (FeedMode). */
+    /**
+     * `'step'` (default): stage 0 gets every input of a step as the step begins; `'bounded'`: the schedule's bound plus one, then
+     * one per released microbatch (FeedMode).
+     */
     feed: v.optional(oneOf(['step', 'bounded'] as const satisfies readonly FeedMode[])),
   },
   (issue) => (issue.expected === 'never' ? 'unknown field' : 'the default export must be a job config object (use defineJob)'),

@@ -218,7 +218,8 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     );
     if (missing.length)
       say(
-        `troupe up: checkpoint step ${ckpt.meta.step} in ${o.checkpointDir} has no ${missing.join(', ')} (saved by an older Troupe): ${opt.getClassName()}'s running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one`,
+        `troupe up: checkpoint step ${ckpt.meta.step} in ${o.checkpointDir} has no ${missing.join(', ')} (saved by an older Troupe): ` +
+          `${opt.getClassName()}'s running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one`,
       );
     opt.dispose();
   }
@@ -258,15 +259,21 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     const seconds = (performance.now() - t0) / 1000;
     const steps = prep.total - first.step;
     say(
-      `summary: job ${job}, ${steps} steps in ${seconds.toFixed(1)} s${r.last ? `, last loss ${r.last.loss.toFixed(4)}` : ''}${end.context.restarts ? `, ${end.context.restarts} restart${end.context.restarts > 1 ? 's' : ''}` : ''}`,
+      `summary: job ${job}, ${steps} steps in ${seconds.toFixed(1)} s${r.last ? `, last loss ${r.last.loss.toFixed(4)}` : ''}` +
+        `${end.context.restarts ? `, ${end.context.restarts} restart${end.context.restarts > 1 ? 's' : ''}` : ''}`,
     );
     if (r.heldOut)
       say(
-        `  held-out: loss ${r.heldOut.loss.toFixed(4)}${r.heldOut.metric !== null ? `, metric ${(r.heldOut.metric * 100).toFixed(2)}%` : ''} on ${prep.data.test!.x.shape[0]} examples`,
+        `  held-out: loss ${r.heldOut.loss.toFixed(4)}${r.heldOut.metric !== null ? `, metric ${(r.heldOut.metric * 100).toFixed(2)}%` : ''}` +
+          ` on ${prep.data.test!.x.shape[0]} examples`,
       );
     for (const { replica, st } of r.stageStats) {
       say(
-        `  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`,
+        `  ${k > 1 ? `replica ${replica} ` : ''}stage ${st.rank}: busy ${(st.busyMs / 1000).toFixed(2)} s, idle ${(st.idleMs / 1000).toFixed(2)} s, ` +
+          `machine ${(st.machineMs / 1000).toFixed(2)} s, reading frames ${(st.framesMs / 1000).toFixed(2)} s, ` +
+          `${st.forwards} F / ${st.backwards} B${st.weightGrads ? ` / ${st.weightGrads} W` : ''}, ` +
+          `in ${(st.bytesIn / 1e6).toFixed(1)} MB, out ${(st.bytesOut / 1e6).toFixed(1)} MB, peak in flight ${st.peakHeld}, ` +
+          `refused ${st.rejected} (dropped unused)${st.conflicts ? `, ${st.conflicts} conflicting (their steps failed)` : ''}`,
       );
     }
     if (o.save) say(`  model saved in ${o.save} (in Node: loadModel(${JSON.stringify(o.save)}) from 'troupe')`);

@@ -51,7 +51,8 @@ export async function waitForWorkers(bus: Bus, job: string, stages: number, time
         const missing = hellos.flatMap((h, r) => (h ? [] : [r]));
         reject(
           new TransportError(
-            `job ${job}: no worker for rank ${missing.join(', ')} after ${timeoutMs} ms (start one with: troupe worker --nats <url> --job ${job} --rank <r> --config <job config>)`,
+            `job ${job}: no worker for rank ${missing.join(', ')} after ${timeoutMs} ms ` +
+              `(start one with: troupe worker --nats <url> --job ${job} --rank <r> --config <job config>)`,
           ),
         );
       }, timeoutMs);

@@ -76,7 +76,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   for (const h of hosts) {
     const partition = thePlan.partitions[h.rank]!;
     log(
-      `troupe worker: job ${rjob} rank ${h.rank}/${thePlan.stages} pid ${process.pid} backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`,
+      `troupe worker: job ${rjob} rank ${h.rank}/${thePlan.stages} pid ${process.pid} ` +
+        `backend ${choice.name} device ${device} layers [${partition.layerNames.join(', ')}]`,
     );
   }
   const who = `rank ${o.ranks.join(', ')}`;

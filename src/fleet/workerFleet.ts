@@ -118,7 +118,8 @@ export class WorkerFleet {
         const ranks = plan.ranksOn(dev);
         const file = credentialsFor ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
         this.h.warn(
-          `  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`,
+          `  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}` +
+            `${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`,
         );
       }
     }

@@ -55,7 +55,8 @@ async function connectInspector(nats: string, job: string): Promise<Bus> {
   } catch (err) {
     if (/authori[sz]ation/i.test(messageOf(err)) && credentialsFor('inspector') === undefined) {
       throw new ConfigError(
-        `NATS at ${nats} refused the inspector: it needs credentials. Set TROUPE_NATS_CREDENTIALS to the credentials file 'troupe up' printed, or TROUPE_NATS_PASS_INSPECTOR to the inspector's password`,
+        `NATS at ${nats} refused the inspector: it needs credentials. ` +
+          "Set TROUPE_NATS_CREDENTIALS to the credentials file 'troupe up' printed, or TROUPE_NATS_PASS_INSPECTOR to the inspector's password",
         { cause: err },
       );
     }

@@ -1,5 +1,7 @@
 /** The inspector's pages: the offline one (no external resources) and the bridge to Stately's inspector. */
 
+// A `\` ending a line inside these templates is a line continuation: the page gets that line whole, as one line.
+
 const STYLE = `
 *{box-sizing:border-box}body{font:13px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{display:flex;gap:16px;align-items:baseline;padding:10px 16px;background:#1d2330;color:#fff}
@@ -71,11 +73,13 @@ function diagram(def) {
     const h = kids.length ? 62 : 28;
     if (x + w > maxW) { x = 10; y += rowH + 34; rowH = 0; }
     boxes.set(name, { x, y, w, h });
-    svg += '<g class="state' + (kids.length ? ' compound' : '') + '" data-path="' + esc(name) + '"><rect x="' + x + '" y="' + y + '" width="' + w + '" height="' + h + '"/><text x="' + (x + 8) + '" y="' + (y + 17) + '">' + esc(label) + '</text></g>';
+    svg += '<g class="state' + (kids.length ? ' compound' : '') + '" data-path="' + esc(name) + '"><rect x="' + x + '" y="' + y + '" width="' + w + \
+'" height="' + h + '"/><text x="' + (x + 8) + '" y="' + (y + 17) + '">' + esc(label) + '</text></g>';
     let cx = x + 8;
     for (const k of kids) {
       const kw = boxWidth(k);
-      svg += '<g class="state" data-path="' + esc(name + '.' + k) + '"><rect x="' + cx + '" y="' + (y + 26) + '" width="' + kw + '" height="26"/><text x="' + (cx + 8) + '" y="' + (y + 43) + '">' + esc(k) + '</text></g>';
+      svg += '<g class="state" data-path="' + esc(name + '.' + k) + '"><rect x="' + cx + '" y="' + (y + 26) + '" width="' + kw + \
+'" height="26"/><text x="' + (cx + 8) + '" y="' + (y + 43) + '">' + esc(k) + '</text></g>';
       cx += kw + 8;
     }
     x += w + 40; rowH = Math.max(rowH, h);
@@ -93,11 +97,14 @@ function diagram(def) {
       const b = boxes.get(to);
       const x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2, y2 = b.y + b.h;
       const bend = Math.min(44, Math.max(18, Math.abs(x2 - x1) / 6));
-      edges += '<path class="edge" d="M' + x1 + ',' + y1 + ' C' + x1 + ',' + (Math.max(y1, y2) + bend) + ' ' + x2 + ',' + (Math.max(y1, y2) + bend) + ' ' + x2 + ',' + (y2 + 2) + '"/>';
+      edges += '<path class="edge" d="M' + x1 + ',' + y1 + ' C' + x1 + ',' + (Math.max(y1, y2) + bend) + ' ' + x2 + \
+',' + (Math.max(y1, y2) + bend) + ' ' + x2 + ',' + (y2 + 2) + '"/>';
     }
   }
   const height = y + rowH + 60;
-  return '<svg class="diagram" width="100%" viewBox="0 0 ' + maxW + ' ' + height + '" height="' + height + '"><defs><marker id="arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#9aa3b2"/></marker></defs>' + edges + svg + '</svg>';
+  return '<svg class="diagram" width="100%" viewBox="0 0 ' + maxW + ' ' + height + '" height="' + height + \
+'"><defs><marker id="arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto">\
+<path d="M0,0 L8,4 L0,8 z" fill="#9aa3b2"/></marker></defs>' + edges + svg + '</svg>';
 }
 
 function drawActor(a) {
@@ -109,7 +116,8 @@ function drawActor(a) {
     el.dataset.scope = a.scope;
     el.dataset.order = a.scope + '/' + a.name;
     el.dataset.session = a.sessionId;
-    el.innerHTML = '<h3>' + esc(a.name) + (a.scope !== JOB ? ' <small>(' + esc(a.scope.slice(JOB.length + 1)) + ')</small>' : '') + '<span class="value"></span></h3>' + diagram(a.definition || {});
+    el.innerHTML = '<h3>' + esc(a.name) + (a.scope !== JOB ? ' <small>(' + esc(a.scope.slice(JOB.length + 1)) + ')</small>' : '') + \
+'<span class="value"></span></h3>' + diagram(a.definition || {});
     const list = document.getElementById('actor-list');
     const after = [...list.children].find((c) => c.dataset.order > el.dataset.order);
     list.insertBefore(el, after || null);
@@ -131,19 +139,30 @@ function drawSteps() {
     const s = steps.get(k);
     const W = 1000, left = 60, rowH = 24, scale = (W - left - 10) / s.span;
     let rows = '';
-    for (let r = 0; r < s.stages; r++) rows += '<g class="row" data-rank="' + r + '"><rect class="lane" x="' + left + '" y="' + (r * rowH + 4) + '" width="' + (W - left - 10) + '" height="' + (rowH - 6) + '"/><text class="row-label" x="4" y="' + (r * rowH + 18) + '">stage ' + r + '</text></g>';
+    for (let r = 0; r < s.stages; r++) rows += '<g class="row" data-rank="' + r + '"><rect class="lane" x="' + left + '" y="' + (r * rowH + 4) + \
+'" width="' + (W - left - 10) + '" height="' + (rowH - 6) + '"/><text class="row-label" x="4" y="' + (r * rowH + 18) + '">stage ' + r + '</text></g>';
     const boxes = s.actions.map((a) => {
       const x = left + a.start * scale, w = Math.max(1, a.ms * scale), y = a.rank * rowH + 4;
-      return '<rect class="action ' + a.action[0] + '" data-rank="' + a.rank + '" data-action="' + a.action + '" x="' + x.toFixed(1) + '" y="' + y + '" width="' + w.toFixed(1) + '" height="' + (rowH - 6) + '"><title>stage ' + a.rank + ' ' + a.action + ': ' + a.ms.toFixed(2) + ' ms</title></rect>' + (w > 22 ? '<text x="' + (x + 3).toFixed(1) + '" y="' + (y + 13) + '" fill="#fff">' + a.action + '</text>' : '');
+      return '<rect class="action ' + a.action[0] + '" data-rank="' + a.rank + '" data-action="' + a.action + '" x="' + x.toFixed(1) + '" y="' + y + \
+'" width="' + w.toFixed(1) + '" height="' + (rowH - 6) + '"><title>stage ' + a.rank + ' ' + a.action + ': ' + a.ms.toFixed(2) + \
+' ms</title></rect>' + (w > 22 ? '<text x="' + (x + 3).toFixed(1) + '" y="' + (y + 13) + '" fill="#fff">' + a.action + '</text>' : '');
     }).join('');
-    return '<div class="step" data-step="' + s.step + '"><h3>' + (i === 0 ? 'current' : 'last') + ' step ' + s.step + ': ' + s.span.toFixed(1) + ' ms, bubble measured <span class="bubble-measured">' + (s.measuredBubble * 100).toFixed(1) + '%</span>, theoretical (p-1)/(m+p-1) <span class="bubble-theory">' + (s.theoreticalBubble * 100).toFixed(1) + '%</span> (p=' + s.stages + ', m=' + s.microbatches + ')</h3><svg class="timeline" data-step="' + s.step + '" width="100%" viewBox="0 0 ' + W + ' ' + (s.stages * rowH + 8) + '">' + rows + boxes + '</svg></div>';
+    return '<div class="step" data-step="' + s.step + '"><h3>' + (i === 0 ? 'current' : 'last') + ' step ' + s.step + ': ' + s.span.toFixed(1) + \
+' ms, bubble measured <span class="bubble-measured">' + (s.measuredBubble * 100).toFixed(1) + \
+'%</span>, theoretical (p-1)/(m+p-1) <span class="bubble-theory">' + (s.theoreticalBubble * 100).toFixed(1) + '%</span> (p=' + s.stages + \
+', m=' + s.microbatches + ')</h3><svg class="timeline" data-step="' + s.step + '" width="100%" viewBox="0 0 ' + W + ' ' + (s.stages * rowH + 8) + \
+'">' + rows + boxes + '</svg></div>';
   }).join('');
   document.getElementById('steps').innerHTML = html || 'no step yet';
 }
 
 function drawStats() {
   const rows = [...stats.values()].sort((a, b) => (a.scope === b.scope ? a.rank - b.rank : a.scope < b.scope ? -1 : 1)).map((s) =>
-    '<tr data-rank="' + s.rank + '" data-scope="' + esc(s.scope) + '"><td>' + (s.scope !== JOB ? esc(s.scope.slice(JOB.length + 1)) + ' ' : '') + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + '</td><td class="machine">' + (s.machineMs / 1000).toFixed(3) + '</td><td>' + (s.framesMs / 1000).toFixed(3) + '</td><td>' + s.forwards + '</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + '</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
+    '<tr data-rank="' + s.rank + '" data-scope="' + esc(s.scope) + '"><td>' + (s.scope !== JOB ? esc(s.scope.slice(JOB.length + 1)) + \
+' ' : '') + s.rank + '</td><td>' + s.step + '</td><td>' + (s.busyMs / 1000).toFixed(2) + '</td><td>' + (s.idleMs / 1000).toFixed(2) + \
+'</td><td class="machine">' + (s.machineMs / 1000).toFixed(3) + '</td><td>' + (s.framesMs / 1000).toFixed(3) + '</td><td>' + s.forwards + \
+'</td><td>' + s.backwards + '</td><td>' + s.peakHeld + '</td><td>' + (s.bytesIn / 1e6).toFixed(2) + '</td><td>' + (s.bytesOut / 1e6).toFixed(2) + \
+'</td><td>' + s.tensors + '</td><td>' + s.rejected + '</td></tr>').join('');
   document.querySelector('table.stats tbody').innerHTML = rows;
 }
 
@@ -154,7 +173,8 @@ function apply(u) {
   else if (u.kind === 'error') {
     const e = document.querySelector('.errors');
     e.classList.add('has');
-    e.innerHTML = 'first error: <code class="error-key">' + esc(u.error.key) + '</code> on stage ' + u.error.rank + ' (' + esc(u.error.code) + '): <span class="error-message">' + esc(u.error.message) + '</span> (' + u.count + ' in all)';
+    e.innerHTML = 'first error: <code class="error-key">' + esc(u.error.key) + '</code> on stage ' + u.error.rank + ' (' + esc(u.error.code) + \
+'): <span class="error-message">' + esc(u.error.message) + '</span> (' + u.count + ' in all)';
   } else if (u.kind === 'reject') {
     const r = document.querySelector('.rejects');
     r.innerHTML = u.count + ' frames refused; latest: stage ' + u.reject.rank + ' ' + esc(u.reject.code) + ': ' + esc(u.reject.message);
@@ -177,7 +197,9 @@ export function inspectorPage(job: string): string {
 <main>
 <section id="actors"><h2>Actors (<span id="actor-count">0</span>)</h2><div id="actor-list"></div></section>
 <section id="timeline"><h2>Pipeline timeline</h2><div id="steps">no step yet</div></section>
-<section id="stages"><h2>Stages</h2><table class="stats"><thead><tr><th>rank</th><th>step</th><th>busy s</th><th>idle s</th><th title="the stage machine handling events">machine s</th><th title="judging and assembling frames">frames s</th><th>F</th><th>B</th><th>peak in flight</th><th>in MB</th><th>out MB</th><th>tensors</th><th>refused</th></tr></thead><tbody></tbody></table></section>
+<section id="stages"><h2>Stages</h2><table class="stats"><thead><tr><th>rank</th><th>step</th><th>busy s</th><th>idle s</th>\
+<th title="the stage machine handling events">machine s</th><th title="judging and assembling frames">frames s</th><th>F</th><th>B</th>\
+<th>peak in flight</th><th>in MB</th><th>out MB</th><th>tensors</th><th>refused</th></tr></thead><tbody></tbody></table></section>
 <section id="errors"><h2>Errors</h2><div class="errors">none</div><div class="rejects"></div></section>
 </main>
 <script>const JOB = ${JSON.stringify(j)};${SCRIPT}</script>

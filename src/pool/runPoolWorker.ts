@@ -49,7 +49,8 @@ export async function runPoolWorker(o: PoolWorkerProcessOptions): Promise<void> 
     const why = await stopped.promise;
     const running = Object.keys(worker.actor.getSnapshot().context.running).length;
     log(
-      `troupe pool-worker: ${worker.id} leaving (${why})${running ? `; ${running} running task${running > 1 ? 's get' : ' gets'} ${o.graceMs ?? 5_000} ms to end` : ''}`,
+      `troupe pool-worker: ${worker.id} leaving (${why})` +
+        `${running ? `; ${running} running task${running > 1 ? 's get' : ' gets'} ${o.graceMs ?? 5_000} ms to end` : ''}`,
     );
     await worker.stop(o.graceMs ?? 5_000);
     const c = worker.actor.getSnapshot().context;

@@ -99,7 +99,8 @@ function checkSplit(xw: readonly WireTensor[], yw: readonly WireTensor[], k: num
   // Shares differ by at most a row: the smallest has floor(total / k) rows, and needs m.
   if (total < k * m)
     throw new ConfigError(
-      `a batch of ${total} rows cannot be split over ${k} replicas x ${m} microbatches: it needs at least ${k * m} rows (the smallest replica's share would be ${Math.floor(total / k)})`,
+      `a batch of ${total} rows cannot be split over ${k} replicas x ${m} microbatches: ` +
+        `it needs at least ${k * m} rows (the smallest replica's share would be ${Math.floor(total / k)})`,
     );
   return total;
 }

@@ -39,7 +39,10 @@ export interface SchedulerHostOptions {
   readonly requestTimeoutMs?: number;
   /** Largest output frame of a prediction taken, in bytes (default 256 MiB). */
   readonly maxFrameBytes?: number;
-  /** Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off). With or without, the host answers an inspector's `who` with the step's shape and the errors and refused frames it kept. */
+  /**
+   * Publish the actor's inspection events on troupe.<job>.inspect.scheduler (default off). With or without, the host answers an
+   * inspector's `who` with the step's shape and the errors and refused frames it kept.
+   */
   readonly inspect?: boolean;
   /**
    * Liveness: during a step every stage is probed every `heartbeatMs` (default 1 s); one that
@@ -308,7 +311,10 @@ export class SchedulerHost {
     });
   }
 
-  /** Fails the running step as if stage `rank` had reported an error (a worker the driver saw die): aborted on every stage, its promise rejects. No-op when idle. */
+  /**
+   * Fails the running step as if stage `rank` had reported an error (a worker the driver saw die): aborted on every stage, its
+   * promise rejects. No-op when idle.
+   */
   failStep(rank: number, code: string, message: string): void {
     const s = this.actor.getSnapshot();
     if (!s.matches('active') || !s.context.req) return;

@@ -41,7 +41,10 @@ export interface StageHostOptions {
   readonly maxFrameBytes?: number;
   /** Milliseconds an abort may take before its ack reports failure (default 30 s). */
   readonly abortTimeoutMs?: number;
-  /** Publish the actor's inspection events on troupe.<job>.inspect.stage-<rank>, and answer an inspector's `who` with its announcement and latest snapshot (default off). */
+  /**
+   * Publish the actor's inspection events on troupe.<job>.inspect.stage-<rank>, and answer an inspector's `who` with its
+   * announcement and latest snapshot (default off).
+   */
   readonly inspect?: boolean;
   /** What `ping` answers about the process: backend and device (default the current backend, cpu). */
   readonly identity?: { readonly backend: string; readonly device: string };
@@ -49,7 +52,10 @@ export interface StageHostOptions {
   readonly turn?: DeviceTurn;
   /** Data-parallel replicas of this stage: gradients are summed over them before each update. */
   readonly allReduce?: AllReduce;
-  /** Take frames by hand from stages and the driver of this process, and hand them frames the same way: tensors between neighbours in one process stay on their device (default off: every frame on the bus). */
+  /**
+   * Take frames by hand from stages and the driver of this process, and hand them frames the same way: tensors between neighbours
+   * in one process stay on their device (default off: every frame on the bus).
+   */
   readonly handoff?: boolean;
 }
 

@@ -60,7 +60,8 @@ export async function dumpStates(
           const f = frames.get(rank);
           if (!f || f.key.step !== info.step) {
             throw new TransportError(
-              `stage ${rank} answered dump for step ${info.step} but its state frame ${f ? `is of step ${f.key.step}` : 'did not arrive'}${errors.length ? ` (${errors.join('; ')})` : ''}`,
+              `stage ${rank} answered dump for step ${info.step} but its state frame ${f ? `is of step ${f.key.step}` : 'did not arrive'}` +
+                `${errors.length ? ` (${errors.join('; ')})` : ''}`,
             );
           }
           return { rank, step: info.step, weightNames: info.weightNames, optimizerNames: info.optimizerNames, tensors: f.tensors };

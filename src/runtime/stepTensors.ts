@@ -45,7 +45,10 @@ function asColumn<T extends TensorDescription>(w: T, trailing: readonly number[]
 
 function dtypeHint(got: string, want: string): string {
   if (got === 'int32' && want === 'float32') {
-    return `; the model's input is float32 (tfjs's default): cast the ids (x.toFloat()) or declare the input int32 (tf.input({ shape, dtype: 'int32' }) or a first tf.layers.inputLayer({ inputShape, dtype: 'int32' }))`;
+    return (
+      "; the model's input is float32 (tfjs's default): cast the ids (x.toFloat()) or declare the input int32 " +
+      "(tf.input({ shape, dtype: 'int32' }) or a first tf.layers.inputLayer({ inputShape, dtype: 'int32' }))"
+    );
   }
   return '';
 }
@@ -72,7 +75,8 @@ export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], 
   for (const t of [...xw, ...yw]) {
     if (t.shape.length === 0 || t.shape[0] !== batch) {
       throw new ShapeError(
-        `${t.name}: got ${fmt(t.dtype, t.shape)}, batch dimension ${String(t.shape[0])}, expected ${String(batch)} (every input and label needs the same batch dimension)`,
+        `${t.name}: got ${fmt(t.dtype, t.shape)}, batch dimension ${String(t.shape[0])}, expected ${String(batch)} ` +
+          '(every input and label needs the same batch dimension)',
       );
     }
   }
@@ -96,7 +100,9 @@ export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], 
       const ids = sizeOf(out.shape.slice(0, -1));
       if (sizeOf(w.shape.slice(1)) !== ids || w.dtype === 'bool') {
         throw new ShapeError(
-          `label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected int32 or float32 class ids [${[n, ...out.shape.slice(0, -1)].join(',')}] or [${[n, ...out.shape.slice(0, -1), 1].join(',')}] (sparseCategoricalCrossentropy on the model's output ${fmt(out.dtype, [n, ...out.shape])})`,
+          `label ${w.name}: got ${fmt(w.dtype, w.shape)}, ` +
+            `expected int32 or float32 class ids [${[n, ...out.shape.slice(0, -1)].join(',')}] or [${[n, ...out.shape.slice(0, -1), 1].join(',')}] ` +
+            `(sparseCategoricalCrossentropy on the model's output ${fmt(out.dtype, [n, ...out.shape])})`,
         );
       }
       return w;
@@ -105,7 +111,8 @@ export function checkStepTensors<T extends TensorDescription>(xw: readonly T[], 
     const shape = [n, ...out.shape];
     if (y.shape.length !== shape.length || y.shape.some((d, j) => d !== shape[j])) {
       throw new ShapeError(
-        `label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(w.dtype, shape)}, the shape of the model's output ${i} (its loss takes labels shaped as the output; class ids go with sparseCategoricalCrossentropy)`,
+        `label ${w.name}: got ${fmt(w.dtype, w.shape)}, expected ${fmt(w.dtype, shape)}, the shape of the model's output ${i} ` +
+          '(its loss takes labels shaped as the output; class ids go with sparseCategoricalCrossentropy)',
       );
     }
     return y;

@@ -45,10 +45,16 @@ export function drawSvg(sim: Simulation, unit = 28): string {
     row.map((x) => {
       const bx = left + x.start * unit;
       const bw = (x.end - x.start) * unit - 2;
-      return `<rect x="${bx}" y="${st * rowH + 4}" width="${bw}" height="${rowH - 6}" rx="3" fill="${COLOR[x.action.kind] ?? '#999'}"><title>${formatAction(x.action)}: ${x.start}-${x.end}</title></rect><text x="${bx + 4}" y="${st * rowH + 21}" fill="#fff" font-size="11" font-family="monospace">${label(sim, x.action)}</text>`;
+      return (
+        `<rect x="${bx}" y="${st * rowH + 4}" width="${bw}" height="${rowH - 6}" rx="3" fill="${COLOR[x.action.kind] ?? '#999'}">` +
+        `<title>${formatAction(x.action)}: ${x.start}-${x.end}</title></rect>` +
+        `<text x="${bx + 4}" y="${st * rowH + 21}" fill="#fff" font-size="11" font-family="monospace">${label(sim, x.action)}</text>`
+      );
     }),
   );
   const labels = sim.timeline.map((_, st) => `<text x="4" y="${st * rowH + 21}" font-size="11" font-family="monospace">${lane} ${st}</text>`);
-  const caption = `<text x="4" y="${h - 8}" font-size="11" font-family="sans-serif">p=${sim.stages}${sim.devices !== sim.stages ? ` on ${sim.devices} devices` : ''} m=${sim.microbatches} step ${sim.stepTime} units, bubble ${(sim.bubble * 100).toFixed(1)}%</text>`;
+  const caption =
+    `<text x="4" y="${h - 8}" font-size="11" font-family="sans-serif">p=${sim.stages}${sim.devices !== sim.stages ? ` on ${sim.devices} devices` : ''}` +
+    ` m=${sim.microbatches} step ${sim.stepTime} units, bubble ${(sim.bubble * 100).toFixed(1)}%</text>`;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}">${labels.join('')}${boxes.join('')}${caption}</svg>\n`;
 }
