@@ -105,7 +105,12 @@ export async function benchBubble(): Promise<string> {
     '',
     "Measured: each device's idle share of a step (from the first action to the last), averaged over devices and steps 2.." +
       STEPS +
-      ", from the run's trace; one worker process per device. Simulated: the same schedule with the action times measured in that run (median per kind), and with unit costs (F=1, B=2; F=B=W=1 when B and W are split). The measured column is higher than the simulation by the time frames take between devices (a 256 KB activation per message) and, with 4 devices on 2 cores, by two processes sharing a core; the order of the schedules is the simulation's. Action times differ between runs of different schedules (this VM drifts), which is why the simulation uses each run's own.",
+      ", from the run's trace; one worker process per device. " +
+      'Simulated: the same schedule with the action times measured in that run (median per kind), ' +
+      'and with unit costs (F=1, B=2; F=B=W=1 when B and W are split). ' +
+      'The measured column is higher than the simulation by the time frames take between devices (a 256 KB activation per message) and, ' +
+      "with 4 devices on 2 cores, by two processes sharing a core; the order of the schedules is the simulation's. " +
+      "Action times differ between runs of different schedules (this VM drifts), which is why the simulation uses each run's own.",
     '',
     table(['devices p', 'schedule', 'ms/step', 'measured', 'simulated (measured costs)', 'simulated (unit costs)', 'formula', 'action ms'], rows),
   ].join('\n');

@@ -102,7 +102,9 @@ export async function benchFeed(): Promise<string> {
   return [
     `### Feeding stage 0: a step's inputs at once against one per release (in-process, ${ROUNDS} alternating rounds of ${STEPS} steps)`,
     '',
-    `Median ms per step, one step queued behind the running one, 1F1B, SGD. \`step\`: every input of a step goes out as it begins (the default); \`bounded\`: the schedule's bound plus one, then one per microbatch stage 0 releases, which stage 0 reports at once. The ratio is taken within each round. ${machineLine()}`,
+    'Median ms per step, one step queued behind the running one, 1F1B, SGD. ' +
+      `\`step\`: every input of a step goes out as it begins (the default); \`bounded\`: the schedule's bound plus one, ` +
+      `then one per microbatch stage 0 releases, which stage 0 reports at once. The ratio is taken within each round. ${machineLine()}`,
     '',
     table(['model', 'stages', 'm', "ms/step, feed 'bounded'", "ms/step, feed 'step'", 'step / bounded', 'range'], rows),
   ].join('\n');

@@ -59,7 +59,11 @@ export async function benchGaps(): Promise<string> {
   return [
     `### Gaps between a stage's actions (MLP 784-1024-1024-10, batch ${BATCH}, m = ${M}, 1F1B, steps ${FIRST}..${STEPS} of a traced fleet run)`,
     '',
-    `Median ms from one action's end to the next one's start on the same stage, by the two actions' kinds, and from a step's last action to the next step's first (which includes the stage's update). The last column adds every gap and divides by steps x m. A gap before a forward or backward that waits for another stage's frame includes that stage's compute: on stage 0 of 2, F->B waits for stage 1. ${machineLine()}`,
+    `Median ms from one action's end to the next one's start on the same stage, by the two actions' kinds, ` +
+      `and from a step's last action to the next step's first (which includes the stage's update). ` +
+      'The last column adds every gap and divides by steps x m. ' +
+      `A gap before a forward or backward that waits for another stage's frame includes that stage's compute: on stage 0 of 2, ` +
+      `F->B waits for stage 1. ${machineLine()}`,
     '',
     table(['stages', 'stage', ...kinds.map((k) => `${k} (ms)`), 'all gaps per microbatch (ms)'], rows),
   ].join('\n');

@@ -165,7 +165,9 @@ async function child(): Promise<void> {
     const out = [
       TITLE,
       '',
-      `${machineLine()} GPU: ${choice.device}. ${new Date().toISOString().slice(0, 10)}. SGD, median ms per step of ${STEPS} after ${WARMUP} warm-up steps; Troupe in one process (createPipeline), tensors between its stages handed over on the GPU.`,
+      `${machineLine()} GPU: ${choice.device}. ${new Date().toISOString().slice(0, 10)}. ` +
+        `SGD, median ms per step of ${STEPS} after ${WARMUP} warm-up steps; Troupe in one process (createPipeline), ` +
+        'tensors between its stages handed over on the GPU.',
       '',
       table(
         [

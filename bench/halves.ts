@@ -91,9 +91,13 @@ export async function benchHalves(): Promise<string> {
   return [
     "### The machine's ceiling for 2 stages: stage compute alone and at once, no messages",
     '',
-    `Each part trains its share of a ${BATCH}-row batch in m microbatches (forward, backward, SGD update) in a process of its own, ${SECONDS} s each, median ms per step. "At once": both stages' processes run together. "Ceiling": the whole model's time over the slower stage's time at once, the most 2 stages could gain with free scheduling, messages and bubbles. ${machineLine()}`,
+    `Each part trains its share of a ${BATCH}-row batch in m microbatches (forward, backward, SGD update) in a process of its own, ` +
+      `${SECONDS} s each, median ms per step. "At once": both stages' processes run together. ` +
+      `"Ceiling": the whole model's time over the slower stage's time at once, the most 2 stages could gain with free scheduling, ` +
+      `messages and bubbles. ${machineLine()}`,
     '',
-    "The last column is the ceiling with 1F1B's bubble, ceiling x m/(m+1), over the issue's ideal 2 x m/(m+1) (that is, ceiling / 2): the most of that ideal a 1F1B pipeline of this cut could reach on this machine.",
+    "The last column is the ceiling with 1F1B's bubble, ceiling x m/(m+1), over the issue's ideal 2 x m/(m+1) (that is, " +
+      'ceiling / 2): the most of that ideal a 1F1B pipeline of this cut could reach on this machine.',
     '',
     table(['model', 'm', 'whole model', 'stage 0 / 1 alone', 'stage 0 / 1 at once', 'slower at once', 'ceiling', 'ceiling of the ideal'], rows),
   ].join('\n');

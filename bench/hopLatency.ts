@@ -80,7 +80,11 @@ export async function benchHops(): Promise<string> {
   return [
     '### Per-hop latency: step time against a delay added before stage 1 (2 stages, m = 4)',
     '',
-    `${machineLine()} The uniform MLP 8 x 256, batch 128, one worker process per stage; stage 1 reaches nats-server through a proxy that holds back what the server sends it (frames, labels, plans, UPDATE) by the delay; stage 0 and the driver connect directly. Phases of ${K} steps (the first ${SKIP} of each left out) alternate the delays ${DELAYS.join(', ')} ms in one run. Cells: median ms per step (and the delay the proxy really added, mean per chunk); the slope is ms per step per ms of added delay, fitted to every step against the added delay.`,
+    `${machineLine()} The uniform MLP 8 x 256, batch 128, one worker process per stage; ` +
+      'stage 1 reaches nats-server through a proxy that holds back what the server sends it (frames, labels, plans, UPDATE) by the delay; ' +
+      `stage 0 and the driver connect directly. Phases of ${K} steps (the first ${SKIP} of each left out) alternate the delays ` +
+      `${DELAYS.join(', ')} ms in one run. Cells: median ms per step (and the delay the proxy really added, mean per chunk); ` +
+      'the slope is ms per step per ms of added delay, fitted to every step against the added delay.',
     '',
     table(['schedule', ...unique.map((d) => `+${d} ms`), 'slope (ms per ms)'], rows),
   ].join('\n');

@@ -73,7 +73,10 @@ export async function benchProfile(): Promise<string> {
   return [
     `### Kernel profile of one training step (1 stage, batch ${BATCH}, wasm with Troupe's matMul)`,
     '',
-    `Kernel time per step (mean of ${ROUNDS} profiled steps), the batch in one microbatch and in ${MS[1]}, slowest at m=${MS[1]} first; the last column is what splitting the batch adds (negative: what it saves). Every microbatch computes and adds its own weight gradients: a matMul whose inner dimension is the microbatch's rows, and an Add of the whole gradient.`,
+    `Kernel time per step (mean of ${ROUNDS} profiled steps), the batch in one microbatch and in ${MS[1]}, slowest at m=${MS[1]} first; ` +
+      'the last column is what splitting the batch adds (negative: what it saves). ' +
+      `Every microbatch computes and adds its own weight gradients: a matMul whose inner dimension is the microbatch's rows, ` +
+      'and an Add of the whole gradient.',
     '',
     table(['model', 'kernel', `calls, m=${MS[0]}`, `ms, m=${MS[0]}`, `calls, m=${MS[1]}`, `ms, m=${MS[1]}`, 'added ms'], rows),
   ].join('\n');

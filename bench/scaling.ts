@@ -190,9 +190,19 @@ function report(rows: string[][], kindRows: string[][], hopRows: string[][]): st
   return [
     `### Scaling: the uniform MLP on p devices (${UNIFORM_LAYERS} x ${WIDTH} layers, batch ${BATCH}, m = ${M}, ${STEPS} steps, the first 2 left out)`,
     '',
-    `${machineLine()} Cores: ${cores}.${FULL ? '' : ' Fewer than 10 cores: a small model, and only the p that fit (SCALING_P to choose); the full figures need a many-core host (bench/device-scaling.sh).'}`,
+    `${machineLine()} Cores: ${cores}.` +
+      (FULL
+        ? ''
+        : ' Fewer than 10 cores: a small model, and only the p that fit (SCALING_P to choose); ' +
+          'the full figures need a many-core host (bench/device-scaling.sh).'),
     '',
-    'One worker process per device, nats-server and the driver beside them. "Span": a step from its first action to its last; "between": from a step\'s last action to the next step\'s first (the update, UPDATE\'s round trip). Speed-up against p = 1, and its share of the ideal p*m/(m+p-1). "Simulated": the schedule simulated with this run\'s mean action times per stage (a backward\'s input gradients leave before its weight gradients, as the stages send them) and its median hop latency between stages, plus the measured time between steps; "no transfer": the same with free messages; "gradients after W": the same as the stages sent them before (after the weight gradients), the change side by side in the model. nats-server: its CPU ms per step (/proc) and that as a share of the step.',
+    'One worker process per device, nats-server and the driver beside them. ' +
+      '"Span": a step from its first action to its last; "between": from a step\'s last action to the next step\'s first (the update, ' +
+      "UPDATE's round trip). Speed-up against p = 1, and its share of the ideal p*m/(m+p-1). " +
+      '"Simulated": the schedule simulated with this run\'s mean action times per stage (a backward\'s input gradients leave before its weight ' +
+      'gradients, as the stages send them) and its median hop latency between stages, plus the measured time between steps; ' +
+      '"no transfer": the same with free messages; "gradients after W": the same as the stages sent them before (after the weight gradients), ' +
+      'the change side by side in the model. nats-server: its CPU ms per step (/proc) and that as a share of the step.',
     '',
     table(
       [
@@ -218,7 +228,11 @@ function report(rows: string[][], kindRows: string[][], hopRows: string[][]): st
     '',
     "#### Where each device's time goes (ms per step, steady steps)",
     '',
-    'Per device (one worker process) and action kind: "compute" is the actions\' time less sending and the frames read meanwhile; "sending" is handing frames to the transport; "waiting" runs from the device\'s previous action\'s end to the arrival of the frame this action consumed; "reaction" from then (or the previous action\'s end, when the frame was in) to the action\'s start: the stage machine\'s transitions, the event loop, reading frames. The last columns are the device\'s own per step: between steps, the stage machine and frame reading as the stage counts them (they fall inside reaction and between), and the process\'s CPU (/proc).',
+    'Per device (one worker process) and action kind: "compute" is the actions\' time less sending and the frames read meanwhile; ' +
+      '"sending" is handing frames to the transport; "waiting" runs from the device\'s previous action\'s end to the arrival of the frame this ' +
+      "action consumed; \"reaction\" from then (or the previous action's end, when the frame was in) to the action's start: the stage machine's " +
+      "transitions, the event loop, reading frames. The last columns are the device's own per step: between steps, " +
+      "the stage machine and frame reading as the stage counts them (they fall inside reaction and between), and the process's CPU (/proc).",
     '',
     table(
       [
@@ -242,7 +256,9 @@ function report(rows: string[][], kindRows: string[][], hopRows: string[][]): st
     '',
     '#### Hop latency per boundary (ms)',
     '',
-    'From the sender handing a frame to its transport to the frame being whole at the receiver (both clocks are the host\'s). A receiver busy computing reads the frame after its action: "receiver waiting" keeps only the frames whose receiver had nothing else to do, which is the transfer itself.',
+    "From the sender handing a frame to its transport to the frame being whole at the receiver (both clocks are the host's). " +
+      'A receiver busy computing reads the frame after its action: "receiver waiting" keeps only the frames whose receiver had nothing else to do, ' +
+      'which is the transfer itself.',
     '',
     table(['config', 'boundary', 'frames', 'median', 'p90', 'receiver waiting: median', 'of them'], hopRows),
   ].join('\n');

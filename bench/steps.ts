@@ -268,19 +268,22 @@ export async function benchSteps(): Promise<string> {
             ],
       );
       out.push(
-        `#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`,
+        `#### ${model === 'mlp' ? 'MLP 784-1024-1024-10' : 'conv net (conv16-pool-conv32-pool-dense128-dense10)'}: ` +
+          `${(flops / 1e9).toFixed(2)} GFLOP per step (forward + backward)`,
         '',
       );
       out.push(table(['configuration', 'ms/step', 'speed-up vs stock fit', 'GFLOP/s', 'of matMul peak'], rows), '');
     }
     out.push(
-      `matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. "Of matMul peak" uses model FLOPs (forward + backward).`,
+      `matMul peak of the wasm backend on one core (1024 x 1024 x 1024, best product seen during the run): ${(peak / 1e9).toFixed(1)} GFLOP/s. ` +
+        '"Of matMul peak" uses model FLOPs (forward + backward).',
       '',
     );
     out.push(
       '### 2 stages against 1 stage at the same microbatch size',
       '',
-      `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.`,
+      `Throughput ratio (1-stage step time / 2-stage step time, taken within each of ${ROUNDS} rounds; ` +
+        'median and range) against the ideal 2 x m/(m+p-1); target: at least 90 % of ideal.',
       '"Busier stage" is its share of the two stages\' compute (busy time per step after the warm-up steps) in the 2-stage run; 50 % is an even cut.',
       "\"This cut's best\" is the speed-up if the step took only the busier stage's compute plus one microbatch of the other's (the fill and drain),",
       'with the stage times of that run; "of it" is that time over the measured step: how much of the step messages and waiting took.',
@@ -297,9 +300,14 @@ export async function benchSteps(): Promise<string> {
     out.push(
       '### Scheduling overhead per microbatch',
       '',
-      `"Outside compute": (wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, update) / (those steps x m), one stage in a worker process, in ms. Median and range of the rounds.`,
-      '"Receiving": the transfer part of it, an estimate: the bytes the stage received per microbatch (its INPUT frames, plans and UPDATEs) times the event-loop time a raw NATS subscriber process spends per byte of messages that size, measured in this run (`receiveCost.ts`).',
-      '"Scheduling overhead" is the rest (target: under 0.5 ms). Of it, from the stage\'s own counters (medians): the stage machine handling its events (each run\'s end, each frame, plans, updates), and judging and assembling frames outside the machine;',
+      `"Outside compute": (wall time of the steps after the ${WARM} warm-up steps - the stage's busy time meanwhile: compute, publishing, ` +
+        'update) / (those steps x m), one stage in a worker process, in ms. Median and range of the rounds.',
+      '"Receiving": the transfer part of it, an estimate: the bytes the stage received per microbatch (its INPUT frames, ' +
+        'plans and UPDATEs) times the event-loop time a raw NATS subscriber process spends per byte of messages that size, ' +
+        'measured in this run (`receiveCost.ts`).',
+      '"Scheduling overhead" is the rest (target: under 0.5 ms). ' +
+        "Of it, from the stage's own counters (medians): the stage machine handling its events (each run's end, each frame, plans, updates), " +
+        'and judging and assembling frames outside the machine;',
       "what remains is the event loop's turns between actions, the step boundary's messages, the driver, and the error of the receiving estimate.",
       '',
     );

@@ -126,7 +126,9 @@ export async function benchTransport(): Promise<string> {
   return [
     '### Transport: frames against raw NATS publish, sealed frames against unsealed',
     '',
-    `Publisher and subscriber on two connections of one process, nats-server from nats.conf (max_payload 1 MB, chunks of ${1024 * 1024 - 4096} bytes); ${ROUNDS} rounds, each raw, then frames and sealed frames in alternating order (each frame sealed by its sender, every chunk's seal checked on receipt); the ratios are taken per round. ${machineLine()}`,
+    'Publisher and subscriber on two connections of one process, nats-server from nats.conf (max_payload 1 MB, ' +
+      `chunks of ${1024 * 1024 - 4096} bytes); ${ROUNDS} rounds, each raw, then frames and sealed frames in alternating order (each frame sealed ` +
+      `by its sender, every chunk's seal checked on receipt); the ratios are taken per round. ${machineLine()}`,
     '',
     table(
       [
@@ -143,7 +145,8 @@ export async function benchTransport(): Promise<string> {
       rows,
     ),
     '',
-    `The seal alone (HMAC-SHA-256 over a frame's subject and headers, whatever its size): sealing ${seal.seal.toFixed(1)} µs, checking a chunk ${seal.check.toFixed(1)} µs (median of ${seal.rounds} rounds of ${seal.n}).`,
+    `The seal alone (HMAC-SHA-256 over a frame's subject and headers, whatever its size): sealing ${seal.seal.toFixed(1)} µs, ` +
+      `checking a chunk ${seal.check.toFixed(1)} µs (median of ${seal.rounds} rounds of ${seal.n}).`,
     '',
     'Targets: frames at least 80 % of raw publish; sealed frames within noise of unsealed ones.',
     '',

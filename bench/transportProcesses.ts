@@ -212,7 +212,12 @@ export async function betweenProcesses(url: string, rounds: number, sizes = [64 
   return [
     `#### Between two processes: the NATS relay against the direct path (${rounds} rounds, the three in a turning order)`,
     '',
-    'A publishing process and a receiving process that judges and assembles each frame as a stage does, on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). "Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); "direct": both on, the link up before the timing starts (frames of 64 KB and more take it). "Plain TCP": the same bytes over a bare loopback socket read straight into buffers (no headers, no checks), measured in the same rounds: the ceiling this machine allows at the time, and the direct path\'s share of it.',
+    'A publishing process and a receiving process that judges and assembles each frame as a stage does, ' +
+      'on the subjects of stage 0 -> 1 (`troupe.<job>.stage.1.FORWARD`). ' +
+      '"Relay": both buses with the direct path off (publisher -> nats-server -> subscriber); ' +
+      '"direct": both on, the link up before the timing starts (frames of 64 KB and more take it). ' +
+      '"Plain TCP": the same bytes over a bare loopback socket read straight into buffers (no headers, no checks), ' +
+      "measured in the same rounds: the ceiling this machine allows at the time, and the direct path's share of it.",
     '',
     table(
       [

@@ -45,10 +45,13 @@ async function main(): Promise<void> {
   // Like with like: the wall time of the training steps on both sides (the pipeline's start-up and held-out evaluation apart).
   const pipeTraining = run.stepMs.reduce((a, b) => a + b, 0) / 1000;
   console.log(
-    `  pipeline (${run.stats.length} worker processes over NATS): held-out accuracy ${(pipeAcc * 100).toFixed(2)}%, loss ${run.heldOut!.loss.toFixed(4)}, ${pipeTraining.toFixed(1)} s of training (${run.seconds.toFixed(1)} s in all, with nats-server and worker start-up and the held-out evaluation)`,
+    `  pipeline (${run.stats.length} worker processes over NATS): held-out accuracy ${(pipeAcc * 100).toFixed(2)}%, ` +
+      `loss ${run.heldOut!.loss.toFixed(4)}, ${pipeTraining.toFixed(1)} s of training (${run.seconds.toFixed(1)} s in all, ` +
+      'with nats-server and worker start-up and the held-out evaluation)',
   );
   console.log(
-    `  single process:                          held-out accuracy ${(ref.accuracy * 100).toFixed(2)}%, loss ${ref.loss.toFixed(4)}, ${ref.seconds.toFixed(1)} s of training`,
+    `  single process:                          held-out accuracy ${(ref.accuracy * 100).toFixed(2)}%, loss ${ref.loss.toFixed(4)}, ` +
+      `${ref.seconds.toFixed(1)} s of training`,
   );
   if (pipeAcc < ref.accuracy - 0.005) throw new Error(`the pipeline's accuracy ${pipeAcc} is below single-process ${ref.accuracy}`);
   console.log('  the pipeline reaches the single-process accuracy');
