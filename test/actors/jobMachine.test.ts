@@ -152,7 +152,8 @@ describe('job machine', () => {
     ]);
   });
 
-  it('a loss during a recovery starts it over: the abandoned round is stopped (its signal aborted) before the next begins; two losses at once are two restarts', async () => {
+  it(`a loss during a recovery starts it over: the abandoned round is stopped (its signal aborted) before the next begins; \
+two losses at once are two restarts`, async () => {
     const h = harness({ restartLimit: 3 });
     const first = deferred<void>();
     const second = deferred<void>();

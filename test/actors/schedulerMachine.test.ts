@@ -238,7 +238,8 @@ describe('schedulerMachine: closing a step', () => {
     return h;
   }
 
-  it('after every LOSS and DONE it sends UPDATE (early to the last stage running), and resolves after every UPDATED with losses in microbatch order', async () => {
+  it(`after every LOSS and DONE it sends UPDATE (early to the last stage running), \
+and resolves after every UPDATED with losses in microbatch order`, async () => {
     const h = await draining();
     // Losses out of order, interleaved with DONEs.
     h.actor.send({ type: 'LOSS', step: 1, microbatch: 2, loss: 0.3, metric: 0.5 });
@@ -590,7 +591,8 @@ describe('schedulerMachine: the queue of steps (#21 item 1)', () => {
     }
   });
 
-  it('a failure drops the steps queued behind it: a begun one is aborted once its plans are acked, then each is told; a step called meanwhile runs after', async () => {
+  it(`a failure drops the steps queued behind it: a begun one is aborted once its plans are acked, then each is told; \
+a step called meanwhile runs after`, async () => {
     const gate = deferred<void>();
     const h = harness({ stages: 2, abort: () => gate.promise });
     h.actor.send({ type: 'RUN', req: two(1) });

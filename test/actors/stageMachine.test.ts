@@ -300,7 +300,8 @@ describe('stageMachine: a step', () => {
     expect(h.log.slice(5)).toEqual(['exec 2F0', 'done 2 peak 0']);
   });
 
-  it("a plan that grants the UPDATE (a lone stage's) is applied as the list ends, also for a queued step; a forward-only plan's grant counts for nothing", async () => {
+  it(`a plan that grants the UPDATE (a lone stage's) is applied as the list ends, also for a queued step; \
+a forward-only plan's grant counts for nothing`, async () => {
     const gate = deferred<void>();
     const h = await harness({ rank: 0, stages: 1 }, { execute: (ex) => (ex.plan.step === 1 && ex.action.kind === 'B' ? gate.promise : Promise.resolve()) });
     const xy = (step: number) => frame(Phase.INPUT, 0, [tensor('x0', [2, 3]), tensor('y0', [2, 4])], step);
@@ -982,7 +983,8 @@ describe('stageMachine: refusals it decides and reports (#21 item 2)', () => {
     expect(shared.actor.getSnapshot().matches('running')).toBe(true);
   });
 
-  it('an UPDATE: refused for another job, a step that is over, a second grant, a grant its plan made, a step without update, and out of turn; counted as refused', async () => {
+  it(`an UPDATE: refused for another job, a step that is over, a second grant, a grant its plan made, a step without update, and out of turn; \
+counted as refused`, async () => {
     const { h, gate } = await gated();
     h.actor.send({ type: 'UPDATE', step: 0 });
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { microbatches: 1, batchSize: 2 }) });
@@ -1038,7 +1040,8 @@ describe('stageMachine: refusals it decides and reports (#21 item 2)', () => {
     expect(h.log.filter((l) => l.startsWith('update'))).toEqual(['update 1', 'updated 1']);
   });
 
-  it('an abort: one of a step that is over is refused, of the queued step drops it, of a later step does nothing, of its own step starts the abort', async () => {
+  it(`an abort: one of a step that is over is refused, of the queued step drops it, of a later step does nothing, \
+of its own step starts the abort`, async () => {
     const { h, gate } = await gated();
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 5, microbatches: 1, batchSize: 2 }) });
     h.actor.send({ type: 'STEP', plan: plan('F0 B0', { step: 6, microbatches: 1, batchSize: 2 }) });

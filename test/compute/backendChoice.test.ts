@@ -33,7 +33,8 @@ function runFixture(env: Record<string, string> = {}): Promise<{ code: number | 
 }
 
 describe('backend choice in a user program', () => {
-  it('tensors made on the default backend before createPipeline train as backend-first ones do, keep their values, and the log says webgpu was skipped and why', async () => {
+  it(`tensors made on the default backend before createPipeline train as backend-first ones do, keep their values, \
+and the log says webgpu was skipped and why`, async () => {
     const gpus = await listGpuAdapters();
     const { code, out, err } = await runFixture();
     expect(code, err).toBe(0);

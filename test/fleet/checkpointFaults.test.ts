@@ -20,7 +20,8 @@ const STACK = /^\s+at /m;
 const root = process.getuid?.() === 0;
 
 describe('checkpoint directories that cannot be written', () => {
-  it(`a read-only directory fails the run at once, naming the path and EACCES (${root ? 'run as user nobody: root writes anywhere' : 'chmod 555'})`, async () => {
+  it(`a read-only directory fails the run at once, naming the path and EACCES \
+(${root ? 'run as user nobody: root writes anywhere' : 'chmod 555'})`, async () => {
     chmodSync(tmp, 0o755);
     const dir = join(tmp, 'read-only');
     mkdirSync(dir, { mode: 0o755 });

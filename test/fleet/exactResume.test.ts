@@ -67,7 +67,8 @@ function expectSameBytes(got: Buffer, want: Buffer, what: string): void {
 }
 
 describe('exact resume and replay', () => {
-  it('Adam: 2 steps, --resume to 6, equals 6 uninterrupted steps byte for byte; a checkpoint without the running products still resumes, with a notice', async () => {
+  it(`Adam: 2 steps, --resume to 6, equals 6 uninterrupted steps byte for byte; a checkpoint without the running products still resumes, \
+with a notice`, async () => {
     const want = (await straightRun(ADAM)).bytes;
     let old = '';
     const { save } = await resumeAfter(ADAM, 2, 'adam-2', (dir) => {
@@ -91,12 +92,16 @@ describe('exact resume and replay', () => {
     const oldSave = join(tmp, 'saved-adam-2-old');
     const out = await up(ADAM, ['--steps', String(STEPS), '--checkpoint-dir', old, '--resume', '--save', oldSave]);
     expect(out).toMatch(
-      /checkpoint step 2 in .* has no accBeta1, accBeta2 \(saved by an older Troupe\): Adam's running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one/,
+      new RegExp(
+        /checkpoint step 2 in .* has no accBeta1, accBeta2 \(saved by an older Troupe\): /.source +
+          /Adam's running values are rebuilt from the step count, so this run is close to, not bit-identical with, an uninterrupted one/.source,
+      ),
     );
     expect(maxAbsDiff(await loadSaved(oldSave), await loadSaved((await straightRun(ADAM)).save))).toBeLessThan(1e-5);
   }, 120_000);
 
-  it('Adam: LATEST lost and an abandoned temporary beside the checkpoint: --resume takes the newest whole step (5), removes the temporary, ends byte for byte', async () => {
+  it(`Adam: LATEST lost and an abandoned temporary beside the checkpoint: --resume takes the newest whole step (5), removes the temporary, \
+ends byte for byte`, async () => {
     const want = (await straightRun(ADAM)).bytes;
     const dead = spawnSync(process.execPath, ['-e', '']).pid;
     const { save, output } = await resumeAfter(ADAM, 5, 'adam-5', (dir) => {

@@ -117,7 +117,8 @@ async function inject(n: number, run: CliRun, kind: Kind, save: string): Promise
 }
 
 describe('troupe up --restarts under fault injection', () => {
-  it(`${TRIALS} trials of random SIGKILLs (one, two at once, during recovery) on a 3-stage Adam job: every run ends with the uninterrupted weights, byte for byte`, async () => {
+  it(`${TRIALS} trials of random SIGKILLs (one, two at once, during recovery) on a 3-stage Adam job: \
+every run ends with the uninterrupted weights, byte for byte`, async () => {
     const straightDir = join(tmp, 'straight');
     const straight = troupe(['up', THREE, '--save', straightDir]);
     const s = await straight.exit;

@@ -81,7 +81,8 @@ describe('the nats-server troupe up started', () => {
     expect(code, out).toBe(1);
     expect(out).toMatch(
       new RegExp(
-        `nats-server \\(pid ${pid}\\) exited during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step on a nats-server started again`,
+        `nats-server \\(pid ${pid}\\) exited during step \\d+: frames in flight may be lost; ` +
+          'troupe up --restarts replays such a step on a nats-server started again',
       ),
     );
     expect(out).not.toMatch(/timeout/i);
@@ -103,7 +104,8 @@ describe('the NATS node the driver is on, lost without --restarts', () => {
       expect(code, out).toBe(1);
       expect(out).toMatch(
         new RegExp(
-          `the driver lost its NATS connection to 127\\.0\\.0\\.1:${node.port} during step \\d+: frames in flight may be lost; troupe up --restarts replays such a step`,
+          `the driver lost its NATS connection to 127\\.0\\.0\\.1:${node.port} during step \\d+: frames in flight may be lost; ` +
+            'troupe up --restarts replays such a step',
         ),
       );
       for (const p of printedPids(out)) expect(alive(p), `pid ${p}`).toBe(false);
@@ -135,7 +137,9 @@ describe('--no-spawn --restarts: a remote worker lost', () => {
     // Its hello tells the driver; or, when a step failed first (a plan refused as it died), the census finds rank 1 silent.
     expect(out).toMatch(
       new RegExp(
-        `rank 1's worker \\(pid ${workers[1]!.child.pid} on \\S+\\) (was replaced by pid ${replacement.child.pid} on \\S+|answers no ping) during step \\d+; waiting for its worker to \\(re\\)join \\(restart 1 of 1\\)`,
+        `rank 1's worker \\(pid ${workers[1]!.child.pid} on \\S+\\) ` +
+          `(was replaced by pid ${replacement.child.pid} on \\S+|answers no ping) during step \\d+; ` +
+          `waiting for its worker to \\(re\\)join \\(restart 1 of 1\\)`,
       ),
     );
     expect(out).toMatch(/recovered in \d+ ms; replaying/);

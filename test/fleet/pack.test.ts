@@ -142,8 +142,12 @@ describe('the packed package', () => {
     const subpaths = Object.keys(manifest.exports).filter((s) => s !== './package.json');
     writeFileSync(
       join(app, 'entries.mjs'),
-      `for (const s of ${JSON.stringify(subpaths)}) {\n  const m = await import(s === '.' ? 'troupe' : 'troupe/' + s.slice(2));\n  console.log(s, Object.keys(m).length);\n}\n` +
-        `const { stageMachine, actionRunner, updateRunner } = await import('troupe/actors');\nconsole.log('provide', typeof stageMachine.provide({ actions: { startRun: actionRunner(async () => {}), startUpdate: updateRunner(() => {}) } }).provide);\n` +
+      `for (const s of ${JSON.stringify(subpaths)}) {\n` +
+        "  const m = await import(s === '.' ? 'troupe' : 'troupe/' + s.slice(2));\n" +
+        '  console.log(s, Object.keys(m).length);\n}\n' +
+        "const { stageMachine, actionRunner, updateRunner } = await import('troupe/actors');\n" +
+        "console.log('provide', typeof stageMachine.provide({ actions: { startRun: actionRunner(async () => {}), " +
+        'startUpdate: updateRunner(() => {}) } }).provide);\n' +
         `await import('troupe/dist/src/fleet/cli.js').catch((e) => console.log('deep', e.code));\n`,
     );
     const r = await run('node', ['entries.mjs'], app, 60_000);
@@ -180,8 +184,10 @@ describe('the packed package', () => {
         "import { createPipeline, defineJob, ConfigError, type PipelineOptions, type JobConfig } from 'troupe';",
         "import { stageMachine, actionRunner, type StageEvent, type ExecuteInput } from 'troupe/actors';",
         "import { loadModel, type RunSummary } from 'troupe/fleet';",
-        "const options: Omit<PipelineOptions, 'model'> = { stages: 2, microbatches: 4, optimizer: tf.train.sgd(0.1), loss: 'meanSquaredError', nats: { servers: 'nats://127.0.0.1:4222' } };",
-        "const job: JobConfig = defineJob({ model: () => tf.sequential(), data: () => ({ train: { x: tf.zeros([4, 1]), y: tf.zeros([4, 1]) } }), stages: 2, microbatches: 2, optimizer: { className: 'SGD', config: {} }, loss: 'meanSquaredError', epochs: 1, batchSize: 4 });",
+        "const options: Omit<PipelineOptions, 'model'> = { stages: 2, microbatches: 4, optimizer: tf.train.sgd(0.1), loss: 'meanSquaredError', " +
+          "nats: { servers: 'nats://127.0.0.1:4222' } };",
+        'const job: JobConfig = defineJob({ model: () => tf.sequential(), data: () => ({ train: { x: tf.zeros([4, 1]), y: tf.zeros([4, 1]) } }), ' +
+          "stages: 2, microbatches: 2, optimizer: { className: 'SGD', config: {} }, loss: 'meanSquaredError', epochs: 1, batchSize: 4 });",
         "const ev: StageEvent = { type: 'UPDATE', step: 1 };",
         'const machine = stageMachine.provide({ actions: { startRun: actionRunner(async (input: ExecuteInput) => void input.action.kind) } });',
         'const summary = (s: RunSummary): number => s.losses.length;',
@@ -207,7 +213,9 @@ describe('the packed package', () => {
         "import { defineJob } from 'troupe';",
         'const n = 48;',
         'export default defineJob({',
-        "  model: () => tf.sequential({ layers: [tf.layers.dense({ inputShape: [4], units: 8, activation: 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed: 1 }) }), tf.layers.dense({ units: 2, activation: 'softmax', kernelInitializer: tf.initializers.glorotUniform({ seed: 2 }) })] }),",
+        "  model: () => tf.sequential({ layers: [tf.layers.dense({ inputShape: [4], units: 8, activation: 'relu', " +
+          "kernelInitializer: tf.initializers.glorotUniform({ seed: 1 }) }), tf.layers.dense({ units: 2, activation: 'softmax', " +
+          'kernelInitializer: tf.initializers.glorotUniform({ seed: 2 }) })] }),',
         '  data: () => {',
         "    const x = tf.randomNormal([n, 4], 0, 1, 'float32', 3);",
         "    const y = tf.oneHot(tf.tensor1d(Array.from({ length: n }, (_, i) => i % 2), 'int32'), 2);",

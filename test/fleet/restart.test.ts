@@ -143,7 +143,10 @@ describe('troupe up --restarts', () => {
       expect(detectedMs).toBeLessThan(1500 + 3_000);
       // Where it was: its state, its action and the messages that action waited for.
       expect(m[2]).toMatch(
-        /^last seen in step \d+, state (idle|awaitingUpdate|updating|running\.(waiting|computing|next))( at [FBW]\d+)?(, waiting for (INPUT|FORWARD|BACKWARD):\d+(, (INPUT|FORWARD|BACKWARD):\d+)*)?$/,
+        new RegExp(
+          /^last seen in step \d+, state (idle|awaitingUpdate|updating|running\.(waiting|computing|next))( at [FBW]\d+)?/.source +
+            /(, waiting for (INPUT|FORWARD|BACKWARD):\d+(, (INPUT|FORWARD|BACKWARD):\d+)*)?$/.source,
+        ),
       );
     } finally {
       if (alive(pid)) process.kill(pid, 'SIGCONT');

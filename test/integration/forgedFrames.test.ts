@@ -65,7 +65,8 @@ function zeroFrame(pipe: Pipeline, job: string, step: number, microbatch: number
 }
 
 describe('forged frames', () => {
-  it("960 zero-filled FORWARD frames for coming steps, published with stage 0's password while a 3-stage job trains, are all refused: the weights are an unattacked run's, byte for byte", async () => {
+  it(`960 zero-filled FORWARD frames for coming steps, published with stage 0's password while a 3-stage job trains, are all refused: \
+the weights are an unattacked run's, byte for byte`, async () => {
     const { x, y } = data(BATCH, SIZES[0]!, 4, 29);
     const clean = await pipeline('forge-ref');
     const attacked = await pipeline('forge');
@@ -114,7 +115,8 @@ describe('forged frames', () => {
     }
   });
 
-  it('a sealed frame conflicting with the one stage 1 holds fails its step loudly (neither frame used); the steps queued behind it are not run, and the next step trains', async () => {
+  it(`a sealed frame conflicting with the one stage 1 holds fails its step loudly (neither frame used); \
+the steps queued behind it are not run, and the next step trains`, async () => {
     const { x, y } = data(BATCH, SIZES[0]!, 4, 31);
     const { pipe } = await pipeline('conflict');
     const admin = await Bus.connect({ role: 'admin', servers: nats.server.url, name: 'conflicter' });

@@ -178,7 +178,8 @@ describe('fuzzing a running job', () => {
       expectedFrames = sentFrames;
       if (refusedFrames < expectedFrames) await stageRejects.wait(20_000);
       console.log(
-        `fuzz: ${sentFrames} frames, ${sentEvents} events, ${ctlRequests} control requests during ${steps} steps; refusals by code: ${JSON.stringify(Object.fromEntries(codes))}`,
+        `fuzz: ${sentFrames} frames, ${sentEvents} events, ${ctlRequests} control requests during ${steps} steps; ` +
+          `refusals by code: ${JSON.stringify(Object.fromEntries(codes))}`,
       );
       expect(sentFrames + sentEvents + ctlRequests).toBe(TOTAL);
       // Every bad message refused and counted once: frames by the stages, events by the scheduler, requests in their replies.

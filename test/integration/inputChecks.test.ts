@@ -36,7 +36,8 @@ function embeddingModel(seed: number): tf.Sequential {
 }
 
 describe("the driver's check of inputs and labels", () => {
-  it('a wrong feature width, int32 ids for a float32 input, or labels of the wrong width throw ShapeError naming the tensor; nothing is published', async () => {
+  it(`a wrong feature width, int32 ids for a float32 input, or labels of the wrong width throw ShapeError naming the tensor; \
+nothing is published`, async () => {
     const SIZES = [8, 16, 3];
     const job = 'checks';
     const pipe = await createPipeline({
@@ -103,7 +104,8 @@ describe("the driver's check of inputs and labels", () => {
     }
   });
 
-  it("labels in the shapes tfjs's losses take: sparse class ids as [n] int32 or [n, 1] float32, [n] for an [n, 1] output, int32 one-hot; each step equals trainOnBatch", async () => {
+  it(`labels in the shapes tfjs's losses take: sparse class ids as [n] int32 or [n, 1] float32, [n] for an [n, 1] output, int32 one-hot; \
+each step equals trainOnBatch`, async () => {
     const SIZES = [6, 12, 4];
     const sparse = mlp(SIZES, 21);
     const sparseRef = mlp(SIZES, 22);

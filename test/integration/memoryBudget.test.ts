@@ -26,7 +26,10 @@ describe('memoryBudget', () => {
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PartitionError);
     expect((err as Error).message).toMatch(
-      /stage \d needs [\d.]+ MiB \(weights [\d.]+ MiB, optimizer [\d.]+ MiB, activations [\d.]+ MiB\) even in the best cut into 2 stages; the budget is 0\.02 MiB per stage/,
+      new RegExp(
+        /stage \d needs [\d.]+ MiB \(weights [\d.]+ MiB, optimizer [\d.]+ MiB, activations [\d.]+ MiB\) /.source +
+          /even in the best cut into 2 stages; the budget is 0\.02 MiB per stage/.source,
+      ),
     );
   });
 
@@ -48,7 +51,9 @@ describe('memoryBudget', () => {
       const report = await pipe.memory();
       for (const r of report) {
         console.log(
-          `stage ${r.rank}: estimate ${(r.estimate.total / MiB).toFixed(3)} MiB (weights ${r.estimate.weights}, optimizer ${r.estimate.optimizer}, activations ${r.estimate.activations} B); measured ${(r.measured.total / MiB).toFixed(3)} MiB (weights ${r.measured.weights}, optimizer ${r.measured.optimizer}, activations ${r.measured.activations} B)`,
+          `stage ${r.rank}: estimate ${(r.estimate.total / MiB).toFixed(3)} MiB (weights ${r.estimate.weights}, optimizer ${r.estimate.optimizer}, ` +
+            `activations ${r.estimate.activations} B); measured ${(r.measured.total / MiB).toFixed(3)} MiB (weights ${r.measured.weights}, ` +
+            `optimizer ${r.measured.optimizer}, activations ${r.measured.activations} B)`,
         );
         expect(r.estimate.total).toBeLessThanOrEqual(budget);
         // Weights and Adam's two slots per weight are exact; the activations are an estimate of the tape.

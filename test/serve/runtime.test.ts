@@ -48,7 +48,8 @@ describe('ModuleRuntime', () => {
       expect((refused as Error).message).toMatch(/mlp\.forward: input 0 is float32\[1,5\], expected float32\[n,6\]/);
       const [stats] = runtime.stats();
       console.log(
-        `forward pool: ${stats!.examples} examples in ${stats!.batches} batches, average batch size ${stats!.averageBatchSize.toFixed(2)}, ${stats!.examplesPerSecond.toFixed(0)} examples/s`,
+        `forward pool: ${stats!.examples} examples in ${stats!.batches} batches, average batch size ${stats!.averageBatchSize.toFixed(2)}, ` +
+          `${stats!.examplesPerSecond.toFixed(0)} examples/s`,
       );
       expect(stats!.examples).toBe(80);
       expect(stats!.averageBatchSize).toBeGreaterThan(1);

@@ -21,7 +21,8 @@ const frame = (step: number, floats: number, job = 'j'): Frame => ({
 });
 
 describe('subscribeFrames', () => {
-  it('takes whole frames (chunked too), refuses with the admit hook before assembling, over the size limit, and malformed; counts and reports each refusal', async () => {
+  it(`takes whole frames (chunked too), refuses with the admit hook before assembling, over the size limit, and malformed; \
+counts and reports each refusal`, async () => {
     const pub = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const sub = await Bus.connect({ role: 'admin', servers: nats.server.url });
     const got: Frame[] = [];
