@@ -119,9 +119,8 @@ options:
   --stately           also relay the events in the @statelyai/inspect WebSocket format on
                       /ws, and serve /stately, a page embedding Stately's (online) inspector
   -h, --help          this text`,
-  // The `\` continues the usage line: it prints as one line.
-  schedule: `usage: troupe schedule show <gpipe|1f1b|zbh1|interleaved|loopedbfs|table-file> -p <stages> -m <microbatches> \
-[-v <stages per device>] [--forward <t>] [--backward <t>] [--weight <t>] [--comm <t>] [--svg <file>]
+  schedule: `usage: troupe schedule show <gpipe|1f1b|zbh1|interleaved|loopedbfs|table-file> -p <stages> -m <microbatches>
+         [-v <stages per device>] [--forward <t>] [--backward <t>] [--weight <t>] [--comm <t>] [--svg <file>]
 
 Simulates one step of the schedule with per-action costs and prints the timeline (a row per
 device), the step time, the bubble next to the formula ((d-1)/v)/(m+(d-1)/v) for d = p/v
