@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { createPipeline, selectBackend, type FeedMode } from '../src/index.js';
 import { startNatsServer } from '../src/fleet/natsServer.js';
 import { machineLine, median, table } from './report.js';
+import { seededMlp } from './seededMlp.js';
 
 const ROUNDS = Number(process.env['BENCH_FEED_ROUNDS'] ?? 5);
 const STEPS = Number(process.env['BENCH_FEED_STEPS'] ?? 60);
@@ -27,25 +28,10 @@ const CASES: Case[] = [
   { name: "MLP 784-256-128-10 (npm start's), batch 64", sizes: [784, 256, 128, 10], batch: 64, stages: 2, m: 4 },
 ];
 
-function model(sizes: readonly number[]): tf.LayersModel {
-  const m = tf.sequential();
-  for (let i = 1; i < sizes.length; i++) {
-    m.add(
-      tf.layers.dense({
-        units: sizes[i]!,
-        activation: i === sizes.length - 1 ? 'softmax' : 'relu',
-        kernelInitializer: tf.initializers.glorotUniform({ seed: i }),
-        ...(i === 1 ? { inputShape: [sizes[0]!] } : {}),
-      }),
-    );
-  }
-  return m;
-}
-
 /** Median ms per step of `STEPS` steps, one call queued behind the running one. */
 async function stepMs(c: Case, feed: FeedMode, url: string): Promise<number> {
   const pipe = await createPipeline({
-    model: model(c.sizes),
+    model: seededMlp(c.sizes),
     stages: c.stages,
     microbatches: c.m,
     schedule: '1f1b',

@@ -10,27 +10,13 @@ import * as tf from '@tensorflow/tfjs';
 import { createPipeline, selectBackend } from '../src/index.js';
 import { startNatsServer } from '../src/fleet/natsServer.js';
 import { median } from './report.js';
+import { seededMlp } from './seededMlp.js';
 
 const STEPS = Number(process.env['BENCH_HOSTS_STEPS'] ?? 60);
 const CASES = [
   { stages: 1, m: 16 },
   { stages: 2, m: 16 },
 ] as const;
-
-function model(sizes: readonly number[]): tf.LayersModel {
-  const m = tf.sequential();
-  for (let i = 1; i < sizes.length; i++) {
-    m.add(
-      tf.layers.dense({
-        units: sizes[i]!,
-        activation: i === sizes.length - 1 ? 'softmax' : 'relu',
-        kernelInitializer: tf.initializers.glorotUniform({ seed: i }),
-        ...(i === 1 ? { inputShape: [sizes[0]!] } : {}),
-      }),
-    );
-  }
-  return m;
-}
 
 async function main(): Promise<void> {
   await selectBackend({ prefer: 'wasm', log: null });
@@ -39,7 +25,7 @@ async function main(): Promise<void> {
     for (const c of CASES) {
       const sizes = [8, 8, 8, 2];
       const pipe = await createPipeline({
-        model: model(sizes),
+        model: seededMlp(sizes),
         stages: c.stages,
         microbatches: c.m,
         schedule: '1f1b',

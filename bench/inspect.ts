@@ -7,17 +7,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { createPipeline, selectBackend, startNatsServer, type Pipeline } from '../src/index.js';
 import { machineLine, median, table } from './report.js';
+import { seededMlp } from './seededMlp.js';
 
 const ROUNDS = Number(process.env['ROUNDS'] ?? 10);
 const STEPS = Number(process.env['STEPS'] ?? 20);
-
-function mlp(): tf.LayersModel {
-  const m = tf.sequential();
-  m.add(tf.layers.dense({ units: 256, activation: 'relu', inputShape: [784], kernelInitializer: tf.initializers.glorotUniform({ seed: 1 }) }));
-  m.add(tf.layers.dense({ units: 256, activation: 'relu', kernelInitializer: tf.initializers.glorotUniform({ seed: 2 }) }));
-  m.add(tf.layers.dense({ units: 10, activation: 'softmax', kernelInitializer: tf.initializers.glorotUniform({ seed: 3 }) }));
-  return m;
-}
 
 export async function benchInspect(): Promise<string> {
   await selectBackend({ log: null });
@@ -26,7 +19,7 @@ export async function benchInspect(): Promise<string> {
   const y = tf.oneHot(tf.randomUniform([64], 0, 10, 'int32', 2), 10).toFloat();
   const make = (job: string, inspect: boolean) =>
     createPipeline({
-      model: mlp(),
+      model: seededMlp([784, 256, 256, 10]),
       stages: 2,
       microbatches: 4,
       job,

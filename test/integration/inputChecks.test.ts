@@ -11,11 +11,9 @@ import { partitionModel, resolveLoss, StageCompute } from '../../src/compute/ind
 import { SchedulerHost, StageHost } from '../../src/runtime/index.js';
 import { Bus } from '../../src/transport/index.js';
 import { fromTensor } from '../../src/compute/wire.js';
-import { Phase } from '../../src/protocol/phase.js';
-import { formatStageActions } from '../../src/schedule/action.js';
-import { oneFOneB } from '../../src/schedule/oneFOneB.js';
 import { copyWeights, data, maxRelDiff, mlp, mlpAndReference, stepBoth } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
+import { twoStageStep } from '../helpers/stepWork.js';
 
 const nats = useNatsServer();
 
@@ -203,50 +201,10 @@ describe('an INPUT frame a stage refuses', () => {
     const zeros = tf.zeros([4, 7]);
     const narrow = await fromTensor(zeros, 'x0'); // 7 features where stage 0 takes 8
     const yw = await fromTensor(y, 'y0');
-    const s = oneFOneB(2, 2);
     try {
       const err = await sched
-        .run({
-          // Ten minutes: a step that waited for its timeout would outlast the test.
-          step: 1,
-          microbatches: 2,
-          forwardOnly: false,
-          update: true,
-          feedBound: 2,
-          releasedBy: 'B',
-          timeoutMs: 600_000,
-          grantInPlan: false,
-          plan: (r) => ({
-            step: 1,
-            microbatches: 2,
-            batchSize: 4,
-            totalBatch: 4,
-            forwardOnly: false,
-            predict: false,
-            update: true,
-            granted: false,
-            actions: formatStageActions(s[r]!),
-            order: '',
-          }),
-          inputs: (mb) => [
-            {
-              rank: 0,
-              frame: {
-                key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
-                from: 'sched',
-                tensors: [{ ...narrow, shape: [2, 7], data: narrow.data.subarray(mb * 14, mb * 14 + 14) }],
-              },
-            },
-            {
-              rank: 1,
-              frame: {
-                key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
-                from: 'sched',
-                tensors: [{ ...yw, shape: [2, 3], data: yw.data.subarray(mb * 6, mb * 6 + 6) }],
-              },
-            },
-          ],
-        })
+        // Ten minutes: a step that waited for its timeout would outlast the test.
+        .run(twoStageStep(job, narrow, yw, 600_000))
         .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(StageError);
       const e = err as StageError;

@@ -8,11 +8,9 @@ import { Bus } from '../../src/transport/index.js';
 import { partitionModel, StageCompute } from '../../src/compute/index.js';
 import type { SchedulerHostOptions } from '../../src/runtime/schedulerHost.js';
 import { fromTensor } from '../../src/compute/wire.js';
-import { Phase } from '../../src/protocol/phase.js';
-import { formatStageActions } from '../../src/schedule/action.js';
-import { oneFOneB } from '../../src/schedule/oneFOneB.js';
 import { data, mlp } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
+import { twoStageStep } from '../helpers/stepWork.js';
 
 const nats = useNatsServer();
 const enc = new TextEncoder();
@@ -41,50 +39,8 @@ async function stepWithSilentRankOne(
   const { x, y } = data(4, 4, 2);
   const xw = await fromTensor(x, 'x0');
   const yw = await fromTensor(y, 'y0');
-  const s = oneFOneB(2, 2);
   try {
-    const err = await sched
-      .run({
-        step: 1,
-        microbatches: 2,
-        forwardOnly: false,
-        update: true,
-        feedBound: 2,
-        releasedBy: 'B',
-        timeoutMs: o.timeoutMs,
-        grantInPlan: false,
-        plan: (r) => ({
-          step: 1,
-          microbatches: 2,
-          batchSize: 4,
-          totalBatch: 4,
-          forwardOnly: false,
-          predict: false,
-          update: true,
-          granted: false,
-          actions: formatStageActions(s[r]!),
-          order: '',
-        }),
-        inputs: (mb) => [
-          {
-            rank: 0,
-            frame: {
-              key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
-              from: 'sched',
-              tensors: [{ ...xw, shape: [2, 4], data: xw.data.subarray(mb * 8, mb * 8 + 8) }],
-            },
-          },
-          {
-            rank: 1,
-            frame: {
-              key: { job, step: 1, microbatch: mb, phase: Phase.INPUT },
-              from: 'sched',
-              tensors: [{ ...yw, shape: [2, 2], data: yw.data.subarray(mb * 4, mb * 4 + 4) }],
-            },
-          },
-        ],
-      })
-      .catch((e: unknown) => e);
+    const err = await sched.run(twoStageStep(job, xw, yw, o.timeoutMs)).catch((e: unknown) => e);
     await check(err, stage0, compute);
   } finally {
     await sched.close();
