@@ -16,7 +16,7 @@ import { ConfigError, PoolTaskError, PoolValueError, TroupeError } from '../erro
 import type { Bus } from '../transport/bus.js';
 import { encodeJsonValue } from './jsonValue.js';
 import { Placer } from './placer.js';
-import { decodeCallerEvent, encode, poolCallerSubject, poolCancelSubject, type CallerEvent, type Cancel } from './poolProtocol.js';
+import { decodeCallerEvent, encode, MAX_TIMER_MS, poolCallerSubject, poolCancelSubject, type CallerEvent, type Cancel } from './poolProtocol.js';
 import { TaskRun, type Started } from './taskRun.js';
 
 export { PoolTaskError, PoolValueError } from '../errors.js';
@@ -72,12 +72,19 @@ export class Pool<I = unknown, O = unknown> {
     for (const k of ['timeoutMs', 'heartbeatMs', 'silentMs', 'waitForWorkerMs', 'concurrency'] as const) {
       const v = o[k];
       if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new ConfigError(`pool ${o.name}: ${k} must be a positive number, got ${String(v)}`);
+      // Node fires a longer timer after 1 ms: every task would time out at once.
+      if (v !== undefined && k !== 'concurrency' && v > MAX_TIMER_MS)
+        throw new ConfigError(`pool ${o.name}: ${k} must be at most ${MAX_TIMER_MS} ms (about 24.8 days, Node's longest timer), got ${v}`);
     }
     if (o.concurrency !== undefined && !Number.isInteger(o.concurrency))
       throw new ConfigError(`pool ${o.name}: concurrency must be an integer, got ${o.concurrency}`);
     if (o.retries !== undefined && !(Number.isInteger(o.retries) && o.retries >= 0))
       throw new ConfigError(`pool ${o.name}: retries must be a non-negative integer, got ${String(o.retries)}`);
     if (this.heartbeatMs < 10) throw new ConfigError(`pool ${o.name}: heartbeatMs must be at least 10, got ${this.heartbeatMs}`);
+    if (this.timeoutMs + this.silentMs > MAX_TIMER_MS)
+      throw new ConfigError(
+        `pool ${o.name}: timeoutMs + silentMs (${this.timeoutMs + this.silentMs}) must be at most ${MAX_TIMER_MS} ms, Node's longest timer (the caller waits both)`,
+      );
     if (this.silentMs <= this.heartbeatMs) throw new ConfigError(`pool ${o.name}: silentMs (${this.silentMs}) must exceed heartbeatMs (${this.heartbeatMs})`);
     this.free = o.concurrency ?? 32;
     this.inbox = o.bus.subscribe(poolCallerSubject(o.name, this.cid), (m) => {

@@ -113,13 +113,17 @@ function need(what: string, o: Record<string, unknown>, fields: Record<string, '
   }
 }
 
+/** Node's longest timer (2^31 - 1 ms); a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 /** An offered task: its head and its input's JSON text (not parsed here). */
 export function decodeOffer(data: Uint8Array): { offer: Offer; input: string } {
   const { head, value } = split('offer', data);
   need('offer', head, { caller: 'string', offer: 'number', index: 'number', timeoutMs: 'number', heartbeatMs: 'number' });
-  if ((head['timeoutMs'] as number) < 1 || (head['heartbeatMs'] as number) < 10)
+  const [timeoutMs, heartbeatMs] = [head['timeoutMs'] as number, head['heartbeatMs'] as number];
+  if (timeoutMs < 1 || heartbeatMs < 10 || timeoutMs > MAX_TIMER_MS || heartbeatMs > MAX_TIMER_MS)
     throw new FrameError(
-      `pool offer: timeoutMs must be at least 1 and heartbeatMs at least 10, got ${String(head['timeoutMs'])} and ${String(head['heartbeatMs'])}`,
+      `pool offer: timeoutMs must be 1 to ${MAX_TIMER_MS} and heartbeatMs 10 to ${MAX_TIMER_MS}, got ${String(timeoutMs)} and ${String(heartbeatMs)}`,
     );
   if (value === null) throw new FrameError('pool offer: no input after the head');
   return { offer: head as unknown as Offer, input: value };
