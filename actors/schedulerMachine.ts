@@ -187,8 +187,9 @@ function allLossesIn(c: SchedulerContext): boolean {
 }
 
 /**
- * A stage refused one of this step's INPUT frames as the wrong tensors for it (refusalFailsStep):
- * the step cannot finish, and fails now rather than at its timeout.
+ * A stage refused one of this step's frames so that its slot will not be filled (refusalFailsStep:
+ * an INPUT of the wrong tensors, a frame with a conflicting chunk): the step cannot finish, and
+ * fails now rather than at its timeout.
  */
 function refusesStepInput(c: Pick<SchedulerContext, 'req' | 'stages'>, e: SchedulerEvent): boolean {
   if (e.type !== 'REJECT' || !e.refused || !c.req) return false;
@@ -371,7 +372,7 @@ export const schedulerMachine = setup({
       if (context.failure) return {};
       if (event.type === 'REJECT' && event.refused) {
         const { key, code, message } = event.refused;
-        return { failure: { rank: event.rank, key, code, message: `refused INPUT frame: ${message}` } };
+        return { failure: { rank: event.rank, key, code, message: `refused ${event.refused.phase ?? 'a'} frame: ${message}` } };
       }
       if (event.type === 'CANCEL') return { failure: { rank: -1, key: `step ${event.step}`, code: event.code, message: event.message } };
       if (event.type !== 'STAGE_ERROR') return {};

@@ -110,12 +110,14 @@ export interface RejectEvent {
 }
 
 /**
- * Whether a refusal fails the frame's step: a stage found one of the step's INPUT frames the
- * wrong tensors for it (SHAPE). Only the driver sends INPUT, so that slot will not be filled.
- * A duplicate (its slot is filled) or a frame whose key could not be read does not.
+ * Whether a refusal fails the frame's step, whose slot will then never be filled: a stage
+ * found one of the step's INPUT frames the wrong tensors for it (SHAPE; only the driver sends
+ * INPUT), or a chunk of one of its frames came twice with different bytes (CONFLICTING_FRAME:
+ * the frame is dropped and its further chunks refused). A duplicate (its slot is filled) or a
+ * frame whose key could not be read does not.
  */
 export function refusalFailsStep(r: Pick<RejectEvent, 'step' | 'phase' | 'code'>): boolean {
-  return r.step !== null && r.phase === 'INPUT' && r.code === 'SHAPE';
+  return r.step !== null && ((r.phase === 'INPUT' && r.code === 'SHAPE') || r.code === 'CONFLICTING_FRAME');
 }
 
 /** Names that go with a state frame (`w<i>`, `o<i>`), in a load request or a dump reply. */

@@ -1,5 +1,5 @@
 /** Reassembles chunked frames into one preallocated buffer per frame. */
-import { DuplicateKeyError, FrameError } from '../errors.js';
+import { ConflictingFrameError, DuplicateKeyError, FrameError } from '../errors.js';
 import { bodyBuffer, chunkLength, decodeSingle, tensorsFromBody, type Frame, type FrameHeader } from './frame.js';
 import { formatKey } from './key.js';
 
@@ -13,10 +13,15 @@ interface Partial {
 /**
  * Collects the chunks of frames. `accept` returns the whole frame when its last chunk
  * arrives, `null` while chunks are missing, and throws a FrameError or DuplicateKeyError
- * for a chunk that does not fit. At most `maxPartial` frames are assembled at once.
+ * for a chunk that does not fit. A chunk received again with other bytes is a
+ * ConflictingFrameError: one of the two is not what the sender computed (a seal covers the
+ * headers, not the bytes), so the frame is dropped and its further chunks refused; it is
+ * never delivered. At most `maxPartial` frames are assembled at once.
  */
 export class Reassembler {
   private readonly partial = new Map<string, Partial>();
+  /** Frames dropped for a conflicting chunk, by id, with their step (forgotten with it). */
+  private readonly conflicted = new Map<string, number>();
   private pendingBytes = 0;
 
   /**
@@ -43,6 +48,7 @@ export class Reassembler {
     const name = formatKey(h.key);
     // Keyed by sender too: two stages may send frames of the same key at once (state dumps).
     const id = `${name} from ${h.from}`;
+    if (this.conflicted.has(id)) throw new FrameError(`chunk ${h.chunk}/${h.chunks} of ${name}: the frame was dropped for a conflicting chunk`);
     let p = this.partial.get(id);
     if (!p) {
       if (this.partial.size >= this.maxPartial) {
@@ -57,7 +63,15 @@ export class Reassembler {
     } else if (p.header.chunks !== h.chunks || p.header.chunkSize !== h.chunkSize || p.header.tensorsSpec !== h.tensorsSpec) {
       throw new FrameError(`chunk ${h.chunk} of ${name} disagrees with the frame's earlier chunks`);
     }
-    if (p.got[h.chunk]) throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${name} received twice`);
+    if (p.got[h.chunk]) {
+      const at = h.chunk * h.chunkSize;
+      if (!sameBytes(p.body.subarray(at, at + len), data)) {
+        this.forget(id);
+        this.conflicted.set(id, h.key.step);
+        throw new ConflictingFrameError(`chunk ${h.chunk}/${h.chunks} of ${name} from ${h.from}: received twice with different bytes; the frame is not used`);
+      }
+      throw new DuplicateKeyError(`chunk ${h.chunk}/${h.chunks} of ${name} received twice`);
+    }
     p.body.set(data, h.chunk * h.chunkSize);
     p.got[h.chunk] = 1;
     p.count++;
@@ -81,11 +95,17 @@ export class Reassembler {
   /** Forgets the partial frames of every step but `step` (older ones will never complete, later ones are not due). */
   keepOnly(step: number): void {
     for (const [id, p] of this.partial) if (p.header.key.step !== step) this.forget(id);
+    for (const [id, s] of this.conflicted) if (s !== step) this.conflicted.delete(id);
   }
 
   /** Forgets every partial frame. */
   clear(): void {
     this.partial.clear();
+    this.conflicted.clear();
     this.pendingBytes = 0;
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0;
 }

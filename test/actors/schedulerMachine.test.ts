@@ -473,7 +473,7 @@ describe('schedulerMachine: failures', () => {
 });
 
 describe('schedulerMachine: refused frames', () => {
-  const refused = (over: Partial<{ step: number; phase: string; code: string }> = {}) => ({
+  const refused = (over: Partial<{ step: number; phase: string; key: string; code: string; message: string }> = {}) => ({
     step: 1,
     phase: 'INPUT',
     key: 'j/1/0/INPUT',
@@ -491,6 +491,22 @@ describe('schedulerMachine: refused frames', () => {
     await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
     expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1', 'reject 1 SHAPE']);
     expect(h.failures[0]!.failure).toEqual({ rank: 0, key: 'j/1/0/INPUT', code: 'SHAPE', message: `refused INPUT frame: ${refused().message}` });
+  });
+
+  it('a chunk of a FORWARD of the running step received twice with different bytes aborts the step, naming the conflict', async () => {
+    const h = harness({ stages: 2 });
+    h.actor.send({ type: 'START', req: req({ microbatches: 2, feedBound: 2, timeoutMs: 600_000 }) });
+    await inState(h, 'draining');
+    const conflict = refused({
+      phase: 'FORWARD',
+      key: 'j/1/0/FORWARD',
+      code: 'CONFLICTING_FRAME',
+      message: 'chunk 1/3 of j/1/0/FORWARD from stage.0: received twice',
+    });
+    h.actor.send({ type: 'REJECT', rank: 1, refused: conflict });
+    await waitFor(h.actor, (s) => s.matches('idle') && h.failures.length > 0, WAIT);
+    expect(h.log).toEqual(['begin 1', 'feed 1 0-2', 'abort 1', 'reject 1 CONFLICTING_FRAME']);
+    expect(h.failures[0]!.failure).toEqual({ rank: 1, key: 'j/1/0/FORWARD', code: 'CONFLICTING_FRAME', message: `refused FORWARD frame: ${conflict.message}` });
   });
 
   it('a refusal of another step, another phase, a duplicate or a frame without a key is only counted', async () => {

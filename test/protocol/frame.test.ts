@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DuplicateKeyError, FrameError } from '../../src/errors.js';
+import { ConflictingFrameError, DuplicateKeyError, FrameError } from '../../src/errors.js';
 import { bytesPerElement, paddedByteLength, sizeOf, type DType, type WireArray } from '../../src/protocol/dtype.js';
 import {
   H,
@@ -600,6 +600,28 @@ describe('Reassembler refusals and bookkeeping', () => {
     expect((err as DuplicateKeyError).code).toBe('DUPLICATE_KEY');
     // The duplicate did not count: the frame still completes with the two others.
     expect(r.accept(headerOf(by16[0]!), by16[0]!.data)).toBeNull();
+    expectSameTensors(r.accept(headerOf(by16[2]!), by16[2]!.data)!.tensors, [x]);
+  });
+
+  it('a chunk received again with other bytes is a conflict: the frame is dropped, never delivered, until its step is forgotten', () => {
+    const r = new Reassembler();
+    const forged = by16[1]!.data.slice();
+    forged[0]! ^= 0xff;
+    expect(r.accept(headerOf(by16[1]!), forged)).toBeNull();
+    const err = expectThrow(
+      () => r.accept(headerOf(by16[1]!), by16[1]!.data),
+      ConflictingFrameError,
+      /chunk 1\/3 of mnist\/7\/3\/FORWARD from stage0: received twice with different bytes; the frame is not used/,
+    );
+    expect((err as ConflictingFrameError).code).toBe('CONFLICTING_FRAME');
+    expect(r.pending).toBe(0);
+    expect(r.heldBytes).toBe(0);
+    // Its other chunks, real or forged, are refused: no whole frame of this key comes out.
+    for (const c of [0, 2, 1]) frameError(() => r.accept(headerOf(by16[c]!), by16[c]!.data), /dropped for a conflicting chunk/);
+    // Once step 7 is forgotten (the stage moved on), the key is free again: its chunks assemble.
+    r.keepOnly(8);
+    expect(r.accept(headerOf(by16[0]!), by16[0]!.data)).toBeNull();
+    expect(r.accept(headerOf(by16[1]!), by16[1]!.data)).toBeNull();
     expectSameTensors(r.accept(headerOf(by16[2]!), by16[2]!.data)!.tensors, [x]);
   });
 
