@@ -191,6 +191,8 @@ export class LinkReceiver {
   private part: Buffer = Buffer.alloc(0);
   private need = NONCE_BYTES + MAC_BYTES;
   private headerLen = 0;
+  /** The announced body length of the frame being read. */
+  private dataLen = 0;
   private seq = 0;
   private data: Buffer = Buffer.alloc(0);
   private got = 0;
@@ -290,7 +292,7 @@ export class LinkReceiver {
       this.seq = part.readUInt32LE(8);
       if (this.headerLen < 2 || this.headerLen > MAX_HEADER) throw new TransportError(`direct link: a header of ${this.headerLen} bytes`);
       if (dataLen > this.o.maxBytes) throw new TransportError(`direct link: a frame of ${dataLen} bytes is over the ${this.o.maxBytes}-byte limit`);
-      this.data = Buffer.allocUnsafe(dataLen);
+      this.dataLen = dataLen;
       this.state = 'header';
       this.need = this.headerLen;
     } else {
@@ -299,6 +301,8 @@ export class LinkReceiver {
         throw new TransportError('direct link: a frame header that is not an object of strings');
       }
       this.headers = h as Record<string, string>;
+      // The body's buffer once its headers are whole and read (not on the prefix's word alone).
+      this.data = Buffer.allocUnsafe(this.dataLen);
       this.got = 0;
       this.state = 'data';
       if (this.data.length === 0) this.complete();

@@ -41,7 +41,7 @@ export interface DirectOptions {
   readonly advertise?: string;
   /** Milliseconds an offer may take to become a link (default 5 s). */
   readonly handshakeMs?: number;
-  /** Largest frame body a link takes (default 1 GiB). */
+  /** Largest frame body a link takes (default 256 MiB, as a stage takes from NATS). */
   readonly maxFrameBytes?: number;
 }
 
@@ -138,7 +138,7 @@ export class DirectPath {
   ) {
     this.minBytes = o.minBytes ?? (Number(process.env['TROUPE_DIRECT_MIN_BYTES'] ?? '') || 64 * 1024);
     this.handshakeMs = o.handshakeMs ?? 5_000;
-    this.maxFrameBytes = o.maxFrameBytes ?? 1024 * 1024 * 1024;
+    this.maxFrameBytes = o.maxFrameBytes ?? 256 * 1024 * 1024;
     this.host = o.host ?? process.env['TROUPE_DIRECT_HOST'] ?? defaultHost(servers);
     this.advertise = o.advertise ?? process.env['TROUPE_DIRECT_ADVERTISE'] ?? this.host;
   }
