@@ -7,7 +7,7 @@
  * stops them, and the host hands them back to their callers.
  *
  * ```
- * idle --TASK (slot free)--> busy --(last task ended)--> idle
+ * idle --TASK (slot free)--> busy --(last task ended)--> idle; a TASK it already runs is ignored
  *        busy: TASK -> start (a slot free) or refuse (full); END -> a slot free again
  * idle, busy --STOP--> draining --(nothing running)--> stopped
  *                      draining --RELEASE--> stopped (the running tasks handed back)
@@ -53,6 +53,8 @@ const notProvided = (name: string) => () => {
 /** Tasks while the worker serves (idle or busy). */
 const serving = {
   TASK: [
+    // A task it already runs, offered again under its key: it runs once (its answer will come).
+    { guard: 'running' },
     {
       guard: 'hasRoom',
       target: '#poolWorker.busy',

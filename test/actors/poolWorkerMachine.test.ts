@@ -34,6 +34,17 @@ describe('poolWorker machine', () => {
     expect(actor.getSnapshot().context).toMatchObject({ done: 1, timedOut: 1, failed: 1, refused: 1, running: {} });
   });
 
+  it('a task offered again under the key it runs is not started twice, nor refused (its answer will come)', () => {
+    const { actor, log } = worker(2);
+    actor.send({ type: 'TASK', key: 'c/1', index: 0 });
+    actor.send({ type: 'TASK', key: 'c/1', index: 0 });
+    expect(log).toEqual(['start c/1 #0']);
+    expect(actor.getSnapshot().context).toMatchObject({ running: { 'c/1': 0 }, refused: 0 });
+    actor.send({ type: 'END', key: 'c/1', outcome: 'done' });
+    expect(actor.getSnapshot().value).toBe('idle');
+    expect(actor.getSnapshot().context).toMatchObject({ done: 1, running: {} });
+  });
+
   it('a cancel stops only a running task; an END of a task it does not run changes nothing', () => {
     const { actor, log } = worker(1);
     actor.send({ type: 'TASK', key: 'c/1', index: 0 });
