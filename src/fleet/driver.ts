@@ -291,7 +291,7 @@ export class Driver {
     this.flowing = false;
     const t0 = performance.now();
     // Each stage's state must carry its seal (the keys the scheduler asked for this step's).
-    const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, this.scheds[0]!.sealKeys(), signal);
+    const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, await this.scheds[0]!.sealKeys(), signal);
     const dir = this.o.checkpointDir;
     if (dir) {
       await saveCheckpoint(

@@ -266,8 +266,9 @@ export class SchedulerHost {
     else this.actor.send(e);
   }
 
-  /** The stages' seal keys (by rank) as last asked; null before the first step and after a failed one. */
-  sealKeys(): readonly Uint8Array[] | null {
+  /** The stages' seal keys (by rank): as last asked, or asked now (before the first step, after a failed one). */
+  async sealKeys(): Promise<readonly Uint8Array[]> {
+    this.keys ??= await askSealKeys(this.o.bus, this.o.job, this.o.stages, this.o.requestTimeoutMs ?? 10_000);
     return this.keys;
   }
 
