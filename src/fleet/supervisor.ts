@@ -45,14 +45,18 @@ export class Supervisor {
     this.exits.set(
       rank,
       new Promise<void>((resolve) => {
+        let over = false;
         const ended = (code: number | null, signal: NodeJS.Signals | null) => {
+          if (over) return;
+          over = true;
           live.delete(child);
           if (!this.stopping) this.onUnexpectedExit({ rank, code, signal });
           resolve();
         };
         child.once('exit', ended);
-        // A fork that fails (EAGAIN, ENOMEM) never exits: it errors.
-        child.once('error', () => child.exitCode === null && child.signalCode === null && ended(null, null));
+        // A fork that fails (EAGAIN, ENOMEM) never exits: it errors, without a pid (Node sets its exitCode to the errno).
+        // An error of a running one (a failed kill) is not its end: its exit is still to come.
+        child.on('error', () => child.pid === undefined && ended(null, null));
       }),
     );
     return child;
