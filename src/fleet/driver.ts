@@ -238,7 +238,7 @@ export class Driver {
   /** Starts the workers (or prints how to), then waits for every rank of every replica. */
   private async awaitWorkers(signal: AbortSignal): Promise<void> {
     const server = this.server;
-    await this.fleet.start(this.url, this.bus!, aborted(signal), server ? (roles, name) => server.credentialsFor(roles, name) : null);
+    await this.fleet.start(this.url, this.bus!, signal, server ? (roles, name) => server.credentialsFor(roles, name) : null);
   }
 
   /** Loads the kept state (initial weights or a checkpoint) into every stage of every replica. */

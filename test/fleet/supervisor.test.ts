@@ -5,6 +5,7 @@
 import type * as childProcess from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { StateError } from '../../src/errors.js';
 import { Supervisor, type WorkerExit } from '../../src/fleet/supervisor.js';
 
 /** A stand-in for a forked child: the test emits its events. */
@@ -55,5 +56,12 @@ describe('Supervisor', () => {
     child.emit('error', Object.assign(new Error('spawn EAGAIN'), { code: 'EAGAIN' }));
     expect(lost).toEqual([{ rank: 1, code: null, signal: null }]);
     await s.kill(1);
+  });
+
+  it('forks nothing once stopping: a worker started after stopAll would be watched and ended by nobody', async () => {
+    const s = new Supervisor(() => {});
+    await s.stopAll();
+    expect(() => s.spawn(0, [])).toThrow(StateError);
+    expect(forked).toEqual([]);
   });
 });
