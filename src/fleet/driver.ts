@@ -12,7 +12,7 @@ import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
 import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
 import { CtlVerb, ctlSubject } from '../protocol/subjects.js';
-import { abortable, aborted } from '../runtime/abortable.js';
+import { abortable, aborted, unlessAborted } from '../runtime/abortable.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dumpStates, idleStages, loadStates, type RankState } from '../runtime/stageStates.js';
@@ -310,6 +310,8 @@ export class Driver {
   private async evaluate(signal: AbortSignal): Promise<void> {
     const test = this.p.data.test!;
     const xy = await Promise.all([fromTensor(test.x, 'x0'), fromTensor(test.y, 'y0')]);
+    // Abandoned while the set was read (a recovery started): it starts no evaluation step.
+    unlessAborted(signal);
     this.heldOut = await abortable(runReplicas(this.runners, [xy[0]], [xy[1]], true), signal);
   }
 
