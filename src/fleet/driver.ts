@@ -86,6 +86,8 @@ export class Driver {
   private round: Promise<void> = Promise.resolve();
   /** Preparing (server, connection, schedulers): closing waits for it, so nothing it starts outlives the run. */
   private preparing: Promise<void> | undefined;
+  /** The last file write begun (settled, never rejecting): see write(). */
+  private writing: Promise<unknown> = Promise.resolve();
   private closing = false;
   /** The last error noted: what the run throws if it fails. */
   error: unknown;
@@ -294,10 +296,14 @@ export class Driver {
     const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, this.scheds[0]!.sealKeys(), signal);
     const dir = this.o.checkpointDir;
     if (dir) {
-      await saveCheckpoint(
-        dir,
-        { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches },
-        states,
+      // Abandoned (a recovery began) while the states came in: nothing is written.
+      unlessAborted(signal);
+      await this.write(() =>
+        saveCheckpoint(
+          dir,
+          { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches },
+          states,
+        ),
       );
       if (this.o.verbosity === 'verbose') this.progress.note(`checkpoint step ${step} saved in ${dir}`);
     }
@@ -334,7 +340,19 @@ export class Driver {
       ),
       signal,
     );
-    if (o.save && !o.signal?.aborted) await saveModel(p.model, o.save);
+    // This actor's signal: a recovery abandons it too (the user's Ctrl-C ends it as well).
+    unlessAborted(signal);
+    if (o.save) await this.write(() => saveModel(p.model, o.save!));
+  }
+
+  /**
+   * A file write (a checkpoint, the saved model) once the one before has ended: a keep or
+   * finish abandoned mid-write goes on writing the same files. close() waits for the last.
+   */
+  private write<T>(work: () => Promise<T>): Promise<T> {
+    const done = this.writing.then(work);
+    this.writing = done.catch(() => {});
+    return done;
   }
 
   /**
@@ -414,6 +432,8 @@ export class Driver {
     this.actor.stop();
     await this.preparing?.catch(() => {});
     await this.round;
+    // Nothing is written into the user's directories once the run has ended.
+    await this.writing;
     await this.trace?.close().catch(() => {});
     await Promise.all(this.scheds.map((s) => s.close().catch(() => {})));
     await this.inspector?.close().catch(() => {});
