@@ -357,7 +357,7 @@ export const jobMachine = setup({
         },
         /**
          * Something failed: a lost worker or connection may be the cause, and its news may come
-         * a moment after its effect. A silent stage's worker is killed (with restarts), a stage
+         * a moment after its effect. A silent stage's worker is killed (with a restart left), a stage
          * that reconnected is an outage; otherwise the run waits for the grace, then fails.
          */
         troubled: {
@@ -365,7 +365,8 @@ export const jobMachine = setup({
           states: {
             judging: {
               always: [
-                { guard: ({ context }) => context.restartLimit > 0 && silentRank(context.error) >= 0, target: 'killing' },
+                // Only with a restart left: killing a worker that cannot be restarted would fail the run on the kill, not the silence.
+                { guard: and(['restartsOn', 'restartsLeft', ({ context }) => silentRank(context.error) >= 0]), target: 'killing' },
                 {
                   guard: ({ context }) => context.restartLimit > 0 && lostFrames(context.error),
                   target: '#job.live.recovering',

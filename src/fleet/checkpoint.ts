@@ -18,7 +18,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { CheckpointError, messageOf } from '../errors.js';
 import { H, decodeSingle, encodeFrame, parseHeader } from '../protocol/frame.js';
 import { Phase } from '../protocol/phase.js';
@@ -129,12 +129,26 @@ export async function prepareCheckpointDir(dir: string): Promise<{ removed: stri
   }
 }
 
+/** Each directory's last save begun by this process (settled, never rejecting): the next one there waits for it. */
+const saving = new Map<string, Promise<unknown>>();
+
 /**
  * Writes a checkpoint of `states` (one per stage, all of step `meta.step`) and keeps the newest
  * `keep`. On failure its temporary is removed and a CheckpointError names the step, the path
- * and the cause; the previous checkpoint stays in force.
+ * and the cause; the previous checkpoint stays in force. Saves of one directory in this
+ * process run one after another: their temporaries are named by the process, so two at once
+ * (an abandoned save and the replay's save of the same step) would take each other's.
  */
-export async function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep = 2): Promise<string> {
+export function saveCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep = 2): Promise<string> {
+  const key = resolve(dir);
+  const saved = (saving.get(key) ?? Promise.resolve()).then(() => writeCheckpoint(dir, meta, states, keep));
+  const over = saved.catch(() => {});
+  saving.set(key, over);
+  void over.then(() => saving.get(key) === over && saving.delete(key));
+  return saved;
+}
+
+async function writeCheckpoint(dir: string, meta: Omit<CheckpointMeta, 'savedAt'>, states: readonly RankState[], keep: number): Promise<string> {
   const name = `step-${meta.step}`;
   const tmp = join(dir, `.${name}.tmp-${process.pid}`);
   const latestTmp = join(dir, `.LATEST.tmp-${process.pid}`);

@@ -35,6 +35,7 @@ troupe <command> --help shows a command's options; troupe --version the version.
 Starts nats-server from nats.conf on a free port (unless --nats names a running one), forks
 one worker process per stage, trains with a progress bar, evaluates the held-out data and
 prints a summary. Ctrl-C stops every process it started; the last checkpoint stays whole.
+A second Ctrl-C exits at once, killing them.
 
 options:
   --nats <url>[,<url>..]  use a running NATS server (or the nodes of a cluster)
@@ -177,6 +178,12 @@ async function up(args: string[]): Promise<number> {
   const out = values.json ? process.stderr : process.stdout;
   const ac = new AbortController();
   const onSigint = () => {
+    // A second Ctrl-C while every process is asked to stop (which can take 10 s and more): out at once. The workers are
+    // killed as this process exits, nats-server and the secret and configuration files go with it (tied to its life).
+    if (ac.signal.aborted) {
+      process.stderr.write('troupe up: interrupted again, exiting now\n');
+      process.exit(130);
+    }
     process.stderr.write('\ntroupe up: interrupted, stopping every process\n');
     ac.abort();
   };

@@ -12,7 +12,7 @@ import type { WireTensor } from '../protocol/frame.js';
 import { sliceRows } from '../protocol/rows.js';
 import { decodeReply, encodeJson, type Hello, type StatsMessage } from '../protocol/messages.js';
 import { CtlVerb, ctlSubject } from '../protocol/subjects.js';
-import { abortable, aborted } from '../runtime/abortable.js';
+import { abortable, aborted, unlessAborted } from '../runtime/abortable.js';
 import { runReplicas } from '../runtime/replicas.js';
 import { SchedulerHost } from '../runtime/schedulerHost.js';
 import { dumpStates, idleStages, loadStates, type RankState } from '../runtime/stageStates.js';
@@ -86,6 +86,8 @@ export class Driver {
   private round: Promise<void> = Promise.resolve();
   /** Preparing (server, connection, schedulers): closing waits for it, so nothing it starts outlives the run. */
   private preparing: Promise<void> | undefined;
+  /** The last file write begun (settled, never rejecting): see write(). */
+  private writing: Promise<unknown> = Promise.resolve();
   private closing = false;
   /** The last error noted: what the run throws if it fails. */
   error: unknown;
@@ -238,7 +240,7 @@ export class Driver {
   /** Starts the workers (or prints how to), then waits for every rank of every replica. */
   private async awaitWorkers(signal: AbortSignal): Promise<void> {
     const server = this.server;
-    await this.fleet.start(this.url, this.bus!, aborted(signal), server ? (roles, name) => server.credentialsFor(roles, name) : null);
+    await this.fleet.start(this.url, this.bus!, signal, server ? (roles, name) => server.credentialsFor(roles, name) : null);
   }
 
   /** Loads the kept state (initial weights or a checkpoint) into every stage of every replica. */
@@ -294,10 +296,14 @@ export class Driver {
     const states = await dumpStates(this.bus!, this.jobs[0]!, this.p.plan.stages, 30_000, await this.scheds[0]!.sealKeys(), signal);
     const dir = this.o.checkpointDir;
     if (dir) {
-      await saveCheckpoint(
-        dir,
-        { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches },
-        states,
+      // Abandoned (a recovery began) while the states came in: nothing is written.
+      unlessAborted(signal);
+      await this.write(() =>
+        saveCheckpoint(
+          dir,
+          { step, stages: this.p.plan.stages, job: this.p.job, schedule: this.p.cfg.schedule ?? '1f1b', microbatches: this.p.cfg.microbatches },
+          states,
+        ),
       );
       if (this.o.verbosity === 'verbose') this.progress.note(`checkpoint step ${step} saved in ${dir}`);
     }
@@ -310,6 +316,8 @@ export class Driver {
   private async evaluate(signal: AbortSignal): Promise<void> {
     const test = this.p.data.test!;
     const xy = await Promise.all([fromTensor(test.x, 'x0'), fromTensor(test.y, 'y0')]);
+    // Abandoned while the set was read (a recovery started): it starts no evaluation step.
+    unlessAborted(signal);
     this.heldOut = await abortable(runReplicas(this.runners, [xy[0]], [xy[1]], true), signal);
   }
 
@@ -332,7 +340,19 @@ export class Driver {
       ),
       signal,
     );
-    if (o.save && !o.signal?.aborted) await saveModel(p.model, o.save);
+    // This actor's signal: a recovery abandons it too (the user's Ctrl-C ends it as well).
+    unlessAborted(signal);
+    if (o.save) await this.write(() => saveModel(p.model, o.save!));
+  }
+
+  /**
+   * A file write (a checkpoint, the saved model) once the one before has ended: a keep or
+   * finish abandoned mid-write goes on writing the same files. close() waits for the last.
+   */
+  private write<T>(work: () => Promise<T>): Promise<T> {
+    const done = this.writing.then(work);
+    this.writing = done.catch(() => {});
+    return done;
   }
 
   /**
@@ -412,6 +432,8 @@ export class Driver {
     this.actor.stop();
     await this.preparing?.catch(() => {});
     await this.round;
+    // Nothing is written into the user's directories once the run has ended.
+    await this.writing;
     await this.trace?.close().catch(() => {});
     await Promise.all(this.scheds.map((s) => s.close().catch(() => {})));
     await this.inspector?.close().catch(() => {});

@@ -6,6 +6,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { StateError } from '../errors.js';
 import { writeCredentialsFile } from '../transport/credentials.js';
 import { startNatsServer, type NatsServer, type NatsServerOptions } from './natsServer.js';
 import { removeWithThisProcess } from './tiedProcess.js';
@@ -38,7 +39,13 @@ export class OwnServer {
    * worker on another host); it goes with the server, and with this process however it ends.
    */
   async credentialsFor(roles: readonly string[], name: string): Promise<string> {
+    if (this.closing) throw new StateError(`no credentials for ${name}: the nats-server is stopping`);
     const file = await writeCredentialsFile(roles, process.env, name);
+    // Stopped while it was written: stop() did not see it, so it goes now.
+    if (this.closing) {
+      await rm(dirname(file), { recursive: true, force: true });
+      throw new StateError(`no credentials for ${name}: the nats-server is stopping`);
+    }
     this.files.push(file);
     this.drops.push(removeWithThisProcess(dirname(file)));
     return file;

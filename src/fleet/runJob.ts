@@ -133,6 +133,17 @@ async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firstStep'>
   await selectBackend({ ...(o.backend ? { prefer: o.backend } : {}), log: null });
   const model = await cfg.model();
   if (!(model instanceof tf.LayersModel)) throw new ConfigError(`${where}: field "model" did not return a tf.LayersModel`);
+  try {
+    return await checkJob(o, cfg, job, model);
+  } catch (err) {
+    disposeWeights(model); // the job is refused: nobody else holds its model
+    throw err;
+  }
+}
+
+/** prepareJob once the model is built: the cut, the loss, the optimizer and the data checked. */
+async function checkJob(o: RunJobOptions, cfg: JobConfig, job: string, model: tf.LayersModel): Promise<Omit<Prepared, 'firstStep'>> {
+  const where = `job config ${o.config}`;
   // The driver picks the cut (by parameters, measured time or the memory budget); the workers get it as --boundaries.
   const plan = await jobPlan(cfg, model, job, undefined, (field, cause) => new ConfigError(`${where}: field "${field}": ${messageOf(cause)}`, { cause }));
   if (plan.memory && o.verbosity !== 'quiet')
@@ -185,11 +196,27 @@ async function initialStates(p: Omit<Prepared, 'firstStep'>): Promise<RankState[
 /** Runs a job end to end; see the module comment. */
 export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
   const t0 = performance.now();
+  const prep = await prepareJob(o);
+  try {
+    return await runPrepared(o, prep, t0);
+  } catch (err) {
+    // The model is the caller's only in a result; a run that fails (or is interrupted) disposes it.
+    disposeWeights(prep.model);
+    throw err;
+  }
+}
+
+/** Frees a model's weights: model.dispose() frees none once the model is cut (each stage's sub-model holds its layers too). */
+function disposeWeights(model: tf.LayersModel): void {
+  for (const w of model.weights) w.dispose();
+}
+
+/** runJob once the job is prepared: the checkpoint, the driver, the summary. */
+async function runPrepared(o: RunJobOptions, prep: Omit<Prepared, 'firstStep'>, t0: number): Promise<RunJobResult> {
   const out = o.out ?? process.stdout;
   // Information, and what went wrong or needs the user (printed even when quiet).
   const say = (l: string) => void (o.verbosity !== 'quiet' && out.write(`${l}\n`));
   const warn = (l: string) => void out.write(`${l}\n`);
-  const prep = await prepareJob(o);
   const { cfg, job, plan } = prep;
   const k = plan.replicas;
   const p = plan.stages;

@@ -1,5 +1,6 @@
 /** Worker processes of a local fleet: started together, watched, and ended by whoever started them. */
 import { fork, type ChildProcess } from 'node:child_process';
+import { StateError } from '../errors.js';
 import { packagePath } from '../packagePath.js';
 import { withoutCredentials } from '../transport/credentials.js';
 
@@ -35,6 +36,8 @@ export class Supervisor {
    * of this process reaches it: it gets those `env` gives it (its own role's).
    */
   spawn(rank: number, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
+    // Once stopping, nobody would watch or end it.
+    if (this.stopping) throw new StateError(`worker ${rank} not started: the fleet is stopping`);
     this.launches.set(rank, { args, env });
     const child = fork(TROUPE_BIN, ['worker', ...args], {
       env: { ...withoutCredentials(process.env), ...env },
@@ -45,14 +48,18 @@ export class Supervisor {
     this.exits.set(
       rank,
       new Promise<void>((resolve) => {
+        let over = false;
         const ended = (code: number | null, signal: NodeJS.Signals | null) => {
+          if (over) return;
+          over = true;
           live.delete(child);
           if (!this.stopping) this.onUnexpectedExit({ rank, code, signal });
           resolve();
         };
         child.once('exit', ended);
-        // A fork that fails (EAGAIN, ENOMEM) never exits: it errors.
-        child.once('error', () => child.exitCode === null && child.signalCode === null && ended(null, null));
+        // A fork that fails (EAGAIN, ENOMEM) never exits: it errors, without a pid (Node sets its exitCode to the errno).
+        // An error of a running one (a failed kill) is not its end: its exit is still to come.
+        child.on('error', () => child.pid === undefined && ended(null, null));
       }),
     );
     return child;

@@ -6,6 +6,7 @@ import type { JobEvent, WorkerLoss } from '../../actors/jobMachine.js';
 import { decodeMessage, decodeReply, encodeJson, type Hello } from '../protocol/messages.js';
 import { CtlVerb, ctlSubject, helloSubject, stageRole } from '../protocol/subjects.js';
 import { deviceOf } from '../schedule/interleaved.js';
+import { aborted, unlessAborted } from '../runtime/abortable.js';
 import type { Plan } from '../runtime/plan.js';
 import type { Bus } from '../transport/bus.js';
 import { roleEnv } from '../transport/credentials.js';
@@ -72,14 +73,10 @@ export class WorkerFleet {
   /**
    * Forks one worker per device of every replica (or prints how to start them), then waits
    * for every rank. `credentialsFor` writes a file with the given roles' passwords (for the
-   * workers started by hand; null when the run uses a server it was given).
+   * workers started by hand; null when the run uses a server it was given). Once `signal`
+   * aborts (the run is ending), nothing more is started or written.
    */
-  async start(
-    url: string,
-    bus: Bus,
-    failed: Promise<never>,
-    credentialsFor: ((roles: readonly string[], name: string) => Promise<string>) | null,
-  ): Promise<void> {
+  async start(url: string, bus: Bus, signal: AbortSignal, credentialsFor: ((roles: readonly string[], name: string) => Promise<string>) | null): Promise<void> {
     this.bus = bus;
     const { o, plan } = this.h;
     const k = plan.replicas;
@@ -87,6 +84,8 @@ export class WorkerFleet {
     if (this.spawns) {
       // Worker r gets GPU r mod n (none without GPUs, or when the backend asked for computes on the CPU).
       const gpus = o.backend === 'wasm' || o.backend === 'cpu' || o.backend === 'node' ? 0 : await countGpus();
+      // Counting may take long (nvidia-smi, loading Dawn): a run closed meanwhile forks nothing.
+      unlessAborted(signal);
       for (let replica = 0; replica < k; replica++) {
         for (let dev = 0; dev < plan.devices; dev++) {
           // The workers cut at the driver's boundaries: a cut by measured time must not be measured again.
@@ -117,13 +116,14 @@ export class WorkerFleet {
       for (let dev = 0; dev < plan.devices; dev++) {
         const ranks = plan.ranksOn(dev);
         const file = credentialsFor ? await credentialsFor(ranks.map(stageRole), `stage${ranks.join('-')}`) : null;
+        unlessAborted(signal);
         this.h.warn(
           `  ${file ? `TROUPE_NATS_CREDENTIALS=${file} ` : ''}troupe worker --nats ${url} --job ${plan.job} --rank ${ranks.join(',')}` +
             `${k > 1 ? ' --replica <i> --replicas ' + k : ''} --config ${o.config} --boundaries ${boundaries || "''"}`,
         );
       }
     }
-    const perReplica = await Promise.all(plan.replicaJobs.map((j) => waitForWorkers(bus, j, plan.stages, o.readyTimeoutMs ?? 60_000, failed)));
+    const perReplica = await Promise.all(plan.replicaJobs.map((j) => waitForWorkers(bus, j, plan.stages, o.readyTimeoutMs ?? 60_000, aborted(signal))));
     this.hellos = perReplica;
     perReplica.forEach((hs, i) => {
       for (const w of hs) this.h.say(`  ${k > 1 ? `replica ${i} ` : ''}rank ${w.rank}: pid ${w.pid} on ${w.host}, backend ${w.backend}, device ${w.device}`);

@@ -207,15 +207,21 @@ export class StageHost {
   /** Starts the actor and its subscriptions; resolves once the stage is idle and subscribed. */
   static async start(o: StageHostOptions): Promise<StageHost> {
     const host = new StageHost(o);
-    host.actor.start();
-    await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
-    const inspector = host.inspector;
-    if (inspector)
-      host.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: `stage-${host.rank}`, answer: () => ({ actors: inspector.present() }) });
-    await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
-    if (o.handoff) host.handed.register(o.job, host.rank, (f) => host.counters.timedFrames(() => host.take(f)));
-    await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));
-    return host;
+    try {
+      host.actor.start();
+      await waitFor(host.actor, (s) => s.matches('idle') || s.matches('failed'));
+      const inspector = host.inspector;
+      if (inspector)
+        host.rollCall = await RollCall.start({ bus: o.bus, scope: o.job, actor: `stage-${host.rank}`, answer: () => ({ actors: inspector.present() }) });
+      await o.bus.flush(); // the server knows the subscriptions before anyone is told the stage is up
+      if (o.handoff) host.handed.register(o.job, host.rank, (f) => host.counters.timedFrames(() => host.take(f)));
+      await o.bus.publish(helloSubject(o.job), encodeJson(host.hello()));
+      return host;
+    } catch (err) {
+      // Its caller never gets the host to close: a failed start leaves no stage answering on the bus.
+      await host.close().catch(() => {});
+      throw err;
+    }
   }
 
   get rank(): number {

@@ -225,6 +225,27 @@ two losses at once are two restarts`, async () => {
     expect(f.errors.at(-1)).toBe(why);
   });
 
+  it('a silent stage with no restart left is not killed: the run fails with the silence (STAGE_SILENT), not with the kill', async () => {
+    const h = harness({ restartLimit: 1, total: 3 }, 30);
+    h.held.set(1, deferred());
+    const round = deferred<void>();
+    h.roundGates.push(round);
+    h.actor.start();
+    await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }), WAIT);
+    h.actor.send(loss(0)); // the one restart is spent on step 1
+    await waitFor(h.actor, (s) => s.matches({ live: 'recovering' }), WAIT);
+    const step2 = deferred<{ loss: number; metric: number | null }>();
+    h.held.set(2, step2);
+    round.resolve();
+    await waitFor(h.actor, (s) => s.matches({ live: 'stepping' }) && s.context.step === 1 && s.context.restarts === 1, WAIT);
+    const silent = new StageError(1, 'rank 1', 'STAGE_SILENT: stage 1 answered no liveness probe', { reason: 'STAGE_SILENT' });
+    step2.reject(silent);
+    const end = await waitFor(h.actor, (s) => s.status === 'done', WAIT);
+    expect(end.value).toBe('failed');
+    expect(h.log).not.toContain('kill silent 1');
+    expect(h.errors.at(-1)).toBe(silent);
+  });
+
   it('a stage that reconnected to NATS, or the driver reconnecting, replays the step without a restart; a dead nats-server counts as one', async () => {
     const h = harness();
     const step1 = deferred<{ loss: number; metric: number | null }>();

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CheckpointError, hasCheckpoint, loadCheckpoint, prepareCheckpointDir, saveCheckpoint } from '../../src/fleet/checkpoint.js';
 import { checkpointIo } from '../../src/fleet/checkpointIo.js';
+import { deferred } from '../../src/runtime/deferred.js';
 import type { RankState } from '../../src/runtime/stageStates.js';
 
 let dir = '';
@@ -130,6 +131,43 @@ describe('checkpoints', () => {
     vi.restoreAllMocks();
     expect(readdirSync(dir).sort()).toEqual(['LATEST', 'step-2']);
     expect((await loadCheckpoint(dir)).meta.step).toBe(2);
+  });
+
+  it(`two saves of one step at once (a keep abandoned mid-save, and the replay's keep): the second touches nothing until the first \
+is done, and both succeed`, async () => {
+    fresh();
+    await saveCheckpoint(dir, meta(2), states(2));
+    // The first save is held as it moves its step directory into place.
+    const entered = deferred<void>();
+    const release = deferred<void>();
+    const calls: string[] = [];
+    let held = false;
+    const real = { ...checkpointIo };
+    for (const k of Object.keys(real) as (keyof typeof checkpointIo)[]) {
+      vi.spyOn(checkpointIo, k).mockImplementation((async (...a: unknown[]) => {
+        calls.push(`${k} ${String(a[0])}`);
+        if (k === 'rename' && !held) {
+          held = true;
+          entered.resolve();
+          await release.promise;
+        }
+        return (real[k] as (...b: unknown[]) => Promise<unknown>)(...a);
+      }) as never);
+    }
+    const first = saveCheckpoint(dir, meta(3), states(3));
+    await entered.promise;
+    const before = calls.length;
+    const second = saveCheckpoint(dir, meta(3), states(3));
+    await new Promise<void>((r) => setImmediate(r));
+    expect(calls.slice(before)).toEqual([]);
+    release.resolve();
+    expect(await first).toBe(join(dir, 'step-3'));
+    expect(await second).toBe(join(dir, 'step-3'));
+    vi.restoreAllMocks();
+    expect(readdirSync(dir).sort()).toEqual(['LATEST', 'step-2', 'step-3']);
+    const c = await loadCheckpoint(dir);
+    expect(c.meta.step).toBe(3);
+    expect(c.skipped).toEqual([]);
   });
 
   it('a directory that cannot be made (a file where it should be) fails at once with CheckpointError naming the path', async () => {

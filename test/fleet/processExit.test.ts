@@ -62,6 +62,33 @@ describe('a program using Troupe that ends badly', () => {
     await gone(run.pid);
   });
 
+  it(`troupe up, Ctrl-C twice while a stopped worker keeps it waiting: exits at once with 130, and its nats-server, \
+workers and files end too`, async () => {
+    const run = troupe(['up', CONFIG], { TINY_EPOCHS: '1000' });
+    const hung = Number((await run.waitFor(/rank 1: pid (\d+)/))[1]);
+    try {
+      await run.waitFor(/step \d+\/\d+/);
+      const pids = printedPids(run.output());
+      const credentials = /TROUPE_NATS_CREDENTIALS=(\S+)/.exec(run.output())![1]!;
+      // A stopped worker answers no stop request and acts on SIGTERM only once continued: the first Ctrl-C waits for it
+      // (seconds); with one Ctrl-C it would be continued, told to stop, and say so.
+      process.kill(hung, 'SIGSTOP');
+      run.child.kill('SIGINT');
+      await run.waitFor(/interrupted, stopping every process/);
+      run.child.kill('SIGINT');
+      const { code } = await run.exit;
+      const out = run.output();
+      expect(code, out).toBe(130);
+      expect(out).toContain('troupe up: interrupted again, exiting now');
+      expect(out).not.toMatch(/rank 1 stopping/);
+      for (const pid of pids) await gone(pid);
+      await vi.waitFor(() => expect(existsSync(credentials), `${credentials} still there`).toBe(false), { timeout: 5_000, interval: 20 });
+    } finally {
+      run.child.kill('SIGKILL');
+      if (alive(hung)) process.kill(hung, 'SIGKILL');
+    }
+  });
+
   it("troupe up killed with SIGKILL: its nats-server, its workers, its NATS credentials file and its job's server configuration end too", async () => {
     const run = troupe(['up', CONFIG], { TINY_EPOCHS: '1000' });
     try {
