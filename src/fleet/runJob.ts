@@ -28,6 +28,7 @@ import { Driver } from './driver.js';
 import { keepCadence } from './keepCadence.js';
 import { jobIdOf, loadJobConfig, type JobConfig, type JobData } from './jobConfig.js';
 import { jobPlan } from './jobPlan.js';
+import { disposeModel } from '../compute/disposeModel.js';
 
 /** Options of `runJob` (the flags of `troupe up`). */
 export interface RunJobOptions {
@@ -136,7 +137,7 @@ async function prepareJob(o: RunJobOptions): Promise<Omit<Prepared, 'firstStep'>
   try {
     return await checkJob(o, cfg, job, model);
   } catch (err) {
-    disposeWeights(model); // the job is refused: nobody else holds its model
+    disposeModel(model); // the job is refused: nobody else holds its model
     throw err;
   }
 }
@@ -201,14 +202,9 @@ export async function runJob(o: RunJobOptions): Promise<RunJobResult> {
     return await runPrepared(o, prep, t0);
   } catch (err) {
     // The model is the caller's only in a result; a run that fails (or is interrupted) disposes it.
-    disposeWeights(prep.model);
+    disposeModel(prep.model);
     throw err;
   }
-}
-
-/** Frees a model's weights: model.dispose() frees none once the model is cut (each stage's sub-model holds its layers too). */
-function disposeWeights(model: tf.LayersModel): void {
-  for (const w of model.weights) w.dispose();
 }
 
 /** runJob once the job is prepared: the checkpoint, the driver, the summary. */

@@ -7,6 +7,7 @@ import { Bus } from '../transport/bus.js';
 import { stageRole } from '../transport/credentials.js';
 import { loadJobConfig } from './jobConfig.js';
 import { jobPlan } from './jobPlan.js';
+import { disposeModel } from '../compute/disposeModel.js';
 
 /** Options of `runWorker` (the flags of `troupe worker`). */
 export interface WorkerOptions {
@@ -69,7 +70,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     });
   } catch (err) {
     await Promise.all(buses.map((b) => b.close().catch(() => {})));
-    model.dispose();
+    disposeModel(model);
     throw err;
   }
   const hosts = stages.hosts;
@@ -88,7 +89,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
       log(`troupe worker: ${who} stopping (${why})`);
       await stages.close();
       await Promise.all(buses.map((b) => b.close().catch(() => {})));
-      model.dispose();
+      disposeModel(model);
     })());
   const stopped = deferred<string>();
   const onSignal = (sig: NodeJS.Signals) => stopped.resolve(sig);

@@ -22,6 +22,7 @@ import { SchedulerHost, type SchedulerActor } from './schedulerHost.js';
 import { StepRunner, type StepResult } from './stepRunner.js';
 import { labelRuleOf } from './stepTensors.js';
 import { type StageHost, type StageActor, type StageStats } from './stageHost.js';
+import { disposeModel } from '../compute/disposeModel.js';
 
 /** Options of `createPipeline`. */
 export interface PipelineOptions {
@@ -238,7 +239,8 @@ export async function createPipeline(o: PipelineOptions): Promise<Pipeline> {
     await Promise.all(scheds.map((s) => s.close()));
     await Promise.all(started.map((s) => s.close()));
     await Promise.all(buses.map((b) => b.close()));
-    for (const model of models.slice(1)) model.dispose();
+    // The replicas' clones are the pipeline's own; the caller's model stays the caller's.
+    for (const model of models.slice(1)) disposeModel(model);
   };
   try {
     for (let replica = 0; replica < k; replica++) {

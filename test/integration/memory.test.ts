@@ -35,3 +35,33 @@ describe('tensor lifetime', () => {
     }
   });
 });
+
+describe('closing', () => {
+  it.each([1, 2])(
+    "replicas %i: after a step, close() frees every tensor the pipeline made (its replicas' clones too) and leaves the model the caller's",
+    async (replicas) => {
+      const model = mlp([10, 24, 24, 3], 3);
+      const { x, y } = data(16, 10, 3);
+      const before = tf.memory().numTensors;
+      const pipe = await createPipeline({
+        model,
+        stages: 3,
+        replicas,
+        microbatches: 2,
+        optimizer: { className: 'Adam', config: { learningRate: 0.01 } },
+        loss: 'categoricalCrossentropy',
+        nats: { servers: nats.server.url },
+      });
+      try {
+        await pipe.trainStep(x, y);
+      } finally {
+        await pipe.close();
+      }
+      expect(tf.memory().numTensors).toBe(before);
+      // The caller's model still works: its weights were not freed.
+      const out = model.predict(x) as tf.Tensor;
+      expect(out.shape).toEqual([16, 3]);
+      tf.dispose([out, x, y]);
+    },
+  );
+});
