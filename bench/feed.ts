@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { createPipeline, selectBackend, type FeedMode } from '../src/index.js';
 import { startNatsServer } from '../src/fleet/natsServer.js';
 import { machineLine, median, table } from './report.js';
+import { medianQueuedStepMs } from './queuedSteps.js';
 import { seededMlp } from './seededMlp.js';
 
 const ROUNDS = Number(process.env['BENCH_FEED_ROUNDS'] ?? 5);
@@ -45,18 +46,7 @@ async function stepMs(c: Case, feed: FeedMode, url: string): Promise<number> {
   const y = tf.oneHot(tf.randomUniform([c.batch], 0, c.sizes.at(-1), 'int32', 2), c.sizes.at(-1)!).toFloat();
   try {
     for (let i = 0; i < 5; i++) await pipe.trainStep(x, y);
-    const ends: number[] = [];
-    const t0 = performance.now();
-    let prev = pipe.trainStep(x, y);
-    for (let i = 1; i < STEPS; i++) {
-      const next = pipe.trainStep(x, y);
-      await prev;
-      ends.push(performance.now());
-      prev = next;
-    }
-    await prev;
-    ends.push(performance.now());
-    return median(ends.map((t, i) => t - (i === 0 ? t0 : ends[i - 1]!)));
+    return await medianQueuedStepMs(pipe, x, y, STEPS);
   } finally {
     await pipe.close();
     tf.dispose([x, y]);

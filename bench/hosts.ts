@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { createPipeline, selectBackend } from '../src/index.js';
 import { startNatsServer } from '../src/fleet/natsServer.js';
-import { median } from './report.js';
+import { medianQueuedStepMs } from './queuedSteps.js';
 import { seededMlp } from './seededMlp.js';
 
 const STEPS = Number(process.env['BENCH_HOSTS_STEPS'] ?? 60);
@@ -39,24 +39,14 @@ async function main(): Promise<void> {
       try {
         for (let i = 0; i < 5; i++) await pipe.trainStep(x, y);
         const before = pipe.stats()[0]!;
-        const ends: number[] = [];
-        const t0 = performance.now();
-        let prev = pipe.trainStep(x, y);
-        for (let i = 1; i < STEPS; i++) {
-          const next = pipe.trainStep(x, y);
-          await prev;
-          ends.push(performance.now());
-          prev = next;
-        }
-        await prev;
-        ends.push(performance.now());
+        const msPerStep = await medianQueuedStepMs(pipe, x, y, STEPS);
         const after = pipe.stats()[0]!;
         const actions = STEPS * c.m * 2;
         process.stdout.write(
           `${JSON.stringify({
             stages: c.stages,
             m: c.m,
-            msPerStep: +median(ends.map((t, i) => t - (i === 0 ? t0 : ends[i - 1]!))).toFixed(3),
+            msPerStep: +msPerStep.toFixed(3),
             machineUsPerAction: +((1000 * (after.machineMs - before.machineMs)) / actions).toFixed(1),
             framesUsPerAction: +((1000 * (after.framesMs - before.framesMs)) / actions).toFixed(1),
           })}\n`,
