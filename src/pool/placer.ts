@@ -10,7 +10,8 @@
  */
 import type { Bus } from '../transport/bus.js';
 import { PoolTaskError } from '../errors.js';
-import { decodeOfferReply, encode, encodeWithValue, poolPresenceSubject, poolTaskSubject, type Offer, type OfferReply } from './poolProtocol.js';
+import { encodeJson } from '../protocol/messages.js';
+import { decodeOfferReply, encodeWithValue, poolPresenceSubject, poolTaskSubject, type Offer, type OfferReply } from './poolProtocol.js';
 import type { Started, TaskRun } from './taskRun.js';
 
 /** How long a "some worker is up" answer is trusted. */
@@ -148,7 +149,7 @@ export class Placer {
   private anyoneUp(): Promise<boolean> {
     const now = performance.now();
     if (!this.presence || now - this.presence.at > PRESENCE_MS) {
-      const up = this.o.bus.request(poolPresenceSubject(this.o.name), encode({}), 1_000).then(
+      const up = this.o.bus.request(poolPresenceSubject(this.o.name), encodeJson({}), 1_000).then(
         () => true,
         () => false,
       );

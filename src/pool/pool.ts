@@ -13,10 +13,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { ConfigError, PoolTaskError, PoolValueError, TroupeError } from '../errors.js';
+import { encodeJson } from '../protocol/messages.js';
 import type { Bus } from '../transport/bus.js';
 import { encodeJsonValue } from './jsonValue.js';
 import { Placer } from './placer.js';
-import { decodeCallerEvent, encode, MAX_TIMER_MS, poolCallerSubject, poolCancelSubject, type CallerEvent, type Cancel } from './poolProtocol.js';
+import { decodeCallerEvent, MAX_TIMER_MS, poolCallerSubject, poolCancelSubject, type CallerEvent, type Cancel } from './poolProtocol.js';
 import { TaskRun, type Started } from './taskRun.js';
 
 export { PoolTaskError, PoolValueError } from '../errors.js';
@@ -268,7 +269,7 @@ export class Pool<I = unknown, O = unknown> {
   /** Tells the workers to stop a run this caller no longer waits for. */
   private cancel(offer: number): void {
     const c: Cancel = { caller: this.cid, offer };
-    this.o.bus.publish(poolCancelSubject(this.o.name), encode(c)).catch(() => {});
+    this.o.bus.publish(poolCancelSubject(this.o.name), encodeJson(c)).catch(() => {});
   }
 
   private encodeAll(inputs: readonly I[]): string[] {

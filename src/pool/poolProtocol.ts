@@ -78,11 +78,6 @@ export type CallerEvent =
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-/** Encodes a control message. */
-export function encode(v: unknown): Uint8Array {
-  return enc.encode(JSON.stringify(v));
-}
-
 /** A head and a value's JSON text in one body. */
 export function encodeWithValue(head: object, json: string): Uint8Array {
   return enc.encode(`${JSON.stringify(head)}\n${json}`);

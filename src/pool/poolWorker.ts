@@ -11,13 +11,13 @@ import { createActor, type Actor } from 'xstate';
 import { poolWorkerMachine, type PoolWorkerEvent, type TaskOutcome } from '../../actors/poolWorkerMachine.js';
 import { ConfigError, messageOf } from '../errors.js';
 import { busInspector } from '../inspect/busInspector.js';
+import { encodeJson } from '../protocol/messages.js';
 import { checkJobId, poolScope } from '../protocol/subjects.js';
 import type { Bus, BusMessage } from '../transport/bus.js';
 import { encodeJsonValue } from './jsonValue.js';
 import {
   decodeCancel,
   decodeOffer,
-  encode,
   encodeWithValue,
   poolCallerSubject,
   poolCancelSubject,
@@ -112,7 +112,7 @@ export class PoolWorker<I = unknown, O = unknown> {
         this.malformed++;
       }
     });
-    this.presenceSub = o.bus.subscribe(poolPresenceSubject(o.pool), (m) => respond(m, encode({ worker: this.id })), 'workers');
+    this.presenceSub = o.bus.subscribe(poolPresenceSubject(o.pool), (m) => m.respond(encodeJson({ worker: this.id })), 'workers');
     this.syncQueue();
   }
 
@@ -154,7 +154,7 @@ export class PoolWorker<I = unknown, O = unknown> {
 
   /** Reports on a task to its caller; a successful `done` carries the output's JSON after its head. */
   private tell(caller: string, event: CallerEvent | { type: 'done'; offer: number; worker: string; ok: true }, output?: string): void {
-    const body = output === undefined ? encode(event) : encodeWithValue(event, output);
+    const body = output === undefined ? encodeJson(event) : encodeWithValue(event, output);
     this.o.bus.publish(poolCallerSubject(this.o.pool, caller), body).catch(() => {
       // The connection is closing: the caller hears nothing more, and sends the task elsewhere.
     });
@@ -178,7 +178,7 @@ export class PoolWorker<I = unknown, O = unknown> {
 
   /** Answers the offer in hand. */
   private answer(reply: OfferReply): void {
-    if (this.inHand) respond(this.inHand.msg, encode(reply));
+    this.inHand?.msg.respond(encodeJson(reply));
   }
 
   private startTask(key: string): void {
@@ -349,14 +349,6 @@ export class PoolWorker<I = unknown, O = unknown> {
 }
 
 /** Answers a request; a connection closing meanwhile leaves the requester to its timeout. */
-function respond(m: BusMessage, body: Uint8Array): void {
-  try {
-    m.respond(body);
-  } catch {
-    // closing
-  }
-}
-
 /** `n` task processes on `module`; none is left running when one cannot load it. */
 async function startProcesses(module: string, n: number): Promise<TaskProcess[]> {
   const started = await Promise.allSettled(Array.from({ length: n }, () => TaskProcess.start(module)));

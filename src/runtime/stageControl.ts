@@ -114,11 +114,7 @@ export class StageControl {
       const e = err instanceof TroupeError ? err : new StateError(messageOf(err));
       reply = { ok: false, code: e.code, message: e.message } satisfies Ack;
     }
-    try {
-      m.respond(encodeJson(reply));
-    } catch {
-      // The connection closed while the request was handled: the requester times out.
-    }
+    m.respond(encodeJson(reply));
   }
 
   /** The machine judges the abort; an abort of its own step is answered once the stage is idle again. */

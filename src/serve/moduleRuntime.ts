@@ -192,7 +192,7 @@ export class ModuleRuntime {
     } catch (err) {
       pool.refused++;
       const e = err instanceof TroupeError ? err : new ShapeError(messageOf(err));
-      respond(msg, encodeError(e.code, e.message, pool.op));
+      reply(msg, encodeError(e.code, e.message, pool.op));
     }
   }
 
@@ -241,7 +241,7 @@ export class ModuleRuntime {
       const outs = await this.compute(pool, batch, rows);
       pool.batches++;
       pool.examples += rows;
-      batch.forEach((w, j) => respond(w.msg, encodeTensors(outs[j]!, pool.op)));
+      batch.forEach((w, j) => reply(w.msg, encodeTensors(outs[j]!, pool.op)));
     } catch (err) {
       if (batch.length === 1) this.fail(pool, batch[0]!, err, '');
       else {
@@ -252,7 +252,7 @@ export class ModuleRuntime {
             const [out] = await this.compute(pool, [w], w.rows);
             pool.batches++;
             pool.examples += w.rows;
-            respond(w.msg, encodeTensors(out!, pool.op));
+            reply(w.msg, encodeTensors(out!, pool.op));
           } catch (alone) {
             this.fail(pool, w, alone, ` alone, after its batch of ${batch.length} requests (${rows} examples) failed`);
           }
@@ -305,7 +305,7 @@ export class ModuleRuntime {
     pool.failed++;
     const code = err instanceof TroupeError ? err.code : 'REQUEST_FAILED';
     const examples = `${w.rows} example${w.rows === 1 ? '' : 's'}`;
-    respond(w.msg, encodeError(code, `${pool.name}: request ${w.id} (${examples}) failed${how}: ${messageOf(err)}`, pool.op));
+    reply(w.msg, encodeError(code, `${pool.name}: request ${w.id} (${examples}) failed${how}: ${messageOf(err)}`, pool.op));
   }
 
   /** Per-pool counters (rates over the runtime's lifetime). */
@@ -343,10 +343,7 @@ export class ModuleRuntime {
 }
 
 /** Answers a request; a connection that closed meanwhile leaves the requester to its timeout. */
-function respond(msg: BusMessage, reply: WireMessage): void {
-  try {
-    msg.respond(reply.data, reply.headers);
-  } catch {
-    // closed: nothing to do
-  }
+
+function reply(msg: BusMessage, r: WireMessage): void {
+  msg.respond(r.data, r.headers);
 }

@@ -47,7 +47,7 @@ export interface BusMessage {
   readonly data: Uint8Array;
   /** A header's value; a plain function, which a reader may pass on detached. */
   readonly header: (name: string) => string | undefined;
-  /** Answers a request (with headers: a frame's); false when the message was not one. */
+  /** Answers a request (with headers: a frame's); false when the message was not one, or the connection has closed. */
   respond(data: Uint8Array, headers?: Record<string, string>): boolean;
   /** The data are a buffer of their own, which a handler may keep without copying (a frame from a direct link). */
   readonly owned?: boolean;
@@ -369,6 +369,12 @@ function wrap(msg: Msg): BusMessage {
       const v = msg.headers?.get(name);
       return v === undefined || v === '' ? undefined : v;
     },
-    respond: (data, headers) => msg.respond(data, headers ? { headers: toNatsHeaders(headers) } : undefined),
+    respond: (data, headers) => {
+      try {
+        return msg.respond(data, headers ? { headers: toNatsHeaders(headers) } : undefined);
+      } catch {
+        return false; // the connection closed while the request was handled: the requester times out
+      }
+    },
   };
 }
