@@ -25,6 +25,7 @@ import { and, assign, fromPromise, raise, setup, type AnyActorRef, type Snapshot
 import type { TroupeError } from '../src/errors.js';
 import type { CutTensor } from '../src/compute/partition.js';
 import type { Frame } from '../src/protocol/frame.js';
+import { slotOf } from '../src/protocol/key.js';
 import { appliesUpdate, type StepPlan } from '../src/protocol/messages.js';
 import { formatAction, parseStageActions, type Action } from '../src/schedule/action.js';
 import { releasedBy } from '../src/schedule/constraint.js';
@@ -267,7 +268,7 @@ export const stageMachine = setup({
     stash: assign(({ context, event }) => {
       if (event.type !== 'FRAME') return {};
       const f = event.frame;
-      const slot = `${f.key.phase}:${f.key.microbatch}`;
+      const slot = slotOf(f.key.phase, f.key.microbatch);
       if (context.next && f.key.step === context.next.step) return { early: { ...context.early, [slot]: f } };
       return { inbox: { ...context.inbox, [slot]: f } };
     }),
@@ -290,7 +291,7 @@ export const stageMachine = setup({
     /** Empties the slot of a conflicting frame of the running step; later copies are refused as duplicates. */
     dropSlot: assign(({ context, event }) => {
       if (event.type !== 'FRAME') return {};
-      const slot = `${event.frame.key.phase}:${event.frame.key.microbatch}`;
+      const slot = slotOf(event.frame.key.phase, event.frame.key.microbatch);
       const { [slot]: _dropped, ...inbox } = context.inbox;
       return { inbox, consumed: [...context.consumed, slot] };
     }),

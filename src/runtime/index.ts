@@ -14,7 +14,7 @@ export { DeviceTurn } from './deviceTurn.js';
 export { AllReduce } from './allReduce.js';
 export type { AllReduceOptions } from './allReduce.js';
 export { runReplicas } from './replicas.js';
-export { dumpStates, loadStates, dropStep, idleStages } from './stageStates.js';
+export { dumpStates, loadStates, idleStages } from './stageStates.js';
 export { plan } from './plan.js';
 export type { Plan, PlanOptions, PlanField } from './plan.js';
 export { startStages } from './startStages.js';

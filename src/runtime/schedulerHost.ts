@@ -128,7 +128,7 @@ export class SchedulerHost {
     const machine = schedulerMachine.provide({
       actors: {
         beginStep: fromPromise<number, StepRequest>(async ({ input }) => {
-          this.keys ??= await askSealKeys(bus, job, stages, timeout);
+          await this.sealKeys();
           await requestAll(bus, job, stages, CtlVerb.STEP, (r) => encodeJson(this.work(input.step).plan(r)), timeout);
           return 0;
         }),

@@ -104,25 +104,6 @@ export async function loadStates(bus: Bus, job: string, states: readonly RankSta
 }
 
 /**
- * Asks every stage to drop step `step`: a stage in it aborts it; one that never began it has
- * nothing to drop, and one already past it refuses as stale, which is as good. Recovery
- * sends it once every stage answers again, because the aborts the scheduler sent while the
- * stages could not be reached (a NATS outage) may never have arrived.
- */
-export async function dropStep(bus: Bus, job: string, stages: number, step: number, timeoutMs = 30_000, signal?: AbortSignal): Promise<void> {
-  unlessAborted(signal);
-  await abortable(
-    Promise.all(
-      Array.from({ length: stages }, async (_, rank) => {
-        const ack = decodeAck(await bus.request(ctlSubject(job, rank, CtlVerb.ABORT), encodeJson({ step }), timeoutMs));
-        if (!ack.ok && ack.code !== 'STALE_STEP') throw new StateError(`stage ${rank} could not drop step ${step}: ${ack.code}: ${ack.message}`);
-      }),
-    ),
-    signal,
-  );
-}
-
-/**
  * Brings every stage back to idle, whatever step it is in: each stage is asked where it is
  * (probe), and one in a step is asked to abort that step, until every stage answers idle.
  * What the driver sent while a stage could not be reached (an abort during a NATS outage)
