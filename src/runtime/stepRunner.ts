@@ -112,13 +112,13 @@ export class StepRunner {
     yw: readonly WireTensor[],
     forwardOnly: boolean,
     extra: StepExtra = {},
-  ): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[]; sizes: number[] } {
+  ): { predict: boolean; update: boolean; xs: WireTensor[]; ys: WireTensor[] } {
     const predict = extra.predict ?? false;
     const update = !forwardOnly && !predict && (extra.update ?? true);
     if (predict && !forwardOnly) throw new ConfigError('a predict step is forward only');
     if (yw.length === 0 && !predict) throw new ConfigError('y must hold at least one label tensor');
     const { xs, ys } = checkStepTensors(xw, yw, this.o.tensors);
-    return { predict, update, xs, ys, sizes: microbatchSizes(xs[0]!.shape[0]!, this.o.microbatches) };
+    return { predict, update, xs, ys };
   }
 
   /**

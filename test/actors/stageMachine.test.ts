@@ -325,13 +325,19 @@ a forward-only plan's grant counts for nothing`, async () => {
   });
 });
 
+/** Rank 1 of 3 in step 1 of MIDDLE_1F1B, computing F0, which waits for `gate`; every later action runs at once. */
+async function computingF0(): Promise<{ h: Harness; gate: ReturnType<typeof deferred<void>> }> {
+  const gate = deferred<void>();
+  const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
+  h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
+  h.send(fwd(0));
+  await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+  return { h, gate };
+}
+
 describe('stageMachine: runs of ready actions', () => {
   it('runs every action whose frames are in as one run: one start, one end, held counted action by action', async () => {
-    const gate = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
-    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
-    h.send(fwd(0));
-    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const { h, gate } = await computingF0();
     expect(h.actor.getSnapshot().context).toMatchObject({ cursor: 0, run: 1 });
     // Everything else comes while F0 computes.
     h.send(fwd(1), fwd(2), fwd(3), bwd(0), bwd(1), bwd(2), bwd(3));
@@ -544,11 +550,7 @@ describe('stageMachine: refused frames', () => {
   });
 
   it('frames refused while an action computes are reported too, and accepted ones kept', async () => {
-    const gate = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
-    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
-    h.send(fwd(0));
-    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const { h, gate } = await computingF0();
     const dup = fwd(0);
     const f1 = fwd(1);
     h.send(dup, f1);
@@ -569,11 +571,7 @@ describe('stageMachine: conflicting frames (#20 item 1)', () => {
   };
 
   it("a frame with other bytes for a held slot: reported as the step's failure, neither kept, and the slot takes no more", async () => {
-    const gate = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
-    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
-    h.send(fwd(0));
-    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const { h, gate } = await computingF0();
     const held = fwd(1);
     const other = altered(held);
     h.send(held, other);
@@ -595,11 +593,7 @@ describe('stageMachine: conflicting frames (#20 item 1)', () => {
   });
 
   it('the same bytes again are a harmless duplicate: refused, and the held frame is used', async () => {
-    const gate = deferred<void>();
-    const h = await harness({ rank: 1, stages: 3 }, { execute: (ex) => (formatAction(ex.action) === '1F0' ? gate.promise : Promise.resolve()) });
-    h.actor.send({ type: 'STEP', plan: plan(MIDDLE_1F1B) });
-    h.send(fwd(0));
-    await waitFor(h.actor, (s) => s.matches({ running: 'computing' }), WAIT);
+    const { h, gate } = await computingF0();
     const held = fwd(1);
     const copy = fwd(1); // another object, the same bytes
     h.send(held, copy);

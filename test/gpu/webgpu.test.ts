@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { listGpuAdapters } from '../../src/compute/webgpu.js';
 import { createPipeline, selectBackend } from '../../src/index.js';
-import { copyWeights, data, mlp } from '../helpers/models.js';
+import { data, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const adapters = await listGpuAdapters();
@@ -42,10 +42,7 @@ describe.skipIf(!onGpu)('pipelines on WebGPU', () => {
     { stages: 2, schedule: '1f1b', replicas: 2, handoff: true },
   ] as const)('%o: 3 SGD steps, an evaluation and a prediction equal single-process tfjs-webgpu', async ({ stages, schedule, replicas, handoff }) => {
     const SIZES = [16, 64, 48, 32, 4];
-    const model = mlp(SIZES, 91);
-    const ref = mlp(SIZES, 92);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.sgd(0.1), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 91, tf.train.sgd(0.1));
     const pipe = await createPipeline({
       model,
       stages,

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createPipeline } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { data, maxRelDiff, mlp, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -54,10 +54,7 @@ describe('the step path reads tensors only asynchronously', () => {
     '%o: 3 Adam steps, an evaluation and a prediction with synchronous reads forbidden equal single-process tfjs',
     async ({ stages, schedule, replicas, handoff }) => {
       const SIZES = [8, 16, 12, 10, 4];
-      const model = mlp(SIZES, 61);
-      const ref = mlp(SIZES, 62);
-      copyWeights(model, ref);
-      ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+      const { model, ref } = mlpAndReference(SIZES, 61, tf.train.adam(0.01));
       const pipe = await createPipeline({
         model,
         stages,

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { Bus } from '../../src/transport/bus.js';
 import { createPipeline } from '../../src/index.js';
-import { copyWeights, data, maxRelDiff, mlp } from '../helpers/models.js';
+import { copyWeights, data, maxRelDiff, mlp, mlpAndReference } from '../helpers/models.js';
 import { useNatsServer } from '../helpers/nats.js';
 
 const nats = useNatsServer();
@@ -33,10 +33,7 @@ async function frameSpy(job: string): Promise<{ count(): Promise<number>; close(
 describe('tensors handed over between stages of one process', () => {
   it.each([true, false])('handoff %s: 3 stages x 3 Adam steps equal single-process tfjs; frames on the wire only without handoff', async (handoff) => {
     const SIZES = [8, 16, 12, 10, 4];
-    const model = mlp(SIZES, 71);
-    const ref = mlp(SIZES, 72);
-    copyWeights(model, ref);
-    ref.compile({ optimizer: tf.train.adam(0.01), loss: 'categoricalCrossentropy' });
+    const { model, ref } = mlpAndReference(SIZES, 71, tf.train.adam(0.01));
     const job = `handoff-${handoff}`;
     const spy = await frameSpy(job);
     const pipe = await createPipeline({
